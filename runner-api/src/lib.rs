@@ -1,0 +1,43 @@
+#![doc = include_str!("../README.md")]
+
+mod capabilities;
+mod command;
+mod destination;
+mod error;
+mod files;
+pub mod output;
+pub mod process;
+mod registry;
+mod secrets;
+mod session;
+mod workspace;
+
+pub use capabilities::{RunnerCapabilities, RunnerMountCapabilities};
+pub use command::{
+    NON_INTERACTIVE_ENV, RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult,
+    RunnerExitStatus, RunnerOutputChunk, RunnerOutputLimit, RunnerOutputStream,
+    RunnerOutputTruncation, RunnerProcessEvent, RunnerProcessInfo, RunnerProcessState,
+    RunnerSignal,
+};
+pub use destination::{
+    RemoteRunnerProviderId, RemoteRunnerSessionId, RunnerCommandId, RunnerDestination,
+    RunnerDestinationId, RunnerManifest, RunnerManifestEntry, RunnerMount, RunnerMountIntent,
+    RunnerMountKind, RunnerSecretRef, RunnerSessionState, RunnerSnapshotRef, ThreadRunnerBinding,
+};
+pub use error::{RunnerError, RunnerErrorKind, RunnerResult, RunnerResultExt};
+pub use files::{
+    RunnerArtifactExportRequest, RunnerArtifactExportResult, RunnerFileKind, RunnerFileReadRequest,
+    RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerListeningPort,
+    RunnerPortRequest, RunnerPortResult,
+};
+pub use output::{HeadTailBuffer, OutputLog};
+pub use process::{
+    OutputSink, ProcessControl, ProcessTable, ProcessTableConfig, RawExit, SpawnedProcess,
+    validate_command_request,
+};
+pub use registry::{RunnerProviderInfo, RunnerRegistry, validate_manifest, validate_relative_path};
+pub use secrets::{EnvSecretResolver, SecretResolver, SecretValues};
+pub use session::{
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerEventStream, RunnerSweepReport,
+};
+pub use workspace::{PathAccess, RemoteWorkspace, normalize_lexically};

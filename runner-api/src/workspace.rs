@@ -1,0 +1,454 @@
+//! `RemoteWorkspace`: the seed's path rule, enforced over any session.
+//!
+//! Writes and the working directory stay under `root`; reads may also resolve
+//! under `read_roots`. A path is checked twice: lexically (after folding `.` and
+//! `..`), and on the runner with `canonicalize`, so a symlink that leads outside
+//! is refused too. Operations on a path itself (`stat`, `remove`, `rename`) resolve
+//! the parent and keep the final component, so they act on a link, not its target.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{
+    RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
+    RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
+    RunnerCommandResult, RunnerError, RunnerErrorKind, RunnerEventStream, RunnerFileKind,
+    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
+    RunnerListeningPort, RunnerPortRequest, RunnerPortResult, RunnerProcessInfo, RunnerResult,
+    RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+};
+
+/// Folds `.` and `..` of an absolute path without touching the filesystem
+/// (`/..` stays `/`).
+pub fn normalize_lexically(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// Whether a path is read or written: writes may only land under the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathAccess {
+    /// Reads may resolve under the root or a read root.
+    Read,
+    /// Writes and the working directory stay under the root.
+    Write,
+}
+
+/// Whether the final component is followed when it is a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    Yes,
+    No,
+}
+
+/// A session whose paths are confined to a workspace root (and read roots).
+///
+/// Implements [`RemoteRunnerSession`] itself, so it can stand wherever a session
+/// does. Relative paths resolve under `root`; a command without `cwd` runs in
+/// `root`. Refusals are `PermissionDenied` (outside) or `InvalidRequest` (NUL byte).
+/// Symlink checks need the session's `canonicalize`; without `file_management` the
+/// check is lexical only.
+#[derive(Clone)]
+pub struct RemoteWorkspace {
+    /// The session operations go to.
+    pub session: Arc<dyn RemoteRunnerSession>,
+    /// Absolute runner path of the workspace root.
+    pub root: PathBuf,
+    /// Extra absolute runner paths reads may resolve under.
+    pub read_roots: Vec<PathBuf>,
+}
+
+impl RemoteWorkspace {
+    /// Confines `session` to `root`.
+    pub fn new(session: Arc<dyn RemoteRunnerSession>, root: impl Into<PathBuf>) -> Self {
+        Self {
+            session,
+            root: root.into(),
+            read_roots: Vec::new(),
+        }
+    }
+
+    /// Confines `session` to its own workspace root.
+    pub fn for_session(session: Arc<dyn RemoteRunnerSession>) -> Self {
+        let root = session.workspace_root();
+        Self::new(session, root)
+    }
+
+    /// Adds read roots.
+    pub fn with_read_roots(mut self, read_roots: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.read_roots.extend(read_roots);
+        self
+    }
+
+    fn allowed(&self, access: PathAccess) -> Vec<PathBuf> {
+        let mut roots = vec![normalize_lexically(&self.root)];
+        if access == PathAccess::Read {
+            roots.extend(self.read_roots.iter().map(|r| normalize_lexically(r)));
+        }
+        roots
+    }
+
+    async fn canonical_roots(&self, access: PathAccess) -> RunnerResult<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for root in self.allowed(access) {
+            out.push(self.canonical_existing(&root).await?);
+        }
+        Ok(out)
+    }
+
+    /// `canonicalize` of the longest existing prefix, with the rest appended.
+    async fn canonical_existing(&self, path: &Path) -> RunnerResult<PathBuf> {
+        let mut missing = Vec::new();
+        let mut current = path.to_path_buf();
+        loop {
+            match self.session.canonicalize(&current).await {
+                Ok(canonical) => {
+                    let mut out = canonical;
+                    for part in missing.iter().rev() {
+                        out.push(part);
+                    }
+                    return Ok(out);
+                }
+                Err(e) if e.kind() == RunnerErrorKind::NotFound => {
+                    let Some(name) = current.file_name().map(|n| n.to_os_string()) else {
+                        return Ok(path.to_path_buf());
+                    };
+                    missing.push(name);
+                    current.pop();
+                }
+                Err(e) if e.kind() == RunnerErrorKind::Unsupported => return Ok(path.to_path_buf()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Resolves `path` for `operation` and returns the absolute path to use.
+    ///
+    /// Errors: `InvalidRequest` (NUL byte), `PermissionDenied` (outside the allowed
+    /// roots, lexically or through a symlink).
+    pub async fn resolve(
+        &self,
+        operation: &str,
+        path: &Path,
+        access: PathAccess,
+    ) -> RunnerResult<PathBuf> {
+        self.resolve_with(operation, path, access, Follow::Yes)
+            .await
+    }
+
+    async fn resolve_with(
+        &self,
+        operation: &str,
+        path: &Path,
+        access: PathAccess,
+        follow: Follow,
+    ) -> RunnerResult<PathBuf> {
+        if path.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(RunnerError::invalid_request(format!(
+                "{operation}: path {:?} contains a NUL byte",
+                path.display()
+            )));
+        }
+        let joined = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.root.join(path)
+        };
+        let lexical = normalize_lexically(&joined);
+        let outside = || {
+            RunnerError::permission_denied(format!(
+                "{operation} {}: outside the workspace {}",
+                path.display(),
+                self.root.display()
+            ))
+        };
+        if !self
+            .allowed(access)
+            .iter()
+            .any(|root| lexical.starts_with(root))
+        {
+            return Err(outside());
+        }
+        let roots = self.canonical_roots(access).await?;
+        let is_root = self.allowed(access).contains(&lexical);
+        let resolved = match (follow, lexical.parent(), lexical.file_name()) {
+            (Follow::No, Some(parent), Some(name)) if !is_root => {
+                self.canonical_existing(parent).await?.join(name)
+            }
+            _ => {
+                let canonical = self.canonical_existing(&lexical).await?;
+                self.refuse_dangling_link(operation, path, &canonical)
+                    .await?;
+                canonical
+            }
+        };
+        if !roots.iter().any(|root| resolved.starts_with(root)) {
+            return Err(RunnerError::permission_denied(format!(
+                "{operation} {}: resolves outside the workspace {} through a symlink",
+                path.display(),
+                self.root.display()
+            )));
+        }
+        Ok(resolved)
+    }
+
+    /// A followed path that does not exist may still be a dangling symlink whose
+    /// target cannot be checked: refuse it.
+    async fn refuse_dangling_link(
+        &self,
+        operation: &str,
+        path: &Path,
+        canonical: &Path,
+    ) -> RunnerResult<()> {
+        match self.session.stat(canonical).await {
+            Ok(stat) if stat.kind == RunnerFileKind::Symlink => {
+                Err(RunnerError::permission_denied(format!(
+                    "{operation} {}: is a symlink whose target does not exist",
+                    path.display()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn resolve_command(
+        &self,
+        mut request: RunnerCommandRequest,
+    ) -> RunnerResult<RunnerCommandRequest> {
+        let cwd = request.cwd.clone().unwrap_or_else(|| self.root.clone());
+        request.cwd = Some(self.resolve("command cwd", &cwd, PathAccess::Write).await?);
+        Ok(request)
+    }
+}
+
+#[async_trait]
+impl RemoteRunnerSession for RemoteWorkspace {
+    fn state(&self) -> RunnerSessionState {
+        self.session.state()
+    }
+
+    fn capabilities(&self) -> RunnerCapabilities {
+        self.session.capabilities()
+    }
+
+    fn workspace_root(&self) -> PathBuf {
+        self.root.clone()
+    }
+
+    async fn pause(&self) -> RunnerResult<RunnerSessionState> {
+        self.session.pause().await
+    }
+
+    async fn resume(&self) -> RunnerResult<RunnerSessionState> {
+        self.session.resume().await
+    }
+
+    async fn detach(&self) -> RunnerResult<RunnerSessionState> {
+        self.session.detach().await
+    }
+
+    async fn close(&self) -> RunnerResult<()> {
+        self.session.close().await
+    }
+
+    async fn run_command(
+        &self,
+        request: RunnerCommandRequest,
+    ) -> RunnerResult<RunnerCommandResult> {
+        let request = self.resolve_command(request).await?;
+        self.session.run_command(request).await
+    }
+
+    async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
+        self.session.cancel_command(command_id).await
+    }
+
+    async fn start_command(
+        &self,
+        request: RunnerCommandRequest,
+    ) -> RunnerResult<RunnerProcessInfo> {
+        let request = self.resolve_command(request).await?;
+        self.session.start_command(request).await
+    }
+
+    async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
+        self.session.list_commands().await
+    }
+
+    async fn command_status(
+        &self,
+        command_id: &RunnerCommandId,
+    ) -> RunnerResult<RunnerProcessInfo> {
+        self.session.command_status(command_id).await
+    }
+
+    async fn command_output(
+        &self,
+        command_id: &RunnerCommandId,
+        after_seq: u64,
+    ) -> RunnerResult<RunnerCommandOutput> {
+        self.session.command_output(command_id, after_seq).await
+    }
+
+    async fn stream_command(
+        &self,
+        command_id: &RunnerCommandId,
+        after_seq: u64,
+    ) -> RunnerResult<RunnerEventStream> {
+        self.session.stream_command(command_id, after_seq).await
+    }
+
+    async fn write_stdin(
+        &self,
+        command_id: &RunnerCommandId,
+        bytes: Vec<u8>,
+        close: bool,
+    ) -> RunnerResult<()> {
+        self.session.write_stdin(command_id, bytes, close).await
+    }
+
+    async fn signal_command(
+        &self,
+        command_id: &RunnerCommandId,
+        signal: RunnerSignal,
+    ) -> RunnerResult<()> {
+        self.session.signal_command(command_id, signal).await
+    }
+
+    async fn read_file(
+        &self,
+        mut request: RunnerFileReadRequest,
+    ) -> RunnerResult<RunnerFileReadResult> {
+        let asked = request.path.clone();
+        request.path = self.resolve("read_file", &asked, PathAccess::Read).await?;
+        let mut result = self.session.read_file(request).await?;
+        result.path = asked;
+        Ok(result)
+    }
+
+    async fn write_file(&self, mut request: RunnerFileWriteRequest) -> RunnerResult<()> {
+        request.path = self
+            .resolve("write_file", &request.path, PathAccess::Write)
+            .await?;
+        self.session.write_file(request).await
+    }
+
+    async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
+        let resolved = self.resolve("list_dir", path, PathAccess::Read).await?;
+        let mut entries = self.session.list_dir(&resolved).await?;
+        for entry in &mut entries {
+            entry.path = path.join(&entry.name);
+        }
+        Ok(entries)
+    }
+
+    async fn stat(&self, path: &Path) -> RunnerResult<RunnerFileStat> {
+        let resolved = self
+            .resolve_with("stat", path, PathAccess::Read, Follow::No)
+            .await?;
+        let mut stat = self.session.stat(&resolved).await?;
+        stat.path = path.to_path_buf();
+        Ok(stat)
+    }
+
+    async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
+        let resolved = self
+            .resolve_with("remove", path, PathAccess::Write, Follow::No)
+            .await?;
+        if normalize_lexically(&self.root.join(path)) == normalize_lexically(&self.root) {
+            return Err(RunnerError::permission_denied(format!(
+                "remove {}: refusing to remove the workspace root",
+                path.display()
+            )));
+        }
+        self.session.remove(&resolved, recursive).await
+    }
+
+    async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
+        let resolved = self.resolve("make_dir", path, PathAccess::Write).await?;
+        self.session.make_dir(&resolved).await
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
+        let from = self
+            .resolve_with("rename", from, PathAccess::Write, Follow::No)
+            .await?;
+        let to = self
+            .resolve_with("rename", to, PathAccess::Write, Follow::No)
+            .await?;
+        self.session.rename(&from, &to).await
+    }
+
+    async fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
+        let resolved = self.resolve("canonicalize", path, PathAccess::Read).await?;
+        self.session.canonicalize(&resolved).await
+    }
+
+    async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
+        let resolved = self
+            .resolve("upload_archive", target, PathAccess::Write)
+            .await?;
+        self.session.upload_archive(&resolved, archive).await
+    }
+
+    async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
+        let resolved = self
+            .resolve("download_archive", path, PathAccess::Read)
+            .await?;
+        self.session.download_archive(&resolved).await
+    }
+
+    async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
+        self.session.expose_port(request).await
+    }
+
+    async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {
+        self.session.list_listening_ports().await
+    }
+
+    async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
+        self.session.snapshot().await
+    }
+
+    async fn sync_mounts(&self) -> RunnerResult<()> {
+        self.session.sync_mounts().await
+    }
+
+    async fn export_artifact(
+        &self,
+        mut request: RunnerArtifactExportRequest,
+    ) -> RunnerResult<RunnerArtifactExportResult> {
+        let asked = request.path.clone();
+        request.path = self
+            .resolve("export_artifact", &asked, PathAccess::Read)
+            .await?;
+        let mut result = self.session.export_artifact(request).await?;
+        result.path = asked;
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_normalization_folds_dots() {
+        assert_eq!(
+            normalize_lexically(Path::new("/w/a/../b/./c")),
+            PathBuf::from("/w/b/c")
+        );
+        assert_eq!(normalize_lexically(Path::new("/../..")), PathBuf::from("/"));
+    }
+}
