@@ -1,0 +1,1 @@
+//! unix-local provider (in progress).
