@@ -102,32 +102,36 @@ impl RemoteWorkspace {
     async fn canonical_roots(&self, access: PathAccess) -> RunnerResult<Vec<PathBuf>> {
         let mut out = Vec::new();
         for root in self.allowed(access) {
-            out.push(self.canonical_existing(&root).await?);
+            out.push(self.canonical_existing(&root).await?.0);
         }
         Ok(out)
     }
 
-    /// `canonicalize` of the longest existing prefix, with the rest appended.
-    async fn canonical_existing(&self, path: &Path) -> RunnerResult<PathBuf> {
+    /// `canonicalize` of the longest existing prefix, with the rest appended, and
+    /// whether the whole path existed.
+    async fn canonical_existing(&self, path: &Path) -> RunnerResult<(PathBuf, bool)> {
         let mut missing = Vec::new();
         let mut current = path.to_path_buf();
         loop {
             match self.session.canonicalize(&current).await {
                 Ok(canonical) => {
+                    let existed = missing.is_empty();
                     let mut out = canonical;
                     for part in missing.iter().rev() {
                         out.push(part);
                     }
-                    return Ok(out);
+                    return Ok((out, existed));
                 }
                 Err(e) if e.kind() == RunnerErrorKind::NotFound => {
                     let Some(name) = current.file_name().map(|n| n.to_os_string()) else {
-                        return Ok(path.to_path_buf());
+                        return Ok((path.to_path_buf(), false));
                     };
                     missing.push(name);
                     current.pop();
                 }
-                Err(e) if e.kind() == RunnerErrorKind::Unsupported => return Ok(path.to_path_buf()),
+                Err(e) if e.kind() == RunnerErrorKind::Unsupported => {
+                    return Ok((path.to_path_buf(), true));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -184,12 +188,14 @@ impl RemoteWorkspace {
         let is_root = self.allowed(access).contains(&lexical);
         let resolved = match (follow, lexical.parent(), lexical.file_name()) {
             (Follow::No, Some(parent), Some(name)) if !is_root => {
-                self.canonical_existing(parent).await?.join(name)
+                self.canonical_existing(parent).await?.0.join(name)
             }
             _ => {
-                let canonical = self.canonical_existing(&lexical).await?;
-                self.refuse_dangling_link(operation, path, &canonical)
-                    .await?;
+                let (canonical, existed) = self.canonical_existing(&lexical).await?;
+                if !existed {
+                    self.refuse_dangling_link(operation, path, &canonical)
+                        .await?;
+                }
                 canonical
             }
         };

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Runs every check of the workspace on this machine, provisioning what the tests
+# need first: formatting, clippy, every test (unit, integration, conformance),
+# the quickstart example, and finally the conformance report.
+#
+# Usage: scripts/test.sh
+#
+# Works on a fresh Debian machine as root (packages come from apt). Backends that
+# are requested and cannot be provisioned fail the run; nothing passes by skipping.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+LOG_DIR=target/test-logs
+mkdir -p "$LOG_DIR"
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+APT_UPDATED=0
+# ensure_packages PKG... : installs missing Debian packages (root only).
+ensure_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing packages ${missing[*]}: install them or run as root"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+step "toolchain"
+cargo --version
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt is not installed (rustup component add rustfmt)"
+cargo clippy --version >/dev/null 2>&1 || die "clippy is not installed (rustup component add clippy)"
+
+step "provision: programs the conformance checks run inside unix-local sessions"
+# The ports checks serve HTTP with busybox httpd (python3 is the fallback).
+if command -v apt-get >/dev/null 2>&1; then
+  ensure_packages busybox-static
+fi
+command -v busybox >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 \
+  || die "neither busybox nor python3 is available for the ports checks"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (every crate, every test, conformance runs included)"
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$LOG_DIR/test.log"
+test_status=${PIPESTATUS[0]}
+set -e
+
+step "quickstart example"
+cargo run --quiet --example quickstart | tee "$LOG_DIR/quickstart.log"
+grep -q '^session closed$' "$LOG_DIR/quickstart.log" || die "the quickstart did not finish"
+
+step "conformance report"
+report=$(grep -E '^[a-z0-9][a-z0-9-]*: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$LOG_DIR/test.log" || true)
+[ -n "$report" ] || die "no conformance summary line found in the test output"
+printf '%s\n' "$report"
+if [ "$test_status" -ne 0 ]; then
+  die "cargo test failed (exit $test_status); see $LOG_DIR/test.log"
+fi
