@@ -11,15 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner_api::{
-    RemoteRunnerProvider, RemoteWorkspace, RunnerCommandRequest, RunnerDestination,
-    RunnerFileReadRequest, RunnerFileWriteRequest, RunnerProcessState, RunnerRegistry,
-    RunnerResult,
+    RemoteRunnerProvider, RemoteRunnerSession, RemoteWorkspace, RunnerCommandRequest,
+    RunnerDestination, RunnerFileReadRequest, RunnerFileWriteRequest, RunnerProcessState,
+    RunnerRegistry, RunnerResult,
 };
 use runner_local::LocalProvider;
 
 #[tokio::main]
 async fn main() -> RunnerResult<()> {
-    let dir = tempfile::tempdir().map_err(|e| runner_api::RunnerError::from_io("tempdir", "", e))?;
+    let dir =
+        tempfile::tempdir().map_err(|e| runner_api::RunnerError::from_io("tempdir", "", e))?;
     let root = dir.path().join("workspace");
 
     // A registry knows every provider; it validates a destination before creating a session.
@@ -33,15 +34,21 @@ async fn main() -> RunnerResult<()> {
         default_manifest: Default::default(),
     };
     let session = registry.create_session(destination).await?;
-    println!("session {} in {}", session.state().session_id, session.workspace_root().display());
+    println!(
+        "session {} in {}",
+        session.state().session_id,
+        session.workspace_root().display()
+    );
 
     // Confine every path to the workspace root, as an agent framework would.
     let workspace = RemoteWorkspace::for_session(session.clone());
-    use runner_api::RemoteRunnerSession as _;
 
     // 1. A foreground command: stdout and stderr stay apart; a non-zero exit is a result.
     let result = workspace
-        .run_command(RunnerCommandRequest::shell("hello", "echo hello from $(pwd); echo oops >&2; exit 3"))
+        .run_command(RunnerCommandRequest::shell(
+            "hello",
+            "echo hello from $(pwd); echo oops >&2; exit 3",
+        ))
         .await?;
     println!(
         "run_command: exit {:?}, stdout {:?}, stderr {:?}, {} ms",
@@ -50,15 +57,29 @@ async fn main() -> RunnerResult<()> {
 
     // 2. Files: an atomic write, then a read.
     workspace
-        .write_file(RunnerFileWriteRequest::new("notes/todo.txt", "write the report\n"))
+        .write_file(RunnerFileWriteRequest::new(
+            "notes/todo.txt",
+            "write the report\n",
+        ))
         .await?;
-    let read = workspace.read_file(RunnerFileReadRequest::new("notes/todo.txt")).await?;
-    println!("read_file notes/todo.txt: {:?}", String::from_utf8_lossy(&read.contents));
+    let read = workspace
+        .read_file(RunnerFileReadRequest::new("notes/todo.txt"))
+        .await?;
+    println!(
+        "read_file notes/todo.txt: {:?}",
+        String::from_utf8_lossy(&read.contents)
+    );
 
     // A path outside the workspace is refused with a typed error.
-    let refused = workspace.read_file(RunnerFileReadRequest::new("../../etc/passwd")).await;
+    let refused = workspace
+        .read_file(RunnerFileReadRequest::new("../../etc/passwd"))
+        .await;
     if let Err(e) = refused {
-        println!("read_file ../../etc/passwd refused: {} ({})", e.message(), e.kind());
+        println!(
+            "read_file ../../etc/passwd refused: {} ({})",
+            e.message(),
+            e.kind()
+        );
     }
 
     // 3. A background command, its numbered output read in two steps.
@@ -66,14 +87,20 @@ async fn main() -> RunnerResult<()> {
     let info = workspace
         .start_command(RunnerCommandRequest::shell("ticker", script))
         .await?;
-    println!("start_command: {} running as pid {:?}", info.command_id, info.pid);
+    println!(
+        "start_command: {} running as pid {:?}",
+        info.command_id, info.pid
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first = workspace.command_output(&info.command_id, 0).await?;
     print_chunks("first read", &first.chunks);
     loop {
         let status = workspace.command_status(&info.command_id).await?;
         if status.state == RunnerProcessState::Exited {
-            println!("ticker exited: {:?}", status.status.and_then(|s| s.exit_code));
+            println!(
+                "ticker exited: {:?}",
+                status.status.and_then(|s| s.exit_code)
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

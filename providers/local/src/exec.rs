@@ -1,0 +1,251 @@
+//! Spawning a command as a local process in its own process group and feeding
+//! its output into the [`ProcessTable`](runner_api::ProcessTable)'s sink.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use runner_api::{
+    OutputSink, ProcessControl, RawExit, RunnerCommandRequest, RunnerError, RunnerOutputStream,
+    RunnerResult, RunnerSignal, SpawnedProcess,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::ChildStdin;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::groups::{Groups, signal_group};
+
+/// Size of the buffers output is read with.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How long to keep reading output after the command itself exited. A
+/// background grandchild that inherited the pipes would keep them open forever.
+const READER_GRACE: Duration = Duration::from_millis(250);
+
+/// What every spawn of one session shares.
+pub(crate) struct SpawnContext {
+    /// Environment from `LocalConfig.env`.
+    pub(crate) env: BTreeMap<String, String>,
+    /// The session's process groups.
+    pub(crate) groups: Arc<Groups>,
+}
+
+/// A prepared command: the request (without its stdin bytes), its stdin and
+/// its resolved working directory.
+pub(crate) struct Launch {
+    /// `run_command` or `start_command`, for messages.
+    pub(crate) operation: &'static str,
+    /// The request.
+    pub(crate) request: RunnerCommandRequest,
+    /// Bytes for stdin, taken out of the request.
+    pub(crate) stdin: Option<Vec<u8>>,
+    /// Absolute working directory, already checked.
+    pub(crate) cwd: PathBuf,
+}
+
+type StdinSlot = Arc<Mutex<Option<ChildStdin>>>;
+
+/// Signals the command's process group and writes its kept-open stdin.
+struct LocalControl {
+    pgid: i32,
+    stdin: StdinSlot,
+}
+
+#[async_trait]
+impl ProcessControl for LocalControl {
+    async fn signal(&self, signal: RunnerSignal) -> RunnerResult<()> {
+        signal_group(self.pgid, signal)
+    }
+
+    async fn write_stdin(&self, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
+        let mut slot = self.stdin.lock().await;
+        let Some(pipe) = slot.as_mut() else {
+            return Err(RunnerError::invalid_request(
+                "stdin is closed (or was not kept open with keep_stdin_open)",
+            ));
+        };
+        if !bytes.is_empty() {
+            let written = async {
+                pipe.write_all(&bytes).await?;
+                pipe.flush().await
+            };
+            if let Err(e) = written.await {
+                *slot = None;
+                return Err(if e.kind() == io::ErrorKind::BrokenPipe {
+                    RunnerError::invalid_request("the command closed its stdin")
+                } else {
+                    RunnerError::from_io("write_stdin", "stdin", e)
+                });
+            }
+        }
+        if close && let Some(mut pipe) = slot.take() {
+            let _ = pipe.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+fn spawn_error(launch: &Launch, error: io::Error) -> RunnerError {
+    let op = launch.operation;
+    let id = &launch.request.command_id;
+    let program = &launch.request.program;
+    match error.kind() {
+        io::ErrorKind::NotFound => {
+            RunnerError::not_found(format!("{op} {id}: program {program} not found"))
+                .with_source(error)
+        }
+        io::ErrorKind::PermissionDenied => RunnerError::permission_denied(format!(
+            "{op} {id}: program {program} is not executable (permission denied)"
+        ))
+        .with_source(error),
+        _ => RunnerError::from_io(&format!("{op} {id}: spawning"), program, error),
+    }
+}
+
+async fn pump(mut reader: impl AsyncRead + Unpin, sink: OutputSink, stream: RunnerOutputStream) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => sink.push(stream, &buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes `bytes` to `pipe`; a program that exits (or closes stdin) before
+/// reading everything is not an error.
+async fn feed(pipe: &mut ChildStdin, bytes: &[u8]) -> bool {
+    match pipe.write_all(bytes).await {
+        Ok(()) => pipe.flush().await.is_ok(),
+        Err(e) => {
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                tracing::debug!(error = %e, "writing stdin failed");
+            }
+            false
+        }
+    }
+}
+
+/// Spawns the command in its own process group and returns it to the table.
+///
+/// Errors: `NotFound` (program missing), `PermissionDenied` (not executable),
+/// `Provider` otherwise.
+pub(crate) fn spawn(
+    ctx: &SpawnContext,
+    launch: Launch,
+    sink: OutputSink,
+) -> RunnerResult<SpawnedProcess> {
+    let request = &launch.request;
+    let keep_open = request.keep_stdin_open;
+    let mut command = tokio::process::Command::new(&request.program);
+    command
+        .args(&request.args)
+        .current_dir(&launch.cwd)
+        .envs(&ctx.env)
+        .envs(request.effective_env())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if launch.stdin.is_some() || keep_open {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(false);
+    let mut child = command.spawn().map_err(|e| spawn_error(&launch, e))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| RunnerError::provider("spawned command has no pid"))?;
+    let pgid = pid as i32;
+    ctx.groups.remember(pgid);
+    let command_id = request.command_id.clone();
+    tracing::info!(command_id = %command_id, program = %request.program, pid, "spawned local command");
+
+    let slot: StdinSlot = Arc::new(Mutex::new(None));
+    let writer: Option<JoinHandle<()>> = match (child.stdin.take(), launch.stdin) {
+        (Some(mut pipe), Some(bytes)) if !keep_open => Some(tokio::spawn(async move {
+            feed(&mut pipe, &bytes).await;
+            drop(pipe);
+        })),
+        (Some(pipe), Some(bytes)) => {
+            // Hold the slot while the initial bytes go in, so `write_stdin`
+            // calls queue up behind them.
+            let mut guard = slot
+                .clone()
+                .try_lock_owned()
+                .map_err(|_| RunnerError::provider("stdin slot busy"))?;
+            *guard = Some(pipe);
+            Some(tokio::spawn(async move {
+                let ok = match guard.as_mut() {
+                    Some(pipe) => feed(pipe, &bytes).await,
+                    None => false,
+                };
+                if !ok {
+                    *guard = None;
+                }
+            }))
+        }
+        (Some(pipe), None) => {
+            if let Ok(mut guard) = slot.try_lock() {
+                *guard = Some(pipe);
+            }
+            None
+        }
+        (None, _) => None,
+    };
+
+    let stdout = child
+        .stdout
+        .take()
+        .map(|out| tokio::spawn(pump(out, sink.clone(), RunnerOutputStream::Stdout)));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(pump(err, sink, RunnerOutputStream::Stderr)));
+    let readers: Vec<JoinHandle<()>> = stdout.into_iter().chain(stderr).collect();
+
+    let exit_slot = slot.clone();
+    let exit = Box::pin(async move {
+        let status = child.wait().await;
+        let aborts: Vec<_> = readers.iter().map(JoinHandle::abort_handle).collect();
+        let drained = tokio::time::timeout(READER_GRACE, async move {
+            for reader in readers {
+                let _ = reader.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::debug!(command_id = %command_id, "output pipes still open after exit (a background process holds them); stopped reading");
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+        if let Some(writer) = writer {
+            writer.abort();
+        }
+        if let Ok(mut pipe) = exit_slot.try_lock() {
+            pipe.take();
+        }
+        let status = status.map_err(|e| RunnerError::from_io("wait", &command_id, e))?;
+        let raw = RawExit {
+            exit_code: status.code(),
+            signal: status.signal(),
+        };
+        tracing::info!(command_id = %command_id, exit_code = ?raw.exit_code, signal = ?raw.signal, "local command exited");
+        Ok(raw)
+    });
+
+    Ok(SpawnedProcess {
+        pid: Some(pid),
+        control: Arc::new(LocalControl { pgid, stdin: slot }),
+        exit,
+    })
+}

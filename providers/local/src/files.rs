@@ -1,0 +1,826 @@
+//! The workspace as the file API sees it: every path resolved beneath the root
+//! (or beneath a mount's host directory) by cap-std, read-only entries and
+//! mounts refused for writes.
+//!
+//! Paths map as follows: a relative path is folded lexically (`.` and `..`) and
+//! must stay inside the root; an absolute path must lie lexically under the root
+//! and has that prefix stripped. Anything else is `PermissionDenied`. The
+//! remaining relative path goes to cap-std, which resolves it beneath the root
+//! directory handle without ever following a symlink out of it (openat2 with
+//! `RESOLVE_BENEATH` where the kernel has it). A path under a `provider_native`
+//! mount is routed to a separate cap-std handle on the mount's host directory,
+//! so it works and stays confined to that directory.
+//!
+//! Every method here blocks; the session calls them on `spawn_blocking`.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use cap_std::fs::{Dir, Metadata, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
+use runner_api::{
+    RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult,
+    RunnerFileStat, RunnerFileWriteRequest, RunnerResult, normalize_lexically,
+};
+
+use crate::archive::{self, Protect, SymlinkPolicy};
+use crate::error::{io_error, is_escape};
+
+/// How many symlinks `write_file` follows at the final component before giving up.
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// A `provider_native` mount backed by a host directory.
+pub(crate) struct Mount {
+    /// The mount's name, for messages.
+    pub(crate) name: String,
+    /// Where it appears in the workspace (relative, normalized).
+    pub(crate) rel: PathBuf,
+    /// The host directory (canonical).
+    pub(crate) host: PathBuf,
+    /// A handle on the host directory; operations under the mount resolve beneath it.
+    pub(crate) dir: Dir,
+    /// Writes through the file API are refused.
+    pub(crate) read_only: bool,
+}
+
+/// A path of the workspace that the file API must not write (a manifest entry
+/// with `writable: false`, or a read-only mount without a host path).
+#[derive(Debug, Clone)]
+pub(crate) struct ReadOnlyPath {
+    /// Relative, normalized.
+    pub(crate) rel: PathBuf,
+    /// What made it read-only, for messages ("manifest entry tools").
+    pub(crate) reason: String,
+}
+
+/// The confined view of one session's workspace.
+pub(crate) struct Workspace {
+    /// Absolute, canonical root.
+    pub(crate) root: PathBuf,
+    /// The root as configured (lexically normalized), also accepted in absolute paths.
+    pub(crate) root_alias: PathBuf,
+    /// Handle on the root; every root-relative operation goes through it.
+    pub(crate) dir: Dir,
+    /// Mounts, longest path first.
+    pub(crate) mounts: Vec<Mount>,
+    /// Read-only paths.
+    pub(crate) read_only: Vec<ReadOnlyPath>,
+}
+
+/// Which directory handle a resolved path lives under.
+#[derive(Clone, Copy)]
+pub(crate) enum Base<'a> {
+    /// The workspace root.
+    Root,
+    /// A mount's host directory.
+    Mount(&'a Mount),
+}
+
+/// A path resolved for the file API.
+pub(crate) struct Resolved<'a> {
+    /// The handle it resolves under.
+    pub(crate) base: Base<'a>,
+    /// Relative to `base` (empty: the base itself).
+    pub(crate) rel: PathBuf,
+    /// Relative to the workspace root (empty: the root).
+    pub(crate) ws_rel: PathBuf,
+}
+
+/// `"."` for an empty relative path, which cap-std wants for "this directory".
+pub(crate) fn or_dot(path: &Path) -> &Path {
+    if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    }
+}
+
+/// Folds `.` and `..` of a relative path; `None` when it is absolute or climbs
+/// above its start.
+pub(crate) fn normalize_relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// cap-std's canonical form of `rel` under `dir`, without `.` components.
+fn canonical_rel(dir: &Dir, rel: &Path) -> io::Result<PathBuf> {
+    let canonical = dir.canonicalize(or_dot(rel))?;
+    Ok(canonical
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect())
+}
+
+fn split(rel: &Path) -> (PathBuf, Option<std::ffi::OsString>) {
+    match rel.file_name() {
+        Some(name) => (
+            rel.parent().map(Path::to_path_buf).unwrap_or_default(),
+            Some(name.to_os_string()),
+        ),
+        None => (PathBuf::new(), None),
+    }
+}
+
+/// Milliseconds since the epoch of a cap-std metadata's modification time.
+pub(crate) fn modified_ms(meta: &Metadata) -> Option<u64> {
+    let modified = meta.modified().ok()?.into_std();
+    modified
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
+/// Permission bits (without the file type).
+pub(crate) fn mode_bits(meta: &Metadata) -> u32 {
+    meta.permissions().mode() & 0o7777
+}
+
+fn kind_of(meta: &Metadata) -> RunnerFileKind {
+    if meta.is_symlink() {
+        RunnerFileKind::Symlink
+    } else if meta.is_dir() {
+        RunnerFileKind::Directory
+    } else if meta.is_file() {
+        RunnerFileKind::File
+    } else {
+        RunnerFileKind::Other
+    }
+}
+
+fn file_stat(
+    path: PathBuf,
+    name: String,
+    meta: &Metadata,
+    target: Option<PathBuf>,
+) -> RunnerFileStat {
+    RunnerFileStat {
+        path,
+        name,
+        kind: kind_of(meta),
+        size: meta.len(),
+        mode: mode_bits(meta),
+        modified_ms: modified_ms(meta),
+        symlink_target: target,
+    }
+}
+
+impl<'a> Resolved<'a> {
+    /// The directory handle this path resolves under.
+    pub(crate) fn dir(&self, ws: &'a Workspace) -> &'a Dir {
+        match self.base {
+            Base::Root => &ws.dir,
+            Base::Mount(mount) => &mount.dir,
+        }
+    }
+
+    /// Whether this is the base directory itself (the root or a mount point).
+    pub(crate) fn is_base(&self) -> bool {
+        self.rel.as_os_str().is_empty()
+    }
+}
+
+impl Workspace {
+    /// Opens the workspace at `root` (which must exist). `root_alias` is the root
+    /// as configured; both spellings are accepted in absolute paths.
+    pub(crate) fn open(root: &Path, root_alias: &Path) -> io::Result<Self> {
+        let canonical = std::fs::canonicalize(root)?;
+        let dir = Dir::open_ambient_dir(&canonical, cap_std::ambient_authority())?;
+        Ok(Self {
+            root: canonical,
+            root_alias: normalize_lexically(&std::path::absolute(root_alias)?),
+            dir,
+            mounts: Vec::new(),
+            read_only: Vec::new(),
+        })
+    }
+
+    /// Adds a mount; mounts are kept longest path first so the innermost wins.
+    pub(crate) fn add_mount(&mut self, mount: Mount) {
+        self.mounts.push(mount);
+        self.mounts
+            .sort_by_key(|m| std::cmp::Reverse(m.rel.components().count()));
+    }
+
+    fn outside(&self, operation: &str, path: &Path) -> RunnerError {
+        RunnerError::permission_denied(format!(
+            "{operation} {}: outside the workspace {}",
+            path.display(),
+            self.root.display()
+        ))
+    }
+
+    pub(crate) fn io(&self, operation: &str, path: &Path, error: io::Error) -> RunnerError {
+        io_error(operation, path.display(), self.root.display(), error)
+    }
+
+    /// Maps a caller's path onto a base handle and a relative path.
+    ///
+    /// Errors: `InvalidRequest` (NUL byte), `PermissionDenied` (outside the root).
+    pub(crate) fn resolve(&self, operation: &str, path: &Path) -> RunnerResult<Resolved<'_>> {
+        if path.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(RunnerError::invalid_request(format!(
+                "{operation} {:?}: path contains a NUL byte",
+                path.display()
+            )));
+        }
+        let ws_rel = if path.is_absolute() {
+            let lexical = normalize_lexically(path);
+            if let Ok(rest) = lexical.strip_prefix(&self.root) {
+                rest.to_path_buf()
+            } else if let Ok(rest) = lexical.strip_prefix(&self.root_alias) {
+                rest.to_path_buf()
+            } else {
+                return Err(self.outside(operation, path));
+            }
+        } else {
+            normalize_relative(path).ok_or_else(|| self.outside(operation, path))?
+        };
+        for mount in &self.mounts {
+            if let Ok(rest) = ws_rel.strip_prefix(&mount.rel) {
+                return Ok(Resolved {
+                    base: Base::Mount(mount),
+                    rel: rest.to_path_buf(),
+                    ws_rel,
+                });
+            }
+        }
+        Ok(Resolved {
+            base: Base::Root,
+            rel: ws_rel.clone(),
+            ws_rel,
+        })
+    }
+
+    fn read_only_reason(&self, ws_rel: &Path) -> Option<String> {
+        self.read_only
+            .iter()
+            .find(|ro| ws_rel.starts_with(&ro.rel))
+            .map(|ro| ro.reason.clone())
+    }
+
+    /// Refuses writes under a read-only mount or entry.
+    pub(crate) fn check_writable(
+        &self,
+        operation: &str,
+        path: &Path,
+        resolved: &Resolved<'_>,
+    ) -> RunnerResult<()> {
+        if let Base::Mount(mount) = resolved.base
+            && mount.read_only
+        {
+            return Err(RunnerError::permission_denied(format!(
+                "{operation} {}: mount {:?} is read-only",
+                path.display(),
+                mount.name
+            )));
+        }
+        if let Some(reason) = self.read_only_reason(&resolved.ws_rel) {
+            return Err(RunnerError::permission_denied(format!(
+                "{operation} {}: {reason} is read-only",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses removing or moving the root, a mount point, or a directory that
+    /// holds a mount point or a read-only entry.
+    fn check_movable(
+        &self,
+        operation: &str,
+        path: &Path,
+        resolved: &Resolved<'_>,
+    ) -> RunnerResult<()> {
+        if resolved.ws_rel.as_os_str().is_empty() {
+            return Err(RunnerError::permission_denied(format!(
+                "{operation} {}: refusing to touch the workspace root itself",
+                path.display()
+            )));
+        }
+        if let Base::Mount(mount) = resolved.base
+            && resolved.is_base()
+        {
+            return Err(RunnerError::permission_denied(format!(
+                "{operation} {}: is the mount point of mount {:?}",
+                path.display(),
+                mount.name
+            )));
+        }
+        let ws_rel = &resolved.ws_rel;
+        if let Some(mount) = self.mounts.iter().find(|m| m.rel.starts_with(ws_rel)) {
+            return Err(RunnerError::permission_denied(format!(
+                "{operation} {}: contains the mount point of mount {:?}",
+                path.display(),
+                mount.name
+            )));
+        }
+        if let Some(ro) = self.read_only.iter().find(|ro| ro.rel.starts_with(ws_rel)) {
+            return Err(RunnerError::permission_denied(format!(
+                "{operation} {}: contains {}, which is read-only",
+                path.display(),
+                ro.reason
+            )));
+        }
+        Ok(())
+    }
+
+    fn mount_at(&self, ws_rel: &Path) -> Option<&Mount> {
+        self.mounts.iter().find(|m| m.rel == ws_rel)
+    }
+
+    /// The absolute path of a base directory as the workspace shows it.
+    fn base_path(&self, base: Base<'_>) -> PathBuf {
+        match base {
+            Base::Root => self.root.clone(),
+            Base::Mount(mount) => self.root.join(&mount.rel),
+        }
+    }
+
+    fn display_name(&self, resolved: &Resolved<'_>) -> String {
+        resolved
+            .ws_rel
+            .file_name()
+            .or_else(|| self.root.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".to_string())
+    }
+
+    // ----- commands -----
+
+    /// The absolute working directory for a command: `root` when `cwd` is
+    /// `None`, else `cwd` resolved like any file path and checked to exist.
+    ///
+    /// Errors: `PermissionDenied` (outside), `NotFound` naming the cwd,
+    /// `InvalidRequest` (not a directory).
+    pub(crate) fn command_cwd(&self, operation: &str, cwd: Option<&Path>) -> RunnerResult<PathBuf> {
+        let Some(cwd) = cwd else {
+            return Ok(self.root.clone());
+        };
+        let what = format!("{operation}: cwd");
+        let resolved = self.resolve(&what, cwd)?;
+        let dir = resolved.dir(self);
+        match dir.metadata(or_dot(&resolved.rel)) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(RunnerError::invalid_request(format!(
+                    "{operation}: cwd {} is not a directory",
+                    cwd.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RunnerError::not_found(format!(
+                    "{operation}: cwd {} not found",
+                    cwd.display()
+                )));
+            }
+            Err(e) => return Err(self.io(&what, cwd, e)),
+        }
+        let canonical = canonical_rel(dir, &resolved.rel).map_err(|e| self.io(&what, cwd, e))?;
+        Ok(self.base_path(resolved.base).join(canonical))
+    }
+
+    // ----- files -----
+
+    /// `read_file`: the whole file or a byte range; `size` is the whole size.
+    pub(crate) fn read_file(
+        &self,
+        request: &RunnerFileReadRequest,
+    ) -> RunnerResult<RunnerFileReadResult> {
+        let op = "read_file";
+        let path = &request.path;
+        let resolved = self.resolve(op, path)?;
+        let dir = resolved.dir(self);
+        let rel = or_dot(&resolved.rel);
+        let meta = dir.metadata(rel).map_err(|e| self.io(op, path, e))?;
+        if meta.is_dir() {
+            return Err(RunnerError::invalid_request(format!(
+                "{op} {}: is a directory",
+                path.display()
+            )));
+        }
+        if !meta.is_file() {
+            return Err(RunnerError::invalid_request(format!(
+                "{op} {}: not a regular file",
+                path.display()
+            )));
+        }
+        let mut file = dir.open(rel).map_err(|e| self.io(op, path, e))?;
+        let size = file.metadata().map_err(|e| self.io(op, path, e))?.len();
+        let offset = request.offset.unwrap_or(0);
+        let mut contents = Vec::new();
+        if offset < size {
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| self.io(op, path, e))?;
+            let want = request.limit.unwrap_or(u64::MAX).min(size - offset);
+            contents.reserve(want as usize);
+            file.take(want)
+                .read_to_end(&mut contents)
+                .map_err(|e| self.io(op, path, e))?;
+        }
+        Ok(RunnerFileReadResult {
+            path: path.clone(),
+            contents,
+            size,
+        })
+    }
+
+    /// `write_file`: atomic replace through a temp file in the same directory.
+    pub(crate) fn write_file(&self, request: &RunnerFileWriteRequest) -> RunnerResult<()> {
+        let op = "write_file";
+        let path = &request.path;
+        let resolved = self.resolve(op, path)?;
+        self.check_writable(op, path, &resolved)?;
+        let is_dir =
+            || RunnerError::invalid_request(format!("{op} {}: is a directory", path.display()));
+        let io = |e| self.io(op, path, e);
+        let dir = resolved.dir(self);
+        let (parent, name) = split(&resolved.rel);
+        let Some(mut name) = name else {
+            return Err(is_dir());
+        };
+        if !parent.as_os_str().is_empty() {
+            create_dir_all(dir, &parent).map_err(io)?;
+        }
+        let mut parent = canonical_rel(dir, &parent).map_err(io)?;
+        // Follow symlinks at the final component, confined: the new contents go
+        // where the link points, and the link stays.
+        let mut existing_mode = None;
+        let mut hops = 0;
+        loop {
+            let at = parent.join(&name);
+            match dir.symlink_metadata(&at) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) => return Err(io(e)),
+                Ok(meta) if meta.is_symlink() => {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(RunnerError::invalid_request(format!(
+                            "{op} {}: too many levels of symbolic links",
+                            path.display()
+                        )));
+                    }
+                    let target = dir.read_link_contents(&at).map_err(io)?;
+                    let next = if target.is_absolute() {
+                        None
+                    } else {
+                        normalize_relative(&parent.join(&target))
+                    };
+                    let Some(next) = next else {
+                        return Err(RunnerError::permission_denied(format!(
+                            "{op} {}: is a symlink to {} outside the workspace {}",
+                            path.display(),
+                            target.display(),
+                            self.root.display()
+                        )));
+                    };
+                    let (next_parent, next_name) = split(&next);
+                    let Some(next_name) = next_name else {
+                        return Err(is_dir());
+                    };
+                    parent = canonical_rel(dir, &next_parent).map_err(io)?;
+                    name = next_name;
+                }
+                Ok(meta) if meta.is_dir() => return Err(is_dir()),
+                Ok(meta) => {
+                    existing_mode = Some(mode_bits(&meta));
+                    break;
+                }
+            }
+        }
+        if matches!(resolved.base, Base::Root) && hops > 0 {
+            // A link may lead into a read-only entry or onto a mount point.
+            let final_rel = parent.join(&name);
+            if let Some(reason) = self.read_only_reason(&final_rel) {
+                return Err(RunnerError::permission_denied(format!(
+                    "{op} {}: leads into {reason}, which is read-only",
+                    path.display()
+                )));
+            }
+        }
+        let parent_dir = dir.open_dir(or_dot(&parent)).map_err(io)?;
+        let mode = request
+            .mode
+            .map(|m| m & 0o7777)
+            .or(existing_mode)
+            .unwrap_or(0o644);
+        replace_atomically(&parent_dir, Path::new(&name), mode, |file| {
+            file.write_all(&request.contents)
+        })
+        .map_err(io)
+    }
+
+    /// `list_dir`: entries sorted by name, lstat semantics; mount points appear
+    /// as directories.
+    pub(crate) fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
+        let op = "list_dir";
+        let resolved = self.resolve(op, path)?;
+        let io = |e| self.io(op, path, e);
+        let dir = resolved
+            .dir(self)
+            .open_dir(or_dot(&resolved.rel))
+            .map_err(io)?;
+        let mut out = Vec::new();
+        for entry in dir.entries().map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let display = name.to_string_lossy().into_owned();
+            let entry_path = path.join(&name);
+            if matches!(resolved.base, Base::Root)
+                && let Some(mount) = self.mount_at(&resolved.ws_rel.join(&name))
+            {
+                let meta = mount.dir.dir_metadata().map_err(io)?;
+                out.push(file_stat(entry_path, display, &meta, None));
+                continue;
+            }
+            let meta = match dir.symlink_metadata(&name) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e)),
+            };
+            let target = if meta.is_symlink() {
+                dir.read_link_contents(&name).ok()
+            } else {
+                None
+            };
+            out.push(file_stat(entry_path, display, &meta, target));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// `stat`: lstat semantics; the root and mount points are directories.
+    pub(crate) fn stat(&self, path: &Path) -> RunnerResult<RunnerFileStat> {
+        let op = "stat";
+        let resolved = self.resolve(op, path)?;
+        let io = |e| self.io(op, path, e);
+        let dir = resolved.dir(self);
+        let name = self.display_name(&resolved);
+        if resolved.is_base() {
+            let meta = dir.dir_metadata().map_err(io)?;
+            return Ok(file_stat(path.to_path_buf(), name, &meta, None));
+        }
+        let meta = dir.symlink_metadata(&resolved.rel).map_err(io)?;
+        let target = if meta.is_symlink() {
+            Some(dir.read_link_contents(&resolved.rel).map_err(io)?)
+        } else {
+            None
+        };
+        Ok(file_stat(path.to_path_buf(), name, &meta, target))
+    }
+
+    /// `remove`: a file or symlink, or a directory (non-empty only when recursive).
+    pub(crate) fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
+        let op = "remove";
+        let resolved = self.resolve(op, path)?;
+        self.check_movable(op, path, &resolved)?;
+        self.check_writable(op, path, &resolved)?;
+        let io = |e| self.io(op, path, e);
+        let dir = resolved.dir(self);
+        let meta = dir.symlink_metadata(&resolved.rel).map_err(io)?;
+        if !meta.is_dir() {
+            return dir.remove_file(&resolved.rel).map_err(io);
+        }
+        if recursive {
+            return dir.remove_dir_all(&resolved.rel).map_err(io);
+        }
+        dir.remove_dir(&resolved.rel).map_err(|e| {
+            if e.kind() == io::ErrorKind::DirectoryNotEmpty {
+                RunnerError::new(
+                    RunnerErrorKind::AlreadyExists,
+                    format!(
+                        "{op} {}: directory not empty (pass recursive to remove it)",
+                        path.display()
+                    ),
+                )
+                .with_source(e)
+            } else {
+                io(e)
+            }
+        })
+    }
+
+    /// `make_dir`: `mkdir -p`; an existing directory is fine, a file is not.
+    pub(crate) fn make_dir(&self, path: &Path) -> RunnerResult<()> {
+        let op = "make_dir";
+        let resolved = self.resolve(op, path)?;
+        self.check_writable(op, path, &resolved)?;
+        if resolved.is_base() {
+            return Ok(());
+        }
+        create_dir_all(resolved.dir(self), &resolved.rel).map_err(|e| {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory
+            ) && !is_escape(&e)
+            {
+                RunnerError::new(
+                    RunnerErrorKind::AlreadyExists,
+                    format!(
+                        "{op} {}: a file (not a directory) is in the way",
+                        path.display()
+                    ),
+                )
+                .with_source(e)
+            } else {
+                self.io(op, path, e)
+            }
+        })
+    }
+
+    /// `rename`: POSIX `rename(2)` semantics, also between the root and a mount.
+    pub(crate) fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
+        let op = "rename";
+        let source = self.resolve(op, from)?;
+        let target = self.resolve(op, to)?;
+        for (path, resolved) in [(from, &source), (to, &target)] {
+            self.check_movable(op, path, resolved)?;
+            self.check_writable(op, path, resolved)?;
+        }
+        source
+            .dir(self)
+            .rename(&source.rel, target.dir(self), &target.rel)
+            .map_err(|e| {
+                io_error(
+                    op,
+                    format!("{} -> {}", from.display(), to.display()),
+                    self.root.display(),
+                    e,
+                )
+            })
+    }
+
+    /// `canonicalize`: the absolute path with every symlink resolved, as the
+    /// workspace shows it (paths under a mount stay under the mount point).
+    pub(crate) fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
+        let op = "canonicalize";
+        let resolved = self.resolve(op, path)?;
+        let canonical =
+            canonical_rel(resolved.dir(self), &resolved.rel).map_err(|e| self.io(op, path, e))?;
+        Ok(self.base_path(resolved.base).join(canonical))
+    }
+
+    // ----- archives -----
+
+    /// `upload_archive`: unpacks into `target` (created if missing), refusing
+    /// anything that would land outside it or on a read-only path.
+    pub(crate) fn upload_archive(&self, target: &Path, archive_bytes: &[u8]) -> RunnerResult<()> {
+        let op = "upload_archive";
+        let resolved = self.resolve(op, target)?;
+        self.check_writable(op, target, &resolved)?;
+        let io = |e| self.io(op, target, e);
+        let base = resolved.dir(self);
+        if !resolved.is_base() {
+            create_dir_all(base, &resolved.rel).map_err(io)?;
+        }
+        let dir = base.open_dir(or_dot(&resolved.rel)).map_err(io)?;
+        let protect = |entry: &Path| -> Option<String> {
+            if !matches!(resolved.base, Base::Root) {
+                return None;
+            }
+            let ws_rel = resolved.ws_rel.join(entry);
+            if let Some(mount) = self.mounts.iter().find(|m| ws_rel.starts_with(&m.rel)) {
+                return Some(format!("mount {:?}", mount.name));
+            }
+            self.read_only_reason(&ws_rel)
+                .map(|reason| format!("{reason} (read-only)"))
+        };
+        archive::unpack(
+            &dir,
+            io::Cursor::new(archive_bytes),
+            SymlinkPolicy::Confined,
+            &Protect(&protect),
+        )
+        .map_err(|e| e.context(format!("{op} {}", target.display())))
+    }
+
+    /// `download_archive`: a tar of a directory's contents or of one file.
+    /// Mount points inside the directory are left out.
+    pub(crate) fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
+        let op = "download_archive";
+        let resolved = self.resolve(op, path)?;
+        let io = |e| self.io(op, path, e);
+        let dir = resolved.dir(self);
+        let rel = or_dot(&resolved.rel);
+        let meta = dir.metadata(rel).map_err(io)?;
+        let mut builder = tar::Builder::new(Vec::new());
+        if meta.is_dir() {
+            let sub = dir.open_dir(rel).map_err(io)?;
+            let skip = |entry: &Path| {
+                matches!(resolved.base, Base::Root)
+                    && self.mount_at(&resolved.ws_rel.join(entry)).is_some()
+            };
+            archive::pack_dir(&mut builder, &sub, &skip).map_err(io)?;
+        } else {
+            let name = resolved
+                .ws_rel
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("file"));
+            archive::pack_file(&mut builder, dir, rel, &name).map_err(io)?;
+        }
+        builder.into_inner().map_err(io)
+    }
+}
+
+/// `mkdir -p` beneath `dir`. When it fails, the error says why: cap-std's
+/// escape error when a component leads outside (a symlink out of the
+/// directory), `AlreadyExists` when a component is not a directory.
+pub(crate) fn create_dir_all(dir: &Dir, rel: &Path) -> io::Result<()> {
+    let Err(error) = dir.create_dir_all(or_dot(rel)) else {
+        return Ok(());
+    };
+    let mut prefix = PathBuf::new();
+    for component in rel.components() {
+        prefix.push(component);
+        match dir.metadata(&prefix) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} is not a directory", prefix.display()),
+                ));
+            }
+            Err(e) if is_escape(&e) => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Err(error)
+}
+
+/// Writes a new file next to `name` in `dir` with `write`, gives it `mode`, and
+/// renames it over `name`. On any failure the temp file is removed and `name`
+/// is untouched.
+pub(crate) fn replace_atomically(
+    dir: &Dir,
+    name: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut cap_std::fs::File) -> io::Result<()>,
+) -> io::Result<()> {
+    let temp = PathBuf::from(format!(
+        ".runner-write-{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true).mode(0o600);
+    let mut file = dir.open_with(&temp, &options)?;
+    let result = write(&mut file)
+        .and_then(|()| file.set_permissions(Permissions::from_mode(mode)))
+        .and_then(|()| {
+            drop(file);
+            dir.rename(&temp, dir, name)
+        });
+    if result.is_err() {
+        let _ = dir.remove_file(&temp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_relative_refuses_escapes() {
+        assert_eq!(
+            normalize_relative(Path::new("a/./b/../c")),
+            Some(PathBuf::from("a/c"))
+        );
+        assert_eq!(normalize_relative(Path::new("a/../..")), None);
+        assert_eq!(normalize_relative(Path::new("/etc")), None);
+        assert_eq!(normalize_relative(Path::new(".")), Some(PathBuf::new()));
+    }
+
+    #[test]
+    fn failed_atomic_write_leaves_no_temp_file_and_keeps_the_target() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("t.txt"), b"old").expect("seed");
+        let dir = Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).expect("dir");
+        let err = replace_atomically(&dir, Path::new("t.txt"), 0o644, |file| {
+            file.write_all(b"partial")?;
+            Err(io::Error::other("disk full"))
+        })
+        .expect_err("the write fails");
+        assert_eq!(err.to_string(), "disk full");
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("t.txt")]);
+        assert_eq!(
+            std::fs::read(tmp.path().join("t.txt")).expect("read"),
+            b"old"
+        );
+    }
+}

@@ -1,0 +1,616 @@
+//! `LocalSession`: one workspace directory on this machine and the processes
+//! started in it.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use runner_api::{
+    ProcessTable, ProcessTableConfig, RemoteRunnerSession, RunnerCapabilities, RunnerCommandId,
+    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
+    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
+    RunnerListeningPort, RunnerManifestEntry, RunnerPortRequest, RunnerPortResult,
+    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    validate_command_request,
+};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::config::LocalConfig;
+use crate::error::join_error;
+use crate::exec::{Launch, SpawnContext};
+use crate::files::{ReadOnlyPath, Workspace};
+use crate::groups::Groups;
+use crate::manifest::{self, MountSpec};
+use crate::ownership::OwnedDir;
+use crate::{PROVIDER_ID, ports, snapshot};
+
+/// How long `close` keeps KILLing leftover process groups before giving up.
+const CLOSE_KILL_LIMIT: Duration = Duration::from_secs(5);
+
+/// A read-only path as recorded in the session state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct ReadOnlyMeta {
+    /// Relative to the root.
+    pub(crate) path: PathBuf,
+    /// What made it read-only.
+    pub(crate) reason: String,
+}
+
+/// `RunnerSessionState.metadata` of a local session: what `resume_session`
+/// needs. Holds paths and the config, never secret values.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct SessionMeta {
+    /// Absolute workspace root.
+    #[serde(default)]
+    pub(crate) root: Option<PathBuf>,
+    /// Whether the session created the root (and removes it on close).
+    #[serde(default)]
+    pub(crate) owned: bool,
+    /// Where owned workspaces are created.
+    #[serde(default)]
+    pub(crate) workspaces_dir: Option<PathBuf>,
+    /// Where snapshots are written.
+    #[serde(default)]
+    pub(crate) snapshot_dir: Option<PathBuf>,
+    /// The parsed destination config, as JSON.
+    #[serde(default)]
+    pub(crate) config: serde_json::Value,
+    /// Mounts placed in the workspace.
+    #[serde(default)]
+    pub(crate) mounts: Vec<MountSpec>,
+    /// Paths the file API refuses to write.
+    #[serde(default)]
+    pub(crate) read_only: Vec<ReadOnlyMeta>,
+    /// Whether the session was paused when the state was taken.
+    #[serde(default)]
+    pub(crate) paused: bool,
+}
+
+/// Where a new session's workspace comes from.
+pub(crate) enum RootSource {
+    /// A caller-chosen root: created if missing, never removed.
+    Configured(PathBuf),
+    /// A fresh directory under `workspaces_dir`, removed on close.
+    Fresh,
+    /// A fresh directory filled from a snapshot archive.
+    Snapshot {
+        /// Snapshot id, for messages.
+        id: String,
+        /// The archive.
+        path: PathBuf,
+    },
+    /// An owned root of an earlier session (resume without a snapshot).
+    Adopted(PathBuf),
+}
+
+/// Everything needed to open a session.
+pub(crate) struct SessionSetup {
+    pub(crate) session_id: String,
+    pub(crate) destination_id: String,
+    pub(crate) config: LocalConfig,
+    pub(crate) root: RootSource,
+    pub(crate) mounts: Vec<MountSpec>,
+    pub(crate) entries: Vec<RunnerManifestEntry>,
+    pub(crate) read_only: Vec<ReadOnlyMeta>,
+}
+
+/// A unix-local session: commands run as local processes (each in its own
+/// process group) in the workspace directory, and the file API is confined to
+/// that directory.
+///
+/// Created by [`LocalProvider`](crate::LocalProvider). After
+/// [`close`](RemoteRunnerSession::close) every method returns `SessionClosed`.
+/// Dropping a session without closing it KILLs its processes but leaves its
+/// workspace in place (it can be resumed, or removed by `sweep_orphans`).
+pub struct LocalSession {
+    session_id: String,
+    destination_id: String,
+    config: LocalConfig,
+    workspace: Arc<Workspace>,
+    owned: Mutex<Option<OwnedDir>>,
+    is_owned: bool,
+    mounts: Vec<MountSpec>,
+    table: ProcessTable,
+    spawn: Arc<SpawnContext>,
+    groups: Arc<Groups>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for LocalSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalSession")
+            .field("session_id", &self.session_id)
+            .field("root", &self.workspace.root)
+            .field("owned", &self.is_owned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalSession {
+    /// Creates the workspace, applies mounts and entries. Blocking. On failure
+    /// an owned workspace is removed again.
+    pub(crate) fn open_blocking(setup: SessionSetup) -> RunnerResult<Self> {
+        let SessionSetup {
+            session_id,
+            destination_id,
+            config,
+            root,
+            mounts,
+            entries,
+            read_only,
+        } = setup;
+        let mut owned = None;
+        let mut snapshot_file = None;
+        // Whether this call created the root (and must remove it on failure).
+        let mut created = false;
+        let (root, alias) = match root {
+            RootSource::Configured(root) => {
+                std::fs::create_dir_all(&root)
+                    .map_err(|e| RunnerError::from_io("create_session: root", root.display(), e))?;
+                (root.clone(), root)
+            }
+            RootSource::Fresh => {
+                let dir = OwnedDir::create(&config.workspaces_dir, &session_id)?;
+                let root = dir.path.clone();
+                owned = Some(dir);
+                created = true;
+                (root.clone(), root)
+            }
+            RootSource::Snapshot { id, path } => {
+                let dir = OwnedDir::create(&config.workspaces_dir, &session_id)?;
+                let root = dir.path.clone();
+                owned = Some(dir);
+                created = true;
+                snapshot_file = Some((id, path));
+                (root.clone(), root)
+            }
+            RootSource::Adopted(root) => {
+                if !root.is_dir() {
+                    return Err(RunnerError::not_found(format!(
+                        "resume_session: workspace {} no longer exists",
+                        root.display()
+                    )));
+                }
+                owned = Some(OwnedDir::adopt(&root, &session_id));
+                (root.clone(), root)
+            }
+        };
+        let is_owned = owned.is_some();
+        let result = (|| {
+            let mut ws = Workspace::open(&root, &alias)
+                .map_err(|e| RunnerError::from_io("open workspace", root.display(), e))?;
+            if let Some((id, path)) = &snapshot_file {
+                snapshot::restore(id, path, &ws.dir)?;
+            }
+            let mounts = manifest::apply_mounts(&mut ws, &mounts)?;
+            manifest::copy_entries(&mut ws, &entries)?;
+            for ro in read_only {
+                if !ws.read_only.iter().any(|known| known.rel == ro.path) {
+                    ws.read_only.push(ReadOnlyPath {
+                        rel: ro.path,
+                        reason: ro.reason,
+                    });
+                }
+            }
+            Ok::<_, RunnerError>((ws, mounts))
+        })();
+        let (workspace, mounts) = match result {
+            Ok(parts) => parts,
+            Err(e) => {
+                if let Some(mut dir) = owned
+                    && created
+                {
+                    let _ = dir.remove();
+                }
+                return Err(e);
+            }
+        };
+        let groups = Arc::new(Groups::default());
+        let mut table_config = ProcessTableConfig::new(PROVIDER_ID);
+        table_config.kill_grace = config.kill_grace;
+        let session = Self {
+            spawn: Arc::new(SpawnContext {
+                env: config.env.clone(),
+                groups: groups.clone(),
+            }),
+            groups,
+            table: ProcessTable::new(table_config),
+            session_id,
+            destination_id,
+            config,
+            workspace: Arc::new(workspace),
+            owned: Mutex::new(owned),
+            is_owned,
+            mounts,
+            closed: AtomicBool::new(false),
+        };
+        tracing::info!(
+            session_id = %session.session_id,
+            root = %session.workspace.root.display(),
+            owned = session.is_owned,
+            "unix-local session opened"
+        );
+        Ok(session)
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    fn ensure_open(&self, operation: &str) -> RunnerResult<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(RunnerError::session_closed(operation, &self.session_id));
+        }
+        Ok(())
+    }
+
+    /// Runs blocking file work on the blocking pool.
+    async fn blocking<T, F>(&self, operation: &'static str, work: F) -> RunnerResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Workspace) -> RunnerResult<T> + Send + 'static,
+    {
+        self.ensure_open(operation)?;
+        let ws = self.workspace.clone();
+        tokio::task::spawn_blocking(move || work(&ws))
+            .await
+            .map_err(|e| join_error(operation, e))?
+    }
+
+    /// Checks the request and its cwd (before anything is spawned, so a
+    /// missing cwd and a missing program give different errors).
+    async fn prepare(
+        &self,
+        operation: &'static str,
+        mut request: RunnerCommandRequest,
+    ) -> RunnerResult<(Launch, RunnerCommandRequest)> {
+        self.ensure_open(operation)?;
+        validate_command_request(&request)?;
+        let what = format!("{operation} {}", request.command_id);
+        let cwd_arg = request.cwd.clone();
+        let cwd = self
+            .blocking(operation, move |ws| {
+                ws.command_cwd(&what, cwd_arg.as_deref())
+            })
+            .await?;
+        let stdin = request.stdin.take();
+        let launch = Launch {
+            operation,
+            request: request.clone(),
+            stdin,
+            cwd,
+        };
+        Ok((launch, request))
+    }
+
+    fn meta(&self) -> SessionMeta {
+        SessionMeta {
+            root: Some(self.workspace.root.clone()),
+            owned: self.is_owned,
+            workspaces_dir: Some(self.config.workspaces_dir.clone()),
+            snapshot_dir: Some(self.config.snapshot_dir.clone()),
+            config: self.config.to_value(),
+            mounts: self.mounts.clone(),
+            read_only: self
+                .workspace
+                .read_only
+                .iter()
+                .map(|ro| ReadOnlyMeta {
+                    path: ro.rel.clone(),
+                    reason: ro.reason.clone(),
+                })
+                .collect(),
+            paused: self.table.is_paused(),
+        }
+    }
+
+    /// Kills every process of the session and frees what it created.
+    async fn shut_down(&self) -> RunnerResult<()> {
+        self.table.kill_all().await;
+        let groups = self.groups.clone();
+        let workspace = self.workspace.clone();
+        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let session_id = self.session_id.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            groups.kill_all_blocking(CLOSE_KILL_LIMIT);
+            match owned {
+                Some(mut dir) => dir.remove().map(|()| true),
+                None => {
+                    // A caller's root stays; only the mount links we placed go.
+                    for mount in &workspace.mounts {
+                        let is_ours = workspace
+                            .dir
+                            .read_link_contents(&mount.rel)
+                            .is_ok_and(|target| target == mount.host);
+                        if is_ours {
+                            let _ = workspace.dir.remove_file(&mount.rel);
+                        }
+                    }
+                    Ok(false)
+                }
+            }
+        })
+        .await
+        .map_err(|e| join_error("close", e))?;
+        match removed {
+            Ok(removed) => {
+                tracing::info!(session_id = %session_id, removed_workspace = removed, "unix-local session closed");
+                Ok(())
+            }
+            Err(e) => Err(RunnerError::from_io(
+                "close: removing the workspace",
+                self.workspace.root.display(),
+                e,
+            )),
+        }
+    }
+
+    async fn session_pids(&self) -> RunnerResult<HashSet<u32>> {
+        let groups = self.groups.clone();
+        let mut pids: HashSet<u32> = self.table.running_pids().into_iter().collect();
+        let members = tokio::task::spawn_blocking(move || groups.live_members())
+            .await
+            .map_err(|e| join_error("list_listening_ports", e))?;
+        pids.extend(members.into_values().flatten());
+        Ok(pids)
+    }
+
+    async fn signal_groups(
+        &self,
+        operation: &'static str,
+        signal: RunnerSignal,
+    ) -> RunnerResult<()> {
+        let groups = self.groups.clone();
+        tokio::task::spawn_blocking(move || groups.signal_live(signal))
+            .await
+            .map_err(|e| join_error(operation, e))
+    }
+}
+
+impl Drop for LocalSession {
+    fn drop(&mut self) {
+        // The workspace and its lock file stay (resumable, or removable by
+        // `sweep_orphans` once the lock is released with the owned directory).
+        if !self.closed.load(Ordering::SeqCst) {
+            self.groups.kill_remembered_now();
+        }
+    }
+}
+
+#[async_trait]
+impl RemoteRunnerSession for LocalSession {
+    fn state(&self) -> RunnerSessionState {
+        RunnerSessionState {
+            provider_id: PROVIDER_ID.to_string(),
+            session_id: self.session_id.clone(),
+            destination_id: self.destination_id.clone(),
+            snapshot: None,
+            metadata: serde_json::to_value(self.meta()).unwrap_or_default(),
+        }
+    }
+
+    fn capabilities(&self) -> RunnerCapabilities {
+        crate::capabilities()
+    }
+
+    fn workspace_root(&self) -> PathBuf {
+        self.workspace.root.clone()
+    }
+
+    async fn pause(&self) -> RunnerResult<RunnerSessionState> {
+        self.ensure_open("pause")?;
+        self.table.pause().await?;
+        self.signal_groups("pause", RunnerSignal::Stop).await?;
+        tracing::info!(session_id = %self.session_id, "session paused");
+        Ok(self.state())
+    }
+
+    async fn resume(&self) -> RunnerResult<RunnerSessionState> {
+        self.ensure_open("resume")?;
+        self.signal_groups("resume", RunnerSignal::Continue).await?;
+        self.table.resume().await?;
+        tracing::info!(session_id = %self.session_id, "session resumed");
+        Ok(self.state())
+    }
+
+    async fn detach(&self) -> RunnerResult<RunnerSessionState> {
+        self.ensure_open("detach")?;
+        Err(RunnerError::unsupported("detach", PROVIDER_ID))
+    }
+
+    async fn close(&self) -> RunnerResult<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let span = tracing::info_span!("unix-local close", session_id = %self.session_id);
+        self.shut_down().instrument(span).await
+    }
+
+    async fn run_command(
+        &self,
+        request: RunnerCommandRequest,
+    ) -> RunnerResult<RunnerCommandResult> {
+        let (launch, request) = self.prepare("run_command", request).await?;
+        let ctx = self.spawn.clone();
+        self.table
+            .run(request, move |sink| async move {
+                crate::exec::spawn(&ctx, launch, sink)
+            })
+            .await
+    }
+
+    async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
+        self.ensure_open("cancel_command")?;
+        self.table.cancel(command_id).await
+    }
+
+    async fn start_command(
+        &self,
+        request: RunnerCommandRequest,
+    ) -> RunnerResult<RunnerProcessInfo> {
+        self.ensure_open("start_command")?;
+        if let Ok(existing) = self.table.status(&request.command_id) {
+            return Ok(existing);
+        }
+        let (launch, request) = self.prepare("start_command", request).await?;
+        let ctx = self.spawn.clone();
+        self.table
+            .start(request, move |sink| async move {
+                crate::exec::spawn(&ctx, launch, sink)
+            })
+            .await
+    }
+
+    async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
+        self.ensure_open("list_commands")?;
+        Ok(self.table.list())
+    }
+
+    async fn command_status(
+        &self,
+        command_id: &RunnerCommandId,
+    ) -> RunnerResult<RunnerProcessInfo> {
+        self.ensure_open("command_status")?;
+        self.table.status(command_id)
+    }
+
+    async fn command_output(
+        &self,
+        command_id: &RunnerCommandId,
+        after_seq: u64,
+    ) -> RunnerResult<RunnerCommandOutput> {
+        self.ensure_open("command_output")?;
+        self.table.output(command_id, after_seq)
+    }
+
+    async fn stream_command(
+        &self,
+        command_id: &RunnerCommandId,
+        after_seq: u64,
+    ) -> RunnerResult<RunnerEventStream> {
+        self.ensure_open("stream_command")?;
+        self.table.stream(command_id, after_seq)
+    }
+
+    async fn write_stdin(
+        &self,
+        command_id: &RunnerCommandId,
+        bytes: Vec<u8>,
+        close: bool,
+    ) -> RunnerResult<()> {
+        self.ensure_open("write_stdin")?;
+        self.table.write_stdin(command_id, bytes, close).await
+    }
+
+    async fn signal_command(
+        &self,
+        command_id: &RunnerCommandId,
+        signal: RunnerSignal,
+    ) -> RunnerResult<()> {
+        self.ensure_open("signal_command")?;
+        self.table.signal(command_id, signal).await
+    }
+
+    async fn read_file(
+        &self,
+        request: RunnerFileReadRequest,
+    ) -> RunnerResult<RunnerFileReadResult> {
+        self.blocking("read_file", move |ws| ws.read_file(&request))
+            .await
+    }
+
+    async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
+        self.blocking("write_file", move |ws| ws.write_file(&request))
+            .await
+    }
+
+    async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
+        let path = path.to_path_buf();
+        self.blocking("list_dir", move |ws| ws.list_dir(&path))
+            .await
+    }
+
+    async fn stat(&self, path: &Path) -> RunnerResult<RunnerFileStat> {
+        let path = path.to_path_buf();
+        self.blocking("stat", move |ws| ws.stat(&path)).await
+    }
+
+    async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
+        let path = path.to_path_buf();
+        self.blocking("remove", move |ws| ws.remove(&path, recursive))
+            .await
+    }
+
+    async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
+        let path = path.to_path_buf();
+        self.blocking("make_dir", move |ws| ws.make_dir(&path))
+            .await
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        self.blocking("rename", move |ws| ws.rename(&from, &to))
+            .await
+    }
+
+    async fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
+        let path = path.to_path_buf();
+        self.blocking("canonicalize", move |ws| ws.canonicalize(&path))
+            .await
+    }
+
+    async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
+        let target = target.to_path_buf();
+        self.blocking("upload_archive", move |ws| {
+            ws.upload_archive(&target, &archive)
+        })
+        .await
+    }
+
+    async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
+        let path = path.to_path_buf();
+        self.blocking("download_archive", move |ws| ws.download_archive(&path))
+            .await
+    }
+
+    async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
+        self.ensure_open("expose_port")?;
+        ports::expose(&request)
+    }
+
+    async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {
+        self.ensure_open("list_listening_ports")?;
+        let pids = self.session_pids().await?;
+        tokio::task::spawn_blocking(move || ports::listening(&pids))
+            .await
+            .map_err(|e| join_error("list_listening_ports", e))?
+    }
+
+    async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
+        let snapshot_dir = self.config.snapshot_dir.clone();
+        let session_id = self.session_id.clone();
+        self.blocking("snapshot", move |ws| {
+            snapshot::take(ws, &snapshot_dir, &session_id)
+        })
+        .await
+    }
+
+    async fn sync_mounts(&self) -> RunnerResult<()> {
+        self.ensure_open("sync_mounts")?;
+        Err(RunnerError::unsupported("sync_mounts", PROVIDER_ID))
+    }
+
+    async fn export_artifact(
+        &self,
+        request: runner_api::RunnerArtifactExportRequest,
+    ) -> RunnerResult<runner_api::RunnerArtifactExportResult> {
+        let _ = request;
+        self.ensure_open("export_artifact")?;
+        Err(RunnerError::unsupported("export_artifact", PROVIDER_ID))
+    }
+}

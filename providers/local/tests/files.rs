@@ -1,0 +1,472 @@
+//! File API of the unix-local provider against a real temp directory:
+//! confinement (symlinks, `..`, absolute paths, archives), atomic writes, and
+//! the ordinary operations.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use runner_api::{
+    RemoteRunnerSession, RunnerCommandRequest, RunnerErrorKind, RunnerFileKind,
+    RunnerFileReadRequest, RunnerFileWriteRequest,
+};
+use support::{Area, kind, session, tree};
+
+fn write(path: &str, contents: &str) -> RunnerFileWriteRequest {
+    RunnerFileWriteRequest::new(path, contents.as_bytes().to_vec())
+}
+
+/// A tar built header by header, so it can hold what `tar::Builder` refuses
+/// to write (absolute paths, `..`).
+fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, data, link) in entries {
+        let mut header = tar::Header::new_old();
+        {
+            let old = header.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(link) = link {
+                old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+        }
+        header.set_entry_type(*kind);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append(&header, *data).expect("append");
+    }
+    builder.into_inner().expect("finish")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_made_by_a_command_never_lead_the_file_api_outside() {
+    let area = Area::new();
+    let outside = area.path("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    std::fs::write(outside.join("secret.txt"), "secret").expect("secret");
+    let before = tree(&outside);
+    let s = session(area.rooted_config()).await;
+    let script = format!(
+        "ln -s {o} esc && ln -s {o}/secret.txt esc_file && ln -s ../outside rel_esc && echo hi > a.txt",
+        o = outside.display()
+    );
+    let res = s
+        .run_command(RunnerCommandRequest::shell("mk", script))
+        .await
+        .expect("run");
+    assert_eq!(res.exit_code, Some(0), "{}", res.stderr);
+
+    let denied = RunnerErrorKind::PermissionDenied;
+    for link in ["esc", "rel_esc"] {
+        let p = |rest: &str| PathBuf::from(format!("{link}/{rest}"));
+        assert_eq!(
+            kind(
+                s.read_file(RunnerFileReadRequest::new(p("secret.txt")))
+                    .await
+            ),
+            denied
+        );
+        assert_eq!(
+            kind(s.write_file(write(&format!("{link}/new.txt"), "x")).await),
+            denied
+        );
+        assert_eq!(
+            kind(
+                s.write_file(write(&format!("{link}/secret.txt"), "x"))
+                    .await
+            ),
+            denied
+        );
+        assert_eq!(kind(s.list_dir(Path::new(link)).await), denied);
+        assert_eq!(kind(s.remove(&p("secret.txt"), false).await), denied);
+        assert_eq!(kind(s.make_dir(&p("sub")).await), denied);
+        assert_eq!(
+            kind(s.rename(&p("secret.txt"), Path::new("moved.txt")).await),
+            denied
+        );
+        assert_eq!(
+            kind(s.rename(Path::new("a.txt"), &p("a.txt")).await),
+            denied
+        );
+        assert_eq!(kind(s.canonicalize(Path::new(link)).await), denied);
+        assert_eq!(kind(s.download_archive(Path::new(link)).await), denied);
+        let archive = raw_tar(&[("x.txt", tar::EntryType::Regular, b"x", None)]);
+        assert_eq!(
+            kind(s.upload_archive(Path::new(link), archive).await),
+            denied
+        );
+        let through = raw_tar(&[(
+            &format!("{link}/x.txt"),
+            tar::EntryType::Regular,
+            b"x",
+            None,
+        )]);
+        assert_eq!(kind(s.upload_archive(Path::new(""), through).await), denied);
+    }
+    // Writing a symlink to an outside file: refused, the file is untouched.
+    assert_eq!(kind(s.write_file(write("esc_file", "pwned")).await), denied);
+    assert_eq!(
+        kind(s.read_file(RunnerFileReadRequest::new("esc_file")).await),
+        denied
+    );
+    // A command's cwd through the link is refused too.
+    let escaped = RunnerCommandRequest::new("cwd", "pwd", Vec::<String>::new()).with_cwd("esc");
+    assert_eq!(kind(s.run_command(escaped).await), denied);
+
+    // The links themselves can be inspected and removed (lstat semantics).
+    let st = s.stat(Path::new("esc")).await.expect("stat link");
+    assert_eq!(st.kind, RunnerFileKind::Symlink);
+    assert_eq!(st.symlink_target.as_deref(), Some(outside.as_path()));
+    s.remove(Path::new("esc"), true)
+        .await
+        .expect("remove the link");
+
+    assert_eq!(tree(&outside), before, "nothing outside changed");
+    assert!(!area.path("moved.txt").exists());
+    s.close().await.expect("close");
+    assert_eq!(tree(&outside), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dotdot_absolute_and_nul_paths() {
+    let area = Area::new();
+    std::fs::create_dir_all(area.path("root")).expect("root");
+    std::fs::write(area.path("sibling.txt"), "s").expect("sibling");
+    let s = session(area.rooted_config()).await;
+    let root = s.workspace_root();
+    let denied = RunnerErrorKind::PermissionDenied;
+    assert_eq!(
+        kind(
+            s.read_file(RunnerFileReadRequest::new("../sibling.txt"))
+                .await
+        ),
+        denied
+    );
+    assert_eq!(
+        kind(
+            s.read_file(RunnerFileReadRequest::new("/etc/hostname"))
+                .await
+        ),
+        denied
+    );
+    assert_eq!(kind(s.write_file(write("a/../../x", "x")).await), denied);
+    let abs_escape = root.join("..").join("sibling.txt");
+    assert_eq!(
+        kind(s.read_file(RunnerFileReadRequest::new(abs_escape)).await),
+        denied
+    );
+    let err = s.write_file(write("../x", "x")).await.expect_err("outside");
+    assert!(err.message().contains("outside the workspace"), "{err}");
+    assert_eq!(
+        kind(s.read_file(RunnerFileReadRequest::new("a\0b")).await),
+        RunnerErrorKind::InvalidRequest
+    );
+    // Absolute paths under the root and harmless `..` inside work.
+    s.write_file(RunnerFileWriteRequest::new(
+        root.join("d/f.txt"),
+        b"ok".to_vec(),
+    ))
+    .await
+    .expect("absolute write");
+    let read = s
+        .read_file(RunnerFileReadRequest::new("d/../d/./f.txt"))
+        .await
+        .expect("read");
+    assert_eq!(read.contents, b"ok");
+    assert_eq!(
+        kind(s.remove(Path::new("."), true).await),
+        RunnerErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(s.remove(&root, true).await),
+        RunnerErrorKind::PermissionDenied
+    );
+    assert!(!area.path("x").exists());
+    s.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_archive_refuses_escaping_entries() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let cases: Vec<(Vec<u8>, RunnerErrorKind, &str)> = vec![
+        (
+            raw_tar(&[("/tmp/abs.txt", tar::EntryType::Regular, b"x", None)]),
+            RunnerErrorKind::PermissionDenied,
+            "/tmp/abs.txt",
+        ),
+        (
+            raw_tar(&[("../up.txt", tar::EntryType::Regular, b"x", None)]),
+            RunnerErrorKind::PermissionDenied,
+            "../up.txt",
+        ),
+        (
+            raw_tar(&[("abs_link", tar::EntryType::Symlink, b"", Some("/etc"))]),
+            RunnerErrorKind::PermissionDenied,
+            "abs_link",
+        ),
+        (
+            raw_tar(&[("d/up_link", tar::EntryType::Symlink, b"", Some("../../.."))]),
+            RunnerErrorKind::PermissionDenied,
+            "d/up_link",
+        ),
+        (
+            raw_tar(&[("hard", tar::EntryType::Link, b"", Some("a.txt"))]),
+            RunnerErrorKind::InvalidRequest,
+            "hard",
+        ),
+        (
+            raw_tar(&[("fifo", tar::EntryType::Fifo, b"", None)]),
+            RunnerErrorKind::InvalidRequest,
+            "fifo",
+        ),
+    ];
+    for (archive, expected, entry) in cases {
+        let err = s
+            .upload_archive(Path::new("in"), archive)
+            .await
+            .expect_err(entry);
+        assert_eq!(err.kind(), expected, "{err}");
+        assert!(err.message().contains(entry), "{err}");
+    }
+    assert!(!area.path("up.txt").exists());
+    assert!(!Path::new("/tmp/abs.txt").exists());
+    // An inside symlink and a file through it are fine.
+    let ok = raw_tar(&[
+        ("d/", tar::EntryType::Directory, b"", None),
+        ("d/f.txt", tar::EntryType::Regular, b"hello", None),
+        ("d/link", tar::EntryType::Symlink, b"", Some("f.txt")),
+        ("top", tar::EntryType::Symlink, b"", Some("d")),
+    ]);
+    s.upload_archive(Path::new("in"), ok).await.expect("upload");
+    let read = s
+        .read_file(RunnerFileReadRequest::new("in/top/link"))
+        .await
+        .expect("read through inside links");
+    assert_eq!(read.contents, b"hello");
+    s.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_are_atomic_keep_modes_and_leave_no_temp_files() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let root = s.workspace_root();
+    s.write_file(write("a/b/new.txt", "one"))
+        .await
+        .expect("write");
+    let mode = |p: &str| {
+        std::fs::metadata(root.join(p))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("a/b/new.txt"), 0o644);
+    let mut exec = write("run.sh", "#!/bin/sh\necho ran\n");
+    exec.mode = Some(0o755);
+    s.write_file(exec).await.expect("write with mode");
+    assert_eq!(mode("run.sh"), 0o755);
+    s.write_file(write("run.sh", "#!/bin/sh\necho again\n"))
+        .await
+        .expect("overwrite");
+    assert_eq!(mode("run.sh"), 0o755, "an overwrite keeps the mode");
+    let ran = s
+        .run_command(RunnerCommandRequest::new(
+            "x",
+            "./run.sh",
+            Vec::<String>::new(),
+        ))
+        .await
+        .expect("run");
+    assert_eq!(ran.stdout, "again\n");
+
+    // Onto a directory: refused, nothing left behind.
+    assert_eq!(
+        kind(s.write_file(write("a/b", "x")).await),
+        RunnerErrorKind::InvalidRequest
+    );
+    // Under a file: refused, nothing left behind.
+    assert!(s.write_file(write("run.sh/x", "x")).await.is_err());
+    // Through an inside symlink: the target changes, the link stays.
+    std::os::unix::fs::symlink("a/b/new.txt", root.join("link")).expect("link");
+    s.write_file(write("link", "two"))
+        .await
+        .expect("write through link");
+    assert!(
+        std::fs::symlink_metadata(root.join("link"))
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("a/b/new.txt")).expect("read"),
+        "two"
+    );
+
+    let leftovers: Vec<_> = tree(&root)
+        .into_iter()
+        .filter(|(p, _, _)| p.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    s.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_list_stat_remove_make_dir_rename_canonicalize() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let root = s.workspace_root();
+    let mut bin = RunnerFileWriteRequest::new("data.bin", (0..=255u8).collect::<Vec<_>>());
+    bin.mode = Some(0o600);
+    s.write_file(bin).await.expect("write");
+    let mut ranged = RunnerFileReadRequest::new("data.bin");
+    ranged.offset = Some(250);
+    ranged.limit = Some(100);
+    let read = s.read_file(ranged).await.expect("ranged read");
+    assert_eq!(read.contents, vec![250, 251, 252, 253, 254, 255]);
+    assert_eq!(read.size, 256);
+    assert_eq!(
+        kind(s.read_file(RunnerFileReadRequest::new("missing")).await),
+        RunnerErrorKind::NotFound
+    );
+    s.make_dir(Path::new("dir/sub")).await.expect("mkdir -p");
+    s.make_dir(Path::new("dir/sub"))
+        .await
+        .expect("existing dir is ok");
+    assert_eq!(
+        kind(s.make_dir(Path::new("data.bin")).await),
+        RunnerErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(s.read_file(RunnerFileReadRequest::new("dir")).await),
+        RunnerErrorKind::InvalidRequest
+    );
+    std::os::unix::fs::symlink("../data.bin", root.join("dir/ln")).expect("symlink");
+    let listed = s.list_dir(Path::new("dir")).await.expect("list");
+    let names: Vec<_> = listed.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("ln", RunnerFileKind::Symlink),
+            ("sub", RunnerFileKind::Directory)
+        ]
+    );
+    assert_eq!(listed[0].path, Path::new("dir/ln"));
+    let st = s.stat(Path::new("data.bin")).await.expect("stat");
+    assert_eq!(
+        (st.kind, st.size, st.mode),
+        (RunnerFileKind::File, 256, 0o600)
+    );
+    assert_eq!(
+        kind(s.list_dir(Path::new("data.bin")).await),
+        RunnerErrorKind::InvalidRequest
+    );
+    let err = s
+        .remove(Path::new("dir"), false)
+        .await
+        .expect_err("not empty");
+    assert_eq!(err.kind(), RunnerErrorKind::AlreadyExists);
+    assert!(err.message().contains("not empty"), "{err}");
+    assert_eq!(
+        s.canonicalize(Path::new("dir/ln"))
+            .await
+            .expect("canonicalize"),
+        root.join("data.bin")
+    );
+    assert_eq!(s.canonicalize(Path::new(".")).await.expect("root"), root);
+    s.rename(Path::new("data.bin"), Path::new("dir/sub/moved.bin"))
+        .await
+        .expect("rename");
+    assert_eq!(
+        kind(s.rename(Path::new("data.bin"), Path::new("x")).await),
+        RunnerErrorKind::NotFound
+    );
+    s.remove(Path::new("dir"), true).await.expect("remove -r");
+    assert_eq!(
+        kind(s.stat(Path::new("dir")).await),
+        RunnerErrorKind::NotFound
+    );
+    s.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archives_round_trip_with_symlinks_and_modes() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let root = s.workspace_root();
+    std::fs::create_dir_all(root.join("src/nested")).expect("dirs");
+    std::fs::write(root.join("src/nested/a.txt"), "a").expect("a");
+    std::fs::write(root.join("src/tool.sh"), "#!/bin/sh\n").expect("tool");
+    std::fs::set_permissions(
+        root.join("src/tool.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .expect("chmod");
+    std::os::unix::fs::symlink("nested/a.txt", root.join("src/link")).expect("link");
+    let archive = s
+        .download_archive(Path::new("src"))
+        .await
+        .expect("download");
+    s.upload_archive(Path::new("copy"), archive)
+        .await
+        .expect("upload");
+    assert_eq!(tree(&root.join("copy")), tree(&root.join("src")));
+    let single = s
+        .download_archive(Path::new("src/tool.sh"))
+        .await
+        .expect("single file");
+    s.upload_archive(Path::new("one"), single)
+        .await
+        .expect("upload one");
+    assert_eq!(
+        std::fs::metadata(root.join("one/tool.sh"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o750
+    );
+    assert_eq!(
+        kind(s.download_archive(Path::new("nope")).await),
+        RunnerErrorKind::NotFound
+    );
+    s.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn works_behind_remote_workspace() {
+    let area = Area::new();
+    std::fs::create_dir_all(area.path("outside")).expect("outside");
+    std::fs::write(area.path("outside/secret.txt"), "secret").expect("secret");
+    let s = session(area.rooted_config()).await;
+    let ws = runner_api::RemoteWorkspace::for_session(s.clone());
+    ws.write_file(write("a/b.txt", "x")).await.expect("write");
+    let read = ws
+        .read_file(RunnerFileReadRequest::new("a/b.txt"))
+        .await
+        .expect("read");
+    assert_eq!(read.contents, b"x");
+    let res = ws
+        .run_command(RunnerCommandRequest::shell(
+            "ln",
+            format!("ln -s {} esc && pwd", area.path("outside").display()),
+        ))
+        .await
+        .expect("run");
+    assert_eq!(
+        res.stdout.trim_end(),
+        s.workspace_root().display().to_string()
+    );
+    assert_eq!(
+        kind(
+            ws.read_file(RunnerFileReadRequest::new("esc/secret.txt"))
+                .await
+        ),
+        RunnerErrorKind::PermissionDenied
+    );
+    let listed = ws.list_dir(Path::new("a")).await.expect("list");
+    assert_eq!(listed[0].path, Path::new("a/b.txt"));
+    ws.close().await.expect("close");
+}
