@@ -1,2 +1,23 @@
-//! unix-local conformance run (filled in once the kit lands).
-fn main() {}
+//! The unix-local provider against the whole conformance kit.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use runner_api::RunnerDestination;
+use runner_local::LocalProvider;
+use runner_testkit::Conformance;
+
+fn main() -> ExitCode {
+    // Every session gets a fresh owned workspace; snapshots stay in this run's temp dir.
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let destination = RunnerDestination {
+        id: "conformance".into(),
+        provider_id: "unix-local".into(),
+        config: serde_json::json!({
+            "workspaces_dir": dir.path().join("workspaces"),
+            "snapshot_dir": dir.path().join("snapshots"),
+        }),
+        default_manifest: Default::default(),
+    };
+    Conformance::new(Arc::new(LocalProvider::default()), destination).run()
+}

@@ -1,0 +1,180 @@
+//! What a check gets: the provider, the destination, fresh sessions, and cleanup.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use runner_api::{
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerCapabilities, RunnerCommandRequest,
+    RunnerDestination,
+};
+
+use crate::catalogue::Capability;
+use crate::commands::unique_suffix;
+use crate::fixtures::process_tree::Marker;
+use crate::outcome::{CheckResult, Expect};
+
+/// A session the check created, shared for cleanup.
+pub(crate) type Session = Arc<dyn RemoteRunnerSession>;
+
+/// Sessions and scratch directories a check created, closed and removed by the
+/// harness after the check, whatever its outcome.
+#[derive(Default)]
+pub(crate) struct Cleanup {
+    sessions: Mutex<Vec<Session>>,
+    scratch: Mutex<Vec<(Session, PathBuf)>>,
+    markers: Mutex<Vec<Marker>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Cleanup {
+    /// Removes scratch directories (best effort) and closes every session.
+    /// Returns a message for each session whose `close` failed.
+    pub(crate) async fn run(&self) -> Vec<String> {
+        self.reap().await;
+        let scratch: Vec<(Session, PathBuf)> = lock(&self.scratch).drain(..).collect();
+        for (session, dir) in scratch {
+            let removal = remove_scratch(&session, dir);
+            let _ = tokio::time::timeout(Duration::from_secs(20), removal).await;
+        }
+        let sessions: Vec<Session> = lock(&self.sessions).drain(..).collect();
+        let closes = sessions.into_iter().map(|session| async move {
+            let id = session.state().session_id;
+            match tokio::time::timeout(Duration::from_secs(60), session.close()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!(
+                    "closing session {id} after the check: expected Ok, got {}",
+                    crate::outcome::describe(&e)
+                )),
+                Err(_) => Some(format!(
+                    "closing session {id} after the check did not finish within 60 s"
+                )),
+            }
+        });
+        futures_util::future::join_all(closes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+impl Cleanup {
+    /// Kills processes a check left behind (a failed check may return before
+    /// its tree is gone), counting through any registered session still open.
+    async fn reap(&self) {
+        let markers: Vec<Marker> = lock(&self.markers).drain(..).collect();
+        if markers.is_empty() {
+            return;
+        }
+        let sessions: Vec<Session> = lock(&self.sessions).clone();
+        for marker in markers {
+            for session in &sessions {
+                let reaped =
+                    tokio::time::timeout(Duration::from_secs(30), marker.reap(session.as_ref()));
+                if let Ok(Ok(_)) = reaped.await {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn remove_scratch(session: &Session, dir: PathBuf) {
+    let caps = session.capabilities();
+    if caps.file_management {
+        let _ = session.remove(&dir, true).await;
+    } else if caps.command_exec {
+        let root = session.workspace_root();
+        let request = RunnerCommandRequest::new(
+            format!("conformance-cleanup-{}", unique_suffix()),
+            "rm",
+            [
+                "-rf".to_string(),
+                "--".to_string(),
+                dir.display().to_string(),
+            ],
+        )
+        .with_cwd(root)
+        .with_timeout_ms(15_000);
+        let _ = session.run_command(request).await;
+    }
+}
+
+/// The context one check runs with.
+#[derive(Clone)]
+pub(crate) struct Cx {
+    /// The provider under test.
+    pub(crate) provider: Arc<dyn RemoteRunnerProvider>,
+    /// The destination every fresh session is created for.
+    pub(crate) destination: RunnerDestination,
+    /// The provider's declared capabilities.
+    pub(crate) caps: RunnerCapabilities,
+    /// The check's name, used in scratch paths.
+    pub(crate) name: &'static str,
+    cleanup: Arc<Cleanup>,
+}
+
+impl Cx {
+    pub(crate) fn new(
+        provider: Arc<dyn RemoteRunnerProvider>,
+        destination: RunnerDestination,
+        name: &'static str,
+        cleanup: Arc<Cleanup>,
+    ) -> Self {
+        let caps = provider.capabilities();
+        Self {
+            provider,
+            destination,
+            caps,
+            name,
+            cleanup,
+        }
+    }
+
+    /// Whether the provider declares `capability`.
+    pub(crate) fn has(&self, capability: Capability) -> bool {
+        capability.is_set(&self.caps)
+    }
+
+    /// A fresh session from `create_session(destination)`, closed after the check.
+    pub(crate) async fn session(&self) -> CheckResult<Session> {
+        let session = self
+            .provider
+            .create_session(self.destination.clone())
+            .await
+            .or_fail(format!(
+                "create_session for destination {:?}",
+                self.destination.id
+            ))?;
+        self.adopt(session.clone());
+        Ok(session)
+    }
+
+    /// Registers a session the check got elsewhere (resume, rejoin) for closing.
+    pub(crate) fn adopt(&self, session: Session) {
+        lock(&self.cleanup.sessions).push(session);
+    }
+
+    /// A fresh process marker; processes still carrying it after the check are
+    /// killed by the harness.
+    pub(crate) fn marker(&self) -> Marker {
+        let marker = Marker::new();
+        lock(&self.cleanup.markers).push(marker);
+        marker
+    }
+
+    /// A unique relative directory name for this check's files in `session`,
+    /// removed after the check (sessions of one destination may share a root).
+    /// The directory is not created.
+    pub(crate) fn scratch(&self, session: &Session) -> PathBuf {
+        let dir = PathBuf::from(format!("conformance-{}-{}", self.name, unique_suffix()));
+        lock(&self.cleanup.scratch).push((session.clone(), dir.clone()));
+        dir
+    }
+}

@@ -1,0 +1,238 @@
+//! Running the catalogue as libtest-mimic trials against one provider.
+
+use std::any::Any;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use runner_api::{RemoteRunnerProvider, RunnerDestination};
+
+use crate::catalogue::{Check, checks};
+use crate::context::{Cleanup, Cx};
+use crate::outcome::CheckResult;
+
+/// The conformance suite for one provider and destination.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use runner_testkit::{Conformance, MemoryProvider};
+/// use runner_api::RunnerDestination;
+///
+/// fn main() -> std::process::ExitCode {
+///     let destination = RunnerDestination {
+///         id: "conformance".into(),
+///         provider_id: "memory".into(),
+///         config: serde_json::Value::Null,
+///         default_manifest: Default::default(),
+///     };
+///     Conformance::new(Arc::new(MemoryProvider::default()), destination).run()
+/// }
+/// ```
+pub struct Conformance {
+    provider: Arc<dyn RemoteRunnerProvider>,
+    destination: RunnerDestination,
+    check_timeout: Duration,
+}
+
+/// What a run of the suite came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConformanceSummary {
+    /// The provider's id.
+    pub provider_id: String,
+    /// Checks that ran and passed.
+    pub passed: u64,
+    /// Checks that ran and failed.
+    pub failed: u64,
+    /// Checks skipped because the provider declares a required capability unsupported.
+    pub skipped: u64,
+    /// `(check name, failure message)` of every failed check.
+    pub failures: Vec<(String, String)>,
+}
+
+impl ConformanceSummary {
+    /// The summary line: `<provider-id>: N passed, N failed, N skipped`.
+    pub fn line(&self) -> String {
+        format!(
+            "{}: {} passed, {} failed, {} skipped",
+            self.provider_id, self.passed, self.failed, self.skipped
+        )
+    }
+
+    /// Success when no check failed.
+    pub fn exit_code(&self) -> ExitCode {
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(101)
+        }
+    }
+}
+
+impl Conformance {
+    /// The suite for `provider`. Every check gets fresh sessions from
+    /// `provider.create_session(destination.clone())` and closes them.
+    pub fn new(provider: Arc<dyn RemoteRunnerProvider>, destination: RunnerDestination) -> Self {
+        Self {
+            provider,
+            destination,
+            check_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Time one check may take before it fails as hung (default 60 s).
+    pub fn with_check_timeout(mut self, timeout: Duration) -> Self {
+        self.check_timeout = timeout;
+        self
+    }
+
+    /// Runs every check with the process's libtest arguments, prints the summary
+    /// line last, and returns failure if any check failed.
+    pub fn run(self) -> ExitCode {
+        self.run_with(Arguments::from_args()).exit_code()
+    }
+
+    /// Runs every check with `args` (filters, `--test-threads`, `--list`, …) and
+    /// prints the summary line last. Call it from synchronous code (a plain
+    /// `#[test]` or `main`), not from inside an async runtime.
+    pub fn run_with(self, args: Arguments) -> ConformanceSummary {
+        let provider_id = self.provider.id();
+        let mut summary = ConformanceSummary {
+            provider_id: provider_id.clone(),
+            ..ConformanceSummary::default()
+        };
+        let workers = std::thread::available_parallelism()
+            .map_or(4, |n| n.get())
+            .max(4);
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .thread_name("conformance")
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                summary.failed = 1;
+                summary
+                    .failures
+                    .push(("harness".into(), format!("building the tokio runtime: {e}")));
+                println!("{}", summary.line());
+                return summary;
+            }
+        };
+        let failures: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let capabilities = self.provider.capabilities();
+        let trials: Vec<Trial> = checks()
+            .into_iter()
+            .map(|check| {
+                let missing = check.missing(&capabilities);
+                if missing.is_empty() {
+                    self.trial(check, runtime.handle().clone(), failures.clone())
+                } else {
+                    let names: Vec<&str> = missing.iter().map(|c| c.name()).collect();
+                    let reason = format!("unsupported: {}", names.join(", "));
+                    let ignored = reason.clone();
+                    Trial::ignorable_test(check.name, move || Ok(Completion::ignored_with(ignored)))
+                        .with_kind(reason)
+                        .with_ignored_flag(true)
+                }
+            })
+            .collect();
+        let listing = args.list;
+        let conclusion = libtest_mimic::run(&args, trials);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            runtime.shutdown_background();
+        } else {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
+        if listing {
+            return summary;
+        }
+        summary.passed = conclusion.num_passed;
+        summary.failed = conclusion.num_failed;
+        summary.skipped = conclusion.num_ignored;
+        summary.failures = std::mem::take(
+            &mut *failures
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        summary.failures.sort();
+        println!("{}", summary.line());
+        summary
+    }
+
+    fn trial(
+        &self,
+        check: Check,
+        handle: tokio::runtime::Handle,
+        failures: Arc<Mutex<Vec<(String, String)>>>,
+    ) -> Trial {
+        let provider = self.provider.clone();
+        let destination = self.destination.clone();
+        let timeout = self.check_timeout;
+        Trial::test(check.name, move || {
+            let outcome = handle.block_on(execute(&check, provider, destination, timeout));
+            outcome.map_err(|message| {
+                failures
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push((check.name.to_string(), message.clone()));
+                Failed::from(message)
+            })
+        })
+    }
+}
+
+/// Time the cleanup after one check may take.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(90);
+
+/// Runs one check on the runtime with a time limit, then cleans up after it.
+async fn execute(
+    check: &Check,
+    provider: Arc<dyn RemoteRunnerProvider>,
+    destination: RunnerDestination,
+    timeout: Duration,
+) -> CheckResult {
+    let cleanup = Arc::new(Cleanup::default());
+    let cx = Cx::new(provider, destination, check.name, cleanup.clone());
+    let task = tokio::spawn((check.run)(cx));
+    let abort = task.abort_handle();
+    let outcome = match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(join)) if join.is_panic() => Err(format!(
+            "the check panicked: {}",
+            panic_message(join.into_panic())
+        )),
+        Ok(Err(join)) => Err(format!("the check's task ended abnormally: {join}")),
+        Err(_) => {
+            abort.abort();
+            Err(format!(
+                "timed out: the check did not finish within {} s (a hung operation?)",
+                timeout.as_secs()
+            ))
+        }
+    };
+    let close_errors = match tokio::time::timeout(CLEANUP_LIMIT, cleanup.run()).await {
+        Ok(errors) => errors,
+        Err(_) => vec![format!(
+            "cleaning up after the check (killing leftover processes, removing scratch \
+             directories, closing sessions) did not finish within {} s",
+            CLEANUP_LIMIT.as_secs()
+        )],
+    };
+    match outcome {
+        Ok(()) if close_errors.is_empty() => Ok(()),
+        Ok(()) => Err(close_errors.join("; ")),
+        Err(message) => Err(message),
+    }
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
