@@ -41,7 +41,8 @@ pub struct RunnerCommandRequest {
     /// gives the command an empty stdin.
     #[serde(default)]
     pub stdin: Option<Vec<u8>>,
-    /// Background commands only: keep stdin open after `stdin` for `write_stdin`.
+    /// Keep stdin open after `stdin` so `write_stdin` can feed the running command
+    /// until it closes stdin.
     #[serde(default)]
     pub keep_stdin_open: bool,
     /// How much of each stream the head/tail view keeps.
