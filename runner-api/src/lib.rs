@@ -40,4 +40,4 @@ pub use secrets::{EnvSecretResolver, SecretResolver, SecretValues};
 pub use session::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerEventStream, RunnerSweepReport,
 };
-pub use workspace::{PathAccess, RemoteWorkspace, normalize_lexically};
+pub use workspace::{PathAccess, RemoteWorkspace, normalize_lexically, reject_nul_path};

@@ -272,10 +272,8 @@ pub fn validate_command_request(request: &RunnerCommandRequest) -> RunnerResult<
             )));
         }
     }
-    if let Some(cwd) = &request.cwd
-        && cwd.as_os_str().as_encoded_bytes().contains(&0)
-    {
-        return Err(bad("cwd contains a NUL byte"));
+    if let Some(cwd) = &request.cwd {
+        crate::reject_nul_path(&format!("command {id:?}: cwd"), cwd)?;
     }
     if request.timeout_ms == Some(0) {
         return Err(bad("timeout_ms must be greater than 0"));

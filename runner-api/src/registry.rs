@@ -13,11 +13,7 @@ use crate::{
 
 /// Checks that `path` is relative and stays inside the workspace lexically.
 pub fn validate_relative_path(what: &str, path: &Path) -> RunnerResult<()> {
-    if path.as_os_str().as_encoded_bytes().contains(&0) {
-        return Err(RunnerError::invalid_request(format!(
-            "{what}: path contains a NUL byte"
-        )));
-    }
+    crate::reject_nul_path(what, path)?;
     let ok = path
         .components()
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))

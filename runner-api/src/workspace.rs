@@ -36,6 +36,19 @@ pub fn normalize_lexically(path: &Path) -> PathBuf {
     out
 }
 
+/// Refuses a path containing a NUL byte, which no runner filesystem can name.
+///
+/// Errors: `InvalidRequest` naming `operation` and the path.
+pub fn reject_nul_path(operation: &str, path: &Path) -> RunnerResult<()> {
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(RunnerError::invalid_request(format!(
+            "{operation} {:?}: path contains a NUL byte",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Whether a path is read or written: writes may only land under the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathAccess {
@@ -158,12 +171,7 @@ impl RemoteWorkspace {
         access: PathAccess,
         follow: Follow,
     ) -> RunnerResult<PathBuf> {
-        if path.as_os_str().as_encoded_bytes().contains(&0) {
-            return Err(RunnerError::invalid_request(format!(
-                "{operation}: path {:?} contains a NUL byte",
-                path.display()
-            )));
-        }
+        reject_nul_path(operation, path)?;
         let joined = if path.is_absolute() {
             path.to_path_buf()
         } else {

@@ -20,7 +20,7 @@ use std::time::UNIX_EPOCH;
 use cap_std::fs::{Dir, Metadata, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
 use runner_api::{
     RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult,
-    RunnerFileStat, RunnerFileWriteRequest, RunnerResult, normalize_lexically,
+    RunnerFileStat, RunnerFileWriteRequest, RunnerResult, normalize_lexically, reject_nul_path,
 };
 
 use crate::archive::{self, Protect, SymlinkPolicy};
@@ -229,12 +229,7 @@ impl Workspace {
     ///
     /// Errors: `InvalidRequest` (NUL byte), `PermissionDenied` (outside the root).
     pub(crate) fn resolve(&self, operation: &str, path: &Path) -> RunnerResult<Resolved<'_>> {
-        if path.as_os_str().as_encoded_bytes().contains(&0) {
-            return Err(RunnerError::invalid_request(format!(
-                "{operation} {:?}: path contains a NUL byte",
-                path.display()
-            )));
-        }
+        reject_nul_path(operation, path)?;
         let ws_rel = if path.is_absolute() {
             let lexical = normalize_lexically(path);
             if let Ok(rest) = lexical.strip_prefix(&self.root) {

@@ -142,12 +142,7 @@ fn err(kind: RunnerErrorKind, op: &str, path: &Path, what: &str) -> RunnerError 
 
 /// Splits `path` (absolute, or relative to `root`) into normalized components.
 pub(super) fn split(op: &str, root: &Path, path: &Path) -> RunnerResult<Parts> {
-    if path.as_os_str().as_encoded_bytes().contains(&0) {
-        return Err(RunnerError::invalid_request(format!(
-            "{op} {:?}: the path contains a NUL byte",
-            path.display()
-        )));
-    }
+    runner_api::reject_nul_path(op, path)?;
     let joined = if path.is_absolute() {
         path.to_path_buf()
     } else {
