@@ -358,24 +358,32 @@ impl ProcessTable {
 
     fn register(
         &self,
-        request: RunnerCommandRequest,
+        mut request: RunnerCommandRequest,
         replace_finished: bool,
     ) -> RunnerResult<Registered> {
         validate_command_request(&request)?;
         let mut table = self.lock();
+        // An existing id is answered before the paused check: it starts nothing.
+        let replaced = match table.records.get(&request.command_id) {
+            Some(existing) if !replace_finished || existing.is_running() => {
+                return Ok(Registered::Existing(existing.clone()));
+            }
+            Some(_) => true,
+            None => false,
+        };
         if table.paused {
             return Err(RunnerError::invalid_request(format!(
                 "command {:?}: the session is paused; resume it first",
                 request.command_id
             )));
         }
-        if let Some(existing) = table.records.get(&request.command_id) {
-            if !replace_finished || existing.is_running() {
-                return Ok(Registered::Existing(existing.clone()));
-            }
+        if replaced {
             let id = request.command_id.clone();
             table.order.retain(|o| o != &id);
         }
+        // The spawn closure owns what it writes to stdin; a retained record
+        // must not keep those bytes alive.
+        request.stdin = None;
         let limit = request.output_limit;
         let record = Arc::new(Record {
             started_at_ms: now_ms(),
@@ -783,6 +791,30 @@ mod tests {
             events.last(),
             Some(Ok(RunnerProcessEvent::Exited { .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn paused_table_answers_existing_ids_and_refuses_new_ones() {
+        let table = ProcessTable::new(ProcessTableConfig::new("test"));
+        let req = RunnerCommandRequest::new("bg", "echo", ["x"]).with_stdin(b"payload".to_vec());
+        table
+            .start(req.clone(), spawn_echo(&["1"], 0))
+            .await
+            .expect("start");
+        table.pause().await.expect("pause");
+        let again = table
+            .start(req, |_| async {
+                Err::<SpawnedProcess, _>(RunnerError::provider("must not spawn"))
+            })
+            .await
+            .expect("an existing id is answered while paused");
+        assert_eq!(again.command_id, "bg");
+        let fresh = RunnerCommandRequest::new("new", "echo", ["x"]);
+        let refused = table
+            .start(fresh, spawn_echo(&["1"], 0))
+            .await
+            .expect_err("a new id is refused while paused");
+        assert_eq!(refused.kind(), RunnerErrorKind::InvalidRequest);
     }
 
     #[tokio::test]

@@ -19,6 +19,8 @@ use tokio::process::ChildStdin;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::error::join_error;
+use crate::files::Workspace;
 use crate::groups::{Groups, signal_group};
 
 /// Size of the buffers output is read with.
@@ -38,15 +40,15 @@ pub(crate) struct SpawnContext {
 
 /// A prepared command: the request (without its stdin bytes), its stdin and
 /// its resolved working directory.
-pub(crate) struct Launch {
+struct Launch {
     /// `run_command` or `start_command`, for messages.
-    pub(crate) operation: &'static str,
+    operation: &'static str,
     /// The request.
-    pub(crate) request: RunnerCommandRequest,
+    request: RunnerCommandRequest,
     /// Bytes for stdin, taken out of the request.
-    pub(crate) stdin: Option<Vec<u8>>,
+    stdin: Option<Vec<u8>>,
     /// Absolute working directory, already checked.
-    pub(crate) cwd: PathBuf,
+    cwd: PathBuf,
 }
 
 type StdinSlot = Arc<Mutex<Option<ChildStdin>>>;
@@ -134,15 +136,39 @@ async fn feed(pipe: &mut ChildStdin, bytes: &[u8]) -> bool {
     }
 }
 
+/// The spawn step the [`ProcessTable`](runner_api::ProcessTable) runs for a new
+/// command id: checks the cwd (before anything runs, so a missing cwd and a
+/// missing program give different errors), then spawns.
+///
+/// Errors: `NotFound` (cwd or program missing), `PermissionDenied` (cwd outside
+/// the workspace, program not executable), `Provider` otherwise.
+pub(crate) async fn launch(
+    ctx: Arc<SpawnContext>,
+    workspace: Arc<Workspace>,
+    operation: &'static str,
+    request: RunnerCommandRequest,
+    stdin: Option<Vec<u8>>,
+    sink: OutputSink,
+) -> RunnerResult<SpawnedProcess> {
+    let what = format!("{operation} {}", request.command_id);
+    let cwd_arg = request.cwd.clone();
+    let cwd = tokio::task::spawn_blocking(move || workspace.command_cwd(&what, cwd_arg.as_deref()))
+        .await
+        .map_err(|e| join_error(operation, e))??;
+    let launch = Launch {
+        operation,
+        request,
+        stdin,
+        cwd,
+    };
+    spawn(&ctx, launch, sink)
+}
+
 /// Spawns the command in its own process group and returns it to the table.
 ///
 /// Errors: `NotFound` (program missing), `PermissionDenied` (not executable),
 /// `Provider` otherwise.
-pub(crate) fn spawn(
-    ctx: &SpawnContext,
-    launch: Launch,
-    sink: OutputSink,
-) -> RunnerResult<SpawnedProcess> {
+fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<SpawnedProcess> {
     let request = &launch.request;
     let keep_open = request.keep_stdin_open;
     let mut command = tokio::process::Command::new(&request.program);

@@ -14,14 +14,13 @@ use runner_api::{
     RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
     RunnerListeningPort, RunnerManifestEntry, RunnerPortRequest, RunnerPortResult,
     RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
-    validate_command_request,
 };
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::config::LocalConfig;
 use crate::error::join_error;
-use crate::exec::{Launch, SpawnContext};
+use crate::exec::{self, SpawnContext};
 use crate::files::{ReadOnlyPath, Workspace};
 use crate::groups::Groups;
 use crate::manifest::{self, MountSpec};
@@ -262,32 +261,6 @@ impl LocalSession {
             .map_err(|e| join_error(operation, e))?
     }
 
-    /// Checks the request and its cwd (before anything is spawned, so a
-    /// missing cwd and a missing program give different errors).
-    async fn prepare(
-        &self,
-        operation: &'static str,
-        mut request: RunnerCommandRequest,
-    ) -> RunnerResult<(Launch, RunnerCommandRequest)> {
-        self.ensure_open(operation)?;
-        validate_command_request(&request)?;
-        let what = format!("{operation} {}", request.command_id);
-        let cwd_arg = request.cwd.clone();
-        let cwd = self
-            .blocking(operation, move |ws| {
-                ws.command_cwd(&what, cwd_arg.as_deref())
-            })
-            .await?;
-        let stdin = request.stdin.take();
-        let launch = Launch {
-            operation,
-            request: request.clone(),
-            stdin,
-            cwd,
-        };
-        Ok((launch, request))
-    }
-
     fn meta(&self) -> SessionMeta {
         SessionMeta {
             root: Some(self.workspace.root.clone()),
@@ -433,13 +406,15 @@ impl RemoteRunnerSession for LocalSession {
 
     async fn run_command(
         &self,
-        request: RunnerCommandRequest,
+        mut request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerCommandResult> {
-        let (launch, request) = self.prepare("run_command", request).await?;
-        let ctx = self.spawn.clone();
+        self.ensure_open("run_command")?;
+        let (ctx, workspace) = (self.spawn.clone(), self.workspace.clone());
+        let stdin = request.stdin.take();
+        let launch = request.clone();
         self.table
-            .run(request, move |sink| async move {
-                crate::exec::spawn(&ctx, launch, sink)
+            .run(request, move |sink| {
+                exec::launch(ctx, workspace, "run_command", launch, stdin, sink)
             })
             .await
     }
@@ -451,17 +426,15 @@ impl RemoteRunnerSession for LocalSession {
 
     async fn start_command(
         &self,
-        request: RunnerCommandRequest,
+        mut request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerProcessInfo> {
         self.ensure_open("start_command")?;
-        if let Ok(existing) = self.table.status(&request.command_id) {
-            return Ok(existing);
-        }
-        let (launch, request) = self.prepare("start_command", request).await?;
-        let ctx = self.spawn.clone();
+        let (ctx, workspace) = (self.spawn.clone(), self.workspace.clone());
+        let stdin = request.stdin.take();
+        let launch = request.clone();
         self.table
-            .start(request, move |sink| async move {
-                crate::exec::spawn(&ctx, launch, sink)
+            .start(request, move |sink| {
+                exec::launch(ctx, workspace, "start_command", launch, stdin, sink)
             })
             .await
     }
