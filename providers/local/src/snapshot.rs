@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use cap_std::fs::Dir;
 use runner_api::{RunnerError, RunnerResult, RunnerSnapshotRef};
 
+use crate::PROVIDER_ID;
 use crate::archive::{self, Protect, SymlinkPolicy, unprotected};
 use crate::files::Workspace;
-
-/// The provider id snapshots carry.
-const PROVIDER_ID: &str = crate::PROVIDER_ID;
 
 /// Writes a snapshot of `ws` (mount points left out, symlinks stored as
 /// symlinks) to `<snapshot_dir>/<id>.tar` through a temp file and a rename.
