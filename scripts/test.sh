@@ -45,6 +45,16 @@ fi
 command -v busybox >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 \
   || die "neither busybox nor python3 is available for the ports checks"
 
+# Each backend's script provisions it (installing packages, starting the
+# daemon) and exports the RUNNER_TEST_<BACKEND>=1 switch plus its settings.
+for backend in docker sshd; do
+  if [ -f "scripts/provision/$backend.sh" ]; then
+    step "provision: $backend"
+    # shellcheck source=/dev/null
+    source "scripts/provision/$backend.sh"
+  fi
+done
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

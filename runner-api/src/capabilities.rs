@@ -57,6 +57,10 @@ pub struct RunnerCapabilities {
     /// `list_listening_ports` works.
     #[serde(default)]
     pub port_listing: bool,
+    /// `acquire_workspace_execution_lease`, `renew_workspace_execution_lease`
+    /// and `release_workspace_execution_lease` give a cross-process guarantee.
+    #[serde(default)]
+    pub execution_lease: bool,
 }
 
 /// Which mount kinds a provider materializes.

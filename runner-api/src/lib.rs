@@ -5,6 +5,7 @@ mod command;
 mod destination;
 mod error;
 mod files;
+mod lease;
 pub mod output;
 pub mod process;
 mod registry;
@@ -30,6 +31,7 @@ pub use files::{
     RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerListeningPort,
     RunnerPortRequest, RunnerPortResult,
 };
+pub use lease::{RunnerExecutionLease, RunnerLeaseRequest};
 pub use output::{HeadTailBuffer, OutputLog};
 pub use process::{
     OutputSink, ProcessControl, ProcessTable, ProcessTableConfig, RawExit, SpawnedProcess,

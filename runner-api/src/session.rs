@@ -16,10 +16,11 @@ use futures_core::Stream;
 use crate::{
     RemoteRunnerProviderId, RunnerArtifactExportRequest, RunnerArtifactExportResult,
     RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
-    RunnerCommandResult, RunnerDestination, RunnerError, RunnerFileReadRequest,
-    RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerListeningPort,
-    RunnerPortRequest, RunnerPortResult, RunnerProcessEvent, RunnerProcessInfo, RunnerResult,
-    RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    RunnerCommandResult, RunnerDestination, RunnerError, RunnerExecutionLease,
+    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
+    RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest, RunnerPortResult,
+    RunnerProcessEvent, RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal,
+    RunnerSnapshotRef,
 };
 
 /// A live stream of a command's output events, ending with `Exited`.
@@ -370,6 +371,44 @@ pub trait RemoteRunnerSession: Send + Sync + 'static {
     ) -> RunnerResult<RunnerArtifactExportResult> {
         let _ = request;
         Err(self.unsupported("export_artifact"))
+    }
+
+    /// Takes the workspace execution lease, so that no other holder (in this
+    /// or another process, on this or another machine) holds it until it is
+    /// released or lapses. Requires `execution_lease`.
+    ///
+    /// Errors: `AlreadyExists` naming the current holder when another live lease
+    /// exists after `wait_ms`; `InvalidRequest` for a zero `ttl_ms` or an empty
+    /// holder.
+    async fn acquire_workspace_execution_lease(
+        &self,
+        request: RunnerLeaseRequest,
+    ) -> RunnerResult<RunnerExecutionLease> {
+        let _ = request;
+        Err(self.unsupported("acquire_workspace_execution_lease"))
+    }
+
+    /// Extends a held lease to `ttl_ms` from now. Requires `execution_lease`.
+    ///
+    /// Errors: `NotFound` when the lease lapsed and was taken by another holder
+    /// or released.
+    async fn renew_workspace_execution_lease(
+        &self,
+        lease: &RunnerExecutionLease,
+        ttl_ms: u64,
+    ) -> RunnerResult<RunnerExecutionLease> {
+        let _ = (lease, ttl_ms);
+        Err(self.unsupported("renew_workspace_execution_lease"))
+    }
+
+    /// Gives a held lease back. Releasing a lease that already lapsed or was
+    /// released is not an error. Requires `execution_lease`.
+    async fn release_workspace_execution_lease(
+        &self,
+        lease: &RunnerExecutionLease,
+    ) -> RunnerResult<()> {
+        let _ = lease;
+        Err(self.unsupported("release_workspace_execution_lease"))
     }
 
     /// The `Unsupported` error for `operation` on this session's provider.

@@ -57,6 +57,7 @@ pub fn capabilities() -> RunnerCapabilities {
         archive_transfer: true,
         snapshot_restore: true,
         port_listing: true,
+        execution_lease: false,
     }
 }
 
