@@ -3,11 +3,20 @@
 # need first: formatting, clippy, every test (unit, integration, conformance),
 # the quickstart example, and finally the conformance report.
 #
-# Usage: scripts/test.sh
+# Usage: scripts/test.sh          every check and test
+#        scripts/test.sh --bench  provision the backends, then run the benchmarks
+#                                 (runner-bench; results in target/bench/results.json)
 #
 # Works on a fresh Debian machine as root (packages come from apt). Backends that
 # are requested and cannot be provisioned fail the run; nothing passes by skipping.
 set -euo pipefail
+
+MODE=test
+case "${1:-}" in
+  "") ;;
+  --bench) MODE=bench ;;
+  *) printf 'usage: scripts/test.sh [--bench]\n' >&2; exit 2 ;;
+esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOG_DIR=target/test-logs
@@ -54,6 +63,12 @@ for backend in docker sshd; do
     source "scripts/provision/$backend.sh"
   fi
 done
+
+if [ "$MODE" = bench ]; then
+  step "benchmarks (release build)"
+  cargo run --release --quiet -p runner-bench | tee "$LOG_DIR/bench.log"
+  exit "${PIPESTATUS[0]}"
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

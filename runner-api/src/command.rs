@@ -121,6 +121,7 @@ impl RunnerCommandRequest {
 
 /// Head and tail byte budgets per stream for the head/tail view of output.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct RunnerOutputLimit {
     /// Bytes kept from the start of the stream.
     #[serde(default = "RunnerOutputLimit::default_bytes")]

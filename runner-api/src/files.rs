@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Read a file, optionally a byte range of it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct RunnerFileReadRequest {
     /// Path; relative paths resolve under the workspace root.
     pub path: PathBuf,
@@ -101,6 +102,7 @@ pub struct RunnerFileStat {
 
 /// Make a port of the runner reachable from the caller's machine.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct RunnerPortRequest {
     /// The port inside the runner.
     pub port: u16,

@@ -1,12 +1,16 @@
 #![doc = include_str!("../README.md")]
 
+mod artifacts;
 mod capabilities;
 mod command;
 mod destination;
 mod error;
 mod files;
 mod lease;
+pub mod lifecycle;
+pub mod mounts;
 pub mod output;
+mod pool;
 pub mod process;
 mod registry;
 mod secrets;
@@ -31,8 +35,16 @@ pub use files::{
     RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerListeningPort,
     RunnerPortRequest, RunnerPortResult,
 };
-pub use lease::{RunnerExecutionLease, RunnerLeaseRequest};
+pub use lease::{
+    RunnerExecutionLease, RunnerLeaseRequest, acquire_shell_lease, release_shell_lease,
+    renew_shell_lease,
+};
+pub use lifecycle::{
+    CloseReason, IdleAction, ManagedSession, ManagedStatus, ManagerConfig, SessionManager,
+    TurnGuard,
+};
 pub use output::{HeadTailBuffer, OutputLog};
+pub use pool::{DestinationHealth, DestinationPool, PoolConfig, SelectionPolicy};
 pub use process::{
     OutputSink, ProcessControl, ProcessTable, ProcessTableConfig, RawExit, SpawnedProcess,
     validate_command_request,

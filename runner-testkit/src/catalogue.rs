@@ -31,6 +31,10 @@ pub enum Area {
     Ports,
     /// `snapshot` and `resume_session` with a snapshot.
     Snapshots,
+    /// Object-store mounts: materialized at creation, synced back, read-only.
+    Mounts,
+    /// `export_artifact` to the destination's artifact store.
+    Artifacts,
     /// `close`, `pause`/`resume`, `detach`/`rejoin_session`, `state`.
     Lifecycle,
     /// Capability flags are honest in both directions.
@@ -39,13 +43,15 @@ pub enum Area {
 
 impl Area {
     /// Every area, in catalogue order.
-    pub const ALL: [Area; 8] = [
+    pub const ALL: [Area; 10] = [
         Area::Exec,
         Area::Processes,
         Area::Files,
         Area::Paths,
         Area::Ports,
         Area::Snapshots,
+        Area::Mounts,
+        Area::Artifacts,
         Area::Lifecycle,
         Area::Capabilities,
     ];
@@ -59,9 +65,19 @@ impl Area {
             Area::Paths => "paths",
             Area::Ports => "ports",
             Area::Snapshots => "snapshots",
+            Area::Mounts => "mounts",
+            Area::Artifacts => "artifacts",
             Area::Lifecycle => "lifecycle",
             Area::Capabilities => "capabilities",
         }
+    }
+}
+
+impl Area {
+    /// Whether the area's checks need an object store
+    /// ([`Conformance::with_object_store`](crate::Conformance::with_object_store)).
+    pub fn needs_object_store(self) -> bool {
+        matches!(self, Area::Mounts | Area::Artifacts)
     }
 }
 
@@ -107,11 +123,13 @@ pub enum Capability {
     SnapshotRestore,
     /// `port_listing`.
     PortListing,
+    /// `execution_lease`.
+    ExecutionLease,
 }
 
 impl Capability {
     /// Every boolean capability flag.
-    pub const ALL: [Capability; 16] = [
+    pub const ALL: [Capability; 17] = [
         Capability::CommandExec,
         Capability::FileRead,
         Capability::FileWrite,
@@ -128,6 +146,7 @@ impl Capability {
         Capability::ArchiveTransfer,
         Capability::SnapshotRestore,
         Capability::PortListing,
+        Capability::ExecutionLease,
     ];
 
     /// The field name in [`RunnerCapabilities`] (and its JSON).
@@ -149,6 +168,7 @@ impl Capability {
             Capability::ArchiveTransfer => "archive_transfer",
             Capability::SnapshotRestore => "snapshot_restore",
             Capability::PortListing => "port_listing",
+            Capability::ExecutionLease => "execution_lease",
         }
     }
 
@@ -172,6 +192,7 @@ impl Capability {
             Capability::ArchiveTransfer => c.archive_transfer,
             Capability::SnapshotRestore => c.snapshot_restore,
             Capability::PortListing => c.port_listing,
+            Capability::ExecutionLease => c.execution_lease,
         }
     }
 }
@@ -244,7 +265,12 @@ pub fn checks() -> Vec<Check> {
     all.extend(crate::checks::paths::checks());
     all.extend(crate::checks::ports::checks());
     all.extend(crate::checks::snapshots::checks());
+    all.extend(crate::checks::mounts::checks());
+    all.extend(crate::checks::artifacts::checks());
     all.extend(crate::checks::lifecycle::checks());
+    all.extend(crate::checks::lease::lifecycle_checks());
+    all.extend(crate::checks::manager::checks());
     all.extend(crate::checks::capabilities::checks());
+    all.extend(crate::checks::lease::capability_checks());
     all
 }

@@ -13,6 +13,11 @@ use crate::catalogue::Capability;
 use crate::commands::unique_suffix;
 use crate::fixtures::process_tree::Marker;
 use crate::outcome::{CheckResult, Expect};
+use crate::store::ObjectStoreTarget;
+
+/// Why the mounts and artifacts checks did not run.
+pub(crate) const NO_STORE: &str = "needs an object store: call Conformance::with_object_store \
+     (runner_testkit::S3TestServer::start().target() with the kit's `s3-server` feature)";
 
 /// A session the check created, shared for cleanup.
 pub(crate) type Session = Arc<dyn RemoteRunnerSession>;
@@ -118,6 +123,8 @@ pub(crate) struct Cx {
     /// The check's name, used in scratch paths.
     pub(crate) name: &'static str,
     cleanup: Arc<Cleanup>,
+    /// The object store of the mounts and artifacts checks, when configured.
+    store: Option<Arc<ObjectStoreTarget>>,
 }
 
 impl Cx {
@@ -134,7 +141,19 @@ impl Cx {
             caps,
             name,
             cleanup,
+            store: None,
         }
+    }
+
+    /// Gives the check the object store of the mounts and artifacts checks.
+    pub(crate) fn with_store(mut self, store: Option<Arc<ObjectStoreTarget>>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The object store, or a failure saying how to configure one.
+    pub(crate) fn store(&self) -> CheckResult<Arc<ObjectStoreTarget>> {
+        self.store.clone().ok_or_else(|| NO_STORE.to_string())
     }
 
     /// Whether the provider declares `capability`.

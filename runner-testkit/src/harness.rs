@@ -3,14 +3,15 @@
 use std::any::Any;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use runner_api::{RemoteRunnerProvider, RunnerDestination};
 
-use crate::catalogue::{Check, checks};
-use crate::context::{Cleanup, Cx};
+use crate::catalogue::{Area, Check, checks};
+use crate::context::{Cleanup, Cx, NO_STORE};
 use crate::outcome::CheckResult;
+use crate::store::ObjectStoreTarget;
 
 /// The conformance suite for one provider and destination.
 ///
@@ -33,6 +34,7 @@ pub struct Conformance {
     provider: Arc<dyn RemoteRunnerProvider>,
     destination: RunnerDestination,
     check_timeout: Duration,
+    object_store: Option<Arc<ObjectStoreTarget>>,
 }
 
 /// What a run of the suite came to.
@@ -48,6 +50,45 @@ pub struct ConformanceSummary {
     pub skipped: u64,
     /// `(check name, failure message)` of every failed check.
     pub failures: Vec<(String, String)>,
+    /// Every check this run selected, in catalogue order, with its outcome.
+    pub checks: Vec<CheckReport>,
+}
+
+/// How one check of a run came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckStatus {
+    /// It ran and passed.
+    Passed,
+    /// It ran and failed.
+    Failed,
+    /// It did not run: the provider declares a required capability unsupported.
+    Skipped,
+}
+
+impl CheckStatus {
+    /// `passed`, `failed` or `skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passed => "passed",
+            CheckStatus::Failed => "failed",
+            CheckStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// The outcome of one check in a run, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The check's name (`<area>_<behaviour>`).
+    pub name: String,
+    /// The check's area.
+    pub area: Area,
+    /// Passed, failed or skipped.
+    pub status: CheckStatus,
+    /// The failure message, or the skip reason (`unsupported: <flag>, …`).
+    pub message: Option<String>,
+    /// Time the check took, cleanup included (zero when skipped).
+    pub duration: Duration,
 }
 
 impl ConformanceSummary {
@@ -77,12 +118,32 @@ impl Conformance {
             provider,
             destination,
             check_timeout: Duration::from_secs(60),
+            object_store: None,
         }
     }
 
     /// Time one check may take before it fails as hung (default 60 s).
     pub fn with_check_timeout(mut self, timeout: Duration) -> Self {
         self.check_timeout = timeout;
+        self
+    }
+
+    /// Runs the `mounts` and `artifacts` checks against `target` (without it
+    /// they are ignored with a reason), and names an artifact store under a
+    /// fresh prefix of it in the destination config's `"artifacts"` key. The
+    /// provider must resolve the target's secrets like `target.resolver`.
+    pub fn with_object_store(mut self, target: ObjectStoreTarget) -> Self {
+        let prefix = format!("conformance-artifacts-{}", crate::commands::unique_suffix());
+        let config = target.artifacts_config(&prefix);
+        match &mut self.destination.config {
+            serde_json::Value::Object(map) => {
+                map.insert(runner_api::mounts::ARTIFACTS_CONFIG_KEY.into(), config);
+            }
+            other => {
+                *other = serde_json::json!({ runner_api::mounts::ARTIFACTS_CONFIG_KEY: config });
+            }
+        }
+        self.object_store = Some(Arc::new(target));
         self
     }
 
@@ -121,20 +182,38 @@ impl Conformance {
             }
         };
         let failures: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let reports: Arc<Mutex<Vec<CheckReport>>> = Arc::default();
         let capabilities = self.provider.capabilities();
         let trials: Vec<Trial> = checks()
             .into_iter()
             .map(|check| {
                 let missing = check.missing(&capabilities);
-                if missing.is_empty() {
-                    self.trial(check, runtime.handle().clone(), failures.clone())
+                if self.object_store.is_none() && check.area.needs_object_store() {
+                    let trial = Trial::ignorable_test(check.name, || {
+                        Ok(Completion::ignored_with(NO_STORE))
+                    })
+                    .with_kind("needs an object store")
+                    .with_ignored_flag(true);
+                    record_skip(&reports, &args, &trial, &check, NO_STORE);
+                    trial
+                } else if missing.is_empty() {
+                    self.trial(
+                        check,
+                        runtime.handle().clone(),
+                        failures.clone(),
+                        reports.clone(),
+                    )
                 } else {
                     let names: Vec<&str> = missing.iter().map(|c| c.name()).collect();
                     let reason = format!("unsupported: {}", names.join(", "));
                     let ignored = reason.clone();
-                    Trial::ignorable_test(check.name, move || Ok(Completion::ignored_with(ignored)))
-                        .with_kind(reason)
-                        .with_ignored_flag(true)
+                    let trial = Trial::ignorable_test(check.name, move || {
+                        Ok(Completion::ignored_with(ignored))
+                    })
+                    .with_kind(reason.clone())
+                    .with_ignored_flag(true);
+                    record_skip(&reports, &args, &trial, &check, &reason);
+                    trial
                 }
             })
             .collect();
@@ -157,6 +236,11 @@ impl Conformance {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
         summary.failures.sort();
+        let order: Vec<&str> = checks().iter().map(|c| c.name).collect();
+        summary.checks = std::mem::take(&mut *lock(&reports));
+        summary
+            .checks
+            .sort_by_key(|r| order.iter().position(|name| *name == r.name));
         println!("{}", summary.line());
         summary
     }
@@ -166,12 +250,26 @@ impl Conformance {
         check: Check,
         handle: tokio::runtime::Handle,
         failures: Arc<Mutex<Vec<(String, String)>>>,
+        reports: Arc<Mutex<Vec<CheckReport>>>,
     ) -> Trial {
         let provider = self.provider.clone();
         let destination = self.destination.clone();
         let timeout = self.check_timeout;
+        let store = self.object_store.clone();
         Trial::test(check.name, move || {
-            let outcome = handle.block_on(execute(&check, provider, destination, timeout));
+            let started = Instant::now();
+            let outcome = handle.block_on(execute(&check, provider, destination, timeout, store));
+            lock(&reports).push(CheckReport {
+                name: check.name.to_string(),
+                area: check.area,
+                status: if outcome.is_ok() {
+                    CheckStatus::Passed
+                } else {
+                    CheckStatus::Failed
+                },
+                message: outcome.as_ref().err().cloned(),
+                duration: started.elapsed(),
+            });
             outcome.map_err(|message| {
                 failures
                     .lock()
@@ -183,6 +281,31 @@ impl Conformance {
     }
 }
 
+/// Records a skipped check the run selects (its name passes the filters).
+fn record_skip(
+    reports: &Mutex<Vec<CheckReport>>,
+    args: &Arguments,
+    trial: &Trial,
+    check: &Check,
+    reason: &str,
+) {
+    if !args.is_filtered_out(trial) {
+        lock(reports).push(CheckReport {
+            name: check.name.to_string(),
+            area: check.area,
+            status: CheckStatus::Skipped,
+            message: Some(reason.to_string()),
+            duration: Duration::ZERO,
+        });
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Time the cleanup after one check may take.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(90);
 
@@ -192,9 +315,10 @@ async fn execute(
     provider: Arc<dyn RemoteRunnerProvider>,
     destination: RunnerDestination,
     timeout: Duration,
+    store: Option<Arc<ObjectStoreTarget>>,
 ) -> CheckResult {
     let cleanup = Arc::new(Cleanup::default());
-    let cx = Cx::new(provider, destination, check.name, cleanup.clone());
+    let cx = Cx::new(provider, destination, check.name, cleanup.clone()).with_store(store);
     let task = tokio::spawn((check.run)(cx));
     let abort = task.abort_handle();
     let outcome = match tokio::time::timeout(timeout, task).await {

@@ -136,8 +136,8 @@ async fn destinations_are_validated() {
             path: "data".into(),
             read_only: true,
             intent: RunnerMountIntent {
-                kind: RunnerMountKind::S3,
-                uri: "s3://bucket/prefix".into(),
+                kind: RunnerMountKind::ProviderNative,
+                uri: "/srv/data".into(),
                 credentials: None,
             },
         }],
@@ -145,7 +145,7 @@ async fn destinations_are_validated() {
     let err = provider
         .validate_destination(&mounted)
         .await
-        .expect_err("mount");
+        .expect_err("provider_native mount");
     assert_eq!(err.kind(), RunnerErrorKind::Unsupported);
 }
 

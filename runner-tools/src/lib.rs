@@ -1,1 +1,20 @@
-//! Placeholder crate root; replaced by the crate's implementation.
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod input;
+mod output;
+mod tool;
+mod toolset;
+
+pub use config::{ToolDestination, ToolsConfig};
+pub use input::{
+    CancelCommandInput, CommandOutputInput, DEFAULT_FOREGROUND_TIMEOUT_MS, DEFAULT_READ_LIMIT,
+    DestinationInput, DestinationsListInput, ExposePortInput, ListDirInput, ReadFileInput,
+    RunCommandInput, WriteFileInput,
+};
+pub use output::{
+    BackgroundStarted, CancelResult, CommandList, CommandOutputView, DestinationSummary,
+    DestinationsList, DirListing, FileContent, ToolError, WriteResult,
+};
+pub use tool::{Tool, ToolSpec, tool_specs};
+pub use toolset::{MAX_WAIT_MS, ToolSet};

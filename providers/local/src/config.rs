@@ -14,6 +14,8 @@ const KNOWN_KEYS: &[&str] = &[
     "snapshot_dir",
     "kill_grace_ms",
     "env",
+    // The artifact store, parsed by runner_api::mounts (see docs/mounts.md).
+    "artifacts",
 ];
 
 /// Default time between TERM and KILL when a process tree is killed.

@@ -12,10 +12,11 @@ mod ports;
 mod session;
 mod snapshot;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use runner_api::mounts::MountedSession;
+use runner_api::{EnvSecretResolver, SecretResolver};
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
     RunnerDestination, RunnerError, RunnerMountCapabilities, RunnerResult, RunnerSessionState,
@@ -24,6 +25,7 @@ use runner_api::{
 use tracing::Instrument;
 
 pub use config::{DEFAULT_KILL_GRACE_MS, LocalConfig};
+pub use ownership::SweepConfig;
 pub use session::LocalSession;
 
 use crate::error::join_error;
@@ -43,10 +45,10 @@ pub fn capabilities() -> RunnerCapabilities {
         port_preview: true,
         snapshots: true,
         cancellation: true,
-        artifact_export: false,
+        artifact_export: true,
         mounts: RunnerMountCapabilities {
             provider_native: true,
-            ..RunnerMountCapabilities::default()
+            ..runner_api::mounts::store_mount_kinds()
         },
         pausable: true,
         detachable: false,
@@ -57,7 +59,7 @@ pub fn capabilities() -> RunnerCapabilities {
         archive_transfer: true,
         snapshot_restore: true,
         port_listing: true,
-        execution_lease: false,
+        execution_lease: true,
     }
 }
 
@@ -66,15 +68,51 @@ pub fn capabilities() -> RunnerCapabilities {
 /// Settings come from `RunnerDestination.config` (see [`LocalConfig`]). The
 /// file API is confined to the workspace root; commands run as the current
 /// user and are not sandboxed.
+///
+/// Object-store mounts and artifact export come from
+/// [`MountedSession`](runner_api::mounts::MountedSession); their credentials are
+/// resolved on this side with the provider's [`SecretResolver`] (default
+/// [`EnvSecretResolver`], see [`with_secret_resolver`](Self::with_secret_resolver)).
 #[derive(Debug, Clone, Default)]
 pub struct LocalProvider {
-    _private: (),
+    sweep: SweepConfig,
+    secrets: Secrets,
+}
+
+/// The resolver of mount and artifact-store credentials.
+#[derive(Clone)]
+struct Secrets(Arc<dyn SecretResolver>);
+
+impl Default for Secrets {
+    fn default() -> Self {
+        Self(Arc::new(EnvSecretResolver::new()))
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretResolver")
+    }
 }
 
 impl LocalProvider {
-    /// A provider; it holds no state of its own.
+    /// A provider with the default [`SweepConfig`] and secret resolver.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes `sweep_orphans` use `sweep` (directories and grace periods)
+    /// instead of the defaults.
+    pub fn with_sweep(mut self, sweep: SweepConfig) -> Self {
+        self.sweep = sweep;
+        self
+    }
+
+    /// Resolves mount and artifact-store credentials with `resolver` instead
+    /// of the environment.
+    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
+        self.secrets = Secrets(resolver);
+        self
     }
 
     fn check_provider(&self, operation: &str, destination: &RunnerDestination) -> RunnerResult<()> {
@@ -117,7 +155,8 @@ impl RemoteRunnerProvider for LocalProvider {
         self.check_provider("validate_destination", destination)?;
         LocalConfig::from_destination(destination)?;
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        let manifest = destination.default_manifest.clone();
+        runner_api::mounts::validate_stores(destination)?;
+        let manifest = runner_api::mounts::native_manifest(&destination.default_manifest);
         tokio::task::spawn_blocking(move || manifest::check_sources(&manifest))
             .await
             .map_err(|e| join_error("validate_destination", e))?
@@ -130,8 +169,8 @@ impl RemoteRunnerProvider for LocalProvider {
         self.check_provider("create_session", &destination)?;
         let config = LocalConfig::from_destination(&destination)?;
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        let mounts = destination
-            .default_manifest
+        runner_api::mounts::validate_stores(&destination)?;
+        let mounts = runner_api::mounts::native_manifest(&destination.default_manifest)
             .mounts
             .iter()
             .map(MountSpec::from_mount)
@@ -140,16 +179,18 @@ impl RemoteRunnerProvider for LocalProvider {
             Some(root) => RootSource::Configured(root.clone()),
             None => RootSource::Fresh,
         };
-        self.open(SessionSetup {
-            session_id: new_session_id(),
-            destination_id: destination.id.clone(),
-            config,
-            root,
-            mounts,
-            entries: destination.default_manifest.entries.clone(),
-            read_only: Vec::new(),
-        })
-        .await
+        let session = self
+            .open(SessionSetup {
+                session_id: new_session_id(),
+                destination_id: destination.id.clone(),
+                config,
+                root,
+                mounts,
+                entries: destination.default_manifest.entries.clone(),
+                read_only: Vec::new(),
+            })
+            .await?;
+        MountedSession::attach(session, &destination, self.secrets.0.clone()).await
     }
 
     /// With `state.snapshot`: a new session in a fresh owned directory filled
@@ -203,23 +244,35 @@ impl RemoteRunnerProvider for LocalProvider {
                 }
             };
         let read_only = meta.read_only.clone();
-        self.open(SessionSetup {
-            session_id: new_session_id(),
-            destination_id: state.destination_id,
-            config,
-            root,
-            mounts: meta.mounts,
-            entries: Vec::new(),
-            read_only,
-        })
-        .await
+        // The state does not carry the destination: a resumed session has no
+        // object-store mounts (their files stay as plain files) and no artifact store.
+        let destination = RunnerDestination {
+            id: state.destination_id.clone(),
+            provider_id: PROVIDER_ID.to_string(),
+            config: serde_json::Value::Null,
+            default_manifest: Default::default(),
+        };
+        let session = self
+            .open(SessionSetup {
+                session_id: new_session_id(),
+                destination_id: state.destination_id,
+                config,
+                root,
+                mounts: meta.mounts,
+                entries: Vec::new(),
+                read_only,
+            })
+            .await?;
+        MountedSession::attach(session, &destination, self.secrets.0.clone()).await
     }
 
-    /// Removes owned workspaces under the default workspaces directory whose
-    /// sessions no longer exist (no live session holds their lock).
+    /// Removes, under the directories of its [`SweepConfig`], owned workspaces
+    /// whose sessions no longer exist (no live session holds their lock) and
+    /// snapshot archives whose session is gone, each after its grace period.
+    /// Caller-chosen roots and unmarked files are never touched.
     async fn sweep_orphans(&self) -> RunnerResult<RunnerSweepReport> {
-        let dir: PathBuf = LocalConfig::default_workspaces_dir();
-        tokio::task::spawn_blocking(move || ownership::sweep(&dir))
+        let sweep = self.sweep.clone();
+        tokio::task::spawn_blocking(move || ownership::sweep(&sweep))
             .await
             .map_err(|e| join_error("sweep_orphans", e))?
     }

@@ -7,15 +7,134 @@
 //! the lock when the process dies). `sweep_orphans` removes a workspace only when
 //! its lock directory has lock files and none of them is held: that is, only
 //! directories this provider created, for sessions that no longer exist.
+//!
+//! Snapshot archives are marked the same way: a session that takes a snapshot
+//! holds a lock file `<snapshot_dir>/.sessions/<session id>.lock` for its
+//! lifetime and records `<snapshot_dir>/.owners/<snapshot id>` naming itself.
+//! `sweep_orphans` removes a marked archive once no live session holds that
+//! lock and the archive is older than the snapshot grace period; unmarked
+//! archives are never touched.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use runner_api::{RunnerError, RunnerResult, RunnerSweepReport};
 
+use crate::config::LocalConfig;
+
 const LOCKS: &str = ".locks";
+const SNAPSHOT_SESSIONS: &str = ".sessions";
+const SNAPSHOT_OWNERS: &str = ".owners";
+
+/// Where and when [`sweep_orphans`](runner_api::RemoteRunnerProvider::sweep_orphans)
+/// of a [`LocalProvider`](crate::LocalProvider) removes leftovers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepConfig {
+    /// The workspaces directory to sweep (default
+    /// [`LocalConfig::default_workspaces_dir`]).
+    pub workspaces_dir: PathBuf,
+    /// The snapshot directory to sweep (default
+    /// [`LocalConfig::default_snapshot_dir`]).
+    pub snapshot_dir: PathBuf,
+    /// An orphaned workspace is removed only when its newest session lock is
+    /// at least this old (default 60 seconds), so a session that is just
+    /// resuming it is never raced.
+    pub grace: Duration,
+    /// A snapshot archive whose session is gone is removed once it is at least
+    /// this old (default 24 hours); `None` keeps snapshot archives forever.
+    pub snapshot_grace: Option<Duration>,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        Self {
+            workspaces_dir: LocalConfig::default_workspaces_dir(),
+            snapshot_dir: LocalConfig::default_snapshot_dir(),
+            grace: Duration::from_secs(60),
+            snapshot_grace: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// The variable every command of a session carries, naming the session, so
+/// that a sweep can end the processes of a session whose embedding process
+/// died (a command that clears its environment escapes this).
+pub(crate) const SESSION_ENV: &str = "RUNNER_LOCAL_SESSION";
+
+/// `env` plus the session's process mark.
+pub(crate) fn marked_env(
+    env: &std::collections::BTreeMap<String, String>,
+    session_id: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut env = env.clone();
+    env.insert(SESSION_ENV.to_string(), session_id.to_string());
+    env
+}
+
+/// KILLs every process of this user that carries the mark of one of
+/// `session_ids`; repeats a few rounds so that children forked meanwhile go
+/// too. Returns how many processes were signalled.
+fn kill_marked(session_ids: &[String]) -> usize {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let own = std::process::id() as i32;
+    let mut killed = 0;
+    for _ in 0..5 {
+        let Ok(all) = procfs::process::all_processes() else {
+            return killed;
+        };
+        let mut found = 0;
+        for process in all.flatten() {
+            if process.pid == own {
+                continue;
+            }
+            let Ok(environ) = process.environ() else {
+                continue;
+            };
+            let marked = environ
+                .get(std::ffi::OsStr::new(SESSION_ENV))
+                .is_some_and(|v| {
+                    session_ids
+                        .iter()
+                        .any(|id| v.as_encoded_bytes() == id.as_bytes())
+                });
+            if marked && kill(Pid::from_raw(process.pid), Signal::SIGKILL).is_ok() {
+                found += 1;
+            }
+        }
+        killed += found;
+        if found == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed
+}
+
+/// Whether `path` was modified at least `grace` ago (a missing or unreadable
+/// time counts as old enough only when `grace` is zero).
+fn older_than(path: &Path, grace: Duration) -> bool {
+    if grace.is_zero() {
+        return true;
+    }
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age >= grace)
+}
+
+/// Whether another open file description holds the lock on `path`.
+fn is_held(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(file) => matches!(file.try_lock(), Err(TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
 
 /// A workspace directory this provider created, with the session's lock on it.
 /// Dropping it releases the lock and keeps the lock file, so that
@@ -150,8 +269,21 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes owned workspaces of `workspaces_dir` whose sessions are all gone.
-pub(crate) fn sweep(workspaces_dir: &Path) -> RunnerResult<RunnerSweepReport> {
+/// Removes what [`SweepConfig`] covers: orphaned owned workspaces, then
+/// orphaned snapshot archives.
+pub(crate) fn sweep(config: &SweepConfig) -> RunnerResult<RunnerSweepReport> {
+    let mut report = sweep_workspaces(&config.workspaces_dir, config.grace)?;
+    if let Some(grace) = config.snapshot_grace {
+        report
+            .removed
+            .extend(sweep_snapshots(&config.snapshot_dir, grace)?.removed);
+    }
+    Ok(report)
+}
+
+/// Removes owned workspaces of `workspaces_dir` whose sessions are all gone
+/// and whose newest lock is at least `grace` old.
+fn sweep_workspaces(workspaces_dir: &Path, grace: Duration) -> RunnerResult<RunnerSweepReport> {
     let mut report = RunnerSweepReport::default();
     let locks_root = workspaces_dir.join(LOCKS);
     let entries = match fs::read_dir(&locks_root) {
@@ -177,14 +309,22 @@ pub(crate) fn sweep(workspaces_dir: &Path) -> RunnerResult<RunnerSweepReport> {
         if locks.is_empty() {
             continue;
         }
-        let held = locks.iter().any(|lock| match File::open(lock) {
-            Ok(file) => matches!(file.try_lock(), Err(TryLockError::WouldBlock)),
-            Err(_) => false,
-        });
-        if held {
+        if locks.iter().any(|lock| is_held(lock)) {
             continue;
         }
+        if !locks.iter().all(|lock| older_than(lock, grace)) {
+            continue;
+        }
+        let session_ids: Vec<String> = locks
+            .iter()
+            .filter_map(|lock| lock.file_stem())
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .collect();
         let workspace = workspaces_dir.join(&name);
+        let killed = kill_marked(&session_ids);
+        if killed > 0 {
+            tracing::info!(workspace = %workspace.display(), killed, "ended processes of orphaned sessions");
+        }
         let existed = fs::symlink_metadata(&workspace).is_ok();
         match remove_tree(&workspace) {
             Ok(()) => {
@@ -196,6 +336,104 @@ pub(crate) fn sweep(workspaces_dir: &Path) -> RunnerResult<RunnerSweepReport> {
             }
             Err(e) => {
                 tracing::warn!(workspace = %workspace.display(), error = %e, "could not remove an orphaned workspace");
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The snapshot marks of one live session: its lock file, placed (and
+/// locked) when it takes its first snapshot and released when it closes.
+#[derive(Default)]
+pub(crate) struct SnapshotMark {
+    lock: Mutex<Option<File>>,
+}
+
+impl SnapshotMark {
+    /// Records that `session_id` took `snapshot_id` in `snapshot_dir`, and
+    /// holds the session's snapshot lock from now until [`release`](Self::release).
+    pub(crate) fn record(
+        &self,
+        snapshot_dir: &Path,
+        session_id: &str,
+        snapshot_id: &str,
+    ) -> io::Result<()> {
+        let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if lock.is_none() {
+            let (_, file) = place_lock(
+                snapshot_dir,
+                &snapshot_dir.join(SNAPSHOT_SESSIONS),
+                session_id,
+            )?;
+            *lock = Some(file);
+        }
+        let owners = snapshot_dir.join(SNAPSHOT_OWNERS);
+        fs::create_dir_all(&owners)?;
+        let temp = owners.join(format!(".{snapshot_id}.tmp"));
+        fs::write(&temp, session_id)?;
+        fs::rename(&temp, owners.join(snapshot_id))
+    }
+
+    /// Releases the session's snapshot lock: its archives become sweepable
+    /// after the grace period.
+    pub(crate) fn release(&self) {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// Removes marked snapshot archives of `snapshot_dir` whose session is gone and
+/// that are at least `grace` old, then the lock files nothing refers to.
+fn sweep_snapshots(snapshot_dir: &Path, grace: Duration) -> RunnerResult<RunnerSweepReport> {
+    let mut report = RunnerSweepReport::default();
+    let owners = snapshot_dir.join(SNAPSHOT_OWNERS);
+    let sessions = snapshot_dir.join(SNAPSHOT_SESSIONS);
+    let entries = match fs::read_dir(&owners) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(RunnerError::from_io("sweep_orphans", owners.display(), e)),
+    };
+    let mut kept_sessions = std::collections::HashSet::new();
+    for entry in entries.flatten() {
+        let snapshot_id = entry.file_name().to_string_lossy().into_owned();
+        if snapshot_id.starts_with('.') {
+            continue;
+        }
+        let Ok(session_id) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let session_id = session_id.trim().to_string();
+        if session_id.is_empty() || session_id.contains(['/', '\0']) {
+            continue;
+        }
+        let archive = snapshot_dir.join(format!("{snapshot_id}.tar"));
+        let lock = sessions.join(format!("{session_id}.lock"));
+        if is_held(&lock) || !older_than(&archive, grace) {
+            kept_sessions.insert(session_id);
+            continue;
+        }
+        match fs::remove_file(&archive) {
+            Ok(()) => {
+                tracing::info!(snapshot = %archive.display(), "removed an orphaned snapshot");
+                report.removed.push(archive.display().to_string());
+                let _ = fs::remove_file(entry.path());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _ = fs::remove_file(entry.path());
+            }
+            Err(e) => {
+                kept_sessions.insert(session_id);
+                tracing::warn!(snapshot = %archive.display(), error = %e, "could not remove an orphaned snapshot");
+            }
+        }
+    }
+    if let Ok(locks) = fs::read_dir(&sessions) {
+        for lock in locks.flatten() {
+            let name = lock.file_name().to_string_lossy().into_owned();
+            let Some(session_id) = name.strip_suffix(".lock") else {
+                continue;
+            };
+            if !kept_sessions.contains(session_id) && !is_held(&lock.path()) {
+                let _ = fs::remove_file(lock.path());
             }
         }
     }

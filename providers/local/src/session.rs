@@ -24,7 +24,7 @@ use crate::exec::{self, SpawnContext};
 use crate::files::{ReadOnlyPath, Workspace};
 use crate::groups::Groups;
 use crate::manifest::{self, MountSpec};
-use crate::ownership::OwnedDir;
+use crate::ownership::{self, OwnedDir, SnapshotMark};
 use crate::{PROVIDER_ID, ports, snapshot};
 
 /// How long `close` keeps KILLing leftover process groups before giving up.
@@ -116,6 +116,7 @@ pub struct LocalSession {
     table: ProcessTable,
     spawn: Arc<SpawnContext>,
     groups: Arc<Groups>,
+    snapshot_mark: Arc<SnapshotMark>,
     closed: AtomicBool,
 }
 
@@ -213,7 +214,7 @@ impl LocalSession {
         table_config.kill_grace = config.kill_grace;
         let session = Self {
             spawn: Arc::new(SpawnContext {
-                env: config.env.clone(),
+                env: ownership::marked_env(&config.env, &session_id),
                 groups: groups.clone(),
             }),
             groups,
@@ -225,6 +226,7 @@ impl LocalSession {
             owned: Mutex::new(owned),
             is_owned,
             mounts,
+            snapshot_mark: Arc::default(),
             closed: AtomicBool::new(false),
         };
         tracing::info!(
@@ -401,7 +403,9 @@ impl RemoteRunnerSession for LocalSession {
             return Ok(());
         }
         let span = tracing::info_span!("unix-local close", session_id = %self.session_id);
-        self.shut_down().instrument(span).await
+        let result = self.shut_down().instrument(span).await;
+        self.snapshot_mark.release();
+        result
     }
 
     async fn run_command(
@@ -567,8 +571,15 @@ impl RemoteRunnerSession for LocalSession {
     async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
         let snapshot_dir = self.config.snapshot_dir.clone();
         let session_id = self.session_id.clone();
+        let mark = self.snapshot_mark.clone();
         self.blocking("snapshot", move |ws| {
-            snapshot::take(ws, &snapshot_dir, &session_id)
+            let snapshot = snapshot::take(ws, &snapshot_dir, &session_id)?;
+            // The mark lets `sweep_orphans` remove the archive once this
+            // session is gone; without it the archive is simply kept.
+            if let Err(e) = mark.record(&snapshot_dir, &session_id, &snapshot.snapshot_id) {
+                tracing::warn!(snapshot_id = %snapshot.snapshot_id, error = %e, "could not mark a snapshot for orphan sweeping");
+            }
+            Ok(snapshot)
         })
         .await
     }
@@ -585,5 +596,32 @@ impl RemoteRunnerSession for LocalSession {
         let _ = request;
         self.ensure_open("export_artifact")?;
         Err(RunnerError::unsupported("export_artifact", PROVIDER_ID))
+    }
+
+    /// The shared lease file of [`runner_api::acquire_shell_lease`], under the
+    /// user's state directory on this machine, outside the workspace.
+    async fn acquire_workspace_execution_lease(
+        &self,
+        request: runner_api::RunnerLeaseRequest,
+    ) -> RunnerResult<runner_api::RunnerExecutionLease> {
+        self.ensure_open("acquire_workspace_execution_lease")?;
+        runner_api::acquire_shell_lease(self, request).await
+    }
+
+    async fn renew_workspace_execution_lease(
+        &self,
+        lease: &runner_api::RunnerExecutionLease,
+        ttl_ms: u64,
+    ) -> RunnerResult<runner_api::RunnerExecutionLease> {
+        self.ensure_open("renew_workspace_execution_lease")?;
+        runner_api::renew_shell_lease(self, lease, ttl_ms).await
+    }
+
+    async fn release_workspace_execution_lease(
+        &self,
+        lease: &runner_api::RunnerExecutionLease,
+    ) -> RunnerResult<()> {
+        self.ensure_open("release_workspace_execution_lease")?;
+        runner_api::release_shell_lease(self, lease).await
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use runner_api::RunnerDestination;
 use runner_local::LocalProvider;
-use runner_testkit::Conformance;
+use runner_testkit::{Conformance, S3TestServer};
 
 fn main() -> ExitCode {
     // Every session gets a fresh owned workspace; snapshots stay in this run's temp dir.
@@ -19,5 +19,10 @@ fn main() -> ExitCode {
         }),
         default_manifest: Default::default(),
     };
-    Conformance::new(Arc::new(LocalProvider::default()), destination).run()
+    // The mounts and artifacts areas run against an in-process S3 server.
+    let server = S3TestServer::start().expect("start the in-process S3 test server");
+    let provider = LocalProvider::default().with_secret_resolver(server.resolver());
+    Conformance::new(Arc::new(provider), destination)
+        .with_object_store(server.target())
+        .run()
 }

@@ -94,20 +94,21 @@ async fn validate_destination_checks_manifest_sources_and_kinds() {
         .expect_err("missing host path");
     assert_eq!(err.kind(), RunnerErrorKind::NotFound);
     assert!(err.message().contains("cache"), "{err}");
-    let mut s3 = mount("bucket", "b", Path::new("s3://bucket"), false);
-    s3.intent.kind = RunnerMountKind::S3;
-    let unsupported = RunnerManifest {
+    // Azure Blob is advertised only with the `azure` feature.
+    let mut azure = mount("bucket", "b", Path::new("az://container"), false);
+    azure.intent.kind = RunnerMountKind::AzureBlob;
+    let manifest = RunnerManifest {
         entries: vec![],
-        mounts: vec![s3],
+        mounts: vec![azure],
     };
-    assert_eq!(
-        kind(
-            provider
-                .validate_destination(&destination_with(area.rooted_config(), unsupported))
-                .await
-        ),
-        RunnerErrorKind::Unsupported
-    );
+    let result = provider
+        .validate_destination(&destination_with(area.rooted_config(), manifest))
+        .await;
+    if runner_api::mounts::store_mount_kinds().azure_blob {
+        result.expect("azure_blob with the azure feature");
+    } else {
+        assert_eq!(kind(result), RunnerErrorKind::Unsupported);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,7 +431,10 @@ async fn listening_ports_of_the_session_and_exposed_urls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sweep_removes_only_workspaces_of_sessions_that_are_gone() {
-    let provider = LocalProvider::new();
+    let provider = LocalProvider::new().with_sweep(runner_local::SweepConfig {
+        grace: Duration::ZERO,
+        ..Default::default()
+    });
     let dropped = provider
         .create_session(destination(json!({})))
         .await

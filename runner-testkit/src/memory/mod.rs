@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use runner_api::mounts::MountedSession;
 use runner_api::{
     RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities, RunnerDestination,
     RunnerError, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
     RunnerFileWriteRequest, RunnerManifest, RunnerResult, RunnerSessionState, RunnerSnapshotRef,
-    RunnerSweepReport,
+    RunnerSweepReport, SecretResolver,
 };
 
 use self::tree::{Node, Parts, Tree, split};
@@ -38,10 +39,27 @@ pub const MEMORY_WORKSPACE_ROOT: &str = "/workspace";
 /// forks a new session from it. Destinations name provider `"memory"`; `config`
 /// must be `null` or an object (it has no settings). Manifest entries are copied
 /// from the caller's filesystem at `create_session`; read-only entries refuse
-/// writes with `PermissionDenied`. Mounts are not supported.
-#[derive(Clone, Default)]
+/// writes with `PermissionDenied`.
+///
+/// Object-store mounts (`s3`/`r2` with runner-api's `s3` feature, `gcs`,
+/// `azure_blob` with theirs) and artifact export come from
+/// [`MountedSession`](runner_api::mounts::MountedSession): credentials are
+/// resolved with the provider's [`SecretResolver`] (default
+/// [`EnvSecretResolver`](runner_api::EnvSecretResolver); see
+/// [`with_secret_resolver`](Self::with_secret_resolver)).
+#[derive(Clone)]
 pub struct MemoryProvider {
     store: Arc<Store>,
+    resolver: Arc<dyn SecretResolver>,
+}
+
+impl Default for MemoryProvider {
+    fn default() -> Self {
+        Self {
+            store: Arc::default(),
+            resolver: Arc::new(runner_api::EnvSecretResolver::new()),
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryProvider {
@@ -88,7 +106,14 @@ impl MemoryProvider {
         Self::default()
     }
 
-    /// The capabilities of every memory session.
+    /// Resolves mount and artifact-store credentials with `resolver`.
+    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// The capabilities of the in-memory tree itself: without the object-store
+    /// mount kinds and `artifact_export`, which [`MemoryProvider`] adds.
     pub fn memory_capabilities() -> RunnerCapabilities {
         RunnerCapabilities {
             file_read: true,
@@ -114,7 +139,20 @@ impl MemoryProvider {
                 destination.id
             )));
         }
-        runner_api::validate_manifest(&destination.default_manifest, &Self::memory_capabilities())
+        runner_api::validate_manifest(
+            &destination.default_manifest,
+            &Self::provider_capabilities(),
+        )?;
+        runner_api::mounts::validate_stores(destination)
+    }
+
+    /// [`memory_capabilities`](Self::memory_capabilities) plus artifact export
+    /// and the compiled-in object-store mount kinds.
+    fn provider_capabilities() -> RunnerCapabilities {
+        let mut caps = Self::memory_capabilities();
+        caps.artifact_export = true;
+        caps.mounts = runner_api::mounts::store_mount_kinds();
+        caps
     }
 
     fn open(
@@ -135,6 +173,25 @@ impl MemoryProvider {
             shared,
             store: self.store.clone(),
         })
+    }
+}
+
+impl MemoryProvider {
+    /// Wraps a resumed session like a new one, without mounts or an artifact
+    /// store (the state does not carry the destination), so its capabilities
+    /// match the provider's.
+    async fn rewrap(
+        &self,
+        session: Arc<dyn RemoteRunnerSession>,
+        state: &RunnerSessionState,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        let destination = RunnerDestination {
+            id: state.destination_id.clone(),
+            provider_id: MEMORY_PROVIDER_ID.into(),
+            config: serde_json::Value::Null,
+            default_manifest: RunnerManifest::default(),
+        };
+        MountedSession::attach(session, &destination, self.resolver.clone()).await
     }
 }
 
@@ -194,7 +251,7 @@ impl runner_api::RemoteRunnerProvider for MemoryProvider {
     }
 
     fn capabilities(&self) -> RunnerCapabilities {
-        Self::memory_capabilities()
+        Self::provider_capabilities()
     }
 
     fn default_workspace(&self) -> Option<String> {
@@ -222,7 +279,8 @@ impl runner_api::RemoteRunnerProvider for MemoryProvider {
             })??;
         }
         let session_id = format!("memory-{}", uuid::Uuid::new_v4().simple());
-        Ok(self.open(session_id, destination.id, Shared::new(tree)))
+        let session = self.open(session_id, destination.id.clone(), Shared::new(tree));
+        MountedSession::attach(session, &destination, self.resolver.clone()).await
     }
 
     /// With a snapshot: a new session restored from it (a fork). Without: another
@@ -255,7 +313,9 @@ impl runner_api::RemoteRunnerProvider for MemoryProvider {
                         ))
                     })?;
                 let session_id = format!("memory-{}", uuid::Uuid::new_v4().simple());
-                Ok(self.open(session_id, state.destination_id, Shared::new(tree)))
+                let session =
+                    self.open(session_id, state.destination_id.clone(), Shared::new(tree));
+                self.rewrap(session, &state).await
             }
             None => {
                 let shared = lock(&self.store.live).get(&state.session_id).cloned().ok_or_else(|| {
@@ -264,7 +324,12 @@ impl runner_api::RemoteRunnerProvider for MemoryProvider {
                         state.session_id
                     ))
                 })?;
-                Ok(self.open(state.session_id, state.destination_id, shared))
+                let session = self.open(
+                    state.session_id.clone(),
+                    state.destination_id.clone(),
+                    shared,
+                );
+                self.rewrap(session, &state).await
             }
         }
     }

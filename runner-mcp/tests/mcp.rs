@@ -1,0 +1,347 @@
+//! The MCP server driven by rmcp's own client, over stdio (the built binary as
+//! a child process) and over streamable HTTP (served in-process on
+//! 127.0.0.1), against unix-local in a temp workspace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig};
+use rmcp::service::{RunningService, Service};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use runner_mcp::HttpOptions;
+use runner_tools::ToolSet;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// A temp dir holding `workspace/` and a config serving it as destination `local`.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir(&workspace).expect("workspace");
+        std::fs::write(dir.path().join("secret.txt"), "outside").expect("outside file");
+        let config = format!(
+            "[[destinations]]\nid = \"local\"\nprovider_id = \"unix-local\"\n\
+             config = {{ root = {:?} }}\n",
+            workspace.display().to_string()
+        );
+        std::fs::write(dir.path().join("servers.toml"), config).expect("config");
+        Self { dir }
+    }
+
+    fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("servers.toml")
+    }
+
+    fn workspace(&self) -> std::path::PathBuf {
+        self.dir.path().join("workspace")
+    }
+}
+
+async fn call<S: Service<RoleClient>>(
+    client: &RunningService<RoleClient, S>,
+    name: &'static str,
+    arguments: Value,
+) -> CallToolResult {
+    let Value::Object(arguments) = arguments else {
+        panic!("arguments must be an object");
+    };
+    client
+        .call_tool(CallToolRequestParams::new(name).with_arguments(arguments))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: protocol error {e}"))
+}
+
+async fn ok<S: Service<RoleClient>>(
+    client: &RunningService<RoleClient, S>,
+    name: &'static str,
+    arguments: Value,
+) -> Value {
+    let result = call(client, name, arguments).await;
+    assert_ne!(result.is_error, Some(true), "{name} failed: {result:?}");
+    result.structured_content.expect("structured content")
+}
+
+/// Everything the brief's client must be able to do, over any transport.
+async fn exercise<S: Service<RoleClient>>(client: &RunningService<RoleClient, S>, fx: &Fixture) {
+    let tools = client.list_all_tools().await.expect("list tools");
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for expected in [
+        "destinations_list",
+        "run_command",
+        "command_output",
+        "cancel_command",
+        "list_commands",
+        "read_file",
+        "write_file",
+        "list_dir",
+        "expose_port",
+        "snapshot",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let run = tools
+        .iter()
+        .find(|t| t.name == "run_command")
+        .expect("run_command");
+    assert!(run.input_schema["properties"]["timeout_ms"].is_object());
+
+    let listed = ok(client, "destinations_list", json!({})).await;
+    assert_eq!(listed["destinations"][0]["id"], "local");
+
+    // A foreground command: exit code, streams kept apart, duration.
+    let result = ok(
+        client,
+        "run_command",
+        json!({ "command": "echo hello; echo oops >&2; exit 4" }),
+    )
+    .await;
+    assert_eq!(result["exit_code"], 4);
+    assert_eq!(result["stdout"], "hello\n");
+    assert_eq!(result["stderr"], "oops\n");
+    assert!(result["duration_ms"].is_u64());
+
+    // Write, read back, and see it on disk and from a command.
+    let written = ok(
+        client,
+        "write_file",
+        json!({ "path": "src/notes.txt", "content": "one\ntwo\n" }),
+    )
+    .await;
+    assert_eq!(written["bytes_written"], 8);
+    assert_eq!(
+        std::fs::read_to_string(fx.workspace().join("src/notes.txt")).expect("on disk"),
+        "one\ntwo\n"
+    );
+    let read = ok(client, "read_file", json!({ "path": "src/notes.txt" })).await;
+    assert_eq!(read["content"], "one\ntwo\n");
+    let cat = ok(
+        client,
+        "run_command",
+        json!({ "command": "cat notes.txt", "cwd": "src" }),
+    )
+    .await;
+    assert_eq!(cat["stdout"], "one\ntwo\n");
+    let listing = ok(client, "list_dir", json!({})).await;
+    assert_eq!(listing["entries"][0]["name"], "src");
+
+    // Paths outside the workspace are tool errors naming the kind.
+    for (tool, args) in [
+        ("read_file", json!({ "path": "../secret.txt" })),
+        (
+            "write_file",
+            json!({ "path": "../evil.txt", "content": "x" }),
+        ),
+        ("list_dir", json!({ "path": "/" })),
+    ] {
+        let refused = call(client, tool, args).await;
+        assert_eq!(refused.is_error, Some(true), "{tool}: {refused:?}");
+        let error = refused.structured_content.expect("error content");
+        assert_eq!(error["kind"], "permission_denied", "{tool}: {error}");
+    }
+    assert!(!fx.dir.path().join("evil.txt").exists());
+
+    // A background command: poll its output, then cancel it.
+    let started = ok(
+        client,
+        "run_command",
+        json!({ "command": "echo started; sleep 120", "command_id": "server",
+                "run_in_background": true }),
+    )
+    .await;
+    assert_eq!(started["command_id"], "server");
+    assert_eq!(started["state"], "running");
+    let mut after = started["next_after_seq"].as_u64().expect("seq");
+    let mut stdout = String::new();
+    for _ in 0..60 {
+        let out = ok(
+            client,
+            "command_output",
+            json!({ "command_id": "server", "after_seq": after, "wait_ms": 1000 }),
+        )
+        .await;
+        stdout.push_str(out["stdout"].as_str().expect("stdout"));
+        after = out["next_after_seq"].as_u64().expect("seq");
+        if !stdout.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(stdout, "started\n");
+    let commands = ok(client, "list_commands", json!({})).await;
+    assert!(
+        commands["commands"]
+            .as_array()
+            .expect("commands")
+            .iter()
+            .any(|c| c["command_id"] == "server" && c["state"] == "running"),
+        "{commands}"
+    );
+    let cancelled = ok(client, "cancel_command", json!({ "command_id": "server" })).await;
+    assert_eq!(cancelled["cancelled"], true);
+    let mut status = Value::Null;
+    for _ in 0..60 {
+        let out = ok(
+            client,
+            "command_output",
+            json!({ "command_id": "server", "after_seq": after, "wait_ms": 1000 }),
+        )
+        .await;
+        if out["state"] == "exited" {
+            status = out["status"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["cancelled"], true, "{status}");
+}
+
+#[tokio::test]
+async fn stdio_transport_serves_the_tools() {
+    let fx = Fixture::new();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner-mcp"));
+    command.arg("--config").arg(fx.config_path());
+    let transport = TokioChildProcess::new(command).expect("spawn runner-mcp");
+    let client = ClientConfig::default()
+        .serve(transport)
+        .await
+        .expect("initialize over stdio");
+    exercise(&client, &fx).await;
+    client.cancel().await.expect("disconnect");
+}
+
+async fn start_http(
+    fx: &Fixture,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = runner_mcp::load_config(&fx.config_path()).expect("config");
+    let registry = runner_mcp::default_registry().expect("registry");
+    let tools = Arc::new(ToolSet::new(registry, config).await.expect("tool set"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let options = HttpOptions {
+        token: Some(TOKEN.into()),
+        allowed_hosts: vec![],
+    };
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            runner_mcp::serve_http(tools, listener, options, shutdown)
+                .await
+                .expect("serve_http");
+        }
+    });
+    (addr, shutdown, server)
+}
+
+#[tokio::test]
+async fn http_transport_serves_the_tools_behind_a_token() {
+    let fx = Fixture::new();
+    let (addr, shutdown, server) = start_http(&fx).await;
+    let url = format!("http://{addr}/mcp");
+
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.clone()).auth_header(TOKEN),
+    );
+    let client = ClientConfig::default()
+        .serve(transport)
+        .await
+        .expect("initialize over HTTP");
+    exercise(&client, &fx).await;
+    client.cancel().await.expect("disconnect");
+
+    shutdown.cancel();
+    server.await.expect("server task");
+}
+
+#[tokio::test]
+async fn http_refuses_requests_without_the_token_or_from_other_hosts() {
+    let fx = Fixture::new();
+    let (addr, shutdown, server) = start_http(&fx).await;
+    let url = format!("http://{addr}/mcp");
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": { "name": "test", "version": "0" } }
+    });
+    let http = reqwest::Client::new();
+    let post = |token: Option<&str>, host: Option<&str>| {
+        let mut request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(initialize.to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        request.send()
+    };
+    let missing = post(None, None).await.expect("send");
+    assert_eq!(missing.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let wrong = post(Some("not-the-token"), None).await.expect("send");
+    assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let body = wrong.text().await.expect("body");
+    assert!(!body.contains(TOKEN));
+    let rebinding = post(Some(TOKEN), Some("evil.example")).await.expect("send");
+    assert_eq!(rebinding.status(), reqwest::StatusCode::FORBIDDEN);
+    let good = post(Some(TOKEN), None).await.expect("send");
+    assert_eq!(good.status(), reqwest::StatusCode::OK);
+
+    // rmcp's client without the token cannot even initialize.
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url),
+    );
+    assert!(ClientConfig::default().serve(transport).await.is_err());
+
+    shutdown.cancel();
+    server.await.expect("server task");
+}
+
+#[test]
+fn binary_refuses_a_public_address_without_a_token() {
+    let fx = Fixture::new();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_runner-mcp"))
+        .arg("--config")
+        .arg(fx.config_path())
+        .args(["--http", "0.0.0.0:0"])
+        .output()
+        .expect("run runner-mcp");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("without a bearer token"), "{stderr}");
+    assert!(stderr.contains("--token-env"), "{stderr}");
+}
+
+#[test]
+fn binary_reports_a_bad_config_by_path() {
+    let fx = Fixture::new();
+    let path = fx.dir.path().join("broken.json");
+    std::fs::write(&path, "{ not json").expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_runner-mcp"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run runner-mcp");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.json"), "{stderr}");
+}

@@ -1,0 +1,278 @@
+//! Tool results, shaped for a model: text instead of byte arrays, head/tail
+//! views with explicit truncation notes, and the id and sequence number to poll.
+
+use std::path::PathBuf;
+
+use runner_api::{
+    HeadTailBuffer, RemoteRunnerProviderId, RunnerCapabilities, RunnerCommandId,
+    RunnerCommandOutput, RunnerError, RunnerErrorKind, RunnerExitStatus, RunnerFileReadResult,
+    RunnerFileStat, RunnerOutputLimit, RunnerOutputStream, RunnerOutputTruncation,
+    RunnerProcessInfo, RunnerProcessState,
+};
+use serde::Serialize;
+
+/// A failed tool call as JSON: `{"kind": "permission_denied", "message": "…"}`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ToolError {
+    /// The error kind.
+    pub kind: RunnerErrorKind,
+    /// What failed, naming the operation and the path or id.
+    pub message: String,
+}
+
+impl From<&RunnerError> for ToolError {
+    fn from(error: &RunnerError) -> Self {
+        Self {
+            kind: error.kind(),
+            message: error.message().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ToolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// One destination in `destinations_list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationSummary {
+    /// The id tools take as `destination`.
+    pub id: String,
+    /// The provider that serves it.
+    pub provider_id: RemoteRunnerProviderId,
+    /// The workspace root, once known (configured, or after the session opened).
+    pub workspace: Option<PathBuf>,
+    /// Extra paths reads may resolve under.
+    pub read_roots: Vec<PathBuf>,
+    /// Whether its session is open.
+    pub open: bool,
+    /// What the provider supports; `None` when it is not registered.
+    pub capabilities: Option<RunnerCapabilities>,
+}
+
+/// Result of `destinations_list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationsList {
+    /// Every destination, in config order.
+    pub destinations: Vec<DestinationSummary>,
+}
+
+/// Result of a background `run_command`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackgroundStarted {
+    /// The command as the session tracks it (`command_id`, `state`, `pid`, …).
+    #[serde(flatten)]
+    pub process: RunnerProcessInfo,
+    /// Pass to `command_output` as `after_seq` for the first poll.
+    pub next_after_seq: u64,
+}
+
+/// Result of `command_output`: what arrived after `after_seq`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandOutputView {
+    /// The command's id.
+    pub command_id: RunnerCommandId,
+    /// Running or exited.
+    pub state: RunnerProcessState,
+    /// Exit code, signal, timed_out, cancelled and duration, once exited.
+    pub status: Option<RunnerExitStatus>,
+    /// New stdout, as a head/tail view when long.
+    pub stdout: String,
+    /// New stderr, as a head/tail view when long.
+    pub stderr: String,
+    /// What the new stdout view dropped.
+    pub stdout_truncation: RunnerOutputTruncation,
+    /// What the new stderr view dropped.
+    pub stderr_truncation: RunnerOutputTruncation,
+    /// Pass this as `after_seq` next time.
+    pub next_after_seq: u64,
+    /// Set when output after `after_seq` was already dropped from the bounded
+    /// log, saying how to see the rest.
+    pub note: Option<String>,
+}
+
+impl CommandOutputView {
+    /// Renders the chunks of `output` (already after `after_seq`) per stream
+    /// through a head/tail buffer with the default budgets.
+    pub fn new(output: RunnerCommandOutput, after_seq: u64) -> Self {
+        let mut stdout = HeadTailBuffer::new(RunnerOutputLimit::default());
+        let mut stderr = HeadTailBuffer::new(RunnerOutputLimit::default());
+        for chunk in &output.chunks {
+            match chunk.stream {
+                RunnerOutputStream::Stdout => stdout.push(&chunk.bytes),
+                RunnerOutputStream::Stderr => stderr.push(&chunk.bytes),
+            }
+        }
+        let missed = output.first_retained_seq > after_seq + 1 && output.next_after_seq > after_seq;
+        let note = missed.then(|| {
+            format!(
+                "chunks {} to {} were dropped from the bounded output log; \
+                 call command_output with after_seq 0 for the head/tail of all output",
+                after_seq + 1,
+                output.first_retained_seq - 1
+            )
+        });
+        let (stdout, stdout_truncation) = stdout.render();
+        let (stderr, stderr_truncation) = stderr.render();
+        Self {
+            command_id: output.command_id,
+            state: output.state,
+            status: output.status,
+            stdout,
+            stderr,
+            stdout_truncation,
+            stderr_truncation,
+            next_after_seq: output.next_after_seq,
+            note,
+        }
+    }
+
+    /// The whole-output head/tail view of `output`, for `after_seq == 0`.
+    pub fn whole(output: RunnerCommandOutput) -> Self {
+        Self {
+            command_id: output.command_id,
+            state: output.state,
+            status: output.status,
+            stdout: output.stdout,
+            stderr: output.stderr,
+            stdout_truncation: output.stdout_truncation,
+            stderr_truncation: output.stderr_truncation,
+            next_after_seq: output.next_after_seq,
+            note: None,
+        }
+    }
+}
+
+/// Result of `cancel_command`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CancelResult {
+    /// The command's id.
+    pub command_id: RunnerCommandId,
+    /// Whether a running command was killed (false: unknown or already finished).
+    pub cancelled: bool,
+}
+
+/// Result of `list_commands`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandList {
+    /// Every command the session tracks, oldest first.
+    pub commands: Vec<RunnerProcessInfo>,
+}
+
+/// Result of `read_file`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileContent {
+    /// The path as requested.
+    pub path: PathBuf,
+    /// The text read. Bytes that are not UTF-8 are replaced with U+FFFD
+    /// (`lossy` is then true).
+    pub content: String,
+    /// Whether invalid UTF-8 was replaced.
+    pub lossy: bool,
+    /// Byte offset the read started at.
+    pub offset: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// The file's whole size.
+    pub size: u64,
+    /// Set when bytes remain after this read: the `offset` for the next read.
+    pub next_offset: Option<u64>,
+}
+
+impl FileContent {
+    /// The text view of a read that started at `offset`.
+    pub fn new(result: RunnerFileReadResult, offset: u64) -> Self {
+        let bytes_read = result.contents.len() as u64;
+        let end = offset + bytes_read;
+        let (content, lossy) = match String::from_utf8(result.contents) {
+            Ok(text) => (text, false),
+            Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+        };
+        Self {
+            path: result.path,
+            content,
+            lossy,
+            offset,
+            bytes_read,
+            size: result.size,
+            next_offset: (end < result.size).then_some(end),
+        }
+    }
+}
+
+/// Result of `write_file`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteResult {
+    /// The path as requested.
+    pub path: PathBuf,
+    /// Bytes written.
+    pub bytes_written: u64,
+}
+
+/// Result of `list_dir`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirListing {
+    /// The directory as requested.
+    pub path: PathBuf,
+    /// Entries sorted by name; symlinks are not followed.
+    pub entries: Vec<RunnerFileStat>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runner_api::RunnerOutputChunk;
+
+    fn output(chunks: Vec<RunnerOutputChunk>, first_retained_seq: u64) -> RunnerCommandOutput {
+        let next = chunks.last().map_or(first_retained_seq, |c| c.seq);
+        RunnerCommandOutput {
+            command_id: "c".into(),
+            chunks,
+            first_retained_seq,
+            next_after_seq: next,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncation: RunnerOutputTruncation::default(),
+            stderr_truncation: RunnerOutputTruncation::default(),
+            state: RunnerProcessState::Running,
+            status: None,
+        }
+    }
+
+    #[test]
+    fn new_output_is_split_by_stream_and_notes_dropped_chunks() {
+        let chunk = |seq, stream, text: &str| RunnerOutputChunk {
+            seq,
+            stream,
+            bytes: text.as_bytes().to_vec(),
+        };
+        let view = CommandOutputView::new(
+            output(
+                vec![
+                    chunk(5, RunnerOutputStream::Stdout, "a"),
+                    chunk(6, RunnerOutputStream::Stderr, "b"),
+                    chunk(7, RunnerOutputStream::Stdout, "c"),
+                ],
+                5,
+            ),
+            2,
+        );
+        assert_eq!((view.stdout.as_str(), view.stderr.as_str()), ("ac", "b"));
+        assert_eq!(view.next_after_seq, 7);
+        assert!(view.note.expect("note").contains("chunks 3 to 4"));
+    }
+
+    #[test]
+    fn partial_reads_say_where_to_continue() {
+        let result = RunnerFileReadResult {
+            path: "f".into(),
+            contents: vec![b'x', 0xff],
+            size: 10,
+        };
+        let view = FileContent::new(result, 4);
+        assert!(view.lossy);
+        assert_eq!(view.next_offset, Some(6));
+    }
+}

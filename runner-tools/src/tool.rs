@@ -1,0 +1,202 @@
+//! The tool catalogue: names, descriptions and input schemas.
+
+use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value};
+
+use crate::input::{
+    CancelCommandInput, CommandOutputInput, DestinationInput, DestinationsListInput,
+    ExposePortInput, ListDirInput, ReadFileInput, RunCommandInput, WriteFileInput,
+};
+
+/// One of the tools a [`ToolSet`](crate::ToolSet) serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tool {
+    /// `destinations_list`
+    DestinationsList,
+    /// `run_command`
+    RunCommand,
+    /// `command_output`
+    CommandOutput,
+    /// `cancel_command`
+    CancelCommand,
+    /// `list_commands`
+    ListCommands,
+    /// `read_file`
+    ReadFile,
+    /// `write_file`
+    WriteFile,
+    /// `list_dir`
+    ListDir,
+    /// `expose_port`
+    ExposePort,
+    /// `snapshot`
+    Snapshot,
+}
+
+/// A tool as a framework registers it: name, description, JSON schema of its input.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ToolSpec {
+    /// The tool's name (`run_command`).
+    pub name: &'static str,
+    /// What the tool does, written for a model.
+    pub description: &'static str,
+    /// JSON Schema (draft 2020-12) of the tool's arguments, an object schema.
+    pub input_schema: Map<String, Value>,
+}
+
+impl Tool {
+    /// Every tool, in the order they are listed.
+    pub const ALL: [Tool; 10] = [
+        Tool::DestinationsList,
+        Tool::RunCommand,
+        Tool::CommandOutput,
+        Tool::CancelCommand,
+        Tool::ListCommands,
+        Tool::ReadFile,
+        Tool::WriteFile,
+        Tool::ListDir,
+        Tool::ExposePort,
+        Tool::Snapshot,
+    ];
+
+    /// The tool's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::DestinationsList => "destinations_list",
+            Tool::RunCommand => "run_command",
+            Tool::CommandOutput => "command_output",
+            Tool::CancelCommand => "cancel_command",
+            Tool::ListCommands => "list_commands",
+            Tool::ReadFile => "read_file",
+            Tool::WriteFile => "write_file",
+            Tool::ListDir => "list_dir",
+            Tool::ExposePort => "expose_port",
+            Tool::Snapshot => "snapshot",
+        }
+    }
+
+    /// The tool called `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Tool> {
+        Tool::ALL.into_iter().find(|tool| tool.name() == name)
+    }
+
+    /// What the tool does, written for a model.
+    pub fn description(self) -> &'static str {
+        match self {
+            Tool::DestinationsList => {
+                "List the runner destinations this server serves (id, provider, workspace root, \
+                 capabilities). Pass an id as `destination` to the other tools; it may be omitted \
+                 when there is only one."
+            }
+            Tool::RunCommand => {
+                "Run a command in the destination's workspace. Give `command` (a shell script, run \
+                 with sh -c) or `program` with `args`. Foreground commands return exit_code, \
+                 signal, timed_out, duration_ms and stdout/stderr (long output keeps its head and \
+                 tail with a note of the bytes omitted); they are killed after timeout_ms \
+                 (default 120000). With run_in_background the call returns at once with the \
+                 command_id: poll it with command_output and stop it with cancel_command."
+            }
+            Tool::CommandOutput => {
+                "Output of a command after a sequence number: pass after_seq 0 first, then the \
+                 next_after_seq of the previous call. Returns new stdout/stderr, state (running \
+                 or exited) and, once exited, the exit status. wait_ms waits for new output or \
+                 the exit."
+            }
+            Tool::CancelCommand => {
+                "Kill a running command and its whole process tree. Returns whether a running \
+                 command was cancelled."
+            }
+            Tool::ListCommands => {
+                "List the commands of the destination's session with their state, start time \
+                 and output counters."
+            }
+            Tool::ReadFile => {
+                "Read a text file of the workspace (or a read root). offset and limit select a \
+                 byte range (default limit 262144); next_offset says where to continue."
+            }
+            Tool::WriteFile => {
+                "Write a whole text file in the workspace atomically, creating parent \
+                 directories. Paths outside the workspace are refused."
+            }
+            Tool::ListDir => {
+                "List a directory of the workspace (default: its root): name, kind, size, mode \
+                 and modification time of each entry."
+            }
+            Tool::ExposePort => {
+                "Make a port of the runner reachable from this machine and return its URL."
+            }
+            Tool::Snapshot => {
+                "Capture the destination's workspace and return a snapshot reference."
+            }
+        }
+    }
+
+    /// JSON Schema (draft 2020-12) of the tool's arguments, derived from its input type.
+    pub fn input_schema(self) -> Map<String, Value> {
+        match self {
+            Tool::DestinationsList => schema_of::<DestinationsListInput>(),
+            Tool::RunCommand => schema_of::<RunCommandInput>(),
+            Tool::CommandOutput => schema_of::<CommandOutputInput>(),
+            Tool::CancelCommand => schema_of::<CancelCommandInput>(),
+            Tool::ListCommands | Tool::Snapshot => schema_of::<DestinationInput>(),
+            Tool::ReadFile => schema_of::<ReadFileInput>(),
+            Tool::WriteFile => schema_of::<WriteFileInput>(),
+            Tool::ListDir => schema_of::<ListDirInput>(),
+            Tool::ExposePort => schema_of::<ExposePortInput>(),
+        }
+    }
+
+    /// Name, description and input schema together.
+    pub fn spec(self) -> ToolSpec {
+        ToolSpec {
+            name: self.name(),
+            description: self.description(),
+            input_schema: self.input_schema(),
+        }
+    }
+}
+
+/// Every tool's spec, in listing order.
+pub fn tool_specs() -> Vec<ToolSpec> {
+    Tool::ALL.into_iter().map(Tool::spec).collect()
+}
+
+fn schema_of<T: JsonSchema>() -> Map<String, Value> {
+    let schema = SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<T>();
+    let mut map = match schema.to_value() {
+        Value::Object(map) => map,
+        // A struct's schema is always an object; keep the contract regardless.
+        _ => Map::from_iter([("type".to_string(), Value::String("object".into()))]),
+    };
+    // Some function-calling clients insist on `properties`, even when empty.
+    map.entry("properties")
+        .or_insert_with(|| Value::Object(Map::new()));
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_is_an_object_schema_with_its_fields() {
+        for tool in Tool::ALL {
+            let schema = tool.input_schema();
+            assert_eq!(schema.get("type"), Some(&Value::from("object")), "{tool:?}");
+            assert!(schema["properties"].is_object(), "{tool:?}");
+            assert_eq!(Tool::from_name(tool.name()), Some(tool));
+        }
+        let run = Tool::RunCommand.input_schema();
+        let props = run["properties"].as_object().expect("properties");
+        for field in ["command", "timeout_ms", "cwd", "env", "run_in_background"] {
+            assert!(props.contains_key(field), "run_command lacks {field}");
+        }
+        // Flattened from RunnerFileReadRequest: the API's own fields and docs.
+        let read = Tool::ReadFile.input_schema();
+        assert_eq!(read["required"], serde_json::json!(["path"]));
+        assert!(read["properties"]["offset"].is_object());
+    }
+}

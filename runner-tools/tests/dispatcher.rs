@@ -1,0 +1,260 @@
+//! The JSON dispatcher against a real unix-local session in a temp directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runner_api::{RunnerErrorKind, RunnerRegistry};
+use runner_tools::{ToolSet, ToolsConfig};
+use serde_json::{Value, json};
+
+/// A tool set serving `<dir>/ws` as destination `local`, with its snapshots
+/// kept in `<dir>/snapshots`.
+async fn tool_set(dir: &std::path::Path) -> ToolSet {
+    let mut registry = RunnerRegistry::new();
+    registry
+        .register(Arc::new(runner_local::LocalProvider::new()))
+        .expect("register unix-local");
+    let config: ToolsConfig = serde_json::from_value(json!({
+        "destinations": [ { "id": "local", "provider_id": "unix-local",
+                            "config": { "root": dir.join("ws"),
+                                        "snapshot_dir": dir.join("snapshots") } } ]
+    }))
+    .expect("config");
+    ToolSet::new(registry, config).await.expect("tool set")
+}
+
+#[tokio::test]
+async fn lists_tools_and_destinations() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let names: Vec<&str> = tools.tools().iter().map(|t| t.name).collect();
+    assert_eq!(
+        names,
+        [
+            "destinations_list",
+            "run_command",
+            "command_output",
+            "cancel_command",
+            "list_commands",
+            "read_file",
+            "write_file",
+            "list_dir",
+            "expose_port",
+            "snapshot"
+        ]
+    );
+    let list = tools
+        .call("destinations_list", Value::Null)
+        .await
+        .expect("list");
+    assert_eq!(list["destinations"][0]["id"], "local");
+    assert_eq!(list["destinations"][0]["open"], false);
+    assert_eq!(
+        list["destinations"][0]["capabilities"]["command_exec"],
+        true
+    );
+    let err = tools
+        .call("no_such_tool", json!({}))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.kind(), RunnerErrorKind::NotFound);
+    tools.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn runs_foreground_commands_with_model_shaped_results() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let result = tools
+        .call(
+            "run_command",
+            json!({ "command": "echo out; echo err >&2; echo $GREETING; exit 3",
+                    "env": { "GREETING": "hello" } }),
+        )
+        .await
+        .expect("run");
+    assert_eq!(result["exit_code"], 3);
+    assert_eq!(result["stdout"], "out\nhello\n");
+    assert_eq!(result["stderr"], "err\n");
+    assert_eq!(result["timed_out"], false);
+    assert!(
+        result["command_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    assert!(result["duration_ms"].is_u64());
+
+    let long = tools
+        .call(
+            "run_command",
+            json!({ "program": "sh", "args": ["-c", "head -c 100000 /dev/zero | tr '\\0' x"],
+                    "output_limit": { "head_bytes": 100, "tail_bytes": 100 } }),
+        )
+        .await
+        .expect("long output");
+    assert_eq!(long["stdout_truncation"]["bytes_dropped"], 99_800);
+    assert!(
+        long["stdout"]
+            .as_str()
+            .expect("text")
+            .contains("99800 bytes omitted")
+    );
+
+    let timed = tools
+        .call(
+            "run_command",
+            json!({ "command": "sleep 30", "timeout_ms": 300 }),
+        )
+        .await
+        .expect("timeout is a result");
+    assert_eq!(timed["timed_out"], true);
+
+    let bad = tools
+        .call("run_command", json!({ "command": "true", "program": "ls" }))
+        .await
+        .expect_err("both command and program");
+    assert_eq!(bad.kind(), RunnerErrorKind::InvalidRequest);
+    let bad = tools
+        .call("run_command", json!({ "command": "true", "timeout": 5 }))
+        .await
+        .expect_err("unknown field");
+    assert!(bad.message().contains("timeout"), "{bad}");
+    tools.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn background_commands_are_polled_and_cancelled() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let started = tools
+        .call(
+            "run_command",
+            json!({ "command": "echo first; sleep 60", "command_id": "bg",
+                    "run_in_background": true }),
+        )
+        .await
+        .expect("start");
+    assert_eq!(started["command_id"], "bg");
+    assert_eq!(started["state"], "running");
+    assert_eq!(started["next_after_seq"], 0);
+
+    let mut after = 0;
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let out = tools
+            .call(
+                "command_output",
+                json!({ "command_id": "bg", "after_seq": after, "wait_ms": 1000 }),
+            )
+            .await
+            .expect("output");
+        seen.push_str(out["stdout"].as_str().expect("stdout"));
+        after = out["next_after_seq"].as_u64().expect("seq");
+        if seen.contains("first") {
+            break;
+        }
+    }
+    assert_eq!(seen, "first\n");
+
+    let listed = tools.call("list_commands", json!({})).await.expect("list");
+    assert_eq!(listed["commands"][0]["command_id"], "bg");
+
+    let cancelled = tools
+        .call("cancel_command", json!({ "command_id": "bg" }))
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled["cancelled"], true);
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let out = tools
+            .call(
+                "command_output",
+                json!({ "command_id": "bg", "after_seq": after, "wait_ms": 1000 }),
+            )
+            .await
+            .expect("output after cancel");
+        if out["state"] == "exited" {
+            state = out;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state["status"]["cancelled"], true, "{state}");
+    tools.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn files_stay_inside_the_workspace() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let written = tools
+        .call(
+            "write_file",
+            json!({ "path": "notes/a.txt", "content": "hello\nworld\n" }),
+        )
+        .await
+        .expect("write");
+    assert_eq!(written["bytes_written"], 12);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ws/notes/a.txt")).expect("on disk"),
+        "hello\nworld\n"
+    );
+    let read = tools
+        .call(
+            "read_file",
+            json!({ "path": "notes/a.txt", "offset": 6, "limit": 3 }),
+        )
+        .await
+        .expect("read");
+    assert_eq!(read["content"], "wor");
+    assert_eq!(read["size"], 12);
+    assert_eq!(read["next_offset"], 9);
+    let listing = tools
+        .call("list_dir", json!({ "path": "notes" }))
+        .await
+        .expect("list_dir");
+    assert_eq!(listing["entries"][0]["name"], "a.txt");
+    assert_eq!(listing["entries"][0]["kind"], "file");
+
+    for (tool, args) in [
+        (
+            "write_file",
+            json!({ "path": "../escape.txt", "content": "x" }),
+        ),
+        ("read_file", json!({ "path": "/etc/passwd" })),
+        ("run_command", json!({ "command": "true", "cwd": "/" })),
+    ] {
+        let err = tools.call(tool, args).await.expect_err("outside refused");
+        assert_eq!(
+            err.kind(),
+            RunnerErrorKind::PermissionDenied,
+            "{tool}: {err}"
+        );
+    }
+    assert!(!dir.path().join("escape.txt").exists());
+
+    let port = tools
+        .call("expose_port", json!({ "port": 8080 }))
+        .await
+        .expect("expose_port");
+    assert_eq!(port["url"], "http://127.0.0.1:8080");
+    let snapshot = tools.call("snapshot", json!({})).await.expect("snapshot");
+    assert_eq!(snapshot["provider_id"], "unix-local");
+    assert!(
+        snapshot["snapshot_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+
+    let err = tools
+        .call(
+            "read_file",
+            json!({ "path": "a", "destination": "elsewhere" }),
+        )
+        .await
+        .expect_err("unknown destination");
+    assert!(err.message().contains("elsewhere"), "{err}");
+    tools.close().await.expect("close");
+    let err = tools.call("list_dir", json!({})).await.expect_err("closed");
+    assert_eq!(err.kind(), RunnerErrorKind::SessionClosed);
+}
