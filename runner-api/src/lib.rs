@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod mounts;
 pub mod output;
 mod pool;
+mod ports;
 pub mod process;
 mod registry;
 mod secrets;
@@ -45,6 +46,7 @@ pub use lifecycle::{
 };
 pub use output::{HeadTailBuffer, OutputLog};
 pub use pool::{DestinationHealth, DestinationPool, PoolConfig, SelectionPolicy};
+pub use ports::parse_proc_net_tcp;
 pub use process::{
     OutputSink, ProcessControl, ProcessTable, ProcessTableConfig, RawExit, SpawnedProcess,
     validate_command_request,

@@ -451,6 +451,32 @@ impl RemoteRunnerSession for RemoteWorkspace {
         result.path = asked;
         Ok(result)
     }
+
+    async fn acquire_workspace_execution_lease(
+        &self,
+        request: crate::RunnerLeaseRequest,
+    ) -> RunnerResult<crate::RunnerExecutionLease> {
+        self.session
+            .acquire_workspace_execution_lease(request)
+            .await
+    }
+
+    async fn renew_workspace_execution_lease(
+        &self,
+        lease: &crate::RunnerExecutionLease,
+        ttl_ms: u64,
+    ) -> RunnerResult<crate::RunnerExecutionLease> {
+        self.session
+            .renew_workspace_execution_lease(lease, ttl_ms)
+            .await
+    }
+
+    async fn release_workspace_execution_lease(
+        &self,
+        lease: &crate::RunnerExecutionLease,
+    ) -> RunnerResult<()> {
+        self.session.release_workspace_execution_lease(lease).await
+    }
 }
 
 #[cfg(test)]

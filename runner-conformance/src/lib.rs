@@ -42,14 +42,15 @@ pub struct Cli {
 }
 
 /// The providers the `runner-conformance` binary is built with:
-/// `unix-local`, `memory` and the example `agent` provider.
+/// `unix-local`, `docker`, `ssh`, `memory` and the example `agent` provider.
 ///
 /// Adding a provider is one line here and one dependency in `Cargo.toml`
-/// (`Arc::new(runner_docker::DockerProvider::default())`,
-/// `Arc::new(runner_ssh::SshProvider::default())`).
+/// (`Arc::new(<Provider>::default())`).
 pub fn builtin_providers() -> Vec<Arc<dyn RemoteRunnerProvider>> {
     vec![
         Arc::new(runner_local::LocalProvider::default()),
+        Arc::new(runner_docker::DockerProvider::default()),
+        Arc::new(runner_ssh::SshProvider::default()),
         Arc::new(runner_testkit::MemoryProvider::default()),
         Arc::new(runner_example_custom_provider::AgentProvider::default()),
     ]

@@ -164,7 +164,10 @@ fn binary_refuses_an_unknown_provider() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("\"nowhere\""), "{stderr}");
-    assert!(stderr.contains("unix-local, memory, agent"), "{stderr}");
+    assert!(
+        stderr.contains("unix-local, docker, ssh, memory, agent"),
+        "{stderr}"
+    );
 }
 
 /// `MemoryProvider` declaring `pausable` it does not have, and hiding

@@ -1,1 +1,353 @@
-//! Placeholder crate root; replaced by the crate's implementation.
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod exec;
+mod files;
+mod orphans;
+mod ports;
+mod session;
+mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use runner_api::mounts::{MountedSession, native_manifest, store_mount_kinds, validate_stores};
+use runner_api::{
+    EnvSecretResolver, RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession,
+    RunnerCapabilities, RunnerDestination, RunnerError, RunnerMountCapabilities, RunnerResult,
+    RunnerSessionState, RunnerSweepReport, SecretResolver, validate_manifest,
+};
+
+pub use config::{DEFAULT_WORKSPACE, DockerConfig, DockerNetwork};
+pub use session::DockerSession;
+
+use crate::error::{Daemon, unavailable_hint};
+use crate::session::{SessionMeta, Source};
+
+/// The provider id destinations name: `"docker"`.
+pub const PROVIDER_ID: &str = "docker";
+
+/// Prefix of every label this library sets; user labels may not use it.
+pub const LABEL_PREFIX: &str = "io.runners.";
+/// Marker label on every container and snapshot image this library creates;
+/// `sweep_orphans` only ever touches resources carrying it.
+pub const LABEL_MARKER: &str = "io.runners.managed-by";
+/// The marker label's value.
+pub const MARKER_VALUE: &str = "runner-docker";
+/// Label naming the session a container or snapshot belongs to.
+pub const LABEL_SESSION: &str = "io.runners.session";
+/// Label naming the destination a session was created for.
+pub const LABEL_DESTINATION: &str = "io.runners.destination";
+/// Label naming the creating process: `<hostname>/<boot id>/<pid>/<start time>`.
+pub const LABEL_OWNER: &str = "io.runners.owner";
+/// Label with the creation time, milliseconds since the Unix epoch.
+pub const LABEL_CREATED_MS: &str = "io.runners.created-ms";
+/// Label `session` on containers, `snapshot` on snapshot images.
+pub const LABEL_KIND: &str = "io.runners.kind";
+/// Label `true` on containers of destinations with `keep_on_close`.
+pub const LABEL_KEEP: &str = "io.runners.keep";
+/// Name prefix of containers whose session was detached (never swept).
+pub const DETACHED_PREFIX: &str = "runner-detached-";
+/// Repository of snapshot images (tagged with a unique id).
+pub const SNAPSHOT_REPOSITORY: &str = "runners-snapshot";
+
+/// How long a new resource is safe from `sweep_orphans` by default.
+pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
+/// What docker sessions can do: everything; mounts of kind `provider_native`
+/// (bind mounts) and the object-store kinds compiled into runner-api
+/// (`s3`/`r2` with the default feature `s3`), materialized with artifact
+/// export by [`MountedSession`].
+pub fn capabilities() -> RunnerCapabilities {
+    let mut caps = session_capabilities();
+    let kinds = store_mount_kinds();
+    caps.artifact_export = true;
+    caps.mounts.s3 = kinds.s3;
+    caps.mounts.r2 = kinds.r2;
+    caps.mounts.gcs = kinds.gcs;
+    caps.mounts.azure_blob = kinds.azure_blob;
+    caps
+}
+
+/// What a bare [`DockerSession`] does itself, before the mount layer.
+pub(crate) fn session_capabilities() -> RunnerCapabilities {
+    RunnerCapabilities {
+        command_exec: true,
+        file_read: true,
+        file_write: true,
+        port_preview: true,
+        snapshots: true,
+        cancellation: true,
+        artifact_export: false,
+        mounts: RunnerMountCapabilities {
+            provider_native: true,
+            ..RunnerMountCapabilities::default()
+        },
+        pausable: true,
+        detachable: true,
+        streaming: true,
+        background_processes: true,
+        stdin: true,
+        file_management: true,
+        archive_transfer: true,
+        snapshot_restore: true,
+        port_listing: true,
+        execution_lease: true,
+    }
+}
+
+/// Runs each session in its own container, through the Docker API.
+///
+/// Settings come from `RunnerDestination.config` (see [`DockerConfig`]). The
+/// provider's own settings ([`with_docker_host`](Self::with_docker_host),
+/// [`with_orphan_grace`](Self::with_orphan_grace)) only concern
+/// [`sweep_orphans`](RemoteRunnerProvider::sweep_orphans) and the setup hint.
+///
+/// Object-store mounts and artifact export come from [`MountedSession`];
+/// their credentials are resolved on this side with the provider's
+/// [`SecretResolver`] (default [`EnvSecretResolver`], see
+/// [`with_secret_resolver`](Self::with_secret_resolver)) and never enter the
+/// container.
+#[derive(Clone)]
+pub struct DockerProvider {
+    docker_host: Option<String>,
+    orphan_grace: Duration,
+    daemons: Arc<Mutex<HashMap<String, Daemon>>>,
+    secrets: Arc<dyn SecretResolver>,
+}
+
+impl std::fmt::Debug for DockerProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerProvider")
+            .field("docker_host", &self.docker_host)
+            .field("orphan_grace", &self.orphan_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for DockerProvider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DockerProvider {
+    /// A provider whose sweep and setup hint use the local socket.
+    pub fn new() -> Self {
+        Self {
+            docker_host: None,
+            orphan_grace: DEFAULT_ORPHAN_GRACE,
+            daemons: Arc::default(),
+            secrets: Arc::new(EnvSecretResolver::new()),
+        }
+    }
+
+    /// Resolves mount and artifact-store credentials with `resolver` instead
+    /// of the environment (`RUNNER_SECRET_<ID>_<KEY>`).
+    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
+        self.secrets = resolver;
+        self
+    }
+
+    /// Sweeps the daemon at `host` (`unix://…`, `tcp://…`) instead of the local socket.
+    pub fn with_docker_host(mut self, host: impl Into<String>) -> Self {
+        self.docker_host = Some(host.into());
+        self
+    }
+
+    /// How old an orphan must be before `sweep_orphans` removes it (default
+    /// [`DEFAULT_ORPHAN_GRACE`]).
+    pub fn with_orphan_grace(mut self, grace: Duration) -> Self {
+        self.orphan_grace = grace;
+        self
+    }
+
+    /// The same as [`sweep_orphans`](RemoteRunnerProvider::sweep_orphans):
+    /// removes containers and snapshot images of sessions whose process died.
+    pub async fn remove_orphans(&self) -> RunnerResult<RunnerSweepReport> {
+        self.sweep_orphans().await
+    }
+
+    /// A connected client for `host`, negotiated once and cached.
+    ///
+    /// Errors: `Unavailable` when the daemon does not answer.
+    pub(crate) async fn daemon(&self, host: Option<&str>) -> RunnerResult<Daemon> {
+        let key = host.unwrap_or(error::LOCAL_SOCKET).to_string();
+        let cached = self
+            .daemons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(daemon) = cached {
+            return Ok(daemon);
+        }
+        let daemon = Daemon::connect(host)?;
+        let docker = daemon
+            .docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(|e| {
+                let mapped = daemon.error("connect", &key, e);
+                if mapped.kind() == runner_api::RunnerErrorKind::Provider {
+                    RunnerError::new(
+                        runner_api::RunnerErrorKind::Unavailable,
+                        format!("{}: {}", unavailable_hint(&key), mapped.message()),
+                    )
+                } else {
+                    mapped
+                }
+            })?;
+        let daemon = Daemon {
+            docker,
+            host: daemon.host,
+        };
+        self.daemons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, daemon.clone());
+        Ok(daemon)
+    }
+
+    fn check_provider(&self, operation: &str, provider_id: &str) -> RunnerResult<()> {
+        if provider_id != PROVIDER_ID {
+            return Err(RunnerError::invalid_request(format!(
+                "{operation}: provider {provider_id:?} is not {PROVIDER_ID}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds object-store mounts and artifact export to a new session. A
+    /// resumed or rejoined session keeps its artifact store (the config is in
+    /// its state); the files of its object-store mounts stay as plain files.
+    async fn mounted(
+        &self,
+        session: DockerSession,
+        destination: &RunnerDestination,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        MountedSession::attach(Arc::new(session), destination, self.secrets.clone()).await
+    }
+
+    fn restored_destination(state: &RunnerSessionState, meta: &SessionMeta) -> RunnerDestination {
+        RunnerDestination {
+            id: state.destination_id.clone(),
+            provider_id: PROVIDER_ID.to_string(),
+            config: meta.config.clone(),
+            default_manifest: Default::default(),
+        }
+    }
+
+    fn meta(operation: &str, state: &RunnerSessionState) -> RunnerResult<SessionMeta> {
+        serde_json::from_value(state.metadata.clone()).map_err(|e| {
+            RunnerError::invalid_request(format!(
+                "{operation}: state metadata is not a docker session's: {e}"
+            ))
+        })
+    }
+}
+
+#[async_trait]
+impl RemoteRunnerProvider for DockerProvider {
+    fn id(&self) -> RemoteRunnerProviderId {
+        PROVIDER_ID.to_string()
+    }
+
+    fn capabilities(&self) -> RunnerCapabilities {
+        capabilities()
+    }
+
+    /// Says how to start the daemon when its socket is missing.
+    fn setup_hint(&self) -> Option<String> {
+        let host = self.docker_host.as_deref().unwrap_or(error::LOCAL_SOCKET);
+        let socket = host.strip_prefix("unix://")?;
+        (!std::path::Path::new(socket).exists()).then(|| unavailable_hint(host))
+    }
+
+    fn default_workspace(&self) -> Option<String> {
+        Some(DEFAULT_WORKSPACE.to_string())
+    }
+
+    /// Parses the config and checks the manifest against the capabilities.
+    async fn validate_destination(&self, destination: &RunnerDestination) -> RunnerResult<()> {
+        self.check_provider("validate_destination", &destination.provider_id)?;
+        DockerConfig::from_destination(destination)?;
+        validate_manifest(&destination.default_manifest, &capabilities())?;
+        validate_stores(destination)
+    }
+
+    async fn create_session(
+        &self,
+        destination: RunnerDestination,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        self.check_provider("create_session", &destination.provider_id)?;
+        let config = DockerConfig::from_destination(&destination)?;
+        validate_manifest(&destination.default_manifest, &capabilities())?;
+        validate_stores(&destination)?;
+        let daemon = self.daemon(config.docker_host.as_deref()).await?;
+        let session = DockerSession::create(
+            daemon,
+            config,
+            destination.id.clone(),
+            Source::Fresh(native_manifest(&destination.default_manifest)),
+        )
+        .await?;
+        self.mounted(session, &destination).await
+    }
+
+    /// With `state.snapshot`: a new container from the snapshot image (a fork).
+    /// Without: the same as [`rejoin_session`](Self::rejoin_session).
+    async fn resume_session(
+        &self,
+        state: RunnerSessionState,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        self.check_provider("resume_session", &state.provider_id)?;
+        let Some(snapshot) = &state.snapshot else {
+            return self.rejoin_session(state).await;
+        };
+        self.check_provider("resume_session", &snapshot.provider_id)?;
+        let meta = Self::meta("resume_session", &state)?;
+        let config = DockerConfig::from_value(&meta.config)
+            .map_err(|e| e.context("resume_session: state metadata"))?;
+        let daemon = self.daemon(config.docker_host.as_deref()).await?;
+        let image = snapshot::locate(&daemon, snapshot).await?;
+        let destination = Self::restored_destination(&state, &meta);
+        let session = DockerSession::create(
+            daemon,
+            config,
+            state.destination_id.clone(),
+            Source::Snapshot { image, meta },
+        )
+        .await?;
+        self.mounted(session, &destination).await
+    }
+
+    /// Reattaches to the container of a detached (or still running) session.
+    /// Commands started by the earlier handle are not tracked by the new one.
+    async fn rejoin_session(
+        &self,
+        state: RunnerSessionState,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        self.check_provider("rejoin_session", &state.provider_id)?;
+        let meta = Self::meta("rejoin_session", &state)?;
+        let config = DockerConfig::from_value(&meta.config)
+            .map_err(|e| e.context("rejoin_session: state metadata"))?;
+        let daemon = self.daemon(config.docker_host.as_deref()).await?;
+        let destination = Self::restored_destination(&state, &meta);
+        let session = DockerSession::rejoin(daemon, config, state, meta).await?;
+        self.mounted(session, &destination).await
+    }
+
+    /// Removes containers and snapshot images of sessions whose creating
+    /// process is gone (see `docs/providers/docker.md`): only resources with
+    /// the marker label, older than the grace period, owned by a dead process
+    /// of this host, and neither detached nor kept on close.
+    async fn sweep_orphans(&self) -> RunnerResult<RunnerSweepReport> {
+        let daemon = self.daemon(self.docker_host.as_deref()).await?;
+        orphans::sweep(&daemon, self.orphan_grace).await
+    }
+}

@@ -1,1 +1,505 @@
-//! Placeholder crate root; replaced by the crate's implementation.
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod connection;
+mod error;
+mod exec;
+mod files;
+mod ownership;
+mod ports;
+mod script;
+mod session;
+mod snapshot;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use runner_api::mounts::MountedSession;
+use runner_api::{
+    EnvSecretResolver, RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession,
+    RemoteWorkspace, RunnerCapabilities, RunnerDestination, RunnerError, RunnerErrorKind,
+    RunnerManifestEntry, RunnerMountCapabilities, RunnerResult, RunnerSessionState,
+    RunnerSweepReport, SecretResolver, validate_manifest,
+};
+
+pub use config::{HostKeyPolicy, SshConfig};
+
+use crate::connection::Pool;
+use crate::session::{SessionMeta, SessionSetup, SshSession, remote_dir};
+
+/// The provider id destinations name: `"ssh"`.
+pub const PROVIDER_ID: &str = "ssh";
+
+/// What ssh sessions can do: everything except `provider_native` mounts
+/// (object-store mounts and artifact export are those compiled into
+/// `runner-api`, see the `s3`, `gcs` and `azure` features).
+pub fn capabilities() -> RunnerCapabilities {
+    RunnerCapabilities {
+        command_exec: true,
+        file_read: true,
+        file_write: true,
+        port_preview: true,
+        snapshots: true,
+        cancellation: true,
+        artifact_export: true,
+        mounts: RunnerMountCapabilities {
+            provider_native: false,
+            ..runner_api::mounts::store_mount_kinds()
+        },
+        pausable: true,
+        detachable: true,
+        streaming: true,
+        background_processes: true,
+        stdin: true,
+        file_management: true,
+        archive_transfer: true,
+        snapshot_restore: true,
+        port_listing: true,
+        execution_lease: true,
+    }
+}
+
+/// Runs commands and files on a host reached over SSH.
+///
+/// Settings come from `RunnerDestination.config` (see [`SshConfig`]). Sessions
+/// of one destination share one OpenSSH master connection (the system `ssh`
+/// binary in multiplexing mode); files go over sftp on that master.
+///
+/// Object-store mounts and artifact export come from
+/// [`MountedSession`]; their credentials are resolved on this side with the
+/// provider's [`SecretResolver`] (default [`EnvSecretResolver`], see
+/// [`with_secret_resolver`](Self::with_secret_resolver)) and never reach the
+/// remote host.
+pub struct SshProvider {
+    pool: Pool,
+    resolver: Arc<dyn SecretResolver>,
+    sweep_targets: Vec<SshConfig>,
+}
+
+impl Default for SshProvider {
+    fn default() -> Self {
+        Self {
+            pool: Pool::default(),
+            resolver: Arc::new(EnvSecretResolver::new()),
+            sweep_targets: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SshProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshProvider").finish_non_exhaustive()
+    }
+}
+
+fn new_session_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl SshProvider {
+    /// A provider with no connections yet, resolving mount and artifact-store
+    /// credentials from the environment.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Resolves mount and artifact-store credentials with `resolver` instead
+    /// of the environment ([`EnvSecretResolver`]).
+    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Makes `sweep_orphans` also visit `destination`, connecting to it when
+    /// this provider has no connection there yet. This is how orphans of a
+    /// crashed process are removed: a fresh provider is told which
+    /// destinations to sweep (its `orphan_grace_s` applies).
+    ///
+    /// Errors: `InvalidRequest` for a destination of another provider or a bad
+    /// config, naming the field.
+    pub fn with_sweep_destination(mut self, destination: &RunnerDestination) -> RunnerResult<Self> {
+        Self::check_provider(
+            "with_sweep_destination",
+            &destination.provider_id,
+            "the destination",
+        )?;
+        let config = SshConfig::from_destination(destination)?;
+        if !self.sweep_targets.contains(&config) {
+            self.sweep_targets.push(config);
+        }
+        Ok(self)
+    }
+
+    /// Setup guidance for `config`: a missing `ssh` binary, an unreadable key
+    /// or known_hosts file. Names paths and settings only, never key contents.
+    pub fn setup_hint_for(&self, config: &SshConfig) -> Option<String> {
+        if error::which_ssh().is_none() {
+            return self.setup_hint();
+        }
+        config
+            .check_local_files()
+            .err()
+            .map(|e| e.message().to_string())
+    }
+
+    /// The control socket of the master shared by `config`'s sessions, while
+    /// one is connected (for diagnostics: `ssh -O check -S <socket> host`).
+    pub async fn control_socket(&self, config: &SshConfig) -> Option<std::path::PathBuf> {
+        self.pool.get(config).control_socket().await
+    }
+
+    fn check_provider(operation: &str, provider_id: &str, what: &str) -> RunnerResult<()> {
+        if provider_id != PROVIDER_ID {
+            return Err(RunnerError::invalid_request(format!(
+                "{operation}: {what} is for provider {provider_id:?}, not {PROVIDER_ID}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the manifest against the capabilities, the object-store parts
+    /// (without contacting a store), and the entries this provider applies.
+    fn check_manifest(destination: &RunnerDestination) -> RunnerResult<()> {
+        validate_manifest(&destination.default_manifest, &capabilities())?;
+        runner_api::mounts::validate_stores(destination)?;
+        if let Some(entry) = destination
+            .default_manifest
+            .entries
+            .iter()
+            .find(|e| !e.writable)
+        {
+            return Err(RunnerError::new(
+                RunnerErrorKind::Unsupported,
+                format!(
+                    "manifest entry {}: read-only entries are not supported by the ssh provider",
+                    entry.target.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn open(
+        &self,
+        session_id: String,
+        destination_id: String,
+        config: SshConfig,
+        meta: Option<SessionMeta>,
+    ) -> RunnerResult<Arc<SshSession>> {
+        let conn = self.pool.get(&config);
+        let link = conn.link().await?;
+        let (workspace, session_dir) = match meta {
+            Some(meta) => (meta.workspace, meta.session_dir),
+            None => (
+                remote_dir(&link, &config.workspace_root).join(&session_id),
+                remote_dir(&link, &config.state_dir).join(&session_id),
+            ),
+        };
+        Ok(Arc::new(SshSession::new(SessionSetup {
+            session_id,
+            destination_id,
+            config,
+            conn,
+            workspace,
+            session_dir,
+        })))
+    }
+
+    /// Wraps a resumed or rejoined session like a new one, with the artifact
+    /// store its config names and no object-store mounts (the state does not
+    /// carry the manifest: mounted files stay as plain workspace files).
+    async fn attach_resumed(
+        &self,
+        session: Arc<SshSession>,
+        destination_id: &str,
+        config: &SshConfig,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        let mut settings = serde_json::Map::new();
+        if let Some(artifacts) = &config.artifacts {
+            settings.insert(
+                runner_api::mounts::ARTIFACTS_CONFIG_KEY.to_string(),
+                artifacts.clone(),
+            );
+        }
+        let destination = RunnerDestination {
+            id: destination_id.to_string(),
+            provider_id: PROVIDER_ID.to_string(),
+            config: serde_json::Value::Object(settings),
+            default_manifest: Default::default(),
+        };
+        MountedSession::attach(confine(session), &destination, self.resolver.clone()).await
+    }
+}
+
+/// A tar of a local manifest source (a file, or a directory's contents).
+fn manifest_tar(entry: &RunnerManifestEntry) -> RunnerResult<(Vec<u8>, bool)> {
+    let source = &entry.source;
+    let meta = std::fs::metadata(source)
+        .map_err(|e| RunnerError::from_io("manifest entry", source.display(), e))?;
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    let added = if meta.is_dir() {
+        builder.append_dir_all(".", source)
+    } else {
+        let name = entry
+            .target
+            .file_name()
+            .map(Path::new)
+            .unwrap_or(Path::new("file"));
+        builder.append_path_with_name(source, name)
+    };
+    added
+        .and_then(|()| builder.into_inner())
+        .map(|bytes| (bytes, meta.is_dir()))
+        .map_err(|e| RunnerError::from_io("manifest entry", source.display(), e))
+}
+
+async fn apply_manifest(
+    session: &Arc<dyn RemoteRunnerSession>,
+    entries: &[RunnerManifestEntry],
+) -> RunnerResult<()> {
+    for entry in entries {
+        let owned = entry.clone();
+        let (archive, is_dir) = tokio::task::spawn_blocking(move || manifest_tar(&owned))
+            .await
+            .map_err(|e| RunnerError::provider(format!("manifest entry: worker failed: {e}")))??;
+        let target = if is_dir {
+            entry.target.clone()
+        } else {
+            entry
+                .target
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        };
+        let target = if target.as_os_str().is_empty() {
+            ".".into()
+        } else {
+            target
+        };
+        session
+            .upload_archive(&target, archive)
+            .await
+            .map_err(|e| e.context(format!("manifest entry {}", entry.target.display())))?;
+    }
+    Ok(())
+}
+
+fn confine(session: Arc<SshSession>) -> Arc<dyn RemoteRunnerSession> {
+    let root = session.workspace_root();
+    Arc::new(RemoteWorkspace::new(session, root))
+}
+
+#[async_trait]
+impl RemoteRunnerProvider for SshProvider {
+    fn id(&self) -> RemoteRunnerProviderId {
+        PROVIDER_ID.to_string()
+    }
+
+    fn capabilities(&self) -> RunnerCapabilities {
+        capabilities()
+    }
+
+    /// Says so when the `ssh` client binary is not on `PATH`, or when a
+    /// destination this provider was asked for names an identity or
+    /// known_hosts file it cannot read (by path, never contents).
+    fn setup_hint(&self) -> Option<String> {
+        if error::which_ssh().is_none() {
+            return Some(
+                "the ssh provider needs the OpenSSH client: install `ssh` (Debian: apt-get install openssh-client)".into(),
+            );
+        }
+        self.pool
+            .configs()
+            .iter()
+            .find_map(|config| config.check_local_files().err())
+            .map(|e| e.message().to_string())
+    }
+
+    async fn validate_destination(&self, destination: &RunnerDestination) -> RunnerResult<()> {
+        Self::check_provider(
+            "validate_destination",
+            &destination.provider_id,
+            "the destination",
+        )?;
+        let config = SshConfig::from_destination(destination)?;
+        config.check_local_files()?;
+        Self::check_manifest(destination)
+    }
+
+    async fn create_session(
+        &self,
+        destination: RunnerDestination,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        Self::check_provider(
+            "create_session",
+            &destination.provider_id,
+            "the destination",
+        )?;
+        let config = SshConfig::from_destination(&destination)?;
+        Self::check_manifest(&destination)?;
+        let session = self
+            .open(new_session_id(), destination.id.clone(), config, None)
+            .await?;
+        session.create_dirs().await?;
+        let confined = confine(session);
+        let own = runner_api::mounts::native_manifest(&destination.default_manifest);
+        if let Err(e) = apply_manifest(&confined, &own.entries).await {
+            let _ = confined.close().await;
+            return Err(e);
+        }
+        MountedSession::attach(confined, &destination, self.resolver.clone()).await
+    }
+
+    /// With `state.snapshot`: a new session in a fresh workspace filled from
+    /// the snapshot (a fork). Without: the same as `rejoin_session`.
+    async fn resume_session(
+        &self,
+        state: RunnerSessionState,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        Self::check_provider("resume_session", &state.provider_id, "the state")?;
+        let Some(snapshot_ref) = state.snapshot.clone() else {
+            return self.rejoin_session(state).await;
+        };
+        let config =
+            match serde_json::from_value::<snapshot::SnapshotMeta>(snapshot_ref.metadata.clone()) {
+                Ok(meta) => meta.config,
+                Err(_) => {
+                    let meta: SessionMeta = serde_json::from_value(state.metadata.clone())
+                        .map_err(|e| {
+                            RunnerError::invalid_request(format!(
+                                "resume_session: bad state metadata: {e}"
+                            ))
+                        })?;
+                    meta.config
+                }
+            };
+        let session = self
+            .open(
+                new_session_id(),
+                state.destination_id.clone(),
+                config.clone(),
+                None,
+            )
+            .await?;
+        session.create_dirs().await?;
+        let link = self.pool.get(&config).link().await?;
+        let archive = snapshot::archive_of(&link, &config, &snapshot_ref)?;
+        if let Err(e) = snapshot::restore(&link, &archive, &session.workspace_root()).await {
+            let _ = session.close().await;
+            return Err(e);
+        }
+        self.attach_resumed(session, &state.destination_id, &config)
+            .await
+    }
+
+    /// Reattaches to a detached session: same workspace, same session
+    /// directory, background commands taken over with their numbered output.
+    async fn rejoin_session(
+        &self,
+        state: RunnerSessionState,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        Self::check_provider("rejoin_session", &state.provider_id, "the state")?;
+        let meta: SessionMeta = serde_json::from_value(state.metadata.clone()).map_err(|e| {
+            RunnerError::invalid_request(format!("rejoin_session: bad state metadata: {e}"))
+        })?;
+        let config = meta.config.clone();
+        let session = self
+            .open(
+                state.session_id.clone(),
+                state.destination_id.clone(),
+                config.clone(),
+                Some(meta),
+            )
+            .await?;
+        let link = self.pool.get(&config).link().await?;
+        let workspace = session.workspace_root();
+        if files::lstat(&link, &workspace).await?.is_none() {
+            return Err(RunnerError::not_found(format!(
+                "rejoin_session {}: the workspace {} no longer exists",
+                state.session_id,
+                workspace.display()
+            )));
+        }
+        session.adopt_commands().await?;
+        self.attach_resumed(session, &state.destination_id, &config)
+            .await
+    }
+
+    /// Sweeps every destination given with
+    /// [`with_sweep_destination`](SshProvider::with_sweep_destination) and
+    /// every destination this provider has connected to: session directories
+    /// and workspaces whose owner process is gone (or that were detached) are
+    /// removed after the destination's `orphan_grace_s`, once the process
+    /// groups recorded in them are killed; finished snapshots of gone
+    /// sessions after `snapshot_grace_s`. See the ownership rule in
+    /// `docs/providers/ssh.md`.
+    ///
+    /// Errors: the first destination that cannot be reached (`Unavailable`,
+    /// `PermissionDenied`) or swept ends the sweep with its error, naming it.
+    async fn sweep_orphans(&self) -> RunnerResult<RunnerSweepReport> {
+        let mut report = RunnerSweepReport::default();
+        let mut targets = self.sweep_targets.clone();
+        for config in self.pool.configs() {
+            if !targets.contains(&config) {
+                targets.push(config);
+            }
+        }
+        for config in targets {
+            let conn = self.pool.get(&config);
+            let link = conn.link().await?;
+            ownership::sweep(&link, &config, &mut report)
+                .await
+                .map_err(|e| e.context(format!("sweep_orphans {}", config.destination_label())))?;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_hint_names_an_unreadable_key_by_path() {
+        let mut config = SshConfig::new("127.0.0.1");
+        config.identity_file = Some("/nonexistent/runner-ssh-key".into());
+        let hint = SshProvider::new()
+            .setup_hint_for(&config)
+            .expect("a hint for a missing key");
+        assert!(hint.contains("/nonexistent/runner-ssh-key"), "{hint}");
+        assert!(hint.contains("identity_file"), "{hint}");
+    }
+
+    #[test]
+    fn sweep_destinations_are_checked_when_given() {
+        let mut destination = RunnerDestination {
+            id: "d".into(),
+            provider_id: "docker".into(),
+            config: serde_json::json!({ "host": "h" }),
+            default_manifest: Default::default(),
+        };
+        let kind = |d: &RunnerDestination| {
+            SshProvider::new()
+                .with_sweep_destination(d)
+                .err()
+                .map(|e| e.kind())
+        };
+        assert_eq!(kind(&destination), Some(RunnerErrorKind::InvalidRequest));
+        destination.provider_id = PROVIDER_ID.into();
+        destination.config = serde_json::json!({ "host": "h", "bogus": 1 });
+        assert_eq!(kind(&destination), Some(RunnerErrorKind::InvalidRequest));
+        destination.config = serde_json::json!({ "host": "h", "orphan_grace_s": 0 });
+        assert_eq!(kind(&destination), None);
+    }
+
+    #[test]
+    fn capabilities_claim_detach_lease_and_store_mounts_only() {
+        let caps = capabilities();
+        assert!(caps.detachable && caps.background_processes && caps.snapshot_restore);
+        assert!(caps.artifact_export && caps.execution_lease);
+        assert!(!caps.mounts.provider_native);
+        assert_eq!(caps.mounts.s3, runner_api::mounts::store_mount_kinds().s3);
+    }
+}

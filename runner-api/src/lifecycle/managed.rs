@@ -309,6 +309,16 @@ impl ManagedSession {
         if pause {
             match self.inner.pause().await {
                 Ok(_) => {
+                    // A turn that began while the pause was in flight (pausing a
+                    // container takes a while) keeps the session active.
+                    if self.busy() {
+                        match self.inner.resume().await {
+                            Ok(_) => return,
+                            Err(e) => {
+                                tracing::warn!(session_id = %self.session_id, error = %e, "resuming a session whose idle pause raced a new turn failed")
+                            }
+                        }
+                    }
                     tracing::info!(session_id = %self.session_id, idle_timeout_ms = idle_timeout.as_millis() as u64, "paused an idle session");
                     self.set_status(ManagedStatus::Paused { by_manager: true });
                     return;

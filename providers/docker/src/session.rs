@@ -1,0 +1,903 @@
+//! `DockerSession`: one container and the commands started in it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder,
+};
+use runner_api::{
+    ProcessTable, ProcessTableConfig, RemoteRunnerSession, RunnerCapabilities, RunnerCommandId,
+    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerErrorKind,
+    RunnerEventStream, RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult,
+    RunnerFileStat, RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort,
+    RunnerManifest, RunnerMountKind, RunnerPortRequest, RunnerPortResult, RunnerProcessInfo,
+    RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::DockerConfig;
+use crate::error::{Daemon, join_error};
+use crate::exec::{self, ExecContext, absolute, short};
+use crate::files::directories_tar;
+use crate::orphans::{now_ms, this_owner};
+use crate::ports::Forwarders;
+use crate::{
+    DETACHED_PREFIX, LABEL_CREATED_MS, LABEL_DESTINATION, LABEL_KEEP, LABEL_KIND, LABEL_MARKER,
+    LABEL_OWNER, LABEL_SESSION, MARKER_VALUE, PROVIDER_ID, snapshot,
+};
+
+/// Directory in the container for the provider's per-command state files.
+const STATE_DIR: &str = "/tmp/.runner";
+
+/// Keeps the container alive; commands run beside it through exec.
+const KEEPALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
+/// `RunnerSessionState.metadata` of a docker session. Holds the container id,
+/// the parsed config and the bind mounts; never secret values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SessionMeta {
+    /// The container's id.
+    pub(crate) container_id: String,
+    /// The destination config, as JSON.
+    pub(crate) config: serde_json::Value,
+    /// Bind mounts (`host:container[:ro]`), re-applied to forks.
+    #[serde(default)]
+    pub(crate) binds: Vec<String>,
+    /// Absolute paths the file API refuses to write.
+    #[serde(default)]
+    pub(crate) read_only: Vec<PathBuf>,
+}
+
+/// Where a new container comes from.
+pub(crate) enum Source {
+    /// The configured image, with the destination's manifest applied.
+    Fresh(RunnerManifest),
+    /// A snapshot image; the manifest is already inside.
+    Snapshot {
+        /// The image id.
+        image: String,
+        /// The original session's bind mounts and read-only paths.
+        meta: SessionMeta,
+    },
+}
+
+/// A docker session: one container, commands run in it through exec, files
+/// through the archive API.
+///
+/// Created by [`DockerProvider`](crate::DockerProvider). After
+/// [`close`](RemoteRunnerSession::close) every method returns `SessionClosed`.
+/// A session dropped without `close` leaves its container running, for
+/// `rejoin_session` or `sweep_orphans`.
+pub struct DockerSession {
+    session_id: String,
+    destination_id: String,
+    config: DockerConfig,
+    ctx: Arc<ExecContext>,
+    binds: Vec<String>,
+    read_only: Vec<PathBuf>,
+    table: ProcessTable,
+    forwarders: Forwarders,
+    closed: AtomicBool,
+    paused: AtomicBool,
+}
+
+impl std::fmt::Debug for DockerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerSession")
+            .field("session_id", &self.session_id)
+            .field("container", &self.ctx.container)
+            .field("image", &self.config.image)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bind mounts and read-only paths of a manifest.
+fn mounts(
+    config: &DockerConfig,
+    manifest: &RunnerManifest,
+    local_daemon: bool,
+) -> RunnerResult<(Vec<String>, Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut binds = Vec::new();
+    let mut read_only = Vec::new();
+    let mut plain_dirs = Vec::new();
+    for mount in &manifest.mounts {
+        let what = format!("mount {:?}", mount.name);
+        if mount.intent.kind != RunnerMountKind::ProviderNative {
+            return Err(RunnerError::new(
+                RunnerErrorKind::Unsupported,
+                format!("{what}: only provider_native mounts are supported by the docker provider"),
+            ));
+        }
+        let target = absolute(&config.workspace_dir, &mount.path);
+        if mount.read_only {
+            read_only.push(target.clone());
+        }
+        let host = mount
+            .intent
+            .uri
+            .strip_prefix("file://")
+            .unwrap_or(&mount.intent.uri);
+        if host.is_empty() {
+            plain_dirs.push(target);
+            continue;
+        }
+        let host = Path::new(host);
+        if !host.is_absolute() {
+            return Err(RunnerError::invalid_request(format!(
+                "{what}: host path {} must be absolute",
+                host.display()
+            )));
+        }
+        if local_daemon && !host.exists() {
+            return Err(RunnerError::not_found(format!(
+                "{what}: host path {} not found",
+                host.display()
+            )));
+        }
+        let suffix = if mount.read_only { ":ro" } else { "" };
+        binds.push(format!("{}:{}{suffix}", host.display(), target.display()));
+    }
+    Ok((binds, read_only, plain_dirs))
+}
+
+/// A tar of the manifest entries, named by their targets. Blocking.
+fn entries_tar(manifest: &RunnerManifest) -> RunnerResult<Option<Vec<u8>>> {
+    if manifest.entries.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.mode(tar::HeaderMode::Deterministic);
+    builder.follow_symlinks(false);
+    for entry in &manifest.entries {
+        let source = &entry.source;
+        let what = format!("manifest entry {}", source.display());
+        let meta = std::fs::symlink_metadata(source).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                RunnerError::not_found(format!("{what}: source not found"))
+            } else {
+                RunnerError::from_io(&what, source.display(), e)
+            }
+        })?;
+        let added = if meta.is_dir() {
+            builder.append_dir_all(&entry.target, source)
+        } else {
+            builder.append_path_with_name(source, &entry.target)
+        };
+        added.map_err(|e| RunnerError::from_io(&what, source.display(), e))?;
+    }
+    builder
+        .into_inner()
+        .map(Some)
+        .map_err(|e| RunnerError::from_io("manifest", "archive", e))
+}
+
+impl DockerSession {
+    fn labels(
+        config: &DockerConfig,
+        session_id: &str,
+        destination_id: &str,
+    ) -> HashMap<String, String> {
+        let mut labels: HashMap<String, String> = config
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.extend([
+            (LABEL_MARKER.to_string(), MARKER_VALUE.to_string()),
+            (LABEL_SESSION.to_string(), session_id.to_string()),
+            (LABEL_DESTINATION.to_string(), destination_id.to_string()),
+            (LABEL_OWNER.to_string(), this_owner().to_string()),
+            (LABEL_CREATED_MS.to_string(), now_ms().to_string()),
+            (LABEL_KIND.to_string(), "session".to_string()),
+        ]);
+        if config.keep_on_close {
+            labels.insert(LABEL_KEEP.to_string(), "true".to_string());
+        }
+        labels
+    }
+
+    /// Creates and starts a container for a new session.
+    pub(crate) async fn create(
+        daemon: Daemon,
+        config: DockerConfig,
+        destination_id: String,
+        source: Source,
+    ) -> RunnerResult<Self> {
+        let session_id = uuid::Uuid::new_v4().simple().to_string();
+        let local_daemon = daemon.host.starts_with("unix://");
+        let (image, binds, read_only, plain_dirs, entries, entry_targets) = match source {
+            Source::Fresh(manifest) => {
+                let (binds, mut read_only, plain_dirs) = mounts(&config, &manifest, local_daemon)?;
+                read_only.extend(
+                    manifest
+                        .entries
+                        .iter()
+                        .filter(|entry| !entry.writable)
+                        .map(|entry| absolute(&config.workspace_dir, &entry.target)),
+                );
+                let entry_targets: Vec<PathBuf> = manifest
+                    .entries
+                    .iter()
+                    .map(|entry| absolute(&config.workspace_dir, &entry.target))
+                    .collect();
+                let entries = tokio::task::spawn_blocking(move || entries_tar(&manifest))
+                    .await
+                    .map_err(|e| join_error("create_session", e))??;
+                (
+                    config.image.clone(),
+                    binds,
+                    read_only,
+                    plain_dirs,
+                    entries,
+                    entry_targets,
+                )
+            }
+            Source::Snapshot { image, meta } => (
+                image,
+                meta.binds,
+                meta.read_only,
+                Vec::new(),
+                None,
+                Vec::new(),
+            ),
+        };
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for port in &config.ports {
+            let key = format!("{port}/tcp");
+            exposed.push(key.clone());
+            port_bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some("0".into()),
+                }]),
+            );
+        }
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            entrypoint: Some(vec!["sh".into(), "-c".into(), KEEPALIVE.into()]),
+            cmd: Some(Vec::new()),
+            user: config.user.clone(),
+            working_dir: Some(config.workspace_dir.display().to_string()),
+            labels: Some(Self::labels(&config, &session_id, &destination_id)),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            host_config: Some(HostConfig {
+                init: Some(config.init),
+                memory: config.memory,
+                nano_cpus: config.cpus.map(|c| (c * 1e9) as i64),
+                pids_limit: config.pids_limit,
+                network_mode: Some(config.network.mode().to_string()),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                binds: (!binds.is_empty()).then(|| binds.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = format!("runner-{session_id}");
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = daemon
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                let mapped = daemon.error("create_session", &name, e);
+                if mapped.kind() == RunnerErrorKind::NotFound {
+                    RunnerError::not_found(format!(
+                        "create_session: image {image:?} is not present on the Docker daemon at \
+                         {}; build, load or pull it first (the provider never pulls): {}",
+                        daemon.host,
+                        mapped.message()
+                    ))
+                } else {
+                    mapped
+                }
+            })?;
+        let ctx = Arc::new(ExecContext {
+            daemon: daemon.clone(),
+            container: created.id.clone(),
+            user: config.user.clone(),
+            env: config
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            workspace: config.workspace_dir.clone(),
+            state_dir: STATE_DIR.to_string(),
+            owner: std::sync::OnceLock::new(),
+        });
+        let prepared = Self::prepare(&ctx, &config, &plain_dirs, entries, &entry_targets).await;
+        if let Err(e) = prepared {
+            let remove = RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .v(true)
+                .build();
+            let _ = daemon
+                .docker
+                .remove_container(&created.id, Some(remove))
+                .await;
+            return Err(e);
+        }
+        tracing::info!(
+            session_id = %session_id,
+            container = %short(&created.id),
+            image = %image,
+            "docker session started"
+        );
+        Ok(Self::assemble(
+            session_id,
+            destination_id,
+            config,
+            ctx,
+            binds,
+            read_only,
+            false,
+        ))
+    }
+
+    /// Learns the numeric ids of the configured user (files unpacked from
+    /// archives get them).
+    async fn resolve_owner(ctx: &ExecContext, config: &DockerConfig) -> RunnerResult<()> {
+        const OP: &str = "create_session";
+        if config.user.is_some() {
+            let ids = ctx.script(OP, "id -u && id -g", &[]).await?;
+            let text = String::from_utf8_lossy(&ids.stdout);
+            let mut numbers = text.split_whitespace().map(str::parse::<u64>);
+            match (ids.code, numbers.next(), numbers.next()) {
+                (0, Some(Ok(uid)), Some(Ok(gid))) => {
+                    let _ = ctx.owner.set((uid, gid));
+                }
+                _ => {
+                    return Err(RunnerError::invalid_request(format!(
+                        "{OP}: user {:?} is not known in the image: {}",
+                        config.user.as_deref().unwrap_or_default(),
+                        ids.stderr
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the container, creates the workspace and state directories and
+    /// copies the manifest entries, owned by the configured user.
+    async fn prepare(
+        ctx: &ExecContext,
+        config: &DockerConfig,
+        plain_dirs: &[PathBuf],
+        entries: Option<Vec<u8>>,
+        entry_targets: &[PathBuf],
+    ) -> RunnerResult<()> {
+        const OP: &str = "create_session";
+        ctx.daemon
+            .docker
+            .start_container(&ctx.container, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| ctx.daemon.error(OP, &ctx.container, e))?;
+        Self::resolve_owner(ctx, config).await?;
+        let workspace = config.workspace_dir.display().to_string();
+        let mut dirs: Vec<(String, u32)> = vec![
+            (workspace.trim_start_matches('/').to_string(), 0o755),
+            (STATE_DIR.trim_start_matches('/').to_string(), 0o1777),
+        ];
+        for dir in plain_dirs {
+            let dir = dir.display().to_string();
+            dirs.push((dir.trim_start_matches('/').to_string(), 0o755));
+        }
+        let dir_refs: Vec<(&str, u32)> = dirs.iter().map(|(d, m)| (d.as_str(), *m)).collect();
+        let tar = directories_tar(&dir_refs, ctx.file_owner())
+            .map_err(|e| RunnerError::from_io(OP, "workspace", e))?;
+        ctx.upload(OP, Path::new("/"), tar).await?;
+        if let Some(entries) = entries {
+            ctx.upload(OP, &config.workspace_dir, entries).await?;
+            if let Some((uid, gid)) = ctx.owner.get() {
+                let owner = format!("{uid}:{gid}");
+                let mut args = vec![owner.as_str()];
+                let targets: Vec<String> = entry_targets
+                    .iter()
+                    .map(|t| t.display().to_string())
+                    .collect();
+                args.extend(targets.iter().map(String::as_str));
+                let out = ctx
+                    .script_as_root(OP, r#"o=$1; shift; chown -R -- "$o" "$@""#, &args)
+                    .await?;
+                if out.code != 0 {
+                    return Err(RunnerError::provider(format!(
+                        "{OP}: giving the manifest entries to user {owner} failed: {}",
+                        out.stderr
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn assemble(
+        session_id: String,
+        destination_id: String,
+        config: DockerConfig,
+        ctx: Arc<ExecContext>,
+        binds: Vec<String>,
+        read_only: Vec<PathBuf>,
+        paused: bool,
+    ) -> Self {
+        let table = ProcessTable::new(ProcessTableConfig::new(PROVIDER_ID));
+        if paused {
+            // The container is frozen: refuse new commands until resume.
+            let _ = futures_util::FutureExt::now_or_never(table.pause());
+        }
+        Self {
+            session_id,
+            destination_id,
+            config,
+            ctx,
+            binds,
+            read_only,
+            table,
+            forwarders: Forwarders::default(),
+            closed: AtomicBool::new(false),
+            paused: AtomicBool::new(paused),
+        }
+    }
+
+    /// A new handle on the container of `state`.
+    pub(crate) async fn rejoin(
+        daemon: Daemon,
+        config: DockerConfig,
+        state: RunnerSessionState,
+        meta: SessionMeta,
+    ) -> RunnerResult<Self> {
+        const OP: &str = "rejoin_session";
+        let inspect = daemon
+            .docker
+            .inspect_container(&meta.container_id, None)
+            .await
+            .map_err(|e| {
+                let mapped = daemon.error(OP, &meta.container_id, e);
+                if mapped.kind() == RunnerErrorKind::NotFound {
+                    RunnerError::not_found(format!(
+                        "{OP}: the container {} of session {} no longer exists",
+                        short(&meta.container_id),
+                        state.session_id
+                    ))
+                } else {
+                    mapped
+                }
+            })?;
+        let run_state = inspect.state.unwrap_or_default();
+        let paused = run_state.paused == Some(true);
+        if run_state.running != Some(true) {
+            daemon
+                .docker
+                .start_container(&meta.container_id, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| daemon.error(OP, &meta.container_id, e))?;
+        }
+        let ctx = Arc::new(ExecContext {
+            daemon,
+            container: meta.container_id.clone(),
+            user: config.user.clone(),
+            env: config
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            workspace: config.workspace_dir.clone(),
+            state_dir: STATE_DIR.to_string(),
+            owner: std::sync::OnceLock::new(),
+        });
+        if !paused {
+            Self::resolve_owner(&ctx, &config).await?;
+        }
+        tracing::info!(session_id = %state.session_id, container = %short(&meta.container_id), "docker session rejoined");
+        Ok(Self::assemble(
+            state.session_id,
+            state.destination_id,
+            config,
+            ctx,
+            meta.binds,
+            meta.read_only,
+            paused,
+        ))
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// The container's id.
+    pub fn container_id(&self) -> &str {
+        &self.ctx.container
+    }
+
+    fn ensure_open(&self, operation: &str) -> RunnerResult<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(RunnerError::session_closed(operation, &self.session_id));
+        }
+        Ok(())
+    }
+
+    /// Refuses writes under read-only manifest entries and mounts.
+    fn ensure_writable(&self, operation: &str, path: &Path) -> RunnerResult<()> {
+        let abs = absolute(&self.config.workspace_dir, path);
+        if let Some(ro) = self.read_only.iter().find(|ro| abs.starts_with(ro)) {
+            return Err(RunnerError::permission_denied(format!(
+                "{operation} {}: {} is read-only",
+                path.display(),
+                ro.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn meta(&self) -> SessionMeta {
+        SessionMeta {
+            container_id: self.ctx.container.clone(),
+            config: self.config.to_value(),
+            binds: self.binds.clone(),
+            read_only: self.read_only.clone(),
+        }
+    }
+
+    fn remove_options() -> bollard::query_parameters::RemoveContainerOptions {
+        RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build()
+    }
+
+    async fn shut_down(&self) -> RunnerResult<()> {
+        const OP: &str = "close";
+        self.forwarders.stop_all();
+        let docker = &self.ctx.daemon.docker;
+        let container = &self.ctx.container;
+        if self.config.keep_on_close {
+            if self.paused.swap(false, Ordering::SeqCst) {
+                docker
+                    .unpause_container(container)
+                    .await
+                    .map_err(|e| self.ctx.daemon.error(OP, container, e))?;
+                self.table.resume().await?;
+            }
+            self.table.kill_all().await;
+            let stop = StopContainerOptionsBuilder::new().t(1).build();
+            return match docker.stop_container(container, Some(stop)).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let e = self.ctx.daemon.error(OP, container, e);
+                    if e.kind() == RunnerErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                }
+            };
+        }
+        let removed = docker
+            .remove_container(container, Some(Self::remove_options()))
+            .await
+            .map_err(|e| self.ctx.daemon.error(OP, container, e));
+        // Every exec ended with the container; settle the records.
+        self.table.kill_all().await;
+        match removed {
+            Ok(()) => {
+                tracing::info!(session_id = %self.session_id, container = %short(container), "docker session closed");
+                Ok(())
+            }
+            Err(e) if e.kind() == RunnerErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn launch_command(
+        &self,
+        operation: &'static str,
+        mut request: RunnerCommandRequest,
+        background: bool,
+    ) -> RunnerResult<Option<RunnerCommandResult>> {
+        let ctx = self.ctx.clone();
+        let stdin = request.stdin.take();
+        let launch = request.clone();
+        let spawn = move |sink| exec::launch(ctx, operation, launch, stdin, sink);
+        if background {
+            self.table.start(request, spawn).await.map(|_| None)
+        } else {
+            self.table.run(request, spawn).await.map(Some)
+        }
+    }
+}
+
+#[async_trait]
+impl RemoteRunnerSession for DockerSession {
+    fn state(&self) -> RunnerSessionState {
+        RunnerSessionState {
+            provider_id: PROVIDER_ID.to_string(),
+            session_id: self.session_id.clone(),
+            destination_id: self.destination_id.clone(),
+            snapshot: None,
+            metadata: serde_json::to_value(self.meta()).unwrap_or_default(),
+        }
+    }
+
+    fn capabilities(&self) -> RunnerCapabilities {
+        crate::session_capabilities()
+    }
+
+    fn workspace_root(&self) -> PathBuf {
+        self.config.workspace_dir.clone()
+    }
+
+    /// Stops every command's process group, then freezes the container
+    /// (`docker pause`). While paused, `read_file` and `write_file` work
+    /// through the archive API; operations that need a helper process in the
+    /// container return `InvalidRequest`.
+    async fn pause(&self) -> RunnerResult<RunnerSessionState> {
+        self.ensure_open("pause")?;
+        if !self.paused.load(Ordering::SeqCst) {
+            self.table.pause().await?;
+            self.ctx
+                .daemon
+                .docker
+                .pause_container(&self.ctx.container)
+                .await
+                .map_err(|e| self.ctx.daemon.error("pause", &self.ctx.container, e))?;
+            self.paused.store(true, Ordering::SeqCst);
+            tracing::info!(session_id = %self.session_id, "docker session paused");
+        }
+        Ok(self.state())
+    }
+
+    async fn resume(&self) -> RunnerResult<RunnerSessionState> {
+        self.ensure_open("resume")?;
+        if self.paused.load(Ordering::SeqCst) {
+            self.ctx
+                .daemon
+                .docker
+                .unpause_container(&self.ctx.container)
+                .await
+                .map_err(|e| self.ctx.daemon.error("resume", &self.ctx.container, e))?;
+            self.paused.store(false, Ordering::SeqCst);
+            tracing::info!(session_id = %self.session_id, "docker session resumed");
+        }
+        self.table.resume().await?;
+        Ok(self.state())
+    }
+
+    /// Releases this handle; the container and its processes keep running and
+    /// the container is renamed `runner-detached-<session id>`, which
+    /// `sweep_orphans` never removes.
+    async fn detach(&self) -> RunnerResult<RunnerSessionState> {
+        self.ensure_open("detach")?;
+        let name = format!("{DETACHED_PREFIX}{}", self.session_id);
+        let docker = &self.ctx.daemon.docker;
+        let current = docker
+            .inspect_container(&self.ctx.container, None)
+            .await
+            .map_err(|e| self.ctx.daemon.error("detach", &self.ctx.container, e))?
+            .name
+            .unwrap_or_default();
+        if current.trim_start_matches('/') != name {
+            let options = RenameContainerOptionsBuilder::new().name(&name).build();
+            docker
+                .rename_container(&self.ctx.container, options)
+                .await
+                .map_err(|e| self.ctx.daemon.error("detach", &self.ctx.container, e))?;
+        }
+        self.closed.store(true, Ordering::SeqCst);
+        self.forwarders.stop_all();
+        tracing::info!(session_id = %self.session_id, "docker session detached");
+        Ok(self.state())
+    }
+
+    async fn close(&self) -> RunnerResult<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.shut_down().await
+    }
+
+    async fn run_command(
+        &self,
+        request: RunnerCommandRequest,
+    ) -> RunnerResult<RunnerCommandResult> {
+        self.ensure_open("run_command")?;
+        self.launch_command("run_command", request, false)
+            .await?
+            .ok_or_else(|| RunnerError::provider("run_command: no result"))
+    }
+
+    async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
+        self.ensure_open("cancel_command")?;
+        self.table.cancel(command_id).await
+    }
+
+    async fn start_command(
+        &self,
+        request: RunnerCommandRequest,
+    ) -> RunnerResult<RunnerProcessInfo> {
+        self.ensure_open("start_command")?;
+        let id = request.command_id.clone();
+        self.launch_command("start_command", request, true).await?;
+        self.table.status(&id)
+    }
+
+    async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
+        self.ensure_open("list_commands")?;
+        Ok(self.table.list())
+    }
+
+    async fn command_status(
+        &self,
+        command_id: &RunnerCommandId,
+    ) -> RunnerResult<RunnerProcessInfo> {
+        self.ensure_open("command_status")?;
+        self.table.status(command_id)
+    }
+
+    async fn command_output(
+        &self,
+        command_id: &RunnerCommandId,
+        after_seq: u64,
+    ) -> RunnerResult<RunnerCommandOutput> {
+        self.ensure_open("command_output")?;
+        self.table.output(command_id, after_seq)
+    }
+
+    async fn stream_command(
+        &self,
+        command_id: &RunnerCommandId,
+        after_seq: u64,
+    ) -> RunnerResult<RunnerEventStream> {
+        self.ensure_open("stream_command")?;
+        self.table.stream(command_id, after_seq)
+    }
+
+    async fn write_stdin(
+        &self,
+        command_id: &RunnerCommandId,
+        bytes: Vec<u8>,
+        close: bool,
+    ) -> RunnerResult<()> {
+        self.ensure_open("write_stdin")?;
+        self.table.write_stdin(command_id, bytes, close).await
+    }
+
+    async fn signal_command(
+        &self,
+        command_id: &RunnerCommandId,
+        signal: RunnerSignal,
+    ) -> RunnerResult<()> {
+        self.ensure_open("signal_command")?;
+        self.table.signal(command_id, signal).await
+    }
+
+    async fn read_file(
+        &self,
+        request: RunnerFileReadRequest,
+    ) -> RunnerResult<RunnerFileReadResult> {
+        self.ensure_open("read_file")?;
+        self.ctx.read_file(request).await
+    }
+
+    async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
+        self.ensure_open("write_file")?;
+        self.ensure_writable("write_file", &request.path)?;
+        self.ctx
+            .write_file(request, self.paused.load(Ordering::SeqCst))
+            .await
+    }
+
+    async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
+        self.ensure_open("list_dir")?;
+        self.ctx.list_dir(path).await
+    }
+
+    async fn stat(&self, path: &Path) -> RunnerResult<RunnerFileStat> {
+        self.ensure_open("stat")?;
+        self.ctx.stat(path).await
+    }
+
+    async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
+        self.ensure_open("remove")?;
+        self.ensure_writable("remove", path)?;
+        self.ctx.remove(path, recursive).await
+    }
+
+    async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
+        self.ensure_open("make_dir")?;
+        self.ensure_writable("make_dir", path)?;
+        self.ctx.make_dir(path).await
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
+        self.ensure_open("rename")?;
+        self.ensure_writable("rename", from)?;
+        self.ensure_writable("rename", to)?;
+        self.ctx.rename(from, to).await
+    }
+
+    async fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
+        self.ensure_open("canonicalize")?;
+        self.ctx.canonicalize(path).await
+    }
+
+    async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
+        self.ensure_open("upload_archive")?;
+        self.ensure_writable("upload_archive", target)?;
+        self.ctx.upload_archive(target, archive).await
+    }
+
+    async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
+        self.ensure_open("download_archive")?;
+        self.ctx.download_archive(path).await
+    }
+
+    async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
+        self.ensure_open("expose_port")?;
+        self.forwarders.expose(self.ctx.clone(), &request).await
+    }
+
+    async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {
+        const OP: &str = "list_listening_ports";
+        self.ensure_open(OP)?;
+        let out = self
+            .ctx
+            .script(
+                OP,
+                "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; exit 0",
+                &[],
+            )
+            .await?;
+        Ok(runner_api::parse_proc_net_tcp(&String::from_utf8_lossy(
+            &out.stdout,
+        )))
+    }
+
+    /// The shared lease file of [`runner_api::acquire_shell_lease`], inside
+    /// the container (outside the workspace): every handle on the container
+    /// shares it.
+    async fn acquire_workspace_execution_lease(
+        &self,
+        request: RunnerLeaseRequest,
+    ) -> RunnerResult<RunnerExecutionLease> {
+        self.ensure_open("acquire_workspace_execution_lease")?;
+        runner_api::acquire_shell_lease(self, request).await
+    }
+
+    async fn renew_workspace_execution_lease(
+        &self,
+        lease: &RunnerExecutionLease,
+        ttl_ms: u64,
+    ) -> RunnerResult<RunnerExecutionLease> {
+        self.ensure_open("renew_workspace_execution_lease")?;
+        runner_api::renew_shell_lease(self, lease, ttl_ms).await
+    }
+
+    async fn release_workspace_execution_lease(
+        &self,
+        lease: &RunnerExecutionLease,
+    ) -> RunnerResult<()> {
+        self.ensure_open("release_workspace_execution_lease")?;
+        runner_api::release_shell_lease(self, lease).await
+    }
+
+    async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
+        self.ensure_open("snapshot")?;
+        let mut snapshot =
+            snapshot::take(&self.ctx.daemon, &self.ctx.container, &self.session_id).await?;
+        if let Some(map) = snapshot.metadata.as_object_mut() {
+            map.insert(
+                "session".to_string(),
+                serde_json::to_value(self.meta()).unwrap_or_default(),
+            );
+        }
+        Ok(snapshot)
+    }
+}

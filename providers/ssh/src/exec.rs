@@ -1,0 +1,897 @@
+//! Commands on the remote host: each runs under `setsid`, so its process
+//! group can be signalled through a second short command over the master.
+//!
+//! Foreground commands stream stdout and stderr through the ssh channel.
+//! Background commands are detached from the channel: their output, process
+//! group and exit status live in files of a remote command directory, and the
+//! provider follows those files, so output survives a dropped connection and
+//! a rejoin from another provider instance.
+
+use openssh::Stdio;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use openssh::{ChildStdin, Session};
+use runner_api::{
+    OutputSink, ProcessControl, RawExit, RunnerCommandRequest, RunnerError, RunnerErrorKind,
+    RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use crate::connection::{Connection, Link};
+use crate::error::transport_error;
+use crate::files::{self, read_at};
+use crate::script::{quote, quote_path, run_script};
+
+/// Size of the buffers foreground output is read with.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Most bytes one poll of a background command reads per stream.
+const POLL_READ: u64 = 1 << 20;
+
+/// How long to keep reading foreground output after the command exited: a
+/// background grandchild that inherited the channel would keep it open.
+const READER_GRACE: Duration = Duration::from_secs(2);
+
+/// Fastest and slowest polling of a background command's files.
+const POLL_MIN: Duration = Duration::from_millis(20);
+const POLL_MAX: Duration = Duration::from_millis(250);
+
+/// Name of the file listing a background command's numbered chunks.
+const CHUNK_INDEX: &str = "chunks";
+
+/// What every command of one session shares.
+pub(crate) struct ExecContext {
+    /// The shared master.
+    pub(crate) conn: Arc<Connection>,
+    /// Environment from `SshConfig.env`.
+    pub(crate) env: BTreeMap<String, String>,
+    /// Absolute remote workspace root (the default cwd).
+    pub(crate) workspace: PathBuf,
+    /// Absolute remote session directory.
+    pub(crate) session_dir: PathBuf,
+    /// Set to `true` when the handle detaches or closes: followers stop.
+    pub(crate) stopped: watch::Sender<bool>,
+}
+
+impl ExecContext {
+    /// Where background commands keep their files.
+    pub(crate) fn commands_dir(&self) -> PathBuf {
+        self.session_dir.join("cmd")
+    }
+}
+
+/// What a background command's directory records about it, for a rejoin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CommandMeta {
+    /// The request, without its stdin bytes.
+    pub(crate) request: RunnerCommandRequest,
+    /// Start time, milliseconds since the Unix epoch.
+    pub(crate) started_at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The wait status of the remote shell: 129–192 is a signal (128 + number),
+/// as shells report it; anything else is an exit code.
+pub(crate) fn raw_exit(status: i32) -> RawExit {
+    if (129..=192).contains(&status) {
+        RawExit {
+            exit_code: None,
+            signal: Some(status - 128),
+        }
+    } else {
+        RawExit {
+            exit_code: Some(status),
+            signal: None,
+        }
+    }
+}
+
+fn is_identifier(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `K='V' … setsid 'program' 'arg' …`: the session's env, then the request's,
+/// as assignments for the command alone (names that are not shell identifiers
+/// go through `env`).
+fn command_words(ctx: &ExecContext, request: &RunnerCommandRequest) -> String {
+    let mut assignments = Vec::new();
+    let mut via_env = Vec::new();
+    for (key, value) in ctx
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(request.effective_env())
+    {
+        if is_identifier(&key) {
+            assignments.push(format!("{key}={}", quote(&value)));
+        } else {
+            via_env.push(quote(&format!("{key}={value}")));
+        }
+    }
+    let mut words = assignments;
+    words.push("setsid".to_string());
+    if !via_env.is_empty() {
+        words.push("env".to_string());
+        words.extend(via_env);
+    }
+    words.push(quote(&request.program));
+    words.extend(request.args.iter().map(|a| quote(a)));
+    words.join(" ")
+}
+
+/// The remote shell's command line: it reads the real script from the first
+/// line of stdin (octal escapes, decoded by `printf`) and evaluates it, so the
+/// program, its arguments and its environment never show in the command line
+/// of a wrapper shell. Whatever follows that line is the script's stdin.
+const BOOTSTRAP: &str = "IFS= read -r l && eval \"$(printf \"$l\")\"";
+
+/// The first stdin line that carries `script` to [`BOOTSTRAP`].
+fn bootstrap_line(script: &str) -> Vec<u8> {
+    let mut line = String::with_capacity(script.len() * 4 + 1);
+    for byte in script.bytes() {
+        line.push_str(&format!("\\{byte:03o}"));
+    }
+    line.push('\n');
+    line.into_bytes()
+}
+
+/// Checks the working directory and the program before anything runs; prints
+/// `E nocwd`, `E noprog` or `E noexec` and exits when one is wrong.
+fn preflight(cwd: &str, program: &str) -> String {
+    let p = quote(program);
+    format!(
+        "cd -- {cwd} 2>/dev/null || {{ printf 'E nocwd\\n'; exit 0; }}; \
+         case {p} in */*) if [ ! -e {p} ]; then printf 'E noprog\\n'; exit 0; \
+         elif [ -d {p} ] || [ ! -x {p} ]; then printf 'E noexec\\n'; exit 0; fi;; \
+         *) command -v {p} >/dev/null 2>&1 || {{ printf 'E noprog\\n'; exit 0; }};; esac; "
+    )
+}
+
+fn cwd_of(ctx: &ExecContext, request: &RunnerCommandRequest) -> PathBuf {
+    match &request.cwd {
+        Some(cwd) if cwd.is_absolute() => cwd.clone(),
+        Some(cwd) => ctx.workspace.join(cwd),
+        None => ctx.workspace.clone(),
+    }
+}
+
+/// Maps a preflight refusal to an error.
+fn refusal(operation: &str, request: &RunnerCommandRequest, cwd: &Path, code: &str) -> RunnerError {
+    let id = &request.command_id;
+    let program = &request.program;
+    match code {
+        "nocwd" => RunnerError::not_found(format!(
+            "{operation} {id}: working directory {} not found",
+            cwd.display()
+        )),
+        "noprog" => {
+            RunnerError::not_found(format!("{operation} {id}: program {program} not found"))
+        }
+        "noexec" => RunnerError::permission_denied(format!(
+            "{operation} {id}: program {program} is not executable (permission denied)"
+        )),
+        other => RunnerError::provider(format!("{operation} {id}: launch failed: {other}")),
+    }
+}
+
+/// Reads the one-line header the launch script prints; returns it and any
+/// bytes that followed it.
+async fn read_header(
+    reader: &mut (impl AsyncRead + Unpin),
+) -> io::Result<(Option<String>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok((None, buf));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let rest = buf.split_off(pos + 1);
+            buf.truncate(pos);
+            return Ok((Some(String::from_utf8_lossy(&buf).into_owned()), rest));
+        }
+        if buf.len() > 1024 {
+            return Ok((None, buf));
+        }
+    }
+}
+
+/// The script that signals the process group recorded in the file `file`
+/// (waiting briefly for a command that is still starting to record it).
+fn signal_script(file: &str, signal: RunnerSignal) -> String {
+    format!(
+        "f={file}; i=0; while [ ! -s \"$f\" ]; do [ $i -ge 100 ] && exit 0; \
+         sleep 0.05; i=$((i+1)); done; read p < \"$f\"; \
+         case \"$p\" in ''|*[!0-9]*) exit 0;; esac; \
+         kill -s {} -- -\"$p\" 2>/dev/null; exit 0",
+        signal.name()
+    )
+}
+
+type StdinSlot = Arc<Mutex<Option<ChildStdin>>>;
+
+/// Signals a command's remote process group; writes its stdin.
+struct RemoteControl {
+    conn: Arc<Connection>,
+    /// The file holding the command's process group id, quoted.
+    pgid_file: String,
+    /// The command's remote directory, quoted (used for the stdin FIFO of
+    /// background commands).
+    dir: String,
+    /// Foreground stdin kept open through the channel.
+    stdin: Option<StdinSlot>,
+    /// Background stdin kept open through a FIFO in the command directory.
+    fifo: bool,
+}
+
+#[async_trait]
+impl ProcessControl for RemoteControl {
+    async fn signal(&self, signal: RunnerSignal) -> RunnerResult<()> {
+        let script = signal_script(&self.pgid_file, signal);
+        self.conn
+            .with_link(|link| {
+                let script = script.clone();
+                async move {
+                    run_script(&link, "signal_command", &script, None).await?;
+                    Ok(())
+                }
+            })
+            .await
+    }
+
+    async fn write_stdin(&self, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
+        if let Some(slot) = &self.stdin {
+            return write_channel_stdin(slot, bytes, close).await;
+        }
+        if !self.fifo {
+            return Err(RunnerError::invalid_request(
+                "stdin is closed (or was not kept open with keep_stdin_open)",
+            ));
+        }
+        write_fifo(&self.conn, &self.dir, bytes, close).await
+    }
+}
+
+async fn write_channel_stdin(slot: &StdinSlot, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
+    let mut slot = slot.lock().await;
+    let Some(pipe) = slot.as_mut() else {
+        return Err(RunnerError::invalid_request(
+            "stdin is closed (or was not kept open with keep_stdin_open)",
+        ));
+    };
+    if !bytes.is_empty() {
+        let written = async {
+            pipe.write_all(&bytes).await?;
+            pipe.flush().await
+        };
+        if let Err(e) = written.await {
+            *slot = None;
+            return Err(RunnerError::invalid_request(format!(
+                "the command closed its stdin: {e}"
+            )));
+        }
+    }
+    if close && let Some(mut pipe) = slot.take() {
+        let _ = pipe.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn write_fifo(conn: &Connection, dir: &str, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
+    let mut script =
+        format!("d={dir}; [ -e \"$d/stdin.closed\" ] && exit 3; [ -e \"$d/exit\" ] && exit 4; ");
+    if !bytes.is_empty() {
+        script.push_str("cat > \"$d/stdin.fifo\" || exit 5; ");
+    }
+    if close {
+        script.push_str(
+            ": > \"$d/stdin.closed\"; h=$(cat \"$d/stdin.holder\" 2>/dev/null); \
+             [ -n \"$h\" ] && kill \"$h\" 2>/dev/null; ",
+        );
+    }
+    script.push_str("exit 0");
+    let out = conn
+        .with_link(|link| {
+            let script = script.clone();
+            let bytes = bytes.clone();
+            async move {
+                let stdin = if bytes.is_empty() {
+                    None
+                } else {
+                    Some(bytes.as_slice())
+                };
+                run_script(&link, "write_stdin", &script, stdin).await
+            }
+        })
+        .await?;
+    match out.code {
+        Some(0) => Ok(()),
+        Some(3) => Err(RunnerError::invalid_request("stdin is already closed")),
+        Some(4) => Err(RunnerError::invalid_request("the command has exited")),
+        _ => Err(RunnerError::provider(format!(
+            "writing stdin failed: {}",
+            out.stderr_text()
+        ))),
+    }
+}
+
+async fn pump(mut reader: impl AsyncRead + Unpin, sink: OutputSink, stream: RunnerOutputStream) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => sink.push(stream, &buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Starts a foreground command: output comes back through the channel.
+///
+/// Errors: `NotFound` (cwd or program missing), `PermissionDenied` (program not
+/// executable), `Unavailable` (no connection), `Provider` otherwise.
+pub(crate) async fn start_foreground(
+    ctx: Arc<ExecContext>,
+    request: RunnerCommandRequest,
+    stdin: Option<Vec<u8>>,
+    sink: OutputSink,
+) -> RunnerResult<SpawnedProcess> {
+    let operation = "run_command";
+    let cwd = cwd_of(&ctx, &request);
+    let pgid_file = ctx
+        .session_dir
+        .join("run")
+        .join(uuid::Uuid::new_v4().simple().to_string());
+    let file_q = quote_path(operation, &pgid_file)?;
+    let keep_open = request.keep_stdin_open;
+    let piped = stdin.is_some() || keep_open;
+    let script = format!(
+        "f={file_q}; [ -d \"${{f%/*}}\" ] || mkdir -p \"${{f%/*}}\" || exit 125; \
+         {pre}printf 'R\\n'; exec 3<&0; \
+         {words} {input} 3<&- & echo $! > \"$f\"; exec 2>/dev/null; wait $!; st=$?; \
+         kill -s 0 -- -$! 2>/dev/null || echo done > \"$f\"; exit $st",
+        pre = preflight(&quote_path(operation, &cwd)?, &request.program),
+        words = command_words(&ctx, &request),
+        input = if piped { "<&3" } else { "</dev/null" },
+    );
+    let mut child = ctx
+        .conn
+        .with_link(|link| async move {
+            let mut command = Session::to_raw_command(link.session.clone(), BOOTSTRAP);
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            command
+                .spawn()
+                .await
+                .map_err(|e| transport_error("run_command: starting the remote shell", e))
+        })
+        .await?;
+    let mut pipe = child
+        .stdin()
+        .take()
+        .ok_or_else(|| RunnerError::provider("run_command: no stdin pipe"))?;
+    let line = bootstrap_line(&script);
+    let sent = async {
+        pipe.write_all(&line).await?;
+        pipe.flush().await
+    };
+    sent.await.map_err(|e| {
+        RunnerError::from_io(
+            "run_command: sending the launch script",
+            &request.command_id,
+            e,
+        )
+    })?;
+    let pipe = if piped { Some(pipe) } else { None };
+    let mut stdout = child
+        .stdout()
+        .take()
+        .ok_or_else(|| RunnerError::provider("run_command: no stdout pipe"))?;
+    let stderr = child.stderr().take();
+    let (header, rest) = read_header(&mut stdout).await.map_err(|e| {
+        RunnerError::from_io(
+            "run_command: reading the launch header",
+            &request.command_id,
+            e,
+        )
+    })?;
+    match header.as_deref() {
+        Some("R") => {}
+        Some(line) => {
+            let _ = child.wait().await;
+            return Err(refusal(
+                operation,
+                &request,
+                &cwd,
+                line.trim_start_matches("E "),
+            ));
+        }
+        None => {
+            let mut err = Vec::new();
+            if let Some(mut stderr) = stderr {
+                let _ = stderr.read_to_end(&mut err).await;
+            }
+            let status = child.wait().await;
+            return Err(RunnerError::new(
+                if status.is_err() {
+                    RunnerErrorKind::Unavailable
+                } else {
+                    RunnerErrorKind::Provider
+                },
+                format!(
+                    "run_command {}: the remote shell ended before starting the command: {}",
+                    request.command_id,
+                    String::from_utf8_lossy(&err).trim()
+                ),
+            ));
+        }
+    }
+    sink.push(RunnerOutputStream::Stdout, &rest);
+
+    let slot: StdinSlot = Arc::new(Mutex::new(None));
+    let writer: Option<JoinHandle<()>> = match (pipe, stdin) {
+        (Some(mut pipe), Some(bytes)) if !keep_open => Some(tokio::spawn(async move {
+            let _ = pipe.write_all(&bytes).await;
+            let _ = pipe.shutdown().await;
+        })),
+        (Some(pipe), Some(bytes)) => {
+            let mut guard = slot
+                .clone()
+                .try_lock_owned()
+                .map_err(|_| RunnerError::provider("stdin slot busy"))?;
+            *guard = Some(pipe);
+            Some(tokio::spawn(async move {
+                let ok = match guard.as_mut() {
+                    Some(pipe) => {
+                        pipe.write_all(&bytes).await.is_ok() && pipe.flush().await.is_ok()
+                    }
+                    None => false,
+                };
+                if !ok {
+                    *guard = None;
+                }
+            }))
+        }
+        (Some(pipe), None) => {
+            if let Ok(mut guard) = slot.try_lock() {
+                *guard = Some(pipe);
+            }
+            None
+        }
+        (None, _) => None,
+    };
+    let readers: Vec<JoinHandle<()>> = [
+        Some(tokio::spawn(pump(
+            stdout,
+            sink.clone(),
+            RunnerOutputStream::Stdout,
+        ))),
+        stderr.map(|err| tokio::spawn(pump(err, sink, RunnerOutputStream::Stderr))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    let command_id = request.command_id.clone();
+    let exit_slot = slot.clone();
+    let exit = Box::pin(async move {
+        let status = child.wait().await;
+        let aborts: Vec<_> = readers.iter().map(JoinHandle::abort_handle).collect();
+        let drained = tokio::time::timeout(READER_GRACE, async move {
+            for reader in readers {
+                let _ = reader.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+        if let Some(writer) = writer {
+            writer.abort();
+        }
+        if let Ok(mut pipe) = exit_slot.try_lock() {
+            pipe.take();
+        }
+        let status = status
+            .map_err(|e| transport_error(&format!("run_command {command_id}: waiting"), e))?;
+        let code = status.code().ok_or_else(|| {
+            RunnerError::new(
+                RunnerErrorKind::Unavailable,
+                format!("run_command {command_id}: the connection ended without an exit status"),
+            )
+        })?;
+        Ok(raw_exit(code))
+    });
+    Ok(SpawnedProcess {
+        pid: None,
+        control: Arc::new(RemoteControl {
+            conn: ctx.conn.clone(),
+            pgid_file: file_q.clone(),
+            dir: file_q,
+            stdin: Some(slot),
+            fifo: false,
+        }),
+        exit,
+    })
+}
+
+/// Starts a background command detached from the channel, writing its output
+/// to files of its command directory, and follows those files.
+///
+/// Errors: as [`start_foreground`].
+pub(crate) async fn start_background(
+    ctx: Arc<ExecContext>,
+    request: RunnerCommandRequest,
+    stdin: Option<Vec<u8>>,
+    sink: OutputSink,
+) -> RunnerResult<SpawnedProcess> {
+    let operation = "start_command";
+    let cwd = cwd_of(&ctx, &request);
+    let dir = ctx
+        .commands_dir()
+        .join(uuid::Uuid::new_v4().simple().to_string());
+    let meta = CommandMeta {
+        request: request.clone(),
+        started_at_ms: now_ms(),
+    };
+    let meta_json = serde_json::to_vec(&meta).map_err(|e| {
+        RunnerError::provider(format!("{operation}: encoding command metadata: {e}"))
+    })?;
+    let dir_q = quote_path(operation, &dir)?;
+    let keep_open = request.keep_stdin_open;
+    let with_bytes = stdin.is_some() && !keep_open;
+    // A launch repeated after a lost connection finds `launched` and only
+    // reports the process group, so the command never starts twice.
+    let mut script = format!(
+        "d={dir_q}; if [ -e \"$d/launched\" ]; then \
+         i=0; while [ ! -s \"$d/pgid\" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done; \
+         read p < \"$d/pgid\"; printf 'R %s\\n' \"$p\"; exit 0; fi; : > \"$d/launched\"; {pre}",
+        pre = preflight(&quote_path(operation, &cwd)?, &request.program)
+    );
+    if with_bytes {
+        script.push_str("cat > \"$d/stdin\" || exit 125; in=\"$d/stdin\"; ");
+    } else if keep_open {
+        script.push_str(
+            "mkfifo \"$d/stdin.fifo\" || exit 125; \
+             sleep 2147483647 3<>\"$d/stdin.fifo\" </dev/null >/dev/null 2>&1 & \
+             echo $! > \"$d/stdin.holder\"; in=\"$d/stdin.fifo\"; ",
+        );
+    } else {
+        script.push_str("in=/dev/null; ");
+    }
+    script.push_str(&format!(
+        ": > \"$d/stdout\"; : > \"$d/stderr\"; \
+         ( {words} <\"$in\" >\"$d/stdout\" 2>\"$d/stderr\" & \
+           echo $! > \"$d/pgid.tmp\"; mv \"$d/pgid.tmp\" \"$d/pgid\"; wait $!; \
+           echo $? > \"$d/exit.tmp\"; mv \"$d/exit.tmp\" \"$d/exit\"; \
+           h=$(cat \"$d/stdin.holder\" 2>/dev/null); [ -n \"$h\" ] && kill \"$h\" 2>/dev/null ) \
+         </dev/null >/dev/null 2>&1 & \
+         i=0; while [ ! -s \"$d/pgid\" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done; \
+         printf 'R %s\\n' \"$(cat \"$d/pgid\" 2>/dev/null)\"",
+        words = command_words(&ctx, &request),
+    ));
+    let mut launch_input = bootstrap_line(&script);
+    if with_bytes && let Some(bytes) = &stdin {
+        launch_input.extend_from_slice(bytes);
+    }
+    let out = ctx
+        .conn
+        .with_link(|link| {
+            let dir = dir.clone();
+            let meta_json = meta_json.clone();
+            let launch_input = &launch_input;
+            async move {
+                files::make_dirs(&link, &dir).await?;
+                files::write_file(&link, &dir.join("meta.json"), &meta_json, Some(0o600)).await?;
+                run_script(&link, operation, BOOTSTRAP, Some(launch_input)).await
+            }
+        })
+        .await?;
+    let header = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let pid = match header.strip_prefix("R") {
+        Some(pgid) => pgid.trim().parse::<u32>().ok(),
+        None => {
+            let cleanup = format!("rm -rf -- {dir_q}");
+            let _ = ctx
+                .conn
+                .with_link(|link| {
+                    let cleanup = cleanup.clone();
+                    async move { run_script(&link, operation, &cleanup, None).await }
+                })
+                .await;
+            return Err(match header.strip_prefix("E ") {
+                Some(code) => refusal(operation, &request, &cwd, code),
+                None => RunnerError::provider(format!(
+                    "{operation} {}: launch failed (exit {:?}): {}",
+                    request.command_id,
+                    out.code,
+                    out.stderr_text()
+                )),
+            });
+        }
+    };
+    if keep_open && let Some(bytes) = stdin.filter(|b| !b.is_empty()) {
+        write_fifo(&ctx.conn, &dir_q, bytes, false).await?;
+    }
+    let follower = Follower {
+        ctx: ctx.clone(),
+        dir,
+        out: 0,
+        err: 0,
+        index: 0,
+    };
+    Ok(SpawnedProcess {
+        pid,
+        control: Arc::new(RemoteControl {
+            conn: ctx.conn.clone(),
+            pgid_file: quote_path(operation, &follower.dir.join("pgid"))?,
+            dir: dir_q,
+            stdin: None,
+            fifo: keep_open,
+        }),
+        exit: Box::pin(follower.follow(sink)),
+    })
+}
+
+/// Takes over a background command found in the session directory (after a
+/// rejoin): replays its numbered chunks, then follows its files.
+pub(crate) async fn adopt_background(
+    ctx: Arc<ExecContext>,
+    dir: PathBuf,
+    keep_open: bool,
+    sink: OutputSink,
+) -> RunnerResult<SpawnedProcess> {
+    let operation = "rejoin_session";
+    let dir_q = quote_path(operation, &dir)?;
+    let mut follower = Follower {
+        ctx: ctx.clone(),
+        dir,
+        out: 0,
+        err: 0,
+        index: 0,
+    };
+    let link = ctx.conn.link().await?;
+    follower.replay(&link, &sink).await?;
+    let pid = read_small(&link, &follower.dir.join("pgid"))
+        .await?
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    Ok(SpawnedProcess {
+        pid,
+        control: Arc::new(RemoteControl {
+            conn: ctx.conn.clone(),
+            pgid_file: quote_path(operation, &follower.dir.join("pgid"))?,
+            dir: dir_q,
+            stdin: None,
+            fifo: keep_open,
+        }),
+        exit: Box::pin(follower.follow(sink)),
+    })
+}
+
+/// Reads a small remote file; `None` when it does not exist.
+pub(crate) async fn read_small(link: &Link, path: &Path) -> RunnerResult<Option<String>> {
+    match files::read_file(link, path, None, Some(64 * 1024)).await {
+        Ok((bytes, _)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.kind() == RunnerErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Follows a background command's files and numbers its output.
+///
+/// Chunk numbering: each chunk the follower reads is first appended to the
+/// command directory's `chunks` file as `<o|e> <offset> <length>`, and only
+/// then delivered; line *n* of that file is chunk *n*. Within one poll stdout
+/// is read before stderr. A later reader (another provider instance) replays
+/// the same lines, so sequence numbers are the same whether output was seen
+/// live or read back.
+struct Follower {
+    ctx: Arc<ExecContext>,
+    dir: PathBuf,
+    out: u64,
+    err: u64,
+    index: u64,
+}
+
+impl Follower {
+    /// Pushes every chunk listed in the index into `sink`.
+    async fn replay(&mut self, link: &Link, sink: &OutputSink) -> RunnerResult<()> {
+        let index_path = self.dir.join(CHUNK_INDEX);
+        let Some(index) = read_all(link, &index_path).await? else {
+            return Ok(());
+        };
+        self.index = index.len() as u64;
+        let text = String::from_utf8_lossy(&index);
+        let mut stdout = None;
+        let mut stderr = None;
+        for line in text.lines() {
+            let mut parts = line.split(' ');
+            let (Some(stream), Some(Ok(offset)), Some(Ok(len))) = (
+                parts.next(),
+                parts.next().map(str::parse::<u64>),
+                parts.next().map(str::parse::<u64>),
+            ) else {
+                continue;
+            };
+            let (file, name, kind) = match stream {
+                "o" => (&mut stdout, "stdout", RunnerOutputStream::Stdout),
+                _ => (&mut stderr, "stderr", RunnerOutputStream::Stderr),
+            };
+            if file.is_none() {
+                let path = self.dir.join(name);
+                *file =
+                    Some(link.sftp.open(&path).await.map_err(|e| {
+                        crate::error::sftp_error("rejoin: open", path.display(), e)
+                    })?);
+            }
+            let Some(handle) = file.as_mut() else {
+                continue;
+            };
+            let bytes = read_at(handle, &self.dir.join(name), offset, len).await?;
+            sink.push(kind, &bytes);
+            match kind {
+                RunnerOutputStream::Stdout => self.out = offset + len,
+                RunnerOutputStream::Stderr => self.err = offset + len,
+            }
+        }
+        Ok(())
+    }
+
+    /// One look at the files: new output is indexed and delivered. Returns
+    /// whether output arrived, and the exit once the command has exited and
+    /// all its output was delivered.
+    async fn poll(
+        &mut self,
+        link: &Link,
+        sink: &OutputSink,
+    ) -> RunnerResult<(bool, Option<RawExit>)> {
+        let exit = read_small(link, &self.dir.join("exit")).await?;
+        let mut got = false;
+        for (name, kind) in [
+            ("stdout", RunnerOutputStream::Stdout),
+            ("stderr", RunnerOutputStream::Stderr),
+        ] {
+            let path = self.dir.join(name);
+            let offset = match kind {
+                RunnerOutputStream::Stdout => self.out,
+                RunnerOutputStream::Stderr => self.err,
+            };
+            let mut file = match link.sftp.open(&path).await {
+                Ok(file) => file,
+                Err(e) => {
+                    let e = crate::error::sftp_error("follow output", path.display(), e);
+                    if e.kind() == RunnerErrorKind::NotFound {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            let bytes = read_at(&mut file, &path, offset, POLL_READ).await?;
+            drop(file);
+            if bytes.is_empty() {
+                continue;
+            }
+            let tag = if kind == RunnerOutputStream::Stdout {
+                "o"
+            } else {
+                "e"
+            };
+            let line = format!("{tag} {offset} {}\n", bytes.len());
+            self.append_index(link, line.as_bytes()).await?;
+            sink.push(kind, &bytes);
+            match kind {
+                RunnerOutputStream::Stdout => self.out += bytes.len() as u64,
+                RunnerOutputStream::Stderr => self.err += bytes.len() as u64,
+            }
+            got = true;
+        }
+        let exit = match exit {
+            Some(text) if !got => Some(raw_exit(text.trim().parse::<i32>().map_err(|_| {
+                RunnerError::provider(format!("follow output: bad exit status {text:?}"))
+            })?)),
+            _ => None,
+        };
+        Ok((got, exit))
+    }
+
+    async fn append_index(&mut self, link: &Link, line: &[u8]) -> RunnerResult<()> {
+        let path = self.dir.join(CHUNK_INDEX);
+        let mut file = link
+            .sftp
+            .options()
+            .write(true)
+            .create(true)
+            .open(&path)
+            .await
+            .map_err(|e| crate::error::sftp_error("index output", path.display(), e))?;
+        files::seek(&mut file, self.index)?;
+        file.write_all(line)
+            .await
+            .map_err(|e| crate::error::sftp_error("index output", path.display(), e))?;
+        let _ = file.close().await;
+        self.index += line.len() as u64;
+        Ok(())
+    }
+
+    /// Polls until the command has exited (or the handle stops).
+    async fn follow(mut self, sink: OutputSink) -> RunnerResult<RawExit> {
+        let mut stopped = self.ctx.stopped.subscribe();
+        let mut delay = POLL_MIN;
+        loop {
+            if *stopped.borrow() {
+                return Err(RunnerError::session_closed(
+                    "follow output",
+                    &self.dir.display().to_string(),
+                ));
+            }
+            let outcome = match self.ctx.conn.link().await {
+                Ok(link) => match self.poll(&link, &sink).await {
+                    Err(e) if e.kind() == RunnerErrorKind::Unavailable => {
+                        let _ = self.ctx.conn.recover(&link).await;
+                        Err(e)
+                    }
+                    other => other,
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok((_, Some(exit))) => return Ok(exit),
+                Ok((true, None)) => delay = POLL_MIN,
+                Ok((false, None)) => delay = (delay * 2).min(POLL_MAX),
+                Err(e) => {
+                    tracing::debug!(dir = %self.dir.display(), error = %e, "following command output failed; retrying");
+                    delay = POLL_MAX;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    }
+}
+
+/// Reads a whole remote file; `None` when it does not exist.
+async fn read_all(link: &Link, path: &Path) -> RunnerResult<Option<Vec<u8>>> {
+    match files::read_file(link, path, None, None).await {
+        Ok((bytes, _)) => Ok(Some(bytes)),
+        Err(e) if e.kind() == RunnerErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_statuses_map_to_signals() {
+        assert_eq!(raw_exit(0).exit_code, Some(0));
+        assert_eq!(raw_exit(143).signal, Some(15));
+        assert_eq!(raw_exit(255).exit_code, Some(255));
+    }
+}

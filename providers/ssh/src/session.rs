@@ -1,0 +1,569 @@
+//! `SshSession`: one workspace directory and one session directory on the
+//! remote host, reached through the destination's shared master.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use runner_api::{
+    ProcessTable, ProcessTableConfig, RemoteRunnerSession, RunnerCapabilities, RunnerCommandId,
+    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
+    RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
+    RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest,
+    RunnerPortResult, RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal,
+    RunnerSnapshotRef,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::SshConfig;
+use crate::connection::{Connection, Link};
+use crate::exec::{self, CommandMeta, ExecContext};
+use crate::ownership::{self, OwnerMarker};
+use crate::ports::{self, Forward};
+use crate::script::run_script;
+use crate::{PROVIDER_ID, capabilities, files, snapshot};
+
+/// What `state().metadata` carries: enough for a new provider instance to
+/// rejoin. Paths and connection settings only, never key material.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SessionMeta {
+    /// The destination's settings (key files by path only).
+    pub(crate) config: SshConfig,
+    /// Absolute remote workspace root.
+    pub(crate) workspace: PathBuf,
+    /// Absolute remote session directory.
+    pub(crate) session_dir: PathBuf,
+}
+
+/// Everything a new session handle needs.
+pub(crate) struct SessionSetup {
+    pub(crate) session_id: String,
+    pub(crate) destination_id: String,
+    pub(crate) config: SshConfig,
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) workspace: PathBuf,
+    pub(crate) session_dir: PathBuf,
+}
+
+/// A session on an ssh host. Relative paths resolve under the workspace
+/// root; the provider hands it out behind a
+/// [`RemoteWorkspace`](runner_api::RemoteWorkspace) that confines paths.
+pub(crate) struct SshSession {
+    session_id: String,
+    destination_id: String,
+    config: SshConfig,
+    ctx: Arc<ExecContext>,
+    table: ProcessTable,
+    closed: AtomicBool,
+    forwards: Mutex<Vec<Forward>>,
+}
+
+/// Absolute remote path of a configured directory (relative to `home`).
+pub(crate) fn remote_dir(link: &Link, dir: &str) -> PathBuf {
+    let path = Path::new(dir);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        link.home.join(path)
+    }
+}
+
+impl SshSession {
+    /// A handle over existing remote directories.
+    pub(crate) fn new(setup: SessionSetup) -> Self {
+        let mut table_config = ProcessTableConfig::new(PROVIDER_ID);
+        table_config.kill_grace = setup.config.kill_grace();
+        Self {
+            ctx: Arc::new(ExecContext {
+                conn: setup.conn,
+                env: setup.config.env.clone(),
+                workspace: setup.workspace,
+                session_dir: setup.session_dir,
+                stopped: tokio::sync::watch::channel(false).0,
+            }),
+            session_id: setup.session_id,
+            destination_id: setup.destination_id,
+            config: setup.config,
+            table: ProcessTable::new(table_config),
+            closed: AtomicBool::new(false),
+            forwards: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Creates the remote directories and the owner marker.
+    pub(crate) async fn create_dirs(&self) -> RunnerResult<()> {
+        let ctx = self.ctx.clone();
+        let marker = OwnerMarker::for_session(&self.session_id, &ctx.workspace);
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let ctx = ctx.clone();
+                let marker = marker.clone();
+                async move {
+                    files::make_dirs(&link, &ctx.workspace).await?;
+                    files::make_dirs(&link, &ctx.commands_dir()).await?;
+                    files::make_dirs(&link, &ctx.session_dir.join("run")).await?;
+                    ownership::write_marker(
+                        &link,
+                        &ctx.session_dir.join(ownership::MARKER),
+                        &marker,
+                    )
+                    .await
+                }
+            })
+            .await
+    }
+
+    /// Takes over the background commands recorded in the session directory.
+    pub(crate) async fn adopt_commands(&self) -> RunnerResult<()> {
+        let link = self.ctx.conn.link().await?;
+        let marker = OwnerMarker::for_session(&self.session_id, &self.ctx.workspace);
+        ownership::write_marker(
+            &link,
+            &self.ctx.session_dir.join(ownership::MARKER),
+            &marker,
+        )
+        .await?;
+        let dir = self.ctx.commands_dir();
+        let entries = match files::list_dir(&link, &dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == runner_api::RunnerErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut found: Vec<(CommandMeta, PathBuf)> = Vec::new();
+        for entry in entries {
+            let Some(text) = exec::read_small(&link, &entry.path.join("meta.json")).await? else {
+                continue;
+            };
+            match serde_json::from_str::<CommandMeta>(&text) {
+                Ok(meta) => found.push((meta, entry.path.clone())),
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path.display(), error = %e, "skipping a command directory with bad metadata")
+                }
+            }
+        }
+        found.sort_by_key(|(meta, _)| meta.started_at_ms);
+        for (meta, dir) in found {
+            let mut request = meta.request;
+            // The timeout was enforced by the instance that started the command.
+            request.timeout_ms = None;
+            request.stdin = None;
+            let keep_open = request.keep_stdin_open;
+            let id = request.command_id.clone();
+            let finished = exec::read_small(&link, &dir.join("exit")).await?.is_some();
+            let ctx = self.ctx.clone();
+            self.table
+                .start(request, move |sink| {
+                    exec::adopt_background(ctx, dir, keep_open, sink)
+                })
+                .await?;
+            if finished {
+                // Its status is known: report it as exited from the start.
+                let _ = tokio::time::timeout(Duration::from_secs(10), self.table.wait(&id)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_open(&self, operation: &str) -> RunnerResult<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(RunnerError::session_closed(operation, &self.session_id));
+        }
+        Ok(())
+    }
+
+    fn meta(&self) -> SessionMeta {
+        SessionMeta {
+            config: self.config.clone(),
+            workspace: self.ctx.workspace.clone(),
+            session_dir: self.ctx.session_dir.clone(),
+        }
+    }
+
+    async fn close_forwards(&self) {
+        let forwards: Vec<Forward> = std::mem::take(
+            &mut *self
+                .forwards
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for forward in forwards {
+            ports::close(&self.ctx.conn, &forward).await;
+        }
+    }
+
+    /// Ends the handle: followers stop, forwards close. Returns whether this
+    /// call did it (false when already closed).
+    async fn shut(&self) -> bool {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.close_forwards().await;
+        true
+    }
+
+    async fn files<T, F, Fut>(&self, operation: &str, op: F) -> RunnerResult<T>
+    where
+        F: Fn(Arc<Link>) -> Fut,
+        Fut: std::future::Future<Output = RunnerResult<T>>,
+    {
+        self.check_open(operation)?;
+        self.ctx.conn.with_link(op).await
+    }
+}
+
+impl Drop for SshSession {
+    /// A dropped handle stops following output; the remote side stays (see
+    /// `detach`).
+    fn drop(&mut self) {
+        self.ctx.stopped.send_replace(true);
+    }
+}
+
+#[async_trait]
+impl RemoteRunnerSession for SshSession {
+    fn state(&self) -> RunnerSessionState {
+        RunnerSessionState {
+            provider_id: PROVIDER_ID.to_string(),
+            session_id: self.session_id.clone(),
+            destination_id: self.destination_id.clone(),
+            snapshot: None,
+            metadata: serde_json::to_value(self.meta()).unwrap_or_default(),
+        }
+    }
+
+    fn capabilities(&self) -> RunnerCapabilities {
+        capabilities()
+    }
+
+    fn workspace_root(&self) -> PathBuf {
+        self.ctx.workspace.clone()
+    }
+
+    async fn pause(&self) -> RunnerResult<RunnerSessionState> {
+        self.check_open("pause")?;
+        self.table.pause().await?;
+        Ok(self.state())
+    }
+
+    async fn resume(&self) -> RunnerResult<RunnerSessionState> {
+        self.check_open("resume")?;
+        self.table.resume().await?;
+        Ok(self.state())
+    }
+
+    /// Leaves the workspace, the session directory and every background
+    /// command running; marks the owner marker detached.
+    async fn detach(&self) -> RunnerResult<RunnerSessionState> {
+        self.check_open("detach")?;
+        let state = self.state();
+        let link = self.ctx.conn.link().await?;
+        let mut marker = OwnerMarker::for_session(&self.session_id, &self.ctx.workspace);
+        marker.detach();
+        ownership::write_marker(
+            &link,
+            &self.ctx.session_dir.join(ownership::MARKER),
+            &marker,
+        )
+        .await?;
+        if self.shut().await {
+            self.ctx.stopped.send_replace(true);
+        }
+        Ok(state)
+    }
+
+    async fn close(&self) -> RunnerResult<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.table.kill_all().await;
+        if !self.shut().await {
+            return Ok(());
+        }
+        self.ctx.stopped.send_replace(true);
+        let script =
+            ownership::teardown_script("close", &self.ctx.session_dir, Some(&self.ctx.workspace))?;
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let script = script.clone();
+                async move { crate::script::run_checked(&link, "close", &script, None).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn run_command(
+        &self,
+        mut request: RunnerCommandRequest,
+    ) -> RunnerResult<RunnerCommandResult> {
+        self.check_open("run_command")?;
+        let stdin = request.stdin.take();
+        let ctx = self.ctx.clone();
+        self.table
+            .run(request.clone(), move |sink| {
+                exec::start_foreground(ctx, request, stdin, sink)
+            })
+            .await
+    }
+
+    async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
+        self.check_open("cancel_command")?;
+        self.table.cancel(command_id).await
+    }
+
+    async fn start_command(
+        &self,
+        mut request: RunnerCommandRequest,
+    ) -> RunnerResult<RunnerProcessInfo> {
+        self.check_open("start_command")?;
+        let stdin = request.stdin.take();
+        let ctx = self.ctx.clone();
+        self.table
+            .start(request.clone(), move |sink| {
+                exec::start_background(ctx, request, stdin, sink)
+            })
+            .await
+    }
+
+    async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
+        self.check_open("list_commands")?;
+        Ok(self.table.list())
+    }
+
+    async fn command_status(
+        &self,
+        command_id: &RunnerCommandId,
+    ) -> RunnerResult<RunnerProcessInfo> {
+        self.check_open("command_status")?;
+        self.table.status(command_id)
+    }
+
+    async fn command_output(
+        &self,
+        command_id: &RunnerCommandId,
+        after_seq: u64,
+    ) -> RunnerResult<RunnerCommandOutput> {
+        self.check_open("command_output")?;
+        self.table.output(command_id, after_seq)
+    }
+
+    async fn stream_command(
+        &self,
+        command_id: &RunnerCommandId,
+        after_seq: u64,
+    ) -> RunnerResult<RunnerEventStream> {
+        self.check_open("stream_command")?;
+        self.table.stream(command_id, after_seq)
+    }
+
+    async fn write_stdin(
+        &self,
+        command_id: &RunnerCommandId,
+        bytes: Vec<u8>,
+        close: bool,
+    ) -> RunnerResult<()> {
+        self.check_open("write_stdin")?;
+        self.table.write_stdin(command_id, bytes, close).await
+    }
+
+    async fn signal_command(
+        &self,
+        command_id: &RunnerCommandId,
+        signal: RunnerSignal,
+    ) -> RunnerResult<()> {
+        self.check_open("signal_command")?;
+        self.table.signal(command_id, signal).await
+    }
+
+    async fn read_file(
+        &self,
+        request: RunnerFileReadRequest,
+    ) -> RunnerResult<RunnerFileReadResult> {
+        let path = self.ctx.workspace.join(&request.path);
+        let (contents, size) = self
+            .files("read_file", |link| {
+                let path = path.clone();
+                async move { files::read_file(&link, &path, request.offset, request.limit).await }
+            })
+            .await?;
+        Ok(RunnerFileReadResult {
+            path: request.path,
+            contents,
+            size,
+        })
+    }
+
+    async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
+        let path = self.ctx.workspace.join(&request.path);
+        self.files("write_file", |link| {
+            let path = path.clone();
+            let request = &request;
+            async move { files::write_file(&link, &path, &request.contents, request.mode).await }
+        })
+        .await
+    }
+
+    async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
+        let path = self.ctx.workspace.join(path);
+        self.files("list_dir", |link| {
+            let path = path.clone();
+            async move { files::list_dir(&link, &path).await }
+        })
+        .await
+    }
+
+    async fn stat(&self, path: &Path) -> RunnerResult<RunnerFileStat> {
+        let path = self.ctx.workspace.join(path);
+        self.files("stat", |link| {
+            let path = path.clone();
+            async move { files::stat(&link, &path).await }
+        })
+        .await
+    }
+
+    async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
+        let path = self.ctx.workspace.join(path);
+        if runner_api::normalize_lexically(&path)
+            == runner_api::normalize_lexically(&self.ctx.workspace)
+        {
+            return Err(RunnerError::permission_denied(format!(
+                "remove {}: the workspace root itself cannot be removed",
+                path.display()
+            )));
+        }
+        self.files("remove", |link| {
+            let path = path.clone();
+            async move { files::remove(&link, &path, recursive).await }
+        })
+        .await
+    }
+
+    async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
+        let path = self.ctx.workspace.join(path);
+        self.files("make_dir", |link| {
+            let path = path.clone();
+            async move { files::make_dir(&link, &path).await }
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
+        let from = self.ctx.workspace.join(from);
+        let to = self.ctx.workspace.join(to);
+        self.files("rename", |link| {
+            let (from, to) = (from.clone(), to.clone());
+            async move { files::rename(&link, &from, &to).await }
+        })
+        .await
+    }
+
+    async fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
+        let path = self.ctx.workspace.join(path);
+        self.files("canonicalize", |link| {
+            let path = path.clone();
+            async move { files::canonicalize(&link, &path).await }
+        })
+        .await
+    }
+
+    async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
+        let target = self.ctx.workspace.join(target);
+        self.files("upload_archive", |link| {
+            let target = target.clone();
+            let archive = &archive;
+            async move { files::upload_archive(&link, &target, archive).await }
+        })
+        .await
+    }
+
+    async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
+        let path = self.ctx.workspace.join(path);
+        self.files("download_archive", |link| {
+            let path = path.clone();
+            async move { files::download_archive(&link, &path).await }
+        })
+        .await
+    }
+
+    async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
+        self.check_open("expose_port")?;
+        if request.port == 0 {
+            return Err(RunnerError::invalid_request(
+                "expose_port: port 0 is not a port",
+            ));
+        }
+        let forward = ports::open(&self.ctx.conn, request.port).await?;
+        let url = format!("http://127.0.0.1:{}/", forward.local_port);
+        self.forwards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(forward);
+        Ok(RunnerPortResult {
+            port: request.port,
+            url: Some(url),
+        })
+    }
+
+    async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {
+        self.check_open("list_listening_ports")?;
+        self.ctx
+            .conn
+            .with_link(|link| async move {
+                let out = run_script(
+                    &link,
+                    "list_listening_ports",
+                    "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null",
+                    None,
+                )
+                .await?;
+                Ok(runner_api::parse_proc_net_tcp(&String::from_utf8_lossy(
+                    &out.stdout,
+                )))
+            })
+            .await
+    }
+
+    /// The shell lease of `runner_api` on the remote host: the lease file
+    /// lives in the remote user's state directory, so every session on this
+    /// host and workspace path shares it, whichever machine drives it.
+    async fn acquire_workspace_execution_lease(
+        &self,
+        request: RunnerLeaseRequest,
+    ) -> RunnerResult<RunnerExecutionLease> {
+        runner_api::acquire_shell_lease(self, request).await
+    }
+
+    async fn renew_workspace_execution_lease(
+        &self,
+        lease: &RunnerExecutionLease,
+        ttl_ms: u64,
+    ) -> RunnerResult<RunnerExecutionLease> {
+        runner_api::renew_shell_lease(self, lease, ttl_ms).await
+    }
+
+    async fn release_workspace_execution_lease(
+        &self,
+        lease: &RunnerExecutionLease,
+    ) -> RunnerResult<()> {
+        runner_api::release_shell_lease(self, lease).await
+    }
+
+    async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
+        self.check_open("snapshot")?;
+        let workspace = self.ctx.workspace.clone();
+        let config = self.config.clone();
+        let session_id = self.session_id.clone();
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let workspace = workspace.clone();
+                let config = config.clone();
+                let session_id = session_id.clone();
+                async move { snapshot::take(&link, &config, &session_id, &workspace).await }
+            })
+            .await
+    }
+}

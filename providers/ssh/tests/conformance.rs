@@ -1,0 +1,79 @@
+//! The ssh provider against the whole conformance kit, over a real sshd on
+//! 127.0.0.1 (`scripts/test.sh` starts one and sets `RUNNER_TEST_SSH_*`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use runner_api::{RemoteRunnerProvider, RunnerCommandRequest, RunnerDestination};
+use runner_ssh::SshProvider;
+use runner_testkit::{BackendGate, Conformance, S3TestServer};
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set when RUNNER_TEST_SSH=1"))
+}
+
+fn destination(snapshot_dir: &str) -> RunnerDestination {
+    let port: u16 = var("RUNNER_TEST_SSH_PORT")
+        .parse()
+        .expect("RUNNER_TEST_SSH_PORT is a port number");
+    RunnerDestination {
+        id: "conformance".into(),
+        provider_id: "ssh".into(),
+        config: serde_json::json!({
+            "host": var("RUNNER_TEST_SSH_HOST"),
+            "port": port,
+            "user": var("RUNNER_TEST_SSH_USER"),
+            "identity_file": var("RUNNER_TEST_SSH_KEY"),
+            "known_hosts_file": var("RUNNER_TEST_SSH_KNOWN_HOSTS"),
+            "snapshot_dir": snapshot_dir,
+        }),
+        default_manifest: Default::default(),
+    }
+}
+
+/// Removes this run's snapshot directory on the server (snapshots outlive
+/// their sessions by design).
+fn remove_snapshots(snapshot_dir: &str) {
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return;
+    };
+    runtime.block_on(async {
+        let provider = SshProvider::new();
+        if let Ok(session) = provider.create_session(destination(snapshot_dir)).await {
+            let request =
+                RunnerCommandRequest::shell("cleanup", format!("rm -rf \"$HOME/{snapshot_dir}\""));
+            let _ = session.run_command(request).await;
+            let _ = session.close().await;
+        }
+    });
+}
+
+fn main() -> ExitCode {
+    let gate = BackendGate::new(
+        "RUNNER_TEST_SSH",
+        "scripts/test.sh starts sshd on 127.0.0.1",
+    );
+    // Relative to the remote home; one directory per run.
+    let snapshot_dir = format!(
+        ".runners/conformance-snapshots-{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    // The mounts and artifacts areas run against an in-process S3 server on
+    // this side; the remote host never talks to it.
+    let server = match S3TestServer::start() {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("starting the in-process S3 test server failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = gate.conformance("ssh", || {
+        let provider = SshProvider::new().with_secret_resolver(server.resolver());
+        Conformance::new(Arc::new(provider), destination(&snapshot_dir))
+            .with_object_store(server.target())
+    });
+    if gate.requested() {
+        remove_snapshots(&snapshot_dir);
+    }
+    code
+}

@@ -1,0 +1,409 @@
+//! Connection behaviour against a real sshd on 127.0.0.1: the master dying
+//! mid-session, host key mismatch, an unreachable host, and background output
+//! that survives a dropped connection and a rejoin from a new provider.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use runner_api::{
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerDestination,
+    RunnerErrorKind, RunnerFileReadRequest, RunnerFileWriteRequest, RunnerOutputStream,
+    RunnerProcessState,
+};
+use runner_ssh::{SshConfig, SshProvider};
+use runner_testkit::{BackendGate, async_trial};
+
+type TestResult = Result<(), String>;
+
+fn var(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| format!("{name} must be set when RUNNER_TEST_SSH=1"))
+}
+
+/// The test server's config, with `overrides` merged in.
+fn config(overrides: serde_json::Value) -> Result<serde_json::Value, String> {
+    let port: u16 = var("RUNNER_TEST_SSH_PORT")?
+        .parse()
+        .map_err(|e| format!("RUNNER_TEST_SSH_PORT: {e}"))?;
+    let mut config = serde_json::json!({
+        "host": var("RUNNER_TEST_SSH_HOST")?,
+        "port": port,
+        "user": var("RUNNER_TEST_SSH_USER")?,
+        "identity_file": var("RUNNER_TEST_SSH_KEY")?,
+        "known_hosts_file": var("RUNNER_TEST_SSH_KNOWN_HOSTS")?,
+    });
+    if let (Some(base), Some(extra)) = (config.as_object_mut(), overrides.as_object()) {
+        for (key, value) in extra {
+            base.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(config)
+}
+
+fn destination(config: serde_json::Value) -> RunnerDestination {
+    RunnerDestination {
+        id: "ssh-tests".into(),
+        provider_id: "ssh".into(),
+        config,
+        default_manifest: Default::default(),
+    }
+}
+
+/// The pid of the mux master behind `config`'s sessions, from `ssh -O check`.
+async fn master_pid(provider: &SshProvider, config: &serde_json::Value) -> Result<u32, String> {
+    let typed = SshConfig::from_value(config).map_err(|e| e.to_string())?;
+    let socket: PathBuf = provider
+        .control_socket(&typed)
+        .await
+        .ok_or("no master is connected")?;
+    let out = tokio::process::Command::new("ssh")
+        .args(["-F", "/dev/null", "-O", "check", "-S"])
+        .arg(&socket)
+        .arg("runner-test-master")
+        .output()
+        .await
+        .map_err(|e| format!("running ssh -O check: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .ok_or_else(|| format!("ssh -O check said {text:?}"))
+}
+
+async fn kill_master(provider: &SshProvider, config: &serde_json::Value) -> TestResult {
+    let pid = master_pid(provider, config).await?;
+    let status = tokio::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .await
+        .map_err(|e| format!("kill {pid}: {e}"))?;
+    if !status.success() {
+        return Err(format!("kill -9 {pid} failed"));
+    }
+    // Wait until the master is really gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn echo(session: &dyn RemoteRunnerSession, id: &str, text: &str) -> Result<String, String> {
+    let result = session
+        .run_command(RunnerCommandRequest::new(id, "echo", [text]))
+        .await
+        .map_err(|e| format!("run_command {id}: {e}"))?;
+    if !result.success() {
+        return Err(format!("run_command {id}: {result:?}"));
+    }
+    Ok(result.stdout)
+}
+
+/// Killing the master mid-session: the next command and the next file
+/// operation reconnect once and succeed.
+async fn master_killed_mid_session() -> TestResult {
+    let config = config(serde_json::json!({}))?;
+    let provider = SshProvider::new();
+    let session = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let before = master_pid(&provider, &config).await?;
+    if echo(session.as_ref(), "before", "one").await? != "one\n" {
+        return Err("echo before the kill".into());
+    }
+    kill_master(&provider, &config).await?;
+    let out = echo(session.as_ref(), "after", "two").await?;
+    if out != "two\n" {
+        return Err(format!("echo after the kill printed {out:?}"));
+    }
+    let after = master_pid(&provider, &config).await?;
+    if after == before {
+        return Err(format!("the master pid {before} did not change"));
+    }
+    kill_master(&provider, &config).await?;
+    session
+        .write_file(RunnerFileWriteRequest::new(
+            "after-kill.txt",
+            b"sftp again".to_vec(),
+        ))
+        .await
+        .map_err(|e| format!("write_file after a second kill: {e}"))?;
+    let read = session
+        .read_file(RunnerFileReadRequest::new("after-kill.txt"))
+        .await
+        .map_err(|e| format!("read_file: {e}"))?;
+    if read.contents != b"sftp again" {
+        return Err(format!("read back {:?}", read.contents));
+    }
+    session.close().await.map_err(|e| format!("close: {e}"))
+}
+
+/// A known_hosts file with another key for the server: `PermissionDenied`.
+async fn host_key_mismatch() -> TestResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let key = dir.path().join("other");
+    let status = tokio::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .await
+        .map_err(|e| format!("ssh-keygen: {e}"))?;
+    if !status.success() {
+        return Err("ssh-keygen failed".into());
+    }
+    let public = std::fs::read_to_string(key.with_extension("pub")).map_err(|e| e.to_string())?;
+    let public: Vec<&str> = public.split_whitespace().take(2).collect();
+    let known = dir.path().join("known_hosts");
+    let line = format!(
+        "[{}]:{} {}\n",
+        var("RUNNER_TEST_SSH_HOST")?,
+        var("RUNNER_TEST_SSH_PORT")?,
+        public.join(" ")
+    );
+    std::fs::write(&known, line).map_err(|e| e.to_string())?;
+    for policy in ["strict", "accept-new"] {
+        let config = config(serde_json::json!({
+            "known_hosts_file": known, "host_key_policy": policy
+        }))?;
+        match SshProvider::new().create_session(destination(config)).await {
+            Ok(session) => {
+                let _ = session.close().await;
+                return Err(format!("{policy}: a mismatched host key was accepted"));
+            }
+            Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {
+                if !e.message().contains("host key") {
+                    return Err(format!("{policy}: unclear message: {e}"));
+                }
+            }
+            Err(e) => return Err(format!("{policy}: expected PermissionDenied, got {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// An unknown host is refused under the default strict policy and added to
+/// the known_hosts file under `accept-new`.
+async fn unknown_host_policy() -> TestResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let known = dir.path().join("known_hosts");
+    std::fs::write(&known, "").map_err(|e| e.to_string())?;
+    let strict = config(serde_json::json!({ "known_hosts_file": known }))?;
+    match SshProvider::new().create_session(destination(strict)).await {
+        Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {}
+        Err(e) => return Err(format!("strict: expected PermissionDenied, got {e}")),
+        Ok(session) => {
+            let _ = session.close().await;
+            return Err("strict: an unknown host was accepted".into());
+        }
+    }
+    let accept = config(serde_json::json!({
+        "known_hosts_file": known, "host_key_policy": "accept-new"
+    }))?;
+    let session = SshProvider::new()
+        .create_session(destination(accept))
+        .await
+        .map_err(|e| format!("accept-new: {e}"))?;
+    session.close().await.map_err(|e| format!("close: {e}"))?;
+    let added = std::fs::read_to_string(&known).map_err(|e| e.to_string())?;
+    if !added.contains("ssh-ed25519") {
+        return Err(format!("accept-new did not record the host key: {added:?}"));
+    }
+    Ok(())
+}
+
+/// Nothing listens on the port: `Unavailable`, within the connect timeout.
+async fn unreachable_host() -> TestResult {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    drop(listener);
+    let config = config(serde_json::json!({ "port": port, "connect_timeout_ms": 3000 }))?;
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(60),
+        SshProvider::new().create_session(destination(config)),
+    )
+    .await
+    .map_err(|_| "create_session did not give up".to_string())?;
+    match attempt {
+        Ok(session) => {
+            let _ = session.close().await;
+            Err("connected to a closed port".into())
+        }
+        Err(e) if e.kind() == RunnerErrorKind::Unavailable => Ok(()),
+        Err(e) => Err(format!("expected Unavailable, got {e}")),
+    }
+}
+
+async fn wait_exited(session: &dyn RemoteRunnerSession, id: &str) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = session
+            .command_status(&id.to_string())
+            .await
+            .map_err(|e| format!("command_status: {e}"))?;
+        if info.state == RunnerProcessState::Exited {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{id} still running after 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Background output keeps being recorded while the master is dead, and a
+/// new provider instance rejoining the detached session reads the same
+/// numbered chunks.
+async fn background_output_survives() -> TestResult {
+    let config = config(serde_json::json!({}))?;
+    let provider = SshProvider::new();
+    let session = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let id = "durable".to_string();
+    session
+        .start_command(RunnerCommandRequest::shell(
+            &id,
+            "echo one; sleep 1; echo two >&2; sleep 1; echo three; sleep 1; echo four >&2",
+        ))
+        .await
+        .map_err(|e| format!("start_command: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill_master(&provider, &config).await?;
+    wait_exited(session.as_ref(), &id).await?;
+    let live = session
+        .command_output(&id, 0)
+        .await
+        .map_err(|e| format!("command_output: {e}"))?;
+    let text = |stream| {
+        live.chunks
+            .iter()
+            .filter(|c| c.stream == stream)
+            .flat_map(|c| c.bytes.clone())
+            .collect::<Vec<u8>>()
+    };
+    if text(RunnerOutputStream::Stdout) != b"one\nthree\n"
+        || text(RunnerOutputStream::Stderr) != b"two\nfour\n"
+    {
+        return Err(format!("output after the master died: {live:?}"));
+    }
+    let state = session.detach().await.map_err(|e| format!("detach: {e}"))?;
+    drop(session);
+    drop(provider);
+    let fresh = SshProvider::new();
+    let rejoined = fresh
+        .rejoin_session(state)
+        .await
+        .map_err(|e| format!("rejoin_session: {e}"))?;
+    let back = rejoined
+        .command_output(&id, 0)
+        .await
+        .map_err(|e| format!("command_output after rejoin: {e}"))?;
+    let ended = |o: &runner_api::RunnerCommandOutput| o.status.map(|s| (s.exit_code, s.signal));
+    if back.chunks != live.chunks || ended(&back) != ended(&live) {
+        return Err(format!("after rejoin: {back:?}\nlive: {live:?}"));
+    }
+    let second = live.chunks.first().map_or(0, |c| c.seq);
+    let tail = rejoined
+        .command_output(&id, second)
+        .await
+        .map_err(|e| format!("command_output after seq {second}: {e}"))?;
+    if tail.chunks.as_slice() != &live.chunks[1..] {
+        return Err(format!("resuming after seq {second}: {tail:?}"));
+    }
+    rejoined.close().await.map_err(|e| format!("close: {e}"))
+}
+
+/// Sessions of one destination share one master; a command round trip over
+/// it is reported (no assertion on time: speed belongs in benchmarks).
+async fn sessions_share_one_master() -> TestResult {
+    let config = config(serde_json::json!({}))?;
+    let provider = SshProvider::new();
+    let connecting = Instant::now();
+    let first = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    eprintln!(
+        "ssh create_session with a new master (handshake, sftp, directories): {:.1} ms",
+        connecting.elapsed().as_secs_f64() * 1000.0
+    );
+    let pid = master_pid(&provider, &config).await?;
+    let second = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    if master_pid(&provider, &config).await? != pid {
+        return Err("the second session started its own master".into());
+    }
+    let rounds = 50;
+    let started = Instant::now();
+    for i in 0..rounds {
+        echo(second.as_ref(), &format!("rt-{i}"), "x").await?;
+    }
+    eprintln!(
+        "ssh command round trip over the shared master: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds)
+    );
+    first.close().await.map_err(|e| format!("close: {e}"))?;
+    second.close().await.map_err(|e| format!("close: {e}"))
+}
+
+/// `sweep_orphans` removes a detached session past the grace period and
+/// leaves a live session alone.
+async fn sweep_removes_only_orphans() -> TestResult {
+    let config = config(serde_json::json!({ "orphan_grace_s": 0 }))?;
+    let provider = SshProvider::new();
+    let live = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let gone = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let state = gone.detach().await.map_err(|e| format!("detach: {e}"))?;
+    let report = provider
+        .sweep_orphans()
+        .await
+        .map_err(|e| format!("sweep_orphans: {e}"))?;
+    if !report.removed.iter().any(|r| r.contains(&state.session_id)) {
+        return Err(format!("the detached session was not swept: {report:?}"));
+    }
+    if report
+        .removed
+        .iter()
+        .any(|r| r.contains(&live.state().session_id))
+    {
+        return Err(format!("the live session was swept: {report:?}"));
+    }
+    match provider.rejoin_session(state).await {
+        Err(e) if e.kind() == RunnerErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(format!(
+                "rejoin after the sweep: expected NotFound, got {e}"
+            ));
+        }
+        Ok(_) => return Err("rejoined a swept session".into()),
+    }
+    echo(live.as_ref(), "still-there", "ok").await?;
+    live.close().await.map_err(|e| format!("close: {e}"))
+}
+
+fn main() -> ExitCode {
+    BackendGate::new(
+        "RUNNER_TEST_SSH",
+        "scripts/test.sh starts sshd on 127.0.0.1",
+    )
+    .run(vec![
+        async_trial("master_killed_mid_session", master_killed_mid_session),
+        async_trial("host_key_mismatch", host_key_mismatch),
+        async_trial("unreachable_host", unreachable_host),
+        async_trial("unknown_host_policy", unknown_host_policy),
+        async_trial("background_output_survives", background_output_survives),
+        async_trial("sessions_share_one_master", sessions_share_one_master),
+        async_trial("sweep_removes_only_orphans", sweep_removes_only_orphans),
+    ])
+}

@@ -1,0 +1,141 @@
+//! docker against the docker CLI on the same daemon and image.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context;
+use runner_api::RunnerDestination;
+use runner_docker::DockerProvider;
+
+use crate::cli;
+use crate::generic::{Target, round_trip, write_read};
+use crate::local::pattern;
+use crate::stats::{Better, Group, Spec, throughput_mib_s, time_ms};
+use crate::{Figures, Plan};
+
+const FILE_BYTES: usize = 100 << 20;
+
+/// The docker target on the image named by `RUNNER_TEST_DOCKER_IMAGE`.
+pub(crate) fn target() -> anyhow::Result<Target> {
+    Ok(Target {
+        label: "docker".into(),
+        provider: Arc::new(DockerProvider::default()),
+        destination: RunnerDestination {
+            id: "bench-docker".into(),
+            provider_id: "docker".into(),
+            config: serde_json::json!({ "image": image()? }),
+            default_manifest: Default::default(),
+        },
+    })
+}
+
+fn image() -> anyhow::Result<String> {
+    cli::var("RUNNER_TEST_DOCKER_IMAGE")
+}
+
+/// Session creation, command round trip, 100 MiB upload and download.
+pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path) -> Figures {
+    let mut group = Group::new("docker");
+    let image = image()?;
+
+    let created = Mutex::new(Vec::new());
+    let ours = time_ms(plan.session_reps, |_| async {
+        let session = target.session().await?;
+        lock(&created).push(session);
+        Ok(())
+    })
+    .await;
+    let created = created.into_inner().unwrap_or_else(|p| p.into_inner());
+    for session in created {
+        session.close().await?;
+    }
+    let ours = ours?;
+    let started = Mutex::new(Vec::new());
+    let run = ["run", "-d", "--init", &image, "sleep", "2147483647"];
+    let baseline = time_ms(plan.session_reps, |_| async {
+        let id = cli::capture("docker", &run).await?;
+        lock(&started).push(id);
+        Ok(())
+    })
+    .await;
+    let started = started.into_inner().unwrap_or_else(|p| p.into_inner());
+    for id in started {
+        cli::run("docker", &["rm", "-f", &id]).await?;
+    }
+    group.add(
+        Spec {
+            name: "create_session",
+            unit: "ms",
+            better: Better::Lower,
+            baseline: "docker run -d (CLI)",
+        },
+        &ours,
+        &baseline?,
+        0,
+    );
+
+    let session = target.session().await?;
+    let container = session.state().metadata["container_id"]
+        .as_str()
+        .context("the docker session state names no container_id")?
+        .to_string();
+    let ours = round_trip(&session, plan.round_trips).await?;
+    let exec = ["exec", &container, "true"];
+    let baseline = time_ms(plan.round_trips, |_| cli::run("docker", &exec)).await?;
+    group.add(
+        Spec {
+            name: "run_command(true) round trip",
+            unit: "ms",
+            better: Better::Lower,
+            baseline: "docker exec (CLI)",
+        },
+        &ours,
+        &baseline,
+        0,
+    );
+
+    let contents = Arc::new(pattern(FILE_BYTES));
+    let (upload, download) =
+        write_read(&session, "bench-100mib.bin", &contents, plan.file_reps).await?;
+    let local = scratch.join("docker-100mib.bin");
+    tokio::fs::write(&local, contents.as_slice()).await?;
+    let local = local.to_string_lossy().to_string();
+    let remote = format!("{container}:/tmp/cp-100mib.bin");
+    let back = format!("{local}.back");
+    let (up, down) = (["cp", &local, &remote], ["cp", &remote, &back]);
+    let cp_up = time_ms(plan.file_reps, |_| cli::run("docker", &up)).await?;
+    let cp_down = time_ms(plan.file_reps, |_| cli::run("docker", &down)).await?;
+    session.close().await?;
+    for (name, ours, base, baseline) in [
+        (
+            "upload 100 MiB (write_file)",
+            &upload,
+            &cp_up,
+            "docker cp host → container",
+        ),
+        (
+            "download 100 MiB (read_file)",
+            &download,
+            &cp_down,
+            "docker cp container → host",
+        ),
+    ] {
+        group.add(
+            Spec {
+                name,
+                unit: "MiB/s",
+                better: Better::Higher,
+                baseline,
+            },
+            &throughput_mib_s(ours, FILE_BYTES as u64),
+            &throughput_mib_s(base, FILE_BYTES as u64),
+            0,
+        );
+    }
+    Ok(group.into_figures())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

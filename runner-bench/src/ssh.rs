@@ -1,0 +1,190 @@
+//! ssh against the OpenSSH command-line tools on the same server.
+
+use std::sync::Arc;
+
+use runner_api::RunnerDestination;
+use runner_ssh::SshProvider;
+
+use crate::cli;
+use crate::generic::{Target, round_trip, write_read};
+use crate::local::pattern;
+use crate::stats::{Better, Group, Spec, throughput_mib_s, time_ms};
+use crate::{Figures, Plan};
+
+const FILE_BYTES: usize = 100 << 20;
+
+/// The server `scripts/test.sh` provisions, from its `RUNNER_TEST_SSH_*` variables.
+struct Server {
+    host: String,
+    port: String,
+    user: String,
+    key: String,
+    known_hosts: String,
+}
+
+impl Server {
+    fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            host: cli::var("RUNNER_TEST_SSH_HOST")?,
+            port: cli::var("RUNNER_TEST_SSH_PORT")?,
+            user: cli::var("RUNNER_TEST_SSH_USER")?,
+            key: cli::var("RUNNER_TEST_SSH_KEY")?,
+            known_hosts: cli::var("RUNNER_TEST_SSH_KNOWN_HOSTS")?,
+        })
+    }
+
+    /// Options every CLI call uses: the same key, known hosts and key exchange
+    /// as the provider, and no user config.
+    fn options(&self) -> Vec<String> {
+        [
+            "-F",
+            "/dev/null",
+            "-i",
+            &self.key,
+            "-o",
+            &format!("UserKnownHostsFile={}", self.known_hosts),
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn login(&self) -> String {
+        format!("{}@{}", self.user, self.host)
+    }
+}
+
+/// The ssh target for the provisioned server.
+pub(crate) fn target() -> anyhow::Result<Target> {
+    let server = Server::from_env()?;
+    let port: u16 = server.port.parse()?;
+    Ok(Target {
+        label: "ssh".into(),
+        provider: Arc::new(SshProvider::default()),
+        destination: RunnerDestination {
+            id: "bench-ssh".into(),
+            provider_id: "ssh".into(),
+            config: serde_json::json!({
+                "host": server.host,
+                "port": port,
+                "user": server.user,
+                "identity_file": server.key,
+                "known_hosts_file": server.known_hosts,
+            }),
+            default_manifest: Default::default(),
+        },
+    })
+}
+
+/// Command round trip against `ssh` over a ControlMaster and a fresh `ssh`;
+/// 100 MiB transfer against `scp`.
+pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path) -> Figures {
+    let mut group = Group::new("ssh");
+    let server = Server::from_env()?;
+    let options = server.options();
+    let login = server.login();
+    let session = target.session().await?;
+    let ours = round_trip(&session, plan.round_trips).await?;
+
+    let control = scratch.join("cm");
+    let control = control.to_string_lossy().to_string();
+    let mut master: Vec<&str> = options.iter().map(String::as_str).collect();
+    master.extend(["-p", &server.port, "-o", "ControlMaster=yes", "-o"]);
+    let control_path = format!("ControlPath={control}");
+    master.extend([control_path.as_str(), "-fN", &login]);
+    cli::run("ssh", &master).await?;
+    let mut muxed: Vec<&str> = options.iter().map(String::as_str).collect();
+    muxed.extend(["-p", &server.port, "-o", &control_path, &login, "true"]);
+    let over_master = time_ms(plan.round_trips, |_| cli::run("ssh", &muxed)).await;
+    let mut exit: Vec<&str> = options.iter().map(String::as_str).collect();
+    exit.extend([
+        "-p",
+        &server.port,
+        "-o",
+        &control_path,
+        "-O",
+        "exit",
+        &login,
+    ]);
+    let _ = cli::run("ssh", &exit).await;
+    let over_master = over_master?;
+
+    let mut fresh: Vec<&str> = options.iter().map(String::as_str).collect();
+    fresh.extend([
+        "-p",
+        &server.port,
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ControlPath=none",
+        &login,
+        "true",
+    ]);
+    let fresh_runs = plan.round_trips.min(30);
+    let fresh = time_ms(fresh_runs, |_| cli::run("ssh", &fresh)).await?;
+    for (baseline, samples) in [
+        ("ssh CLI over a ControlMaster", &over_master),
+        ("ssh CLI, fresh connection", &fresh),
+    ] {
+        group.add(
+            Spec {
+                name: "run_command(true) round trip",
+                unit: "ms",
+                better: Better::Lower,
+                baseline,
+            },
+            &ours,
+            samples,
+            0,
+        );
+    }
+
+    let contents = Arc::new(pattern(FILE_BYTES));
+    let (upload, download) =
+        write_read(&session, "bench-100mib.bin", &contents, plan.file_reps).await?;
+    session.close().await?;
+    let local = scratch.join("ssh-100mib.bin");
+    tokio::fs::write(&local, contents.as_slice()).await?;
+    let local = local.to_string_lossy().to_string();
+    let remote = format!("{login}:/tmp/runners-bench-scp-100mib.bin");
+    let back = format!("{local}.back");
+    let mut scp: Vec<&str> = options.iter().map(String::as_str).collect();
+    scp.extend(["-q", "-P", &server.port]);
+    let mut up = scp.clone();
+    up.extend([local.as_str(), remote.as_str()]);
+    let mut down = scp.clone();
+    down.extend([remote.as_str(), back.as_str()]);
+    let scp_up = time_ms(plan.file_reps, |_| cli::run("scp", &up)).await?;
+    let scp_down = time_ms(plan.file_reps, |_| cli::run("scp", &down)).await?;
+    for (name, ours, base, baseline) in [
+        (
+            "upload 100 MiB (write_file)",
+            &upload,
+            &scp_up,
+            "scp host → server",
+        ),
+        (
+            "download 100 MiB (read_file)",
+            &download,
+            &scp_down,
+            "scp server → host",
+        ),
+    ] {
+        group.add(
+            Spec {
+                name,
+                unit: "MiB/s",
+                better: Better::Higher,
+                baseline,
+            },
+            &throughput_mib_s(ours, FILE_BYTES as u64),
+            &throughput_mib_s(base, FILE_BYTES as u64),
+            0,
+        );
+    }
+    Ok(group.into_figures())
+}

@@ -1,0 +1,155 @@
+//! Figures: samples summarised as median and p95, with the baseline measured
+//! in the same run.
+
+use std::future::Future;
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Whether a smaller or a larger value is better for a figure's unit.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Better {
+    Lower,
+    Higher,
+}
+
+/// One line of the results: our figure next to its baseline.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Figure {
+    pub(crate) group: String,
+    pub(crate) name: String,
+    pub(crate) unit: String,
+    pub(crate) better: Better,
+    pub(crate) samples: usize,
+    pub(crate) median: f64,
+    pub(crate) p95: f64,
+    pub(crate) baseline: String,
+    pub(crate) baseline_median: f64,
+    pub(crate) baseline_p95: f64,
+    /// `median / baseline_median`.
+    pub(crate) ratio: f64,
+    /// Errors seen while measuring (concurrency figures); must be zero.
+    pub(crate) errors: u64,
+}
+
+/// Samples of one measurement.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Samples(pub(crate) Vec<f64>);
+
+impl Samples {
+    pub(crate) fn push(&mut self, value: f64) {
+        self.0.push(value);
+    }
+
+    /// The value at quantile `q` (nearest rank).
+    pub(crate) fn quantile(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let mut sorted = self.0.clone();
+        sorted.sort_by(f64::total_cmp);
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    pub(crate) fn median(&self) -> f64 {
+        self.quantile(0.5)
+    }
+
+    pub(crate) fn p95(&self) -> f64 {
+        self.quantile(0.95)
+    }
+}
+
+/// Builds figures of one group.
+pub(crate) struct Group {
+    name: String,
+    figures: Vec<Figure>,
+}
+
+/// What a figure measures and against what.
+pub(crate) struct Spec<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) unit: &'a str,
+    pub(crate) better: Better,
+    pub(crate) baseline: &'a str,
+}
+
+impl Group {
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            figures: Vec::new(),
+        }
+    }
+
+    /// Records a figure from our samples and the baseline's.
+    pub(crate) fn add(&mut self, spec: Spec<'_>, ours: &Samples, baseline: &Samples, errors: u64) {
+        let figure = Figure {
+            group: self.name.clone(),
+            name: spec.name.to_string(),
+            unit: spec.unit.to_string(),
+            better: spec.better,
+            samples: ours.0.len(),
+            median: ours.median(),
+            p95: ours.p95(),
+            baseline: spec.baseline.to_string(),
+            baseline_median: baseline.median(),
+            baseline_p95: baseline.p95(),
+            ratio: ours.median() / baseline.median(),
+            errors,
+        };
+        eprintln!(
+            "  {:<44} {:>10.2} {:<5} (baseline {:.2}, ratio {:.2})",
+            figure.name, figure.median, figure.unit, figure.baseline_median, figure.ratio
+        );
+        self.figures.push(figure);
+    }
+
+    pub(crate) fn into_figures(self) -> Vec<Figure> {
+        self.figures
+    }
+}
+
+/// Runs `op` `n` times one after another and returns the wall time of each
+/// run in milliseconds. The first error stops the measurement.
+pub(crate) async fn time_ms<F, Fut>(n: usize, mut op: F) -> anyhow::Result<Samples>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut samples = Samples::default();
+    for i in 0..n {
+        let start = Instant::now();
+        op(i).await?;
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(samples)
+}
+
+/// Converts durations in milliseconds of transfers of `bytes` into MiB/s.
+pub(crate) fn throughput_mib_s(durations_ms: &Samples, bytes: u64) -> Samples {
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    Samples(
+        durations_ms
+            .0
+            .iter()
+            .map(|ms| mib / (ms / 1000.0))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Samples;
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let samples = Samples((1..=100).map(f64::from).collect());
+        assert_eq!(samples.median(), 50.0);
+        assert_eq!(samples.p95(), 95.0);
+        assert_eq!(Samples(vec![3.0]).p95(), 3.0);
+        assert!(Samples::default().median().is_nan());
+    }
+}
