@@ -4,29 +4,13 @@ use std::process::Stdio;
 
 use anyhow::{Context, bail};
 
-/// Runs `program args` to completion, discarding output; fails unless it
-/// exits with 0.
+/// Runs `program args` to completion; fails unless it exits with 0.
 pub(crate) async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .with_context(|| format!("running {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    capture(program, args).await.map(drop)
 }
 
-/// Runs `program args` and returns its trimmed stdout.
+/// Runs `program args` and returns its trimmed stdout; fails unless it exits
+/// with 0.
 pub(crate) async fn capture(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::process::Command::new(program)
         .args(args)

@@ -9,7 +9,7 @@ use runner_docker::DockerProvider;
 use crate::cli;
 use crate::generic::{Target, round_trip, write_read};
 use crate::local::pattern;
-use crate::stats::{Better, Group, Spec, throughput_mib_s, time_ms};
+use crate::stats::{Better, Group, Spec, time_ms};
 use crate::{Figures, Plan};
 
 const FILE_BYTES: usize = 100 << 20;
@@ -105,32 +105,23 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
     let cp_up = time_ms(plan.file_reps, |_| cli::run("docker", &up)).await?;
     let cp_down = time_ms(plan.file_reps, |_| cli::run("docker", &down)).await?;
     session.close().await?;
-    for (name, ours, base, baseline) in [
-        (
-            "upload 100 MiB (write_file)",
-            &upload,
-            &cp_up,
-            "docker cp host → container",
-        ),
-        (
-            "download 100 MiB (read_file)",
-            &download,
-            &cp_down,
-            "docker cp container → host",
-        ),
-    ] {
-        group.add(
-            Spec {
-                name,
-                unit: "MiB/s",
-                better: Better::Higher,
-                baseline,
-            },
-            &throughput_mib_s(ours, FILE_BYTES as u64),
-            &throughput_mib_s(base, FILE_BYTES as u64),
-            0,
-        );
-    }
+    group.add_transfers(
+        FILE_BYTES as u64,
+        [
+            (
+                "upload 100 MiB (write_file)",
+                &upload,
+                &cp_up,
+                "docker cp host → container",
+            ),
+            (
+                "download 100 MiB (read_file)",
+                &download,
+                &cp_down,
+                "docker cp container → host",
+            ),
+        ],
+    );
     Ok(group.into_figures())
 }
 

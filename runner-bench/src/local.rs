@@ -109,27 +109,18 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
         }
     })
     .await?;
-    for (name, ours, base, baseline) in [
-        (
-            "write_file 100 MiB",
-            &write,
-            &base_write,
-            "tokio::fs::write",
-        ),
-        ("read_file 100 MiB", &read, &base_read, "tokio::fs::read"),
-    ] {
-        group.add(
-            Spec {
-                name,
-                unit: "MiB/s",
-                better: Better::Higher,
-                baseline,
-            },
-            &throughput_mib_s(ours, FILE_BYTES as u64),
-            &throughput_mib_s(base, FILE_BYTES as u64),
-            0,
-        );
-    }
+    group.add_transfers(
+        FILE_BYTES as u64,
+        [
+            (
+                "write_file 100 MiB",
+                &write,
+                &base_write,
+                "tokio::fs::write",
+            ),
+            ("read_file 100 MiB", &read, &base_read, "tokio::fs::read"),
+        ],
+    );
     session.close().await?;
     Ok(group.into_figures())
 }

@@ -8,7 +8,7 @@ use runner_ssh::SshProvider;
 use crate::cli;
 use crate::generic::{Target, round_trip, write_read};
 use crate::local::pattern;
-use crate::stats::{Better, Group, Spec, throughput_mib_s, time_ms};
+use crate::stats::{Better, Group, Spec, time_ms};
 use crate::{Figures, Plan};
 
 const FILE_BYTES: usize = 100 << 20;
@@ -160,31 +160,22 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
     down.extend([remote.as_str(), back.as_str()]);
     let scp_up = time_ms(plan.file_reps, |_| cli::run("scp", &up)).await?;
     let scp_down = time_ms(plan.file_reps, |_| cli::run("scp", &down)).await?;
-    for (name, ours, base, baseline) in [
-        (
-            "upload 100 MiB (write_file)",
-            &upload,
-            &scp_up,
-            "scp host → server",
-        ),
-        (
-            "download 100 MiB (read_file)",
-            &download,
-            &scp_down,
-            "scp server → host",
-        ),
-    ] {
-        group.add(
-            Spec {
-                name,
-                unit: "MiB/s",
-                better: Better::Higher,
-                baseline,
-            },
-            &throughput_mib_s(ours, FILE_BYTES as u64),
-            &throughput_mib_s(base, FILE_BYTES as u64),
-            0,
-        );
-    }
+    group.add_transfers(
+        FILE_BYTES as u64,
+        [
+            (
+                "upload 100 MiB (write_file)",
+                &upload,
+                &scp_up,
+                "scp host → server",
+            ),
+            (
+                "download 100 MiB (read_file)",
+                &download,
+                &scp_down,
+                "scp server → host",
+            ),
+        ],
+    );
     Ok(group.into_figures())
 }

@@ -107,6 +107,28 @@ impl Group {
         self.figures.push(figure);
     }
 
+    /// Records throughput figures (MiB/s) of transfers of `bytes` each, from
+    /// `(name, our durations, baseline durations, baseline)` in milliseconds.
+    pub(crate) fn add_transfers(
+        &mut self,
+        bytes: u64,
+        rows: [(&str, &Samples, &Samples, &str); 2],
+    ) {
+        for (name, ours, base, baseline) in rows {
+            self.add(
+                Spec {
+                    name,
+                    unit: "MiB/s",
+                    better: Better::Higher,
+                    baseline,
+                },
+                &throughput_mib_s(ours, bytes),
+                &throughput_mib_s(base, bytes),
+                0,
+            );
+        }
+    }
+
     pub(crate) fn into_figures(self) -> Vec<Figure> {
         self.figures
     }
