@@ -16,6 +16,7 @@ pub mod process;
 mod registry;
 mod secrets;
 mod session;
+mod stdin;
 mod workspace;
 
 pub use capabilities::{RunnerCapabilities, RunnerMountCapabilities};
@@ -56,4 +57,5 @@ pub use secrets::{EnvSecretResolver, SecretResolver, SecretValues};
 pub use session::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerEventStream, RunnerSweepReport,
 };
+pub use stdin::StdinPipe;
 pub use workspace::{PathAccess, RemoteWorkspace, normalize_lexically, reject_nul_path};

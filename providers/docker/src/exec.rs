@@ -17,10 +17,10 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use futures_util::{Stream, StreamExt};
 use runner_api::{
-    OutputSink, ProcessControl, RawExit, RunnerCommandRequest, RunnerError, RunnerErrorKind,
-    RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess,
+    OutputSink, ProcessControl, RawExit, RunnerCommandId, RunnerCommandRequest, RunnerError,
+    RunnerErrorKind, RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess, StdinPipe,
 };
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use crate::error::Daemon;
 
@@ -359,31 +359,20 @@ pub(crate) async fn launch(
         sink.push(RunnerOutputStream::Stderr, &early_stderr);
     }
 
-    let input = Arc::new(tokio::sync::Mutex::new(Some(input)));
-    if attach_stdin {
-        // Holding the lock before spawning orders the initial bytes before any
-        // later `write_stdin`.
-        let mut guard = input.clone().lock_owned().await;
-        let bytes = stdin.unwrap_or_default();
-        let keep_open = request.keep_stdin_open;
-        tokio::spawn(async move {
-            if let Some(writer) = guard.as_mut() {
-                let written = writer.write_all(&bytes).await;
-                if written.is_err() || !keep_open {
-                    let _ = writer.shutdown().await;
-                    *guard = None;
-                }
-            }
-        });
-    } else {
-        input.lock().await.take();
-    }
+    // Without stdin attached the exec's writer leads nowhere: drop it.
+    let stdin = StdinPipe::start(
+        attach_stdin.then_some(input),
+        stdin,
+        request.keep_stdin_open,
+    );
     let control = Arc::new(ExecControl {
         ctx: ctx.clone(),
         pid_file,
-        input,
+        command_id: id,
+        stdin: stdin.clone(),
     });
     let exit = async move {
+        let mut failed = None;
         while let Some(item) = output.next().await {
             match item {
                 Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
@@ -393,8 +382,16 @@ pub(crate) async fn launch(
                     sink.push(RunnerOutputStream::Stderr, &message)
                 }
                 Ok(LogOutput::StdIn { .. }) => {}
-                Err(e) => return Err(ctx.daemon.error("command output", &ctx.subject(), e)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
+        }
+        // The exec's stream ended with the command: nothing reads its stdin.
+        stdin.release();
+        if let Some(e) = failed {
+            return Err(ctx.daemon.error("command output", &ctx.subject(), e));
         }
         let code = ctx.exit_code("command exit", &exec_id).await?;
         Ok(raw_exit(code))
@@ -410,7 +407,9 @@ pub(crate) async fn launch(
 struct ExecControl {
     ctx: Arc<ExecContext>,
     pid_file: String,
-    input: Arc<tokio::sync::Mutex<Option<Input>>>,
+    /// The command, for stdin errors.
+    command_id: RunnerCommandId,
+    stdin: StdinPipe,
 }
 
 #[async_trait]
@@ -436,20 +435,7 @@ impl ProcessControl for ExecControl {
     }
 
     async fn write_stdin(&self, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
-        let mut guard = self.input.lock().await;
-        let Some(writer) = guard.as_mut() else {
-            return Err(RunnerError::invalid_request("stdin is closed"));
-        };
-        let written = writer.write_all(&bytes).await;
-        if let Err(e) = written {
-            *guard = None;
-            return Err(RunnerError::from_io("write_stdin", "", e));
-        }
-        if close {
-            let _ = writer.shutdown().await;
-            *guard = None;
-        }
-        Ok(())
+        self.stdin.write(&self.command_id, bytes, close).await
     }
 }
 

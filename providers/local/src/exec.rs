@@ -11,12 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_api::{
-    OutputSink, ProcessControl, RawExit, RunnerCommandRequest, RunnerError, RunnerOutputStream,
-    RunnerResult, RunnerSignal, SpawnedProcess,
+    OutputSink, ProcessControl, RawExit, RunnerCommandId, RunnerCommandRequest, RunnerError,
+    RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess, StdinPipe,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::ChildStdin;
-use tokio::sync::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 
 use crate::error::join_error;
@@ -51,12 +49,12 @@ struct Launch {
     cwd: PathBuf,
 }
 
-type StdinSlot = Arc<Mutex<Option<ChildStdin>>>;
-
 /// Signals the command's process group and writes its kept-open stdin.
 struct LocalControl {
     pgid: i32,
-    stdin: StdinSlot,
+    /// The command, for stdin errors.
+    command_id: RunnerCommandId,
+    stdin: StdinPipe,
 }
 
 #[async_trait]
@@ -66,30 +64,7 @@ impl ProcessControl for LocalControl {
     }
 
     async fn write_stdin(&self, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
-        let mut slot = self.stdin.lock().await;
-        let Some(pipe) = slot.as_mut() else {
-            return Err(RunnerError::invalid_request(
-                "stdin is closed (or was not kept open with keep_stdin_open)",
-            ));
-        };
-        if !bytes.is_empty() {
-            let written = async {
-                pipe.write_all(&bytes).await?;
-                pipe.flush().await
-            };
-            if let Err(e) = written.await {
-                *slot = None;
-                return Err(if e.kind() == io::ErrorKind::BrokenPipe {
-                    RunnerError::invalid_request("the command closed its stdin")
-                } else {
-                    RunnerError::from_io("write_stdin", "stdin", e)
-                });
-            }
-        }
-        if close && let Some(mut pipe) = slot.take() {
-            let _ = pipe.shutdown().await;
-        }
-        Ok(())
+        self.stdin.write(&self.command_id, bytes, close).await
     }
 }
 
@@ -118,20 +93,6 @@ async fn pump(mut reader: impl AsyncRead + Unpin, sink: OutputSink, stream: Runn
             Ok(n) => sink.push(stream, &buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
-        }
-    }
-}
-
-/// Writes `bytes` to `pipe`; a program that exits (or closes stdin) before
-/// reading everything is not an error.
-async fn feed(pipe: &mut ChildStdin, bytes: &[u8]) -> bool {
-    match pipe.write_all(bytes).await {
-        Ok(()) => pipe.flush().await.is_ok(),
-        Err(e) => {
-            if e.kind() != io::ErrorKind::BrokenPipe {
-                tracing::debug!(error = %e, "writing stdin failed");
-            }
-            false
         }
     }
 }
@@ -195,38 +156,7 @@ fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<S
     let command_id = request.command_id.clone();
     tracing::info!(command_id = %command_id, program = %request.program, pid, "spawned local command");
 
-    let slot: StdinSlot = Arc::new(Mutex::new(None));
-    let writer: Option<JoinHandle<()>> = match (child.stdin.take(), launch.stdin) {
-        (Some(mut pipe), Some(bytes)) if !keep_open => Some(tokio::spawn(async move {
-            feed(&mut pipe, &bytes).await;
-            drop(pipe);
-        })),
-        (Some(pipe), Some(bytes)) => {
-            // Hold the slot while the initial bytes go in, so `write_stdin`
-            // calls queue up behind them.
-            let mut guard = slot
-                .clone()
-                .try_lock_owned()
-                .map_err(|_| RunnerError::provider("stdin slot busy"))?;
-            *guard = Some(pipe);
-            Some(tokio::spawn(async move {
-                let ok = match guard.as_mut() {
-                    Some(pipe) => feed(pipe, &bytes).await,
-                    None => false,
-                };
-                if !ok {
-                    *guard = None;
-                }
-            }))
-        }
-        (Some(pipe), None) => {
-            if let Ok(mut guard) = slot.try_lock() {
-                *guard = Some(pipe);
-            }
-            None
-        }
-        (None, _) => None,
-    };
+    let stdin = StdinPipe::start(child.stdin.take(), launch.stdin, keep_open);
 
     let stdout = child
         .stdout
@@ -238,7 +168,11 @@ fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<S
         .map(|err| tokio::spawn(pump(err, sink, RunnerOutputStream::Stderr)));
     let readers: Vec<JoinHandle<()>> = stdout.into_iter().chain(stderr).collect();
 
-    let exit_slot = slot.clone();
+    let control = Arc::new(LocalControl {
+        pgid,
+        command_id: command_id.clone(),
+        stdin: stdin.clone(),
+    });
     let exit = Box::pin(async move {
         let status = child.wait().await;
         let aborts: Vec<_> = readers.iter().map(JoinHandle::abort_handle).collect();
@@ -254,12 +188,7 @@ fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<S
                 abort.abort();
             }
         }
-        if let Some(writer) = writer {
-            writer.abort();
-        }
-        if let Ok(mut pipe) = exit_slot.try_lock() {
-            pipe.take();
-        }
+        stdin.release();
         let status = status.map_err(|e| RunnerError::from_io("wait", &command_id, e))?;
         let raw = RawExit {
             exit_code: status.code(),
@@ -271,7 +200,7 @@ fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<S
 
     Ok(SpawnedProcess {
         pid: Some(pid),
-        control: Arc::new(LocalControl { pgid, stdin: slot }),
+        control,
         exit,
     })
 }

@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use openssh::{ChildStdin, Session};
+use openssh::Session;
 use runner_api::{
-    OutputSink, ProcessControl, RawExit, RunnerCommandRequest, RunnerError, RunnerErrorKind,
-    RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess,
+    OutputSink, ProcessControl, RawExit, RunnerCommandId, RunnerCommandRequest, RunnerError,
+    RunnerErrorKind, RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess, StdinPipe,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::connection::{Connection, Link};
@@ -227,8 +227,6 @@ fn signal_script(file: &str, signal: RunnerSignal) -> String {
     )
 }
 
-type StdinSlot = Arc<Mutex<Option<ChildStdin>>>;
-
 /// Signals a command's remote process group; writes its stdin.
 struct RemoteControl {
     conn: Arc<Connection>,
@@ -237,8 +235,9 @@ struct RemoteControl {
     /// The command's remote directory, quoted (used for the stdin FIFO of
     /// background commands).
     dir: String,
-    /// Foreground stdin kept open through the channel.
-    stdin: Option<StdinSlot>,
+    /// Foreground stdin through the channel, with the command id its errors
+    /// name.
+    stdin: Option<(RunnerCommandId, StdinPipe)>,
     /// Background stdin kept open through a FIFO in the command directory.
     fifo: bool,
 }
@@ -259,8 +258,8 @@ impl ProcessControl for RemoteControl {
     }
 
     async fn write_stdin(&self, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
-        if let Some(slot) = &self.stdin {
-            return write_channel_stdin(slot, bytes, close).await;
+        if let Some((command_id, stdin)) = &self.stdin {
+            return stdin.write(command_id, bytes, close).await;
         }
         if !self.fifo {
             return Err(RunnerError::invalid_request(
@@ -269,31 +268,6 @@ impl ProcessControl for RemoteControl {
         }
         write_fifo(&self.conn, &self.dir, bytes, close).await
     }
-}
-
-async fn write_channel_stdin(slot: &StdinSlot, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
-    let mut slot = slot.lock().await;
-    let Some(pipe) = slot.as_mut() else {
-        return Err(RunnerError::invalid_request(
-            "stdin is closed (or was not kept open with keep_stdin_open)",
-        ));
-    };
-    if !bytes.is_empty() {
-        let written = async {
-            pipe.write_all(&bytes).await?;
-            pipe.flush().await
-        };
-        if let Err(e) = written.await {
-            *slot = None;
-            return Err(RunnerError::invalid_request(format!(
-                "the command closed its stdin: {e}"
-            )));
-        }
-    }
-    if close && let Some(mut pipe) = slot.take() {
-        let _ = pipe.shutdown().await;
-    }
-    Ok(())
 }
 
 async fn write_fifo(conn: &Connection, dir: &str, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
@@ -450,38 +424,7 @@ pub(crate) async fn start_foreground(
     }
     sink.push(RunnerOutputStream::Stdout, &rest);
 
-    let slot: StdinSlot = Arc::new(Mutex::new(None));
-    let writer: Option<JoinHandle<()>> = match (pipe, stdin) {
-        (Some(mut pipe), Some(bytes)) if !keep_open => Some(tokio::spawn(async move {
-            let _ = pipe.write_all(&bytes).await;
-            let _ = pipe.shutdown().await;
-        })),
-        (Some(pipe), Some(bytes)) => {
-            let mut guard = slot
-                .clone()
-                .try_lock_owned()
-                .map_err(|_| RunnerError::provider("stdin slot busy"))?;
-            *guard = Some(pipe);
-            Some(tokio::spawn(async move {
-                let ok = match guard.as_mut() {
-                    Some(pipe) => {
-                        pipe.write_all(&bytes).await.is_ok() && pipe.flush().await.is_ok()
-                    }
-                    None => false,
-                };
-                if !ok {
-                    *guard = None;
-                }
-            }))
-        }
-        (Some(pipe), None) => {
-            if let Ok(mut guard) = slot.try_lock() {
-                *guard = Some(pipe);
-            }
-            None
-        }
-        (None, _) => None,
-    };
+    let stdin = StdinPipe::start(pipe, stdin, keep_open);
     let readers: Vec<JoinHandle<()>> = [
         Some(tokio::spawn(pump(
             stdout,
@@ -495,7 +438,7 @@ pub(crate) async fn start_foreground(
     .collect();
 
     let command_id = request.command_id.clone();
-    let exit_slot = slot.clone();
+    let exit_stdin = stdin.clone();
     let exit = Box::pin(async move {
         let status = child.wait().await;
         let aborts: Vec<_> = readers.iter().map(JoinHandle::abort_handle).collect();
@@ -510,12 +453,7 @@ pub(crate) async fn start_foreground(
                 abort.abort();
             }
         }
-        if let Some(writer) = writer {
-            writer.abort();
-        }
-        if let Ok(mut pipe) = exit_slot.try_lock() {
-            pipe.take();
-        }
+        exit_stdin.release();
         let status = status
             .map_err(|e| transport_error(&format!("run_command {command_id}: waiting"), e))?;
         let code = status.code().ok_or_else(|| {
@@ -532,7 +470,7 @@ pub(crate) async fn start_foreground(
             conn: ctx.conn.clone(),
             pgid_file: file_q.clone(),
             dir: file_q,
-            stdin: Some(slot),
+            stdin: Some((request.command_id.clone(), stdin)),
             fifo: false,
         }),
         exit,
