@@ -47,6 +47,25 @@ pub struct RawExit {
     pub signal: Option<i32>,
 }
 
+impl RawExit {
+    /// A wait status as shells (and Docker) report it: 129–192 means killed by
+    /// signal `status - 128`; anything else is an exit code. A program that
+    /// exits with such a code by itself is therefore reported as signalled.
+    pub fn from_shell_status(status: i64) -> Self {
+        if (129..=192).contains(&status) {
+            Self {
+                exit_code: None,
+                signal: Some((status - 128) as i32),
+            }
+        } else {
+            Self {
+                exit_code: Some(i32::try_from(status).unwrap_or(i32::MAX)),
+                signal: None,
+            }
+        }
+    }
+}
+
 /// A process a provider has started.
 pub struct SpawnedProcess {
     /// Process id on the runner, when known.
@@ -720,6 +739,17 @@ async fn next_event(mut s: StreamState) -> Option<(RunnerResult<RunnerProcessEve
 mod tests {
     use super::*;
     use futures_util::StreamExt;
+
+    #[test]
+    fn shell_statuses_above_128_are_signals() {
+        let killed = RawExit::from_shell_status(137);
+        assert_eq!((killed.exit_code, killed.signal), (None, Some(9)));
+        assert_eq!(RawExit::from_shell_status(143).signal, Some(15));
+        assert_eq!(RawExit::from_shell_status(192).signal, Some(64));
+        assert_eq!(RawExit::from_shell_status(128).exit_code, Some(128));
+        assert_eq!(RawExit::from_shell_status(255).exit_code, Some(255));
+        assert_eq!(RawExit::from_shell_status(0).exit_code, Some(0));
+    }
 
     struct NoopControl;
 

@@ -99,21 +99,6 @@ struct Started {
     input: Input,
 }
 
-/// Docker reports a process killed by signal N as exit code 128 + N.
-fn raw_exit(code: i64) -> RawExit {
-    if (129..=128 + 64).contains(&code) {
-        RawExit {
-            exit_code: None,
-            signal: Some((code - 128) as i32),
-        }
-    } else {
-        RawExit {
-            exit_code: Some(i32::try_from(code).unwrap_or(i32::MAX)),
-            signal: None,
-        }
-    }
-}
-
 impl ExecContext {
     /// The uid and gid files written through the archive API get.
     pub(crate) fn file_owner(&self) -> (u64, u64) {
@@ -394,7 +379,7 @@ pub(crate) async fn launch(
             return Err(ctx.daemon.error("command output", &ctx.subject(), e));
         }
         let code = ctx.exit_code("command exit", &exec_id).await?;
-        Ok(raw_exit(code))
+        Ok(RawExit::from_shell_status(code))
     };
     Ok(SpawnedProcess {
         pid: None,
@@ -443,17 +428,4 @@ impl ProcessControl for ExecControl {
 /// `workspace`.
 pub(crate) fn absolute(workspace: &Path, path: &Path) -> PathBuf {
     runner_api::normalize_lexically(&workspace.join(path))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signal_codes_become_signals() {
-        assert_eq!(raw_exit(137).signal, Some(9));
-        assert_eq!(raw_exit(143).exit_code, None);
-        assert_eq!(raw_exit(255).exit_code, Some(255));
-        assert_eq!(raw_exit(0).exit_code, Some(0));
-    }
 }

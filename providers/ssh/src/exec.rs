@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -36,9 +37,14 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes one poll of a background command reads per stream.
 const POLL_READ: u64 = 1 << 20;
 
-/// How long to keep reading foreground output after the command exited: a
-/// background grandchild that inherited the channel would keep it open.
-const READER_GRACE: Duration = Duration::from_secs(2);
+/// How long foreground output may stay silent after the command exited before
+/// reading stops: a background grandchild that inherited the channel would
+/// keep it open. While output keeps arriving, reading goes on (up to
+/// [`READER_LIMIT`]), so a slow master never cuts the tail of the output.
+const READER_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest foreground output is read after the command exited.
+const READER_LIMIT: Duration = Duration::from_secs(30);
 
 /// Fastest and slowest polling of a background command's files.
 const POLL_MIN: Duration = Duration::from_millis(20);
@@ -77,26 +83,11 @@ pub(crate) struct CommandMeta {
     pub(crate) started_at_ms: u64,
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 before it).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The wait status of the remote shell: 129–192 is a signal (128 + number),
-/// as shells report it; anything else is an exit code.
-pub(crate) fn raw_exit(status: i32) -> RawExit {
-    if (129..=192).contains(&status) {
-        RawExit {
-            exit_code: None,
-            signal: Some(status - 128),
-        }
-    } else {
-        RawExit {
-            exit_code: Some(status),
-            signal: None,
-        }
-    }
 }
 
 fn is_identifier(key: &str) -> bool {
@@ -144,9 +135,10 @@ const BOOTSTRAP: &str = "IFS= read -r l && eval \"$(printf \"$l\")\"";
 
 /// The first stdin line that carries `script` to [`BOOTSTRAP`].
 fn bootstrap_line(script: &str) -> Vec<u8> {
+    use std::fmt::Write as _;
     let mut line = String::with_capacity(script.len() * 4 + 1);
     for byte in script.bytes() {
-        line.push_str(&format!("\\{byte:03o}"));
+        let _ = write!(line, "\\{byte:03o}");
     }
     line.push('\n');
     line.into_bytes()
@@ -308,14 +300,51 @@ async fn write_fifo(conn: &Connection, dir: &str, bytes: Vec<u8>, close: bool) -
     }
 }
 
-async fn pump(mut reader: impl AsyncRead + Unpin, sink: OutputSink, stream: RunnerOutputStream) {
+async fn pump(
+    mut reader: impl AsyncRead + Unpin,
+    sink: OutputSink,
+    stream: RunnerOutputStream,
+    progress: Arc<AtomicU64>,
+) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) => return,
-            Ok(n) => sink.push(stream, &buf[..n]),
+            Ok(n) => {
+                progress.fetch_add(n as u64, Ordering::Relaxed);
+                sink.push(stream, &buf[..n]);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
+        }
+    }
+}
+
+/// Waits, after the command exited, for its output readers to reach the end of
+/// their streams. Stops them once no byte arrived for [`READER_GRACE`] or after
+/// [`READER_LIMIT`] in all.
+async fn drain(readers: Vec<JoinHandle<()>>, progress: &AtomicU64) {
+    let aborts: Vec<_> = readers.iter().map(JoinHandle::abort_handle).collect();
+    let finished = async move {
+        for reader in readers {
+            let _ = reader.await;
+        }
+    };
+    tokio::pin!(finished);
+    let deadline = tokio::time::Instant::now() + READER_LIMIT;
+    loop {
+        let seen = progress.load(Ordering::Relaxed);
+        if tokio::time::timeout(READER_GRACE, &mut finished)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if progress.load(Ordering::Relaxed) == seen || tokio::time::Instant::now() >= deadline {
+            for abort in aborts {
+                abort.abort();
+            }
+            return;
         }
     }
 }
@@ -425,13 +454,22 @@ pub(crate) async fn start_foreground(
     sink.push(RunnerOutputStream::Stdout, &rest);
 
     let stdin = StdinPipe::start(pipe, stdin, keep_open);
+    let progress = Arc::new(AtomicU64::new(0));
     let readers: Vec<JoinHandle<()>> = [
         Some(tokio::spawn(pump(
             stdout,
             sink.clone(),
             RunnerOutputStream::Stdout,
+            progress.clone(),
         ))),
-        stderr.map(|err| tokio::spawn(pump(err, sink, RunnerOutputStream::Stderr))),
+        stderr.map(|err| {
+            tokio::spawn(pump(
+                err,
+                sink,
+                RunnerOutputStream::Stderr,
+                progress.clone(),
+            ))
+        }),
     ]
     .into_iter()
     .flatten()
@@ -441,18 +479,7 @@ pub(crate) async fn start_foreground(
     let exit_stdin = stdin.clone();
     let exit = Box::pin(async move {
         let status = child.wait().await;
-        let aborts: Vec<_> = readers.iter().map(JoinHandle::abort_handle).collect();
-        let drained = tokio::time::timeout(READER_GRACE, async move {
-            for reader in readers {
-                let _ = reader.await;
-            }
-        })
-        .await;
-        if drained.is_err() {
-            for abort in aborts {
-                abort.abort();
-            }
-        }
+        drain(readers, &progress).await;
         exit_stdin.release();
         let status = status
             .map_err(|e| transport_error(&format!("run_command {command_id}: waiting"), e))?;
@@ -462,7 +489,7 @@ pub(crate) async fn start_foreground(
                 format!("run_command {command_id}: the connection ended without an exit status"),
             )
         })?;
-        Ok(raw_exit(code))
+        Ok(RawExit::from_shell_status(i64::from(code)))
     });
     Ok(SpawnedProcess {
         pid: None,
@@ -748,9 +775,11 @@ impl Follower {
             got = true;
         }
         let exit = match exit {
-            Some(text) if !got => Some(raw_exit(text.trim().parse::<i32>().map_err(|_| {
-                RunnerError::provider(format!("follow output: bad exit status {text:?}"))
-            })?)),
+            Some(text) if !got => Some(RawExit::from_shell_status(
+                text.trim().parse::<i64>().map_err(|_| {
+                    RunnerError::provider(format!("follow output: bad exit status {text:?}"))
+                })?,
+            )),
             _ => None,
         };
         Ok((got, exit))
@@ -819,17 +848,5 @@ async fn read_all(link: &Link, path: &Path) -> RunnerResult<Option<Vec<u8>>> {
         Ok((bytes, _)) => Ok(Some(bytes)),
         Err(e) if e.kind() == RunnerErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_statuses_map_to_signals() {
-        assert_eq!(raw_exit(0).exit_code, Some(0));
-        assert_eq!(raw_exit(143).signal, Some(15));
-        assert_eq!(raw_exit(255).exit_code, Some(255));
     }
 }
