@@ -245,22 +245,35 @@ impl DestinationPool {
         failure
     }
 
-    /// The health of `destination`, from the cache when fresh.
-    async fn healthy(&self, destination: &RunnerDestination) -> Option<String> {
-        if let Some(verdict) = self.cached(&destination.id) {
-            return verdict;
-        }
+    /// Checks `destination` now and records the verdict.
+    async fn check(&self, destination: &RunnerDestination) -> Option<String> {
         let failure = self.probe(destination).await;
         self.record(&destination.id, failure.clone());
         failure
+    }
+
+    /// The health of `destination`, from the cache when fresh.
+    async fn healthy(&self, destination: &RunnerDestination) -> Option<String> {
+        match self.cached(&destination.id) {
+            Some(verdict) => verdict,
+            None => self.check(destination).await,
+        }
+    }
+
+    /// Counts `session` as live on `destination_id` for as long as it is held.
+    fn track(&self, destination_id: &str, session: &Arc<dyn RemoteRunnerSession>) {
+        self.state()
+            .live
+            .entry(destination_id.to_string())
+            .or_default()
+            .push(Arc::downgrade(session));
     }
 
     /// Checks every destination now (ignoring the cache) and reports each.
     pub async fn check_health(&self) -> Vec<DestinationHealth> {
         let mut report = Vec::new();
         for destination in &self.destinations {
-            let failure = self.probe(destination).await;
-            self.record(&destination.id, failure.clone());
+            let failure = self.check(destination).await;
             report.push(DestinationHealth {
                 destination_id: destination.id.clone(),
                 failure,
@@ -301,11 +314,7 @@ impl DestinationPool {
             match self.provider.create_session(destination.clone()).await {
                 Ok(session) => {
                     tracing::info!(destination_id = %destination.id, session_id = %session.state().session_id, "pool session created");
-                    self.state()
-                        .live
-                        .entry(destination.id.clone())
-                        .or_default()
-                        .push(Arc::downgrade(&session));
+                    self.track(&destination.id, &session);
                     return Ok(session);
                 }
                 Err(e) => {
@@ -340,11 +349,7 @@ impl DestinationPool {
         }
         let destination_id = state.destination_id.clone();
         let session = self.provider.resume_session(state).await?;
-        self.state()
-            .live
-            .entry(destination_id)
-            .or_default()
-            .push(Arc::downgrade(&session));
+        self.track(&destination_id, &session);
         Ok(session)
     }
 }

@@ -174,12 +174,7 @@ fn print_sections(cli: &Cli, report: &Report, out: &mut dyn Write) -> std::io::R
                 cap.observed
             )?;
         }
-        let flagged: Vec<&str> = report
-            .capabilities
-            .iter()
-            .filter(|c| c.flagged)
-            .map(|c| c.capability.as_str())
-            .collect();
+        let flagged = report.flagged_capabilities();
         if flagged.is_empty() {
             writeln!(out, "no capability flag contradicts the checks")?;
         } else {

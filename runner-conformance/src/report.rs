@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use runner_api::{RunnerCapabilities, RunnerDestination};
-use runner_testkit::{Capability, CheckReport, CheckStatus, ConformanceSummary, checks};
+use runner_testkit::{Capability, Check, CheckReport, CheckStatus, ConformanceSummary, checks};
 use serde::{Deserialize, Serialize};
 
 /// What `--report` writes: the summary, every check, every capability flag.
@@ -80,6 +80,7 @@ impl Report {
                 duration_ms: c.duration.as_millis() as u64,
             })
             .collect();
+        let catalogue = checks();
         Self {
             provider_id: summary.provider_id.clone(),
             destination_id: destination.id.clone(),
@@ -90,7 +91,7 @@ impl Report {
             checks: entries,
             capabilities: Capability::ALL
                 .iter()
-                .map(|c| capability_report(*c, declared, &summary.checks))
+                .map(|c| capability_report(*c, declared, &catalogue, &summary.checks))
                 .collect(),
         }
     }
@@ -129,21 +130,24 @@ impl Report {
 fn capability_report(
     capability: Capability,
     declared: &RunnerCapabilities,
+    catalogue: &[Check],
     results: &[CheckReport],
 ) -> CapabilityReport {
     let honesty_name = format!("capabilities_{}", capability.name());
     let honesty = results.iter().find(|r| r.name == honesty_name);
-    let requiring: Vec<&CheckReport> = checks()
-        .into_iter()
+    let requiring: Vec<&CheckReport> = catalogue
+        .iter()
         .filter(|c| c.requires.contains(&capability))
         .filter_map(|c| results.iter().find(|r| r.name == c.name))
         .collect();
     let related = || requiring.iter().copied().chain(honesty);
-    let count = |status: CheckStatus| related().filter(|r| r.status == status).count() as u64;
     let failed_checks: Vec<String> = related()
         .filter(|r| r.status == CheckStatus::Failed)
         .map(|r| r.name.clone())
         .collect();
+    let passed = related()
+        .filter(|r| r.status == CheckStatus::Passed)
+        .count() as u64;
     let is_declared = capability.is_set(declared);
     let (observed, flagged) = match (is_declared, honesty.map(|h| h.status)) {
         (true, _) if !failed_checks.is_empty() => (
@@ -154,13 +158,7 @@ fn capability_report(
             ),
             true,
         ),
-        (true, _) if count(CheckStatus::Passed) > 0 => (
-            format!(
-                "declared true, checks passed ({})",
-                count(CheckStatus::Passed)
-            ),
-            false,
-        ),
+        (true, _) if passed > 0 => (format!("declared true, checks passed ({passed})"), false),
         (false, Some(CheckStatus::Passed)) => (
             "declared false, the operation answered Unsupported".to_string(),
             false,
@@ -184,7 +182,7 @@ fn capability_report(
         declared: is_declared,
         observed,
         flagged,
-        checks_passed: count(CheckStatus::Passed),
+        checks_passed: passed,
         failed_checks,
         checks_skipped: requiring
             .iter()

@@ -181,7 +181,6 @@ impl Conformance {
                 return summary;
             }
         };
-        let failures: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let reports: Arc<Mutex<Vec<CheckReport>>> = Arc::default();
         let capabilities = self.provider.capabilities();
         let trials: Vec<Trial> = checks()
@@ -189,31 +188,19 @@ impl Conformance {
             .map(|check| {
                 let missing = check.missing(&capabilities);
                 if self.object_store.is_none() && check.area.needs_object_store() {
-                    let trial = Trial::ignorable_test(check.name, || {
-                        Ok(Completion::ignored_with(NO_STORE))
-                    })
-                    .with_kind("needs an object store")
-                    .with_ignored_flag(true);
-                    record_skip(&reports, &args, &trial, &check, NO_STORE);
-                    trial
-                } else if missing.is_empty() {
-                    self.trial(
-                        check,
-                        runtime.handle().clone(),
-                        failures.clone(),
-                        reports.clone(),
+                    skipped(
+                        &reports,
+                        &args,
+                        &check,
+                        "needs an object store".into(),
+                        NO_STORE.into(),
                     )
+                } else if missing.is_empty() {
+                    self.trial(check, runtime.handle().clone(), reports.clone())
                 } else {
                     let names: Vec<&str> = missing.iter().map(|c| c.name()).collect();
                     let reason = format!("unsupported: {}", names.join(", "));
-                    let ignored = reason.clone();
-                    let trial = Trial::ignorable_test(check.name, move || {
-                        Ok(Completion::ignored_with(ignored))
-                    })
-                    .with_kind(reason.clone())
-                    .with_ignored_flag(true);
-                    record_skip(&reports, &args, &trial, &check, &reason);
-                    trial
+                    skipped(&reports, &args, &check, reason.clone(), reason)
                 }
             })
             .collect();
@@ -230,17 +217,18 @@ impl Conformance {
         summary.passed = conclusion.num_passed;
         summary.failed = conclusion.num_failed;
         summary.skipped = conclusion.num_ignored;
-        summary.failures = std::mem::take(
-            &mut *failures
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        summary.failures.sort();
         let order: Vec<&str> = checks().iter().map(|c| c.name).collect();
         summary.checks = std::mem::take(&mut *lock(&reports));
         summary
             .checks
             .sort_by_key(|r| order.iter().position(|name| *name == r.name));
+        summary.failures = summary
+            .checks
+            .iter()
+            .filter(|r| r.status == CheckStatus::Failed)
+            .map(|r| (r.name.clone(), r.message.clone().unwrap_or_default()))
+            .collect();
+        summary.failures.sort();
         println!("{}", summary.line());
         summary
     }
@@ -249,7 +237,6 @@ impl Conformance {
         &self,
         check: Check,
         handle: tokio::runtime::Handle,
-        failures: Arc<Mutex<Vec<(String, String)>>>,
         reports: Arc<Mutex<Vec<CheckReport>>>,
     ) -> Trial {
         let provider = self.provider.clone();
@@ -270,34 +257,35 @@ impl Conformance {
                 message: outcome.as_ref().err().cloned(),
                 duration: started.elapsed(),
             });
-            outcome.map_err(|message| {
-                failures
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push((check.name.to_string(), message.clone()));
-                Failed::from(message)
-            })
+            outcome.map_err(Failed::from)
         })
     }
 }
 
-/// Records a skipped check the run selects (its name passes the filters).
-fn record_skip(
+/// The ignored trial of a check that does not run, of kind `kind`, showing
+/// `reason`; records the skip when the run selects the check (its name passes
+/// the filters).
+fn skipped(
     reports: &Mutex<Vec<CheckReport>>,
     args: &Arguments,
-    trial: &Trial,
     check: &Check,
-    reason: &str,
-) {
-    if !args.is_filtered_out(trial) {
+    kind: String,
+    reason: String,
+) -> Trial {
+    let ignored = reason.clone();
+    let trial = Trial::ignorable_test(check.name, move || Ok(Completion::ignored_with(ignored)))
+        .with_kind(kind)
+        .with_ignored_flag(true);
+    if !args.is_filtered_out(&trial) {
         lock(reports).push(CheckReport {
             name: check.name.to_string(),
             area: check.area,
             status: CheckStatus::Skipped,
-            message: Some(reason.to_string()),
+            message: Some(reason),
             duration: Duration::ZERO,
         });
     }
+    trial
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -93,17 +93,13 @@ impl Connection {
         lock(&self.routes)
             .processes
             .insert(handle, Process { sink, exit });
-        let pid = match self.call_with_id(handle, op).await {
-            Ok(Answer::Spawned { pid }) => Ok(pid),
-            Ok(other) => Err(Failure::Protocol(format!(
-                "expected spawned, got {other:?}"
-            ))),
-            Err(failure) => Err(failure),
+        let failure = match self.call_with_id(handle, op).await {
+            Ok(Answer::Spawned { pid }) => return Ok((handle, pid, exited)),
+            Ok(other) => Failure::Protocol(format!("expected spawned, got {other:?}")),
+            Err(failure) => failure,
         };
-        if pid.is_err() {
-            lock(&self.routes).processes.remove(&handle);
-        }
-        Ok((handle, pid?, exited))
+        lock(&self.routes).processes.remove(&handle);
+        Err(failure)
     }
 
     async fn call_with_id(&self, id: u64, op: Op) -> Reply {

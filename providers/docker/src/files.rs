@@ -355,14 +355,17 @@ impl ExecContext {
             (None, true) => self.existing_mode(&path).await.unwrap_or(0o644),
             (None, false) => 0o644,
         };
-        let tar = single_file_tar(&entry_name, &request.contents, mode, self.file_owner())
-            .map_err(|e| RunnerError::from_io(OP, path.display(), e))?;
-        match self.upload(OP, upload_dir, tar.clone()).await {
+        // Built again for the rare retry rather than copied for every write.
+        let tar = || {
+            single_file_tar(&entry_name, &request.contents, mode, self.file_owner())
+                .map_err(|e| RunnerError::from_io(OP, path.display(), e))
+        };
+        match self.upload(OP, upload_dir, tar()?).await {
             Ok(()) => {}
             Err(e) if e.kind() == RunnerErrorKind::NotFound && !paused => {
                 self.run_helper(OP, parent, MAKE_DIR, &[&arg(parent)])
                     .await?;
-                self.upload(OP, upload_dir, tar).await?;
+                self.upload(OP, upload_dir, tar()?).await?;
             }
             Err(e) => return Err(e),
         }

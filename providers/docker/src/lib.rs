@@ -242,12 +242,35 @@ impl DockerProvider {
         }
     }
 
-    fn meta(operation: &str, state: &RunnerSessionState) -> RunnerResult<SessionMeta> {
-        serde_json::from_value(state.metadata.clone()).map_err(|e| {
+    /// Checks that `destination` is for this provider, parses its config and
+    /// checks its manifest against the capabilities and its object stores
+    /// (without contacting them). Errors: `InvalidRequest`, `Unsupported`.
+    fn checked_config(
+        &self,
+        operation: &str,
+        destination: &RunnerDestination,
+    ) -> RunnerResult<DockerConfig> {
+        self.check_provider(operation, &destination.provider_id)?;
+        let config = DockerConfig::from_destination(destination)?;
+        validate_manifest(&destination.default_manifest, &capabilities())?;
+        validate_stores(destination)?;
+        Ok(config)
+    }
+
+    /// The session metadata of `state` and the config it carries.
+    /// Errors: `InvalidRequest` when either is not a docker session's.
+    fn meta(
+        operation: &str,
+        state: &RunnerSessionState,
+    ) -> RunnerResult<(SessionMeta, DockerConfig)> {
+        let meta: SessionMeta = serde_json::from_value(state.metadata.clone()).map_err(|e| {
             RunnerError::invalid_request(format!(
                 "{operation}: state metadata is not a docker session's: {e}"
             ))
-        })
+        })?;
+        let config = DockerConfig::from_value(&meta.config)
+            .map_err(|e| e.context(format!("{operation}: state metadata")))?;
+        Ok((meta, config))
     }
 }
 
@@ -274,20 +297,15 @@ impl RemoteRunnerProvider for DockerProvider {
 
     /// Parses the config and checks the manifest against the capabilities.
     async fn validate_destination(&self, destination: &RunnerDestination) -> RunnerResult<()> {
-        self.check_provider("validate_destination", &destination.provider_id)?;
-        DockerConfig::from_destination(destination)?;
-        validate_manifest(&destination.default_manifest, &capabilities())?;
-        validate_stores(destination)
+        self.checked_config("validate_destination", destination)
+            .map(|_| ())
     }
 
     async fn create_session(
         &self,
         destination: RunnerDestination,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        self.check_provider("create_session", &destination.provider_id)?;
-        let config = DockerConfig::from_destination(&destination)?;
-        validate_manifest(&destination.default_manifest, &capabilities())?;
-        validate_stores(&destination)?;
+        let config = self.checked_config("create_session", &destination)?;
         let daemon = self.daemon(config.docker_host.as_deref()).await?;
         let session = DockerSession::create(
             daemon,
@@ -310,9 +328,7 @@ impl RemoteRunnerProvider for DockerProvider {
             return self.rejoin_session(state).await;
         };
         self.check_provider("resume_session", &snapshot.provider_id)?;
-        let meta = Self::meta("resume_session", &state)?;
-        let config = DockerConfig::from_value(&meta.config)
-            .map_err(|e| e.context("resume_session: state metadata"))?;
+        let (meta, config) = Self::meta("resume_session", &state)?;
         let daemon = self.daemon(config.docker_host.as_deref()).await?;
         let image = snapshot::locate(&daemon, snapshot).await?;
         let destination = Self::restored_destination(&state, &meta);
@@ -333,9 +349,7 @@ impl RemoteRunnerProvider for DockerProvider {
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
         self.check_provider("rejoin_session", &state.provider_id)?;
-        let meta = Self::meta("rejoin_session", &state)?;
-        let config = DockerConfig::from_value(&meta.config)
-            .map_err(|e| e.context("rejoin_session: state metadata"))?;
+        let (meta, config) = Self::meta("rejoin_session", &state)?;
         let daemon = self.daemon(config.docker_host.as_deref()).await?;
         let destination = Self::restored_destination(&state, &meta);
         let session = DockerSession::rejoin(daemon, config, state, meta).await?;

@@ -202,6 +202,24 @@ impl DockerSession {
         labels
     }
 
+    /// Where the commands and file helpers of `container` run: the
+    /// configured user, environment and workspace (owner learned later).
+    fn exec_context(daemon: Daemon, container: String, config: &DockerConfig) -> Arc<ExecContext> {
+        Arc::new(ExecContext {
+            daemon,
+            container,
+            user: config.user.clone(),
+            env: config
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            workspace: config.workspace_dir.clone(),
+            state_dir: STATE_DIR.to_string(),
+            owner: std::sync::OnceLock::new(),
+        })
+    }
+
     /// Creates and starts a container for a new session.
     pub(crate) async fn create(
         daemon: Daemon,
@@ -299,28 +317,12 @@ impl DockerSession {
                     mapped
                 }
             })?;
-        let ctx = Arc::new(ExecContext {
-            daemon: daemon.clone(),
-            container: created.id.clone(),
-            user: config.user.clone(),
-            env: config
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            workspace: config.workspace_dir.clone(),
-            state_dir: STATE_DIR.to_string(),
-            owner: std::sync::OnceLock::new(),
-        });
+        let ctx = Self::exec_context(daemon.clone(), created.id.clone(), &config);
         let prepared = Self::prepare(&ctx, &config, &plain_dirs, entries, &entry_targets).await;
         if let Err(e) = prepared {
-            let remove = RemoveContainerOptionsBuilder::new()
-                .force(true)
-                .v(true)
-                .build();
             let _ = daemon
                 .docker
-                .remove_container(&created.id, Some(remove))
+                .remove_container(&created.id, Some(Self::remove_options()))
                 .await;
             return Err(e);
         }
@@ -479,19 +481,7 @@ impl DockerSession {
                 .await
                 .map_err(|e| daemon.error(OP, &meta.container_id, e))?;
         }
-        let ctx = Arc::new(ExecContext {
-            daemon,
-            container: meta.container_id.clone(),
-            user: config.user.clone(),
-            env: config
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            workspace: config.workspace_dir.clone(),
-            state_dir: STATE_DIR.to_string(),
-            owner: std::sync::OnceLock::new(),
-        });
+        let ctx = Self::exec_context(daemon, meta.container_id.clone(), &config);
         if !paused {
             Self::resolve_owner(&ctx, &config).await?;
         }

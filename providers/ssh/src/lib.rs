@@ -286,9 +286,15 @@ async fn apply_manifest(
     Ok(())
 }
 
+/// The session metadata `state` carries.
+/// Errors: `InvalidRequest` when it is not an ssh session's.
+fn session_meta(operation: &str, state: &RunnerSessionState) -> RunnerResult<SessionMeta> {
+    serde_json::from_value(state.metadata.clone())
+        .map_err(|e| RunnerError::invalid_request(format!("{operation}: bad state metadata: {e}")))
+}
+
 fn confine(session: Arc<SshSession>) -> Arc<dyn RemoteRunnerSession> {
-    let root = session.workspace_root();
-    Arc::new(RemoteWorkspace::new(session, root))
+    Arc::new(RemoteWorkspace::for_session(session))
 }
 
 #[async_trait]
@@ -365,15 +371,7 @@ impl RemoteRunnerProvider for SshProvider {
         let config =
             match serde_json::from_value::<snapshot::SnapshotMeta>(snapshot_ref.metadata.clone()) {
                 Ok(meta) => meta.config,
-                Err(_) => {
-                    let meta: SessionMeta = serde_json::from_value(state.metadata.clone())
-                        .map_err(|e| {
-                            RunnerError::invalid_request(format!(
-                                "resume_session: bad state metadata: {e}"
-                            ))
-                        })?;
-                    meta.config
-                }
+                Err(_) => session_meta("resume_session", &state)?.config,
             };
         let session = self
             .open(
@@ -401,9 +399,7 @@ impl RemoteRunnerProvider for SshProvider {
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
         Self::check_provider("rejoin_session", &state.provider_id, "the state")?;
-        let meta: SessionMeta = serde_json::from_value(state.metadata.clone()).map_err(|e| {
-            RunnerError::invalid_request(format!("rejoin_session: bad state metadata: {e}"))
-        })?;
+        let meta = session_meta("rejoin_session", &state)?;
         let config = meta.config.clone();
         let session = self
             .open(

@@ -11,14 +11,13 @@
 //! `snapshot_grace_s`.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use runner_api::{RunnerResult, RunnerSweepReport};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SshConfig;
 use crate::connection::Link;
-use crate::exec::read_small;
+use crate::exec::{now_ms, read_small};
 use crate::files;
 use crate::script::{quote_path, run_checked, run_script};
 use crate::session::remote_dir;
@@ -47,12 +46,6 @@ pub(crate) struct OwnerMarker {
     pub(crate) pid_start: Option<u64>,
     /// When the marker was written, milliseconds since the Unix epoch.
     pub(crate) written_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn local_host() -> String {

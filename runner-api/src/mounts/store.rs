@@ -161,7 +161,6 @@ pub(crate) fn store_error(
     let text = redact.scrub(&text);
     let lower = text.to_ascii_lowercase();
     let kind = match &error {
-        E::NotFound { .. } if lower.contains("nosuchbucket") => RunnerErrorKind::NotFound,
         E::NotFound { .. } => RunnerErrorKind::NotFound,
         E::Unauthenticated { .. } | E::PermissionDenied { .. } => RunnerErrorKind::PermissionDenied,
         E::AlreadyExists { .. } => RunnerErrorKind::AlreadyExists,
@@ -350,8 +349,10 @@ pub(crate) fn check_mount_uri(what: &str, kind: &RunnerMountKind, uri: &str) -> 
 /// Opens the store `spec` names, resolving its credentials with `resolver`.
 /// Nothing is contacted yet.
 ///
-/// Errors: `InvalidRequest` (bad URI, unknown option or credential key, a
-/// scheme whose feature is not compiled in), the resolver's errors (`NotFound`).
+/// Errors: `InvalidRequest` (bad URI, unknown option or credential key),
+/// `Unsupported` (a scheme whose feature is not compiled in), `NotFound` (a
+/// `file://` directory that does not exist), the resolver's errors
+/// (`NotFound`).
 pub(crate) async fn open_store(
     what: &str,
     spec: &StoreSpec,

@@ -150,7 +150,7 @@ impl ObjectMount {
             Err(e) => return Err(e.context(&what)),
         };
         if exists {
-            self.walk(session, &self.path, "", &mut present)
+            self.walk(session, &mut present)
                 .await
                 .map_err(|e| e.context(&what))?;
         }
@@ -203,16 +203,14 @@ impl ObjectMount {
         Ok(report)
     }
 
-    /// Regular files under `dir` (symlinks and other kinds are skipped), as
-    /// `/`-separated paths relative to the mount with their sizes.
+    /// Regular files under the mount path (symlinks and other kinds are
+    /// skipped), as `/`-separated paths relative to the mount with their sizes.
     async fn walk(
         &self,
         session: &dyn RemoteRunnerSession,
-        dir: &Path,
-        rel: &str,
         out: &mut BTreeMap<String, u64>,
     ) -> RunnerResult<()> {
-        let mut pending = vec![(dir.to_path_buf(), rel.to_string())];
+        let mut pending = vec![(self.path.clone(), String::new())];
         while let Some((dir, rel)) = pending.pop() {
             for entry in session.list_dir(&dir).await? {
                 let child_rel = if rel.is_empty() {

@@ -60,7 +60,8 @@ async fn export(
     .or_fail(format!("export_artifact {}", path.display()))
 }
 
-/// Checks the metadata against `bytes` and returns the object read back.
+/// Reads the exported object back from the artifact store, checks the
+/// result's id, url and metadata against it, and returns its bytes.
 async fn verify(
     cx: &Cx,
     result: &RunnerArtifactExportResult,
