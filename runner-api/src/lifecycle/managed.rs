@@ -223,20 +223,24 @@ impl ManagedSession {
     }
 
     /// Whether the inner session reports a running background command.
-    /// Sessions without `background_processes` report none.
+    /// Sessions without `background_processes` report none. When
+    /// `list_commands` fails the answer is unknown and counts as running, so
+    /// a passing backend error never pauses a session under a job.
     async fn has_running_commands(&self) -> bool {
         if !self.inner.capabilities().background_processes {
             return false;
         }
-        let running = match self.inner.list_commands().await {
-            Ok(list) => list.iter().any(|p| p.state == RunnerProcessState::Running),
-            Err(e) => {
-                tracing::warn!(session_id = %self.session_id, error = %e, "list_commands failed while checking activity");
-                false
+        match self.inner.list_commands().await {
+            Ok(list) => {
+                let running = list.iter().any(|p| p.state == RunnerProcessState::Running);
+                self.saw_running.store(running, Ordering::SeqCst);
+                running
             }
-        };
-        self.saw_running.store(running, Ordering::SeqCst);
-        running
+            Err(e) => {
+                tracing::warn!(session_id = %self.session_id, error = %e, "list_commands failed while checking activity; counting the session as active");
+                true
+            }
+        }
     }
 
     /// A cheap call that reaches the backend.

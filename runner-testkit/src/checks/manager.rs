@@ -140,10 +140,18 @@ async fn activity_holds_idle(cx: Cx) -> CheckResult {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    // A held turn is activity too, for many idle periods.
+    // A held turn is activity too, for many idle periods. Once the command
+    // has ended the manager may pause the session at any moment, possibly
+    // before the turn begins; the first forwarded call inside the turn
+    // resumes it, and from then on the turn holds the idle rule off.
     let turn = s.begin_turn();
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    ensure_eq!(s.status(), ManagedStatus::Active, "status during a turn");
+    s.command_status(&id)
+        .await
+        .or_fail(format!("command_status {id} inside a turn"))?;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        ensure_eq!(s.status(), ManagedStatus::Active, "status during a turn");
+    }
     drop(turn);
     let after = if cx.caps.pausable {
         ManagedStatus::Paused { by_manager: true }
