@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use runner_api::{
     RunnerCommandId, RunnerCommandRequest, RunnerError, RunnerFileReadRequest,
     RunnerFileWriteRequest, RunnerOutputLimit, RunnerPortRequest, RunnerResult,
 };
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Input of `destinations_list`: no arguments.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -150,12 +152,29 @@ pub struct DestinationInput {
     pub destination: Option<String>,
 }
 
+/// How file contents travel in `read_file` and `write_file`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ContentEncoding {
+    /// UTF-8 text (the default). Reading bytes that are not UTF-8 replaces
+    /// them with U+FFFD and sets `lossy`.
+    #[default]
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// Standard base64 with padding: any bytes, exactly.
+    #[serde(rename = "base64")]
+    Base64,
+}
+
 /// Input of `read_file`: the runner-api read request plus the destination.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct ReadFileInput {
     /// Destination id; may be omitted when the server serves a single destination.
     #[serde(default)]
     pub destination: Option<String>,
+    /// How `content` is returned: `utf-8` text (default) or `base64` for
+    /// binary files.
+    #[serde(default)]
+    pub encoding: ContentEncoding,
     /// Path, byte offset and byte limit (default limit 262144).
     #[serde(flatten)]
     pub request: RunnerFileReadRequest,
@@ -174,8 +193,12 @@ pub struct WriteFileInput {
     /// Path; relative paths resolve under the workspace root. Parent
     /// directories are created.
     pub path: PathBuf,
-    /// The whole new contents, as text.
+    /// The whole new contents, as `encoding` says.
     pub content: String,
+    /// How `content` is given: `utf-8` text (default) or `base64` for binary
+    /// files.
+    #[serde(default)]
+    pub encoding: ContentEncoding,
     /// Permission bits as a decimal number (493 for 0o755); default: keep an
     /// existing file's mode, 0o644 for a new file.
     #[serde(default)]
@@ -184,12 +207,24 @@ pub struct WriteFileInput {
 
 impl WriteFileInput {
     /// The runner-api request this input stands for.
-    pub fn to_request(&self) -> RunnerFileWriteRequest {
-        RunnerFileWriteRequest {
+    ///
+    /// Errors: `InvalidRequest` naming the path when `content` is not valid
+    /// base64 under the `base64` encoding.
+    pub fn to_request(&self) -> RunnerResult<RunnerFileWriteRequest> {
+        let contents = match self.encoding {
+            ContentEncoding::Utf8 => self.content.clone().into_bytes(),
+            ContentEncoding::Base64 => BASE64.decode(&self.content).map_err(|e| {
+                RunnerError::invalid_request(format!(
+                    "write_file {}: content is not valid base64: {e}",
+                    self.path.display()
+                ))
+            })?,
+        };
+        Ok(RunnerFileWriteRequest {
             path: self.path.clone(),
-            contents: self.content.clone().into_bytes(),
+            contents,
             mode: self.mode,
-        }
+        })
     }
 }
 

@@ -8,9 +8,9 @@ mod toolset;
 
 pub use config::{ToolDestination, ToolsConfig};
 pub use input::{
-    CancelCommandInput, CommandOutputInput, DEFAULT_FOREGROUND_TIMEOUT_MS, DEFAULT_READ_LIMIT,
-    DestinationInput, DestinationsListInput, ExposePortInput, ListDirInput, ReadFileInput,
-    RunCommandInput, WriteFileInput,
+    CancelCommandInput, CommandOutputInput, ContentEncoding, DEFAULT_FOREGROUND_TIMEOUT_MS,
+    DEFAULT_READ_LIMIT, DestinationInput, DestinationsListInput, ExposePortInput, ListDirInput,
+    ReadFileInput, RunCommandInput, WriteFileInput,
 };
 pub use output::{
     BackgroundStarted, CancelResult, CommandList, CommandOutputView, DestinationSummary,

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use runner_api::{
     HeadTailBuffer, RemoteRunnerProviderId, RunnerCapabilities, RunnerCommandId,
     RunnerCommandOutput, RunnerError, RunnerErrorKind, RunnerExitStatus, RunnerFileReadResult,
@@ -10,6 +12,8 @@ use runner_api::{
     RunnerProcessInfo, RunnerProcessState,
 };
 use serde::Serialize;
+
+use crate::input::ContentEncoding;
 
 /// A failed tool call as JSON: `{"kind": "permission_denied", "message": "…"}`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -166,10 +170,12 @@ pub struct CommandList {
 pub struct FileContent {
     /// The path as requested.
     pub path: PathBuf,
-    /// The text read. Bytes that are not UTF-8 are replaced with U+FFFD
-    /// (`lossy` is then true).
+    /// The bytes read, as `encoding` says. Under `utf-8`, bytes that are not
+    /// UTF-8 are replaced with U+FFFD (`lossy` is then true).
     pub content: String,
-    /// Whether invalid UTF-8 was replaced.
+    /// How `content` is encoded, as the read asked.
+    pub encoding: ContentEncoding,
+    /// Whether invalid UTF-8 was replaced (never under `base64`).
     pub lossy: bool,
     /// Byte offset the read started at.
     pub offset: u64,
@@ -182,17 +188,21 @@ pub struct FileContent {
 }
 
 impl FileContent {
-    /// The text view of a read that started at `offset`.
-    pub fn new(result: RunnerFileReadResult, offset: u64) -> Self {
+    /// The view, in `encoding`, of a read that started at `offset`.
+    pub fn new(result: RunnerFileReadResult, offset: u64, encoding: ContentEncoding) -> Self {
         let bytes_read = result.contents.len() as u64;
         let end = offset + bytes_read;
-        let (content, lossy) = match String::from_utf8(result.contents) {
-            Ok(text) => (text, false),
-            Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+        let (content, lossy) = match encoding {
+            ContentEncoding::Base64 => (BASE64.encode(&result.contents), false),
+            ContentEncoding::Utf8 => match String::from_utf8(result.contents) {
+                Ok(text) => (text, false),
+                Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+            },
         };
         Self {
             path: result.path,
             content,
+            encoding,
             lossy,
             offset,
             bytes_read,
@@ -271,7 +281,7 @@ mod tests {
             contents: vec![b'x', 0xff],
             size: 10,
         };
-        let view = FileContent::new(result, 4);
+        let view = FileContent::new(result, 4, ContentEncoding::Utf8);
         assert!(view.lossy);
         assert_eq!(view.next_offset, Some(6));
     }

@@ -112,12 +112,14 @@ impl Tool {
                  and output counters."
             }
             Tool::ReadFile => {
-                "Read a text file of the workspace (or a read root). offset and limit select a \
-                 byte range (default limit 262144); next_offset says where to continue."
+                "Read a file of the workspace (or a read root). offset and limit select a \
+                 byte range (default limit 262144); next_offset says where to continue. \
+                 encoding base64 returns binary files exactly (default utf-8 text)."
             }
             Tool::WriteFile => {
-                "Write a whole text file in the workspace atomically, creating parent \
-                 directories. Paths outside the workspace are refused."
+                "Write a whole file in the workspace atomically, creating parent \
+                 directories. Paths outside the workspace are refused. encoding base64 \
+                 writes binary content (default utf-8 text)."
             }
             Tool::ListDir => {
                 "List a directory of the workspace (default: its root): name, kind, size, mode \

@@ -153,17 +153,19 @@ impl ToolSet {
                 let offset = input.request.offset.unwrap_or(0);
                 input.request.limit = Some(input.request.limit.unwrap_or(DEFAULT_READ_LIMIT));
                 let result = ws.read_file(input.request).await?;
-                to_json(op, &FileContent::new(result, offset))
+                to_json(op, &FileContent::new(result, offset, input.encoding))
             }
             Tool::WriteFile => {
                 let input: WriteFileInput = parse(op, arguments)?;
+                let request = input.to_request()?;
+                let bytes_written = request.contents.len() as u64;
                 let ws = self.workspace(op, input.destination.as_deref()).await?;
-                ws.write_file(input.to_request()).await?;
+                ws.write_file(request).await?;
                 to_json(
                     op,
                     &WriteResult {
                         path: input.path,
-                        bytes_written: input.content.len() as u64,
+                        bytes_written,
                     },
                 )
             }

@@ -258,3 +258,69 @@ async fn files_stay_inside_the_workspace() {
     let err = tools.call("list_dir", json!({})).await.expect_err("closed");
     assert_eq!(err.kind(), RunnerErrorKind::SessionClosed);
 }
+
+#[tokio::test]
+async fn binary_files_travel_as_base64() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    // Every byte value, including invalid UTF-8 and NUL.
+    let bytes: Vec<u8> = (0..=255u8).rev().collect();
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&bytes)
+    };
+    let written = tools
+        .call(
+            "write_file",
+            json!({ "path": "bin/all.bytes", "content": encoded, "encoding": "base64" }),
+        )
+        .await
+        .expect("write base64");
+    assert_eq!(written["bytes_written"], 256);
+    assert_eq!(
+        std::fs::read(dir.path().join("ws/bin/all.bytes")).expect("on disk"),
+        bytes
+    );
+
+    let read = tools
+        .call(
+            "read_file",
+            json!({ "path": "bin/all.bytes", "encoding": "base64" }),
+        )
+        .await
+        .expect("read base64");
+    assert_eq!(read["content"], encoded.as_str());
+    assert_eq!(read["encoding"], "base64");
+    assert_eq!(read["lossy"], false);
+    assert_eq!(read["bytes_read"], 256);
+
+    // The same bytes as text are marked lossy.
+    let text = tools
+        .call("read_file", json!({ "path": "bin/all.bytes" }))
+        .await
+        .expect("read text");
+    assert_eq!(text["encoding"], "utf-8");
+    assert_eq!(text["lossy"], true);
+
+    // Content that is not base64 is refused before anything is written.
+    let err = tools
+        .call(
+            "write_file",
+            json!({ "path": "bin/bad.bytes", "content": "not base64!", "encoding": "base64" }),
+        )
+        .await
+        .expect_err("invalid base64");
+    assert_eq!(err.kind(), RunnerErrorKind::InvalidRequest, "{err}");
+    assert!(err.message().contains("bin/bad.bytes"), "{err}");
+    assert!(!dir.path().join("ws/bin/bad.bytes").exists());
+
+    let err = tools
+        .call(
+            "read_file",
+            json!({ "path": "bin/all.bytes", "encoding": "hex" }),
+        )
+        .await
+        .expect_err("unknown encoding");
+    assert_eq!(err.kind(), RunnerErrorKind::InvalidRequest, "{err}");
+    tools.close().await.expect("close");
+}

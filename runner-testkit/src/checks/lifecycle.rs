@@ -237,8 +237,22 @@ async fn pause_resume(cx: Cx) -> CheckResult {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     s.pause().await.or_fail("pause")?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let paused_at = stdout_bytes(&s, &id).await?;
+    // Output already on its way to the session's buffers may still land: wait
+    // until the counter holds still, then require that it stays so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut paused_at = stdout_bytes(&s, &id).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = stdout_bytes(&s, &id).await?;
+        if now == paused_at {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "while paused, the ticking command kept printing for 10 s ({paused_at} stdout bytes, then {now})"
+        );
+        paused_at = now;
+    }
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let now = stdout_bytes(&s, &id).await?;

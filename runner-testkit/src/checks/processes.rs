@@ -260,8 +260,18 @@ async fn list_and_status(cx: Cx) -> CheckResult {
     let before_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let first = start(&s, "first", "sleep 2; exit 7").await?;
-    let second = start(&s, "second", "sleep 2; exit 0").await?;
+    // Both commands run until the check lets them go, however slowly the
+    // backend starts the second one.
+    let dir = cx.scratch(&s);
+    sh_ok(
+        s.as_ref(),
+        &format!("mkdir -p {}", quote(&dir.display().to_string())),
+    )
+    .await?;
+    let gate = quote(&dir.join("gate").display().to_string());
+    let wait_gate = format!("while [ ! -e {gate} ]; do sleep 0.05; done");
+    let first = start(&s, "first", &format!("{wait_gate}; exit 7")).await?;
+    let second = start(&s, "second", &format!("{wait_gate}; exit 0")).await?;
     let status = s.command_status(&first).await.or_fail("command_status")?;
     ensure_eq!(
         status.state,
@@ -292,6 +302,7 @@ async fn list_and_status(cx: Cx) -> CheckResult {
             .all(|p| p.state == RunnerProcessState::Running),
         "list_commands: both sleeping commands should be running: {list:?}"
     );
+    sh_ok(s.as_ref(), &format!("touch {gate}")).await?;
     let done = wait_exited(s.as_ref(), &first, WAIT).await?;
     ensure_eq!(
         done.status.and_then(|s| s.exit_code),
