@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod archive;
 mod artifacts;
 mod capabilities;
 mod command;
@@ -13,6 +14,7 @@ pub mod output;
 mod pool;
 mod ports;
 pub mod process;
+mod read_only;
 mod registry;
 mod secrets;
 mod session;
@@ -52,6 +54,7 @@ pub use process::{
     OutputSink, ProcessControl, ProcessTable, ProcessTableConfig, RawExit, SpawnedProcess,
     validate_command_request,
 };
+pub use read_only::ReadOnlyPaths;
 pub use registry::{RunnerProviderInfo, RunnerRegistry, validate_manifest, validate_relative_path};
 pub use secrets::{EnvSecretResolver, SecretResolver, SecretValues};
 pub use session::{

@@ -2,9 +2,8 @@
 //! (`GET`/`PUT /containers/{id}/archive`); operations on names (rename,
 //! remove, list, stat, canonicalize) run a short `sh` helper in the container.
 
-use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{
@@ -106,25 +105,6 @@ if [ -z "$3" ] && [ -e "$2" ]; then
   m=$(stat -L -c %a -- "$2") && chmod "$m" -- "$1"
 fi
 mv -f -- "$1" "$2" || { rm -f -- "$1"; exit 6; }
-"#;
-
-/// `$1` target directory, `$2…` relative parent directories of the entries.
-/// Creates the target and refuses parents that are symlinks leading out of it.
-const CHECK_UPLOAD: &str = r#"
-t=$1
-shift
-mkdir -p -- "$t" || exit 6
-[ -d "$t" ] || exit 4
-c=$(readlink -f -- "$t")
-for p in "$@"; do
-  if [ -L "$t/$p" ]; then
-    r=$(readlink -f -- "$t/$p")
-    case $r in
-      "$c"|"$c"/*) ;;
-      *) echo "$p"; exit 6 ;;
-    esac
-  fi
-done
 "#;
 
 fn now_secs() -> u64 {
@@ -477,30 +457,39 @@ impl ExecContext {
         Ok(PathBuf::from(text.strip_suffix('\n').unwrap_or(&text)))
     }
 
-    /// `upload_archive`: checks every entry stays inside `target` (no absolute
-    /// names, no `..`, no path through a symlink of the archive or of the
-    /// container leading out), then unpacks it there.
+    /// `upload_archive`: checks the archive with
+    /// [`runner_api::archive::check_upload`], prepares the target and checks
+    /// that none of the directories its entries are written beneath is a
+    /// symlink of the container leading out of `target`
+    /// ([`runner_api::archive::CONFINED_PARENTS_SCRIPT`]), then unpacks it
+    /// there.
     pub(crate) async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
         const OP: &str = "upload_archive";
         let abs = self.resolve(OP, target)?;
+        let target_arg = arg(&abs);
         // The target is created even when the archive is refused.
-        let parents = checked_parents(target, &archive);
-        let mut args = vec![arg(&abs)];
-        if let Ok(parents) = &parents {
-            args.extend(parents.iter().map(|p| arg(p)));
+        let checked = runner_api::archive::check_upload(OP, target, &archive);
+        let runs = match &checked {
+            Ok(checked) => checked.confined_parents_runs(OP, target, |p| p.len() + 1)?,
+            Err(_) => vec![Vec::new()],
+        };
+        for run in runs {
+            let args: Vec<&str> = std::iter::once(target_arg.as_str()).chain(run).collect();
+            let out = self
+                .script(OP, runner_api::archive::CONFINED_PARENTS_SCRIPT, &args)
+                .await?;
+            if let Some(refused) = runner_api::archive::confined_parents_error(
+                OP,
+                target,
+                i32::try_from(out.code).unwrap_or(-1),
+                &out.stdout,
+                out.stderr.as_bytes(),
+            ) {
+                return Err(refused);
+            }
+            check(OP, target, out)?;
         }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.script(OP, CHECK_UPLOAD, &refs).await?;
-        if out.code == DENIED && !out.stdout.is_empty() {
-            return Err(RunnerError::permission_denied(format!(
-                "{OP} {}: entries under {} would be written through a symlink leading outside \
-                 the target",
-                target.display(),
-                String::from_utf8_lossy(&out.stdout).trim()
-            )));
-        }
-        check(OP, target, out)?;
-        parents?;
+        checked?;
         self.upload(OP, &abs, archive).await
     }
 
@@ -552,69 +541,6 @@ pub(crate) fn directories_tar(
     builder.into_inner()
 }
 
-/// Validates archive entry names and returns the parent directories (relative
-/// to the target) that must not be symlinks leading out.
-fn checked_parents(target: &Path, archive: &[u8]) -> RunnerResult<BTreeSet<PathBuf>> {
-    const OP: &str = "upload_archive";
-    let refuse = |name: &Path, why: &str| {
-        RunnerError::permission_denied(format!(
-            "{OP} {}: entry {} {why}",
-            target.display(),
-            name.display()
-        ))
-    };
-    let mut links: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut parents = BTreeSet::new();
-    let mut reader = tar::Archive::new(archive);
-    let entries = reader.entries().map_err(|e| {
-        RunnerError::from_io(OP, target.display(), e).context("reading the archive")
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|e| {
-            RunnerError::from_io(OP, target.display(), e).context("reading the archive")
-        })?;
-        let name = entry
-            .path()
-            .map_err(|e| RunnerError::from_io(OP, target.display(), e))?
-            .into_owned();
-        reject_nul_path(OP, &name)?;
-        let mut clean = PathBuf::new();
-        for component in name.components() {
-            match component {
-                Component::Normal(part) => clean.push(part),
-                Component::CurDir => {}
-                Component::ParentDir => return Err(refuse(&name, "contains `..`")),
-                Component::RootDir | Component::Prefix(_) => {
-                    return Err(refuse(&name, "is an absolute path"));
-                }
-            }
-        }
-        let mut prefix = PathBuf::new();
-        let parent_count = clean.components().count().saturating_sub(1);
-        for component in clean.components().take(parent_count) {
-            prefix.push(component);
-            if links.contains(&prefix) {
-                return Err(refuse(
-                    &name,
-                    "would be written through a symlink of the archive",
-                ));
-            }
-            parents.insert(prefix.clone());
-        }
-        let entry_type = entry.header().entry_type();
-        if entry_type == tar::EntryType::Symlink || entry_type == tar::EntryType::Link {
-            if entry_type == tar::EntryType::Link
-                && let Ok(Some(link)) = entry.link_name()
-                && (link.is_absolute() || link.components().any(|c| c == Component::ParentDir))
-            {
-                return Err(refuse(&name, "is a hard link to outside the target"));
-            }
-            links.insert(clean);
-        }
-    }
-    Ok(parents)
-}
-
 /// Rewrites Docker's archive of `path` (entries named `<base>/…`) so that a
 /// directory's entries are relative to it; a single file keeps its name.
 fn rebase(archive: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -662,29 +588,6 @@ fn rebase(archive: &[u8]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn archive_escapes_are_refused() {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Symlink);
-        header.set_size(0);
-        builder
-            .append_link(&mut header, "up", "..")
-            .expect("link entry");
-        let mut header = tar::Header::new_gnu();
-        header.set_size(1);
-        builder
-            .append_data(&mut header, "up/x", &b"x"[..])
-            .expect("file entry");
-        let archive = builder.into_inner().expect("tar");
-        let err = checked_parents(Path::new("t"), &archive).expect_err("through a link");
-        assert_eq!(err.kind(), RunnerErrorKind::PermissionDenied);
-
-        let ok = single_file_tar("a/b/c.txt", b"c", 0o644, (0, 0)).expect("tar");
-        let parents = checked_parents(Path::new("t"), &ok).expect("plain entries");
-        assert!(parents.contains(Path::new("a/b")));
-    }
 
     #[test]
     fn directory_archives_are_rebased() {

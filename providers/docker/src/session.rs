@@ -12,12 +12,12 @@ use bollard::query_parameters::{
     StartContainerOptions, StopContainerOptionsBuilder,
 };
 use runner_api::{
-    ProcessTable, ProcessTableConfig, RemoteRunnerSession, RunnerCapabilities, RunnerCommandId,
-    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerErrorKind,
-    RunnerEventStream, RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult,
-    RunnerFileStat, RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort,
-    RunnerManifest, RunnerMountKind, RunnerPortRequest, RunnerPortResult, RunnerProcessInfo,
-    RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    ProcessTable, ProcessTableConfig, ReadOnlyPaths, RemoteRunnerSession, RunnerCapabilities,
+    RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError,
+    RunnerErrorKind, RunnerEventStream, RunnerExecutionLease, RunnerFileReadRequest,
+    RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerLeaseRequest,
+    RunnerListeningPort, RunnerManifest, RunnerMountKind, RunnerPortRequest, RunnerPortResult,
+    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,9 +49,9 @@ pub(crate) struct SessionMeta {
     /// Bind mounts (`host:container[:ro]`), re-applied to forks.
     #[serde(default)]
     pub(crate) binds: Vec<String>,
-    /// Absolute paths the file API refuses to write.
+    /// Absolute paths the file API refuses to write (a JSON array of paths).
     #[serde(default)]
-    pub(crate) read_only: Vec<PathBuf>,
+    pub(crate) read_only: ReadOnlyPaths,
 }
 
 /// Where a new container comes from.
@@ -80,7 +80,7 @@ pub struct DockerSession {
     config: DockerConfig,
     ctx: Arc<ExecContext>,
     binds: Vec<String>,
-    read_only: Vec<PathBuf>,
+    read_only: ReadOnlyPaths,
     table: ProcessTable,
     forwarders: Forwarders,
     closed: AtomicBool,
@@ -102,9 +102,9 @@ fn mounts(
     config: &DockerConfig,
     manifest: &RunnerManifest,
     local_daemon: bool,
-) -> RunnerResult<(Vec<String>, Vec<PathBuf>, Vec<PathBuf>)> {
+) -> RunnerResult<(Vec<String>, ReadOnlyPaths, Vec<PathBuf>)> {
     let mut binds = Vec::new();
-    let mut read_only = Vec::new();
+    let mut read_only = ReadOnlyPaths::default();
     let mut plain_dirs = Vec::new();
     for mount in &manifest.mounts {
         let what = format!("mount {:?}", mount.name);
@@ -116,7 +116,7 @@ fn mounts(
         }
         let target = absolute(&config.workspace_dir, &mount.path);
         if mount.read_only {
-            read_only.push(target.clone());
+            read_only.extend([target.clone()]);
         }
         let host = mount
             .intent
@@ -232,13 +232,10 @@ impl DockerSession {
         let (image, binds, read_only, plain_dirs, entries, entry_targets) = match source {
             Source::Fresh(manifest) => {
                 let (binds, mut read_only, plain_dirs) = mounts(&config, &manifest, local_daemon)?;
-                read_only.extend(
-                    manifest
-                        .entries
-                        .iter()
-                        .filter(|entry| !entry.writable)
-                        .map(|entry| absolute(&config.workspace_dir, &entry.target)),
-                );
+                read_only.extend(ReadOnlyPaths::from_manifest(
+                    &config.workspace_dir,
+                    &manifest.entries,
+                ));
                 let entry_targets: Vec<PathBuf> = manifest
                     .entries
                     .iter()
@@ -426,7 +423,7 @@ impl DockerSession {
         config: DockerConfig,
         ctx: Arc<ExecContext>,
         binds: Vec<String>,
-        read_only: Vec<PathBuf>,
+        read_only: ReadOnlyPaths,
         paused: bool,
     ) -> Self {
         let table = ProcessTable::new(ProcessTableConfig::new(PROVIDER_ID));
@@ -514,17 +511,9 @@ impl DockerSession {
         Ok(())
     }
 
-    /// Refuses writes under read-only manifest entries and mounts.
-    fn ensure_writable(&self, operation: &str, path: &Path) -> RunnerResult<()> {
-        let abs = absolute(&self.config.workspace_dir, path);
-        if let Some(ro) = self.read_only.iter().find(|ro| abs.starts_with(ro)) {
-            return Err(RunnerError::permission_denied(format!(
-                "{operation} {}: {} is read-only",
-                path.display(),
-                ro.display()
-            )));
-        }
-        Ok(())
+    /// `path` as an absolute container path (relative ones under the workspace).
+    fn absolute(&self, path: &Path) -> PathBuf {
+        absolute(&self.config.workspace_dir, path)
     }
 
     fn meta(&self) -> SessionMeta {
@@ -778,7 +767,8 @@ impl RemoteRunnerSession for DockerSession {
 
     async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
         self.ensure_open("write_file")?;
-        self.ensure_writable("write_file", &request.path)?;
+        self.read_only
+            .check("write_file", &self.absolute(&request.path))?;
         self.ctx
             .write_file(request, self.paused.load(Ordering::SeqCst))
             .await
@@ -796,20 +786,21 @@ impl RemoteRunnerSession for DockerSession {
 
     async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
         self.ensure_open("remove")?;
-        self.ensure_writable("remove", path)?;
+        self.read_only
+            .check_removal("remove", &self.absolute(path))?;
         self.ctx.remove(path, recursive).await
     }
 
     async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
         self.ensure_open("make_dir")?;
-        self.ensure_writable("make_dir", path)?;
+        self.read_only.check("make_dir", &self.absolute(path))?;
         self.ctx.make_dir(path).await
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
         self.ensure_open("rename")?;
-        self.ensure_writable("rename", from)?;
-        self.ensure_writable("rename", to)?;
+        self.read_only
+            .check_rename(&self.absolute(from), &self.absolute(to))?;
         self.ctx.rename(from, to).await
     }
 
@@ -820,7 +811,8 @@ impl RemoteRunnerSession for DockerSession {
 
     async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
         self.ensure_open("upload_archive")?;
-        self.ensure_writable("upload_archive", target)?;
+        self.read_only
+            .check_archive("upload_archive", &self.absolute(target), &archive)?;
         self.ctx.upload_archive(target, archive).await
     }
 

@@ -2,16 +2,18 @@
 //!
 //! Packing walks the tree without following symlinks (they are stored as
 //! symlinks) and keeps permission bits and modification times. Unpacking refuses
-//! absolute entry paths, `..` components, hard links and devices, creates every
+//! absolute entry paths, `..` components and NUL bytes (the name rule of
+//! [`runner_api::archive`]), hard links and devices, creates every
 //! entry beneath the directory handle (so a symlink can never carry a write
 //! outside it), and sets directory modes last so a read-only directory can still
 //! be filled.
 
 use std::io::{self, Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
+use runner_api::archive::entry_name;
 use runner_api::{RunnerError, RunnerResult};
 use tar::{EntryType, Header};
 
@@ -58,26 +60,6 @@ fn bad_archive(error: io::Error) -> RunnerError {
         .with_source(error)
 }
 
-/// The entry's path as a relative path without `.` components.
-///
-/// Errors: `PermissionDenied` for absolute paths and `..` components.
-fn entry_rel(path: &Path) -> RunnerResult<PathBuf> {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                return Err(entry_denied(path, "`..` would leave the target directory"));
-            }
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(entry_denied(path, "absolute paths are refused"));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Removes whatever non-directory sits at `rel`, so a new entry replaces it
 /// instead of writing through it.
 fn clear_non_dir(dir: &Dir, rel: &Path, shown: &Path) -> RunnerResult<()> {
@@ -96,8 +78,9 @@ fn system_time(secs: u64) -> std::time::SystemTime {
 /// Unpacks a tar stream beneath `dir`.
 ///
 /// Errors: `PermissionDenied` (absolute or `..` paths, escaping symlinks, a
-/// protected path), `InvalidRequest` (hard links, devices, FIFOs, a corrupt
-/// archive), and I/O errors by kind. Each names the entry.
+/// protected path), `InvalidRequest` (a NUL byte in a name, hard links,
+/// devices, FIFOs, a corrupt archive), and I/O errors by kind. Each names the
+/// entry.
 pub(crate) fn unpack<R: Read>(
     dir: &Dir,
     reader: R,
@@ -117,7 +100,13 @@ pub(crate) fn unpack<R: Read>(
         {
             continue;
         }
-        let rel = entry_rel(&shown)?;
+        // The shared name rule: no absolute paths, no `..`, no NUL.
+        let rel = entry_name(&shown).map_err(|why| {
+            RunnerError::new(
+                why.kind(),
+                format!("archive entry {}: {why}", shown.display()),
+            )
+        })?;
         let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
         let mtime = entry.header().mtime().ok();
         if rel.as_os_str().is_empty() {

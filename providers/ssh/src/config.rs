@@ -78,6 +78,12 @@ pub struct SshConfig {
     /// `ServerAliveInterval`); `None` sends none.
     #[serde(default)]
     pub keepalive_interval_s: Option<u64>,
+    /// Seconds the local master connection lives on once no channel uses it
+    /// (ssh `ControlPersist`; default 30). A provider keeps a channel open
+    /// while it holds the connection, so this only ends the master of an
+    /// embedding process that was killed without closing anything.
+    #[serde(default = "default_master_idle_s")]
+    pub master_idle_s: u64,
     /// Time between TERM and KILL when a process tree is killed (default 1000 ms).
     #[serde(default = "default_kill_grace_ms")]
     pub kill_grace_ms: u64,
@@ -110,6 +116,7 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("control_dir", "a path"),
     ("env", "an object of string values"),
     ("keepalive_interval_s", "a non-negative integer (seconds)"),
+    ("master_idle_s", "a positive integer (seconds)"),
     ("kill_grace_ms", "a non-negative integer (milliseconds)"),
     ("orphan_grace_s", "a non-negative integer (seconds)"),
     (
@@ -133,6 +140,9 @@ fn default_snapshot_dir() -> String {
 }
 fn default_connect_timeout_ms() -> u64 {
     10_000
+}
+fn default_master_idle_s() -> u64 {
+    30
 }
 fn default_kill_grace_ms() -> u64 {
     1000
@@ -161,6 +171,7 @@ impl SshConfig {
             control_dir: None,
             env: BTreeMap::new(),
             keepalive_interval_s: None,
+            master_idle_s: default_master_idle_s(),
             kill_grace_ms: default_kill_grace_ms(),
             orphan_grace_s: default_orphan_grace_s(),
             snapshot_grace_s: default_snapshot_grace_s(),
@@ -244,6 +255,9 @@ impl SshConfig {
         if self.connect_timeout_ms == 0 {
             return Err(bad("connect_timeout_ms", "must be greater than 0"));
         }
+        if self.master_idle_s == 0 || usize::try_from(self.master_idle_s).is_err() {
+            return Err(bad("master_idle_s", "must be a positive number of seconds"));
+        }
         for (field, dir) in [
             ("workspace_root", &self.workspace_root),
             ("state_dir", &self.state_dir),
@@ -288,14 +302,15 @@ impl SshConfig {
     /// changes how ssh connects.
     pub(crate) fn connection_key(&self) -> String {
         format!(
-            "{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}",
+            "{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}",
             self.destination_label(),
             self.identity_file,
             self.known_hosts_file,
             self.host_key_policy,
             self.control_dir,
             self.connect_timeout_ms,
-            self.keepalive_interval_s
+            self.keepalive_interval_s,
+            self.master_idle_s
         )
     }
 
@@ -363,6 +378,10 @@ mod tests {
                 "password",
             ),
             (serde_json::json!({ "host": "h", "port": "22" }), "port"),
+            (
+                serde_json::json!({ "host": "h", "master_idle_s": 0 }),
+                "master_idle_s",
+            ),
             (serde_json::json!({ "port": 22 }), "host"),
             (
                 serde_json::json!({ "host": "h", "workspace_root": "../x" }),

@@ -1,18 +1,21 @@
 //! One multiplexed OpenSSH master per destination, shared by its sessions, with
-//! an sftp channel on top; replaced once when the master dies.
+//! an sftp channel on top; replaced once when the master dies, with its port
+//! forwards re-created on the new master.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use openssh::{KnownHosts, SessionBuilder};
+use openssh::{ControlPersist, KnownHosts, SessionBuilder};
 use openssh_sftp_client::{Sftp, SftpOptions};
 use runner_api::{RunnerError, RunnerErrorKind, RunnerResult};
 
 use crate::config::{HostKeyPolicy, SshConfig};
 use crate::error::{connect_error, sftp_error, which_ssh};
+use crate::ports::{self, Forward};
 
 /// A live master connection and its sftp channel.
 pub(crate) struct Link {
@@ -37,6 +40,8 @@ impl std::fmt::Debug for Link {
 pub(crate) struct Connection {
     config: SshConfig,
     current: tokio::sync::Mutex<Option<Arc<Link>>>,
+    /// The local forwards open on the master, re-created after a reconnect.
+    forwards: Mutex<Vec<Forward>>,
 }
 
 impl Connection {
@@ -44,7 +49,51 @@ impl Connection {
         Self {
             config,
             current: tokio::sync::Mutex::new(None),
+            forwards: Mutex::new(Vec::new()),
         }
+    }
+
+    fn forward_list(&self) -> std::sync::MutexGuard<'_, Vec<Forward>> {
+        self.forwards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a forward opened on the master, so a reconnect re-creates it.
+    pub(crate) fn track_forward(&self, forward: Forward) {
+        self.forward_list().push(forward);
+    }
+
+    /// Forgets a forward; false when it was not open (closed already, or
+    /// dropped because a reconnect could not re-create it).
+    pub(crate) fn untrack_forward(&self, forward: &Forward) -> bool {
+        let mut list = self.forward_list();
+        let before = list.len();
+        list.retain(|open| open != forward);
+        list.len() != before
+    }
+
+    /// Whether `forward` is open on the master (false once closed, or once a
+    /// reconnect could not re-create it).
+    pub(crate) fn forward_is_open(&self, forward: &Forward) -> bool {
+        self.forward_list().contains(forward)
+    }
+
+    /// Re-requests every recorded forward on the new master `link`, at the
+    /// same local port; forgets those it cannot re-create.
+    async fn restore_forwards(&self, link: &Link) {
+        let wanted: Vec<Forward> = self.forward_list().clone();
+        if wanted.is_empty() {
+            return;
+        }
+        let lost = ports::restore(link, &wanted).await;
+        self.forward_list().retain(|open| !lost.contains(open));
+        tracing::info!(
+            destination = %self.label(),
+            restored = wanted.len() - lost.len(),
+            lost = lost.len(),
+            "port forwards re-created on the new ssh master"
+        );
     }
 
     /// The destination, for messages.
@@ -91,6 +140,7 @@ impl Connection {
         tracing::info!(destination = %self.label(), "ssh master connection lost; reconnecting");
         *current = None;
         let link = Arc::new(self.connect().await?);
+        self.restore_forwards(&link).await;
         *current = Some(link.clone());
         Ok(Some(link))
     }
@@ -160,6 +210,13 @@ impl Connection {
         }
         if let Some(known) = &config.known_hosts_file {
             builder.user_known_hosts_file(known);
+        }
+        // Checked positive and within usize by SshConfig::validate.
+        if let Some(idle) = usize::try_from(config.master_idle_s)
+            .ok()
+            .and_then(NonZeroUsize::new)
+        {
+            builder.control_persist(ControlPersist::IdleFor(idle));
         }
         if let Some(interval) = config.keepalive_interval_s {
             builder.server_alive_interval(Duration::from_secs(interval));

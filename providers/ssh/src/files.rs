@@ -3,13 +3,14 @@
 //! front of the session), plus tar archives in and out.
 
 use std::io::SeekFrom;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use openssh_sftp_client::file::File;
 use openssh_sftp_client::metadata::{MetaData, Permissions};
+use runner_api::archive::{CONFINED_PARENTS_SCRIPT, confined_parents_error};
 use runner_api::{RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileStat, RunnerResult};
 use tokio::io::AsyncSeek;
 
@@ -374,113 +375,69 @@ pub(crate) async fn canonicalize(link: &Link, path: &Path) -> RunnerResult<PathB
     Ok(resolved)
 }
 
-/// Refuses a tar whose entries would land outside the target: absolute paths,
-/// `..`, links pointing out, or entries written through a link of the archive.
-fn check_archive(target: &Path, archive: &[u8]) -> RunnerResult<()> {
-    let refuse = |entry: &str, why: &str| {
-        RunnerError::permission_denied(format!(
-            "upload_archive {}: entry {entry:?} {why}",
-            display(target)
-        ))
-    };
-    let mut links: Vec<PathBuf> = Vec::new();
-    let mut reader = tar::Archive::new(archive);
-    let entries = reader.entries().map_err(|e| {
-        RunnerError::invalid_request(format!(
-            "upload_archive {}: not a tar: {e}",
-            display(target)
-        ))
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|e| {
-            RunnerError::invalid_request(format!(
-                "upload_archive {}: bad tar entry: {e}",
-                display(target)
-            ))
-        })?;
-        let raw = entry.path_bytes();
-        let name = String::from_utf8_lossy(&raw).into_owned();
-        let path = PathBuf::from(&name);
-        if path.is_absolute() {
-            return Err(refuse(&name, "is an absolute path"));
-        }
-        let mut clean = PathBuf::new();
-        for component in path.components() {
-            match component {
-                Component::Normal(part) => clean.push(part),
-                Component::CurDir => {}
-                _ => return Err(refuse(&name, "leads outside the target (`..`)")),
-            }
-        }
-        if links
-            .iter()
-            .any(|link| clean.starts_with(link) && clean != *link)
-        {
-            return Err(refuse(&name, "is written through a symlink of the archive"));
-        }
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            let target_name = entry
-                .link_name()
-                .ok()
-                .flatten()
-                .map(|t| t.into_owned())
-                .unwrap_or_default();
-            let base = if kind.is_hard_link() {
-                PathBuf::new()
-            } else {
-                clean.parent().map(Path::to_path_buf).unwrap_or_default()
-            };
-            if target_name.is_absolute() || escapes(&base.join(&target_name)) {
-                if kind.is_hard_link() {
-                    return Err(refuse(&name, "is a hard link to outside the target"));
-                }
-                links.push(clean.clone());
-            } else if kind.is_symlink() {
-                links.push(clean.clone());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether a relative path climbs above its start.
-fn escapes(path: &Path) -> bool {
-    let mut depth: i64 = 0;
-    for component in path.components() {
-        match component {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::RootDir | Component::Prefix(_) => return true,
-            Component::CurDir => {}
-        }
-        if depth < 0 {
-            return true;
-        }
-    }
-    false
-}
-
-/// Unpacks a tar into `target` (created if missing) with the remote `tar`.
+/// Unpacks a tar into `target` (created if missing) with the remote `tar`,
+/// after [`runner_api::archive::check_upload`] passed.
+///
+/// One remote `sh` runs [`CONFINED_PARENTS_SCRIPT`] (it creates the target
+/// and refuses directories of the entries that are symlinks leading out of
+/// it) and then `exec`s `tar`, which reads the archive from stdin: one round
+/// trip. The directories travel on the command line; when they do not fit one
+/// ([`runner_api::archive::CONFINED_PARENTS_ARGS_BUDGET`]), the check runs
+/// alone on all but the last share of them, and the last comes with `tar`.
 pub(crate) async fn upload_archive(link: &Link, target: &Path, archive: &[u8]) -> RunnerResult<()> {
-    if let Some(meta) = stat_follow(link, target).await?
-        && !is_dir(&meta)
-    {
-        return Err(RunnerError::invalid_request(format!(
-            "upload_archive {}: not a directory",
-            display(target)
-        )));
+    const OP: &str = "upload_archive";
+    let target_arg = quote_path(OP, target)?;
+    let checked = match runner_api::archive::check_upload(OP, target, archive) {
+        Ok(checked) => checked,
+        Err(refused) => {
+            // The target is created even when the archive is refused, as on
+            // the other providers.
+            confined_run(link, target, &target_arg, &[], None).await?;
+            return Err(refused);
+        }
+    };
+    let mut runs = checked.confined_parents_runs(OP, target, |p| quote(p).len() + 1)?;
+    let last = runs.pop().unwrap_or_default();
+    for run in runs {
+        confined_run(link, target, &target_arg, &run, None).await?;
     }
-    make_dirs(link, target).await?;
-    check_archive(target, archive)?;
-    let script = format!(
-        "tar -x -f - -C {} --no-same-owner --delay-directory-restore",
-        quote_path("upload_archive", target)?
-    );
-    let out = run_script(link, "upload_archive", &script, Some(archive)).await?;
+    confined_run(link, target, &target_arg, &last, Some(archive)).await
+}
+
+/// Runs [`CONFINED_PARENTS_SCRIPT`] on `parents` of `target`, followed by the
+/// unpacking `tar` when `archive` is given.
+async fn confined_run(
+    link: &Link,
+    target: &Path,
+    target_arg: &str,
+    parents: &[&str],
+    archive: Option<&[u8]>,
+) -> RunnerResult<()> {
+    const OP: &str = "upload_archive";
+    let (body, what) = match archive {
+        Some(_) => (
+            format!(
+                "{CONFINED_PARENTS_SCRIPT}exec tar -x -f - -C \"$1\" --no-same-owner \
+                 --delay-directory-restore\n"
+            ),
+            "remote tar",
+        ),
+        None => (CONFINED_PARENTS_SCRIPT.to_string(), "remote check"),
+    };
+    let mut command = format!("sh -c {} sh {target_arg}", quote(&body));
+    for parent in parents {
+        command.push(' ');
+        command.push_str(&quote(parent));
+    }
+    let out = run_script(link, OP, &command, archive).await?;
+    if let Some(code) = out.code
+        && let Some(refused) = confined_parents_error(OP, target, code, &out.stdout, &out.stderr)
+    {
+        return Err(refused);
+    }
     if out.code != Some(0) {
         return Err(RunnerError::provider(format!(
-            "upload_archive {}: remote tar failed: {}",
+            "{OP} {}: {what} failed: {}",
             display(target),
             out.stderr_text()
         )));
@@ -516,47 +473,4 @@ pub(crate) async fn download_archive(link: &Link, path: &Path) -> RunnerResult<V
         )));
     }
     Ok(out.stdout)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tar_with(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (name, link) in entries {
-            let mut header = tar::Header::new_gnu();
-            match link {
-                Some(target) => {
-                    header.set_entry_type(tar::EntryType::Symlink);
-                    header.set_size(0);
-                    builder
-                        .append_link(&mut header, name, target)
-                        .expect("append link");
-                }
-                None => {
-                    header.set_size(1);
-                    header.set_mode(0o644);
-                    header.set_cksum();
-                    builder
-                        .append_data(&mut header, name, &b"x"[..])
-                        .expect("append file");
-                }
-            }
-        }
-        builder.into_inner().expect("finish tar")
-    }
-
-    #[test]
-    fn archive_checks() {
-        let target = Path::new("/w/t");
-        assert!(check_archive(target, &tar_with(&[("a/b", None), ("l", Some("a"))])).is_ok());
-        let through = tar_with(&[("up", Some("..")), ("up/x", None)]);
-        assert_eq!(
-            check_archive(target, &through).map_err(|e| e.kind()),
-            Err(RunnerErrorKind::PermissionDenied)
-        );
-        assert!(escapes(Path::new("a/../../b")));
-        assert!(!escapes(Path::new("a/../b")));
-    }
 }

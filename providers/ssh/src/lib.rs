@@ -17,8 +17,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use runner_api::mounts::MountedSession;
 use runner_api::{
-    EnvSecretResolver, RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession,
-    RemoteWorkspace, RunnerCapabilities, RunnerDestination, RunnerError, RunnerErrorKind,
+    EnvSecretResolver, ReadOnlyPaths, RemoteRunnerProvider, RemoteRunnerProviderId,
+    RemoteRunnerSession, RemoteWorkspace, RunnerCapabilities, RunnerDestination, RunnerError,
     RunnerManifestEntry, RunnerMountCapabilities, RunnerResult, RunnerSessionState,
     RunnerSweepReport, SecretResolver, validate_manifest,
 };
@@ -158,26 +158,11 @@ impl SshProvider {
         Ok(())
     }
 
-    /// Checks the manifest against the capabilities, the object-store parts
-    /// (without contacting a store), and the entries this provider applies.
+    /// Checks the manifest against the capabilities and the object-store
+    /// parts (without contacting a store).
     fn check_manifest(destination: &RunnerDestination) -> RunnerResult<()> {
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        runner_api::mounts::validate_stores(destination)?;
-        if let Some(entry) = destination
-            .default_manifest
-            .entries
-            .iter()
-            .find(|e| !e.writable)
-        {
-            return Err(RunnerError::new(
-                RunnerErrorKind::Unsupported,
-                format!(
-                    "manifest entry {}: read-only entries are not supported by the ssh provider",
-                    entry.target.display()
-                ),
-            ));
-        }
-        Ok(())
+        runner_api::mounts::validate_stores(destination)
     }
 
     async fn open(
@@ -189,11 +174,12 @@ impl SshProvider {
     ) -> RunnerResult<Arc<SshSession>> {
         let conn = self.pool.get(&config);
         let link = conn.link().await?;
-        let (workspace, session_dir) = match meta {
-            Some(meta) => (meta.workspace, meta.session_dir),
+        let (workspace, session_dir, read_only) = match meta {
+            Some(meta) => (meta.workspace, meta.session_dir, meta.read_only),
             None => (
                 remote_dir(&link, &config.workspace_root).join(&session_id),
                 remote_dir(&link, &config.state_dir).join(&session_id),
+                ReadOnlyPaths::default(),
             ),
         };
         Ok(Arc::new(SshSession::new(SessionSetup {
@@ -203,6 +189,7 @@ impl SshProvider {
             conn,
             workspace,
             session_dir,
+            read_only,
         })))
     }
 
@@ -230,6 +217,20 @@ impl SshProvider {
         };
         MountedSession::attach(confine(session), &destination, self.resolver.clone()).await
     }
+}
+
+/// The read-only paths of the session `source` describes, moved to the same
+/// places under `workspace` (a fork restored from its snapshot). Paths outside
+/// the source's workspace are dropped.
+fn rebase(source: &SessionMeta, workspace: &Path) -> ReadOnlyPaths {
+    let old = runner_api::normalize_lexically(&source.workspace);
+    source
+        .read_only
+        .paths()
+        .iter()
+        .filter_map(|path| path.strip_prefix(&old).ok())
+        .map(|relative| workspace.join(relative))
+        .collect()
 }
 
 /// A tar of a local manifest source (a file, or a directory's contents).
@@ -349,9 +350,14 @@ impl RemoteRunnerProvider for SshProvider {
             .open(new_session_id(), destination.id.clone(), config, None)
             .await?;
         session.create_dirs().await?;
-        let confined = confine(session);
+        let confined = confine(session.clone());
         let own = runner_api::mounts::native_manifest(&destination.default_manifest);
-        if let Err(e) = apply_manifest(&confined, &own.entries).await {
+        let read_only = ReadOnlyPaths::from_manifest(&session.workspace_root(), &own.entries);
+        let applied = match apply_manifest(&confined, &own.entries).await {
+            Ok(()) => session.protect(read_only).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = applied {
             let _ = confined.close().await;
             return Err(e);
         }
@@ -368,10 +374,14 @@ impl RemoteRunnerProvider for SshProvider {
         let Some(snapshot_ref) = state.snapshot.clone() else {
             return self.rejoin_session(state).await;
         };
+        let source = session_meta("resume_session", &state).ok();
         let config =
             match serde_json::from_value::<snapshot::SnapshotMeta>(snapshot_ref.metadata.clone()) {
                 Ok(meta) => meta.config,
-                Err(_) => session_meta("resume_session", &state)?.config,
+                Err(_) => match &source {
+                    Some(source) => source.config.clone(),
+                    None => session_meta("resume_session", &state)?.config,
+                },
             };
         let session = self
             .open(
@@ -384,7 +394,18 @@ impl RemoteRunnerProvider for SshProvider {
         session.create_dirs().await?;
         let link = self.pool.get(&config).link().await?;
         let archive = snapshot::archive_of(&link, &config, &snapshot_ref)?;
-        if let Err(e) = snapshot::restore(&link, &archive, &session.workspace_root()).await {
+        let restored = match snapshot::restore(&link, &archive, &session.workspace_root()).await {
+            Ok(()) => match &source {
+                Some(source) => {
+                    session
+                        .protect(rebase(source, &session.workspace_root()))
+                        .await
+                }
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = restored {
             let _ = session.close().await;
             return Err(e);
         }
@@ -456,6 +477,7 @@ impl RemoteRunnerProvider for SshProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runner_api::RunnerErrorKind;
 
     #[test]
     fn setup_hint_names_an_unreadable_key_by_path() {

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_api::{
-    ProcessTable, ProcessTableConfig, RemoteRunnerSession, RunnerCapabilities, RunnerCommandId,
-    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
-    RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
-    RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest,
-    RunnerPortResult, RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal,
-    RunnerSnapshotRef,
+    ProcessTable, ProcessTableConfig, ReadOnlyPaths, RemoteRunnerSession, RunnerCapabilities,
+    RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError,
+    RunnerEventStream, RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult,
+    RunnerFileStat, RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort,
+    RunnerPortRequest, RunnerPortResult, RunnerProcessInfo, RunnerResult, RunnerSessionState,
+    RunnerSignal, RunnerSnapshotRef,
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,10 @@ pub(crate) struct SessionMeta {
     pub(crate) workspace: PathBuf,
     /// Absolute remote session directory.
     pub(crate) session_dir: PathBuf,
+    /// Absolute remote paths the file API refuses to change (read-only
+    /// manifest entries), a JSON array of paths.
+    #[serde(default)]
+    pub(crate) read_only: ReadOnlyPaths,
 }
 
 /// Everything a new session handle needs.
@@ -45,6 +49,7 @@ pub(crate) struct SessionSetup {
     pub(crate) conn: Arc<Connection>,
     pub(crate) workspace: PathBuf,
     pub(crate) session_dir: PathBuf,
+    pub(crate) read_only: ReadOnlyPaths,
 }
 
 /// A session on an ssh host. Relative paths resolve under the workspace
@@ -58,6 +63,7 @@ pub(crate) struct SshSession {
     table: ProcessTable,
     closed: AtomicBool,
     forwards: Mutex<Vec<Forward>>,
+    read_only: Mutex<ReadOnlyPaths>,
 }
 
 /// Absolute remote path of a configured directory (relative to `home`).
@@ -89,7 +95,36 @@ impl SshSession {
             table: ProcessTable::new(table_config),
             closed: AtomicBool::new(false),
             forwards: Mutex::new(Vec::new()),
+            read_only: Mutex::new(setup.read_only),
         }
+    }
+
+    /// From now on, refuses file-API writes at, under (and for removal and
+    /// rename, above) `paths`. Each path is kept as given and, when its parent
+    /// resolves to another path on the host (a symlink in the workspace
+    /// path), as resolved too, so the resolved paths a
+    /// [`RemoteWorkspace`](runner_api::RemoteWorkspace) passes in match.
+    pub(crate) async fn protect(&self, paths: ReadOnlyPaths) -> RunnerResult<()> {
+        let mut guarded = Vec::new();
+        if !paths.is_empty() {
+            let link = self.ctx.conn.link().await?;
+            for path in paths {
+                if let (Some(parent), Some(name)) = (path.parent(), path.file_name())
+                    && let Ok(parent) = files::canonicalize(&link, parent).await
+                {
+                    guarded.push(parent.join(name));
+                }
+                guarded.push(path);
+            }
+        }
+        self.read_only_paths().extend(guarded);
+        Ok(())
+    }
+
+    fn read_only_paths(&self) -> std::sync::MutexGuard<'_, ReadOnlyPaths> {
+        self.read_only
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Creates the remote directories and the owner marker.
@@ -174,21 +209,44 @@ impl SshSession {
         Ok(())
     }
 
+    /// Refuses `operation` on a closed session, then as `check` says on the
+    /// read-only paths.
+    fn writable(
+        &self,
+        operation: &str,
+        check: impl FnOnce(&ReadOnlyPaths) -> RunnerResult<()>,
+    ) -> RunnerResult<()> {
+        self.check_open(operation)?;
+        check(&self.read_only_paths())
+    }
+
     fn meta(&self) -> SessionMeta {
         SessionMeta {
             config: self.config.clone(),
             workspace: self.ctx.workspace.clone(),
             session_dir: self.ctx.session_dir.clone(),
+            read_only: self.read_only_paths().clone(),
         }
     }
 
+    fn forward_list(&self) -> std::sync::MutexGuard<'_, Vec<Forward>> {
+        self.forwards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The session's open forward to `remote_port`, after forgetting the
+    /// forwards a reconnect could not re-create.
+    fn open_forward(&self, remote_port: u16) -> Option<Forward> {
+        let mut list = self.forward_list();
+        list.retain(|forward| self.ctx.conn.forward_is_open(forward));
+        list.iter()
+            .find(|forward| forward.remote_port == remote_port)
+            .copied()
+    }
+
     async fn close_forwards(&self) {
-        let forwards: Vec<Forward> = std::mem::take(
-            &mut *self
-                .forwards
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let forwards: Vec<Forward> = std::mem::take(&mut *self.forward_list());
         for forward in forwards {
             ports::close(&self.ctx.conn, &forward).await;
         }
@@ -398,6 +456,7 @@ impl RemoteRunnerSession for SshSession {
 
     async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
         let path = self.ctx.workspace.join(&request.path);
+        self.writable("write_file", |ro| ro.check("write_file", &path))?;
         self.files("write_file", |link| {
             let path = path.clone();
             let request = &request;
@@ -434,6 +493,7 @@ impl RemoteRunnerSession for SshSession {
                 path.display()
             )));
         }
+        self.writable("remove", |ro| ro.check_removal("remove", &path))?;
         self.files("remove", |link| {
             let path = path.clone();
             async move { files::remove(&link, &path, recursive).await }
@@ -443,6 +503,7 @@ impl RemoteRunnerSession for SshSession {
 
     async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
         let path = self.ctx.workspace.join(path);
+        self.writable("make_dir", |ro| ro.check("make_dir", &path))?;
         self.files("make_dir", |link| {
             let path = path.clone();
             async move { files::make_dir(&link, &path).await }
@@ -453,6 +514,7 @@ impl RemoteRunnerSession for SshSession {
     async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
         let from = self.ctx.workspace.join(from);
         let to = self.ctx.workspace.join(to);
+        self.writable("rename", |ro| ro.check_rename(&from, &to))?;
         self.files("rename", |link| {
             let (from, to) = (from.clone(), to.clone());
             async move { files::rename(&link, &from, &to).await }
@@ -471,6 +533,9 @@ impl RemoteRunnerSession for SshSession {
 
     async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
         let target = self.ctx.workspace.join(target);
+        self.writable("upload_archive", |ro| {
+            ro.check_archive("upload_archive", &target, &archive)
+        })?;
         self.files("upload_archive", |link| {
             let target = target.clone();
             let archive = &archive;
@@ -488,6 +553,9 @@ impl RemoteRunnerSession for SshSession {
         .await
     }
 
+    /// The URL of the session's open forward to `request.port`, or of a new
+    /// one. A forward that a reconnect could not re-create at its local port
+    /// is no longer open: exposing the port again gives a new URL.
     async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
         self.check_open("expose_port")?;
         if request.port == 0 {
@@ -495,16 +563,30 @@ impl RemoteRunnerSession for SshSession {
                 "expose_port: port 0 is not a port",
             ));
         }
-        let forward = ports::open(&self.ctx.conn, request.port).await?;
-        let url = format!("http://127.0.0.1:{}/", forward.local_port);
-        self.forwards
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(forward);
-        Ok(RunnerPortResult {
+        let result = |forward: Forward| RunnerPortResult {
             port: request.port,
-            url: Some(url),
-        })
+            url: Some(format!("http://127.0.0.1:{}/", forward.local_port)),
+        };
+        if let Some(open) = self.open_forward(request.port) {
+            return Ok(result(open));
+        }
+        let forward = ports::open(&self.ctx.conn, request.port).await?;
+        let raced = {
+            let mut list = self.forward_list();
+            let existing = list.iter().find(|f| f.remote_port == request.port).copied();
+            if existing.is_none() {
+                list.push(forward);
+            }
+            existing
+        };
+        match raced {
+            Some(existing) => {
+                // Another call forwarded the port meanwhile: keep one.
+                ports::close(&self.ctx.conn, &forward).await;
+                Ok(result(existing))
+            }
+            None => Ok(result(forward)),
+        }
     }
 
     async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {

@@ -1,6 +1,8 @@
 //! Connection behaviour against a real sshd on 127.0.0.1: the master dying
-//! mid-session, host key mismatch, an unreachable host, and background output
-//! that survives a dropped connection and a rejoin from a new provider.
+//! mid-session (commands, files and port forwards recover), host key
+//! mismatch, an unreachable host, background output that survives a dropped
+//! connection and a rejoin from a new provider, and read-only manifest
+//! entries refused by the file API before and after a rejoin.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerDestination,
-    RunnerErrorKind, RunnerFileReadRequest, RunnerFileWriteRequest, RunnerOutputStream,
-    RunnerProcessState,
+    RunnerErrorKind, RunnerFileReadRequest, RunnerFileWriteRequest, RunnerManifest,
+    RunnerManifestEntry, RunnerOutputStream, RunnerPortRequest, RunnerProcessState, RunnerResult,
 };
 use runner_ssh::{SshConfig, SshProvider};
 use runner_testkit::{BackendGate, async_trial};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type TestResult = Result<(), String>;
 
@@ -138,6 +141,358 @@ async fn master_killed_mid_session() -> TestResult {
         return Err(format!("read back {:?}", read.contents));
     }
     session.close().await.map_err(|e| format!("close: {e}"))
+}
+
+/// One raw HTTP/1.0 GET of `path` on `127.0.0.1:<port>`: the status and body.
+async fn get_once(port: u16, path: &str) -> Result<(u16, String), String> {
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        Ok::<_, String>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .map_err(|_| "no complete response within 10 s".to_string())??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header terminator in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("unparsable status line in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// GETs `path` through the exposed `url` until it answers 200 (the server
+/// may still be starting) or 60 s pass; returns the body.
+async fn fetch(url: &str, path: &str) -> Result<String, String> {
+    let port: u16 = url
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+        .ok_or_else(|| format!("unexpected URL {url:?}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = match get_once(port, path).await {
+            Ok((200, body)) => return Ok(body),
+            Ok((status, body)) => format!("status {status}, body {body:?}"),
+            Err(e) => e,
+        };
+        if Instant::now() > deadline {
+            return Err(format!("GET {url}{path}: no 200 within 60 s: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts `busybox httpd` serving `dir` (relative to the workspace) on a
+/// free remote port as a background command; returns the port.
+async fn start_httpd(session: &dyn RemoteRunnerSession, dir: &str) -> Result<u16, String> {
+    let mut last = String::new();
+    for attempt in 0..5u16 {
+        let port = 20_000 + (std::process::id() as u16 % 10_000) + attempt * 1_013;
+        let id = format!("httpd-{port}");
+        session
+            .start_command(RunnerCommandRequest::new(
+                &id,
+                "busybox",
+                ["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h", dir],
+            ))
+            .await
+            .map_err(|e| format!("start_command {id}: {e}"))?;
+        // A server that cannot bind exits at once.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let info = session
+            .command_status(&id)
+            .await
+            .map_err(|e| format!("command_status {id}: {e}"))?;
+        if info.state == RunnerProcessState::Running {
+            return Ok(port);
+        }
+        last = format!("httpd on port {port} exited at once: {info:?}");
+    }
+    Err(last)
+}
+
+/// A port exposed before the master dies is forwarded again, at the same
+/// local port, once a command has reconnected: the URL given out keeps
+/// working.
+async fn port_forward_survives_reconnect() -> TestResult {
+    let config = config(serde_json::json!({}))?;
+    let provider = SshProvider::new();
+    let session = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let body = format!("served over a forward {}\n", std::process::id());
+    session
+        .write_file(RunnerFileWriteRequest::new(
+            "www/index.txt",
+            body.clone().into_bytes(),
+        ))
+        .await
+        .map_err(|e| format!("write_file: {e}"))?;
+    let port = start_httpd(session.as_ref(), "www").await?;
+    let url = session
+        .expose_port(RunnerPortRequest { port, label: None })
+        .await
+        .map_err(|e| format!("expose_port {port}: {e}"))?
+        .url
+        .ok_or("expose_port gave no URL")?;
+    let before = fetch(&url, "/index.txt").await?;
+    if before != body {
+        return Err(format!("before the kill {url} served {before:?}"));
+    }
+    kill_master(&provider, &config).await?;
+    // The next command (or the follower of the background server) finds the
+    // master gone and reconnects.
+    echo(session.as_ref(), "reconnect", "again").await?;
+    let after = fetch(&url, "/index.txt").await?;
+    if after != body {
+        return Err(format!("after the reconnect {url} served {after:?}"));
+    }
+    let again = session
+        .expose_port(RunnerPortRequest { port, label: None })
+        .await
+        .map_err(|e| format!("expose_port {port} again: {e}"))?
+        .url;
+    if again.as_deref() != Some(url.as_str()) {
+        return Err(format!("exposing {port} again gave {again:?}, not {url}"));
+    }
+    session.close().await.map_err(|e| format!("close: {e}"))
+}
+
+/// When the old local port is taken by the time the master is replaced, the
+/// forward is dropped (not re-created elsewhere): exposing the port again
+/// gives a new, working URL instead of the dead one. The server runs in a session of
+/// another provider, so nothing of the forwarding session touches the
+/// connection between the kill and the command that reconnects.
+async fn port_forward_lost_when_local_port_taken() -> TestResult {
+    let config = config(serde_json::json!({}))?;
+    let server_provider = SshProvider::new();
+    let server = server_provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session (server): {e}"))?;
+    let body = "second forward\n".to_string();
+    server
+        .write_file(RunnerFileWriteRequest::new(
+            "www/index.txt",
+            body.clone().into_bytes(),
+        ))
+        .await
+        .map_err(|e| format!("write_file: {e}"))?;
+    let port = start_httpd(server.as_ref(), "www").await?;
+    let provider = SshProvider::new();
+    let session = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let expose = || session.expose_port(RunnerPortRequest { port, label: None });
+    let url = expose()
+        .await
+        .map_err(|e| format!("expose_port {port}: {e}"))?
+        .url
+        .ok_or("expose_port gave no URL")?;
+    let local: u16 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("local port of {url}: {e}"))?;
+    kill_master(&provider, &config).await?;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", local))
+        .map_err(|e| format!("binding the freed local port {local}: {e}"))?;
+    echo(session.as_ref(), "reconnect", "again").await?;
+    let again = expose()
+        .await
+        .map_err(|e| format!("expose_port {port} again: {e}"))?
+        .url
+        .ok_or("expose_port gave no URL")?;
+    if again == url {
+        return Err(format!("{url} was given out again while its port is taken"));
+    }
+    let served = fetch(&again, "/index.txt").await?;
+    if served != body {
+        return Err(format!("{again} served {served:?}"));
+    }
+    drop(squatter);
+    session.close().await.map_err(|e| format!("close: {e}"))?;
+    server
+        .close()
+        .await
+        .map_err(|e| format!("close (server): {e}"))
+}
+
+fn expect_read_only<T: std::fmt::Debug>(
+    what: &str,
+    result: RunnerResult<T>,
+    names: &str,
+) -> TestResult {
+    match result {
+        Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {
+            if e.message().contains(names) && e.message().contains("is read-only") {
+                Ok(())
+            } else {
+                Err(format!("{what}: the message does not name {names}: {e}"))
+            }
+        }
+        other => Err(format!("{what}: expected PermissionDenied, got {other:?}")),
+    }
+}
+
+/// Every file-API write under a read-only entry is refused, naming the path,
+/// and the file is unchanged.
+async fn assert_read_only(session: &dyn RemoteRunnerSession, when: &str) -> TestResult {
+    let file = Path::new("ref/data.txt");
+    expect_read_only(
+        &format!("write_file {when}"),
+        session
+            .write_file(RunnerFileWriteRequest::new(file, b"changed".to_vec()))
+            .await,
+        "ref/data.txt",
+    )?;
+    expect_read_only(
+        &format!("remove {when}"),
+        session.remove(file, false).await,
+        "ref/data.txt",
+    )?;
+    expect_read_only(
+        &format!("make_dir {when}"),
+        session.make_dir(Path::new("ref/sub")).await,
+        "ref/sub",
+    )?;
+    expect_read_only(
+        &format!("rename out of it {when}"),
+        session.rename(file, Path::new("moved.txt")).await,
+        "ref/data.txt",
+    )?;
+    expect_read_only(
+        &format!("rename into it {when}"),
+        session
+            .rename(Path::new("free.txt"), Path::new("ref/free.txt"))
+            .await,
+        "ref/free.txt",
+    )?;
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(3);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "data.txt", &b"tar"[..])
+        .map_err(|e| e.to_string())?;
+    let archive = builder.into_inner().map_err(|e| e.to_string())?;
+    expect_read_only(
+        &format!("upload_archive {when}"),
+        session.upload_archive(Path::new("ref"), archive).await,
+        "ref",
+    )?;
+    let read = session
+        .read_file(RunnerFileReadRequest::new(file))
+        .await
+        .map_err(|e| format!("read_file {when}: {e}"))?;
+    if read.contents != b"original" {
+        return Err(format!(
+            "{when}: the read-only file now holds {:?}",
+            read.contents
+        ));
+    }
+    let listed = session
+        .list_dir(Path::new("ref"))
+        .await
+        .map_err(|e| format!("list_dir {when}: {e}"))?;
+    if listed.len() != 1 {
+        return Err(format!("{when}: ref/ now holds {listed:?}"));
+    }
+    Ok(())
+}
+
+/// Read-only manifest entries: copied in, refused by the file API (in the
+/// session, in a fork restored from its snapshot, after a rejoin from a new
+/// provider), still writable by commands.
+async fn read_only_entry_refuses_file_writes() -> TestResult {
+    let local = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ref_dir = local.path().join("ref");
+    std::fs::create_dir(&ref_dir).map_err(|e| e.to_string())?;
+    std::fs::write(ref_dir.join("data.txt"), b"original").map_err(|e| e.to_string())?;
+    std::fs::write(local.path().join("free.txt"), b"free").map_err(|e| e.to_string())?;
+    let mut destination = destination(config(serde_json::json!({}))?);
+    destination.default_manifest = RunnerManifest {
+        entries: vec![
+            RunnerManifestEntry {
+                source: ref_dir,
+                target: "ref".into(),
+                writable: false,
+            },
+            RunnerManifestEntry {
+                source: local.path().join("free.txt"),
+                target: "free.txt".into(),
+                writable: true,
+            },
+        ],
+        mounts: Vec::new(),
+    };
+    let provider = SshProvider::new();
+    provider
+        .validate_destination(&destination)
+        .await
+        .map_err(|e| format!("validate_destination: {e}"))?;
+    let session = provider
+        .create_session(destination)
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    assert_read_only(session.as_ref(), "after create").await?;
+    session
+        .write_file(RunnerFileWriteRequest::new("free.txt", b"changed".to_vec()))
+        .await
+        .map_err(|e| format!("write_file of a writable entry: {e}"))?;
+    let mut forked_state = session.state();
+    forked_state.snapshot = Some(
+        session
+            .snapshot()
+            .await
+            .map_err(|e| format!("snapshot: {e}"))?,
+    );
+    let fork = provider
+        .resume_session(forked_state)
+        .await
+        .map_err(|e| format!("resume_session from a snapshot: {e}"))?;
+    assert_read_only(fork.as_ref(), "in a fork").await?;
+    fork.close()
+        .await
+        .map_err(|e| format!("close the fork: {e}"))?;
+    let state = session.detach().await.map_err(|e| format!("detach: {e}"))?;
+    drop(session);
+    let fresh = SshProvider::new();
+    let rejoined = fresh
+        .rejoin_session(state)
+        .await
+        .map_err(|e| format!("rejoin_session: {e}"))?;
+    assert_read_only(rejoined.as_ref(), "after rejoin").await?;
+    // The file API is what refuses; commands may still write there.
+    let result = rejoined
+        .run_command(RunnerCommandRequest::shell(
+            "cmd-write",
+            "printf cmd > ref/data.txt && cat ref/data.txt",
+        ))
+        .await
+        .map_err(|e| format!("run_command: {e}"))?;
+    if result.stdout != "cmd" {
+        return Err(format!("a command writing under ref/: {result:?}"));
+    }
+    rejoined.close().await.map_err(|e| format!("close: {e}"))
 }
 
 /// A known_hosts file with another key for the server: `PermissionDenied`.
@@ -399,6 +754,18 @@ fn main() -> ExitCode {
     )
     .run(vec![
         async_trial("master_killed_mid_session", master_killed_mid_session),
+        async_trial(
+            "port_forward_survives_reconnect",
+            port_forward_survives_reconnect,
+        ),
+        async_trial(
+            "port_forward_lost_when_local_port_taken",
+            port_forward_lost_when_local_port_taken,
+        ),
+        async_trial(
+            "read_only_entry_refuses_file_writes",
+            read_only_entry_refuses_file_writes,
+        ),
         async_trial("host_key_mismatch", host_key_mismatch),
         async_trial("unreachable_host", unreachable_host),
         async_trial("unknown_host_policy", unknown_host_policy),

@@ -65,6 +65,7 @@ fn destination(area: &str, control_dir: &Path, grace_s: u64) -> Result<RunnerDes
             "snapshot_dir": format!("{area}/snapshots"),
             "control_dir": control_dir,
             "kill_grace_ms": 200,
+            "master_idle_s": 2,
             "orphan_grace_s": grace_s,
             "snapshot_grace_s": grace_s,
         }),
@@ -333,7 +334,15 @@ async fn crash_and_sweep(
     let live_snapshot = metadata_path(&live_snapshot.metadata, "archive")?;
     let live_dir = metadata_path(&live.state().metadata, "session_dir")?;
 
+    let ours = sockets(control_dir);
     let (mut child, report) = spawn_child(area, control_dir)?;
+    let childs: Vec<PathBuf> = sockets(control_dir)
+        .into_iter()
+        .filter(|socket| !ours.contains(socket))
+        .collect();
+    ensure(!childs.is_empty(), || {
+        format!("no master socket of the child in {}", control_dir.display())
+    })?;
     for &pid in &report.pids {
         ensure(group_alive(live, pid).await?, || {
             format!("the child's background command {pid} is not running")
@@ -344,6 +353,20 @@ async fn crash_and_sweep(
         .kill()
         .map_err(|e| format!("SIGKILL the child: {e}"))?;
     child.0.wait().map_err(|e| format!("reap the child: {e}"))?;
+
+    // The killed child's master has no user left and exits after
+    // `master_idle_s`; ours, holding its sftp channel, stays.
+    let master_gone = eventually(Duration::from_secs(60), || {
+        let childs = childs.clone();
+        async move { Ok(childs.iter().all(|socket| !socket.exists())) }
+    })
+    .await?;
+    ensure(master_gone, || {
+        format!("the killed child's ssh master still runs: {childs:?}")
+    })?;
+    ensure(ours.iter().all(|socket| socket.exists()), || {
+        format!("this process's ssh master went away: {ours:?}")
+    })?;
 
     // The child's remote processes outlive it: only the sweep ends them.
     for &pid in &report.pids {

@@ -547,16 +547,16 @@ async fn timeout_kills_process_tree(cx: Cx) -> CheckResult {
         "timeout-tree",
         &format!("echo started; {}", marker.tree()),
     )
-    .with_timeout_ms(6_000);
+    .with_timeout_ms(10_000);
     let runner = s.clone();
     let task = tokio::spawn(async move { runner.run_command(request).await });
     let counted = marker
-        .wait_running(s.as_ref(), 4, Duration::from_secs(5))
+        .wait_running(s.as_ref(), 4, Duration::from_secs(9))
         .await;
     let result = task
         .await
         .map_err(|e| format!("the run_command task failed: {e}"))?
-        .or_fail("run_command with timeout_ms 6000")?;
+        .or_fail("run_command with timeout_ms 10000")?;
     counted?;
     marker.wait_gone(s.as_ref(), "the timeout").await?;
     ensure!(

@@ -172,6 +172,13 @@ pub(crate) fn checks() -> Vec<Check> {
             "upload_archive: an entry written \"through a symlink\" out of target is refused with PermissionDenied.",
             |cx| Box::pin(archive_symlink_escape_refused(cx)),
         ),
+        Check::new(
+            "files_archive_existing_symlink_refused",
+            a,
+            &[CommandExec, ArchiveTransfer, FileRead],
+            "upload_archive: an entry written \"through a symlink\" a command made, leading out of target, is refused with PermissionDenied and nothing lands there; one leading inside works.",
+            |cx| Box::pin(archive_existing_symlink_refused(cx)),
+        ),
     ]
 }
 
@@ -949,4 +956,90 @@ async fn archive_symlink_escape_refused(cx: Cx) -> CheckResult {
         listing.keys().collect::<Vec<_>>()
     );
     s.close().await.or_fail("close")
+}
+
+/// An entry beneath a symlink that a command made, leading to a directory
+/// outside the workspace, is refused and nothing lands there; beneath a
+/// symlink leading inside the target, an entry is written.
+async fn archive_existing_symlink_refused(cx: Cx) -> CheckResult {
+    let s = cx.session().await?;
+    let dir = cx.scratch(&s);
+    // The workspace root and a fresh directory outside it, both resolved.
+    let made = sh_ok(
+        s.as_ref(),
+        "pwd -P && d=$(mktemp -d) && cd \"$d\" && pwd -P",
+    )
+    .await?;
+    let mut lines = made.lines();
+    let (Some(root), Some(outside)) = (lines.next(), lines.next()) else {
+        return Err(format!(
+            "`pwd -P; mktemp -d` printed {made:?}, expected two lines"
+        ));
+    };
+    let outside = outside.to_string();
+    let result = if outside.starts_with(&format!("{root}/")) {
+        Err(format!(
+            "`mktemp -d` made {outside:?} inside the workspace {root:?}; the check needs a \
+             directory outside it"
+        ))
+    } else {
+        existing_symlink_refused(&s, &dir, &outside).await
+    };
+    let removed = sh_ok(s.as_ref(), &format!("rm -rf -- {}", quote(&outside))).await;
+    result?;
+    removed?;
+    s.close().await.or_fail("close")
+}
+
+async fn existing_symlink_refused(s: &Session, dir: &Path, outside: &str) -> CheckResult {
+    let scratch = quote(&dir.display().to_string());
+    sh_ok(
+        s.as_ref(),
+        &format!(
+            "mkdir -p {scratch}/real && ln -s {} {scratch}/up && ln -s real {scratch}/in",
+            quote(outside)
+        ),
+    )
+    .await?;
+    // Larger than pipe and channel buffers: a provider refusing it must not
+    // wait for an unpacker that never reads it.
+    let contents = pseudo_random(4 * 1024 * 1024, seed());
+    let file = |path: &str| {
+        Tree::from([(
+            path.to_string(),
+            Node::File {
+                contents: contents.clone(),
+                mode: Some(0o644),
+            },
+        )])
+    };
+    s.upload_archive(dir, tree::to_tar(&file("up/x"))?)
+        .await
+        .fails_with(
+            RunnerErrorKind::PermissionDenied,
+            format!(
+                "upload_archive of up/x into {} where up -> {outside}",
+                dir.display()
+            ),
+        )?;
+    let probe = sh(
+        s.as_ref(),
+        &format!("test ! -e {}", quote(&format!("{outside}/x"))),
+    )
+    .await?;
+    ensure!(
+        probe.exit_code == Some(0),
+        "after the refused upload, {outside}/x exists on the runner"
+    );
+    s.upload_archive(dir, tree::to_tar(&file("in/y"))?)
+        .await
+        .or_fail(format!(
+            "upload_archive of in/y into {} where in -> real (inside)",
+            dir.display()
+        ))?;
+    same_bytes(
+        &read(s, &dir.join("real/y")).await?,
+        &contents,
+        "real/y, uploaded as in/y through the symlink in -> real",
+    )
 }

@@ -1,0 +1,705 @@
+//! Checks on tar archives that callers upload into a session, shared by every
+//! provider that unpacks them somewhere other than a local directory handle.
+//!
+//! A provider that hands an uploaded tar to a remote unpacker (Docker's archive
+//! API, a remote `tar`) cannot stop an entry half way, so it checks the whole
+//! archive first with [`check_upload`]. A provider that unpacks entry by entry
+//! itself uses [`entry_name`] (or [`entry_path`]) for the name rule.
+//!
+//! # Rules
+//!
+//! Every entry is judged by its name relative to the upload's target directory:
+//!
+//! - a name with a NUL byte is `InvalidRequest`;
+//! - an absolute name, or one with a `..` component, is `PermissionDenied`
+//!   (`.` components are dropped; the `./` entry of the directory itself is fine);
+//! - a hard link's target is an archive member name, so it obeys the same rule
+//!   (absolute or `..`: `PermissionDenied`), and may not pass through a symlink
+//!   of the archive either;
+//! - an entry beneath a name that the archive itself made a symlink (or a hard
+//!   link) is `PermissionDenied`, wherever the symlink points: unpackers follow
+//!   such a link, so the entry could land anywhere;
+//! - device and FIFO entries, entries of an unknown type, and link entries
+//!   without a link name are `InvalidRequest`;
+//! - an archive that cannot be read is `InvalidRequest` naming the target.
+//!
+//! Symlinks themselves are kept as they are: where they point is the file API's
+//! business ([`RemoteWorkspace`](crate::RemoteWorkspace) refuses to follow one
+//! out of the workspace). What an archive cannot see is a symlink that already
+//! exists under the target; [`ArchiveCheck::parents`] lists the directories a
+//! provider must check on the runner for that before it unpacks.
+//!
+//! An unpacker may refuse more than this: unix-local, which unpacks beneath a
+//! directory handle, also refuses hard links and symlinks leading out of the
+//! target.
+//!
+//! Every message names the operation, the target and the entry.
+//!
+//! # Symlinks already on the runner
+//!
+//! An archive passing [`check_upload`] may still hold `up/x` while the runner
+//! has `up -> /etc` under the target, left by an earlier upload or made by a
+//! command; a remote unpacker follows it. [`CONFINED_PARENTS_SCRIPT`] is the
+//! POSIX `sh` check a provider runs on the runner before unpacking, with the
+//! arguments of [`ArchiveCheck::confined_parents_runs`];
+//! [`confined_parents_error`] turns its refusals into errors.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+use crate::{RunnerError, RunnerErrorKind, RunnerResult};
+
+/// Why an entry name is refused (see the module docs).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRefusal {
+    /// The name is absolute.
+    Absolute,
+    /// The name has a `..` component.
+    ParentDir,
+    /// The name contains a NUL byte.
+    Nul,
+}
+
+impl NameRefusal {
+    /// `PermissionDenied` for names leading out of the target, `InvalidRequest`
+    /// for a NUL byte.
+    pub fn kind(self) -> RunnerErrorKind {
+        match self {
+            Self::Absolute | Self::ParentDir => RunnerErrorKind::PermissionDenied,
+            Self::Nul => RunnerErrorKind::InvalidRequest,
+        }
+    }
+}
+
+impl fmt::Display for NameRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Absolute => "absolute paths are refused",
+            Self::ParentDir => "`..` would leave the target directory",
+            Self::Nul => "the name contains a NUL byte",
+        })
+    }
+}
+
+/// The entry name `name` as a relative path without `.` components (empty for
+/// the directory itself), or why it is refused.
+///
+/// For unpackers that build their own messages; [`entry_path`] builds the
+/// usual one.
+pub fn entry_name(name: &Path) -> Result<PathBuf, NameRefusal> {
+    if name.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(NameRefusal::Nul);
+    }
+    let mut out = PathBuf::new();
+    for component in name.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(NameRefusal::ParentDir),
+            Component::RootDir | Component::Prefix(_) => return Err(NameRefusal::Absolute),
+        }
+    }
+    Ok(out)
+}
+
+/// The entry `name` of an archive unpacked into `target`, as a relative path
+/// without `.` components (empty for the directory itself).
+///
+/// Errors: `PermissionDenied` for an absolute name or a `..` component,
+/// `InvalidRequest` for a NUL byte; the message names `operation`, `target` and
+/// the entry.
+pub fn entry_path(operation: &str, target: &Path, name: &Path) -> RunnerResult<PathBuf> {
+    entry_name(name)
+        .map_err(|why| RunnerError::new(why.kind(), entry_message(operation, target, name, &why)))
+}
+
+fn entry_message(operation: &str, target: &Path, name: &Path, why: &dyn fmt::Display) -> String {
+    format!(
+        "{operation} {}: entry {:?}: {why}",
+        target.display(),
+        name.display()
+    )
+}
+
+/// What [`check_upload`] learned about an archive that passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveCheck {
+    parents: BTreeSet<PathBuf>,
+}
+
+impl ArchiveCheck {
+    /// Every directory (relative to the target, without `.` components) that
+    /// an entry is written beneath, that a hard link's target lies beneath, or
+    /// that a directory entry names.
+    ///
+    /// An unpacker follows a symlink that already exists at one of these
+    /// paths (for a directory entry, to set its mode and times), so a provider
+    /// unpacking into an existing tree refuses the upload when one of them is
+    /// a symlink leading out of the target.
+    pub fn parents(&self) -> &BTreeSet<PathBuf> {
+        &self.parents
+    }
+
+    /// [`parents`](Self::parents) as the arguments `$2…` of runs of
+    /// [`CONFINED_PARENTS_SCRIPT`] (the caller puts the target first).
+    ///
+    /// `cost` is what one argument costs the caller (its length plus a
+    /// separator for an argv, more once quoted into a command line); each run
+    /// stays within [`CONFINED_PARENTS_ARGS_BUDGET`], a longer parent runs
+    /// alone. There is always at least one run, empty without parents, so the
+    /// target is always prepared; most archives need exactly one.
+    ///
+    /// Errors: `InvalidRequest` when a parent is not UTF-8 (the script gets its
+    /// arguments as text), naming `operation`, `target` and the parent.
+    pub fn confined_parents_runs(
+        &self,
+        operation: &str,
+        target: &Path,
+        cost: impl Fn(&str) -> usize,
+    ) -> RunnerResult<Vec<Vec<&str>>> {
+        self.runs_within(operation, target, CONFINED_PARENTS_ARGS_BUDGET, cost)
+    }
+
+    fn runs_within(
+        &self,
+        operation: &str,
+        target: &Path,
+        budget: usize,
+        cost: impl Fn(&str) -> usize,
+    ) -> RunnerResult<Vec<Vec<&str>>> {
+        let mut runs = Vec::new();
+        let mut run: Vec<&str> = Vec::new();
+        let mut used = 0;
+        for parent in &self.parents {
+            let text = parent.to_str().ok_or_else(|| {
+                RunnerError::invalid_request(format!(
+                    "{operation} {}: directory {:?}: names must be UTF-8 to be checked on the \
+                     runner",
+                    target.display(),
+                    parent.display()
+                ))
+            })?;
+            let one = cost(text);
+            if !run.is_empty() && used + one > budget {
+                runs.push(std::mem::take(&mut run));
+                used = 0;
+            }
+            run.push(text);
+            used += one;
+        }
+        runs.push(run);
+        Ok(runs)
+    }
+}
+
+/// A POSIX `sh` script that prepares the target directory of an upload on the
+/// runner and refuses the upload when an entry would be written through a
+/// symlink that already exists beneath the target and leads out of it.
+///
+/// # Arguments
+///
+/// `$1` is the target directory as the runner names it; `$2…` are directories
+/// relative to it: one run of [`ArchiveCheck::confined_parents_runs`]. When
+/// there are several runs, the script runs once per run.
+///
+/// # Behaviour
+///
+/// 1. Creates the target and its missing parents (`mkdir -p`).
+/// 2. Resolves the target with `readlink -f`, then each listed directory that
+///    is a symlink the same way; one resolving neither to the target nor
+///    beneath it refuses the upload. Symlinks resolving inside the target are
+///    fine; a dangling or unresolvable symlink refuses. Directories that are
+///    missing or not symlinks are not looked at further (every ancestor of an
+///    entry is listed itself).
+/// 3. On success it does not exit: it leaves the target as the only
+///    positional parameter (`$1`) and falls through, so a command appended to
+///    the script runs next in the same shell, e.g.
+///    `exec tar -x -f - -C "$1"` (one round trip for check and unpacking; the
+///    script does not read stdin, so the archive can be fed there).
+///
+/// # Exit status
+///
+/// - [`CONFINED_PARENTS_NOT_A_DIRECTORY`] (4): the target, or a directory on
+///   its way, exists and is not a directory;
+/// - [`CONFINED_PARENTS_LEADS_OUT`] (6): a listed directory is a symlink
+///   leading out of the target; its relative name is printed on stdout;
+/// - [`CONFINED_PARENTS_CANNOT_CREATE`] (7): creating or resolving the target
+///   failed otherwise (`mkdir`'s message is on stderr).
+///
+/// Unpackers run after it (`tar` exits 0, 1 or 2) do not use these codes.
+/// [`confined_parents_error`] maps them to errors.
+///
+/// The check and the unpacking are two steps: a command of the session that
+/// replaces a checked directory with a symlink in between is not seen.
+pub const CONFINED_PARENTS_SCRIPT: &str = r#"
+t=$1
+shift
+if ! mkdir -p -- "$t"; then
+  q=$t
+  while [ -n "$q" ] && [ "$q" != / ] && [ "$q" != . ]; do
+    if [ -e "$q" ] && [ ! -d "$q" ]; then exit 4; fi
+    q=$(dirname -- "$q")
+  done
+  exit 7
+fi
+[ -d "$t" ] || exit 4
+c=$(readlink -f -- "$t") && [ -n "$c" ] || exit 7
+for p do
+  if [ -L "$t/$p" ]; then
+    r=$(readlink -f -- "$t/$p")
+    case $r in
+      "$c"|"${c%/}"/*) ;;
+      *) printf '%s\n' "$p"; exit 6 ;;
+    esac
+  fi
+done
+set -- "$t"
+"#;
+
+/// Exit status of [`CONFINED_PARENTS_SCRIPT`]: the target, or a directory on
+/// its way, is not a directory.
+pub const CONFINED_PARENTS_NOT_A_DIRECTORY: i32 = 4;
+
+/// Exit status of [`CONFINED_PARENTS_SCRIPT`]: a listed directory is a
+/// symlink leading out of the target (named on stdout).
+pub const CONFINED_PARENTS_LEADS_OUT: i32 = 6;
+
+/// Exit status of [`CONFINED_PARENTS_SCRIPT`]: the target could not be
+/// created or resolved.
+pub const CONFINED_PARENTS_CANNOT_CREATE: i32 = 7;
+
+/// Bytes of parent arguments one run of [`CONFINED_PARENTS_SCRIPT`] takes at
+/// most (as the caller counts them): well below Linux's smallest limits on
+/// arguments (128 KiB for all of them on old kernels, and for any single
+/// argument, such as the command line `sshd` hands to `sh -c`).
+pub const CONFINED_PARENTS_ARGS_BUDGET: usize = 64 * 1024;
+
+/// The error for a run of [`CONFINED_PARENTS_SCRIPT`] (or of a script it
+/// starts) that exited with `code`, or `None` when `code` is not one of the
+/// script's refusals: 0, or the status of a command appended to it.
+///
+/// - not a directory: `AlreadyExists`;
+/// - a directory leading out through a symlink: `PermissionDenied` naming the
+///   directory (from `stdout`);
+/// - the target cannot be created: `PermissionDenied` with `stderr`.
+///
+/// Every message names `operation` and `target`.
+pub fn confined_parents_error(
+    operation: &str,
+    target: &Path,
+    code: i32,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Option<RunnerError> {
+    let target = target.display();
+    match code {
+        CONFINED_PARENTS_NOT_A_DIRECTORY => Some(RunnerError::new(
+            RunnerErrorKind::AlreadyExists,
+            format!("{operation} {target}: exists and is not a directory, or lies beneath a file"),
+        )),
+        CONFINED_PARENTS_LEADS_OUT => {
+            let parent = String::from_utf8_lossy(stdout);
+            let parent = parent.strip_suffix('\n').unwrap_or(&parent);
+            Some(RunnerError::permission_denied(format!(
+                "{operation} {target}: entries under {parent} would be written through a \
+                 symlink leading outside the target"
+            )))
+        }
+        CONFINED_PARENTS_CANNOT_CREATE => Some(RunnerError::permission_denied(format!(
+            "{operation} {target}: creating the target directory failed: {}",
+            String::from_utf8_lossy(stderr).trim()
+        ))),
+        _ => None,
+    }
+}
+
+/// Walks every entry of `archive` once and refuses it when an entry would
+/// land outside `target` or is of a kind that cannot be unpacked (the rules
+/// are in the module docs). Nothing is unpacked.
+///
+/// Errors: `PermissionDenied` for an entry leading out of the target,
+/// `InvalidRequest` for a corrupt archive, a NUL byte, a device or FIFO entry;
+/// each message names `operation`, `target` and (except for a corrupt archive)
+/// the entry.
+pub fn check_upload(operation: &str, target: &Path, archive: &[u8]) -> RunnerResult<ArchiveCheck> {
+    let corrupt = |error: std::io::Error| {
+        RunnerError::invalid_request(format!(
+            "{operation} {}: reading the tar archive failed: {error}",
+            target.display()
+        ))
+        .with_source(error)
+    };
+    let refuse = |kind: RunnerErrorKind, name: &Path, why: &dyn fmt::Display| {
+        RunnerError::new(kind, entry_message(operation, target, name, why))
+    };
+    // Names the archive made symlinks or hard links.
+    let mut links: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut reader = tar::Archive::new(archive);
+    for entry in reader.entries().map_err(corrupt)? {
+        let entry = entry.map_err(corrupt)?;
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+        {
+            continue;
+        }
+        let name = entry.path().map_err(corrupt)?.into_owned();
+        let clean = entry_path(operation, target, &name)?;
+        if let Some(link) = through_link(&clean, &links) {
+            return Err(refuse(
+                RunnerErrorKind::PermissionDenied,
+                &name,
+                &format_args!(
+                    "would be written through the archive's link {:?}",
+                    link.display()
+                ),
+            ));
+        }
+        match kind {
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::GNUSparse
+            | EntryType::Directory => {}
+            EntryType::Symlink | EntryType::Link => {
+                let Some(link_name) = entry.link_name().map_err(corrupt)? else {
+                    return Err(refuse(
+                        RunnerErrorKind::InvalidRequest,
+                        &name,
+                        &"a link without a link name",
+                    ));
+                };
+                if kind == EntryType::Link {
+                    let linked = entry_name(&link_name).map_err(|why| {
+                        refuse(
+                            why.kind(),
+                            &name,
+                            &format_args!("hard link to {:?}: {why}", link_name.display()),
+                        )
+                    })?;
+                    if let Some(link) = through_link(&linked, &links) {
+                        return Err(refuse(
+                            RunnerErrorKind::PermissionDenied,
+                            &name,
+                            &format_args!(
+                                "hard link to {:?} passes through the archive's link {:?}",
+                                link_name.display(),
+                                link.display()
+                            ),
+                        ));
+                    }
+                    parents.extend(ancestors(&linked));
+                }
+                links.insert(clean.clone());
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                return Err(refuse(
+                    RunnerErrorKind::InvalidRequest,
+                    &name,
+                    &"device and FIFO entries are not supported",
+                ));
+            }
+            other => {
+                return Err(refuse(
+                    RunnerErrorKind::InvalidRequest,
+                    &name,
+                    &format_args!("unsupported entry type {other:?}"),
+                ));
+            }
+        }
+        parents.extend(ancestors(&clean));
+        if kind == EntryType::Directory && !clean.as_os_str().is_empty() {
+            parents.insert(clean);
+        }
+    }
+    Ok(ArchiveCheck { parents })
+}
+
+/// The proper ancestors of a clean relative path, shortest first.
+fn ancestors(path: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    let count = path.components().count().saturating_sub(1);
+    path.components()
+        .take(count)
+        .scan(PathBuf::new(), |prefix, part| {
+            prefix.push(part);
+            Some(prefix.clone())
+        })
+}
+
+/// The archive link that `path` lies beneath, if any.
+fn through_link<'a>(path: &Path, links: &'a BTreeSet<PathBuf>) -> Option<&'a PathBuf> {
+    ancestors(path).find_map(|prefix| links.get(&prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One entry: name, type, link name.
+    type Spec<'a> = (&'a str, EntryType, Option<&'a str>);
+
+    /// A tar of `entries`, names written raw into the header (so `..` and
+    /// absolute names survive; the `tar` builder refuses them).
+    fn tar_of(entries: &[Spec<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind, link) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(0o644);
+            let data: &[u8] = if *kind == EntryType::Regular {
+                b"x"
+            } else {
+                b""
+            };
+            header.set_size(data.len() as u64);
+            let raw = &mut header.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(link) = link {
+                header.set_link_name(link).expect("link name");
+            }
+            header.set_cksum();
+            builder.append(&header, data).expect("append");
+        }
+        builder.into_inner().expect("finish tar")
+    }
+
+    fn kind_of(entries: &[Spec<'_>]) -> RunnerErrorKind {
+        let err =
+            check_upload("upload_archive", Path::new("t"), &tar_of(entries)).expect_err("refused");
+        assert!(err.message().starts_with("upload_archive t: "), "{err}");
+        err.kind()
+    }
+
+    use EntryType::{Block, Char, Directory, Fifo, Link, Regular, Symlink};
+    use RunnerErrorKind::{InvalidRequest, PermissionDenied};
+
+    #[test]
+    fn archive_normal_tree_passes_with_its_parents() {
+        let archive = tar_of(&[
+            ("./", Directory, None),
+            ("./a/", Directory, None),
+            ("./a/b/c.txt", Regular, None),
+            ("a/rel", Symlink, Some("b/c.txt")),
+            ("out", Symlink, Some("/usr/bin/python3")),
+            ("a/hard", Link, Some("a/b/c.txt")),
+            ("top.txt", Regular, None),
+            ("empty/", Directory, None),
+        ]);
+        let check = check_upload("upload_archive", Path::new("t"), &archive).expect("passes");
+        let parents: Vec<&Path> = check.parents().iter().map(PathBuf::as_path).collect();
+        assert_eq!(
+            parents,
+            vec![Path::new("a"), Path::new("a/b"), Path::new("empty")]
+        );
+        let empty = check_upload("upload_archive", Path::new("t"), &[]).expect("empty");
+        assert!(empty.parents().is_empty());
+    }
+
+    #[test]
+    fn archive_absolute_and_dotdot_names_are_denied() {
+        assert_eq!(kind_of(&[("/etc/x", Regular, None)]), PermissionDenied);
+        assert_eq!(kind_of(&[("../x", Regular, None)]), PermissionDenied);
+        assert_eq!(kind_of(&[("a/../../x", Regular, None)]), PermissionDenied);
+        assert_eq!(kind_of(&[("a/../x", Regular, None)]), PermissionDenied);
+    }
+
+    #[test]
+    fn archive_entries_through_its_links_are_denied() {
+        let up = kind_of(&[("up", Symlink, Some("..")), ("up/x", Regular, None)]);
+        assert_eq!(up, PermissionDenied);
+        // Even a link pointing inside: the unpacker would follow it.
+        let inside = kind_of(&[
+            ("d/", Directory, None),
+            ("l", Symlink, Some("d")),
+            ("l/x", Regular, None),
+        ]);
+        assert_eq!(inside, PermissionDenied);
+        let deep = kind_of(&[("a/l", Symlink, Some("/")), ("a/l/b/c", Directory, None)]);
+        assert_eq!(deep, PermissionDenied);
+    }
+
+    #[test]
+    fn archive_hard_links_out_are_denied() {
+        assert_eq!(
+            kind_of(&[("h", Link, Some("/etc/passwd"))]),
+            PermissionDenied
+        );
+        assert_eq!(kind_of(&[("h", Link, Some("../x"))]), PermissionDenied);
+        let through = kind_of(&[("l", Symlink, Some("/etc")), ("h", Link, Some("l/passwd"))]);
+        assert_eq!(through, PermissionDenied);
+    }
+
+    #[test]
+    fn archive_devices_fifos_and_bad_links_are_invalid() {
+        assert_eq!(kind_of(&[("c", Char, None)]), InvalidRequest);
+        assert_eq!(kind_of(&[("b", Block, None)]), InvalidRequest);
+        assert_eq!(kind_of(&[("f", Fifo, None)]), InvalidRequest);
+        assert_eq!(kind_of(&[("s", Symlink, None)]), InvalidRequest);
+    }
+
+    #[test]
+    fn archive_corrupt_tar_is_invalid_and_names_the_target() {
+        let mut archive = tar_of(&[("a.txt", Regular, None)]);
+        archive[148..156].copy_from_slice(b"0000000\0");
+        let err =
+            check_upload("upload_archive", Path::new("dir/t"), &archive).expect_err("bad checksum");
+        assert_eq!(err.kind(), InvalidRequest);
+        assert!(err.message().contains("dir/t"), "{err}");
+        let err = check_upload("upload_archive", Path::new("t"), &[1; 100])
+            .expect_err("truncated header");
+        assert_eq!(err.kind(), InvalidRequest);
+    }
+
+    fn parents_of(names: &[&str]) -> ArchiveCheck {
+        ArchiveCheck {
+            parents: names.iter().map(PathBuf::from).collect(),
+        }
+    }
+
+    #[test]
+    fn archive_confined_parents_runs_split_by_cost() {
+        let t = Path::new("t");
+        let none = parents_of(&[]);
+        let runs = none
+            .confined_parents_runs("upload_archive", t, str::len)
+            .expect("runs");
+        assert_eq!(runs, vec![Vec::<&str>::new()]);
+        let some = parents_of(&["a", "a/b", "c"]);
+        let one = some
+            .confined_parents_runs("upload_archive", t, str::len)
+            .expect("runs");
+        assert_eq!(one, vec![vec!["a", "a/b", "c"]]);
+        let cost = |p: &str| p.len() + 1;
+        let split = some
+            .runs_within("upload_archive", t, 6, cost)
+            .expect("runs");
+        assert_eq!(split, vec![vec!["a", "a/b"], vec!["c"]]);
+        let alone = parents_of(&["long-name", "x"]);
+        let split = alone
+            .runs_within("upload_archive", t, 4, cost)
+            .expect("runs");
+        assert_eq!(split, vec![vec!["long-name"], vec!["x"]]);
+    }
+
+    #[test]
+    fn archive_confined_parents_need_utf8_names() {
+        let raw =
+            PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(b"a\xff") as &std::ffi::OsStr);
+        let check = ArchiveCheck {
+            parents: BTreeSet::from([raw]),
+        };
+        let err = check
+            .confined_parents_runs("upload_archive", Path::new("t"), str::len)
+            .expect_err("not UTF-8");
+        assert_eq!(err.kind(), InvalidRequest);
+        assert!(err.message().starts_with("upload_archive t: "), "{err}");
+    }
+
+    #[test]
+    fn archive_confined_parents_errors_name_the_parent() {
+        let t = Path::new("/ws/t");
+        let err = confined_parents_error("upload_archive", t, 6, b"up\n", b"").expect("refused");
+        assert_eq!(err.kind(), PermissionDenied);
+        assert_eq!(
+            err.message(),
+            "upload_archive /ws/t: entries under up would be written through a symlink leading \
+             outside the target"
+        );
+        let err = confined_parents_error("upload_archive", t, 4, b"", b"").expect("file");
+        assert_eq!(err.kind(), RunnerErrorKind::AlreadyExists);
+        let err =
+            confined_parents_error("upload_archive", t, 7, b"", b"mkdir: denied\n").expect("7");
+        assert_eq!(err.kind(), PermissionDenied);
+        assert!(err.message().ends_with("failed: mkdir: denied"), "{err}");
+        for other in [0, 1, 2, 127] {
+            assert!(confined_parents_error("upload_archive", t, other, b"", b"").is_none());
+        }
+    }
+
+    /// Runs the script with the system `sh` and `command` appended.
+    fn run_script(args: &[&Path], command: &str) -> std::process::Output {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{CONFINED_PARENTS_SCRIPT}{command}"))
+            .arg("sh")
+            .args(args)
+            .output()
+            .expect("run sh")
+    }
+
+    #[test]
+    fn archive_confined_parents_script_refuses_links_leading_out() {
+        let base = std::env::temp_dir().join(format!(
+            "runner-api-confined-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let (target, outside) = (base.join("ws/t"), base.join("outside"));
+        std::fs::create_dir_all(&outside).expect("outside dir");
+        let p = Path::new;
+        // A missing target is created; the appended command gets it as $1.
+        let out = run_script(&[&target, p("a"), p("a/b")], r#"printf '%s' "$#:$1""#);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(out.stdout, format!("1:{}", target.display()).into_bytes());
+        assert!(target.is_dir());
+        std::fs::create_dir(target.join("d")).expect("d");
+        std::os::unix::fs::symlink(&outside, target.join("up")).expect("up");
+        std::os::unix::fs::symlink("d", target.join("in")).expect("in");
+        std::os::unix::fs::symlink("../d", target.join("d/again")).expect("again");
+        std::os::unix::fs::symlink("/", target.join("d/root")).expect("root");
+        std::os::unix::fs::symlink(base.join("missing/x"), target.join("gone")).expect("gone");
+        // Links resolving inside, plain and missing directories pass.
+        let out = run_script(&[&target, p("in"), p("in/again"), p("d"), p("new")], "");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        for (parent, shown) in [("up", "up"), ("in/root", "in/root"), ("gone", "gone")] {
+            let out = run_script(&[&target, p("in"), p(parent)], "exit 0");
+            assert_eq!(
+                out.status.code(),
+                Some(CONFINED_PARENTS_LEADS_OUT),
+                "{parent}: {out:?}"
+            );
+            assert_eq!(out.stdout, format!("{shown}\n").into_bytes());
+        }
+        // The target itself or a directory on its way is a file.
+        std::fs::write(base.join("file"), b"x").expect("file");
+        for bad in [base.join("file"), base.join("file/t")] {
+            let out = run_script(&[&bad], "");
+            assert_eq!(
+                out.status.code(),
+                Some(CONFINED_PARENTS_NOT_A_DIRECTORY),
+                "{out:?}"
+            );
+        }
+        std::fs::remove_dir_all(&base).expect("clean up");
+    }
+
+    #[test]
+    fn archive_entry_path_cleans_and_names_everything() {
+        let op = "upload_archive";
+        let target = Path::new("t");
+        let clean = entry_path(op, target, Path::new("./a/./b")).expect("clean");
+        assert_eq!(clean, Path::new("a/b"));
+        assert_eq!(
+            entry_path(op, target, Path::new("./")).expect("dot"),
+            Path::new("")
+        );
+        let err = entry_path(op, target, Path::new("/abs")).expect_err("absolute");
+        assert_eq!(err.kind(), PermissionDenied);
+        assert_eq!(
+            err.message(),
+            "upload_archive t: entry \"/abs\": absolute paths are refused"
+        );
+        let err = entry_path(op, target, Path::new("a/../b")).expect_err("dotdot");
+        assert_eq!(err.kind(), PermissionDenied);
+        let nul =
+            PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(b"a\0b") as &std::ffi::OsStr);
+        let err = entry_path(op, target, &nul).expect_err("nul");
+        assert_eq!(err.kind(), InvalidRequest);
+        assert_eq!(entry_name(&nul), Err(NameRefusal::Nul));
+    }
+}
