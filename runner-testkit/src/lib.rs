@@ -15,6 +15,7 @@ mod store;
 
 pub use backend::{BackendGate, async_trial};
 pub use catalogue::{Area, Capability, Check, checks};
+pub use fixtures::http::http_fetch;
 pub use harness::{CheckReport, CheckStatus, Conformance, ConformanceSummary};
 /// The libtest-mimic crate the harness and [`async_trial`] build on.
 pub use libtest_mimic;

@@ -61,6 +61,13 @@ pub struct RunCommandInput {
     /// (default 16384 each); the middle is replaced by a note of what was omitted.
     #[serde(default)]
     pub output_limit: Option<RunnerOutputLimit>,
+    /// Cut each output line longer than this many bytes to its first bytes
+    /// (whole characters only) followed by ` [… N bytes of this line omitted …]`;
+    /// `stdout_line_cut` and `stderr_line_cut` count the lines cut and the bytes
+    /// left out (default 2048; 0 keeps lines whole). Applies to the foreground
+    /// result; background output is cut by `command_output`.
+    #[serde(default)]
+    pub max_line_bytes: Option<usize>,
     /// Start the command and return at once with its `command_id`; poll with
     /// `command_output`, stop with `cancel_command`.
     #[serde(default)]
@@ -130,6 +137,12 @@ pub struct CommandOutputInput {
     /// command's exit before returning (default 0: return at once).
     #[serde(default)]
     pub wait_ms: u64,
+    /// Cut each output line longer than this many bytes to its first bytes
+    /// (whole characters only) followed by ` [… N bytes of this line omitted …]`;
+    /// `stdout_line_cut` and `stderr_line_cut` count the lines cut and the bytes
+    /// left out (default 2048; 0 keeps lines whole).
+    #[serde(default)]
+    pub max_line_bytes: Option<usize>,
 }
 
 /// Input of `cancel_command`.

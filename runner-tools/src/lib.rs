@@ -2,6 +2,7 @@
 
 mod config;
 mod input;
+mod lines;
 mod output;
 mod tool;
 mod toolset;
@@ -12,9 +13,10 @@ pub use input::{
     DEFAULT_READ_LIMIT, DestinationInput, DestinationsListInput, ExposePortInput, ListDirInput,
     ReadFileInput, RunCommandInput, WriteFileInput,
 };
+pub use lines::{DEFAULT_MAX_LINE_BYTES, LineCut};
 pub use output::{
     BackgroundStarted, CancelResult, CommandList, CommandOutputView, DestinationSummary,
-    DestinationsList, DirListing, FileContent, ToolError, WriteResult,
+    DestinationsList, DirListing, FileContent, ForegroundResult, ToolError, WriteResult,
 };
 pub use tool::{Tool, ToolSpec, tool_specs};
 pub use toolset::{MAX_WAIT_MS, ToolSet};

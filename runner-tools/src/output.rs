@@ -1,5 +1,6 @@
 //! Tool results, shaped for a model: text instead of byte arrays, head/tail
-//! views with explicit truncation notes, and the id and sequence number to poll.
+//! views and long lines cut with explicit notes and counters, and the id and
+//! sequence number to poll.
 
 use std::path::PathBuf;
 
@@ -7,13 +8,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use runner_api::{
     HeadTailBuffer, RemoteRunnerProviderId, RunnerCapabilities, RunnerCommandId,
-    RunnerCommandOutput, RunnerError, RunnerErrorKind, RunnerExitStatus, RunnerFileReadResult,
-    RunnerFileStat, RunnerOutputLimit, RunnerOutputStream, RunnerOutputTruncation,
-    RunnerProcessInfo, RunnerProcessState,
+    RunnerCommandOutput, RunnerCommandResult, RunnerError, RunnerErrorKind, RunnerExitStatus,
+    RunnerFileReadResult, RunnerFileStat, RunnerOutputLimit, RunnerOutputStream,
+    RunnerOutputTruncation, RunnerProcessInfo, RunnerProcessState,
 };
 use serde::Serialize;
 
 use crate::input::ContentEncoding;
+use crate::lines::{LineCut, cut_view};
 
 /// A failed tool call as JSON: `{"kind": "permission_denied", "message": "…"}`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -63,6 +65,39 @@ pub struct DestinationsList {
     pub destinations: Vec<DestinationSummary>,
 }
 
+/// Result of a foreground `run_command`: the runner's result with each
+/// stream's lines longer than `max_line_bytes` cut.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForegroundResult {
+    /// `command_id`, `exit_code`, `signal`, `timed_out`, `cancelled`,
+    /// `duration_ms`, the head/tail `stdout` and `stderr` (long lines cut) and
+    /// their `*_truncation`.
+    #[serde(flatten)]
+    pub result: RunnerCommandResult,
+    /// What cutting long lines left out of `stdout`.
+    pub stdout_line_cut: LineCut,
+    /// What cutting long lines left out of `stderr`.
+    pub stderr_line_cut: LineCut,
+}
+
+impl ForegroundResult {
+    /// `result` with every line of its head/tail views longer than
+    /// `max_line_bytes` cut (`0`: no cut). The omitted-middle line stays whole.
+    pub fn new(mut result: RunnerCommandResult, max_line_bytes: usize) -> Self {
+        let (stdout, stdout_line_cut) =
+            cut_view(&result.stdout, &result.stdout_truncation, max_line_bytes);
+        let (stderr, stderr_line_cut) =
+            cut_view(&result.stderr, &result.stderr_truncation, max_line_bytes);
+        result.stdout = stdout;
+        result.stderr = stderr;
+        Self {
+            result,
+            stdout_line_cut,
+            stderr_line_cut,
+        }
+    }
+}
+
 /// Result of a background `run_command`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackgroundStarted {
@@ -90,6 +125,10 @@ pub struct CommandOutputView {
     pub stdout_truncation: RunnerOutputTruncation,
     /// What the new stderr view dropped.
     pub stderr_truncation: RunnerOutputTruncation,
+    /// What cutting long lines left out of `stdout`.
+    pub stdout_line_cut: LineCut,
+    /// What cutting long lines left out of `stderr`.
+    pub stderr_line_cut: LineCut,
     /// Pass this as `after_seq` next time.
     pub next_after_seq: u64,
     /// Set when output after `after_seq` was already dropped from the bounded
@@ -128,6 +167,8 @@ impl CommandOutputView {
             stderr,
             stdout_truncation,
             stderr_truncation,
+            stdout_line_cut: LineCut::default(),
+            stderr_line_cut: LineCut::default(),
             next_after_seq: output.next_after_seq,
             note,
         }
@@ -143,9 +184,24 @@ impl CommandOutputView {
             stderr: output.stderr,
             stdout_truncation: output.stdout_truncation,
             stderr_truncation: output.stderr_truncation,
+            stdout_line_cut: LineCut::default(),
+            stderr_line_cut: LineCut::default(),
             next_after_seq: output.next_after_seq,
             note: None,
         }
+    }
+
+    /// The view with every line of `stdout` and `stderr` longer than
+    /// `max_line_bytes` cut (`0`: no cut), counted in `*_line_cut`. The
+    /// omitted-middle line stays whole.
+    pub fn cut_long_lines(mut self, max_line_bytes: usize) -> Self {
+        let (stdout, stdout_cut) = cut_view(&self.stdout, &self.stdout_truncation, max_line_bytes);
+        let (stderr, stderr_cut) = cut_view(&self.stderr, &self.stderr_truncation, max_line_bytes);
+        self.stdout = stdout;
+        self.stderr = stderr;
+        self.stdout_line_cut += stdout_cut;
+        self.stderr_line_cut += stderr_cut;
+        self
     }
 }
 

@@ -93,7 +93,8 @@ impl Tool {
                 "Run a command in the destination's workspace. Give `command` (a shell script, run \
                  with sh -c) or `program` with `args`. Foreground commands return exit_code, \
                  signal, timed_out, duration_ms and stdout/stderr (long output keeps its head and \
-                 tail with a note of the bytes omitted); they are killed after timeout_ms \
+                 tail with a note of the bytes omitted, and lines longer than max_line_bytes, \
+                 default 2048, are cut with a note); they are killed after timeout_ms \
                  (default 120000). With run_in_background the call returns at once with the \
                  command_id: poll it with command_output and stop it with cancel_command."
             }
@@ -101,7 +102,7 @@ impl Tool {
                 "Output of a command after a sequence number: pass after_seq 0 first, then the \
                  next_after_seq of the previous call. Returns new stdout/stderr, state (running \
                  or exited) and, once exited, the exit status. wait_ms waits for new output or \
-                 the exit."
+                 the exit. Long output and long lines are shortened as in run_command."
             }
             Tool::CancelCommand => {
                 "Kill a running command and its whole process tree. Returns whether a running \
@@ -193,9 +194,21 @@ mod tests {
         }
         let run = Tool::RunCommand.input_schema();
         let props = run["properties"].as_object().expect("properties");
-        for field in ["command", "timeout_ms", "cwd", "env", "run_in_background"] {
+        for field in [
+            "command",
+            "timeout_ms",
+            "cwd",
+            "env",
+            "run_in_background",
+            "max_line_bytes",
+        ] {
             assert!(props.contains_key(field), "run_command lacks {field}");
         }
+        let output = Tool::CommandOutput.input_schema();
+        let description = output["properties"]["max_line_bytes"]["description"]
+            .as_str()
+            .expect("max_line_bytes is described");
+        assert!(description.contains("default 2048"), "{description}");
         // Flattened from RunnerFileReadRequest: the API's own fields and docs.
         let read = Tool::ReadFile.input_schema();
         assert_eq!(read["required"], serde_json::json!(["path"]));

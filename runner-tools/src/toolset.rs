@@ -18,9 +18,10 @@ use crate::input::{
     DestinationsListInput, ExposePortInput, ListDirInput, ReadFileInput, RunCommandInput,
     WriteFileInput,
 };
+use crate::lines::DEFAULT_MAX_LINE_BYTES;
 use crate::output::{
     BackgroundStarted, CancelResult, CommandList, CommandOutputView, DestinationSummary,
-    DestinationsList, DirListing, FileContent, WriteResult,
+    DestinationsList, DirListing, FileContent, ForegroundResult, WriteResult,
 };
 use crate::tool::{Tool, ToolSpec, tool_specs};
 
@@ -249,7 +250,9 @@ impl ToolSet {
                 },
             )
         } else {
-            to_json(op, &ws.run_command(request).await?)
+            let max_line_bytes = input.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
+            let result = ws.run_command(request).await?;
+            to_json(op, &ForegroundResult::new(result, max_line_bytes))
         }
     }
 
@@ -274,7 +277,8 @@ impl ToolSet {
         } else {
             CommandOutputView::new(output, input.after_seq)
         };
-        to_json(op, &view)
+        let max_line_bytes = input.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
+        to_json(op, &view.cut_long_lines(max_line_bytes))
     }
 
     fn entry(&self, op: &str, destination: Option<&str>) -> RunnerResult<&Entry> {

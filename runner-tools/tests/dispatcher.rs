@@ -324,3 +324,166 @@ async fn binary_files_travel_as_base64() {
     assert_eq!(err.kind(), RunnerErrorKind::InvalidRequest, "{err}");
     tools.close().await.expect("close");
 }
+
+/// A 10,000-byte stdout line, a short stdout line and a 3,000-byte stderr line.
+const LONG_LINES: &str = "head -c 10000 /dev/zero | tr '\\0' x; echo; echo short; \
+                          head -c 3000 /dev/zero | tr '\\0' y >&2";
+
+/// Checks the view of `LONG_LINES` under the default cut of 2048 bytes.
+fn assert_long_lines_cut(view: &Value) {
+    let expected = format!(
+        "{} [… 7952 bytes of this line omitted …]\nshort\n",
+        "x".repeat(2048)
+    );
+    assert_eq!(view["stdout"], expected.as_str());
+    assert_eq!(
+        view["stderr"],
+        format!("{} [… 952 bytes of this line omitted …]", "y".repeat(2048)).as_str()
+    );
+    assert_eq!(
+        view["stdout_line_cut"],
+        json!({ "lines_cut": 1, "bytes_omitted": 7952 })
+    );
+    assert_eq!(
+        view["stderr_line_cut"],
+        json!({ "lines_cut": 1, "bytes_omitted": 952 })
+    );
+    // The head/tail view kept everything: the cut is the only shortening.
+    assert_eq!(view["stdout_truncation"]["bytes_dropped"], 0);
+}
+
+#[tokio::test]
+async fn long_lines_are_cut_in_foreground_results() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let result = tools
+        .call("run_command", json!({ "command": LONG_LINES }))
+        .await
+        .expect("run");
+    assert_eq!(result["exit_code"], 0);
+    assert_long_lines_cut(&result);
+
+    let whole = tools
+        .call(
+            "run_command",
+            json!({ "command": LONG_LINES, "max_line_bytes": 0 }),
+        )
+        .await
+        .expect("run without cut");
+    assert_eq!(
+        whole["stdout"],
+        format!("{}\nshort\n", "x".repeat(10_000)).as_str()
+    );
+    assert_eq!(
+        whole["stdout_line_cut"],
+        json!({ "lines_cut": 0, "bytes_omitted": 0 })
+    );
+
+    // The omitted-middle line of the head/tail view is never cut.
+    let both = tools
+        .call(
+            "run_command",
+            json!({ "command": "head -c 100000 /dev/zero | tr '\\0' x",
+                    "output_limit": { "head_bytes": 100, "tail_bytes": 100 },
+                    "max_line_bytes": 10 }),
+        )
+        .await
+        .expect("run with both cuts");
+    let marker = " [… 90 bytes of this line omitted …]";
+    assert_eq!(
+        both["stdout"],
+        format!("xxxxxxxxxx{marker}\n[… 99800 bytes omitted …]\nxxxxxxxxxx{marker}").as_str()
+    );
+    assert_eq!(
+        both["stdout_line_cut"],
+        json!({ "lines_cut": 2, "bytes_omitted": 180 })
+    );
+    tools.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn long_lines_are_cut_in_background_output() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    // Prints a first line, waits for the file `go`, then prints the long lines.
+    let script = format!("echo first; while [ ! -e go ]; do sleep 0.05; done; {LONG_LINES}");
+    tools
+        .call(
+            "run_command",
+            json!({ "command": script, "command_id": "long", "run_in_background": true }),
+        )
+        .await
+        .expect("start");
+    let mut after = 0;
+    for _ in 0..100 {
+        let out = tools
+            .call(
+                "command_output",
+                json!({ "command_id": "long", "after_seq": after, "wait_ms": 1000 }),
+            )
+            .await
+            .expect("output");
+        after = out["next_after_seq"].as_u64().expect("seq");
+        if out["stdout"] == "first\n" {
+            break;
+        }
+    }
+    assert!(after > 0, "no first line");
+    tools
+        .call("write_file", json!({ "path": "go", "content": "" }))
+        .await
+        .expect("write go");
+    let mut exited = false;
+    for _ in 0..600 {
+        let listed = tools.call("list_commands", json!({})).await.expect("list");
+        if listed["commands"][0]["state"] == "exited" {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exited, "the command did not exit");
+
+    // Everything after the first line, rendered from the numbered chunks.
+    let rest = tools
+        .call(
+            "command_output",
+            json!({ "command_id": "long", "after_seq": after }),
+        )
+        .await
+        .expect("rest");
+    assert_long_lines_cut(&rest);
+
+    // The whole-output view (after_seq 0) is cut the same way.
+    let all = tools
+        .call("command_output", json!({ "command_id": "long" }))
+        .await
+        .expect("all");
+    assert!(
+        all["stdout"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("first\nxxxx") && s.ends_with("omitted …]\nshort\n")),
+        "{all}"
+    );
+    assert_eq!(
+        all["stdout_line_cut"],
+        json!({ "lines_cut": 1, "bytes_omitted": 7952 })
+    );
+
+    let whole = tools
+        .call(
+            "command_output",
+            json!({ "command_id": "long", "max_line_bytes": 0 }),
+        )
+        .await
+        .expect("uncut");
+    assert_eq!(
+        whole["stdout"],
+        format!("first\n{}\nshort\n", "x".repeat(10_000)).as_str()
+    );
+    assert_eq!(
+        whole["stderr_line_cut"],
+        json!({ "lines_cut": 0, "bytes_omitted": 0 })
+    );
+    tools.close().await.expect("close");
+}

@@ -19,8 +19,7 @@ use runner_api::{
     RunnerManifestEntry, RunnerMount, RunnerMountIntent, RunnerMountKind, RunnerPortRequest,
 };
 use runner_docker::{DockerProvider, LABEL_OWNER};
-use runner_testkit::{BackendGate, async_trial};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use runner_testkit::{BackendGate, async_trial, http_fetch};
 
 /// Set in the child process of the orphan test.
 const ORPHAN_CHILD: &str = "RUNNER_DOCKER_TEST_ORPHAN_CHILD";
@@ -60,49 +59,6 @@ async fn sh(session: &dyn RemoteRunnerSession, script: &str) -> Result<String, S
         ));
     }
     Ok(result.stdout)
-}
-
-/// A raw HTTP/1.0 GET, retried for 15 s while the server starts.
-async fn http_get(port: u16, path: &str) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let attempt = async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| e.to_string())?;
-            let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-            stream
-                .write_all(request.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut response = Vec::new();
-            stream
-                .read_to_end(&mut response)
-                .await
-                .map_err(|e| e.to_string())?;
-            let text = String::from_utf8_lossy(&response).into_owned();
-            if !text.starts_with("HTTP/1.") || !text.contains(" 200 ") {
-                return Err(format!("unexpected response {text:?}"));
-            }
-            Ok(text
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body.to_string())
-                .unwrap_or_default())
-        };
-        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(body)) => return Ok(body),
-            Ok(Err(e)) if Instant::now() >= deadline => return Err(e),
-            Err(_) if Instant::now() >= deadline => return Err("no response".into()),
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
-fn url_port(url: &str) -> Result<u16, String> {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .ok_or_else(|| format!("no port in {url:?}"))
 }
 
 /// An image that is not on the daemon is `NotFound`, naming the image.
@@ -164,7 +120,7 @@ async fn port_served_by_busybox_httpd() -> TestResult {
         if !url.starts_with("http://127.0.0.1:") {
             return Err(format!("expose_port URL {url:?} is not on 127.0.0.1"));
         }
-        let body = http_get(url_port(&url)?, "/index.html").await?;
+        let body = http_fetch(&url, "index.html", Duration::from_secs(15)).await?;
         if body != token {
             return Err(format!("forwarded GET: expected {token:?}, got {body:?}"));
         }
@@ -193,7 +149,12 @@ async fn port_served_by_busybox_httpd() -> TestResult {
             .host_port
             .and_then(|p| p.parse().ok())
             .ok_or("no published host port")?;
-        let body = http_get(host_port, "/index.html").await?;
+        let body = http_fetch(
+            &format!("http://127.0.0.1:{host_port}"),
+            "index.html",
+            Duration::from_secs(15),
+        )
+        .await?;
         if body != token {
             return Err(format!("published GET: expected {token:?}, got {body:?}"));
         }

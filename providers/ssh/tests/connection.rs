@@ -14,8 +14,7 @@ use runner_api::{
     RunnerManifestEntry, RunnerOutputStream, RunnerPortRequest, RunnerProcessState, RunnerResult,
 };
 use runner_ssh::{SshConfig, SshProvider};
-use runner_testkit::{BackendGate, async_trial};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use runner_testkit::{BackendGate, async_trial, http_fetch};
 
 type TestResult = Result<(), String>;
 
@@ -143,60 +142,6 @@ async fn master_killed_mid_session() -> TestResult {
     session.close().await.map_err(|e| format!("close: {e}"))
 }
 
-/// One raw HTTP/1.0 GET of `path` on `127.0.0.1:<port>`: the status and body.
-async fn get_once(port: u16, path: &str) -> Result<(u16, String), String> {
-    let io = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("receive: {e}"))?;
-        Ok::<_, String>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), io)
-        .await
-        .map_err(|_| "no complete response within 10 s".to_string())??;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no header terminator in {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("unparsable status line in {head:?}"))?;
-    Ok((status, body.to_string()))
-}
-
-/// GETs `path` through the exposed `url` until it answers 200 (the server
-/// may still be starting) or 60 s pass; returns the body.
-async fn fetch(url: &str, path: &str) -> Result<String, String> {
-    let port: u16 = url
-        .strip_prefix("http://127.0.0.1:")
-        .and_then(|rest| rest.trim_end_matches('/').parse().ok())
-        .ok_or_else(|| format!("unexpected URL {url:?}"))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let last = match get_once(port, path).await {
-            Ok((200, body)) => return Ok(body),
-            Ok((status, body)) => format!("status {status}, body {body:?}"),
-            Err(e) => e,
-        };
-        if Instant::now() > deadline {
-            return Err(format!("GET {url}{path}: no 200 within 60 s: {last}"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Starts `busybox httpd` serving `dir` (relative to the workspace) on a
 /// free remote port as a background command; returns the port.
 async fn start_httpd(session: &dyn RemoteRunnerSession, dir: &str) -> Result<u16, String> {
@@ -251,7 +196,7 @@ async fn port_forward_survives_reconnect() -> TestResult {
         .map_err(|e| format!("expose_port {port}: {e}"))?
         .url
         .ok_or("expose_port gave no URL")?;
-    let before = fetch(&url, "/index.txt").await?;
+    let before = http_fetch(&url, "index.txt", Duration::from_secs(60)).await?;
     if before != body {
         return Err(format!("before the kill {url} served {before:?}"));
     }
@@ -259,7 +204,7 @@ async fn port_forward_survives_reconnect() -> TestResult {
     // The next command (or the follower of the background server) finds the
     // master gone and reconnects.
     echo(session.as_ref(), "reconnect", "again").await?;
-    let after = fetch(&url, "/index.txt").await?;
+    let after = http_fetch(&url, "index.txt", Duration::from_secs(60)).await?;
     if after != body {
         return Err(format!("after the reconnect {url} served {after:?}"));
     }
@@ -323,7 +268,7 @@ async fn port_forward_lost_when_local_port_taken() -> TestResult {
     if again == url {
         return Err(format!("{url} was given out again while its port is taken"));
     }
-    let served = fetch(&again, "/index.txt").await?;
+    let served = http_fetch(&again, "index.txt", Duration::from_secs(60)).await?;
     if served != body {
         return Err(format!("{again} served {served:?}"));
     }

@@ -6,7 +6,7 @@ use runner_api::{RunnerErrorKind, RunnerPortRequest};
 
 use crate::catalogue::{Area, Capability::*, Check};
 use crate::context::Cx;
-use crate::fixtures::http::{HttpServer, fetch};
+use crate::fixtures::http::{HttpServer, http_fetch};
 use crate::outcome::{CheckResult, Expect, ensure, ensure_eq};
 
 pub(crate) fn checks() -> Vec<Check> {
@@ -52,7 +52,7 @@ async fn expose_serves_http(cx: Cx) -> CheckResult {
     let url = exposed
         .url
         .ok_or_else(|| format!("expose_port {}: expected a URL, got None", server.port))?;
-    let body = fetch(&url, &server.file, Duration::from_secs(15)).await?;
+    let body = http_fetch(&url, &server.file, Duration::from_secs(15)).await?;
     ensure_eq!(body, server.body, "body served through {url}");
     server.stop(&s).await;
     s.close().await.or_fail("close")
