@@ -343,11 +343,7 @@ pub fn check_upload(operation: &str, target: &Path, archive: &[u8]) -> RunnerRes
     for entry in reader.entries().map_err(corrupt)? {
         let entry = entry.map_err(corrupt)?;
         let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions()
-            || kind.is_pax_local_extensions()
-            || kind.is_gnu_longname()
-            || kind.is_gnu_longlink()
-        {
+        if is_metadata_entry(kind) {
             continue;
         }
         let name = entry.path().map_err(corrupt)?.into_owned();
@@ -419,6 +415,15 @@ pub fn check_upload(operation: &str, target: &Path, archive: &[u8]) -> RunnerRes
         }
     }
     Ok(ArchiveCheck { parents })
+}
+
+/// Whether an entry of this type only carries metadata for the entries after
+/// it (pax extensions, GNU long names and link names) and is not unpacked.
+pub fn is_metadata_entry(kind: EntryType) -> bool {
+    kind.is_pax_global_extensions()
+        || kind.is_pax_local_extensions()
+        || kind.is_gnu_longname()
+        || kind.is_gnu_longlink()
 }
 
 /// The proper ancestors of a clean relative path, shortest first.

@@ -93,11 +93,7 @@ pub(crate) fn unpack<R: Read>(
         let mut entry = entry.map_err(bad_archive)?;
         let shown = entry.path().map_err(bad_archive)?.into_owned();
         let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions()
-            || kind.is_pax_local_extensions()
-            || kind.is_gnu_longname()
-            || kind.is_gnu_longlink()
-        {
+        if runner_api::archive::is_metadata_entry(kind) {
             continue;
         }
         // The shared name rule: no absolute paths, no `..`, no NUL.
