@@ -166,6 +166,13 @@ impl RunnerOutputTruncation {
     pub fn is_truncated(&self) -> bool {
         self.bytes_dropped > 0
     }
+
+    /// The line (without its newline) that separates head and tail in a
+    /// truncated view: `[… N bytes omitted …]`; `None` when nothing was dropped.
+    pub fn omitted_marker(&self) -> Option<String> {
+        self.is_truncated()
+            .then(|| format!("[… {} bytes omitted …]", self.bytes_dropped))
+    }
 }
 
 /// The outcome of a finished command. A non-zero exit code is a result, not an error.

@@ -76,20 +76,20 @@ impl HeadTailBuffer {
         let head = trim_partial_end(&self.head);
         let tail: Vec<u8> = self.tail.iter().copied().collect();
         let tail = trim_partial_start(&tail);
-        let dropped = self.seen - (head.len() + tail.len()) as u64;
+        let truncation = RunnerOutputTruncation {
+            bytes_seen: self.seen,
+            bytes_dropped: self.seen - (head.len() + tail.len()) as u64,
+        };
         let mut text = String::from_utf8_lossy(head).into_owned();
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
-        text.push_str(&format!("[… {dropped} bytes omitted …]\n"));
+        if let Some(marker) = truncation.omitted_marker() {
+            text.push_str(&marker);
+            text.push('\n');
+        }
         text.push_str(&String::from_utf8_lossy(tail));
-        (
-            text,
-            RunnerOutputTruncation {
-                bytes_seen: self.seen,
-                bytes_dropped: dropped,
-            },
-        )
+        (text, truncation)
     }
 }
 

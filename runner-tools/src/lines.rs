@@ -35,11 +35,7 @@ pub(crate) fn cut_view(
     truncation: &RunnerOutputTruncation,
     max_line_bytes: usize,
 ) -> (String, LineCut) {
-    // The line HeadTailBuffer::render puts between head and tail; the unit
-    // tests render a real buffer, so a change of its wording shows there.
-    let marker = truncation
-        .is_truncated()
-        .then(|| format!("[… {} bytes omitted …]", truncation.bytes_dropped));
+    let marker = truncation.omitted_marker();
     cut_long_lines(text, max_line_bytes, marker.as_deref())
 }
 
