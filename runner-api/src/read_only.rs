@@ -137,10 +137,7 @@ impl ReadOnlyPaths {
         for entry in reader.entries().map_err(unreadable)? {
             let entry = entry.map_err(unreadable)?;
             let name = entry.path().map_err(unreadable)?;
-            let landing = normalize_lexically(&target.join(&name));
-            if let Some(ro) = self.0.iter().find(|ro| landing.starts_with(ro)) {
-                return Err(Self::denied(operation, &landing, ro));
-            }
+            self.check(operation, &normalize_lexically(&target.join(&name)))?;
         }
         Ok(())
     }

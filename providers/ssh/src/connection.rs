@@ -59,9 +59,26 @@ impl Connection {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a forward opened on the master, so a reconnect re-creates it.
-    pub(crate) fn track_forward(&self, forward: Forward) {
+    /// Records `forward`, just opened on the master of `used`, so a reconnect
+    /// re-creates it. Reconnects hold the same lock while they restore the
+    /// recorded forwards: when one replaced `used` before this call, the
+    /// forward is requested on the new master here; otherwise the next
+    /// reconnect restores it.
+    ///
+    /// Errors: the new master refused the forward (it is then not recorded).
+    pub(crate) async fn track_forward(
+        &self,
+        used: &Arc<Link>,
+        forward: Forward,
+    ) -> Result<(), openssh::Error> {
+        let current = self.current.lock().await;
+        if let Some(link) = current.as_ref()
+            && !Arc::ptr_eq(link, used)
+        {
+            ports::request(link, &forward).await?;
+        }
         self.forward_list().push(forward);
+        Ok(())
     }
 
     /// Forgets a forward; false when it was not open (closed already, or

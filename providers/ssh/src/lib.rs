@@ -353,10 +353,11 @@ impl RemoteRunnerProvider for SshProvider {
         let confined = confine(session.clone());
         let own = runner_api::mounts::native_manifest(&destination.default_manifest);
         let read_only = ReadOnlyPaths::from_manifest(&session.workspace_root(), &own.entries);
-        let applied = match apply_manifest(&confined, &own.entries).await {
-            Ok(()) => session.protect(read_only).await,
-            Err(e) => Err(e),
-        };
+        let applied = async {
+            apply_manifest(&confined, &own.entries).await?;
+            session.protect(read_only).await
+        }
+        .await;
         if let Err(e) = applied {
             let _ = confined.close().await;
             return Err(e);
@@ -383,6 +384,9 @@ impl RemoteRunnerProvider for SshProvider {
                     None => session_meta("resume_session", &state)?.config,
                 },
             };
+        // The snapshot is found before anything is created for the copy.
+        let link = self.pool.get(&config).link().await?;
+        let archive = snapshot::archive_of(&link, &config, &snapshot_ref)?;
         let session = self
             .open(
                 new_session_id(),
@@ -391,20 +395,19 @@ impl RemoteRunnerProvider for SshProvider {
                 None,
             )
             .await?;
-        session.create_dirs().await?;
-        let link = self.pool.get(&config).link().await?;
-        let archive = snapshot::archive_of(&link, &config, &snapshot_ref)?;
-        let restored = match snapshot::restore(&link, &archive, &session.workspace_root()).await {
-            Ok(()) => match &source {
+        let restored = async {
+            session.create_dirs().await?;
+            snapshot::restore(&link, &archive, &session.workspace_root()).await?;
+            match &source {
                 Some(source) => {
                     session
                         .protect(rebase(source, &session.workspace_root()))
                         .await
                 }
                 None => Ok(()),
-            },
-            Err(e) => Err(e),
-        };
+            }
+        }
+        .await;
         if let Err(e) = restored {
             let _ = session.close().await;
             return Err(e);

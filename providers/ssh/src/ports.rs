@@ -29,7 +29,7 @@ fn free_local_port() -> RunnerResult<u16> {
 }
 
 /// Asks `link`'s master for `forward`.
-async fn request(link: &Link, forward: &Forward) -> Result<(), openssh::Error> {
+pub(crate) async fn request(link: &Link, forward: &Forward) -> Result<(), openssh::Error> {
     link.session
         .request_port_forward(
             ForwardType::Local,
@@ -41,19 +41,25 @@ async fn request(link: &Link, forward: &Forward) -> Result<(), openssh::Error> {
 
 /// Asks the master to forward a new local port to `remote_port` on the host.
 pub(crate) async fn open(conn: &Connection, remote_port: u16) -> RunnerResult<Forward> {
-    let forward = conn
-        .with_link(|link| async move {
-            let forward = Forward {
-                local_port: free_local_port()?,
-                remote_port,
-            };
-            request(&link, &forward)
-                .await
-                .map_err(|e| transport_error(&format!("expose_port {remote_port}"), e))?;
-            Ok(forward)
+    let operation = format!("expose_port {remote_port}");
+    let (forward, used) = conn
+        .with_link(|link| {
+            let operation = &operation;
+            async move {
+                let forward = Forward {
+                    local_port: free_local_port()?,
+                    remote_port,
+                };
+                request(&link, &forward)
+                    .await
+                    .map_err(|e| transport_error(operation, e))?;
+                Ok((forward, link))
+            }
         })
         .await?;
-    conn.track_forward(forward);
+    conn.track_forward(&used, forward)
+        .await
+        .map_err(|e| transport_error(&operation, e))?;
     Ok(forward)
 }
 
