@@ -2,6 +2,8 @@
 //! code, a base64 blob, a progress bar without newlines) cannot fill a model's
 //! context by itself.
 
+use std::borrow::Cow;
+
 use runner_api::RunnerOutputTruncation;
 use serde::Serialize;
 
@@ -21,33 +23,35 @@ pub struct LineCut {
     pub bytes_omitted: u64,
 }
 
-impl std::ops::AddAssign for LineCut {
-    fn add_assign(&mut self, other: Self) {
-        self.lines_cut += other.lines_cut;
-        self.bytes_omitted += other.bytes_omitted;
-    }
-}
-
-/// Cuts the long lines of one stream's head/tail text, leaving the
-/// omitted-middle marker line of `truncation` whole.
+/// Cuts the long lines of one stream's head/tail `text` in place, leaving the
+/// omitted-middle marker line of `truncation` whole; `text` is only rewritten
+/// when a line was cut.
 pub(crate) fn cut_view(
-    text: &str,
+    text: &mut String,
     truncation: &RunnerOutputTruncation,
     max_line_bytes: usize,
-) -> (String, LineCut) {
+) -> LineCut {
     let marker = truncation.omitted_marker();
-    cut_long_lines(text, max_line_bytes, marker.as_deref())
+    let (out, cut) = cut_long_lines(text, max_line_bytes, marker.as_deref());
+    if let Cow::Owned(out) = out {
+        *text = out;
+    }
+    cut
 }
 
 /// Cuts every line of `text` longer than `max_line_bytes` bytes to its first
 /// `max_line_bytes` bytes (at a char boundary at or below the limit) followed
 /// by ` [… N bytes of this line omitted …]`, keeping its `\n` or `\r\n`.
 /// `max_line_bytes == 0` keeps every line whole, and so does a line equal to
-/// `keep`.
-fn cut_long_lines(text: &str, max_line_bytes: usize, keep: Option<&str>) -> (String, LineCut) {
+/// `keep`. Returns `text` itself when no line was cut.
+fn cut_long_lines<'a>(
+    text: &'a str,
+    max_line_bytes: usize,
+    keep: Option<&str>,
+) -> (Cow<'a, str>, LineCut) {
     let mut cut = LineCut::default();
     if max_line_bytes == 0 || text.len() <= max_line_bytes {
-        return (text.to_string(), cut);
+        return (Cow::Borrowed(text), cut);
     }
     let mut out = String::with_capacity(text.len());
     for piece in text.split_inclusive('\n') {
@@ -71,7 +75,10 @@ fn cut_long_lines(text: &str, max_line_bytes: usize, keep: Option<&str>) -> (Str
         cut.lines_cut += 1;
         cut.bytes_omitted += omitted as u64;
     }
-    (out, cut)
+    if cut.lines_cut == 0 {
+        return (Cow::Borrowed(text), cut);
+    }
+    (Cow::Owned(out), cut)
 }
 
 #[cfg(test)]
@@ -80,7 +87,8 @@ mod tests {
     use runner_api::{HeadTailBuffer, RunnerOutputLimit};
 
     fn cut(text: &str, max: usize) -> (String, LineCut) {
-        cut_long_lines(text, max, None)
+        let (out, line_cut) = cut_long_lines(text, max, None);
+        (out.into_owned(), line_cut)
     }
 
     fn counts(lines_cut: u64, bytes_omitted: u64) -> LineCut {
@@ -164,7 +172,8 @@ mod tests {
         let (text, truncation) = buffer.render();
         let marker = format!("[… {} bytes omitted …]", truncation.bytes_dropped);
         assert!(text.contains(&marker), "{text}");
-        let (out, line_cut) = cut_view(&text, &truncation, 8);
+        let mut out = text.clone();
+        let line_cut = cut_view(&mut out, &truncation, 8);
         assert_eq!(
             out,
             format!(
@@ -174,7 +183,8 @@ mod tests {
         );
         assert_eq!(line_cut, counts(2, 7));
         // Without truncation there is no marker to keep: such a line is text.
-        let (out, _) = cut_view(&marker, &RunnerOutputTruncation::default(), 8);
+        let mut out = marker.clone();
+        cut_view(&mut out, &RunnerOutputTruncation::default(), 8);
         assert!(out.contains("of this line omitted"), "{out}");
     }
 }

@@ -84,12 +84,16 @@ impl ForegroundResult {
     /// `result` with every line of its head/tail views longer than
     /// `max_line_bytes` cut (`0`: no cut). The omitted-middle line stays whole.
     pub fn new(mut result: RunnerCommandResult, max_line_bytes: usize) -> Self {
-        let (stdout, stdout_line_cut) =
-            cut_view(&result.stdout, &result.stdout_truncation, max_line_bytes);
-        let (stderr, stderr_line_cut) =
-            cut_view(&result.stderr, &result.stderr_truncation, max_line_bytes);
-        result.stdout = stdout;
-        result.stderr = stderr;
+        let stdout_line_cut = cut_view(
+            &mut result.stdout,
+            &result.stdout_truncation,
+            max_line_bytes,
+        );
+        let stderr_line_cut = cut_view(
+            &mut result.stderr,
+            &result.stderr_truncation,
+            max_line_bytes,
+        );
         Self {
             result,
             stdout_line_cut,
@@ -192,15 +196,11 @@ impl CommandOutputView {
     }
 
     /// The view with every line of `stdout` and `stderr` longer than
-    /// `max_line_bytes` cut (`0`: no cut), counted in `*_line_cut`. The
-    /// omitted-middle line stays whole.
+    /// `max_line_bytes` cut (`0`: no cut), counted in `*_line_cut` (which
+    /// this sets). The omitted-middle line stays whole.
     pub fn cut_long_lines(mut self, max_line_bytes: usize) -> Self {
-        let (stdout, stdout_cut) = cut_view(&self.stdout, &self.stdout_truncation, max_line_bytes);
-        let (stderr, stderr_cut) = cut_view(&self.stderr, &self.stderr_truncation, max_line_bytes);
-        self.stdout = stdout;
-        self.stderr = stderr;
-        self.stdout_line_cut += stdout_cut;
-        self.stderr_line_cut += stderr_cut;
+        self.stdout_line_cut = cut_view(&mut self.stdout, &self.stdout_truncation, max_line_bytes);
+        self.stderr_line_cut = cut_view(&mut self.stderr, &self.stderr_truncation, max_line_bytes);
         self
     }
 }
