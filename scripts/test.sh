@@ -56,7 +56,7 @@ command -v busybox >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 \
 
 # Each backend's script provisions it (installing packages, starting the
 # daemon) and exports the RUNNER_TEST_<BACKEND>=1 switch plus its settings.
-for backend in docker sshd; do
+for backend in docker sshd azurite; do
   if [ -f "scripts/provision/$backend.sh" ]; then
     step "provision: $backend"
     # shellcheck source=/dev/null

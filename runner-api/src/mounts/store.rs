@@ -165,7 +165,11 @@ pub(crate) fn store_error(
         E::Unauthenticated { .. } | E::PermissionDenied { .. } => RunnerErrorKind::PermissionDenied,
         E::AlreadyExists { .. } => RunnerErrorKind::AlreadyExists,
         E::NotSupported { .. } | E::NotImplemented { .. } => RunnerErrorKind::Unsupported,
-        _ if lower.contains("nosuchbucket") || lower.contains("no such bucket") => {
+        // S3's code for a missing bucket, Azure Blob's for a missing container.
+        _ if lower.contains("nosuchbucket")
+            || lower.contains("no such bucket")
+            || lower.contains("containernotfound") =>
+        {
             RunnerErrorKind::NotFound
         }
         _ if [
@@ -674,6 +678,18 @@ mod tests {
         assert!(check_mount_uri("m", &RunnerMountKind::S3, "memory://b/p").is_ok());
         let err = check_mount_uri("m", &RunnerMountKind::Gcs, "s3://b").expect_err("mismatch");
         assert_eq!(err.kind(), RunnerErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn a_missing_azure_container_is_not_found() {
+        let error = object_store::Error::Generic {
+            store: "MicrosoftAzure",
+            source: "Error performing list request: Server returned non-2xx status code: \
+                     404 Not Found: <Error><Code>ContainerNotFound</Code></Error>"
+                .into(),
+        };
+        let err = store_error("mount \"data\"", &Redactor::default(), error);
+        assert_eq!(err.kind(), RunnerErrorKind::NotFound, "{err}");
     }
 
     #[test]
