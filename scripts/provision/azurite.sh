@@ -64,7 +64,7 @@ azurite_running() {
   local pid
   pid=$(cat "$AZURITE_TEST_DIR/azurite.pid")
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-    && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--location $AZURITE_TEST_DIR/data" \
+    && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "--location $AZURITE_TEST_DIR/data" \
     && azurite_port_answers "$(cat "$AZURITE_TEST_DIR/port")"
 }
 
@@ -76,7 +76,7 @@ else
   # Stop a previous emulator of ours that no longer answers or is outdated.
   if [ -f "$AZURITE_TEST_DIR/azurite.pid" ]; then
     old=$(cat "$AZURITE_TEST_DIR/azurite.pid")
-    if [ -n "$old" ] && tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null \
+    if [ -n "$old" ] && tr '\0' ' ' 2>/dev/null <"/proc/$old/cmdline" \
       | grep -qF -- "--location $AZURITE_TEST_DIR/data"; then
       kill "$old" 2>/dev/null || true
       for _ in $(seq 1 50); do
