@@ -117,12 +117,13 @@ impl Conformance {
         Self {
             provider,
             destination,
-            check_timeout: Duration::from_secs(60),
+            check_timeout: Duration::from_secs(180),
             object_store: None,
         }
     }
 
-    /// Time one check may take before it fails as hung (default 60 s).
+    /// Time one check may take before it fails as hung (default 180 s: a
+    /// loaded machine moving 64 MiB objects stays well inside it).
     pub fn with_check_timeout(mut self, timeout: Duration) -> Self {
         self.check_timeout = timeout;
         self

@@ -340,7 +340,15 @@ async fn drain(readers: Vec<JoinHandle<()>>, progress: &AtomicU64) {
         {
             return;
         }
-        if progress.load(Ordering::Relaxed) == seen || tokio::time::Instant::now() >= deadline {
+        let silent = progress.load(Ordering::Relaxed) == seen;
+        if silent || tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                bytes_read = progress.load(Ordering::Relaxed),
+                silent,
+                "stopped reading a foreground command's output after it exited: the channel \
+                 stayed open (a background process still holds it?); later output is not \
+                 collected"
+            );
             for abort in aborts {
                 abort.abort();
             }

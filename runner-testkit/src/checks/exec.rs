@@ -847,7 +847,7 @@ async fn output_bounded(cx: Cx) -> CheckResult {
         "64mib",
         "dd if=/dev/zero bs=1048576 count=64 2>/dev/null",
     )
-    .with_timeout_ms(50_000);
+    .with_timeout_ms(150_000);
     let peak = PeakMemory::start();
     let result = s
         .run_command(request)
@@ -961,7 +961,7 @@ async fn truncation_utf8_safe(cx: Cx) -> CheckResult {
     let script = "i=0; while [ $i -lt 1000 ]; do printf '%s' \"$S\"; i=$((i+1)); done";
     let mut request = shell(s.as_ref(), "utf8", script)
         .with_env("S", unit)
-        .with_timeout_ms(30_000);
+        .with_timeout_ms(120_000);
     // A head of 104 bytes ends inside "€"; a tail of 8 bytes starts inside "é".
     request.output_limit = RunnerOutputLimit {
         head_bytes: 104,
@@ -971,6 +971,11 @@ async fn truncation_utf8_safe(cx: Cx) -> CheckResult {
         .run_command(request)
         .await
         .or_fail("run_command printing UTF-8")?;
+    ensure!(
+        result.success(),
+        "printing 10 000 bytes of UTF-8: expected exit 0, got {}",
+        describe_result(&result)
+    );
     ensure!(
         !result.stdout.contains('\u{FFFD}'),
         "the stdout view contains U+FFFD (a split UTF-8 sequence): {:?}",
