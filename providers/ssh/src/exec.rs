@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, Link};
 use crate::error::transport_error;
@@ -45,6 +46,24 @@ const READER_GRACE: Duration = Duration::from_secs(5);
 
 /// The longest foreground output is read after the command exited.
 const READER_LIMIT: Duration = Duration::from_secs(30);
+
+/// The line the foreground wrapper adds to the command's process-group file
+/// once the command exited (the file then reads `done` when the group is gone).
+const EXITED: &str = "exited";
+
+/// How often, at first and at most, a foreground command whose output
+/// streams stay open is checked for having exited.
+const WATCH_MIN: Duration = Duration::from_millis(200);
+const WATCH_MAX: Duration = Duration::from_secs(1);
+
+/// Once asked to stop, a reader still takes every byte that arrives within
+/// this much of the previous one, so output that is already waiting (on a
+/// machine too busy to run the readers for a while) is never cut.
+const READER_QUIET: Duration = Duration::from_millis(250);
+
+/// How long stopped readers may take to drain what is waiting before they are
+/// cut off (a process that keeps writing into the channel forever).
+const READER_STOP_LIMIT: Duration = Duration::from_secs(5);
 
 /// Fastest and slowest polling of a background command's files.
 const POLL_MIN: Duration = Duration::from_millis(20);
@@ -300,15 +319,28 @@ async fn write_fifo(conn: &Connection, dir: &str, bytes: Vec<u8>, close: bool) -
     }
 }
 
+/// Copies one output stream into `sink` until its end. Once `stop` is
+/// cancelled it ends at the first pause of [`READER_QUIET`].
 async fn pump(
     mut reader: impl AsyncRead + Unpin,
     sink: OutputSink,
     stream: RunnerOutputStream,
     progress: Arc<AtomicU64>,
+    stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        match reader.read(&mut buf).await {
+        let read = tokio::select! {
+            biased;
+            read = reader.read(&mut buf) => read,
+            () = stop.cancelled() => {
+                match tokio::time::timeout(READER_QUIET, reader.read(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return,
+                }
+            }
+        };
+        match read {
             Ok(0) => return,
             Ok(n) => {
                 progress.fetch_add(n as u64, Ordering::Relaxed);
@@ -320,10 +352,39 @@ async fn pump(
     }
 }
 
-/// Waits, after the command exited, for its output readers to reach the end of
-/// their streams. Stops them once no byte arrived for [`READER_GRACE`] or after
-/// [`READER_LIMIT`] in all.
-async fn drain(readers: Vec<JoinHandle<()>>, progress: &AtomicU64) {
+/// Whether the foreground command recorded in `record` has exited (the
+/// wrapper appended [`EXITED`], or the file already reads `done`). A file that
+/// cannot be read yet counts as running.
+async fn command_exited(conn: &Connection, record: &Path) -> bool {
+    let Ok(link) = conn.link().await else {
+        return false;
+    };
+    match link.sftp.fs().read(record).await {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            text.lines().any(|line| line == EXITED || line == "done")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Reads a foreground command's output to the end of both streams before its
+/// exit status is taken: the master drops whatever it still holds for the
+/// channel once the exit status has been collected, and ssh may deliver the
+/// exit status before the last output. When the streams stay open (a
+/// background process inherited them), the command's `record` file tells when
+/// it exited; from then on the readers stop once no byte arrived for
+/// [`READER_GRACE`], or after [`READER_LIMIT`] in all. Stopped readers still
+/// read what is already waiting (so a reader the runtime could not schedule
+/// for a while loses nothing) and end at their first pause, or are cut off
+/// after [`READER_STOP_LIMIT`].
+async fn collect(
+    readers: Vec<JoinHandle<()>>,
+    progress: &AtomicU64,
+    stop: CancellationToken,
+    conn: &Connection,
+    record: &Path,
+) {
     let aborts: Vec<_> = readers.iter().map(JoinHandle::abort_handle).collect();
     let finished = async move {
         for reader in readers {
@@ -331,6 +392,16 @@ async fn drain(readers: Vec<JoinHandle<()>>, progress: &AtomicU64) {
         }
     };
     tokio::pin!(finished);
+    let mut watch = WATCH_MIN;
+    loop {
+        if tokio::time::timeout(watch, &mut finished).await.is_ok() {
+            return;
+        }
+        if command_exited(conn, record).await {
+            break;
+        }
+        watch = (watch * 2).min(WATCH_MAX);
+    }
     let deadline = tokio::time::Instant::now() + READER_LIMIT;
     loop {
         let seen = progress.load(Ordering::Relaxed);
@@ -340,21 +411,25 @@ async fn drain(readers: Vec<JoinHandle<()>>, progress: &AtomicU64) {
         {
             return;
         }
-        let silent = progress.load(Ordering::Relaxed) == seen;
-        if silent || tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                bytes_read = progress.load(Ordering::Relaxed),
-                silent,
-                "stopped reading a foreground command's output after it exited: the channel \
-                 stayed open (a background process still holds it?); later output is not \
-                 collected"
-            );
-            for abort in aborts {
-                abort.abort();
-            }
-            return;
+        if progress.load(Ordering::Relaxed) == seen || tokio::time::Instant::now() >= deadline {
+            break;
         }
     }
+    stop.cancel();
+    let cut = tokio::time::timeout(READER_STOP_LIMIT, &mut finished)
+        .await
+        .is_err();
+    if cut {
+        for abort in aborts {
+            abort.abort();
+        }
+    }
+    tracing::warn!(
+        bytes_read = progress.load(Ordering::Relaxed),
+        cut,
+        "stopped reading a foreground command's output after it exited: the channel stayed \
+         open (a background process still holds it?); later output is not collected"
+    );
 }
 
 /// Starts a foreground command: output comes back through the channel.
@@ -380,7 +455,7 @@ pub(crate) async fn start_foreground(
         "f={file_q}; [ -d \"${{f%/*}}\" ] || mkdir -p \"${{f%/*}}\" || exit 125; \
          {pre}printf 'R\\n'; exec 3<&0; \
          {words} {input} 3<&- & echo $! > \"$f\"; exec 2>/dev/null; wait $!; st=$?; \
-         kill -s 0 -- -$! 2>/dev/null || echo done > \"$f\"; exit $st",
+         echo {EXITED} >> \"$f\"; kill -s 0 -- -$! 2>/dev/null || echo done > \"$f\"; exit $st",
         pre = preflight(&quote_path(operation, &cwd)?, &request.program),
         words = command_words(&ctx, &request),
         input = if piped { "<&3" } else { "</dev/null" },
@@ -463,12 +538,14 @@ pub(crate) async fn start_foreground(
 
     let stdin = StdinPipe::start(pipe, stdin, keep_open);
     let progress = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
     let readers: Vec<JoinHandle<()>> = [
         Some(tokio::spawn(pump(
             stdout,
             sink.clone(),
             RunnerOutputStream::Stdout,
             progress.clone(),
+            stop.clone(),
         ))),
         stderr.map(|err| {
             tokio::spawn(pump(
@@ -476,6 +553,7 @@ pub(crate) async fn start_foreground(
                 sink,
                 RunnerOutputStream::Stderr,
                 progress.clone(),
+                stop.clone(),
             ))
         }),
     ]
@@ -485,10 +563,11 @@ pub(crate) async fn start_foreground(
 
     let command_id = request.command_id.clone();
     let exit_stdin = stdin.clone();
+    let conn = ctx.conn.clone();
     let exit = Box::pin(async move {
-        let status = child.wait().await;
-        drain(readers, &progress).await;
+        collect(readers, &progress, stop, &conn, &pgid_file).await;
         exit_stdin.release();
+        let status = child.wait().await;
         let status = status
             .map_err(|e| transport_error(&format!("run_command {command_id}: waiting"), e))?;
         let code = status.code().ok_or_else(|| {
