@@ -10,6 +10,8 @@
 //! missing container is `NotFound`; an exported artifact lands in the container
 //! with the right bytes.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -420,16 +422,7 @@ async fn wrong_key_fails_loudly() -> TestResult {
             return Err(format!("{name} appears in the error or its Debug output"));
         }
     }
-    let left: Vec<_> = std::fs::read_dir(&workspaces)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name())
-                // The provider's own lock directory, not a workspace.
-                .filter(|name| name != ".locks")
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = support::workspaces_in(&workspaces);
     if !left.is_empty() {
         return Err(format!("workspaces left behind: {left:?}"));
     }

@@ -1,5 +1,7 @@
 //! Object-store mounts on unix-local: a failed mount leaves nothing behind.
 
+mod support;
+
 use std::sync::Arc;
 
 use runner_api::{
@@ -55,16 +57,7 @@ async fn a_failed_mount_leaves_no_workspace_and_no_mount_directory() {
         .expect_err("wrong secret");
     assert_eq!(err.kind(), RunnerErrorKind::PermissionDenied, "{err}");
     assert!(err.message().contains("\"data\""), "{err}");
-    let left: Vec<_> = std::fs::read_dir(&workspaces)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name())
-                // The provider's own lock directory, not a workspace.
-                .filter(|name| name != ".locks")
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = support::workspaces_in(&workspaces);
     assert!(left.is_empty(), "workspaces left behind: {left:?}");
 
     // A caller-chosen root stays, without the mount directory.

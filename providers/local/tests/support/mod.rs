@@ -176,3 +176,17 @@ pub fn tree(root: &Path) -> Vec<(String, String, u32)> {
     walk(root, root, &mut out);
     out
 }
+
+/// The workspaces left in a provider's `workspaces` directory (its own lock
+/// directory does not count); empty when the directory is missing.
+pub fn workspaces_in(workspaces: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(workspaces)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|name| name != ".locks")
+                .collect()
+        })
+        .unwrap_or_default()
+}
