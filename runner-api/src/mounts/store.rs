@@ -293,26 +293,48 @@ fn merged_options(
     Ok(out)
 }
 
-fn check_keys<'a>(
+/// Refuses an option or credential key that `scheme` does not know, naming
+/// it and the keys that are known (`InvalidRequest`).
+fn check_store_keys(
     what: &str,
-    noun: &str,
     scheme: &str,
-    keys: impl Iterator<Item = &'a str>,
-    known: &[&str],
+    options: &BTreeMap<String, String>,
+    secrets: &SecretValues,
+    known_options: &[&str],
+    known_secrets: &[&str],
 ) -> RunnerResult<()> {
-    for key in keys {
-        if !known.contains(&key) {
-            return Err(RunnerError::invalid_request(format!(
-                "{what}: unknown {noun} {key:?} for {scheme}:// (known: {})",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
-        }
+    let unknown = |noun: &str, key: &str, known: &[&str]| {
+        RunnerError::invalid_request(format!(
+            "{what}: unknown {noun} {key:?} for {scheme}:// (known: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+    };
+    if let Some(key) = options
+        .keys()
+        .find(|k| !known_options.contains(&k.as_str()))
+    {
+        return Err(unknown("option", key, known_options));
+    }
+    if let Some(key) = secrets.keys().find(|k| !known_secrets.contains(k)) {
+        return Err(unknown("credential key", key, known_secrets));
     }
     Ok(())
+}
+
+/// The store a cloud builder made, or its error as a typed one naming
+/// `what`, with every secret value scrubbed.
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+fn built<S: ObjectStore>(
+    what: &str,
+    secrets: &SecretValues,
+    store: object_store::Result<S>,
+) -> RunnerResult<Arc<dyn ObjectStore>> {
+    let store = store.map_err(|e| store_error(what, &Redactor(secrets.clone()), e))?;
+    Ok(Arc::new(store))
 }
 
 #[cfg_attr(not(feature = "s3"), allow(dead_code))]
@@ -380,25 +402,11 @@ pub(crate) async fn open_store(
     let mut prefix = StorePath::from(parsed.prefix.as_str());
     let store: Arc<dyn ObjectStore> = match parsed.scheme.as_str() {
         "memory" => {
-            check_keys(
-                what,
-                "option",
-                "memory",
-                options.keys().map(String::as_str),
-                &[],
-            )?;
-            check_keys(what, "credential key", "memory", secrets.keys(), &[])?;
+            check_store_keys(what, "memory", &options, &secrets, &[], &[])?;
             memory_store(&parsed.authority)
         }
         "file" => {
-            check_keys(
-                what,
-                "option",
-                "file",
-                options.keys().map(String::as_str),
-                &[],
-            )?;
-            check_keys(what, "credential key", "file", secrets.keys(), &[])?;
+            check_store_keys(what, "file", &options, &secrets, &[], &[])?;
             let root = format!("/{}", parsed.prefix);
             prefix = StorePath::default();
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&root).map_err(|e| {
@@ -457,18 +465,12 @@ fn open_s3(
     } else {
         &["endpoint", "region", "allow_http", "virtual_hosted_style"]
     };
-    check_keys(
+    check_store_keys(
         what,
-        "option",
         scheme,
-        options.keys().map(String::as_str),
+        options,
+        secrets,
         known_options,
-    )?;
-    check_keys(
-        what,
-        "credential key",
-        scheme,
-        secrets.keys(),
         &["access_key_id", "secret_access_key", "session_token"],
     )?;
     let mut builder = AmazonS3Builder::new()
@@ -522,10 +524,7 @@ fn open_s3(
             )));
         }
     }
-    let store = builder
-        .build()
-        .map_err(|e| store_error(what, &Redactor(secrets.clone()), e))?;
-    Ok(Arc::new(store))
+    built(what, secrets, builder.build())
 }
 
 #[cfg(not(feature = "s3"))]
@@ -546,20 +545,7 @@ fn open_gcs(
     secrets: &SecretValues,
 ) -> RunnerResult<Arc<dyn ObjectStore>> {
     use object_store::gcp::GoogleCloudStorageBuilder;
-    check_keys(
-        what,
-        "option",
-        "gs",
-        options.keys().map(String::as_str),
-        &[],
-    )?;
-    check_keys(
-        what,
-        "credential key",
-        "gs",
-        secrets.keys(),
-        &["service_account_key"],
-    )?;
+    check_store_keys(what, "gs", options, secrets, &[], &["service_account_key"])?;
     let mut builder = GoogleCloudStorageBuilder::new()
         .with_bucket_name(&parsed.authority)
         .with_retry(cloud_retry())
@@ -568,10 +554,7 @@ fn open_gcs(
         Some(key) => builder.with_service_account_key(key),
         None => builder.with_skip_signature(true),
     };
-    let store = builder
-        .build()
-        .map_err(|e| store_error(what, &Redactor(secrets.clone()), e))?;
-    Ok(Arc::new(store))
+    built(what, secrets, builder.build())
 }
 
 #[cfg(not(feature = "gcs"))]
@@ -592,18 +575,12 @@ fn open_azure(
     secrets: &SecretValues,
 ) -> RunnerResult<Arc<dyn ObjectStore>> {
     use object_store::azure::MicrosoftAzureBuilder;
-    check_keys(
+    check_store_keys(
         what,
-        "option",
         "az",
-        options.keys().map(String::as_str),
+        options,
+        secrets,
         &["account", "endpoint", "allow_http"],
-    )?;
-    check_keys(
-        what,
-        "credential key",
-        "az",
-        secrets.keys(),
         &["access_key"],
     )?;
     let account = options.get("account").ok_or_else(|| {
@@ -624,10 +601,7 @@ fn open_azure(
         Some(key) => builder.with_access_key(key),
         None => builder.with_skip_signature(true),
     };
-    let store = builder
-        .build()
-        .map_err(|e| store_error(what, &Redactor(secrets.clone()), e))?;
-    Ok(Arc::new(store))
+    built(what, secrets, builder.build())
 }
 
 #[cfg(not(feature = "azure"))]
