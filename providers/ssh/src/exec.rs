@@ -689,24 +689,7 @@ pub(crate) async fn start_background(
     if keep_open && let Some(bytes) = stdin.filter(|b| !b.is_empty()) {
         write_fifo(&ctx.conn, &dir_q, bytes, false).await?;
     }
-    let follower = Follower {
-        ctx: ctx.clone(),
-        dir,
-        out: 0,
-        err: 0,
-        index: 0,
-    };
-    Ok(SpawnedProcess {
-        pid,
-        control: Arc::new(RemoteControl {
-            conn: ctx.conn.clone(),
-            pgid_file: quote_path(operation, &follower.dir.join("pgid"))?,
-            dir: dir_q,
-            stdin: None,
-            fifo: keep_open,
-        }),
-        exit: Box::pin(follower.follow(sink)),
-    })
+    Follower::new(ctx, dir).spawned(operation, dir_q, pid, keep_open, sink)
 }
 
 /// Takes over a background command found in the session directory (after a
@@ -719,29 +702,13 @@ pub(crate) async fn adopt_background(
 ) -> RunnerResult<SpawnedProcess> {
     let operation = "rejoin_session";
     let dir_q = quote_path(operation, &dir)?;
-    let mut follower = Follower {
-        ctx: ctx.clone(),
-        dir,
-        out: 0,
-        err: 0,
-        index: 0,
-    };
+    let mut follower = Follower::new(ctx.clone(), dir);
     let link = ctx.conn.link().await?;
     follower.replay(&link, &sink).await?;
     let pid = read_small(&link, &follower.dir.join("pgid"))
         .await?
         .and_then(|text| text.trim().parse::<u32>().ok());
-    Ok(SpawnedProcess {
-        pid,
-        control: Arc::new(RemoteControl {
-            conn: ctx.conn.clone(),
-            pgid_file: quote_path(operation, &follower.dir.join("pgid"))?,
-            dir: dir_q,
-            stdin: None,
-            fifo: keep_open,
-        }),
-        exit: Box::pin(follower.follow(sink)),
-    })
+    follower.spawned(operation, dir_q, pid, keep_open, sink)
 }
 
 /// Reads a small remote file; `None` when it does not exist.
@@ -770,6 +737,41 @@ struct Follower {
 }
 
 impl Follower {
+    /// Follows the command directory `dir` from its first chunk.
+    fn new(ctx: Arc<ExecContext>, dir: PathBuf) -> Self {
+        Self {
+            ctx,
+            dir,
+            out: 0,
+            err: 0,
+            index: 0,
+        }
+    }
+
+    /// The tracked process of the followed command: signals go to the group
+    /// recorded in its directory (`dir_q`, quoted), its exit is the end of
+    /// the followed output.
+    fn spawned(
+        self,
+        operation: &str,
+        dir_q: String,
+        pid: Option<u32>,
+        keep_open: bool,
+        sink: OutputSink,
+    ) -> RunnerResult<SpawnedProcess> {
+        Ok(SpawnedProcess {
+            pid,
+            control: Arc::new(RemoteControl {
+                conn: self.ctx.conn.clone(),
+                pgid_file: quote_path(operation, &self.dir.join("pgid"))?,
+                dir: dir_q,
+                stdin: None,
+                fifo: keep_open,
+            }),
+            exit: Box::pin(self.follow(sink)),
+        })
+    }
+
     /// Pushes every chunk listed in the index into `sink`.
     async fn replay(&mut self, link: &Link, sink: &OutputSink) -> RunnerResult<()> {
         let index_path = self.dir.join(CHUNK_INDEX);

@@ -61,22 +61,21 @@ pub(crate) async fn read_at(
 
 /// `lstat` of `path`, `None` when it does not exist.
 pub(crate) async fn lstat(link: &Link, path: &Path) -> RunnerResult<Option<MetaData>> {
-    match link.sftp.fs().symlink_metadata(path).await {
-        Ok(meta) => Ok(Some(meta)),
-        Err(e) => {
-            let e = sftp_error("stat", display(path), e);
-            if e.kind() == RunnerErrorKind::NotFound {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        }
-    }
+    unless_missing(path, link.sftp.fs().symlink_metadata(path).await)
 }
 
 /// `stat` (following links) of `path`, `None` when it does not exist.
 async fn stat_follow(link: &Link, path: &Path) -> RunnerResult<Option<MetaData>> {
-    match link.sftp.fs().metadata(path).await {
+    unless_missing(path, link.sftp.fs().metadata(path).await)
+}
+
+/// A stat result of `path`: `None` when it does not exist, other failures as
+/// typed errors.
+fn unless_missing(
+    path: &Path,
+    result: Result<MetaData, openssh_sftp_client::Error>,
+) -> RunnerResult<Option<MetaData>> {
+    match result {
         Ok(meta) => Ok(Some(meta)),
         Err(e) => {
             let e = sftp_error("stat", display(path), e);
