@@ -3,8 +3,11 @@
 //!
 //! A provider that hands an uploaded tar to a remote unpacker (Docker's archive
 //! API, a remote `tar`) cannot stop an entry half way, so it checks the whole
-//! archive first with [`check_upload`]. A provider that unpacks entry by entry
-//! itself uses [`entry_name`] (or [`entry_path`]) for the name rule.
+//! archive first and unpacks the clean copy [`sanitize_upload`] writes (masked
+//! modes, the session user as owner, nothing but directories, files and
+//! links), never the caller's bytes. A provider that unpacks entry by entry
+//! itself uses [`entry_name`] (or [`entry_path`]) for the name rule and the
+//! same [`MODE_MASK`].
 //!
 //! # Rules
 //!
@@ -19,8 +22,11 @@
 //! - an entry beneath a name that the archive itself made a symlink (or a hard
 //!   link) is `PermissionDenied`, wherever the symlink points: unpackers follow
 //!   such a link, so the entry could land anywhere;
-//! - device and FIFO entries, entries of an unknown type, and link entries
-//!   without a link name are `InvalidRequest`;
+//! - device, FIFO and sparse entries (GNU `S` entries and PAX sparse
+//!   records), PAX global headers, entries of an unknown type, and link
+//!   entries without a link name are `InvalidRequest`;
+//! - an archive whose entries hold more than the upload's bound
+//!   ([`UploadPolicy::max_unpacked_bytes`]) is `InvalidRequest`;
 //! - an archive that cannot be read is `InvalidRequest` naming the target.
 //!
 //! Symlinks themselves are kept as they are: where they point is the file API's
@@ -317,15 +323,130 @@ pub fn confined_parents_error(
     }
 }
 
+/// Default bound on the bytes one upload unpacks (the sum of its entries'
+/// sizes): 4 GiB. A destination sets its own with `max_upload_bytes`.
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Permission bits kept from any mode a caller gives, in an archive entry or a
+/// `write_file` request: set-user-id, set-group-id and sticky bits are dropped.
+pub const MODE_MASK: u32 = 0o777;
+
+/// How [`sanitize_upload`] rewrites an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadPolicy {
+    /// The uid and gid every entry is given (the session user's); `None`
+    /// writes 0 and leaves ownership to an unpacker that does not keep it.
+    pub owner: Option<(u32, u32)>,
+    /// Most bytes the entries may hold together.
+    pub max_unpacked_bytes: u64,
+}
+
+impl Default for UploadPolicy {
+    fn default() -> Self {
+        Self {
+            owner: None,
+            max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
+        }
+    }
+}
+
+/// An upload that passed the checks, rewritten by [`sanitize_upload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SanitizedUpload {
+    /// The tar to unpack in place of the caller's.
+    pub archive: Vec<u8>,
+    /// What the check learned (the parents to check on the runner).
+    pub check: ArchiveCheck,
+}
+
 /// Walks every entry of `archive` once and refuses it when an entry would
 /// land outside `target` or is of a kind that cannot be unpacked (the rules
-/// are in the module docs). Nothing is unpacked.
+/// are in the module docs). Nothing is unpacked; the size bound is
+/// [`DEFAULT_MAX_UNPACKED_BYTES`].
 ///
 /// Errors: `PermissionDenied` for an entry leading out of the target,
-/// `InvalidRequest` for a corrupt archive, a NUL byte, a device or FIFO entry;
-/// each message names `operation`, `target` and (except for a corrupt archive)
-/// the entry.
+/// `InvalidRequest` for a corrupt archive, a NUL byte, a device, FIFO or
+/// sparse entry, a PAX global header, or too many bytes; each message names
+/// `operation`, `target` and (except for a corrupt archive) the entry.
 pub fn check_upload(operation: &str, target: &Path, archive: &[u8]) -> RunnerResult<ArchiveCheck> {
+    walk(operation, target, archive, &UploadPolicy::default(), None)
+}
+
+/// Checks `archive` as [`check_upload`] does, against `policy`'s size bound,
+/// and writes a new tar of the same entries that an unpacker may apply as it
+/// is, whoever runs it:
+///
+/// - only directories, regular files, symlinks and hard links, with the same
+///   names, link targets, contents and modification times;
+/// - modes masked with [`MODE_MASK`] (no set-id or sticky bits);
+/// - uid and gid from `policy.owner` (0 without one), no user or group names;
+/// - no PAX records beyond the long names the writer needs (a PAX global
+///   header, which GNU tar applies to every later entry, is refused);
+/// - the entry of the target directory itself (`./`) is left out, so an
+///   upload never changes the target's own mode.
+///
+/// Errors: those of [`check_upload`]; `InvalidRequest` naming the entry when
+/// the entries hold more than `policy.max_unpacked_bytes` together.
+pub fn sanitize_upload(
+    operation: &str,
+    target: &Path,
+    archive: &[u8],
+    policy: &UploadPolicy,
+) -> RunnerResult<SanitizedUpload> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let check = walk(operation, target, archive, policy, Some(&mut builder))?;
+    let archive = builder.into_inner().map_err(|e| {
+        RunnerError::provider(format!(
+            "{operation} {}: writing the checked archive failed: {e}",
+            target.display()
+        ))
+        .with_source(e)
+    })?;
+    Ok(SanitizedUpload { archive, check })
+}
+
+/// The header of a rewritten entry.
+fn clean_header(
+    kind: EntryType,
+    mode: u32,
+    mtime: u64,
+    size: u64,
+    policy: &UploadPolicy,
+) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode & MODE_MASK);
+    let (uid, gid) = policy.owner.unwrap_or((0, 0));
+    header.set_uid(u64::from(uid));
+    header.set_gid(u64::from(gid));
+    header.set_mtime(mtime);
+    header.set_size(size);
+    header
+}
+
+/// Whether a PAX record of the entry describes a GNU sparse file (formats
+/// 0.x and 1.0 store sparse files as regular entries with these keys).
+fn is_pax_sparse<R: std::io::Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<bool> {
+    let Some(extensions) = entry.pax_extensions()? else {
+        return Ok(false);
+    };
+    for extension in extensions {
+        if extension?.key_bytes().starts_with(b"GNU.sparse.") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The one walk behind [`check_upload`] and [`sanitize_upload`]: checks every
+/// entry and, given a builder, appends its clean copy.
+fn walk(
+    operation: &str,
+    target: &Path,
+    archive: &[u8],
+    policy: &UploadPolicy,
+    mut out: Option<&mut tar::Builder<Vec<u8>>>,
+) -> RunnerResult<ArchiveCheck> {
     let corrupt = |error: std::io::Error| {
         RunnerError::invalid_request(format!(
             "{operation} {}: reading the tar archive failed: {error}",
@@ -336,13 +457,29 @@ pub fn check_upload(operation: &str, target: &Path, archive: &[u8]) -> RunnerRes
     let refuse = |kind: RunnerErrorKind, name: &Path, why: &dyn fmt::Display| {
         RunnerError::new(kind, entry_message(operation, target, name, why))
     };
+    let write_failed = |name: &Path, error: std::io::Error| {
+        RunnerError::provider(entry_message(
+            operation,
+            target,
+            name,
+            &format_args!("writing the checked archive failed: {error}"),
+        ))
+        .with_source(error)
+    };
     // Names the archive made symlinks or hard links.
     let mut links: BTreeSet<PathBuf> = BTreeSet::new();
     let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut total: u64 = 0;
     let mut reader = tar::Archive::new(archive);
     for entry in reader.entries().map_err(corrupt)? {
-        let entry = entry.map_err(corrupt)?;
+        let mut entry = entry.map_err(corrupt)?;
         let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            return Err(RunnerError::invalid_request(format!(
+                "{operation} {}: the archive has a PAX global header, which unpackers apply to                  every later entry; global headers are refused",
+                target.display()
+            )));
+        }
         if is_metadata_entry(kind) {
             continue;
         }
@@ -358,11 +495,46 @@ pub fn check_upload(operation: &str, target: &Path, archive: &[u8]) -> RunnerRes
                 ),
             ));
         }
+        let mode = entry.header().mode().unwrap_or(0o644);
+        let mtime = entry.header().mtime().unwrap_or(0);
         match kind {
-            EntryType::Regular
-            | EntryType::Continuous
-            | EntryType::GNUSparse
-            | EntryType::Directory => {}
+            EntryType::Regular | EntryType::Continuous => {
+                if is_pax_sparse(&mut entry).map_err(corrupt)? {
+                    return Err(refuse(
+                        RunnerErrorKind::InvalidRequest,
+                        &name,
+                        &"sparse entries are not supported",
+                    ));
+                }
+                let size = entry.size();
+                total = total.saturating_add(size);
+                if total > policy.max_unpacked_bytes {
+                    return Err(refuse(
+                        RunnerErrorKind::InvalidRequest,
+                        &name,
+                        &format_args!(
+                            "the archive unpacks to more than the limit of {} bytes                              (max_upload_bytes)",
+                            policy.max_unpacked_bytes
+                        ),
+                    ));
+                }
+                if let Some(builder) = out.as_deref_mut() {
+                    let mut header = clean_header(EntryType::Regular, mode, mtime, size, policy);
+                    builder
+                        .append_data(&mut header, &clean, &mut entry)
+                        .map_err(|e| write_failed(&name, e))?;
+                }
+            }
+            EntryType::Directory => {
+                if let Some(builder) = out.as_deref_mut()
+                    && !clean.as_os_str().is_empty()
+                {
+                    let mut header = clean_header(kind, mode, mtime, 0, policy);
+                    builder
+                        .append_data(&mut header, &clean, std::io::empty())
+                        .map_err(|e| write_failed(&name, e))?;
+                }
+            }
             EntryType::Symlink | EntryType::Link => {
                 let Some(link_name) = entry.link_name().map_err(corrupt)? else {
                     return Err(refuse(
@@ -371,7 +543,8 @@ pub fn check_upload(operation: &str, target: &Path, archive: &[u8]) -> RunnerRes
                         &"a link without a link name",
                     ));
                 };
-                if kind == EntryType::Link {
+                let link_name = link_name.into_owned();
+                let written = if kind == EntryType::Link {
                     let linked = entry_name(&link_name).map_err(|why| {
                         refuse(
                             why.kind(),
@@ -391,8 +564,31 @@ pub fn check_upload(operation: &str, target: &Path, archive: &[u8]) -> RunnerRes
                         ));
                     }
                     parents.extend(ancestors(&linked));
+                    linked
+                } else {
+                    if link_name.as_os_str().as_encoded_bytes().contains(&0) {
+                        return Err(refuse(
+                            RunnerErrorKind::InvalidRequest,
+                            &name,
+                            &"the link target contains a NUL byte",
+                        ));
+                    }
+                    link_name
+                };
+                if let Some(builder) = out.as_deref_mut() {
+                    let mut header = clean_header(kind, mode, mtime, 0, policy);
+                    builder
+                        .append_link(&mut header, &clean, &written)
+                        .map_err(|e| write_failed(&name, e))?;
                 }
                 links.insert(clean.clone());
+            }
+            EntryType::GNUSparse => {
+                return Err(refuse(
+                    RunnerErrorKind::InvalidRequest,
+                    &name,
+                    &"sparse entries are not supported",
+                ));
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 return Err(refuse(
@@ -559,6 +755,184 @@ mod tests {
         let err = check_upload("upload_archive", Path::new("t"), &[1; 100])
             .expect_err("truncated header");
         assert_eq!(err.kind(), InvalidRequest);
+    }
+
+    /// The entries of a tar: name, type, mode, uid, gid, contents, link name.
+    type Seen = (String, EntryType, u32, u64, u64, Vec<u8>, Option<String>);
+
+    fn entries_of(archive: &[u8]) -> Vec<Seen> {
+        let mut reader = tar::Archive::new(archive);
+        reader
+            .entries()
+            .expect("entries")
+            .map(|entry| {
+                let mut entry = entry.expect("entry");
+                let header = entry.header().clone();
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut data).expect("data");
+                (
+                    entry.path().expect("path").display().to_string(),
+                    header.entry_type(),
+                    header.mode().expect("mode"),
+                    header.uid().expect("uid"),
+                    header.gid().expect("gid"),
+                    data,
+                    entry
+                        .link_name()
+                        .expect("link")
+                        .map(|l| l.display().to_string()),
+                )
+            })
+            .collect()
+    }
+
+    /// A tar built with the `tar` builder: (name, mode, uid, contents).
+    fn owned_tar(files: &[(&str, u32, u64, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, mode, uid, data) in files {
+            let mut header = tar::Header::new_ustar();
+            header.set_entry_type(Regular);
+            header.set_mode(*mode);
+            header.set_uid(*uid);
+            header.set_gid(*uid);
+            header.set_size(data.len() as u64);
+            builder
+                .append_data(&mut header, name, *data)
+                .expect("append");
+        }
+        builder.into_inner().expect("finish")
+    }
+
+    #[test]
+    fn sanitize_masks_modes_and_sets_the_owner() {
+        let long = format!("{}/deep.txt", "d".repeat(150));
+        let archive = owned_tar(&[
+            ("suid", 0o4755, 0, b"#!/bin/sh\n"),
+            ("sgid", 0o2755, 0, b""),
+            ("sticky", 0o1777, 4242, b"s"),
+            (&long, 0o644, 0, b"long"),
+        ]);
+        let policy = UploadPolicy {
+            owner: Some((1000, 1001)),
+            ..UploadPolicy::default()
+        };
+        let clean =
+            sanitize_upload("upload_archive", Path::new("t"), &archive, &policy).expect("passes");
+        let seen = entries_of(&clean.archive);
+        let modes: Vec<(&str, u32)> = seen.iter().map(|e| (e.0.as_str(), e.2)).collect();
+        assert_eq!(
+            modes,
+            vec![
+                ("suid", 0o755),
+                ("sgid", 0o755),
+                ("sticky", 0o777),
+                (long.as_str(), 0o644)
+            ]
+        );
+        assert!(seen.iter().all(|e| e.3 == 1000 && e.4 == 1001), "{seen:?}");
+        assert_eq!(seen[0].5, b"#!/bin/sh\n");
+        assert_eq!(seen[3].5, b"long");
+        let unowned = sanitize_upload(
+            "upload_archive",
+            Path::new("t"),
+            &archive,
+            &UploadPolicy::default(),
+        )
+        .expect("passes");
+        assert!(
+            entries_of(&unowned.archive)
+                .iter()
+                .all(|e| e.3 == 0 && e.4 == 0)
+        );
+    }
+
+    #[test]
+    fn sanitize_keeps_links_and_drops_the_target_entry() {
+        let archive = tar_of(&[
+            ("./", Directory, None),
+            ("a/", Directory, None),
+            ("a/f", Regular, None),
+            ("a/s", Symlink, Some("f")),
+            ("h", Link, Some("a/f")),
+        ]);
+        let clean = sanitize_upload(
+            "upload_archive",
+            Path::new("t"),
+            &archive,
+            &UploadPolicy::default(),
+        )
+        .expect("passes");
+        let seen: Vec<(String, EntryType, Option<String>)> = entries_of(&clean.archive)
+            .into_iter()
+            .map(|e| (e.0, e.1, e.6))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("a".into(), Directory, None),
+                ("a/f".into(), Regular, None),
+                ("a/s".into(), Symlink, Some("f".into())),
+                ("h".into(), Link, Some("a/f".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn sanitize_refuses_sparse_global_headers_and_too_many_bytes() {
+        let sparse = kind_of(&[("s", EntryType::GNUSparse, None)]);
+        assert_eq!(sparse, InvalidRequest);
+        // A PAX global header ahead of a plain entry.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut global = tar::Header::new_ustar();
+        global.set_entry_type(EntryType::XGlobalHeader);
+        let record = b"30 path=../../etc/cron.d/evil\n";
+        global.set_size(record.len() as u64);
+        builder
+            .append_data(&mut global, "pax_global_header", &record[..])
+            .expect("global");
+        let mut header = tar::Header::new_ustar();
+        header.set_size(1);
+        builder.append_data(&mut header, "x", &b"x"[..]).expect("x");
+        let archive = builder.into_inner().expect("finish");
+        let err = sanitize_upload(
+            "upload_archive",
+            Path::new("t"),
+            &archive,
+            &UploadPolicy::default(),
+        )
+        .expect_err("global header");
+        assert_eq!(err.kind(), InvalidRequest);
+        assert!(err.message().contains("PAX global header"), "{err}");
+        // PAX sparse records on a regular entry.
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([
+                ("GNU.sparse.major", &b"1"[..]),
+                ("GNU.sparse.minor", &b"0"[..]),
+            ])
+            .expect("pax");
+        let mut header = tar::Header::new_ustar();
+        header.set_size(1);
+        builder
+            .append_data(&mut header, "GNUSparseFile.0/big", &b"x"[..])
+            .expect("entry");
+        let archive = builder.into_inner().expect("finish");
+        let err = check_upload("upload_archive", Path::new("t"), &archive).expect_err("pax sparse");
+        assert_eq!(err.kind(), InvalidRequest);
+        assert!(err.message().contains("sparse"), "{err}");
+        // The size bound counts every entry.
+        let archive = owned_tar(&[("a", 0o644, 0, &[7; 600]), ("b", 0o644, 0, &[7; 600])]);
+        let policy = UploadPolicy {
+            max_unpacked_bytes: 1000,
+            ..UploadPolicy::default()
+        };
+        let err = sanitize_upload("upload_archive", Path::new("t"), &archive, &policy)
+            .expect_err("too big");
+        assert_eq!(err.kind(), InvalidRequest);
+        assert!(
+            err.message().contains("\"b\"") && err.message().contains("1000"),
+            "{err}"
+        );
     }
 
     fn parents_of(names: &[&str]) -> ArchiveCheck {

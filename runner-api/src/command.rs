@@ -135,6 +135,10 @@ impl RunnerOutputLimit {
     /// 16 KiB, the default head and tail budget.
     pub const DEFAULT_BYTES: usize = 16 * 1024;
 
+    /// 8 MiB, the largest head or tail budget a request may ask for
+    /// (enforced by [`validate_command_request`](crate::validate_command_request)).
+    pub const MAX_BYTES: usize = 8 * 1024 * 1024;
+
     fn default_bytes() -> usize {
         Self::DEFAULT_BYTES
     }

@@ -9,6 +9,7 @@ mod error;
 mod files;
 mod lease;
 pub mod lifecycle;
+mod limits;
 pub mod mounts;
 pub mod output;
 mod pool;
@@ -47,6 +48,7 @@ pub use lifecycle::{
     CloseReason, IdleAction, ManagedSession, ManagedStatus, ManagerConfig, SessionManager,
     TurnGuard,
 };
+pub use limits::{MAX_READ_BYTES, ReadWindow, check_read_request, read_window};
 pub use output::{HeadTailBuffer, OutputLog};
 pub use pool::{DestinationHealth, DestinationPool, PoolConfig, SelectionPolicy};
 pub use ports::parse_proc_net_tcp;

@@ -263,7 +263,8 @@ fn now_ms() -> u64 {
 }
 
 /// Checks a command request: non-empty id and program, no NUL bytes anywhere,
-/// environment keys without `=`.
+/// environment keys without `=`, output budgets within
+/// [`RunnerOutputLimit::MAX_BYTES`].
 pub fn validate_command_request(request: &RunnerCommandRequest) -> RunnerResult<()> {
     let id = &request.command_id;
     let bad = |what: &str| RunnerError::invalid_request(format!("command {id:?}: {what}"));
@@ -296,6 +297,14 @@ pub fn validate_command_request(request: &RunnerCommandRequest) -> RunnerResult<
     }
     if request.timeout_ms == Some(0) {
         return Err(bad("timeout_ms must be greater than 0"));
+    }
+    let limit = request.output_limit;
+    let max = crate::RunnerOutputLimit::MAX_BYTES;
+    if limit.head_bytes > max || limit.tail_bytes > max {
+        return Err(bad(&format!(
+            "output_limit head_bytes {} / tail_bytes {} exceed the maximum of {max} bytes each",
+            limit.head_bytes, limit.tail_bytes
+        )));
     }
     Ok(())
 }
