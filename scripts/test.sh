@@ -77,6 +77,10 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (every crate, every test, conformance runs included)"
+# Variables no command may inherit from this process (exec_host_env_not_inherited).
+RUNNER_CONFORMANCE_HOST_MARKER="host-marker-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
+RUNNER_SECRET_CONFORMANCE_TOKEN_KEY="secret-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
+export RUNNER_CONFORMANCE_HOST_MARKER RUNNER_SECRET_CONFORMANCE_TOKEN_KEY
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$LOG_DIR/test.log"
 test_status=${PIPESTATUS[0]}

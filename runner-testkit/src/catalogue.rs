@@ -262,6 +262,7 @@ pub fn checks() -> Vec<Check> {
     all.extend(crate::checks::exec::checks());
     all.extend(crate::checks::processes::checks());
     all.extend(crate::checks::files::checks());
+    all.extend(crate::checks::hostile::checks());
     all.extend(crate::checks::paths::checks());
     all.extend(crate::checks::ports::checks());
     all.extend(crate::checks::snapshots::checks());
@@ -272,5 +273,7 @@ pub fn checks() -> Vec<Check> {
     all.extend(crate::checks::manager::checks());
     all.extend(crate::checks::capabilities::checks());
     all.extend(crate::checks::lease::capability_checks());
+    // The hostile-input checks span areas: a stable sort puts each in its own.
+    all.sort_by_key(|check| check.area);
     all
 }

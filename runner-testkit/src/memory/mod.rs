@@ -236,7 +236,7 @@ fn load_host(source: &Path) -> std::io::Result<Node> {
 #[cfg(unix)]
 fn host_mode(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o7777
+    meta.permissions().mode() & runner_api::archive::MODE_MASK
 }
 
 #[cfg(not(unix))]
@@ -425,7 +425,9 @@ impl RemoteRunnerSession for MemorySession {
             &self.shown(&request.path),
             &parts,
             request.contents,
-            request.mode,
+            request
+                .mode
+                .map(|mode| mode & runner_api::archive::MODE_MASK),
         )
     }
 
