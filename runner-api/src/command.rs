@@ -16,6 +16,30 @@ pub const NON_INTERACTIVE_ENV: &[(&str, &str)] = &[
     ("DEBIAN_FRONTEND", "noninteractive"),
 ];
 
+/// The variables of the embedding process that a command started on the same
+/// machine may inherit: everything else (credentials such as
+/// `RUNNER_SECRET_*`, bearer tokens, cloud keys) stays out. `LC_*` names are
+/// matched by [`host_env_allowed`].
+pub const HOST_ENV_ALLOWLIST: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+];
+
+/// Whether a variable of the embedding process may pass to a command:
+/// [`HOST_ENV_ALLOWLIST`] and every `LC_*` locale variable.
+pub fn host_env_allowed(name: &str) -> bool {
+    HOST_ENV_ALLOWLIST.contains(&name) || name.starts_with("LC_")
+}
+
+/// The embedding process's variables a command starts from (see
+/// [`host_env_allowed`]); a provider clears the environment of the process it
+/// spawns and adds these, then the destination's and the request's.
+pub fn inherited_host_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, _)| host_env_allowed(name))
+        .collect()
+}
+
 /// A command to run. `program` is executed directly with `args` (no shell);
 /// run `sh -c` yourself when you want one.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -24,10 +24,10 @@ mod workspace;
 
 pub use capabilities::{RunnerCapabilities, RunnerMountCapabilities};
 pub use command::{
-    NON_INTERACTIVE_ENV, RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult,
-    RunnerExitStatus, RunnerOutputChunk, RunnerOutputLimit, RunnerOutputStream,
-    RunnerOutputTruncation, RunnerProcessEvent, RunnerProcessInfo, RunnerProcessState,
-    RunnerSignal,
+    HOST_ENV_ALLOWLIST, NON_INTERACTIVE_ENV, RunnerCommandOutput, RunnerCommandRequest,
+    RunnerCommandResult, RunnerExitStatus, RunnerOutputChunk, RunnerOutputLimit,
+    RunnerOutputStream, RunnerOutputTruncation, RunnerProcessEvent, RunnerProcessInfo,
+    RunnerProcessState, RunnerSignal, host_env_allowed, inherited_host_env,
 };
 pub use destination::{
     RemoteRunnerProviderId, RemoteRunnerSessionId, RunnerCommandId, RunnerDestination,

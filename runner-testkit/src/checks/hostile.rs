@@ -475,14 +475,10 @@ async fn output_limit_bounded(cx: Cx) -> CheckResult {
     s.close().await.or_fail("close")
 }
 
-/// Variables of the embedding process that commands may see.
+/// Variables of the embedding process that commands may see, plus those
+/// every shell sets itself.
 fn allowed_host_variable(name: &str) -> bool {
-    const ALLOWED: &[&str] = &[
-        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
-        // Set by every shell, not inherited.
-        "PWD", "OLDPWD", "SHLVL", "_",
-    ];
-    ALLOWED.contains(&name) || name.starts_with("LC_")
+    runner_api::host_env_allowed(name) || ["PWD", "OLDPWD", "SHLVL", "_"].contains(&name)
 }
 
 /// Nothing of the embedding process's environment leaks into commands.
