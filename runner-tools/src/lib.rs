@@ -16,7 +16,8 @@ pub use input::{
 pub use lines::{DEFAULT_MAX_LINE_BYTES, LineCut};
 pub use output::{
     BackgroundStarted, CancelResult, CommandList, CommandOutputView, DestinationSummary,
-    DestinationsList, DirListing, FileContent, ForegroundResult, ToolError, WriteResult,
+    DestinationsList, DirListing, FileContent, ForegroundResult, SnapshotTaken, ToolError,
+    WriteResult,
 };
 pub use tool::{Tool, ToolSpec, tool_specs};
-pub use toolset::{MAX_WAIT_MS, ToolSet};
+pub use toolset::{MAX_ARGUMENT_DEPTH, MAX_WAIT_MS, ToolSet};

@@ -152,15 +152,20 @@ impl CommandOutputView {
                 RunnerOutputStream::Stderr => stderr.push(&chunk.bytes),
             }
         }
-        let missed = output.first_retained_seq > after_seq + 1 && output.next_after_seq > after_seq;
-        let note = missed.then(|| {
-            format!(
-                "chunks {} to {} were dropped from the bounded output log; \
-                 call command_output with after_seq 0 for the head/tail of all output",
-                after_seq + 1,
-                output.first_retained_seq - 1
-            )
-        });
+        // `after_seq` is the caller's number: u64::MAX has no next chunk, so
+        // nothing after it can have been dropped.
+        let note = after_seq
+            .checked_add(1)
+            .filter(|&first_missed| {
+                output.first_retained_seq > first_missed && output.next_after_seq > after_seq
+            })
+            .map(|first_missed| {
+                format!(
+                    "chunks {first_missed} to {} were dropped from the bounded output log; \
+                     call command_output with after_seq 0 for the head/tail of all output",
+                    output.first_retained_seq - 1
+                )
+            });
         let (stdout, stdout_truncation) = stdout.render();
         let (stderr, stderr_truncation) = stderr.render();
         Self {
@@ -247,7 +252,9 @@ impl FileContent {
     /// The view, in `encoding`, of a read that started at `offset`.
     pub fn new(result: RunnerFileReadResult, offset: u64, encoding: ContentEncoding) -> Self {
         let bytes_read = result.contents.len() as u64;
-        let end = offset + bytes_read;
+        // `offset` is the caller's number; a provider never returns bytes
+        // past u64::MAX, so saturating only matters for a misbehaving one.
+        let end = offset.saturating_add(bytes_read);
         let (content, lossy) = match encoding {
             ContentEncoding::Base64 => (BASE64.encode(&result.contents), false),
             ContentEncoding::Utf8 => match String::from_utf8(result.contents) {
@@ -266,6 +273,20 @@ impl FileContent {
             next_offset: (end < result.size).then_some(end),
         }
     }
+}
+
+/// Result of `snapshot`: an opaque reference, without the provider's
+/// metadata (which may hold the destination's config: env, binds, hosts,
+/// paths). The embedding program gets the full reference back with
+/// [`ToolSet::snapshot_ref`](crate::ToolSet::snapshot_ref).
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotTaken {
+    /// The destination it was taken of.
+    pub destination: String,
+    /// The provider that can restore it.
+    pub provider_id: RemoteRunnerProviderId,
+    /// The snapshot's id.
+    pub snapshot_id: String,
 }
 
 /// Result of `write_file`.
@@ -328,6 +349,12 @@ mod tests {
         assert_eq!((view.stdout.as_str(), view.stderr.as_str()), ("ac", "b"));
         assert_eq!(view.next_after_seq, 7);
         assert!(view.note.expect("note").contains("chunks 3 to 4"));
+    }
+
+    #[test]
+    fn the_largest_after_seq_gives_an_empty_view_without_a_note() {
+        let view = CommandOutputView::new(output(vec![], 3), u64::MAX);
+        assert_eq!((view.stdout.as_str(), view.note), ("", None));
     }
 
     #[test]

@@ -130,7 +130,8 @@ impl Tool {
                 "Make a port of the runner reachable from this machine and return its URL."
             }
             Tool::Snapshot => {
-                "Capture the destination's workspace and return a snapshot reference."
+                "Capture the destination's workspace and return the snapshot's id \
+                 (destination, provider_id, snapshot_id)."
             }
         }
     }

@@ -1,11 +1,13 @@
 //! `ToolSet`: destinations → sessions, and the JSON dispatcher over them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use runner_api::{
     RemoteRunnerSession, RemoteWorkspace, RunnerError, RunnerErrorKind, RunnerRegistry,
-    RunnerResult,
+    RunnerResult, RunnerSnapshotRef,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -21,12 +23,19 @@ use crate::input::{
 use crate::lines::DEFAULT_MAX_LINE_BYTES;
 use crate::output::{
     BackgroundStarted, CancelResult, CommandList, CommandOutputView, DestinationSummary,
-    DestinationsList, DirListing, FileContent, ForegroundResult, WriteResult,
+    DestinationsList, DirListing, FileContent, ForegroundResult, SnapshotTaken, WriteResult,
 };
 use crate::tool::{Tool, ToolSpec, tool_specs};
 
 /// The longest `command_output` waits for new output.
 pub const MAX_WAIT_MS: u64 = 60_000;
+
+/// The deepest nesting of arrays and objects a tool's arguments may have
+/// (`{}` is 1 deep, `{"env": {}}` 2). Every tool's input is at most 3 deep;
+/// arguments arrive as a `Value` that no parser's recursion limit has bounded,
+/// and deserializing one (serde buffers flattened inputs recursively) or
+/// dropping it would otherwise recurse as deep as the caller nested it.
+pub const MAX_ARGUMENT_DEPTH: usize = 32;
 
 /// How often `command_output` looks for new output while it waits.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -34,6 +43,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 struct Entry {
     config: ToolDestination,
     session: OnceCell<RemoteWorkspace>,
+    /// The full references of the snapshots taken through the tools, by
+    /// snapshot id: the tools return only the id, since the metadata may hold
+    /// the destination's config.
+    snapshots: Mutex<HashMap<String, RunnerSnapshotRef>>,
+}
+
+impl Entry {
+    /// The snapshots taken of this destination; nothing panics while the lock
+    /// is held, so a poisoned lock still holds whole entries.
+    fn snapshots(&self) -> MutexGuard<'_, HashMap<String, RunnerSnapshotRef>> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// The tool set over configured destinations: a JSON-in/JSON-out dispatcher.
@@ -85,6 +108,7 @@ impl ToolSet {
             .map(|config| Entry {
                 config,
                 session: OnceCell::new(),
+                snapshots: Mutex::default(),
             })
             .collect();
         Ok(Self {
@@ -103,8 +127,9 @@ impl ToolSet {
     /// `{}`) and returns its JSON result.
     ///
     /// Errors: `NotFound` (no such tool), `InvalidRequest` (arguments that do
-    /// not match the schema, unknown destination), and the runner's error for the
-    /// operation, such as `PermissionDenied` for a path outside the workspace.
+    /// not match the schema or are nested deeper than [`MAX_ARGUMENT_DEPTH`],
+    /// unknown destination), and the runner's error for the operation, such as
+    /// `PermissionDenied` for a path outside the workspace.
     pub async fn call(&self, name: &str, arguments: Value) -> RunnerResult<Value> {
         let tool = Tool::from_name(name).ok_or_else(|| {
             let names: Vec<&str> = Tool::ALL.iter().map(|t| t.name()).collect();
@@ -118,11 +143,11 @@ impl ToolSet {
 
     /// Calls `tool` with JSON `arguments`; see [`call`](Self::call).
     pub async fn call_tool(&self, tool: Tool, arguments: Value) -> RunnerResult<Value> {
+        let op = tool.name();
         let arguments = match arguments {
             Value::Null => Value::Object(Default::default()),
-            other => other,
+            other => within_depth(op, other)?,
         };
-        let op = tool.name();
         match tool {
             Tool::DestinationsList => {
                 let _: DestinationsListInput = parse(op, arguments)?;
@@ -184,10 +209,32 @@ impl ToolSet {
             }
             Tool::Snapshot => {
                 let input: DestinationInput = parse(op, arguments)?;
-                let ws = self.workspace(op, input.destination.as_deref()).await?;
-                to_json(op, &ws.snapshot().await?)
+                let entry = self.entry(op, input.destination.as_deref())?;
+                let snapshot = self.open(op, entry).await?.snapshot().await?;
+                let taken = SnapshotTaken {
+                    destination: entry.config.destination.id.clone(),
+                    provider_id: snapshot.provider_id.clone(),
+                    snapshot_id: snapshot.snapshot_id.clone(),
+                };
+                entry
+                    .snapshots()
+                    .insert(snapshot.snapshot_id.clone(), snapshot);
+                to_json(op, &taken)
             }
         }
+    }
+
+    /// The full reference of a snapshot the `snapshot` tool took of
+    /// `destination`, by the `snapshot_id` it returned; for the embedding
+    /// program (to resume from it), never for the model, since its metadata may
+    /// hold the destination's config. `None` when no such snapshot was taken
+    /// through this tool set.
+    pub fn snapshot_ref(&self, destination: &str, snapshot_id: &str) -> Option<RunnerSnapshotRef> {
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.config.destination.id == destination)?;
+        entry.snapshots().get(snapshot_id).cloned()
     }
 
     /// Closes every open session. Later calls fail with `SessionClosed`.
@@ -310,13 +357,18 @@ impl ToolSet {
         }
     }
 
-    /// The destination's workspace, opening its session on first use.
+    /// The workspace of the destination named `destination` (see
+    /// [`entry`](Self::entry)), opening its session on first use.
     async fn workspace(
         &self,
         op: &str,
         destination: Option<&str>,
     ) -> RunnerResult<&RemoteWorkspace> {
-        let entry = self.entry(op, destination)?;
+        self.open(op, self.entry(op, destination)?).await
+    }
+
+    /// `entry`'s workspace, opening its session on first use.
+    async fn open<'a>(&self, op: &str, entry: &'a Entry) -> RunnerResult<&'a RemoteWorkspace> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(RunnerError::new(
                 RunnerErrorKind::SessionClosed,
@@ -349,6 +401,42 @@ impl ToolSet {
             })
             .await
     }
+}
+
+/// `arguments` when no array or object in it is nested deeper than
+/// [`MAX_ARGUMENT_DEPTH`]. Measured and, when refused, taken apart without
+/// recursion.
+///
+/// Errors: `InvalidRequest` naming the tool and the limit.
+fn within_depth(op: &str, arguments: Value) -> RunnerResult<Value> {
+    if !deeper_than(&arguments, MAX_ARGUMENT_DEPTH) {
+        return Ok(arguments);
+    }
+    let mut parts = vec![arguments];
+    while let Some(value) = parts.pop() {
+        match value {
+            Value::Array(items) => parts.extend(items),
+            Value::Object(map) => parts.extend(map.into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+    Err(RunnerError::invalid_request(format!(
+        "{op}: invalid arguments: nested deeper than {MAX_ARGUMENT_DEPTH} levels of arrays and objects"
+    )))
+}
+
+/// Whether an array or object in `value` is nested deeper than `max`.
+fn deeper_than(value: &Value, max: usize) -> bool {
+    let mut pending = vec![(value, 1)];
+    while let Some((value, depth)) = pending.pop() {
+        match value {
+            Value::Array(_) | Value::Object(_) if depth > max => return true,
+            Value::Array(items) => pending.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(map) => pending.extend(map.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn parse<T: DeserializeOwned>(op: &str, arguments: Value) -> RunnerResult<T> {

@@ -10,17 +10,57 @@ use serde_json::{Value, json};
 /// A tool set serving `<dir>/ws` as destination `local`, with its snapshots
 /// kept in `<dir>/snapshots`.
 async fn tool_set(dir: &std::path::Path) -> ToolSet {
+    serving(json!({ "root": dir.join("ws"), "snapshot_dir": dir.join("snapshots") })).await
+}
+
+/// A tool set serving one unix-local destination `local` with `config`.
+async fn serving(config: Value) -> ToolSet {
     let mut registry = RunnerRegistry::new();
     registry
         .register(Arc::new(runner_local::LocalProvider::new()))
         .expect("register unix-local");
     let config: ToolsConfig = serde_json::from_value(json!({
-        "destinations": [ { "id": "local", "provider_id": "unix-local",
-                            "config": { "root": dir.join("ws"),
-                                        "snapshot_dir": dir.join("snapshots") } } ]
+        "destinations": [ { "id": "local", "provider_id": "unix-local", "config": config } ]
     }))
     .expect("config");
     ToolSet::new(registry, config).await.expect("tool set")
+}
+
+#[tokio::test]
+async fn snapshots_are_returned_as_ids_without_the_destinations_config() {
+    const MARKER: &str = "marker-5e1f0c";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let snapshot_dir = dir.path().join(format!("snapshots-{MARKER}"));
+    let tools = serving(json!({
+        "root": dir.path().join("ws"),
+        "snapshot_dir": snapshot_dir,
+        "workspaces_dir": dir.path().join(format!("workspaces-{MARKER}")),
+        "env": { "SECRET_SETTING": MARKER },
+    }))
+    .await;
+    let snapshot = tools.call("snapshot", json!({})).await.expect("snapshot");
+    assert!(!snapshot.to_string().contains(MARKER), "{snapshot}");
+    assert_eq!(
+        snapshot.as_object().map(|o| o.len()),
+        Some(3),
+        "only destination, provider_id and snapshot_id: {snapshot}"
+    );
+    assert_eq!(snapshot["destination"], "local");
+    assert_eq!(snapshot["provider_id"], "unix-local");
+    let id = snapshot["snapshot_id"].as_str().expect("snapshot id");
+    let listed = tools
+        .call("destinations_list", json!({}))
+        .await
+        .expect("list");
+    assert!(!listed.to_string().contains(MARKER), "{listed}");
+
+    // The embedding program gets the whole reference back by the id.
+    let full = tools.snapshot_ref("local", id).expect("kept reference");
+    assert_eq!(full.snapshot_id, id);
+    assert!(full.metadata.to_string().contains(MARKER), "{full:?}");
+    assert!(tools.snapshot_ref("local", "snap-unknown").is_none());
+    assert!(tools.snapshot_ref("elsewhere", id).is_none());
+    tools.close().await.expect("close");
 }
 
 #[tokio::test]
