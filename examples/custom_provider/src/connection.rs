@@ -51,11 +51,15 @@ fn lock(routes: &Mutex<Routes>) -> MutexGuard<'_, Routes> {
 }
 
 impl Connection {
-    /// Starts `program --workspace <workspace>`.
+    /// Starts `program --workspace <workspace>` with an environment of
+    /// [`runner_api::inherited_host_env`] only: the agent's commands inherit
+    /// it, and nothing else of the embedding process (tokens, keys) reaches them.
     pub(crate) fn start(program: &Path, workspace: &Path) -> std::io::Result<Self> {
         let mut child = tokio::process::Command::new(program)
             .arg("--workspace")
             .arg(workspace)
+            .env_clear()
+            .envs(runner_api::inherited_host_env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -51,14 +51,16 @@ pub enum Op {
         /// Extra environment, in order.
         env: Vec<(String, String)>,
     },
-    /// Send signal number `signal` to the process group of a spawned command.
+    /// Send signal number `signal` to a spawned command's process tree: its
+    /// group, its descendants and those of them the agent adopted.
     Signal {
         /// The id of the `spawn` request.
         process: u64,
         /// Linux signal number.
         signal: i32,
     },
-    /// Read a file, or `limit` bytes from `offset`; answers [`Answer::File`].
+    /// Read a regular file, or `limit` bytes from `offset`, at most
+    /// [`runner_api::MAX_READ_BYTES`]; answers [`Answer::File`].
     ReadFile {
         /// The file.
         path: PathBuf,
@@ -73,7 +75,7 @@ pub enum Op {
         path: PathBuf,
         /// New contents.
         contents: Vec<u8>,
-        /// Permission bits (`None`: keep the old file's, or `0o644`).
+        /// Permission bits, masked to `0o777` (`None`: keep the old file's, or `0o644`).
         mode: Option<u32>,
     },
     /// Entries of a directory sorted by name; answers [`Answer::Entries`].
@@ -110,7 +112,7 @@ pub enum Op {
         /// The path.
         path: PathBuf,
     },
-    /// Kill every process group, remove the workspace, answer, and exit.
+    /// Kill every process below the agent, remove the workspace, answer, and exit.
     Shutdown,
 }
 

@@ -16,7 +16,7 @@ use runner_api::{
     RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
     RunnerCommandResult, RunnerError, RunnerEventStream, RunnerFileReadRequest,
     RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerProcessInfo, RunnerResult,
-    RunnerSessionState, RunnerSignal, SpawnedProcess, reject_nul_path,
+    RunnerSessionState, RunnerSignal, SpawnedProcess, check_read_request, reject_nul_path,
 };
 
 use crate::connection::Connection;
@@ -243,6 +243,9 @@ impl RemoteRunnerSession for AgentSession {
         &self,
         request: RunnerFileReadRequest,
     ) -> RunnerResult<RunnerFileReadResult> {
+        // The agent reads at most the window; a limit above the maximum
+        // never leaves the provider.
+        check_read_request("read_file", &request)?;
         let op = Op::ReadFile {
             path: request.path.clone(),
             offset: request.offset,

@@ -2,12 +2,14 @@
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use nix::errno::Errno;
-use runner_api::{RunnerFileKind, RunnerFileStat};
+use nix::fcntl::OFlag;
+use runner_api::archive::MODE_MASK;
+use runner_api::{RunnerFileKind, RunnerFileReadRequest, RunnerFileStat, read_window};
 use runner_example_custom_provider::protocol::{AgentError, Answer, Op};
 
 use crate::{Agent, error, io_error};
@@ -52,9 +54,20 @@ pub(crate) fn handle(agent: &Agent, op: Op) -> Result<Answer, AgentError> {
     }
 }
 
+/// Reads the window of a regular file that `offset` and `limit` ask for
+/// (see [`read_window`]), growing the buffer as bytes arrive.
+///
+/// Errors: `EISDIR` (a directory), `EINVAL` (any other non-regular file, or a
+/// window above [`runner_api::MAX_READ_BYTES`]), the errno of open or read.
 fn read_file(path: &Path, offset: Option<u64>, limit: Option<u64>) -> Result<Answer, AgentError> {
     let fail = |e| io_error("read_file", path, e);
-    let mut file = fs::File::open(path).map_err(fail)?;
+    // O_NONBLOCK: opening a FIFO does not wait for a writer; it is refused
+    // below, by the kind of the handle opened (not of a path stat'd before).
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(fail)?;
     let meta = file.metadata().map_err(fail)?;
     if meta.is_dir() {
         return Err(error(
@@ -62,10 +75,22 @@ fn read_file(path: &Path, offset: Option<u64>, limit: Option<u64>) -> Result<Ans
             format!("read_file {}: is a directory", path.display()),
         ));
     }
-    file.seek(SeekFrom::Start(offset.unwrap_or(0)))
-        .map_err(fail)?;
+    if !meta.is_file() {
+        return Err(error(
+            Errno::EINVAL,
+            format!("read_file {}: not a regular file", path.display()),
+        ));
+    }
+    let request = RunnerFileReadRequest {
+        path: path.into(),
+        offset,
+        limit,
+    };
+    let window = read_window("read_file", &request, meta.len())
+        .map_err(|e| error(Errno::EINVAL, e.message()))?;
+    file.seek(SeekFrom::Start(window.offset)).map_err(fail)?;
     let mut contents = Vec::new();
-    file.take(limit.unwrap_or(u64::MAX))
+    file.take(window.len)
         .read_to_end(&mut contents)
         .map_err(fail)?;
     Ok(Answer::File {
@@ -75,7 +100,8 @@ fn read_file(path: &Path, offset: Option<u64>, limit: Option<u64>) -> Result<Ans
 }
 
 /// Writes a temp file next to the target and renames it over the target, so a
-/// reader sees the old or the new contents, never a mix.
+/// reader sees the old or the new contents, never a mix. The mode (asked for,
+/// or the old file's) is masked with [`MODE_MASK`]: no set-id or sticky bits.
 fn write_file(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<(), AgentError> {
     let fail = |e| io_error("write_file", path, e);
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
@@ -91,9 +117,7 @@ fn write_file(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<(), Age
             format!("write_file {}: is a directory", path.display()),
         ));
     }
-    let mode = mode
-        .or(existing.map(|m| m.mode() & 0o7777))
-        .unwrap_or(0o644);
+    let mode = mode.or(existing.map(|m| m.mode())).unwrap_or(0o644) & MODE_MASK;
     fs::create_dir_all(parent).map_err(fail)?;
     let temp = parent.join(format!(
         ".{}.{}.tmp",

@@ -3,25 +3,38 @@
 //! Reads [`Request`]s line by line from stdin, runs them in `DIR` (created if
 //! missing), and writes [`Message`]s line by line to stdout. Each request runs
 //! in its own task, so commands run concurrently. On `shutdown` it kills every
-//! process group it started, removes `DIR`, answers and exits; when stdin ends
-//! without a shutdown (the provider went away) it kills its process groups and
+//! process below it, removes `DIR`, answers and exits; when stdin ends without
+//! a shutdown (the provider went away) it kills every process below it and
 //! exits, leaving `DIR`.
+//!
+//! Process trees: the agent is a child subreaper (see [`tree`]), so a process
+//! that leaves its command's group with `setsid` is adopted by the agent when
+//! its parent exits, and signals, timeouts, cancellation and shutdown still
+//! reach it. The agent reaps the orphans it adopts; tokio reaps the commands.
+//!
+//! Environment: commands get the agent's environment, which the provider
+//! limited to [`runner_api::inherited_host_env`], plus the request's `env`.
 //!
 //! This is the shape of an agent inside a VM or a remote sandbox: the provider
 //! would reach it over a socket instead of a child's pipes.
 
 mod exec;
 mod files;
+mod tree;
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
 use runner_example_custom_provider::protocol::{AgentError, Answer, Message, Op, Request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 /// Messages queued for stdout; a full queue slows the command output readers
@@ -34,14 +47,14 @@ struct Agent {
     root: PathBuf,
     /// Lines to write to stdout.
     outbox: mpsc::Sender<Message>,
-    /// Process group of every command started, by spawn request id. Kept after
-    /// the leader exits: a TERM'd group may still hold children to KILL.
-    groups: Mutex<HashMap<u64, i32>>,
+    /// Kept after a command exits: a TERM'd tree may still hold processes to
+    /// KILL. Locked while spawning, signalling and reaping.
+    commands: Mutex<exec::Commands>,
 }
 
 impl Agent {
-    fn groups(&self) -> MutexGuard<'_, HashMap<u64, i32>> {
-        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    fn commands(&self) -> MutexGuard<'_, exec::Commands> {
+        self.commands.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `path` resolved against the workspace when relative.
@@ -86,10 +99,24 @@ impl Agent {
         self.reply(id, result).await;
     }
 
-    /// Kills every process group this agent started.
+    /// Kills every process below the agent: all commands and all they left.
+    /// Holds the command table, so nothing is spawned meanwhile.
     fn kill_all(&self) {
-        for pgid in self.groups().values() {
-            exec::kill_group(*pgid, nix::sys::signal::Signal::SIGKILL);
+        let _commands = self.commands();
+        let me = BTreeSet::from([std::process::id() as i32]);
+        tree::signal_tree(Signal::SIGKILL, |procs, _| tree::below(procs, &me));
+    }
+
+    /// Reaps the exited orphans the agent adopted; its commands' own pids
+    /// are left to tokio, which waits for each of them by pid.
+    fn reap_adopted(&self) {
+        let commands = self.commands();
+        let tokio_owned = exec::running_pids(&commands);
+        let me = std::process::id() as i32;
+        for p in tree::processes() {
+            if p.ppid == me && p.zombie && !tokio_owned.contains(&p.pid) {
+                let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
+            }
         }
     }
 }
@@ -118,11 +145,14 @@ fn workspace_arg() -> Result<PathBuf, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let root = match workspace_arg().and_then(|dir| {
+    let started = workspace_arg().and_then(|dir| {
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| format!("becoming a child subreaper: {e}"))?;
         std::fs::create_dir_all(&dir)
             .and_then(|()| dir.canonicalize())
             .map_err(|e| format!("creating the workspace {}: {e}", dir.display()))
-    }) {
+    });
+    let root = match started {
         Ok(root) => root,
         Err(message) => {
             eprintln!("runner-agent: {message}");
@@ -145,8 +175,22 @@ async fn main() -> ExitCode {
     let agent = Arc::new(Agent {
         root,
         outbox,
-        groups: Mutex::default(),
+        commands: Mutex::default(),
     });
+    let reaper = match signal(SignalKind::child()) {
+        Ok(mut exits) => {
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                while exits.recv().await.is_some() {
+                    agent.reap_adopted();
+                }
+            })
+        }
+        Err(e) => {
+            eprintln!("runner-agent: listening for SIGCHLD: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let request: Request = match serde_json::from_str(&line) {
@@ -168,6 +212,7 @@ async fn main() -> ExitCode {
         tokio::spawn(agent.clone().handle(request));
     }
     agent.kill_all();
+    reaper.abort();
     drop(agent);
     let _ = writer.await;
     ExitCode::SUCCESS
