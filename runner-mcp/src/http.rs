@@ -1,11 +1,10 @@
-//! Streamable HTTP: rmcp's service under axum, with a bearer token and a Host
-//! allow-list.
+//! Streamable HTTP: rmcp's service under axum, behind a bearer token, an
+//! Origin check and a Host allow-list.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -26,35 +25,27 @@ pub const MCP_PATH: &str = "/mcp";
 pub const DEFAULT_ALLOWED_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// How the HTTP transport guards its endpoint.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HttpOptions {
-    /// When set, every request must carry `Authorization: Bearer <token>`;
-    /// others get 401. The value never appears in logs or errors.
-    pub token: Option<SecretString>,
+    /// Every request must carry `Authorization: Bearer <token>`; others get
+    /// 401. The value never appears in logs or errors.
+    pub token: SecretString,
     /// Host header values accepted in addition to [`DEFAULT_ALLOWED_HOSTS`]
     /// (`name` or `name:port`); others get 403.
     pub allowed_hosts: Vec<String>,
 }
 
-/// Refuses to listen on a non-loopback address without a bearer token.
-///
-/// Errors: `PermissionDenied` with a message saying how to fix it.
-pub fn check_bind(addr: SocketAddr, options: &HttpOptions) -> RunnerResult<()> {
-    if addr.ip().is_loopback() || options.token.is_some() {
-        return Ok(());
-    }
-    Err(RunnerError::permission_denied(format!(
-        "refusing to serve MCP over HTTP on {addr} without a bearer token: anyone who can \
-         reach that address could run commands. Bind a loopback address (127.0.0.1), or set \
-         a token with --token-env NAME or --token-file PATH"
-    )))
-}
-
-/// The axum router: the MCP endpoint at [`MCP_PATH`], behind the token check.
-/// Cancelling `shutdown` ends every MCP session.
+/// The axum router: the MCP endpoint at [`MCP_PATH`] for a server listening
+/// on `port`, behind the Origin and bearer token checks. Requests with an
+/// `Origin` other than the server's own loopback origin
+/// (`http://127.0.0.1:<port>`, `http://localhost:<port>`,
+/// `http://[::1]:<port>`) get 403, then requests without the token get 401,
+/// both with a JSON body `{"error": …, "message": …}`. Cancelling `shutdown`
+/// ends every MCP session.
 pub fn router(
     tools: Arc<ToolSet>,
     options: &HttpOptions,
+    port: u16,
     shutdown: CancellationToken,
 ) -> axum::Router {
     let allowed_hosts = DEFAULT_ALLOWED_HOSTS
@@ -69,21 +60,16 @@ pub fn router(
         Arc::default(),
         config,
     );
-    let router = axum::Router::new().nest_service(MCP_PATH, service);
-    match &options.token {
-        Some(token) => router.layer(middleware::from_fn_with_state(
-            Arc::new(token.clone()),
-            require_bearer,
-        )),
-        None => router,
-    }
+    let guard = Arc::new(Guard::new(options.token.clone(), port));
+    axum::Router::new()
+        .nest_service(MCP_PATH, service)
+        .layer(middleware::from_fn_with_state(guard, guard_request))
 }
 
 /// Serves `tools` on `listener` until `shutdown` is cancelled, then closes the
 /// tool set's sessions.
 ///
-/// Errors: `PermissionDenied` from [`check_bind`]; `Provider` when the listener
-/// fails; the sessions' close errors.
+/// Errors: `Provider` when the listener fails; the sessions' close errors.
 pub async fn serve_http(
     tools: Arc<ToolSet>,
     listener: TcpListener,
@@ -93,8 +79,7 @@ pub async fn serve_http(
     let addr = listener
         .local_addr()
         .map_err(|e| RunnerError::from_io("serve_http", "listener address", e))?;
-    check_bind(addr, &options)?;
-    let app = router(tools.clone(), &options, shutdown.child_token());
+    let app = router(tools.clone(), &options, addr.port(), shutdown.child_token());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -103,56 +88,142 @@ pub async fn serve_http(
     served.and(closed)
 }
 
-async fn require_bearer(
-    State(token): State<Arc<SecretString>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(given) if same_secret(given.as_bytes(), token.expose_secret().as_bytes()) => {
-            next.run(request).await
-        }
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "missing or wrong bearer token\n",
-        )
-            .into_response(),
+/// What every request is checked against.
+struct Guard {
+    token: SecretString,
+    /// The server's own origins, as browsers serialize them.
+    origins: [String; 3],
+}
+
+impl Guard {
+    /// The checks of a server listening on `port`.
+    fn new(token: SecretString, port: u16) -> Self {
+        let origins =
+            ["127.0.0.1", "localhost", "[::1]"].map(|host| format!("http://{host}:{port}"));
+        Self { token, origins }
+    }
+
+    /// Whether a request with this `Origin` header may proceed: only a page
+    /// served from this very server's loopback address may call it.
+    fn own_origin(&self, origin: &HeaderValue) -> bool {
+        let origin = origin.as_bytes();
+        self.origins
+            .iter()
+            .any(|own| own.as_bytes().eq_ignore_ascii_case(origin))
+    }
+
+    /// Whether `Authorization` carries the token.
+    fn authorized(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some((scheme, given)) = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+        else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("Bearer")
+            && same_secret(given.as_bytes(), self.token.expose_secret().as_bytes())
     }
 }
 
-/// Compares in time that depends only on the lengths, not on where the bytes differ.
+async fn guard_request(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if headers
+        .get(header::ORIGIN)
+        .is_some_and(|origin| !guard.own_origin(origin))
+    {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "requests from a web page of another origin are refused",
+        );
+    }
+    if !guard.authorized(headers.get(header::AUTHORIZATION)) {
+        let mut response = refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    next.run(request).await
+}
+
+/// A refused request: `status` with `{"error": error, "message": message}`.
+fn refusal(status: StatusCode, error: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": error, "message": message });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Compares in time that depends only on the lengths, not on where the bytes
+/// differ: every byte is visited, and the accumulator is hidden from the
+/// optimizer so the loop cannot stop early.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    let differ = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| std::hint::black_box(acc | (a ^ b)));
+    given.len() == expected.len() && differ == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn guard() -> Guard {
+        Guard::new(SecretString::from("t0ken"), 8765)
+    }
+
     #[test]
-    fn non_loopback_needs_a_token() {
-        let public: SocketAddr = "0.0.0.0:8765".parse().expect("addr");
-        let err = check_bind(public, &HttpOptions::default()).expect_err("refused");
-        assert!(err.message().contains("--token-env"), "{err}");
-        let with_token = HttpOptions {
-            token: Some(SecretString::from("t0ken")),
-            allowed_hosts: vec![],
-        };
-        assert!(check_bind(public, &with_token).is_ok());
-        let local: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        assert!(check_bind(local, &HttpOptions::default()).is_ok());
-        assert!(!format!("{with_token:?}").contains("t0ken"));
+    fn only_the_servers_own_loopback_origins_pass() {
+        let guard = guard();
+        for own in [
+            "http://127.0.0.1:8765",
+            "http://LOCALHOST:8765",
+            "http://[::1]:8765",
+        ] {
+            assert!(guard.own_origin(&HeaderValue::from_static(own)), "{own}");
+        }
+        for foreign in [
+            "http://evil.example",
+            "http://127.0.0.1:8766",
+            "https://127.0.0.1:8765",
+            "http://127.0.0.1:8765.evil.example",
+            "null",
+            "",
+        ] {
+            assert!(
+                !guard.own_origin(&HeaderValue::from_static(foreign)),
+                "{foreign}"
+            );
+        }
+        assert!(!format!("{:?}", guard.token).contains("t0ken"));
+    }
+
+    #[test]
+    fn the_token_must_be_given_exactly() {
+        let guard = guard();
+        for right in ["Bearer t0ken", "bearer t0ken"] {
+            assert!(
+                guard.authorized(Some(&HeaderValue::from_static(right))),
+                "{right}"
+            );
+        }
+        for wrong in [
+            "Bearer t0ke",
+            "Bearer t0ken ",
+            "Bearer  t0ken",
+            "t0ken",
+            "Basic t0ken",
+        ] {
+            assert!(
+                !guard.authorized(Some(&HeaderValue::from_static(wrong))),
+                "{wrong}"
+            );
+        }
+        assert!(!guard.authorized(None));
     }
 
     #[test]
@@ -160,5 +231,6 @@ mod tests {
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abd", b"abc"));
         assert!(!same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"abcd", b"abc"));
     }
 }

@@ -4,6 +4,7 @@ mod config;
 mod http;
 mod registry;
 mod server;
+mod token;
 
 use std::sync::Arc;
 
@@ -13,9 +14,10 @@ use runner_tools::ToolSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::load_config;
-pub use http::{DEFAULT_ALLOWED_HOSTS, HttpOptions, MCP_PATH, check_bind, router, serve_http};
+pub use http::{DEFAULT_ALLOWED_HOSTS, HttpOptions, MCP_PATH, router, serve_http};
 pub use registry::default_registry;
 pub use server::McpServer;
+pub use token::{GeneratedToken, TOKEN_BYTES, default_token_dir};
 
 /// Serves `tools` over stdin/stdout until the client disconnects or `shutdown`
 /// is cancelled, then closes the tool set's sessions.

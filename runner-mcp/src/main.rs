@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use runner_api::{RunnerError, RunnerResult};
-use runner_mcp::{HttpOptions, MCP_PATH};
+use runner_mcp::{GeneratedToken, HttpOptions, MCP_PATH};
 use runner_tools::ToolSet;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -22,12 +22,15 @@ struct Args {
     /// Destinations config: TOML when it ends in .toml, JSON otherwise.
     #[arg(long, value_name = "PATH")]
     config: PathBuf,
-    /// Serve streamable HTTP at http://ADDR/mcp instead of stdio
-    /// (such as 127.0.0.1:8765; a non-loopback address needs a token).
+    /// Serve streamable HTTP at http://ADDR/mcp instead of stdio (such as
+    /// 127.0.0.1:8765). Every request needs `Authorization: Bearer <token>`:
+    /// without --token-env or --token-file a token is generated and written to
+    /// a file only this user can read, whose path is printed.
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
-    /// Require `Authorization: Bearer <token>`, with the token read from this
-    /// environment variable.
+    /// Take the bearer token from this environment variable. Commands of
+    /// unix-local destinations do not see it: they start from an allow-list of
+    /// variables.
     #[arg(
         long,
         value_name = "NAME",
@@ -35,8 +38,7 @@ struct Args {
         requires = "http"
     )]
     token_env: Option<String>,
-    /// Require `Authorization: Bearer <token>`, with the token read from this
-    /// file (surrounding whitespace ignored).
+    /// Take the bearer token from this file (surrounding whitespace ignored).
     #[arg(long, value_name = "PATH", requires = "http")]
     token_file: Option<PathBuf>,
     /// Accept this Host header (`name` or `name:port`) besides localhost,
@@ -46,6 +48,7 @@ struct Args {
 }
 
 impl Args {
+    /// The configured bearer token, if any.
     fn token(&self) -> RunnerResult<Option<SecretString>> {
         let token = match (&self.token_env, &self.token_file) {
             (Some(name), _) => std::env::var(name).map_err(|_| {
@@ -81,29 +84,40 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> RunnerResult<()> {
     let config = runner_mcp::load_config(&args.config)?;
-    let options = HttpOptions {
-        token: args.token()?,
-        allowed_hosts: args.allowed_hosts.clone(),
-    };
-    if let Some(addr) = args.http {
-        runner_mcp::check_bind(addr, &options)?;
-    }
+    let configured_token = args.token()?;
     let tools = Arc::new(ToolSet::new(runner_mcp::default_registry()?, config).await?);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match args.http {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| RunnerError::from_io("listen", addr, e))?;
-            let local = listener
-                .local_addr()
-                .map_err(|e| RunnerError::from_io("listen", addr, e))?;
-            eprintln!("runner-mcp: serving MCP at http://{local}{MCP_PATH}");
-            runner_mcp::serve_http(tools, listener, options, shutdown).await
+    let Some(addr) = args.http else {
+        return runner_mcp::serve_stdio(tools, shutdown).await;
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| RunnerError::from_io("listen", addr, e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| RunnerError::from_io("listen", addr, e))?;
+    // Held until the server stops: dropping it removes the token file.
+    let mut generated = None;
+    let token = match configured_token {
+        Some(token) => token,
+        None => {
+            let created = GeneratedToken::create(&runner_mcp::default_token_dir()?, local)?;
+            eprintln!(
+                "runner-mcp: bearer token written to {} (mode 0600, removed on shutdown)",
+                created.path().display()
+            );
+            generated.insert(created).token().clone()
         }
-        None => runner_mcp::serve_stdio(tools, shutdown).await,
-    }
+    };
+    let options = HttpOptions {
+        token,
+        allowed_hosts: args.allowed_hosts,
+    };
+    eprintln!("runner-mcp: serving MCP at http://{local}{MCP_PATH}");
+    let served = runner_mcp::serve_http(tools, listener, options, shutdown).await;
+    drop(generated);
+    served
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM, so sessions are closed on the way out.

@@ -236,7 +236,7 @@ async fn start_http(
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     let options = HttpOptions {
-        token: Some(TOKEN.into()),
+        token: TOKEN.into(),
         allowed_hosts: vec![],
     };
     let server = tokio::spawn({
@@ -270,41 +270,57 @@ async fn http_transport_serves_the_tools_behind_a_token() {
     server.await.expect("server task");
 }
 
-#[tokio::test]
-async fn http_refuses_requests_without_the_token_or_from_other_hosts() {
-    let fx = Fixture::new();
-    let (addr, shutdown, server) = start_http(&fx).await;
-    let url = format!("http://{addr}/mcp");
+/// A raw `initialize` POST to `url`, with the given headers.
+async fn post_initialize(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let initialize = json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": { "protocolVersion": "2025-06-18", "capabilities": {},
                     "clientInfo": { "name": "test", "version": "0" } }
     });
-    let http = reqwest::Client::new();
-    let post = |token: Option<&str>, host: Option<&str>| {
-        let mut request = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(initialize.to_string());
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(host) = host {
-            request = request.header("host", host);
-        }
-        request.send()
-    };
-    let missing = post(None, None).await.expect("send");
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("send")
+}
+
+#[tokio::test]
+async fn http_refuses_requests_without_the_token_or_from_other_hosts_and_origins() {
+    let fx = Fixture::new();
+    let (addr, shutdown, server) = start_http(&fx).await;
+    let url = format!("http://{addr}/mcp");
+    let bearer = format!("Bearer {TOKEN}");
+    let authorized = ("authorization", bearer.as_str());
+
+    let missing = post_initialize(&url, &[]).await;
     assert_eq!(missing.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let wrong = post(Some("not-the-token"), None).await.expect("send");
+    let wrong = post_initialize(&url, &[("authorization", "Bearer not-the-token")]).await;
     assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let body = wrong.text().await.expect("body");
-    assert!(!body.contains(TOKEN));
-    let rebinding = post(Some(TOKEN), Some("evil.example")).await.expect("send");
+    let body: Value = wrong.json().await.expect("JSON body");
+    assert_eq!(body["error"], "unauthorized", "{body}");
+    assert!(!body.to_string().contains(TOKEN));
+    let rebinding = post_initialize(&url, &[authorized, ("host", "evil.example")]).await;
     assert_eq!(rebinding.status(), reqwest::StatusCode::FORBIDDEN);
-    let good = post(Some(TOKEN), None).await.expect("send");
+
+    // A web page elsewhere may not call the server, even with the token.
+    let other_port = format!("http://127.0.0.1:{}", addr.port().wrapping_add(1));
+    for origin in ["http://evil.example", "null", other_port.as_str()] {
+        let foreign = post_initialize(&url, &[authorized, ("origin", origin)]).await;
+        assert_eq!(foreign.status(), reqwest::StatusCode::FORBIDDEN, "{origin}");
+        let body: Value = foreign.json().await.expect("JSON body");
+        assert_eq!(body["error"], "forbidden_origin", "{origin}: {body}");
+    }
+    let good = post_initialize(&url, &[authorized]).await;
     assert_eq!(good.status(), reqwest::StatusCode::OK);
+    for host in ["127.0.0.1", "localhost"] {
+        let own = format!("http://{host}:{}", addr.port());
+        let same_origin = post_initialize(&url, &[authorized, ("origin", &own)]).await;
+        assert_eq!(same_origin.status(), reqwest::StatusCode::OK, "{own}");
+    }
 
     // rmcp's client without the token cannot even initialize.
     let transport = StreamableHttpClientTransport::from_config(
@@ -316,19 +332,147 @@ async fn http_refuses_requests_without_the_token_or_from_other_hosts() {
     server.await.expect("server task");
 }
 
-#[test]
-fn binary_refuses_a_public_address_without_a_token() {
+/// The binary serving HTTP on a free loopback port, with its stderr read up
+/// to the line that gives its URL.
+struct ServedBinary {
+    child: tokio::process::Child,
+    url: String,
+    /// The generated token's file, when the binary announced one.
+    token_file: Option<std::path::PathBuf>,
+    /// What it printed so far.
+    stderr: String,
+}
+
+impl ServedBinary {
+    /// Starts the binary over `fx`'s config with `XDG_RUNTIME_DIR` set to
+    /// `runtime_dir` and `extra` arguments and environment.
+    async fn start(
+        fx: &Fixture,
+        runtime_dir: &std::path::Path,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        use tokio::io::AsyncBufReadExt;
+
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner-mcp"))
+            .arg("--config")
+            .arg(fx.config_path())
+            .args(["--http", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("XDG_RUNTIME_DIR", runtime_dir)
+            .envs(extra_env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn runner-mcp");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let (mut token_file, mut stderr) = (None, String::new());
+        let url = loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read stderr")
+                .unwrap_or_else(|| panic!("runner-mcp exited early: {stderr}"));
+            stderr.push_str(&line);
+            stderr.push('\n');
+            if let Some(rest) = line.strip_prefix("runner-mcp: bearer token written to ") {
+                let path = rest.split(" (").next().expect("path");
+                token_file = Some(std::path::PathBuf::from(path));
+            }
+            if let Some(rest) = line.strip_prefix("runner-mcp: serving MCP at ") {
+                break rest.to_string();
+            }
+        };
+        Self {
+            child,
+            url,
+            token_file,
+            stderr,
+        }
+    }
+
+    /// An rmcp client of the server, initialized with `token`.
+    async fn client(&self, token: &str) -> RunningService<RoleClient, ClientConfig> {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(self.url.clone()).auth_header(token),
+        );
+        ClientConfig::default()
+            .serve(transport)
+            .await
+            .expect("initialize with the token")
+    }
+
+    /// Stops the server with SIGTERM, as a service manager would, and
+    /// checks that it exits cleanly.
+    async fn terminate(mut self) {
+        let pid = self.child.id().expect("pid").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let status = self.child.wait().await.expect("wait");
+        assert!(status.success(), "{status}");
+    }
+}
+
+#[tokio::test]
+async fn binary_without_a_token_generates_one_in_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+
     let fx = Fixture::new();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_runner-mcp"))
-        .arg("--config")
-        .arg(fx.config_path())
-        .args(["--http", "0.0.0.0:0"])
-        .output()
-        .expect("run runner-mcp");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("without a bearer token"), "{stderr}");
-    assert!(stderr.contains("--token-env"), "{stderr}");
+    let runtime_dir = tempfile::tempdir().expect("runtime dir");
+    let served = ServedBinary::start(&fx, runtime_dir.path(), &[], &[]).await;
+    let stderr = served.stderr.clone();
+    let token_file = served.token_file.clone().expect("token file announced");
+    assert!(
+        token_file.starts_with(runtime_dir.path().join("runner-mcp")),
+        "{stderr}"
+    );
+    let mode = std::fs::metadata(&token_file)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file).expect("read token");
+    let token = token.trim();
+    assert_eq!(token.len(), 2 * runner_mcp::TOKEN_BYTES);
+    assert!(!stderr.contains(token), "the token was printed: {stderr}");
+
+    let missing = post_initialize(&served.url, &[]).await;
+    assert_eq!(missing.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let client = served.client(token).await;
+    let listed = ok(&client, "destinations_list", json!({})).await;
+    assert_eq!(listed["destinations"][0]["id"], "local");
+    client.cancel().await.expect("disconnect");
+
+    // A clean shutdown removes the token file.
+    served.terminate().await;
+    assert!(!token_file.exists());
+}
+
+#[tokio::test]
+async fn a_token_from_the_environment_never_reaches_a_command() {
+    const ENV_TOKEN: &str = "env-token-6d2b9a41c7";
+    let fx = Fixture::new();
+    let runtime_dir = tempfile::tempdir().expect("runtime dir");
+    let served = ServedBinary::start(
+        &fx,
+        runtime_dir.path(),
+        &["--token-env", "RUNNER_MCP_TEST_TOKEN"],
+        &[("RUNNER_MCP_TEST_TOKEN", ENV_TOKEN)],
+    )
+    .await;
+    assert!(served.token_file.is_none(), "{}", served.stderr);
+    let client = served.client(ENV_TOKEN).await;
+    let result = ok(&client, "run_command", json!({ "command": "env" })).await;
+    let stdout = result["stdout"].as_str().expect("stdout");
+    assert!(stdout.contains("PATH="), "{stdout}");
+    assert!(!stdout.contains(ENV_TOKEN), "{stdout}");
+    assert!(!stdout.contains("RUNNER_MCP_TEST_TOKEN"), "{stdout}");
+    client.cancel().await.expect("disconnect");
+    served.terminate().await;
 }
 
 #[test]
