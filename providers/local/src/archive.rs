@@ -1,24 +1,29 @@
 //! Tar archives in and out of a directory handle, entry by entry through cap-std.
 //!
 //! Packing walks the tree without following symlinks (they are stored as
-//! symlinks) and keeps permission bits and modification times. Unpacking refuses
-//! absolute entry paths, `..` components and NUL bytes (the name rule of
-//! [`runner_api::archive`]), hard links and devices, creates every
-//! entry beneath the directory handle (so a symlink can never carry a write
-//! outside it), and sets directory modes last so a read-only directory can still
-//! be filled.
+//! symlinks) and keeps permission bits and modification times; files are
+//! opened without blocking and checked from the handle, so a FIFO swapped in
+//! is left out instead of blocking. Unpacking refuses absolute entry paths,
+//! `..` components and NUL bytes (the name rule of [`runner_api::archive`]),
+//! hard links, sparse entries and devices, masks modes with
+//! [`MODE_MASK`] (no set-id or sticky bits, for uploads and snapshot restores
+//! alike), creates every entry beneath the directory handle (so a symlink can
+//! never carry a write outside it), and sets directory modes last so a
+//! read-only directory can still be filled.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
-use runner_api::archive::entry_name;
+use runner_api::archive::{MODE_MASK, entry_name};
 use runner_api::{RunnerError, RunnerResult};
 use tar::{EntryType, Header};
 
 use crate::error::{io_error, is_escape};
-use crate::files::{create_dir_all, mode_bits, modified_ms, normalize_relative, or_dot};
+use crate::files::{
+    Opened, create_dir_all, mode_bits, modified_ms, normalize_relative, open_for_read, or_dot,
+};
 
 /// Which symlink targets an unpack accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +108,7 @@ pub(crate) fn unpack<R: Read>(
                 format!("archive entry {}: {why}", shown.display()),
             )
         })?;
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+        let mode = entry.header().mode().unwrap_or(0o644) & MODE_MASK;
         let mtime = entry.header().mtime().ok();
         if rel.as_os_str().is_empty() {
             // The `./` entry of the directory itself: keep the target's own mode.
@@ -122,7 +127,7 @@ pub(crate) fn unpack<R: Read>(
                 create_dir_all(dir, &rel).map_err(|e| entry_io(&shown, e))?;
                 dirs.push((rel, mode, mtime));
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            EntryType::Regular | EntryType::Continuous => {
                 clear_non_dir(dir, &rel, &shown)?;
                 let mut options = OpenOptions::new();
                 options.write(true).create_new(true).mode(0o600);
@@ -255,14 +260,18 @@ fn walk<W: Write>(
             let sub = dir.open_dir(&name)?;
             walk(builder, &sub, &rel, skip)?;
         } else if meta.is_file() {
-            let file = dir.open(&name)?;
-            append_file(builder, &meta, file, &rel)?;
+            // Opened without blocking and checked again: a FIFO swapped in
+            // since the lstat is left out like any other.
+            if let Opened::File(file, meta) = open_for_read(dir, Path::new(&name))? {
+                append_file(builder, &meta, file, &rel)?;
+            }
         }
     }
     Ok(())
 }
 
-fn append_file<W: Write>(
+/// Appends the open regular file `file` (whose metadata is `meta`) as `name`.
+pub(crate) fn append_file<W: Write>(
     builder: &mut tar::Builder<W>,
     meta: &cap_std::fs::Metadata,
     file: cap_std::fs::File,
@@ -274,16 +283,4 @@ fn append_file<W: Write>(
     // archive stays well-formed.
     let data = file.take(size).chain(io::repeat(0)).take(size);
     builder.append_data(&mut header, name, data)
-}
-
-/// Appends the single file `rel` of `dir` as `name`.
-pub(crate) fn pack_file<W: Write>(
-    builder: &mut tar::Builder<W>,
-    dir: &Dir,
-    rel: &Path,
-    name: &Path,
-) -> io::Result<()> {
-    let file = dir.open(rel)?;
-    let meta = file.metadata()?;
-    append_file(builder, &meta, file, name)
 }

@@ -1,9 +1,11 @@
 //! `LocalConfig`: the destination's `config`, parsed once with a clear error per field.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use runner_api::archive::DEFAULT_MAX_UNPACKED_BYTES;
 use runner_api::{RunnerDestination, RunnerError, RunnerResult};
 use serde_json::{Map, Value};
 
@@ -14,6 +16,7 @@ const KNOWN_KEYS: &[&str] = &[
     "snapshot_dir",
     "kill_grace_ms",
     "env",
+    "max_upload_bytes",
     // The artifact store, parsed by runner_api::mounts (see docs/mounts.md).
     "artifacts",
 ];
@@ -24,9 +27,9 @@ pub const DEFAULT_KILL_GRACE_MS: u64 = 1000;
 /// Settings of a unix-local destination, from `RunnerDestination.config`.
 ///
 /// ```json
-/// { "root": "/srv/work", "workspaces_dir": "/tmp/runners-local/workspaces",
-///   "snapshot_dir": "/tmp/runners-local/snapshots", "kill_grace_ms": 1000,
-///   "env": { "CARGO_TERM_COLOR": "never" } }
+/// { "root": "/srv/work", "workspaces_dir": "/home/me/.local/state/runners/unix-local/workspaces",
+///   "snapshot_dir": "/home/me/.local/state/runners/unix-local/snapshots", "kill_grace_ms": 1000,
+///   "env": { "CARGO_TERM_COLOR": "never" }, "max_upload_bytes": 4294967296 }
 /// ```
 ///
 /// Every key is optional; unknown keys are an `InvalidRequest` naming the key.
@@ -36,16 +39,25 @@ pub struct LocalConfig {
     /// by the session. `None`: each session gets a fresh directory
     /// `<workspaces_dir>/<session id>` that it removes on close.
     pub root: Option<PathBuf>,
-    /// Where sessions without `root` create their workspace
-    /// (default `<temp dir>/runners-local/workspaces`).
+    /// Where sessions without `root` create their workspace (default
+    /// `<state dir>/unix-local/workspaces`, see
+    /// [`default_state_dir`](Self::default_state_dir)). Must be private to
+    /// the user: created with mode 0700, refused (`PermissionDenied`) when it
+    /// exists with group or other permissions or another owner.
     pub workspaces_dir: PathBuf,
-    /// Where `snapshot()` writes its archives
-    /// (default `<temp dir>/runners-local/snapshots`).
+    /// Where `snapshot()` writes its archives (mode 0600; default
+    /// `<state dir>/unix-local/snapshots`). Private like `workspaces_dir`.
     pub snapshot_dir: PathBuf,
     /// Time between TERM and KILL when a command's process tree is killed.
     pub kill_grace: Duration,
-    /// Environment added to every command (the request's own `env` wins).
+    /// Environment added to every command on top of the inherited host
+    /// variables ([`runner_api::HOST_ENV_ALLOWLIST`]); the request's own
+    /// `env` wins.
     pub env: BTreeMap<String, String>,
+    /// Most bytes one `upload_archive` unpacks (the sum of its entries'
+    /// sizes); above it the upload is `InvalidRequest` and nothing is
+    /// written. Default [`DEFAULT_MAX_UNPACKED_BYTES`] (4 GiB).
+    pub max_upload_bytes: u64,
 }
 
 impl Default for LocalConfig {
@@ -56,21 +68,38 @@ impl Default for LocalConfig {
             snapshot_dir: Self::default_snapshot_dir(),
             kill_grace: Duration::from_millis(DEFAULT_KILL_GRACE_MS),
             env: BTreeMap::new(),
+            max_upload_bytes: DEFAULT_MAX_UNPACKED_BYTES,
         }
     }
 }
 
 impl LocalConfig {
-    /// `<temp dir>/runners-local/workspaces`.
+    /// The per-user state directory the defaults live in:
+    /// `$XDG_STATE_HOME/runners`, else `$HOME/.local/state/runners`, else
+    /// `<temp dir>/runners-<uid>` (relative values of the variables are
+    /// ignored). Every directory from it down to a default directory is
+    /// created with mode 0700 and checked to be private to the user.
+    pub fn default_state_dir() -> PathBuf {
+        state_dir_from(
+            std::env::var_os("XDG_STATE_HOME"),
+            std::env::var_os("HOME"),
+            &std::env::temp_dir(),
+            crate::private::uid(),
+        )
+    }
+
+    /// `<state dir>/unix-local/workspaces`.
     pub fn default_workspaces_dir() -> PathBuf {
-        std::env::temp_dir()
-            .join("runners-local")
+        Self::default_state_dir()
+            .join("unix-local")
             .join("workspaces")
     }
 
-    /// `<temp dir>/runners-local/snapshots`.
+    /// `<state dir>/unix-local/snapshots`.
     pub fn default_snapshot_dir() -> PathBuf {
-        std::env::temp_dir().join("runners-local").join("snapshots")
+        Self::default_state_dir()
+            .join("unix-local")
+            .join("snapshots")
     }
 
     /// Parses the destination's `config`.
@@ -111,17 +140,11 @@ impl LocalConfig {
         if let Some(dir) = optional_path(object, "snapshot_dir")? {
             config.snapshot_dir = dir;
         }
-        match object.get("kill_grace_ms") {
-            None | Some(Value::Null) => {}
-            Some(value) => {
-                let ms = value.as_u64().ok_or_else(|| {
-                    field_error(
-                        "kill_grace_ms",
-                        "expected a non-negative integer (milliseconds)",
-                    )
-                })?;
-                config.kill_grace = Duration::from_millis(ms);
-            }
+        if let Some(ms) = optional_u64(object, "kill_grace_ms", "milliseconds")? {
+            config.kill_grace = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = optional_u64(object, "max_upload_bytes", "bytes")? {
+            config.max_upload_bytes = bytes;
         }
         match object.get("env") {
             None | Some(Value::Null) => {}
@@ -154,35 +177,36 @@ impl LocalConfig {
         }
         Ok(config)
     }
-
-    /// The config as JSON that [`from_value`](Self::from_value) reads back.
-    pub fn to_value(&self) -> Value {
-        let mut object = Map::new();
-        if let Some(root) = &self.root {
-            object.insert("root".into(), path_value(root));
-        }
-        object.insert("workspaces_dir".into(), path_value(&self.workspaces_dir));
-        object.insert("snapshot_dir".into(), path_value(&self.snapshot_dir));
-        object.insert(
-            "kill_grace_ms".into(),
-            Value::from(self.kill_grace.as_millis() as u64),
-        );
-        let env: Map<String, Value> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        object.insert("env".into(), Value::Object(env));
-        Value::Object(object)
-    }
 }
 
-fn path_value(path: &std::path::Path) -> Value {
-    Value::String(path.to_string_lossy().into_owned())
+/// [`LocalConfig::default_state_dir`] from the values it depends on.
+fn state_dir_from(
+    xdg_state_home: Option<OsString>,
+    home: Option<OsString>,
+    temp: &Path,
+    uid: u32,
+) -> PathBuf {
+    let absolute = |value: Option<OsString>| value.map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(state) = absolute(xdg_state_home) {
+        return state.join("runners");
+    }
+    if let Some(home) = absolute(home) {
+        return home.join(".local").join("state").join("runners");
+    }
+    temp.join(format!("runners-{uid}"))
 }
 
 fn field_error(field: &str, what: &str) -> RunnerError {
     RunnerError::invalid_request(format!("unix-local config.{field}: {what}"))
+}
+
+fn optional_u64(object: &Map<String, Value>, field: &str, unit: &str) -> RunnerResult<Option<u64>> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            field_error(field, &format!("expected a non-negative integer ({unit})"))
+        }),
+    }
 }
 
 fn optional_path(object: &Map<String, Value>, field: &str) -> RunnerResult<Option<PathBuf>> {
@@ -224,18 +248,38 @@ mod tests {
     }
 
     #[test]
-    fn defaults_and_round_trip() {
+    fn defaults_and_values() {
         let config = LocalConfig::from_value(&Value::Null).expect("null config");
         assert_eq!(config, LocalConfig::default());
         let config = LocalConfig::from_value(&json!({
-            "root": "/w", "kill_grace_ms": 5, "env": { "A": "1" }
+            "root": "/w", "kill_grace_ms": 5, "env": { "A": "1" }, "max_upload_bytes": 10
         }))
         .expect("config");
+        assert_eq!(config.max_upload_bytes, 10);
         assert_eq!(config.root, Some(PathBuf::from("/w")));
         assert_eq!(config.kill_grace, Duration::from_millis(5));
+        assert_eq!(config.env.get("A").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn state_dir_prefers_xdg_then_home_then_a_per_user_temp_dir() {
+        let temp = Path::new("/tmp");
+        let some = |s: &str| Some(OsString::from(s));
         assert_eq!(
-            LocalConfig::from_value(&config.to_value()).expect("again"),
-            config
+            state_dir_from(some("/x/state"), some("/home/me"), temp, 7),
+            PathBuf::from("/x/state/runners")
+        );
+        assert_eq!(
+            state_dir_from(some("relative"), some("/home/me"), temp, 7),
+            PathBuf::from("/home/me/.local/state/runners")
+        );
+        assert_eq!(
+            state_dir_from(None, some(""), temp, 7),
+            PathBuf::from("/tmp/runners-7")
+        );
+        assert_eq!(
+            state_dir_from(None, None, temp, 0),
+            PathBuf::from("/tmp/runners-0")
         );
     }
 
@@ -248,6 +292,8 @@ mod tests {
             (json!({ "snapshot_dir": [] }), "snapshot_dir"),
             (json!({ "kill_grace_ms": -1 }), "kill_grace_ms"),
             (json!({ "kill_grace_ms": "1s" }), "kill_grace_ms"),
+            (json!({ "max_upload_bytes": -1 }), "max_upload_bytes"),
+            (json!({ "max_upload_bytes": "4G" }), "max_upload_bytes"),
             (json!({ "env": { "A": 1 } }), "env"),
             (json!({ "env": { "A=B": "x" } }), "env"),
             (json!({ "env": "A=1" }), "env"),

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::join_error;
 use crate::files::Workspace;
-use crate::groups::{Groups, signal_group};
+use crate::groups::{COMMAND_ENV, CommandTree, Groups, SESSION_ENV};
 
 /// Size of the buffers output is read with.
 const READ_CHUNK: usize = 64 * 1024;
@@ -30,10 +30,32 @@ const READER_GRACE: Duration = Duration::from_millis(250);
 
 /// What every spawn of one session shares.
 pub(crate) struct SpawnContext {
-    /// Environment from `LocalConfig.env`.
-    pub(crate) env: BTreeMap<String, String>,
-    /// The session's process groups.
-    pub(crate) groups: Arc<Groups>,
+    /// The inherited host variables ([`runner_api::inherited_host_env`]),
+    /// then `LocalConfig.env`.
+    env: BTreeMap<String, String>,
+    /// The session id, for [`SESSION_ENV`].
+    session_id: String,
+    /// The session's processes.
+    groups: Arc<Groups>,
+}
+
+impl SpawnContext {
+    /// The context of session `session_id` with the destination's `env`; the
+    /// host environment is read now, once.
+    pub(crate) fn new(
+        session_id: &str,
+        config_env: &BTreeMap<String, String>,
+        groups: Arc<Groups>,
+    ) -> Self {
+        let mut env: BTreeMap<String, String> =
+            runner_api::inherited_host_env().into_iter().collect();
+        env.extend(config_env.clone());
+        Self {
+            env,
+            session_id: session_id.to_string(),
+            groups,
+        }
+    }
 }
 
 /// A prepared command: the request (without its stdin bytes), its stdin and
@@ -49,9 +71,9 @@ struct Launch {
     cwd: PathBuf,
 }
 
-/// Signals the command's process group and writes its kept-open stdin.
+/// Signals the command's process tree and writes its kept-open stdin.
 struct LocalControl {
-    pgid: i32,
+    tree: CommandTree,
     /// The command, for stdin errors.
     command_id: RunnerCommandId,
     stdin: StdinPipe,
@@ -60,7 +82,10 @@ struct LocalControl {
 #[async_trait]
 impl ProcessControl for LocalControl {
     async fn signal(&self, signal: RunnerSignal) -> RunnerResult<()> {
-        signal_group(self.pgid, signal)
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.signal(signal))
+            .await
+            .map_err(|e| join_error("signal", e))?
     }
 
     async fn write_stdin(&self, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
@@ -126,18 +151,25 @@ pub(crate) async fn launch(
 }
 
 /// Spawns the command in its own process group and returns it to the table.
+/// Its environment: the context's (inherited host variables and the
+/// destination's), the request's, then the session and command marks, which
+/// the request therefore cannot override.
 ///
 /// Errors: `NotFound` (program missing), `PermissionDenied` (not executable),
 /// `Provider` otherwise.
 fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<SpawnedProcess> {
     let request = &launch.request;
     let keep_open = request.keep_stdin_open;
+    let mark = CommandTree::new_mark();
     let mut command = tokio::process::Command::new(&request.program);
     command
         .args(&request.args)
         .current_dir(&launch.cwd)
+        .env_clear()
         .envs(&ctx.env)
         .envs(request.effective_env())
+        .env(SESSION_ENV, &ctx.session_id)
+        .env(COMMAND_ENV, &mark)
         .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -151,8 +183,7 @@ fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<S
     let pid = child
         .id()
         .ok_or_else(|| RunnerError::provider("spawned command has no pid"))?;
-    let pgid = pid as i32;
-    ctx.groups.remember(pgid);
+    let tree = ctx.groups.remember(pid as i32, mark);
     let command_id = request.command_id.clone();
     tracing::info!(command_id = %command_id, program = %request.program, pid, "spawned local command");
 
@@ -169,7 +200,7 @@ fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<S
     let readers: Vec<JoinHandle<()>> = stdout.into_iter().chain(stderr).collect();
 
     let control = Arc::new(LocalControl {
-        pgid,
+        tree,
         command_id: command_id.clone(),
         stdin: stdin.clone(),
     });

@@ -18,9 +18,12 @@ use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use cap_std::fs::{Dir, Metadata, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use runner_api::archive::{MODE_MASK, UploadPolicy, sanitize_upload};
 use runner_api::{
     RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult,
-    RunnerFileStat, RunnerFileWriteRequest, RunnerResult, normalize_lexically, reject_nul_path,
+    RunnerFileStat, RunnerFileWriteRequest, RunnerResult, check_read_request, normalize_lexically,
+    read_window, reject_nul_path,
 };
 
 use crate::archive::{self, Protect, SymlinkPolicy};
@@ -65,6 +68,8 @@ pub(crate) struct Workspace {
     pub(crate) mounts: Vec<Mount>,
     /// Read-only paths.
     pub(crate) read_only: Vec<ReadOnlyPath>,
+    /// How uploads are rewritten before they are unpacked (the size bound).
+    pub(crate) upload_policy: UploadPolicy,
 }
 
 /// Which directory handle a resolved path lives under.
@@ -112,6 +117,39 @@ pub(crate) fn normalize_relative(path: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
+}
+
+/// What [`open_for_read`] found.
+pub(crate) enum Opened {
+    /// A regular file, open for blocking reads, with its metadata.
+    File(cap_std::fs::File, Metadata),
+    /// A directory.
+    Directory,
+    /// Anything else (a FIFO, a socket, a device).
+    Other,
+}
+
+/// Opens `rel` beneath `dir` for reading and says what the handle is, from
+/// the handle itself (what a check before the open saw may have been swapped
+/// since). The open follows no symlink at the last component (`O_NOFOLLOW`:
+/// pass a canonical path to read through links) and does not wait for a FIFO
+/// writer or a device (`O_NONBLOCK`, cleared again for a regular file).
+pub(crate) fn open_for_read(dir: &Dir, rel: &Path) -> io::Result<Opened> {
+    let mut options = OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW).bits());
+    let file = dir.open_with(or_dot(rel), &options)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Ok(Opened::Directory);
+    }
+    if !meta.is_file() {
+        return Ok(Opened::Other);
+    }
+    let flags = OFlag::from_bits_retain(fcntl(&file, FcntlArg::F_GETFL)?);
+    fcntl(&file, FcntlArg::F_SETFL(flags & !OFlag::O_NONBLOCK))?;
+    Ok(Opened::File(file, meta))
 }
 
 /// cap-std's canonical form of `rel` under `dir`, without `.` components.
@@ -203,6 +241,7 @@ impl Workspace {
             dir,
             mounts: Vec::new(),
             read_only: Vec::new(),
+            upload_policy: UploadPolicy::default(),
         })
     }
 
@@ -395,34 +434,37 @@ impl Workspace {
     ) -> RunnerResult<RunnerFileReadResult> {
         let op = "read_file";
         let path = &request.path;
+        check_read_request(op, request)?;
         let resolved = self.resolve(op, path)?;
+        let io = |e| self.io(op, path, e);
         let dir = resolved.dir(self);
-        let rel = or_dot(&resolved.rel);
-        let meta = dir.metadata(rel).map_err(|e| self.io(op, path, e))?;
-        if meta.is_dir() {
-            return Err(RunnerError::invalid_request(format!(
-                "{op} {}: is a directory",
-                path.display()
-            )));
-        }
-        if !meta.is_file() {
-            return Err(RunnerError::invalid_request(format!(
-                "{op} {}: not a regular file",
-                path.display()
-            )));
-        }
-        let mut file = dir.open(rel).map_err(|e| self.io(op, path, e))?;
-        let size = file.metadata().map_err(|e| self.io(op, path, e))?.len();
-        let offset = request.offset.unwrap_or(0);
+        // Symlinks inside are followed (confined) here; the open then follows none.
+        let canonical = canonical_rel(dir, &resolved.rel).map_err(io)?;
+        let (file, meta) = match open_for_read(dir, &canonical).map_err(io)? {
+            Opened::File(file, meta) => (file, meta),
+            Opened::Directory => {
+                return Err(RunnerError::invalid_request(format!(
+                    "{op} {}: is a directory",
+                    path.display()
+                )));
+            }
+            Opened::Other => {
+                return Err(RunnerError::invalid_request(format!(
+                    "{op} {}: not a regular file",
+                    path.display()
+                )));
+            }
+        };
+        let size = meta.len();
+        let window = read_window(op, request, size)?;
+        // The buffer grows with the bytes read, never with what was asked.
         let mut contents = Vec::new();
-        if offset < size {
-            file.seek(SeekFrom::Start(offset))
-                .map_err(|e| self.io(op, path, e))?;
-            let want = request.limit.unwrap_or(u64::MAX).min(size - offset);
-            contents.reserve(want as usize);
-            file.take(want)
+        if window.len > 0 {
+            let mut file = file;
+            file.seek(SeekFrom::Start(window.offset)).map_err(io)?;
+            file.take(window.len)
                 .read_to_end(&mut contents)
-                .map_err(|e| self.io(op, path, e))?;
+                .map_err(io)?;
         }
         Ok(RunnerFileReadResult {
             path: path.clone(),
@@ -505,11 +547,7 @@ impl Workspace {
             }
         }
         let parent_dir = dir.open_dir(or_dot(&parent)).map_err(io)?;
-        let mode = request
-            .mode
-            .map(|m| m & 0o7777)
-            .or(existing_mode)
-            .unwrap_or(0o644);
+        let mode = request.mode.or(existing_mode).unwrap_or(0o644) & MODE_MASK;
         replace_atomically(&parent_dir, Path::new(&name), mode, |file| {
             file.write_all(&request.contents)
         })
@@ -668,8 +706,12 @@ impl Workspace {
 
     // ----- archives -----
 
-    /// `upload_archive`: unpacks into `target` (created if missing), refusing
-    /// anything that would land outside it or on a read-only path.
+    /// `upload_archive`: creates `target` if missing, checks and rewrites the
+    /// archive with [`sanitize_upload`] (modes masked, no sparse, special or
+    /// PAX global entries, at most `upload_policy.max_unpacked_bytes`), then
+    /// unpacks the rewritten one into `target`, refusing anything that would
+    /// land outside it or on a read-only path. A refused archive writes no
+    /// entry.
     pub(crate) fn upload_archive(&self, target: &Path, archive_bytes: &[u8]) -> RunnerResult<()> {
         let op = "upload_archive";
         let resolved = self.resolve(op, target)?;
@@ -679,6 +721,7 @@ impl Workspace {
         if !resolved.is_base() {
             create_dir_all(base, &resolved.rel).map_err(io)?;
         }
+        let sanitized = sanitize_upload(op, target, archive_bytes, &self.upload_policy)?;
         let dir = base.open_dir(or_dot(&resolved.rel)).map_err(io)?;
         let protect = |entry: &Path| -> Option<String> {
             if !matches!(resolved.base, Base::Root) {
@@ -693,7 +736,7 @@ impl Workspace {
         };
         archive::unpack(
             &dir,
-            io::Cursor::new(archive_bytes),
+            io::Cursor::new(sanitized.archive),
             SymlinkPolicy::Confined,
             &Protect(&protect),
         )
@@ -708,22 +751,31 @@ impl Workspace {
         let io = |e| self.io(op, path, e);
         let dir = resolved.dir(self);
         let rel = or_dot(&resolved.rel);
-        let meta = dir.metadata(rel).map_err(io)?;
+        let canonical = canonical_rel(dir, &resolved.rel).map_err(io)?;
         let mut builder = tar::Builder::new(Vec::new());
-        if meta.is_dir() {
-            let sub = dir.open_dir(rel).map_err(io)?;
-            let skip = |entry: &Path| {
-                matches!(resolved.base, Base::Root)
-                    && self.mount_at(&resolved.ws_rel.join(entry)).is_some()
-            };
-            archive::pack_dir(&mut builder, &sub, &skip).map_err(io)?;
-        } else {
-            let name = resolved
-                .ws_rel
-                .file_name()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("file"));
-            archive::pack_file(&mut builder, dir, rel, &name).map_err(io)?;
+        match open_for_read(dir, &canonical).map_err(io)? {
+            Opened::Directory => {
+                let sub = dir.open_dir(rel).map_err(io)?;
+                let skip = |entry: &Path| {
+                    matches!(resolved.base, Base::Root)
+                        && self.mount_at(&resolved.ws_rel.join(entry)).is_some()
+                };
+                archive::pack_dir(&mut builder, &sub, &skip).map_err(io)?;
+            }
+            Opened::File(file, meta) => {
+                let name = resolved
+                    .ws_rel
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("file"));
+                archive::append_file(&mut builder, &meta, file, &name).map_err(io)?;
+            }
+            Opened::Other => {
+                return Err(RunnerError::invalid_request(format!(
+                    "{op} {}: not a regular file or a directory",
+                    path.display()
+                )));
+            }
         }
         builder.into_inner().map_err(io)
     }

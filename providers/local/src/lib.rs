@@ -9,18 +9,21 @@ mod groups;
 mod manifest;
 mod ownership;
 mod ports;
+mod private;
 mod session;
 mod snapshot;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use runner_api::mounts::MountedSession;
 use runner_api::{EnvSecretResolver, SecretResolver};
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
-    RunnerDestination, RunnerError, RunnerMountCapabilities, RunnerResult, RunnerSessionState,
-    RunnerSweepReport, validate_manifest,
+    RunnerDestination, RunnerError, RunnerManifest, RunnerMountCapabilities, RunnerResult,
+    RunnerSessionState, RunnerSweepReport, normalize_lexically, validate_manifest,
 };
 use tracing::Instrument;
 
@@ -29,6 +32,7 @@ pub use ownership::SweepConfig;
 pub use session::LocalSession;
 
 use crate::error::join_error;
+use crate::files::ReadOnlyPath;
 use crate::manifest::MountSpec;
 use crate::session::{RootSource, SessionMeta, SessionSetup};
 
@@ -73,10 +77,42 @@ pub fn capabilities() -> RunnerCapabilities {
 /// [`MountedSession`](runner_api::mounts::MountedSession); their credentials are
 /// resolved on this side with the provider's [`SecretResolver`] (default
 /// [`EnvSecretResolver`], see [`with_secret_resolver`](Self::with_secret_resolver)).
+///
+/// `resume_session` takes every setting that matters for trust (root,
+/// workspace and snapshot directories, mounts, read-only entries, artifacts)
+/// from the destination the state names, never from the state: the
+/// destination must be known to the provider, from an earlier
+/// `create_session` or from [`with_destination`](Self::with_destination).
 #[derive(Debug, Clone, Default)]
 pub struct LocalProvider {
     sweep: SweepConfig,
     secrets: Secrets,
+    destinations: Destinations,
+}
+
+/// The destinations `resume_session` trusts, by id (shared by clones).
+#[derive(Clone, Default)]
+struct Destinations(Arc<Mutex<HashMap<String, RunnerDestination>>>);
+
+impl Destinations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunnerDestination>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, destination: &RunnerDestination) {
+        self.lock()
+            .insert(destination.id.clone(), destination.clone());
+    }
+
+    fn get(&self, id: &str) -> Option<RunnerDestination> {
+        self.lock().get(id).cloned()
+    }
+}
+
+impl std::fmt::Debug for Destinations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.lock().keys()).finish()
+    }
 }
 
 /// The resolver of mount and artifact-store credentials.
@@ -115,6 +151,15 @@ impl LocalProvider {
         self
     }
 
+    /// Declares a destination whose sessions `resume_session` may resume
+    /// (in a process that did not create them). A destination passed to
+    /// `create_session` is declared by that call; declaring an id again
+    /// replaces the earlier destination.
+    pub fn with_destination(self, destination: RunnerDestination) -> Self {
+        self.destinations.insert(&destination);
+        self
+    }
+
     fn check_provider(&self, operation: &str, destination: &RunnerDestination) -> RunnerResult<()> {
         if destination.provider_id != PROVIDER_ID {
             return Err(RunnerError::invalid_request(format!(
@@ -133,6 +178,78 @@ impl LocalProvider {
             .map_err(|e| join_error("create_session", e))??;
         Ok(Arc::new(session))
     }
+}
+
+/// The `provider_native` mounts of a destination.
+fn native_mounts(destination: &RunnerDestination) -> RunnerResult<Vec<MountSpec>> {
+    runner_api::mounts::native_manifest(&destination.default_manifest)
+        .mounts
+        .iter()
+        .map(MountSpec::from_mount)
+        .collect()
+}
+
+/// A path as it is on disk when it exists, else made absolute and folded.
+fn comparable(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| {
+        normalize_lexically(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+    })
+}
+
+/// The workspace a resume without a snapshot opens: the destination's `root`
+/// (a state naming another root is refused), or, without one, the owned
+/// workspace the state names, which must be one the provider created under
+/// the destination's `workspaces_dir` (it has a lock directory there).
+/// Blocking.
+///
+/// Errors: `PermissionDenied` (another workspace), `InvalidRequest` (no
+/// workspace named), `NotFound` (the owned workspace is gone).
+fn resumed_root(config: &LocalConfig, named: Option<&Path>) -> RunnerResult<RootSource> {
+    const OP: &str = "resume_session";
+    if let Some(root) = &config.root {
+        if let Some(named) = named
+            && comparable(named) != comparable(root)
+        {
+            return Err(RunnerError::permission_denied(format!(
+                "{OP}: the state names workspace {}, not the destination's root {}",
+                named.display(),
+                root.display()
+            )));
+        }
+        return Ok(RootSource::Configured(root.clone()));
+    }
+    let named = named.ok_or_else(|| {
+        RunnerError::invalid_request(format!(
+            "{OP}: the state has neither a snapshot nor a workspace root"
+        ))
+    })?;
+    let foreign = || {
+        RunnerError::permission_denied(format!(
+            "{OP}: {} is not a workspace this destination created under {}",
+            named.display(),
+            config.workspaces_dir.display()
+        ))
+    };
+    let name = named
+        .file_name()
+        .filter(|n| !n.to_string_lossy().starts_with('.'))
+        .ok_or_else(foreign)?;
+    let parent = named.parent().ok_or_else(foreign)?;
+    if comparable(parent) != comparable(&config.workspaces_dir) {
+        return Err(foreign());
+    }
+    private::check_present(OP, &config.workspaces_dir)?;
+    let root = config.workspaces_dir.join(name);
+    if !root.is_dir() {
+        return Err(RunnerError::not_found(format!(
+            "{OP}: workspace {} no longer exists",
+            named.display()
+        )));
+    }
+    if !ownership::is_owned_workspace(&config.workspaces_dir, name) {
+        return Err(foreign());
+    }
+    Ok(RootSource::Adopted(root))
 }
 
 fn new_session_id() -> String {
@@ -170,11 +287,8 @@ impl RemoteRunnerProvider for LocalProvider {
         let config = LocalConfig::from_destination(&destination)?;
         validate_manifest(&destination.default_manifest, &capabilities())?;
         runner_api::mounts::validate_stores(&destination)?;
-        let mounts = runner_api::mounts::native_manifest(&destination.default_manifest)
-            .mounts
-            .iter()
-            .map(MountSpec::from_mount)
-            .collect::<RunnerResult<Vec<_>>>()?;
+        let mounts = native_mounts(&destination)?;
+        self.destinations.insert(&destination);
         let root = match &config.root {
             Some(root) => RootSource::Configured(root.clone()),
             None => RootSource::Fresh,
@@ -194,63 +308,70 @@ impl RemoteRunnerProvider for LocalProvider {
     }
 
     /// With `state.snapshot`: a new session in a fresh owned directory filled
-    /// from the snapshot (a fork; the original is untouched). Without: a new
-    /// session over the same root (processes are not carried over).
+    /// from the snapshot `<snapshot_dir>/<id>.tar` (a fork; the original is
+    /// untouched). Without: a new session over the same root (processes are
+    /// not carried over). Every setting comes from the destination the state
+    /// names (see [`LocalProvider`]); the state only says which workspace.
+    ///
+    /// Errors: `InvalidRequest` (another provider's state, a destination this
+    /// provider does not know), `PermissionDenied` (the state names a
+    /// workspace that is neither the destination's root nor one it created
+    /// under its `workspaces_dir`), `NotFound` (the snapshot or workspace is
+    /// gone).
     async fn resume_session(
         &self,
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        const OP: &str = "resume_session";
         if state.provider_id != PROVIDER_ID {
             return Err(RunnerError::invalid_request(format!(
-                "resume_session: state of provider {:?}, not {PROVIDER_ID}",
+                "{OP}: state of provider {:?}, not {PROVIDER_ID}",
                 state.provider_id
             )));
         }
+        let destination = self
+            .destinations
+            .get(&state.destination_id)
+            .ok_or_else(|| {
+                RunnerError::invalid_request(format!(
+                    "{OP}: destination {:?} is unknown to this provider (create a session on it or \
+                 declare it with LocalProvider::with_destination first)",
+                    state.destination_id
+                ))
+            })?;
         let meta: SessionMeta = if state.metadata.is_null() {
             SessionMeta::default()
         } else {
             serde_json::from_value(state.metadata.clone()).map_err(|e| {
-                RunnerError::invalid_request(format!("resume_session: bad state metadata: {e}"))
+                RunnerError::invalid_request(format!("{OP}: bad state metadata: {e}"))
             })?
         };
-        let mut config = LocalConfig::from_value(&meta.config)
-            .map_err(|e| e.context("resume_session: state metadata"))?;
-        if let Some(dir) = &meta.workspaces_dir {
-            config.workspaces_dir = dir.clone();
-        }
-        if let Some(dir) = &meta.snapshot_dir {
-            config.snapshot_dir = dir.clone();
-        }
-        let root =
-            match &state.snapshot {
-                Some(snapshot) => {
-                    config.root = None;
-                    RootSource::Snapshot {
-                        id: snapshot.snapshot_id.clone(),
-                        path: snapshot::locate(snapshot, &config.snapshot_dir)?,
-                    }
-                }
-                None => {
-                    let root = meta.root.clone().or_else(|| config.root.clone()).ok_or_else(|| {
-                    RunnerError::invalid_request(
-                        "resume_session: the state has neither a snapshot nor a workspace root",
-                    )
-                })?;
-                    if meta.owned {
-                        RootSource::Adopted(root)
-                    } else {
-                        RootSource::Configured(root)
-                    }
-                }
-            };
-        let read_only = meta.read_only.clone();
-        // The state does not carry the destination: a resumed session has no
-        // object-store mounts (their files stay as plain files) and no artifact store.
-        let destination = RunnerDestination {
-            id: state.destination_id.clone(),
-            provider_id: PROVIDER_ID.to_string(),
-            config: serde_json::Value::Null,
-            default_manifest: Default::default(),
+        let config = LocalConfig::from_destination(&destination)?;
+        let mounts = native_mounts(&destination)?;
+        let root = match &state.snapshot {
+            Some(snapshot) => RootSource::Snapshot {
+                id: snapshot.snapshot_id.clone(),
+                path: snapshot::locate(snapshot, &config.snapshot_dir)?,
+            },
+            None => {
+                let config = config.clone();
+                tokio::task::spawn_blocking(move || resumed_root(&config, meta.root.as_deref()))
+                    .await
+                    .map_err(|e| join_error(OP, e))??
+            }
+        };
+        // Read-only paths: the destination's entries, plus what the state adds
+        // (more restrictions, never fewer).
+        let mut read_only = manifest::read_only_entries(&destination.default_manifest.entries);
+        read_only.extend(meta.read_only.into_iter().map(|ro| ReadOnlyPath {
+            rel: ro.path,
+            reason: ro.reason,
+        }));
+        // Object-store mounts are not materialized again (their files stay as
+        // plain files of the workspace); the artifact store is the destination's.
+        let attached = RunnerDestination {
+            default_manifest: RunnerManifest::default(),
+            ..destination
         };
         let session = self
             .open(SessionSetup {
@@ -258,12 +379,12 @@ impl RemoteRunnerProvider for LocalProvider {
                 destination_id: state.destination_id,
                 config,
                 root,
-                mounts: meta.mounts,
+                mounts,
                 entries: Vec::new(),
                 read_only,
             })
             .await?;
-        MountedSession::attach(session, &destination, self.secrets.0.clone()).await
+        MountedSession::attach(session, &attached, self.secrets.0.clone()).await
     }
 
     /// Removes, under the directories of its [`SweepConfig`], owned workspaces

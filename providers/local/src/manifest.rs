@@ -11,14 +11,13 @@ use runner_api::{
     RunnerError, RunnerErrorKind, RunnerManifest, RunnerManifestEntry, RunnerMount, RunnerResult,
     validate_relative_path,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::files::{
     Mount, ReadOnlyPath, Workspace, create_dir_all, mode_bits, normalize_relative, or_dot,
 };
 
-/// A mount as the provider applies it (and records it in the session state).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A `provider_native` mount of the destination, as the provider applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MountSpec {
     /// The mount's name.
     pub(crate) name: String,
@@ -28,7 +27,6 @@ pub(crate) struct MountSpec {
     pub(crate) read_only: bool,
     /// The host directory; `None` for a mount without a URI, which is a plain
     /// directory of the workspace.
-    #[serde(default)]
     pub(crate) host: Option<PathBuf>,
 }
 
@@ -115,18 +113,13 @@ fn source_error(entry: &RunnerManifestEntry, error: io::Error) -> RunnerError {
     }
 }
 
-/// Places every mount in the workspace and returns the specs with canonical
-/// host paths (for the session state).
+/// Places every mount in the workspace.
 ///
 /// A mount with a host directory becomes a symlink at its path (so commands
 /// see the host directory) and a separate cap-std handle (so file operations
 /// under it resolve beneath the host directory). A stale symlink or an empty
 /// directory at the path is replaced; anything else is `AlreadyExists`.
-pub(crate) fn apply_mounts(
-    ws: &mut Workspace,
-    specs: &[MountSpec],
-) -> RunnerResult<Vec<MountSpec>> {
-    let mut applied = Vec::new();
+pub(crate) fn apply_mounts(ws: &mut Workspace, specs: &[MountSpec]) -> RunnerResult<()> {
     for spec in specs {
         let what = format!("mount {:?}", spec.name);
         validate_relative_path(&what, &spec.path)?;
@@ -140,7 +133,6 @@ pub(crate) fn apply_mounts(
                     reason: what.clone(),
                 });
             }
-            applied.push(spec.clone());
             continue;
         };
         if let Some(parent) = rel.parent()
@@ -179,16 +171,12 @@ pub(crate) fn apply_mounts(
         ws.add_mount(Mount {
             name: spec.name.clone(),
             rel,
-            host: host.clone(),
+            host,
             dir,
             read_only: spec.read_only,
         });
-        applied.push(MountSpec {
-            host: Some(host),
-            ..spec.clone()
-        });
     }
-    Ok(applied)
+    Ok(())
 }
 
 /// Copies the manifest's entries into the workspace; entries with
@@ -215,14 +203,30 @@ pub(crate) fn copy_entries(
         copy_host(&entry.source, &meta, dir, &resolved.rel).map_err(io)?;
         if !entry.writable {
             make_read_only(dir, &resolved.rel).map_err(io)?;
-            read_only.push(ReadOnlyPath {
-                rel: resolved.ws_rel.clone(),
-                reason: format!("manifest entry {}", entry.target.display()),
-            });
+            read_only.push(read_only_entry(entry, resolved.ws_rel.clone()));
         }
     }
     ws.read_only.extend(read_only);
     Ok(())
+}
+
+/// The read-only path that `entry` (with `writable: false`) makes at `rel`.
+fn read_only_entry(entry: &RunnerManifestEntry, rel: PathBuf) -> ReadOnlyPath {
+    ReadOnlyPath {
+        rel,
+        reason: format!("manifest entry {}", entry.target.display()),
+    }
+}
+
+/// The read-only paths of the entries with `writable: false`, as
+/// [`copy_entries`] records them: a resumed session, which does not copy the
+/// entries again, keeps them read-only.
+pub(crate) fn read_only_entries(entries: &[RunnerManifestEntry]) -> Vec<ReadOnlyPath> {
+    entries
+        .iter()
+        .filter(|entry| !entry.writable)
+        .filter_map(|entry| Some(read_only_entry(entry, normalize_relative(&entry.target)?)))
+        .collect()
 }
 
 /// Removes a non-directory at `rel` so a new entry replaces it.

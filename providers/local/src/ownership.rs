@@ -16,8 +16,8 @@
 //! archives are never touched.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use runner_api::{RunnerError, RunnerResult, RunnerSweepReport};
 
 use crate::config::LocalConfig;
+use crate::private::{self, FILE_MODE};
 
 const LOCKS: &str = ".locks";
 const SNAPSHOT_SESSIONS: &str = ".sessions";
@@ -58,61 +59,6 @@ impl Default for SweepConfig {
             snapshot_grace: Some(Duration::from_secs(24 * 3600)),
         }
     }
-}
-
-/// The variable every command of a session carries, naming the session, so
-/// that a sweep can end the processes of a session whose embedding process
-/// died (a command that clears its environment escapes this).
-pub(crate) const SESSION_ENV: &str = "RUNNER_LOCAL_SESSION";
-
-/// `env` plus the session's process mark.
-pub(crate) fn marked_env(
-    env: &std::collections::BTreeMap<String, String>,
-    session_id: &str,
-) -> std::collections::BTreeMap<String, String> {
-    let mut env = env.clone();
-    env.insert(SESSION_ENV.to_string(), session_id.to_string());
-    env
-}
-
-/// KILLs every process of this user that carries the mark of one of
-/// `session_ids`; repeats a few rounds so that children forked meanwhile go
-/// too. Returns how many processes were signalled.
-fn kill_marked(session_ids: &[String]) -> usize {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    let own = std::process::id() as i32;
-    let mut killed = 0;
-    for _ in 0..5 {
-        let Ok(all) = procfs::process::all_processes() else {
-            return killed;
-        };
-        let mut found = 0;
-        for process in all.flatten() {
-            if process.pid == own {
-                continue;
-            }
-            let Ok(environ) = process.environ() else {
-                continue;
-            };
-            let marked = environ
-                .get(std::ffi::OsStr::new(SESSION_ENV))
-                .is_some_and(|v| {
-                    session_ids
-                        .iter()
-                        .any(|id| v.as_encoded_bytes() == id.as_bytes())
-                });
-            if marked && kill(Pid::from_raw(process.pid), Signal::SIGKILL).is_ok() {
-                found += 1;
-            }
-        }
-        killed += found;
-        if found == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    killed
 }
 
 /// Whether `path` was modified at least `grace` ago (a missing or unreadable
@@ -150,17 +96,21 @@ fn lock_dir(workspaces_dir: &Path, name: &str) -> PathBuf {
     workspaces_dir.join(LOCKS).join(name)
 }
 
+/// Whether `<workspaces_dir>/<name>` is a workspace this provider created:
+/// it has a lock directory (a real one, not a symlink).
+pub(crate) fn is_owned_workspace(workspaces_dir: &Path, name: &std::ffi::OsStr) -> bool {
+    fs::symlink_metadata(lock_dir(workspaces_dir, &name.to_string_lossy()))
+        .is_ok_and(|meta| meta.is_dir())
+}
+
 /// Creates a lock file for `session_id` in `dir` that is already locked when it
 /// appears there (created and locked under a temporary name, then renamed).
 fn place_lock(workspaces_dir: &Path, dir: &Path, session_id: &str) -> io::Result<(PathBuf, File)> {
     let staging = workspaces_dir.join(LOCKS).join(".staging");
-    fs::create_dir_all(&staging)?;
-    fs::create_dir_all(dir)?;
+    private::create_dir_all(&staging)?;
+    private::create_dir_all(dir)?;
     let temp = staging.join(format!("{session_id}.{}", uuid::Uuid::new_v4().simple()));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)?;
+    let file = new_private_file(&temp)?;
     file.try_lock().map_err(|e| match e {
         TryLockError::Error(e) => e,
         TryLockError::WouldBlock => io::Error::other("a fresh lock file is locked"),
@@ -173,12 +123,25 @@ fn place_lock(workspaces_dir: &Path, dir: &Path, session_id: &str) -> io::Result
     Ok((lock_path, file))
 }
 
+/// Creates a file that did not exist, with mode 0600.
+fn new_private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
 impl OwnedDir {
-    /// Creates `<workspaces_dir>/<session_id>`, locked for `session_id`.
+    /// Creates `<workspaces_dir>/<session_id>` (mode 0700), locked for
+    /// `session_id`, in a private `workspaces_dir`.
+    ///
+    /// Errors: `PermissionDenied` when `workspaces_dir` is not private (see
+    /// [`private::ensure`]), I/O errors by kind.
     pub(crate) fn create(workspaces_dir: &Path, session_id: &str) -> RunnerResult<Self> {
         let op = "create workspace";
         let io = |e| RunnerError::from_io(op, workspaces_dir.display(), e);
-        fs::create_dir_all(workspaces_dir).map_err(io)?;
+        private::ensure(op, workspaces_dir)?;
         let (lock_path, lock) = place_lock(
             workspaces_dir,
             &lock_dir(workspaces_dir, session_id),
@@ -186,7 +149,7 @@ impl OwnedDir {
         )
         .map_err(io)?;
         let path = workspaces_dir.join(session_id);
-        if let Err(e) = fs::create_dir(&path) {
+        if let Err(e) = private::create_dir(&path) {
             let _ = fs::remove_file(&lock_path);
             return Err(RunnerError::from_io(op, path.display(), e));
         }
@@ -271,6 +234,8 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
 
 /// Removes what [`SweepConfig`] covers: orphaned owned workspaces, then
 /// orphaned snapshot archives.
+///
+/// Errors: `PermissionDenied` when a directory exists but is not private.
 pub(crate) fn sweep(config: &SweepConfig) -> RunnerResult<RunnerSweepReport> {
     let mut report = sweep_workspaces(&config.workspaces_dir, config.grace)?;
     if let Some(grace) = config.snapshot_grace {
@@ -285,6 +250,9 @@ pub(crate) fn sweep(config: &SweepConfig) -> RunnerResult<RunnerSweepReport> {
 /// and whose newest lock is at least `grace` old.
 fn sweep_workspaces(workspaces_dir: &Path, grace: Duration) -> RunnerResult<RunnerSweepReport> {
     let mut report = RunnerSweepReport::default();
+    if !private::check_present("sweep_orphans", workspaces_dir)? {
+        return Ok(report);
+    }
     let locks_root = workspaces_dir.join(LOCKS);
     let entries = match fs::read_dir(&locks_root) {
         Ok(entries) => entries,
@@ -321,7 +289,7 @@ fn sweep_workspaces(workspaces_dir: &Path, grace: Duration) -> RunnerResult<Runn
             .map(|stem| stem.to_string_lossy().into_owned())
             .collect();
         let workspace = workspaces_dir.join(&name);
-        let killed = kill_marked(&session_ids);
+        let killed = crate::groups::kill_sessions(&session_ids);
         if killed > 0 {
             tracing::info!(workspace = %workspace.display(), killed, "ended processes of orphaned sessions");
         }
@@ -368,9 +336,10 @@ impl SnapshotMark {
             *lock = Some(file);
         }
         let owners = snapshot_dir.join(SNAPSHOT_OWNERS);
-        fs::create_dir_all(&owners)?;
+        private::create_dir_all(&owners)?;
         let temp = owners.join(format!(".{snapshot_id}.tmp"));
-        fs::write(&temp, session_id)?;
+        let _ = fs::remove_file(&temp);
+        new_private_file(&temp)?.write_all(session_id.as_bytes())?;
         fs::rename(&temp, owners.join(snapshot_id))
     }
 
@@ -385,6 +354,9 @@ impl SnapshotMark {
 /// that are at least `grace` old, then the lock files nothing refers to.
 fn sweep_snapshots(snapshot_dir: &Path, grace: Duration) -> RunnerResult<RunnerSweepReport> {
     let mut report = RunnerSweepReport::default();
+    if !private::check_present("sweep_orphans", snapshot_dir)? {
+        return Ok(report);
+    }
     let owners = snapshot_dir.join(SNAPSHOT_OWNERS);
     let sessions = snapshot_dir.join(SNAPSHOT_SESSIONS);
     let entries = match fs::read_dir(&owners) {

@@ -24,7 +24,7 @@ use crate::exec::{self, SpawnContext};
 use crate::files::{ReadOnlyPath, Workspace};
 use crate::groups::Groups;
 use crate::manifest::{self, MountSpec};
-use crate::ownership::{self, OwnedDir, SnapshotMark};
+use crate::ownership::{OwnedDir, SnapshotMark};
 use crate::{PROVIDER_ID, ports, snapshot};
 
 /// How long `close` keeps KILLing leftover process groups before giving up.
@@ -39,8 +39,10 @@ pub(crate) struct ReadOnlyMeta {
     pub(crate) reason: String,
 }
 
-/// `RunnerSessionState.metadata` of a local session: what `resume_session`
-/// needs. Holds paths and the config, never secret values.
+/// `RunnerSessionState.metadata` of a local session: which workspace it
+/// used. Holds no config: `resume_session` takes every setting (root,
+/// directories, mounts, artifacts) from the destination and checks the
+/// workspace named here against it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct SessionMeta {
     /// Absolute workspace root.
@@ -49,19 +51,8 @@ pub(crate) struct SessionMeta {
     /// Whether the session created the root (and removes it on close).
     #[serde(default)]
     pub(crate) owned: bool,
-    /// Where owned workspaces are created.
-    #[serde(default)]
-    pub(crate) workspaces_dir: Option<PathBuf>,
-    /// Where snapshots are written.
-    #[serde(default)]
-    pub(crate) snapshot_dir: Option<PathBuf>,
-    /// The parsed destination config, as JSON.
-    #[serde(default)]
-    pub(crate) config: serde_json::Value,
-    /// Mounts placed in the workspace.
-    #[serde(default)]
-    pub(crate) mounts: Vec<MountSpec>,
-    /// Paths the file API refuses to write.
+    /// Paths the file API refuses to write (a resumed session keeps them on
+    /// top of the destination's).
     #[serde(default)]
     pub(crate) read_only: Vec<ReadOnlyMeta>,
     /// Whether the session was paused when the state was taken.
@@ -82,7 +73,8 @@ pub(crate) enum RootSource {
         /// The archive.
         path: PathBuf,
     },
-    /// An owned root of an earlier session (resume without a snapshot).
+    /// An owned root of an earlier session (resume without a snapshot),
+    /// checked to be one the provider created.
     Adopted(PathBuf),
 }
 
@@ -94,7 +86,8 @@ pub(crate) struct SessionSetup {
     pub(crate) root: RootSource,
     pub(crate) mounts: Vec<MountSpec>,
     pub(crate) entries: Vec<RunnerManifestEntry>,
-    pub(crate) read_only: Vec<ReadOnlyMeta>,
+    /// Read-only paths besides those of `mounts` and `entries`.
+    pub(crate) read_only: Vec<ReadOnlyPath>,
 }
 
 /// A unix-local session: commands run as local processes (each in its own
@@ -112,7 +105,6 @@ pub struct LocalSession {
     workspace: Arc<Workspace>,
     owned: Mutex<Option<OwnedDir>>,
     is_owned: bool,
-    mounts: Vec<MountSpec>,
     table: ProcessTable,
     spawn: Arc<SpawnContext>,
     groups: Arc<Groups>,
@@ -169,12 +161,6 @@ impl LocalSession {
                 (root.clone(), root)
             }
             RootSource::Adopted(root) => {
-                if !root.is_dir() {
-                    return Err(RunnerError::not_found(format!(
-                        "resume_session: workspace {} no longer exists",
-                        root.display()
-                    )));
-                }
                 owned = Some(OwnedDir::adopt(&root, &session_id));
                 (root.clone(), root)
             }
@@ -183,23 +169,21 @@ impl LocalSession {
         let result = (|| {
             let mut ws = Workspace::open(&root, &alias)
                 .map_err(|e| RunnerError::from_io("open workspace", root.display(), e))?;
+            ws.upload_policy.max_unpacked_bytes = config.max_upload_bytes;
             if let Some((id, path)) = &snapshot_file {
                 snapshot::restore(id, path, &ws.dir)?;
             }
-            let mounts = manifest::apply_mounts(&mut ws, &mounts)?;
+            manifest::apply_mounts(&mut ws, &mounts)?;
             manifest::copy_entries(&mut ws, &entries)?;
             for ro in read_only {
-                if !ws.read_only.iter().any(|known| known.rel == ro.path) {
-                    ws.read_only.push(ReadOnlyPath {
-                        rel: ro.path,
-                        reason: ro.reason,
-                    });
+                if !ws.read_only.iter().any(|known| known.rel == ro.rel) {
+                    ws.read_only.push(ro);
                 }
             }
-            Ok::<_, RunnerError>((ws, mounts))
+            Ok::<_, RunnerError>(ws)
         })();
-        let (workspace, mounts) = match result {
-            Ok(parts) => parts,
+        let workspace = match result {
+            Ok(ws) => ws,
             Err(e) => {
                 if let Some(mut dir) = owned
                     && created
@@ -209,14 +193,11 @@ impl LocalSession {
                 return Err(e);
             }
         };
-        let groups = Arc::new(Groups::default());
+        let groups = Arc::new(Groups::new(&session_id));
         let mut table_config = ProcessTableConfig::new(PROVIDER_ID);
         table_config.kill_grace = config.kill_grace;
         let session = Self {
-            spawn: Arc::new(SpawnContext {
-                env: ownership::marked_env(&config.env, &session_id),
-                groups: groups.clone(),
-            }),
+            spawn: Arc::new(SpawnContext::new(&session_id, &config.env, groups.clone())),
             groups,
             table: ProcessTable::new(table_config),
             session_id,
@@ -225,7 +206,6 @@ impl LocalSession {
             workspace: Arc::new(workspace),
             owned: Mutex::new(owned),
             is_owned,
-            mounts,
             snapshot_mark: Arc::default(),
             closed: AtomicBool::new(false),
         };
@@ -267,10 +247,6 @@ impl LocalSession {
         SessionMeta {
             root: Some(self.workspace.root.clone()),
             owned: self.is_owned,
-            workspaces_dir: Some(self.config.workspaces_dir.clone()),
-            snapshot_dir: Some(self.config.snapshot_dir.clone()),
-            config: self.config.to_value(),
-            mounts: self.mounts.clone(),
             read_only: self
                 .workspace
                 .read_only
@@ -328,10 +304,10 @@ impl LocalSession {
     async fn session_pids(&self) -> RunnerResult<HashSet<u32>> {
         let groups = self.groups.clone();
         let mut pids: HashSet<u32> = self.table.running_pids().into_iter().collect();
-        let members = tokio::task::spawn_blocking(move || groups.live_members())
+        let members = tokio::task::spawn_blocking(move || groups.live_pids())
             .await
             .map_err(|e| join_error("list_listening_ports", e))?;
-        pids.extend(members.into_values().flatten());
+        pids.extend(members);
         Ok(pids)
     }
 

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::{self, BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use cap_std::fs::Dir;
@@ -11,18 +12,21 @@ use runner_api::{RunnerError, RunnerResult, RunnerSnapshotRef};
 use crate::PROVIDER_ID;
 use crate::archive::{self, Protect, SymlinkPolicy, unprotected};
 use crate::files::Workspace;
+use crate::private::{self, FILE_MODE};
 
 /// Writes a snapshot of `ws` (mount points left out, symlinks stored as
-/// symlinks) to `<snapshot_dir>/<id>.tar` through a temp file and a rename.
-/// Blocking.
+/// symlinks) to `<snapshot_dir>/<id>.tar` (mode 0600, in a private
+/// `snapshot_dir`) through a temp file and a rename. Blocking.
+///
+/// Errors: `PermissionDenied` when `snapshot_dir` is not private, I/O errors
+/// by kind.
 pub(crate) fn take(
     ws: &Workspace,
     snapshot_dir: &Path,
     session_id: &str,
 ) -> RunnerResult<RunnerSnapshotRef> {
     let op = "snapshot";
-    let io = |path: &Path, e| RunnerError::from_io(op, path.display(), e);
-    fs::create_dir_all(snapshot_dir).map_err(|e| io(snapshot_dir, e))?;
+    private::ensure(op, snapshot_dir)?;
     let snapshot_id = format!("snap-{}", uuid::Uuid::new_v4().simple());
     let path = snapshot_dir.join(format!("{snapshot_id}.tar"));
     let temp = snapshot_dir.join(format!(".{snapshot_id}.tar.tmp"));
@@ -30,6 +34,7 @@ pub(crate) fn take(
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(&temp)?;
         let mut builder = tar::Builder::new(BufWriter::new(file));
         let skip = |rel: &Path| ws.mounts.iter().any(|m| m.rel == rel);
@@ -61,8 +66,8 @@ pub(crate) fn take(
     })
 }
 
-/// The archive of `snapshot`: its `metadata.path` when that names
-/// `<snapshot_id>.tar`, else `<snapshot_dir>/<snapshot_id>.tar`.
+/// The archive of `snapshot`: `<snapshot_dir>/<snapshot_id>.tar` of the
+/// destination (a path in the snapshot's metadata is not trusted).
 ///
 /// Errors: `InvalidRequest` (another provider's snapshot, a malformed id).
 pub(crate) fn locate(snapshot: &RunnerSnapshotRef, snapshot_dir: &Path) -> RunnerResult<PathBuf> {
@@ -78,23 +83,18 @@ pub(crate) fn locate(snapshot: &RunnerSnapshotRef, snapshot_dir: &Path) -> Runne
             "resume_session: malformed snapshot id {id:?}"
         )));
     }
-    let file_name = format!("{id}.tar");
-    if let Some(path) = snapshot.metadata.get("path").and_then(|p| p.as_str()) {
-        let path = PathBuf::from(path);
-        if path.is_absolute()
-            && path.file_name().is_some_and(|n| *n == *file_name)
-            && path.is_file()
-        {
-            return Ok(path);
-        }
-    }
-    Ok(snapshot_dir.join(file_name))
+    Ok(snapshot_dir.join(format!("{id}.tar")))
 }
 
-/// Unpacks the snapshot at `path` into `dir`. Blocking.
+/// Unpacks the snapshot at `path` (in a private snapshot directory) into
+/// `dir`. Blocking.
 ///
-/// Errors: `NotFound` naming the snapshot, `InvalidRequest` (corrupt archive).
+/// Errors: `NotFound` naming the snapshot, `PermissionDenied` (the snapshot
+/// directory is not private), `InvalidRequest` (corrupt archive).
 pub(crate) fn restore(snapshot_id: &str, path: &Path, dir: &Dir) -> RunnerResult<()> {
+    if let Some(snapshot_dir) = path.parent() {
+        private::check_present("resume_session", snapshot_dir)?;
+    }
     let file = fs::File::open(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             RunnerError::not_found(format!(

@@ -470,3 +470,93 @@ async fn works_behind_remote_workspace() {
     assert_eq!(listed[0].path, Path::new("a/b.txt"));
     ws.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifos_are_refused_at_once_and_the_session_keeps_working() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let made = s
+        .run_command(RunnerCommandRequest::shell(
+            "fifo",
+            "mkdir d && mkfifo d/pipe && ln -s pipe d/link",
+        ))
+        .await
+        .expect("mkfifo");
+    assert_eq!(made.exit_code, Some(0), "{made:?}");
+    let limit = std::time::Duration::from_secs(30);
+    for path in ["d/pipe", "d/link"] {
+        let read = tokio::time::timeout(limit, s.read_file(RunnerFileReadRequest::new(path)))
+            .await
+            .unwrap_or_else(|_| panic!("read_file {path} waits for a writer"));
+        let err = read.expect_err("a FIFO is not a file to read");
+        assert_eq!(err.kind(), RunnerErrorKind::InvalidRequest, "{err}");
+        assert!(err.message().contains(path), "{err}");
+        let download = tokio::time::timeout(limit, s.download_archive(Path::new(path)))
+            .await
+            .unwrap_or_else(|_| panic!("download_archive {path} waits for a writer"));
+        assert_eq!(kind(download), RunnerErrorKind::InvalidRequest);
+    }
+    // A directory holding a FIFO downloads without it.
+    let tar = tokio::time::timeout(limit, s.download_archive(Path::new("d")))
+        .await
+        .expect("download_archive of the directory waits")
+        .expect("download the directory");
+    let names: Vec<String> = tar::Archive::new(&tar[..])
+        .entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, vec!["link".to_string()]);
+    s.write_file(write("after.txt", "still works"))
+        .await
+        .expect("write after");
+    let back = s
+        .read_file(RunnerFileReadRequest::new("after.txt"))
+        .await
+        .expect("read after");
+    assert_eq!(back.contents, b"still works");
+    s.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_id_bits_never_reach_the_workspace() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let root = s.workspace_root();
+    let mut setuid = write("suid.sh", "#!/bin/sh\n");
+    setuid.mode = Some(0o6755);
+    s.write_file(setuid).await.expect("write");
+    // Rewriting a file a command made set-id keeps its mode without the bits.
+    s.run_command(RunnerCommandRequest::shell(
+        "chmod",
+        "touch made && chmod 4755 made",
+    ))
+    .await
+    .expect("chmod");
+    s.write_file(write("made", "new")).await.expect("rewrite");
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o4755);
+    header.set_size(1);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_data(&mut header, "up.sh", &b"x"[..])
+        .expect("append");
+    s.upload_archive(Path::new("up"), builder.into_inner().expect("tar"))
+        .await
+        .expect("upload");
+    for (name, want) in [("suid.sh", 0o755), ("made", 0o755), ("up/up.sh", 0o755)] {
+        let mode = std::fs::metadata(root.join(name))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, want, "{name}: {mode:o}");
+    }
+    s.close().await.expect("close");
+}

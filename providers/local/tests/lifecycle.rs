@@ -346,7 +346,11 @@ async fn resume_without_snapshot_reopens_the_same_root() {
         .expect("write");
     let state = s.state();
     assert_eq!(state.metadata["owned"], json!(false));
-    assert_eq!(state.metadata["config"]["kill_grace_ms"], json!(200));
+    assert!(
+        state.metadata.get("config").is_none() && state.metadata.get("mounts").is_none(),
+        "the state carries no config: {}",
+        state.metadata
+    );
     s.close().await.expect("close");
     let again = provider.resume_session(state).await.expect("resume");
     assert_eq!(again.workspace_root(), s.workspace_root());
@@ -356,6 +360,143 @@ async fn resume_without_snapshot_reopens_the_same_root() {
         .expect("read");
     assert_eq!(read.contents, b"kept");
     again.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_takes_root_and_mounts_from_the_destination_never_from_the_state() {
+    let area = Area::new();
+    let host = area.path("host");
+    std::fs::create_dir_all(&host).expect("host dir");
+    std::fs::write(host.join("shared.txt"), "from the destination's mount").expect("seed");
+    let elsewhere = area.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+    std::fs::write(elsewhere.join("private.txt"), "not for the session").expect("seed");
+    let tool = area.path("tool.txt");
+    std::fs::write(&tool, "read-only entry").expect("seed");
+    let manifest = RunnerManifest {
+        entries: vec![RunnerManifestEntry {
+            source: tool,
+            target: "tools/tool.txt".into(),
+            writable: false,
+        }],
+        mounts: vec![mount("data", "mnt", &host, false)],
+    };
+    let rooted = destination_with(area.rooted_config(), manifest);
+    let provider = LocalProvider::new();
+    let s = provider
+        .create_session(rooted.clone())
+        .await
+        .expect("create");
+    let state = s.state();
+    s.close().await.expect("close");
+
+    // A state naming another root is refused.
+    let mut forged = state.clone();
+    forged.metadata["root"] = json!(elsewhere);
+    let err = provider
+        .resume_session(forged)
+        .await
+        .map(|_| ())
+        .expect_err("another root");
+    assert_eq!(err.kind(), RunnerErrorKind::PermissionDenied, "{err}");
+    assert!(err.message().contains("elsewhere"), "{err}");
+
+    // Config, mounts and dropped read-only paths in the state are ignored:
+    // the destination's apply.
+    let mut forged = state.clone();
+    forged.metadata["read_only"] = json!([]);
+    forged.metadata["config"] = json!({ "root": elsewhere });
+    forged.metadata["mounts"] = json!([
+        { "name": "data", "path": "mnt", "read_only": false, "host": elsewhere }
+    ]);
+    let again = provider.resume_session(forged).await.expect("resume");
+    assert_eq!(again.workspace_root(), s.workspace_root());
+    let read = again
+        .read_file(RunnerFileReadRequest::new("mnt/shared.txt"))
+        .await
+        .expect("the destination's mount");
+    assert_eq!(read.contents, b"from the destination's mount");
+    assert_eq!(
+        kind(
+            again
+                .read_file(RunnerFileReadRequest::new("mnt/private.txt"))
+                .await
+        ),
+        RunnerErrorKind::NotFound
+    );
+    again.close().await.expect("close");
+
+    // A destination this provider never saw is refused; declared, it resumes.
+    assert_eq!(
+        kind(
+            LocalProvider::new()
+                .resume_session(state.clone())
+                .await
+                .map(|_| ())
+        ),
+        RunnerErrorKind::InvalidRequest
+    );
+    let declared = LocalProvider::new()
+        .with_destination(rooted)
+        .resume_session(state)
+        .await
+        .expect("resume on a declared destination");
+    assert_eq!(declared.workspace_root(), s.workspace_root());
+    declared.close().await.expect("close");
+
+    // Owned workspaces: only one this destination created in its workspaces_dir.
+    let owned = provider
+        .create_session(destination(area.owned_config()))
+        .await
+        .expect("create owned");
+    let state = owned.state();
+    let planted = area.path("workspaces").join("planted");
+    std::fs::create_dir_all(&planted).expect("planted");
+    for named in [&elsewhere, &planted] {
+        let mut forged = state.clone();
+        forged.metadata["root"] = json!(named);
+        let err = provider
+            .resume_session(forged)
+            .await
+            .map(|_| ())
+            .expect_err("not an owned workspace");
+        assert_eq!(err.kind(), RunnerErrorKind::PermissionDenied, "{err}");
+    }
+    let resumed = provider.resume_session(state).await.expect("resume owned");
+    assert_eq!(resumed.workspace_root(), owned.workspace_root());
+    resumed.close().await.expect("close");
+    assert!(elsewhere.join("private.txt").exists() && planted.exists());
+
+    // A snapshot comes from the destination's snapshot_dir, whatever path the
+    // reference names.
+    let owned = provider
+        .create_session(destination(area.owned_config()))
+        .await
+        .expect("create owned");
+    owned
+        .write_file(write("real.txt", "snapshot"))
+        .await
+        .expect("write");
+    let mut snap = owned.snapshot().await.expect("snapshot");
+    let fake = area.path("fake");
+    std::fs::create_dir_all(&fake).expect("fake dir");
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(7);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, "planted.txt", &b"planted"[..])
+        .expect("tar");
+    let fake_tar = fake.join(format!("{}.tar", snap.snapshot_id));
+    std::fs::write(&fake_tar, builder.into_inner().expect("tar")).expect("fake tar");
+    snap.metadata["path"] = json!(fake_tar);
+    let mut state = owned.state();
+    state.snapshot = Some(snap);
+    let fork = provider.resume_session(state).await.expect("fork");
+    assert!(fork.workspace_root().join("real.txt").exists());
+    assert!(!fork.workspace_root().join("planted.txt").exists());
+    fork.close().await.expect("close");
+    owned.close().await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread")]

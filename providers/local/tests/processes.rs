@@ -12,7 +12,10 @@ use runner_api::{
     RunnerProcessState, RunnerSignal,
 };
 use serde_json::json;
-use support::{Area, alive, eventually, group_gone, group_members, kind, session};
+use support::{
+    Area, MarkerGuard, alive, eventually, group_gone, group_members, kind, marked_gone,
+    marked_processes, marked_running, session, setsid_escape_script, unique_marker,
+};
 
 fn sh(id: &str, script: &str) -> RunnerCommandRequest {
     RunnerCommandRequest::shell(id, script)
@@ -56,6 +59,79 @@ async fn output_exit_codes_and_environment() {
         .expect("absolute cwd");
     assert_eq!(res.exit_code, Some(0));
     s.close().await.expect("close");
+}
+
+/// Where the child of `host_environment_stays_out_of_commands` writes what
+/// `env` printed in a session; set only for the child.
+const ENV_OUT: &str = "RUNNER_LOCAL_TEST_ENV_OUT";
+
+/// The child's side: run only by `host_environment_stays_out_of_commands`,
+/// with marker variables in its environment from the start.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "the child process of host_environment_stays_out_of_commands, which runs it"]
+async fn host_env_child() {
+    let Some(out) = std::env::var_os(ENV_OUT) else {
+        return;
+    };
+    let area = Area::new();
+    let mut config = area.rooted_config();
+    config["env"] = json!({ "FROM_DESTINATION": "destination" });
+    let s = session(config).await;
+    let request = RunnerCommandRequest::new("env", "env", Vec::<String>::new())
+        .with_env("FROM_REQUEST", "request")
+        .with_env("RUNNER_LOCAL_SESSION", "forged")
+        .with_env("RUNNER_LOCAL_COMMAND", "forged");
+    let res = s.run_command(request).await.expect("env");
+    assert_eq!(res.exit_code, Some(0), "{res:?}");
+    std::fs::write(out, res.stdout).expect("write the child's report");
+    s.close().await.expect("close");
+}
+
+#[test]
+fn host_environment_stays_out_of_commands() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("env.txt");
+    let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--ignored", "--exact", "host_env_child", "--test-threads=1"])
+        .env(ENV_OUT, &out)
+        .env("RUNNER_LOCAL_TEST_HOST_MARKER", "host-marker-value")
+        .env("RUNNER_SECRET_LOCALTEST_TOKEN_KEY", "secret-token-value")
+        .env("MCP_BEARER_TOKEN", "bearer-token-value")
+        .env("TZ", "UTC")
+        .env("LC_MESSAGES", "C")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run the child test");
+    assert!(status.success(), "the child test failed: {status}");
+    let env = std::fs::read_to_string(&out).expect("the child's report");
+    let vars: std::collections::HashMap<&str, &str> =
+        env.lines().filter_map(|l| l.split_once('=')).collect();
+    for leaked in [
+        "host-marker-value",
+        "secret-token-value",
+        "bearer-token-value",
+        ENV_OUT,
+    ] {
+        assert!(
+            !env.contains(leaked),
+            "{leaked} reached the command:\n{env}"
+        );
+    }
+    assert!(
+        !vars.keys().any(|k| k.starts_with("RUNNER_SECRET_")),
+        "{env}"
+    );
+    // The allow-list, the destination's env and the request's env pass.
+    assert_eq!(vars.get("TZ"), Some(&"UTC"), "{env}");
+    assert_eq!(vars.get("LC_MESSAGES"), Some(&"C"), "{env}");
+    assert!(vars.contains_key("PATH"), "{env}");
+    assert_eq!(vars.get("FROM_DESTINATION"), Some(&"destination"));
+    assert_eq!(vars.get("FROM_REQUEST"), Some(&"request"));
+    // The process marks are the session's, whatever the request says.
+    for mark in ["RUNNER_LOCAL_SESSION", "RUNNER_LOCAL_COMMAND"] {
+        let value = vars.get(mark).copied().unwrap_or_default();
+        assert!(!value.is_empty() && value != "forged", "{mark}={value}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -208,6 +284,85 @@ async fn close_kills_background_processes_of_finished_commands() {
         "close killed the background process"
     );
     s.close().await.expect("close is idempotent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_kills_processes_that_left_the_group() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let (a, b) = (unique_marker(), unique_marker());
+    let _guard = MarkerGuard(vec![a, b]);
+    s.start_command(sh("esc", &setsid_escape_script(a, b, "sleep 1000")))
+        .await
+        .expect("start");
+    assert!(marked_running(a).await && marked_running(b).await);
+    assert!(s.cancel_command(&"esc".to_string()).await.expect("cancel"));
+    assert!(
+        marked_gone(a).await && marked_gone(b).await,
+        "survivors: {:?} {:?}",
+        marked_processes(a),
+        marked_processes(b)
+    );
+    s.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_kills_processes_that_left_the_group() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let (a, b) = (unique_marker(), unique_marker());
+    let _guard = MarkerGuard(vec![a, b]);
+    let script = setsid_escape_script(a, b, "sleep 1000");
+    let seen = tokio::spawn(async move { marked_running(a).await && marked_running(b).await });
+    let res = s
+        .run_command(sh("esc", &script).with_timeout_ms(3_000))
+        .await
+        .expect("run");
+    assert!(res.timed_out, "{res:?}");
+    assert!(
+        seen.await.expect("watcher"),
+        "both escapes ran before the timeout"
+    );
+    assert!(
+        marked_gone(a).await && marked_gone(b).await,
+        "survivors: {:?} {:?}",
+        marked_processes(a),
+        marked_processes(b)
+    );
+    s.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_kills_processes_that_left_the_group() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let (a, b) = (unique_marker(), unique_marker());
+    let _guard = MarkerGuard(vec![a, b]);
+    let res = s
+        .run_command(sh("esc", &setsid_escape_script(a, b, "true")))
+        .await
+        .expect("run");
+    assert_eq!(res.exit_code, Some(0));
+    assert!(marked_running(a).await && marked_running(b).await);
+    // An escape that also clears the marks but stays a child of a session
+    // process is found through its parent.
+    let c = unique_marker();
+    let _guard_c = MarkerGuard(vec![c]);
+    s.start_command(sh(
+        "parent",
+        &format!("env -i setsid sleep {c} & sleep 1000"),
+    ))
+    .await
+    .expect("start");
+    assert!(marked_running(c).await);
+    s.close().await.expect("close");
+    assert!(
+        marked_gone(a).await && marked_gone(b).await && marked_gone(c).await,
+        "survivors: {:?} {:?} {:?}",
+        marked_processes(a),
+        marked_processes(b),
+        marked_processes(c)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

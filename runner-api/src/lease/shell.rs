@@ -4,10 +4,18 @@
 //!
 //! The lease lives outside the workspace, under a per-user state directory on
 //! the runner (`$XDG_STATE_HOME/runner-leases`, else
-//! `$HOME/.local/state/runner-leases`, else `$TMPDIR/runner-leases-<uid>`), in a
-//! directory named by a hash of the workspace path. Every session whose
-//! commands see the same filesystem therefore shares it, whichever process or
-//! machine drives the session. Expiry is judged by the runner's clock.
+//! `$HOME/.local/state/runner-leases`; when that cannot be created,
+//! `${TMPDIR:-/tmp}/runner-leases-<uid>`), in a directory named by a hash of
+//! the workspace path. Every session whose commands see the same filesystem
+//! therefore shares it, whichever process or machine drives the session.
+//! Expiry is judged by the runner's clock.
+//!
+//! The state directory is private: created with mode 0700 (the script runs
+//! under `umask 077`, so lease files are 0600), and refused with
+//! `PermissionDenied` naming it when it exists as a symlink or a non-directory,
+//! belongs to another uid, or has any group or other permission (or an ACL).
+//! Nobody else can therefore plant, read or swap a lease, not even in a shared
+//! temp directory.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,17 +30,43 @@ use crate::{
 const COMMAND_TIMEOUT_MS: u64 = 60_000;
 /// The longest pause between two attempts while waiting for a held lease.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The script's exit status when the state directory is not private; its
+/// stderr names the directory.
+const EXIT_NOT_PRIVATE: i32 = 4;
 
 /// The script behind every lease operation. Inputs come from the environment
 /// (never interpolated into the script); outputs are lines on stdout:
 /// `OK`, acquired and expiry times; `HELD`, expiry and holder; or `GONE`.
+/// Exit status 4 ([`EXIT_NOT_PRIVATE`]): the state directory is not private.
 const SCRIPT: &str = r#"
 set -u
+set -f
+umask 077
+# private DIR: DIR is a directory (not a symlink) of this uid with no group or
+# other permission bits and no ACL; else say so on stderr and exit 4.
+private() {
+  if [ -L "$1" ] || [ ! -d "$1" ]; then
+    printf '%s is not a directory (a symlink or a file is in its place)
+' "$1" >&2; exit 4
+  fi
+  d=$1
+  set -- $(ls -ldn "$d")
+  case "$1" in
+    d???------|d???------.) ;;
+    *) printf '%s is open to group or others (mode %s); make it private (chmod 700)
+' "$d" "$1" >&2; exit 4 ;;
+  esac
+  if [ "$3" != "$(id -u)" ]; then
+    printf '%s is owned by uid %s, not by this user (uid %s)
+' "$d" "$3" "$(id -u)" >&2; exit 4
+  fi
+}
 base="${XDG_STATE_HOME:-${HOME:-/nonexistent}/.local/state}/runner-leases"
-if ! mkdir -p "$base" 2>/dev/null || [ ! -w "$base" ]; then
+if ! mkdir -p "$base" 2>/dev/null; then
   base="${TMPDIR:-/tmp}/runner-leases-$(id -u)"
-  mkdir -p "$base" || exit 3
+  mkdir -p "$base" 2>/dev/null
 fi
+private "$base"
 dir="$base/$RUNNER_LEASE_KEY"
 mkdir -p "$dir" || exit 3
 m="$dir/mutex"
@@ -57,7 +91,8 @@ slack=0
 case "$now" in *[!0-9]*) now='' ;; esac
 if [ "${#now}" -ne 13 ]; then now="$(date +%s)000"; slack=999; fi
 put() {
-  printf '%s\n%s\n%s\n%s\n' "$1" "$2" "$3" "$4" > "$dir/lease.tmp" && mv -f "$dir/lease.tmp" "$dir/lease"
+  rm -f "$dir/lease.tmp" &&
+    printf '%s\n%s\n%s\n%s\n' "$1" "$2" "$3" "$4" > "$dir/lease.tmp" && mv -f "$dir/lease.tmp" "$dir/lease"
 }
 case "$RUNNER_LEASE_OP" in
   acquire)
@@ -199,6 +234,12 @@ async fn run(
         .run_command(request)
         .await
         .map_err(|e| e.context(operation))?;
+    if !result.timed_out && result.exit_code == Some(EXIT_NOT_PRIVATE) {
+        return Err(RunnerError::permission_denied(format!(
+            "{operation}: refusing the lease directory on the runner: {}",
+            result.stderr.trim()
+        )));
+    }
     if result.timed_out || !result.success() {
         return Err(RunnerError::provider(format!(
             "{operation}: the lease command on the runner failed ({}): {}",

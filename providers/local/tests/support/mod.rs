@@ -190,3 +190,84 @@ pub fn workspaces_in(workspaces: &Path) -> Vec<std::ffi::OsString> {
         })
         .unwrap_or_default()
 }
+
+/// A number no other test or process uses, for `sleep <marker>` commands
+/// that are found again by scanning /proc.
+pub fn unique_marker() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    // Seconds no one sleeps by accident: the pid, a counter and the clock.
+    7_000_000_000_000
+        + u64::from(std::process::id()) * 1_000_000
+        + NEXT.fetch_add(1, Ordering::Relaxed) * 1_000
+        + nanos % 1_000
+}
+
+/// Pids of live (non-zombie) processes that are `sleep <marker>` or
+/// `sh -c 'sleep <marker>'` (not a longer script that mentions it).
+pub fn marked_processes(marker: u64) -> Vec<i32> {
+    let sleep = format!("sleep {marker}");
+    let shell = format!("sh -c sleep {marker}");
+    let mut out = Vec::new();
+    for (pid, _, state) in processes() {
+        if state == 'Z' {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let line = args.join(" ");
+        if line == sleep || line == shell || line.ends_with(&format!("/{sleep}")) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits (up to 10 s) until no live process holds `sleep <marker>`.
+pub async fn marked_gone(marker: u64) -> bool {
+    eventually(Duration::from_secs(10), || async move {
+        marked_processes(marker).is_empty()
+    })
+    .await
+}
+
+/// Waits (up to 10 s) until a live process holds `sleep <marker>`.
+pub async fn marked_running(marker: u64) -> bool {
+    eventually(Duration::from_secs(10), || async move {
+        !marked_processes(marker).is_empty()
+    })
+    .await
+}
+
+/// KILLs what is left of `sleep <marker>` processes when dropped, so a failed
+/// test leaves nothing behind.
+pub struct MarkerGuard(pub Vec<u64>);
+
+impl Drop for MarkerGuard {
+    fn drop(&mut self) {
+        for marker in &self.0 {
+            for pid in marked_processes(*marker) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// A script that starts `sleep <a>` in a new session in the background and
+/// `sleep <b>` in a new session from a subshell that exits at once (so it is
+/// orphaned at once), then runs `rest`.
+pub fn setsid_escape_script(a: u64, b: u64, rest: &str) -> String {
+    format!("setsid sh -c 'sleep {a}' & ( setsid sh -c 'sleep {b}' & ); {rest}")
+}
