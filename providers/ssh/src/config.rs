@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use runner_api::archive::{DEFAULT_MAX_UNPACKED_BYTES, UploadPolicy};
 use runner_api::{RunnerDestination, RunnerError, RunnerResult};
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +92,16 @@ pub struct SshConfig {
     /// owner is gone (default 3600 s).
     #[serde(default = "default_orphan_grace_s")]
     pub orphan_grace_s: u64,
+    /// Longest one sftp request may go unanswered (default 30 000 ms). A
+    /// request that takes longer fails with `Timeout`, and the destination's
+    /// sftp channel is replaced by a new one before the next file operation
+    /// (a server stuck in one request answers no other).
+    #[serde(default = "default_sftp_timeout_ms")]
+    pub sftp_timeout_ms: u64,
+    /// Most bytes one `upload_archive` may unpack, the sum of its entries'
+    /// sizes (default [`DEFAULT_MAX_UNPACKED_BYTES`], 4 GiB).
+    #[serde(default = "default_max_upload_bytes")]
+    pub max_upload_bytes: u64,
     /// Age after which `sweep_orphans` may remove a finished snapshot archive
     /// whose session is gone (closed, swept, or its owner process no longer
     /// runs); default 86 400 s. `null` keeps snapshot archives forever.
@@ -119,6 +130,8 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("master_idle_s", "a positive integer (seconds)"),
     ("kill_grace_ms", "a non-negative integer (milliseconds)"),
     ("orphan_grace_s", "a non-negative integer (seconds)"),
+    ("sftp_timeout_ms", "a positive integer (milliseconds)"),
+    ("max_upload_bytes", "a positive integer (bytes)"),
     (
         "snapshot_grace_s",
         "a non-negative integer (seconds) or null",
@@ -150,6 +163,12 @@ fn default_kill_grace_ms() -> u64 {
 fn default_orphan_grace_s() -> u64 {
     3600
 }
+fn default_sftp_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_upload_bytes() -> u64 {
+    DEFAULT_MAX_UNPACKED_BYTES
+}
 fn default_snapshot_grace_s() -> Option<u64> {
     Some(86_400)
 }
@@ -174,6 +193,8 @@ impl SshConfig {
             master_idle_s: default_master_idle_s(),
             kill_grace_ms: default_kill_grace_ms(),
             orphan_grace_s: default_orphan_grace_s(),
+            sftp_timeout_ms: default_sftp_timeout_ms(),
+            max_upload_bytes: default_max_upload_bytes(),
             snapshot_grace_s: default_snapshot_grace_s(),
             artifacts: None,
         }
@@ -255,6 +276,12 @@ impl SshConfig {
         if self.connect_timeout_ms == 0 {
             return Err(bad("connect_timeout_ms", "must be greater than 0"));
         }
+        if self.sftp_timeout_ms == 0 {
+            return Err(bad("sftp_timeout_ms", "must be greater than 0"));
+        }
+        if self.max_upload_bytes == 0 {
+            return Err(bad("max_upload_bytes", "must be greater than 0"));
+        }
         if self.master_idle_s == 0 || usize::try_from(self.master_idle_s).is_err() {
             return Err(bad("master_idle_s", "must be a positive number of seconds"));
         }
@@ -285,6 +312,21 @@ impl SshConfig {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    /// The sftp request timeout as a duration.
+    pub fn sftp_timeout(&self) -> Duration {
+        Duration::from_millis(self.sftp_timeout_ms)
+    }
+
+    /// How uploads are rewritten before the remote `tar` unpacks them: modes
+    /// masked, at most `max_upload_bytes`. Owners are left to `tar`
+    /// (`--no-same-owner`: the login user owns what it unpacks).
+    pub(crate) fn upload_policy(&self) -> UploadPolicy {
+        UploadPolicy {
+            owner: None,
+            max_unpacked_bytes: self.max_upload_bytes,
+        }
+    }
+
     /// The kill grace as a duration.
     pub fn kill_grace(&self) -> Duration {
         Duration::from_millis(self.kill_grace_ms)
@@ -302,7 +344,7 @@ impl SshConfig {
     /// changes how ssh connects.
     pub(crate) fn connection_key(&self) -> String {
         format!(
-            "{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}",
+            "{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}|{}",
             self.destination_label(),
             self.identity_file,
             self.known_hosts_file,
@@ -310,7 +352,8 @@ impl SshConfig {
             self.control_dir,
             self.connect_timeout_ms,
             self.keepalive_interval_s,
-            self.master_idle_s
+            self.master_idle_s,
+            self.sftp_timeout_ms
         )
     }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -21,10 +22,69 @@ use crate::ports::{self, Forward};
 pub(crate) struct Link {
     /// The mux master; commands and port forwards go through it.
     pub(crate) session: Arc<openssh::Session>,
-    /// The sftp channel, opened over the same master.
+    /// The sftp channel, opened over the same master. Requests go through
+    /// [`Link::sftp_call`], which bounds how long each may take.
     pub(crate) sftp: Sftp,
     /// The remote user's home directory (canonical).
     pub(crate) home: PathBuf,
+    /// Longest one sftp request may take.
+    sftp_timeout: Duration,
+    /// Set when an sftp request timed out: the server is stuck in it and
+    /// answers nothing else, so the connection replaces the channel.
+    wedged: AtomicBool,
+}
+
+impl Link {
+    /// Runs one sftp request, mapping its error with [`sftp_error`]. A request
+    /// unanswered within the destination's `sftp_timeout_ms` is `Timeout`, and
+    /// the channel is marked stuck: the connection opens a new one before the
+    /// next operation.
+    pub(crate) async fn sftp_call<T>(
+        &self,
+        operation: &str,
+        path: impl std::fmt::Display,
+        request: impl Future<Output = Result<T, openssh_sftp_client::Error>>,
+    ) -> RunnerResult<T> {
+        match tokio::time::timeout(self.sftp_timeout, request).await {
+            Ok(result) => result.map_err(|e| sftp_error(operation, path, e)),
+            Err(_) => {
+                self.wedged.store(true, Ordering::SeqCst);
+                tracing::warn!(%path, operation, "sftp request timed out; the sftp channel is replaced");
+                Err(RunnerError::new(
+                    RunnerErrorKind::Timeout,
+                    format!(
+                        "{operation} {path}: the sftp server did not answer within {} ms (the \
+                         destination's sftp_timeout_ms); its channel is replaced",
+                        self.sftp_timeout.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Whether an sftp request of this link timed out.
+    pub(crate) fn is_wedged(&self) -> bool {
+        self.wedged.load(Ordering::SeqCst)
+    }
+
+    /// The same master with a new sftp channel (the old one is dropped with
+    /// the last holder of this link).
+    async fn with_new_sftp(&self, label: &str) -> RunnerResult<Self> {
+        let sftp = open_sftp(&self.session, label).await?;
+        Ok(Self {
+            session: self.session.clone(),
+            sftp,
+            home: self.home.clone(),
+            sftp_timeout: self.sftp_timeout,
+            wedged: AtomicBool::new(false),
+        })
+    }
+}
+
+async fn open_sftp(session: &Arc<openssh::Session>, label: &str) -> RunnerResult<Sftp> {
+    Sftp::from_clonable_session(session.clone(), SftpOptions::default())
+        .await
+        .map_err(|e| sftp_error("open sftp channel to", label, e))
 }
 
 impl std::fmt::Debug for Link {
@@ -122,19 +182,67 @@ impl Connection {
     ///
     /// Errors: `Unavailable` (unreachable, timed out), `PermissionDenied` (host
     /// key mismatch, login refused).
+    ///
+    /// A link whose sftp channel is stuck (a request timed out) is replaced
+    /// first: a new sftp channel on the same master, or a new master when that
+    /// fails.
     pub(crate) async fn link(&self) -> RunnerResult<Arc<Link>> {
         let mut current = self.current.lock().await;
-        if let Some(link) = current.as_ref() {
-            return Ok(link.clone());
+        match current.clone() {
+            Some(link) if !link.is_wedged() => Ok(link),
+            Some(stuck) => self.replace(&mut current, &stuck, true).await,
+            None => {
+                let link = Arc::new(self.connect().await?);
+                *current = Some(link.clone());
+                Ok(link)
+            }
         }
-        let link = Arc::new(self.connect().await?);
-        *current = Some(link.clone());
-        Ok(link)
+    }
+
+    /// Replaces `stale` (the current link, under its lock): with a new sftp
+    /// channel on the same master when `master_alive`, else (or when that
+    /// fails) with a new master, whose port forwards are then re-created.
+    async fn replace(
+        &self,
+        current: &mut Option<Arc<Link>>,
+        stale: &Link,
+        master_alive: bool,
+    ) -> RunnerResult<Arc<Link>> {
+        let label = self.label();
+        let reopened = if master_alive {
+            stale
+                .with_new_sftp(&label)
+                .await
+                .inspect_err(|e| {
+                    tracing::info!(destination = %label, error = %e, "no new sftp channel on the master");
+                })
+                .ok()
+        } else {
+            None
+        };
+        let fresh = match reopened {
+            Some(fresh) => {
+                tracing::info!(destination = %label, "sftp channel replaced on the same master");
+                fresh
+            }
+            None => {
+                tracing::info!(destination = %label, "ssh master connection lost; reconnecting");
+                *current = None;
+                let fresh = self.connect().await?;
+                self.restore_forwards(&fresh).await;
+                fresh
+            }
+        };
+        let fresh = Arc::new(fresh);
+        *current = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// After an operation on `stale` failed at the transport level: when the
-    /// master is gone, connects a new one and returns it; `None` when the
-    /// master still answers (the failure was not the connection's).
+    /// master is gone, connects a new one and returns it; when only the sftp
+    /// channel is (it timed out, or its server ended), opens a new one on the
+    /// same master; `None` when both still answer (the failure was not the
+    /// connection's).
     pub(crate) async fn recover(&self, stale: &Arc<Link>) -> RunnerResult<Option<Arc<Link>>> {
         let mut current = self.current.lock().await;
         if let Some(link) = current.as_ref()
@@ -145,25 +253,21 @@ impl Connection {
         let alive = tokio::time::timeout(Duration::from_secs(5), stale.session.check())
             .await
             .is_ok_and(|r| r.is_ok());
-        if alive {
-            let sftp_alive =
-                tokio::time::timeout(Duration::from_secs(5), stale.sftp.fs().metadata("."))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-            if sftp_alive {
-                return Ok(None);
-            }
+        if alive
+            && !stale.is_wedged()
+            && tokio::time::timeout(Duration::from_secs(5), stale.sftp.fs().metadata("."))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        {
+            return Ok(None);
         }
-        tracing::info!(destination = %self.label(), "ssh master connection lost; reconnecting");
-        *current = None;
-        let link = Arc::new(self.connect().await?);
-        self.restore_forwards(&link).await;
-        *current = Some(link.clone());
-        Ok(Some(link))
+        self.replace(&mut current, stale, alive).await.map(Some)
     }
 
     /// Runs `op` on the current link. When it fails with `Unavailable` and the
-    /// master turns out to be gone, reconnects once and runs `op` again.
+    /// master turns out to be gone, reconnects once and runs `op` again. A
+    /// `Timeout` of an sftp request is returned as it is (the next call gets
+    /// a new sftp channel).
     pub(crate) async fn with_link<T, F, Fut>(&self, op: F) -> RunnerResult<T>
     where
         F: Fn(Arc<Link>) -> Fut,
@@ -252,20 +356,22 @@ impl Connection {
                 ));
             }
         };
-        let sftp = Sftp::from_clonable_session(session.clone(), SftpOptions::default())
-            .await
-            .map_err(|e| sftp_error("open sftp channel to", &label, e))?;
-        let home = sftp
-            .fs()
-            .canonicalize(".")
-            .await
-            .map_err(|e| sftp_error("resolve home directory on", &label, e))?;
-        tracing::info!(destination = %label, control_socket = %session.control_socket().display(), "ssh master connected");
-        Ok(Link {
+        let mut link = Link {
+            sftp: open_sftp(&session, &label).await?,
             session,
-            sftp,
-            home,
-        })
+            home: PathBuf::new(),
+            sftp_timeout: config.sftp_timeout(),
+            wedged: AtomicBool::new(false),
+        };
+        link.home = link
+            .sftp_call(
+                "resolve home directory on",
+                &label,
+                link.sftp.fs().canonicalize("."),
+            )
+            .await?;
+        tracing::info!(destination = %label, control_socket = %link.session.control_socket().display(), "ssh master connected");
+        Ok(link)
     }
 }
 

@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use openssh::Session;
 use runner_api::{
     OutputSink, ProcessControl, RawExit, RunnerCommandId, RunnerCommandRequest, RunnerError,
-    RunnerErrorKind, RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess, StdinPipe,
+    RunnerErrorKind, RunnerFileReadRequest, RunnerOutputStream, RunnerResult, RunnerSignal,
+    SpawnedProcess, StdinPipe,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -72,10 +73,49 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 /// Name of the file listing a background command's numbered chunks.
 const CHUNK_INDEX: &str = "chunks";
 
+/// The variable every command's environment gets with the session id, after
+/// the destination's and the request's env (so neither replaces it): `close`
+/// and the orphan sweep find every process of the session by it, including
+/// those that left the command's process group (`setsid`, daemons).
+pub(crate) const SESSION_MARK: &str = "RUNNER_SSH_SESSION";
+
+/// The variable every command's environment gets with the name of its record
+/// (the uuid of its `run/` file or `cmd/` directory), set last like
+/// [`SESSION_MARK`]: signals, cancellation and timeouts reach every process
+/// that carries it.
+const COMMAND_MARK: &str = "RUNNER_SSH_COMMAND";
+
+/// Rounds of KILL a mark scan makes at most: a process forking while it is
+/// killed leaves children with the same mark, which the next round finds.
+const KILL_ROUNDS: u32 = 10;
+
+/// Shell that sends `signal` to every process whose environment holds
+/// `var=value` (`/proc/<pid>/environ`, one `grep` over all of them; other
+/// users' processes are unreadable and skipped). KILL is repeated until no
+/// such process is left, at most [`KILL_ROUNDS`] times. A process that
+/// cleared its environment (`env -i`) is not found.
+pub(crate) fn signal_marked(var: &str, value: &str, signal: RunnerSignal) -> String {
+    let rounds = if signal == RunnerSignal::Kill {
+        KILL_ROUNDS
+    } else {
+        1
+    };
+    format!(
+        "n=0; while [ $n -lt {rounds} ]; do \
+         m=$(grep -l -z -x -F -e {mark} /proc/[0-9]*/environ 2>/dev/null); [ -z \"$m\" ] && break; \
+         for f in $m; do p=${{f#/proc/}}; kill -s {sig} \"${{p%/environ}}\" 2>/dev/null; done; \
+         n=$((n+1)); done; ",
+        mark = quote(&format!("{var}={value}")),
+        sig = signal.name(),
+    )
+}
+
 /// What every command of one session shares.
 pub(crate) struct ExecContext {
     /// The shared master.
     pub(crate) conn: Arc<Connection>,
+    /// The session id, the value of [`SESSION_MARK`].
+    pub(crate) session_id: String,
     /// Environment from `SshConfig.env`.
     pub(crate) env: BTreeMap<String, String>,
     /// Absolute remote workspace root (the default cwd).
@@ -118,16 +158,23 @@ fn is_identifier(key: &str) -> bool {
 }
 
 /// `K='V' … setsid 'program' 'arg' …`: the session's env, then the request's,
+/// then the session and command marks (`mark` is the command's record name),
 /// as assignments for the command alone (names that are not shell identifiers
-/// go through `env`).
-fn command_words(ctx: &ExecContext, request: &RunnerCommandRequest) -> String {
+/// go through `env`). The last assignment of a name wins, so the marks cannot
+/// be replaced by the request.
+fn command_words(ctx: &ExecContext, request: &RunnerCommandRequest, mark: &str) -> String {
     let mut assignments = Vec::new();
     let mut via_env = Vec::new();
+    let marks = [
+        (SESSION_MARK.to_string(), ctx.session_id.clone()),
+        (COMMAND_MARK.to_string(), mark.to_string()),
+    ];
     for (key, value) in ctx
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .chain(request.effective_env())
+        .chain(marks)
     {
         if is_identifier(&key) {
             assignments.push(format!("{key}={}", quote(&value)));
@@ -227,14 +274,16 @@ async fn read_header(
 }
 
 /// The script that signals the process group recorded in the file `file`
-/// (waiting briefly for a command that is still starting to record it).
-fn signal_script(file: &str, signal: RunnerSignal) -> String {
+/// (waiting briefly for a command that is still starting to record it), then
+/// every process carrying the command's `mark` (those that left the group).
+fn signal_script(file: &str, mark: &str, signal: RunnerSignal) -> String {
     format!(
-        "f={file}; i=0; while [ ! -s \"$f\" ]; do [ $i -ge 100 ] && exit 0; \
-         sleep 0.05; i=$((i+1)); done; read p < \"$f\"; \
-         case \"$p\" in ''|*[!0-9]*) exit 0;; esac; \
-         kill -s {} -- -\"$p\" 2>/dev/null; exit 0",
-        signal.name()
+        "f={file}; i=0; while [ ! -s \"$f\" ] && [ $i -lt 100 ]; do \
+         sleep 0.05; i=$((i+1)); done; read p < \"$f\" 2>/dev/null; \
+         case \"$p\" in ''|*[!0-9]*) ;; *) kill -s {sig} -- -\"$p\" 2>/dev/null;; esac; \
+         {marked}exit 0",
+        sig = signal.name(),
+        marked = signal_marked(COMMAND_MARK, mark, signal),
     )
 }
 
@@ -243,6 +292,8 @@ struct RemoteControl {
     conn: Arc<Connection>,
     /// The file holding the command's process group id, quoted.
     pgid_file: String,
+    /// The command's [`COMMAND_MARK`] value.
+    mark: String,
     /// The command's remote directory, quoted (used for the stdin FIFO of
     /// background commands).
     dir: String,
@@ -256,7 +307,7 @@ struct RemoteControl {
 #[async_trait]
 impl ProcessControl for RemoteControl {
     async fn signal(&self, signal: RunnerSignal) -> RunnerResult<()> {
-        let script = signal_script(&self.pgid_file, signal);
+        let script = signal_script(&self.pgid_file, &self.mark, signal);
         self.conn
             .with_link(|link| {
                 let script = script.clone();
@@ -359,12 +410,9 @@ async fn command_exited(conn: &Connection, record: &Path) -> bool {
     let Ok(link) = conn.link().await else {
         return false;
     };
-    match link.sftp.fs().read(record).await {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            text.lines().any(|line| line == EXITED || line == "done")
-        }
-        Err(_) => false,
+    match read_small(&link, record).await {
+        Ok(Some(text)) => text.lines().any(|line| line == EXITED || line == "done"),
+        _ => false,
     }
 }
 
@@ -444,10 +492,8 @@ pub(crate) async fn start_foreground(
 ) -> RunnerResult<SpawnedProcess> {
     let operation = "run_command";
     let cwd = cwd_of(&ctx, &request);
-    let pgid_file = ctx
-        .session_dir
-        .join("run")
-        .join(uuid::Uuid::new_v4().simple().to_string());
+    let mark = uuid::Uuid::new_v4().simple().to_string();
+    let pgid_file = ctx.session_dir.join("run").join(&mark);
     let file_q = quote_path(operation, &pgid_file)?;
     let keep_open = request.keep_stdin_open;
     let piped = stdin.is_some() || keep_open;
@@ -457,7 +503,7 @@ pub(crate) async fn start_foreground(
          {words} {input} 3<&- & echo $! > \"$f\"; exec 2>/dev/null; wait $!; st=$?; \
          echo {EXITED} >> \"$f\"; kill -s 0 -- -$! 2>/dev/null || echo done > \"$f\"; exit $st",
         pre = preflight(&quote_path(operation, &cwd)?, &request.program),
-        words = command_words(&ctx, &request),
+        words = command_words(&ctx, &request, &mark),
         input = if piped { "<&3" } else { "</dev/null" },
     );
     let mut child = ctx
@@ -583,6 +629,7 @@ pub(crate) async fn start_foreground(
         control: Arc::new(RemoteControl {
             conn: ctx.conn.clone(),
             pgid_file: file_q.clone(),
+            mark,
             dir: file_q,
             stdin: Some((request.command_id.clone(), stdin)),
             fifo: false,
@@ -603,9 +650,8 @@ pub(crate) async fn start_background(
 ) -> RunnerResult<SpawnedProcess> {
     let operation = "start_command";
     let cwd = cwd_of(&ctx, &request);
-    let dir = ctx
-        .commands_dir()
-        .join(uuid::Uuid::new_v4().simple().to_string());
+    let mark = uuid::Uuid::new_v4().simple().to_string();
+    let dir = ctx.commands_dir().join(&mark);
     let meta = CommandMeta {
         request: request.clone(),
         started_at_ms: now_ms(),
@@ -644,7 +690,7 @@ pub(crate) async fn start_background(
          </dev/null >/dev/null 2>&1 & \
          i=0; while [ ! -s \"$d/pgid\" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done; \
          printf 'R %s\\n' \"$(cat \"$d/pgid\" 2>/dev/null)\"",
-        words = command_words(&ctx, &request),
+        words = command_words(&ctx, &request, &mark),
     ));
     let mut launch_input = bootstrap_line(&script);
     if with_bytes && let Some(bytes) = &stdin {
@@ -711,10 +757,28 @@ pub(crate) async fn adopt_background(
     follower.spawned(operation, dir_q, pid, keep_open, sink)
 }
 
-/// Reads a small remote file; `None` when it does not exist.
+/// Reads a small remote file (its first 64 KiB); `None` when it does not
+/// exist.
 pub(crate) async fn read_small(link: &Link, path: &Path) -> RunnerResult<Option<String>> {
-    match files::read_file(link, path, None, Some(64 * 1024)).await {
-        Ok((bytes, _)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+    Ok(read_optional(link, path, Some(64 * 1024))
+        .await?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Reads a remote regular file, at most `limit` bytes (without one, up to
+/// [`runner_api::MAX_READ_BYTES`]); `None` when it does not exist.
+async fn read_optional(
+    link: &Link,
+    path: &Path,
+    limit: Option<u64>,
+) -> RunnerResult<Option<Vec<u8>>> {
+    let request = RunnerFileReadRequest {
+        path: path.to_path_buf(),
+        offset: None,
+        limit,
+    };
+    match files::read_file(link, path, &request).await {
+        Ok((bytes, _)) => Ok(Some(bytes)),
         Err(e) if e.kind() == RunnerErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -749,8 +813,9 @@ impl Follower {
     }
 
     /// The tracked process of the followed command: signals go to the group
-    /// recorded in its directory (`dir_q`, quoted), its exit is the end of
-    /// the followed output.
+    /// recorded in its directory (`dir_q`, quoted) and to the processes
+    /// carrying its mark (the directory's name), its exit is the end of the
+    /// followed output.
     fn spawned(
         self,
         operation: &str,
@@ -764,6 +829,11 @@ impl Follower {
             control: Arc::new(RemoteControl {
                 conn: self.ctx.conn.clone(),
                 pgid_file: quote_path(operation, &self.dir.join("pgid"))?,
+                mark: self
+                    .dir
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 dir: dir_q,
                 stdin: None,
                 fifo: keep_open,
@@ -775,7 +845,7 @@ impl Follower {
     /// Pushes every chunk listed in the index into `sink`.
     async fn replay(&mut self, link: &Link, sink: &OutputSink) -> RunnerResult<()> {
         let index_path = self.dir.join(CHUNK_INDEX);
-        let Some(index) = read_all(link, &index_path).await? else {
+        let Some(index) = read_optional(link, &index_path, None).await? else {
             return Ok(());
         };
         self.index = index.len() as u64;
@@ -797,15 +867,12 @@ impl Follower {
             };
             if file.is_none() {
                 let path = self.dir.join(name);
-                *file =
-                    Some(link.sftp.open(&path).await.map_err(|e| {
-                        crate::error::sftp_error("rejoin: open", path.display(), e)
-                    })?);
+                *file = Some(files::open_regular(link, "rejoin", &path, None).await?.0);
             }
             let Some(handle) = file.as_mut() else {
                 continue;
             };
-            let bytes = read_at(handle, &self.dir.join(name), offset, len).await?;
+            let bytes = read_at(link, handle, &self.dir.join(name), offset, len).await?;
             sink.push(kind, &bytes);
             match kind {
                 RunnerOutputStream::Stdout => self.out = offset + len,
@@ -834,17 +901,12 @@ impl Follower {
                 RunnerOutputStream::Stdout => self.out,
                 RunnerOutputStream::Stderr => self.err,
             };
-            let mut file = match link.sftp.open(&path).await {
-                Ok(file) => file,
-                Err(e) => {
-                    let e = crate::error::sftp_error("follow output", path.display(), e);
-                    if e.kind() == RunnerErrorKind::NotFound {
-                        continue;
-                    }
-                    return Err(e);
-                }
+            let mut file = match files::open_regular(link, "follow output", &path, None).await {
+                Ok((file, _)) => file,
+                Err(e) if e.kind() == RunnerErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
             };
-            let bytes = read_at(&mut file, &path, offset, POLL_READ).await?;
+            let bytes = read_at(link, &mut file, &path, offset, POLL_READ).await?;
             drop(file);
             if bytes.is_empty() {
                 continue;
@@ -876,19 +938,12 @@ impl Follower {
 
     async fn append_index(&mut self, link: &Link, line: &[u8]) -> RunnerResult<()> {
         let path = self.dir.join(CHUNK_INDEX);
-        let mut file = link
-            .sftp
-            .options()
-            .write(true)
-            .create(true)
-            .open(&path)
-            .await
-            .map_err(|e| crate::error::sftp_error("index output", path.display(), e))?;
+        let mut options = link.sftp.options();
+        options.write(true).create(true);
+        let (mut file, _) = files::open_regular(link, "index output", &path, Some(options)).await?;
         files::seek(&mut file, self.index)?;
-        file.write_all(line)
-            .await
-            .map_err(|e| crate::error::sftp_error("index output", path.display(), e))?;
-        let _ = file.close().await;
+        files::write_chunks(link, "index output", &path, &mut file, line).await?;
+        drop(file);
         self.index += line.len() as u64;
         Ok(())
     }
@@ -928,14 +983,5 @@ impl Follower {
                 _ = stopped.changed() => {}
             }
         }
-    }
-}
-
-/// Reads a whole remote file; `None` when it does not exist.
-async fn read_all(link: &Link, path: &Path) -> RunnerResult<Option<Vec<u8>>> {
-    match files::read_file(link, path, None, None).await {
-        Ok((bytes, _)) => Ok(Some(bytes)),
-        Err(e) if e.kind() == RunnerErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
     }
 }

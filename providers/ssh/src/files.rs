@@ -8,18 +8,25 @@ use std::pin::Pin;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use openssh_sftp_client::file::File;
+use openssh_sftp_client::file::{File, OpenOptions};
 use openssh_sftp_client::metadata::{MetaData, Permissions};
-use runner_api::archive::{CONFINED_PARENTS_SCRIPT, confined_parents_error};
-use runner_api::{RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileStat, RunnerResult};
+use runner_api::archive::{
+    CONFINED_PARENTS_SCRIPT, MODE_MASK, SanitizedUpload, confined_parents_error,
+};
+use runner_api::{
+    RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileStat,
+    RunnerResult,
+};
 use tokio::io::AsyncSeek;
 
 use crate::connection::Link;
-use crate::error::sftp_error;
 use crate::script::{quote, quote_path, run_checked, run_script};
 
 /// Largest single sftp read request.
 const READ_CHUNK: u32 = 256 * 1024;
+
+/// Largest piece of a file written by one timed sftp call.
+const WRITE_CHUNK: usize = 1024 * 1024;
 
 fn display(path: &Path) -> String {
     path.display().to_string()
@@ -32,8 +39,10 @@ pub(crate) fn seek(file: &mut File, offset: u64) -> RunnerResult<()> {
         .map_err(|e| RunnerError::provider(format!("seek: {e}")))
 }
 
-/// Reads up to `n` bytes of `file` at `offset`; empty at the end of the file.
+/// Reads up to `n` bytes of `file` at `offset`; fewer at the end of the
+/// file. The buffer grows with the bytes that arrive.
 pub(crate) async fn read_at(
+    link: &Link,
     file: &mut File,
     path: &Path,
     offset: u64,
@@ -44,10 +53,9 @@ pub(crate) async fn read_at(
     while (out.len() as u64) < n {
         seek(file, at)?;
         let want = (n - out.len() as u64).min(READ_CHUNK as u64) as u32;
-        match file
-            .read(want, BytesMut::new())
-            .await
-            .map_err(|e| sftp_error("read", display(path), e))?
+        match link
+            .sftp_call("read", display(path), file.read(want, BytesMut::new()))
+            .await?
         {
             Some(bytes) if !bytes.is_empty() => {
                 at += bytes.len() as u64;
@@ -61,30 +69,27 @@ pub(crate) async fn read_at(
 
 /// `lstat` of `path`, `None` when it does not exist.
 pub(crate) async fn lstat(link: &Link, path: &Path) -> RunnerResult<Option<MetaData>> {
-    unless_missing(path, link.sftp.fs().symlink_metadata(path).await)
+    unless_missing(
+        link.sftp_call("stat", display(path), link.sftp.fs().symlink_metadata(path))
+            .await,
+    )
 }
 
 /// `stat` (following links) of `path`, `None` when it does not exist.
 async fn stat_follow(link: &Link, path: &Path) -> RunnerResult<Option<MetaData>> {
-    unless_missing(path, link.sftp.fs().metadata(path).await)
+    unless_missing(
+        link.sftp_call("stat", display(path), link.sftp.fs().metadata(path))
+            .await,
+    )
 }
 
-/// A stat result of `path`: `None` when it does not exist, other failures as
-/// typed errors.
-fn unless_missing(
-    path: &Path,
-    result: Result<MetaData, openssh_sftp_client::Error>,
-) -> RunnerResult<Option<MetaData>> {
+/// A stat result: `None` when the path does not exist, other failures as
+/// they are.
+fn unless_missing(result: RunnerResult<MetaData>) -> RunnerResult<Option<MetaData>> {
     match result {
         Ok(meta) => Ok(Some(meta)),
-        Err(e) => {
-            let e = sftp_error("stat", display(path), e);
-            if e.kind() == RunnerErrorKind::NotFound {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        }
+        Err(e) if e.kind() == RunnerErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -109,11 +114,8 @@ async fn file_stat(link: &Link, path: &Path, meta: &MetaData) -> RunnerResult<Ru
     let kind = kind_of(meta);
     let symlink_target = if kind == RunnerFileKind::Symlink {
         Some(
-            link.sftp
-                .fs()
-                .read_link(path)
-                .await
-                .map_err(|e| sftp_error("read_link", display(path), e))?,
+            link.sftp_call("read_link", display(path), link.sftp.fs().read_link(path))
+                .await?,
         )
     } else {
         None
@@ -132,33 +134,103 @@ async fn file_stat(link: &Link, path: &Path, meta: &MetaData) -> RunnerResult<Ru
     })
 }
 
-/// Reads a file, or `limit` bytes from `offset`; returns the bytes and the size.
+/// Refuses what `operation` must not open: anything but a regular file.
+fn require_regular(operation: &str, path: &Path, meta: &MetaData) -> RunnerResult<()> {
+    match kind_of(meta) {
+        RunnerFileKind::File => Ok(()),
+        RunnerFileKind::Directory => Err(RunnerError::invalid_request(format!(
+            "{operation} {}: is a directory",
+            display(path)
+        ))),
+        _ => Err(RunnerError::invalid_request(format!(
+            "{operation} {}: not a regular file (a FIFO, socket or device); only regular files \
+             are opened",
+            display(path)
+        ))),
+    }
+}
+
+/// Opens the regular file `path` with `options` (the default: for reading;
+/// read access is always added).
+///
+/// sftp has no non-blocking open, and `sftp-server` opening a FIFO waits for
+/// the other end, answering nothing else meanwhile. So the path is stat'ed
+/// first and anything but a regular file refused (`InvalidRequest`); a path
+/// that does not exist is left to `options` (a create). The open itself is
+/// timed like every sftp request: when the path was swapped for a FIFO in
+/// between and the open times out (`Timeout`), the stuck server is killed on
+/// the host ([`RELEASE_STUCK_SFTP`]) and the connection replaces the channel.
+/// Once open, the handle is stat'ed (`fstat`) and refused unless it is a
+/// regular file (a swap for a device).
+///
+/// Returns the file and its size.
+pub(crate) async fn open_regular(
+    link: &Link,
+    operation: &str,
+    path: &Path,
+    options: Option<OpenOptions>,
+) -> RunnerResult<(File, u64)> {
+    let what = display(path);
+    match stat_follow(link, path).await? {
+        Some(meta) => require_regular(operation, path, &meta)?,
+        None if options.is_none() => {
+            return Err(RunnerError::not_found(format!(
+                "{operation} {what}: no such file"
+            )));
+        }
+        None => {}
+    }
+    // Read access too: the client stats only handles open for reading.
+    let mut options = options.unwrap_or_else(|| link.sftp.options());
+    options.read(true);
+    let mut file = match link.sftp_call(operation, &what, options.open(path)).await {
+        Ok(file) => file,
+        Err(e) => {
+            if e.kind() == RunnerErrorKind::Timeout {
+                release_stuck_sftp(link, path).await;
+            }
+            return Err(e);
+        }
+    };
+    let meta = link.sftp_call(operation, &what, file.metadata()).await?;
+    // A dropped handle is closed in the background.
+    require_regular(operation, path, &meta)?;
+    Ok((file, meta.len().unwrap_or(0)))
+}
+
+/// The script that kills the login user's sftp servers stuck opening a FIFO
+/// (kernel wait channel `wait_for_partner`): `sftp-server`, or the `sshd`
+/// child running `internal-sftp`. Nothing else waits there, and a server
+/// waiting there answers no request until another process opens the FIFO,
+/// which for a FIFO already renamed away never happens.
+const RELEASE_STUCK_SFTP: &str = "for d in /proc/[0-9]*; do [ -O \"$d\" ] || continue; \
+     read -r c < \"$d/comm\" 2>/dev/null || continue; \
+     case \"$c\" in sftp-server|sshd) ;; *) continue;; esac; \
+     case \"$(cat \"$d/wchan\" 2>/dev/null)\" in wait_for_partner|fifo_open) \
+     kill -s KILL \"${d#/proc/}\" 2>/dev/null;; esac; done; exit 0";
+
+/// Ends the sftp servers a FIFO open left stuck (see [`RELEASE_STUCK_SFTP`]),
+/// after `path` timed out; failures are only logged.
+async fn release_stuck_sftp(link: &Link, path: &Path) {
+    if let Err(e) = run_script(link, "release", RELEASE_STUCK_SFTP, None).await {
+        tracing::warn!(path = %path.display(), error = %e, "ending a stuck sftp server failed");
+    }
+}
+
+/// Reads the window `request` asks of the regular file `path` (see
+/// [`runner_api::read_window`]): never more than it, however large the file
+/// or the request; returns the bytes and the file's size.
 pub(crate) async fn read_file(
     link: &Link,
     path: &Path,
-    offset: Option<u64>,
-    limit: Option<u64>,
+    request: &RunnerFileReadRequest,
 ) -> RunnerResult<(Vec<u8>, u64)> {
-    let meta = stat_follow(link, path).await?.ok_or_else(|| {
-        RunnerError::not_found(format!("read_file {}: no such file", display(path)))
-    })?;
-    if is_dir(&meta) {
-        return Err(RunnerError::invalid_request(format!(
-            "read_file {}: is a directory",
-            display(path)
-        )));
-    }
-    let size = meta.len().unwrap_or(0);
-    let mut file = link
-        .sftp
-        .open(path)
-        .await
-        .map_err(|e| sftp_error("read_file", display(path), e))?;
-    let start = offset.unwrap_or(0);
-    let n = limit.unwrap_or(u64::MAX);
-    // Read to the end as it is now (the size may have changed since `stat`).
-    let contents = read_at(&mut file, path, start, n).await?;
-    let _ = file.close().await;
+    runner_api::check_read_request("read_file", request)?;
+    let (mut file, size) = open_regular(link, "read_file", path, None).await?;
+    let window = runner_api::read_window("read_file", request, size)?;
+    // A file that grew since it was stat'ed is still cut at the window. The
+    // handle is closed in the background when dropped.
+    let contents = read_at(link, &mut file, path, window.offset, window.len).await?;
     Ok((contents, size))
 }
 
@@ -188,18 +260,39 @@ pub(crate) async fn make_dirs(link: &Link, path: &Path) -> RunnerResult<()> {
         }
     }
     for dir in missing.into_iter().rev() {
-        if let Err(e) = link.sftp.fs().create_dir(&dir).await {
+        let created = link
+            .sftp_call("make_dir", display(&dir), link.sftp.fs().create_dir(&dir))
+            .await;
+        if let Err(e) = created {
             // Another writer may have created it meanwhile.
             match stat_follow(link, &dir).await? {
                 Some(meta) if is_dir(&meta) => {}
-                _ => return Err(sftp_error("make_dir", display(&dir), e)),
+                _ => return Err(e),
             }
         }
     }
     Ok(())
 }
 
+/// Writes `contents` at the position of `file`, one timed request per
+/// [`WRITE_CHUNK`].
+pub(crate) async fn write_chunks(
+    link: &Link,
+    operation: &str,
+    path: &Path,
+    file: &mut File,
+    contents: &[u8],
+) -> RunnerResult<()> {
+    for chunk in contents.chunks(WRITE_CHUNK) {
+        link.sftp_call(operation, display(path), file.write_all(chunk))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Writes a whole file atomically: a temporary file next to it, then rename.
+/// The mode (the given one, or the existing file's) is masked with
+/// [`MODE_MASK`]: no set-id or sticky bits.
 pub(crate) async fn write_file(
     link: &Link,
     path: &Path,
@@ -213,7 +306,7 @@ pub(crate) async fn write_file(
             "write_file {what}: is a directory"
         )));
     }
-    let mode = mode.unwrap_or_else(|| existing.as_ref().map_or(0o644, mode_of)) & 0o7777;
+    let mode = mode.unwrap_or_else(|| existing.as_ref().map_or(0o644, mode_of)) & MODE_MASK;
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(RunnerError::invalid_request(format!(
             "write_file {what}: not a file path"
@@ -226,32 +319,31 @@ pub(crate) async fn write_file(
         uuid::Uuid::new_v4().simple()
     ));
     let written = async {
+        let mut options = link.sftp.options();
+        options.write(true).create_new(true);
         let mut file = link
-            .sftp
-            .options()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .await
-            .map_err(|e| sftp_error("write_file", &what, e))?;
-        file.write_all(contents)
-            .await
-            .map_err(|e| sftp_error("write_file", &what, e))?;
-        file.set_permissions(Permissions::from(mode as u16))
-            .await
-            .map_err(|e| sftp_error("write_file: set mode of", &what, e))?;
-        file.close()
-            .await
-            .map_err(|e| sftp_error("write_file", &what, e))?;
-        link.sftp
-            .fs()
-            .rename(&temp, path)
-            .await
-            .map_err(|e| sftp_error("write_file: rename into", &what, e))
+            .sftp_call("write_file", &what, options.open(&temp))
+            .await?;
+        write_chunks(link, "write_file", path, &mut file, contents).await?;
+        link.sftp_call(
+            "write_file: set mode of",
+            &what,
+            file.set_permissions(Permissions::from(mode as u16)),
+        )
+        .await?;
+        link.sftp_call("write_file", &what, file.close()).await?;
+        link.sftp_call(
+            "write_file: rename into",
+            &what,
+            link.sftp.fs().rename(&temp, path),
+        )
+        .await
     };
     let result = written.await;
     if result.is_err() {
-        let _ = link.sftp.fs().remove_file(&temp).await;
+        let _ = link
+            .sftp_call("write_file", &what, link.sftp.fs().remove_file(&temp))
+            .await;
     }
     result
 }
@@ -268,15 +360,16 @@ pub(crate) async fn list_dir(link: &Link, path: &Path) -> RunnerResult<Vec<Runne
         )));
     }
     let dir = link
-        .sftp
-        .fs()
-        .open_dir(path)
-        .await
-        .map_err(|e| sftp_error("list_dir", &what, e))?;
+        .sftp_call("list_dir", &what, link.sftp.fs().open_dir(path))
+        .await?;
     let mut entries = std::pin::pin!(dir.read_dir());
     let mut out = Vec::new();
-    while let Some(entry) = entries.next().await {
-        let entry = entry.map_err(|e| sftp_error("list_dir", &what, e))?;
+    while let Some(entry) = link
+        .sftp_call("list_dir", &what, async {
+            entries.next().await.transpose()
+        })
+        .await?
+    {
         let name = entry.filename().to_path_buf();
         if name == Path::new(".") || name == Path::new("..") {
             continue;
@@ -304,19 +397,18 @@ pub(crate) async fn remove(link: &Link, path: &Path, recursive: bool) -> RunnerR
         .ok_or_else(|| RunnerError::not_found(format!("remove {what}: no such file")))?;
     if !is_dir(&meta) {
         return link
-            .sftp
-            .fs()
-            .remove_file(path)
-            .await
-            .map_err(|e| sftp_error("remove", &what, e));
+            .sftp_call("remove", &what, link.sftp.fs().remove_file(path))
+            .await;
     }
     if recursive {
         let script = format!("rm -rf -- {}", quote_path("remove", path)?);
         run_checked(link, "remove", &script, None).await?;
         return Ok(());
     }
-    if let Err(e) = link.sftp.fs().remove_dir(path).await {
-        let e = sftp_error("remove", &what, e);
+    let removed = link
+        .sftp_call("remove", &what, link.sftp.fs().remove_dir(path))
+        .await;
+    if let Err(e) = removed {
         if e.kind() == RunnerErrorKind::Provider && !list_dir(link, path).await?.is_empty() {
             return Err(RunnerError::new(
                 RunnerErrorKind::AlreadyExists,
@@ -351,11 +443,8 @@ pub(crate) async fn rename(link: &Link, from: &Path, to: &Path) -> RunnerResult<
             format!("rename {what}: {} is a non-empty directory", display(to)),
         ));
     }
-    link.sftp
-        .fs()
-        .rename(from, to)
+    link.sftp_call("rename", &what, link.sftp.fs().rename(from, to))
         .await
-        .map_err(|e| sftp_error("rename", &what, e))
 }
 
 /// The absolute path with every symlink resolved, by the server's `realpath`.
@@ -364,8 +453,11 @@ pub(crate) async fn canonicalize(link: &Link, path: &Path) -> RunnerResult<PathB
     // The server's realpath accepts a missing last component: a stat of the
     // same path (sent at once, one round trip) says whether it exists.
     let mut fs = link.sftp.fs();
-    let (resolved, exists) = tokio::join!(fs.canonicalize(path), stat_follow(link, path));
-    let resolved = resolved.map_err(|e| sftp_error("canonicalize", &what, e))?;
+    let (resolved, exists) = tokio::join!(
+        link.sftp_call("canonicalize", &what, fs.canonicalize(path)),
+        stat_follow(link, path)
+    );
+    let resolved = resolved?;
     if exists?.is_none() {
         return Err(RunnerError::not_found(format!(
             "canonicalize {what}: no such file"
@@ -374,8 +466,11 @@ pub(crate) async fn canonicalize(link: &Link, path: &Path) -> RunnerResult<PathB
     Ok(resolved)
 }
 
-/// Unpacks a tar into `target` (created if missing) with the remote `tar`,
-/// after [`runner_api::archive::check_upload`] passed.
+/// Unpacks an upload that [`runner_api::archive::sanitize_upload`] checked
+/// and rewrote into `target` (created if missing) with the remote `tar`.
+/// The rewritten entries carry no set-id bits, so `tar` applies their modes
+/// as they are (`--same-permissions`, no umask); it keeps no owner
+/// (`--no-same-owner`: the login user owns what it unpacks).
 ///
 /// One remote `sh` runs [`CONFINED_PARENTS_SCRIPT`] (it creates the target
 /// and refuses directories of the entries that are symlinks leading out of
@@ -383,24 +478,34 @@ pub(crate) async fn canonicalize(link: &Link, path: &Path) -> RunnerResult<PathB
 /// trip. The directories travel on the command line; when they do not fit one
 /// ([`runner_api::archive::CONFINED_PARENTS_ARGS_BUDGET`]), the check runs
 /// alone on all but the last share of them, and the last comes with `tar`.
-pub(crate) async fn upload_archive(link: &Link, target: &Path, archive: &[u8]) -> RunnerResult<()> {
+pub(crate) async fn upload_archive(
+    link: &Link,
+    target: &Path,
+    upload: &SanitizedUpload,
+) -> RunnerResult<()> {
     const OP: &str = "upload_archive";
     let target_arg = quote_path(OP, target)?;
-    let checked = match runner_api::archive::check_upload(OP, target, archive) {
-        Ok(checked) => checked,
-        Err(refused) => {
-            // The target is created even when the archive is refused, as on
-            // the other providers.
-            confined_run(link, target, &target_arg, &[], None).await?;
-            return Err(refused);
-        }
-    };
-    let mut runs = checked.confined_parents_runs(OP, target, |p| quote(p).len() + 1)?;
+    let mut runs = upload
+        .check
+        .confined_parents_runs(OP, target, |p| quote(p).len() + 1)?;
     let last = runs.pop().unwrap_or_default();
     for run in runs {
         confined_run(link, target, &target_arg, &run, None).await?;
     }
-    confined_run(link, target, &target_arg, &last, Some(archive)).await
+    confined_run(link, target, &target_arg, &last, Some(&upload.archive)).await
+}
+
+/// Creates the target of a refused upload, as the other providers do (and
+/// refuses it the same way when it leads out).
+pub(crate) async fn upload_target(link: &Link, target: &Path) -> RunnerResult<()> {
+    confined_run(
+        link,
+        target,
+        &quote_path("upload_archive", target)?,
+        &[],
+        None,
+    )
+    .await
 }
 
 /// Runs [`CONFINED_PARENTS_SCRIPT`] on `parents` of `target`, followed by the
@@ -417,7 +522,7 @@ async fn confined_run(
         Some(_) => (
             format!(
                 "{CONFINED_PARENTS_SCRIPT}exec tar -x -f - -C \"$1\" --no-same-owner \
-                 --delay-directory-restore\n"
+                 --same-permissions --delay-directory-restore\n"
             ),
             "remote tar",
         ),

@@ -11,8 +11,9 @@ mod script;
 mod session;
 mod snapshot;
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use runner_api::mounts::MountedSession;
@@ -75,6 +76,9 @@ pub struct SshProvider {
     pool: Pool,
     resolver: Arc<dyn SecretResolver>,
     sweep_targets: Vec<SshConfig>,
+    /// The destinations sessions may be resumed or rejoined on, by id: those
+    /// given to `create_session` and to [`SshProvider::with_destination`].
+    destinations: Mutex<HashMap<String, RunnerDestination>>,
 }
 
 impl Default for SshProvider {
@@ -83,6 +87,7 @@ impl Default for SshProvider {
             pool: Pool::default(),
             resolver: Arc::new(EnvSecretResolver::new()),
             sweep_targets: Vec::new(),
+            destinations: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -131,6 +136,59 @@ impl SshProvider {
         Ok(self)
     }
 
+    /// Lets `resume_session` and `rejoin_session` accept states of
+    /// `destination` (by its id), as they do for every destination this
+    /// provider created a session for. A provider that did not create the
+    /// session (a new process) must be told the destination this way: the
+    /// host, port, user, key and known_hosts files, host-key policy and remote
+    /// directories of a resumed session always come from the destination,
+    /// never from the state.
+    ///
+    /// Errors: `InvalidRequest` for a destination of another provider or a bad
+    /// config, naming the field.
+    pub fn with_destination(self, destination: &RunnerDestination) -> RunnerResult<Self> {
+        Self::check_provider(
+            "with_destination",
+            &destination.provider_id,
+            "the destination",
+        )?;
+        SshConfig::from_destination(destination)?;
+        self.remember(destination);
+        Ok(self)
+    }
+
+    fn remember(&self, destination: &RunnerDestination) {
+        self.destinations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(destination.id.clone(), destination.clone());
+    }
+
+    /// The destination `state` names, with its parsed config.
+    ///
+    /// Errors: `InvalidRequest` when this provider does not know it.
+    fn destination_of(
+        &self,
+        operation: &str,
+        state: &RunnerSessionState,
+    ) -> RunnerResult<(RunnerDestination, SshConfig)> {
+        let destination = self
+            .destinations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&state.destination_id)
+            .cloned()
+            .ok_or_else(|| {
+                RunnerError::invalid_request(format!(
+                    "{operation} {}: destination {:?} is not known to this provider (create a \
+                     session on it, or register it with SshProvider::with_destination)",
+                    state.session_id, state.destination_id
+                ))
+            })?;
+        let config = SshConfig::from_destination(&destination)?;
+        Ok((destination, config))
+    }
+
     /// Setup guidance for `config`: a missing `ssh` binary, an unreadable key
     /// or known_hosts file. Names paths and settings only, never key contents.
     pub fn setup_hint_for(&self, config: &SshConfig) -> Option<String> {
@@ -165,30 +223,25 @@ impl SshProvider {
         runner_api::mounts::validate_stores(destination)
     }
 
+    /// A handle on session `session_id` of `config`'s destination: its
+    /// workspace is `<workspace_root>/<id>`, its session directory
+    /// `<state_dir>/<id>` (nothing is created).
     async fn open(
         &self,
         session_id: String,
         destination_id: String,
         config: SshConfig,
-        meta: Option<SessionMeta>,
+        read_only: ReadOnlyPaths,
     ) -> RunnerResult<Arc<SshSession>> {
         let conn = self.pool.get(&config);
         let link = conn.link().await?;
-        let (workspace, session_dir, read_only) = match meta {
-            Some(meta) => (meta.workspace, meta.session_dir, meta.read_only),
-            None => (
-                remote_dir(&link, &config.workspace_root).join(&session_id),
-                remote_dir(&link, &config.state_dir).join(&session_id),
-                ReadOnlyPaths::default(),
-            ),
-        };
         Ok(Arc::new(SshSession::new(SessionSetup {
+            workspace: remote_dir(&link, &config.workspace_root).join(&session_id),
+            session_dir: remote_dir(&link, &config.state_dir).join(&session_id),
             session_id,
             destination_id,
             config,
             conn,
-            workspace,
-            session_dir,
             read_only,
         })))
     }
@@ -199,21 +252,11 @@ impl SshProvider {
     async fn attach_resumed(
         &self,
         session: Arc<SshSession>,
-        destination_id: &str,
-        config: &SshConfig,
+        destination: &RunnerDestination,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        let mut settings = serde_json::Map::new();
-        if let Some(artifacts) = &config.artifacts {
-            settings.insert(
-                runner_api::mounts::ARTIFACTS_CONFIG_KEY.to_string(),
-                artifacts.clone(),
-            );
-        }
         let destination = RunnerDestination {
-            id: destination_id.to_string(),
-            provider_id: PROVIDER_ID.to_string(),
-            config: serde_json::Value::Object(settings),
             default_manifest: Default::default(),
+            ..destination.clone()
         };
         MountedSession::attach(confine(session), &destination, self.resolver.clone()).await
     }
@@ -346,8 +389,14 @@ impl RemoteRunnerProvider for SshProvider {
         )?;
         let config = SshConfig::from_destination(&destination)?;
         Self::check_manifest(&destination)?;
+        self.remember(&destination);
         let session = self
-            .open(new_session_id(), destination.id.clone(), config, None)
+            .open(
+                new_session_id(),
+                destination.id.clone(),
+                config,
+                ReadOnlyPaths::default(),
+            )
             .await?;
         session.create_dirs().await?;
         let confined = confine(session.clone());
@@ -367,23 +416,34 @@ impl RemoteRunnerProvider for SshProvider {
 
     /// With `state.snapshot`: a new session in a fresh workspace filled from
     /// the snapshot (a fork). Without: the same as `rejoin_session`.
+    ///
+    /// Everything that decides where the session lives comes from the
+    /// destination `state.destination_id` names (see
+    /// [`with_destination`](SshProvider::with_destination)): the snapshot
+    /// archive is `<snapshot_dir>/<snapshot id>.tar` of that destination.
+    ///
+    /// Errors: `InvalidRequest` (another provider's state, an unknown
+    /// destination, a bad snapshot id), `PermissionDenied` (the state or the
+    /// snapshot names another host), `NotFound` (no such snapshot archive).
     async fn resume_session(
         &self,
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        Self::check_provider("resume_session", &state.provider_id, "the state")?;
+        const OP: &str = "resume_session";
+        Self::check_provider(OP, &state.provider_id, "the state")?;
         let Some(snapshot_ref) = state.snapshot.clone() else {
             return self.rejoin_session(state).await;
         };
-        let source = session_meta("resume_session", &state).ok();
-        let config =
-            match serde_json::from_value::<snapshot::SnapshotMeta>(snapshot_ref.metadata.clone()) {
-                Ok(meta) => meta.config,
-                Err(_) => match &source {
-                    Some(source) => source.config.clone(),
-                    None => session_meta("resume_session", &state)?.config,
-                },
-            };
+        let (destination, config) = self.destination_of(OP, &state)?;
+        let source = session_meta(OP, &state).ok();
+        if let Some(source) = &source {
+            source.check_destination(OP, &state.session_id, &config)?;
+        }
+        if let Ok(meta) =
+            serde_json::from_value::<snapshot::SnapshotMeta>(snapshot_ref.metadata.clone())
+        {
+            meta.check_destination(&snapshot_ref.snapshot_id, &config)?;
+        }
         // The snapshot is found before anything is created for the copy.
         let link = self.pool.get(&config).link().await?;
         let archive = snapshot::archive_of(&link, &config, &snapshot_ref)?;
@@ -391,8 +451,8 @@ impl RemoteRunnerProvider for SshProvider {
             .open(
                 new_session_id(),
                 state.destination_id.clone(),
-                config.clone(),
-                None,
+                config,
+                ReadOnlyPaths::default(),
             )
             .await?;
         let restored = async {
@@ -412,39 +472,43 @@ impl RemoteRunnerProvider for SshProvider {
             let _ = session.close().await;
             return Err(e);
         }
-        self.attach_resumed(session, &state.destination_id, &config)
-            .await
+        self.attach_resumed(session, &destination).await
     }
 
     /// Reattaches to a detached session: same workspace, same session
     /// directory, background commands taken over with their numbered output.
+    ///
+    /// The session is looked for on the destination `state.destination_id`
+    /// names, at `<workspace_root>/<session id>` and
+    /// `<state_dir>/<session id>` of that destination; the state's paths must
+    /// be those, and must resolve on the host to those names under the
+    /// destination's directories.
+    ///
+    /// Errors: `InvalidRequest` (another provider's state, an unknown
+    /// destination, a bad session id), `PermissionDenied` naming what the
+    /// state gave (another host, a workspace or session directory outside
+    /// the destination's), `NotFound` (the workspace is gone).
     async fn rejoin_session(
         &self,
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        Self::check_provider("rejoin_session", &state.provider_id, "the state")?;
-        let meta = session_meta("rejoin_session", &state)?;
-        let config = meta.config.clone();
+        const OP: &str = "rejoin_session";
+        Self::check_provider(OP, &state.provider_id, "the state")?;
+        let (destination, config) = self.destination_of(OP, &state)?;
+        let meta = session_meta(OP, &state)?;
+        meta.check_destination(OP, &state.session_id, &config)?;
         let session = self
             .open(
                 state.session_id.clone(),
                 state.destination_id.clone(),
                 config.clone(),
-                Some(meta),
+                meta.read_only.clone(),
             )
             .await?;
         let link = self.pool.get(&config).link().await?;
-        let workspace = session.workspace_root();
-        if files::lstat(&link, &workspace).await?.is_none() {
-            return Err(RunnerError::not_found(format!(
-                "rejoin_session {}: the workspace {} no longer exists",
-                state.session_id,
-                workspace.display()
-            )));
-        }
+        session.check_state_paths(&link, &meta).await?;
         session.adopt_commands().await?;
-        self.attach_resumed(session, &state.destination_id, &config)
-            .await
+        self.attach_resumed(session, &destination).await
     }
 
     /// Sweeps every destination given with

@@ -12,12 +12,12 @@
 
 use std::path::{Path, PathBuf};
 
-use runner_api::{RunnerResult, RunnerSweepReport};
+use runner_api::{RunnerFileKind, RunnerResult, RunnerSignal, RunnerSweepReport};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SshConfig;
 use crate::connection::Link;
-use crate::exec::{now_ms, read_small};
+use crate::exec::{SESSION_MARK, now_ms, read_small, signal_marked};
 use crate::files;
 use crate::script::{quote_path, run_checked, run_script};
 use crate::session::remote_dir;
@@ -123,10 +123,12 @@ async fn read_marker(link: &Link, path: &Path) -> RunnerResult<Option<OwnerMarke
 }
 
 /// The script that kills every process group recorded in `session_dir` (its
-/// commands and their stdin holders), then removes `session_dir` and
+/// commands and their stdin holders) and every process carrying the session's
+/// mark (those that left their group), then removes `session_dir` and
 /// `workspace`.
 pub(crate) fn teardown_script(
     operation: &str,
+    session_id: &str,
     session_dir: &Path,
     workspace: Option<&Path>,
 ) -> RunnerResult<String> {
@@ -141,7 +143,8 @@ pub(crate) fn teardown_script(
          *) kill -s KILL -- -\"$p\" 2>/dev/null;; esac; done; \
          for f in {dir}/cmd/*/stdin.holder; do \
          [ -s \"$f\" ] && kill \"$(cat \"$f\")\" 2>/dev/null; done; \
-         rm -rf -- {workspace} {dir}"
+         {marked}rm -rf -- {workspace} {dir}",
+        marked = signal_marked(SESSION_MARK, session_id, RunnerSignal::Kill),
     ))
 }
 
@@ -155,8 +158,54 @@ async fn remove_all(link: &Link, paths: &[&Path]) -> RunnerResult<()> {
     Ok(())
 }
 
+/// Whether `name` can be a session or snapshot id the provider made (a
+/// uuid): letters, digits and `-`, at most 64 of them.
+pub(crate) fn is_plain_id(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// The canonical path of the workspace the orphan `marker` owns, when it is
+/// one this library made: the marker names `<workspace_root>/<session id>`,
+/// that path is a directory itself (not a symlink), and it resolves to the
+/// same name under the canonical workspace root `base`. `None` otherwise:
+/// a marker naming anything else (a `..` path, a directory elsewhere, a
+/// symlink leading out) never gets it removed.
+async fn owned_workspace(
+    link: &Link,
+    workspace_root: &Path,
+    base: Option<&Path>,
+    marker: &OwnerMarker,
+) -> RunnerResult<Option<PathBuf>> {
+    let expected = workspace_root.join(&marker.session_id);
+    let Some(base) = base else {
+        return Ok(None);
+    };
+    if runner_api::normalize_lexically(&marker.workspace) != expected {
+        tracing::warn!(workspace = %marker.workspace.display(), session = %marker.session_id, "sweep_orphans: a marker names a workspace this library did not make; leaving it");
+        return Ok(None);
+    }
+    let is_dir = files::lstat(link, &expected)
+        .await?
+        .and_then(|meta| meta.file_type())
+        .is_some_and(|kind| kind.is_dir());
+    if !is_dir {
+        return Ok(None);
+    }
+    let canonical = base.join(&marker.session_id);
+    let resolved = files::canonicalize(link, &expected).await.ok();
+    Ok((resolved.as_ref() == Some(&canonical)).then_some(canonical))
+}
+
 /// Removes orphaned session directories (with their workspaces) and orphaned
 /// snapshot leftovers of one destination.
+///
+/// Only what this library made is touched: a session directory is a real
+/// directory (not a symlink) directly in the canonical `state_dir`, named as
+/// a session id, holding a marker of that session; its workspace is removed
+/// only as [`owned_workspace`] allows. Both are removed by their canonical
+/// paths.
 pub(crate) async fn sweep(
     link: &Link,
     config: &SshConfig,
@@ -166,30 +215,42 @@ pub(crate) async fn sweep(
     let state_dir = remote_dir(link, &config.state_dir);
     let workspace_root = remote_dir(link, &config.workspace_root);
     if let Ok(entries) = files::list_dir(link, &state_dir).await {
+        let state_base = files::canonicalize(link, &state_dir).await?;
+        let workspace_base = files::canonicalize(link, &workspace_root).await.ok();
         for entry in entries {
+            if entry.kind != RunnerFileKind::Directory || !is_plain_id(&entry.name) {
+                continue;
+            }
             let Some(marker) = read_marker(link, &entry.path.join(MARKER)).await? else {
                 continue;
             };
-            if !marker.is_orphan(config.orphan_grace_s) {
+            if marker.session_id != entry.name || !marker.is_orphan(config.orphan_grace_s) {
                 continue;
             }
-            let workspace = (marker.workspace.starts_with(&workspace_root)
-                && marker.workspace != workspace_root)
-                .then_some(marker.workspace.as_path());
-            let script = teardown_script("sweep_orphans", &entry.path, workspace)?;
+            let session_dir = state_base.join(&entry.name);
+            let workspace =
+                owned_workspace(link, &workspace_root, workspace_base.as_deref(), &marker).await?;
+            let script = teardown_script(
+                "sweep_orphans",
+                &marker.session_id,
+                &session_dir,
+                workspace.as_deref(),
+            )?;
             run_checked(link, "sweep_orphans", &script, None).await?;
-            for path in std::iter::once(entry.path.as_path()).chain(workspace) {
+            for path in std::iter::once(&session_dir).chain(&workspace) {
                 report.removed.push(format!("{label}:{}", path.display()));
             }
         }
     }
     let snapshot_dir = remote_dir(link, &config.snapshot_dir);
     if let Ok(entries) = files::list_dir(link, &snapshot_dir).await {
-        for entry in entries.iter().filter(|e| e.name.ends_with(".owner")) {
+        for entry in entries.iter().filter(|e| e.kind == RunnerFileKind::File) {
+            let Some(stem) = entry.name.strip_suffix(".owner").filter(|s| is_plain_id(s)) else {
+                continue;
+            };
             let Some(marker) = read_marker(link, &entry.path).await? else {
                 continue;
             };
-            let stem = entry.name.trim_end_matches(".owner");
             let archive = snapshot_dir.join(format!("{stem}.tar"));
             let partial = snapshot_dir.join(format!("{stem}.tar.tmp"));
             let complete = entries.iter().any(|e| e.path == archive);
@@ -199,8 +260,10 @@ pub(crate) async fn sweep(
                 let Some(grace) = config.snapshot_grace_s else {
                     continue;
                 };
-                let plain_id = !marker.session_id.is_empty() && !marker.session_id.contains('/');
-                if marker.library != LIBRARY || !plain_id || !marker.is_older_than(grace) {
+                if marker.library != LIBRARY
+                    || !is_plain_id(&marker.session_id)
+                    || !marker.is_older_than(grace)
+                {
                     continue;
                 }
                 let session_gone = marker.owner_gone()

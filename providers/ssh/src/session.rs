@@ -25,12 +25,13 @@ use crate::ports::{self, Forward};
 use crate::script::run_script;
 use crate::{PROVIDER_ID, capabilities, files, snapshot};
 
-/// What `state().metadata` carries: enough for a new provider instance to
-/// rejoin. Paths and connection settings only, never key material.
+/// What `state().metadata` carries: where the session lives, for a rejoin to
+/// check against the destination it is rejoined on. No config: resume and
+/// rejoin take every setting from the destination.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SessionMeta {
-    /// The destination's settings (key files by path only).
-    pub(crate) config: SshConfig,
+    /// The destination as `user@host:port` ([`SshConfig::destination_label`]).
+    pub(crate) destination: String,
     /// Absolute remote workspace root.
     pub(crate) workspace: PathBuf,
     /// Absolute remote session directory.
@@ -39,6 +40,44 @@ pub(crate) struct SessionMeta {
     /// manifest entries), a JSON array of paths.
     #[serde(default)]
     pub(crate) read_only: ReadOnlyPaths,
+}
+
+impl SessionMeta {
+    /// Refuses a state that is not of `config`'s destination: a session id
+    /// this provider does not make (`InvalidRequest`), another host, port or
+    /// user (`PermissionDenied` naming both).
+    pub(crate) fn check_destination(
+        &self,
+        operation: &str,
+        session_id: &str,
+        config: &SshConfig,
+    ) -> RunnerResult<()> {
+        check_destination_label(operation, session_id, &self.destination, config)?;
+        if !ownership::is_plain_id(session_id) {
+            return Err(RunnerError::invalid_request(format!(
+                "{operation}: session id {session_id:?} is not one this provider makes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses `what` (a session or snapshot id) when the `named` destination is
+/// not `config`'s. Errors: `PermissionDenied` naming both.
+pub(crate) fn check_destination_label(
+    operation: &str,
+    what: &str,
+    named: &str,
+    config: &SshConfig,
+) -> RunnerResult<()> {
+    let label = config.destination_label();
+    if named != label {
+        return Err(RunnerError::permission_denied(format!(
+            "{operation} {what}: the state names destination {named}, not {label}, the \
+             destination it is resumed on"
+        )));
+    }
+    Ok(())
 }
 
 /// Everything a new session handle needs.
@@ -84,6 +123,7 @@ impl SshSession {
         Self {
             ctx: Arc::new(ExecContext {
                 conn: setup.conn,
+                session_id: setup.session_id.clone(),
                 env: setup.config.env.clone(),
                 workspace: setup.workspace,
                 session_dir: setup.session_dir,
@@ -149,6 +189,61 @@ impl SshSession {
                 }
             })
             .await
+    }
+
+    /// Refuses to rejoin when the paths `meta` (a state's) gives are not this
+    /// handle's (`<workspace_root>/<id>`, `<state_dir>/<id>` of the
+    /// destination), or when one of them is a symlink or no directory on the
+    /// host (it would lead elsewhere): `PermissionDenied` naming the path.
+    /// A workspace that is gone is `NotFound`.
+    pub(crate) async fn check_state_paths(
+        &self,
+        link: &Link,
+        meta: &SessionMeta,
+    ) -> RunnerResult<()> {
+        const OP: &str = "rejoin_session";
+        let id = &self.session_id;
+        for (what, given, own, key) in [
+            (
+                "workspace",
+                &meta.workspace,
+                &self.ctx.workspace,
+                "workspace_root",
+            ),
+            (
+                "session directory",
+                &meta.session_dir,
+                &self.ctx.session_dir,
+                "state_dir",
+            ),
+        ] {
+            if runner_api::normalize_lexically(given) != *own {
+                return Err(RunnerError::permission_denied(format!(
+                    "{OP} {id}: the state's {what} {} is not {}, the session's under the \
+                     destination's {key}",
+                    given.display(),
+                    own.display()
+                )));
+            }
+            match files::lstat(link, own).await? {
+                None if what == "workspace" => {
+                    return Err(RunnerError::not_found(format!(
+                        "{OP} {id}: the workspace {} no longer exists",
+                        own.display()
+                    )));
+                }
+                None => {}
+                Some(found) if found.file_type().is_some_and(|t| t.is_dir()) => {}
+                Some(_) => {
+                    return Err(RunnerError::permission_denied(format!(
+                        "{OP} {id}: the {what} {} is not a directory (a symlink leads \
+                         elsewhere); refusing to rejoin",
+                        own.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Takes over the background commands recorded in the session directory.
@@ -222,7 +317,7 @@ impl SshSession {
 
     fn meta(&self) -> SessionMeta {
         SessionMeta {
-            config: self.config.clone(),
+            destination: self.config.destination_label(),
             workspace: self.ctx.workspace.clone(),
             session_dir: self.ctx.session_dir.clone(),
             read_only: self.read_only_paths().clone(),
@@ -341,8 +436,12 @@ impl RemoteRunnerSession for SshSession {
             return Ok(());
         }
         self.ctx.stopped.send_replace(true);
-        let script =
-            ownership::teardown_script("close", &self.ctx.session_dir, Some(&self.ctx.workspace))?;
+        let script = ownership::teardown_script(
+            "close",
+            &self.session_id,
+            &self.ctx.session_dir,
+            Some(&self.ctx.workspace),
+        )?;
         self.ctx
             .conn
             .with_link(|link| {
@@ -444,7 +543,8 @@ impl RemoteRunnerSession for SshSession {
         let (contents, size) = self
             .files("read_file", |link| {
                 let path = path.clone();
-                async move { files::read_file(&link, &path, request.offset, request.limit).await }
+                let request = &request;
+                async move { files::read_file(&link, &path, request).await }
             })
             .await?;
         Ok(RunnerFileReadResult {
@@ -536,10 +636,32 @@ impl RemoteRunnerSession for SshSession {
         self.writable("upload_archive", |ro| {
             ro.check_archive("upload_archive", &target, &archive)
         })?;
+        let policy = self.config.upload_policy();
+        let sanitized = {
+            let target = target.clone();
+            tokio::task::spawn_blocking(move || {
+                runner_api::archive::sanitize_upload("upload_archive", &target, &archive, &policy)
+            })
+            .await
+            .map_err(|e| {
+                RunnerError::provider(format!("upload_archive: the archive check failed: {e}"))
+            })?
+        };
+        let upload = match sanitized {
+            Ok(upload) => upload,
+            Err(refused) => {
+                self.files("upload_archive", |link| {
+                    let target = target.clone();
+                    async move { files::upload_target(&link, &target).await }
+                })
+                .await?;
+                return Err(refused);
+            }
+        };
         self.files("upload_archive", |link| {
             let target = target.clone();
-            let archive = &archive;
-            async move { files::upload_archive(&link, &target, archive).await }
+            let upload = &upload;
+            async move { files::upload_archive(&link, &target, upload).await }
         })
         .await
     }

@@ -13,17 +13,32 @@ use crate::ownership::{self, OwnerMarker};
 use crate::script::{quote_path, run_checked, run_script};
 use crate::session::remote_dir;
 
-/// What a snapshot reference's metadata carries.
+/// What a snapshot reference's metadata carries: no config (a resume takes
+/// every setting from the destination, and finds the archive by id in its
+/// `snapshot_dir`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SnapshotMeta {
-    /// The destination's settings (key files by path only).
-    pub(crate) config: SshConfig,
-    /// Absolute remote path of the archive.
+    /// The destination as `user@host:port`.
+    pub(crate) destination: String,
+    /// Absolute remote path of the archive (informative).
     pub(crate) archive: PathBuf,
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+impl SnapshotMeta {
+    /// Refuses a snapshot of another destination than `config`'s
+    /// (`PermissionDenied` naming both).
+    pub(crate) fn check_destination(
+        &self,
+        snapshot_id: &str,
+        config: &SshConfig,
+    ) -> RunnerResult<()> {
+        crate::session::check_destination_label(
+            "resume_session",
+            snapshot_id,
+            &self.destination,
+            config,
+        )
+    }
 }
 
 /// Tars the workspace into `<snapshot_dir>/<id>.tar` (written to a temporary
@@ -47,7 +62,7 @@ pub(crate) async fn take(
     );
     run_checked(link, "snapshot", &script, None).await?;
     let meta = SnapshotMeta {
-        config: config.clone(),
+        destination: config.destination_label(),
         archive,
     };
     Ok(RunnerSnapshotRef {
@@ -63,7 +78,7 @@ pub(crate) fn archive_of(
     config: &SshConfig,
     snapshot: &RunnerSnapshotRef,
 ) -> RunnerResult<PathBuf> {
-    if snapshot.provider_id != PROVIDER_ID || !valid_id(&snapshot.snapshot_id) {
+    if snapshot.provider_id != PROVIDER_ID || !ownership::is_plain_id(&snapshot.snapshot_id) {
         return Err(RunnerError::invalid_request(format!(
             "resume_session: snapshot {:?} of provider {:?} is not an ssh snapshot",
             snapshot.snapshot_id, snapshot.provider_id

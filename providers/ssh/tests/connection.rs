@@ -395,7 +395,7 @@ async fn read_only_entry_refuses_file_writes() -> TestResult {
         .await
         .map_err(|e| format!("validate_destination: {e}"))?;
     let session = provider
-        .create_session(destination)
+        .create_session(destination.clone())
         .await
         .map_err(|e| format!("create_session: {e}"))?;
     assert_read_only(session.as_ref(), "after create").await?;
@@ -420,7 +420,9 @@ async fn read_only_entry_refuses_file_writes() -> TestResult {
         .map_err(|e| format!("close the fork: {e}"))?;
     let state = session.detach().await.map_err(|e| format!("detach: {e}"))?;
     drop(session);
-    let fresh = SshProvider::new();
+    let fresh = SshProvider::new()
+        .with_destination(&destination)
+        .map_err(|e| format!("with_destination: {e}"))?;
     let rejoined = fresh
         .rejoin_session(state)
         .await
@@ -592,7 +594,9 @@ async fn background_output_survives() -> TestResult {
     let state = session.detach().await.map_err(|e| format!("detach: {e}"))?;
     drop(session);
     drop(provider);
-    let fresh = SshProvider::new();
+    let fresh = SshProvider::new()
+        .with_destination(&destination(config.clone()))
+        .map_err(|e| format!("with_destination: {e}"))?;
     let rejoined = fresh
         .rejoin_session(state)
         .await
