@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use runner_api::archive::DEFAULT_MAX_UNPACKED_BYTES;
 use runner_api::{RunnerDestination, RunnerError, RunnerResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -39,7 +40,8 @@ impl DockerNetwork {
 /// 127.0.0.1), `memory` (bytes, or a string such as `"512m"`), `cpus`,
 /// `pids_limit`, `network` (`"bridge"` or `"none"`), `labels` (object of
 /// strings), `init` (default `true`), `keep_on_close` (default `false`),
-/// `docker_host` (default: the local socket). `artifacts` is reserved for the
+/// `docker_host` (default: the local socket), `max_upload_bytes` (default
+/// [`DEFAULT_MAX_UNPACKED_BYTES`]). `artifacts` is reserved for the
 /// shared artifact-store settings and not interpreted here. Any other key is an
 /// error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +74,8 @@ pub struct DockerConfig {
     /// The daemon address (`unix:///var/run/docker.sock`, `tcp://host:2375`);
     /// `None` is the local socket.
     pub docker_host: Option<String>,
+    /// Most bytes the entries of one `upload_archive` may hold together.
+    pub max_upload_bytes: u64,
     /// The reserved `artifacts` value, kept as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<Value>,
@@ -91,6 +95,7 @@ const KEYS: &[&str] = &[
     "init",
     "keep_on_close",
     "docker_host",
+    "max_upload_bytes",
     "artifacts",
 ];
 
@@ -303,6 +308,24 @@ impl DockerConfig {
                 "cannot be published with network \"none\" (expose_port works without them)",
             ));
         }
+        let max_upload_bytes = match map.get("max_upload_bytes") {
+            None | Some(Value::Null) => DEFAULT_MAX_UNPACKED_BYTES,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(bytes) if bytes > 0 => bytes,
+                _ => {
+                    return Err(bad(
+                        "max_upload_bytes",
+                        format!("{n} is not a number of bytes above 0"),
+                    ));
+                }
+            },
+            Some(other) => {
+                return Err(bad(
+                    "max_upload_bytes",
+                    format!("must be a number, got {}", kind(other)),
+                ));
+            }
+        };
         let labels = string_map(map, "labels")?;
         if let Some(reserved) = labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
             return Err(bad(
@@ -335,6 +358,7 @@ impl DockerConfig {
             init: boolean(map, "init", true)?,
             keep_on_close: boolean(map, "keep_on_close", false)?,
             docker_host,
+            max_upload_bytes,
             artifacts: map.get("artifacts").cloned().filter(|v| !v.is_null()),
         })
     }
@@ -368,6 +392,7 @@ impl DockerConfig {
         if let Some(host) = &self.docker_host {
             map.insert("docker_host".into(), host.clone().into());
         }
+        map.insert("max_upload_bytes".into(), self.max_upload_bytes.into());
         if let Some(artifacts) = &self.artifacts {
             map.insert("artifacts".into(), artifacts.clone());
         }
@@ -396,13 +421,14 @@ mod tests {
             "image": "img", "workspace_dir": "/work/./x", "env": { "A": "1" }, "user": "1000:1000",
             "ports": [8080], "memory": "512m", "cpus": 1.5, "pids_limit": 100,
             "network": "bridge", "labels": { "team": "x" }, "init": false,
-            "keep_on_close": true, "docker_host": "unix:///tmp/d.sock",
+            "keep_on_close": true, "docker_host": "unix:///tmp/d.sock", "max_upload_bytes": 1024,
             "artifacts": { "url": "s3://bucket/prefix" }
         }))
         .expect("config");
         assert_eq!(config.workspace_dir, PathBuf::from("/work/x"));
         assert_eq!(config.memory, Some(512 << 20));
         assert_eq!(config.ports, vec![8080]);
+        assert_eq!(config.max_upload_bytes, 1024);
         assert!(config.artifacts.is_some());
         assert_eq!(
             DockerConfig::from_value(&config.to_value()).expect("again"),
@@ -441,6 +467,10 @@ mod tests {
             (
                 json!({ "image": "i", "network": "none", "ports": [80] }),
                 "`ports`",
+            ),
+            (
+                json!({ "image": "i", "max_upload_bytes": 0 }),
+                "`max_upload_bytes`",
             ),
             (json!({ "image": "i", "colour": "blue" }), "`colour`"),
         ];

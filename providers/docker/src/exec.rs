@@ -4,8 +4,13 @@
 //!
 //! Every exec is a session and process-group leader in the container (runc
 //! starts it with `setsid`), so the whole tree of a command is one process
-//! group. Docker cannot kill an exec; signals go through a second short exec,
-//! `kill -s SIG -PGID`, with the group id read from the file the wrapper wrote.
+//! group. A child may leave that group (`setsid`), so every command also
+//! carries a mark in its environment, [`MARK_VAR`]`=<session id>-<token>`,
+//! set after the request's own variables (the request cannot replace it) and
+//! inherited by every descendant. Docker cannot kill an exec; signals go
+//! through a second short exec that signals the group (`kill -s SIG -PGID`,
+//! with the group id read from the file the wrapper wrote) and every process
+//! whose `/proc/<pid>/environ` holds the mark.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -20,7 +25,7 @@ use runner_api::{
     OutputSink, ProcessControl, RawExit, RunnerCommandId, RunnerCommandRequest, RunnerError,
     RunnerErrorKind, RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess, StdinPipe,
 };
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::error::Daemon;
 
@@ -54,17 +59,42 @@ printf '\036runner-started\036'
 exec "$@"
 "#;
 
-/// `$1` is the group-id file, `$2` the signal name. Waits briefly for a command
-/// that is still starting to write its group id.
+/// The environment variable marking every process of a command.
+pub(crate) const MARK_VAR: &str = "RUNNER_DOCKER_MARK";
+
+/// `$1` is the group-id file (empty: no group), `$2` the signal name, `$3` the
+/// mark (`MARK_VAR=<value>`, a prefix of it for every command of a session).
+/// Waits briefly for a command that is still starting to write its group id,
+/// signals the group, then every process whose environment holds the mark
+/// (processes that left the group with `setsid`); KILL is repeated until no
+/// marked process is left (a dying process's environment reads empty), so
+/// children forked meanwhile are caught too.
 const SIGNAL: &str = r#"
-i=0
-while [ ! -s "$1" ]; do
-  i=$((i+1))
-  [ $i -gt 50 ] && exit 0
-  sleep 0.1
+if [ -n "$1" ]; then
+  i=0
+  while [ ! -s "$1" ] && [ $i -le 50 ]; do
+    i=$((i+1))
+    sleep 0.1
+  done
+  if read g < "$1"; then
+    case $g in
+      ''|*[!0-9]*) ;;
+      *) [ "$g" -gt 1 ] && kill -s "$2" "-$g" ;;
+    esac
+  fi
+fi 2>/dev/null
+n=0
+while [ $n -lt 20 ]; do
+  n=$((n+1))
+  l=$(grep -l -e "$3" /proc/[0-9]*/environ 2>/dev/null) || break
+  p=
+  for f in $l; do
+    f=${f#/proc/}
+    p="$p ${f%/environ}"
+  done
+  kill -s "$2" $p 2>/dev/null
+  [ "$2" = KILL ] || break
 done
-read g < "$1"
-kill -s "$2" "-$g" 2>/dev/null
 exit 0
 "#;
 
@@ -77,9 +107,13 @@ pub(crate) struct ExecContext {
     pub(crate) workspace: PathBuf,
     /// Directory in the container for the group-id files.
     pub(crate) state_dir: String,
-    /// Numeric uid and gid of `user`, for files unpacked from archives
-    /// (unset: root).
-    pub(crate) owner: std::sync::OnceLock<(u64, u64)>,
+    /// The session id: every command's mark starts with it.
+    pub(crate) session_id: String,
+    /// Most bytes one upload unpacks (`max_upload_bytes`).
+    pub(crate) max_upload_bytes: u64,
+    /// Numeric uid and gid commands run as, learned once at creation (unset:
+    /// root).
+    pub(crate) owner: std::sync::OnceLock<(u32, u32)>,
 }
 
 /// What a short helper script printed and how it ended.
@@ -93,16 +127,52 @@ type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error
 type Input = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// A started exec: its id, output and (when attached) stdin.
-struct Started {
-    id: String,
-    output: Output,
-    input: Input,
+pub(crate) struct Started {
+    pub(crate) id: String,
+    pub(crate) output: Output,
+    pub(crate) input: Input,
 }
 
+/// Most stderr bytes a helper's output keeps (for messages).
+const STDERR_KEPT: usize = 16 * 1024;
+
 impl ExecContext {
-    /// The uid and gid files written through the archive API get.
-    pub(crate) fn file_owner(&self) -> (u64, u64) {
+    /// The uid and gid of the session user (files created at setup and
+    /// uploaded entries get them).
+    pub(crate) fn file_owner(&self) -> (u32, u32) {
         self.owner.get().copied().unwrap_or((0, 0))
+    }
+
+    /// The mark of every command of this session, as `SIGNAL` matches it.
+    pub(crate) fn session_mark(&self) -> String {
+        format!("{MARK_VAR}={}-", self.session_id)
+    }
+
+    /// Sends `signal` to every process of this session's commands, those that
+    /// left their process group included, as the session user.
+    pub(crate) async fn signal_marked(
+        &self,
+        operation: &str,
+        mark: &str,
+        group_file: &str,
+        signal: RunnerSignal,
+    ) -> RunnerResult<()> {
+        let result = self
+            .script(operation, SIGNAL, &[group_file, signal.name(), mark])
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // The container is gone or stopped: so is every process in it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    RunnerErrorKind::NotFound | RunnerErrorKind::SessionClosed
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs `sh -c script` as root (for setting up the container).
@@ -116,7 +186,7 @@ impl ExecContext {
             .await
     }
 
-    fn subject(&self) -> String {
+    pub(crate) fn subject(&self) -> String {
         format!("in container {}", short(&self.container))
     }
 
@@ -168,7 +238,7 @@ impl ExecContext {
     }
 
     /// The exit code of a finished exec (waits until Docker reports it).
-    async fn exit_code(&self, operation: &str, exec_id: &str) -> RunnerResult<i64> {
+    pub(crate) async fn exit_code(&self, operation: &str, exec_id: &str) -> RunnerResult<i64> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let inspect = self
@@ -204,6 +274,55 @@ impl ExecContext {
             .await
     }
 
+    /// [`script`](Self::script) with `input` on its stdin (closed after it).
+    /// A script that exits without reading all of it still ends the call.
+    pub(crate) async fn script_with_input(
+        &self,
+        operation: &str,
+        script: &str,
+        args: &[&str],
+        input: &[u8],
+    ) -> RunnerResult<ScriptOutput> {
+        let started = self.start_script(operation, script, args, true).await?;
+        let Started {
+            id,
+            output,
+            input: mut pipe,
+        } = started;
+        let write = async {
+            // A script that exits early closes the stream: its status tells.
+            let _ = pipe.write_all(input).await;
+            let _ = pipe.shutdown().await;
+        };
+        let collect = self.collect(operation, &id, output);
+        tokio::pin!(write, collect);
+        let mut written = false;
+        loop {
+            tokio::select! {
+                () = &mut write, if !written => written = true,
+                out = &mut collect => return out,
+            }
+        }
+    }
+
+    /// Starts `sh -c script sh args…` as the session's user.
+    pub(crate) async fn start_script(
+        &self,
+        operation: &str,
+        script: &str,
+        args: &[&str],
+        stdin: bool,
+    ) -> RunnerResult<Started> {
+        self.start(
+            operation,
+            script_command(script, args),
+            Vec::new(),
+            self.user.clone(),
+            stdin,
+        )
+        .await
+    }
+
     async fn run_script(
         &self,
         operation: &str,
@@ -211,21 +330,37 @@ impl ExecContext {
         args: &[&str],
         user: Option<String>,
     ) -> RunnerResult<ScriptOutput> {
-        let mut cmd = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
-        cmd.push("sh".to_string());
-        cmd.extend(args.iter().map(|a| a.to_string()));
-        let mut started = self.start(operation, cmd, Vec::new(), user, false).await?;
+        let started = self
+            .start(
+                operation,
+                script_command(script, args),
+                Vec::new(),
+                user,
+                false,
+            )
+            .await?;
+        self.collect(operation, &started.id, started.output).await
+    }
+
+    /// Reads an exec's output to the end (stderr up to [`STDERR_KEPT`]
+    /// bytes) and takes its exit code.
+    async fn collect(
+        &self,
+        operation: &str,
+        exec_id: &str,
+        mut output: Output,
+    ) -> RunnerResult<ScriptOutput> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        while let Some(item) = started.output.next().await {
+        while let Some(item) = output.next().await {
             match item.map_err(|e| self.daemon.error(operation, &self.subject(), e))? {
                 LogOutput::StdOut { message } | LogOutput::Console { message } => {
                     stdout.extend_from_slice(&message)
                 }
-                LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                LogOutput::StdErr { message } => keep_stderr(&mut stderr, &message),
                 LogOutput::StdIn { .. } => {}
             }
         }
-        let code = self.exit_code(operation, &started.id).await?;
+        let code = self.exit_code(operation, exec_id).await?;
         Ok(ScriptOutput {
             code,
             stdout,
@@ -240,6 +375,20 @@ impl ExecContext {
             None => self.workspace.clone(),
         }
     }
+}
+
+/// `sh -c script sh args…`.
+fn script_command(script: &str, args: &[&str]) -> Vec<String> {
+    let mut cmd = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+    cmd.push("sh".to_string());
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    cmd
+}
+
+/// Appends `message` to `stderr`, keeping at most [`STDERR_KEPT`] bytes.
+pub(crate) fn keep_stderr(stderr: &mut Vec<u8>, message: &[u8]) {
+    let room = STDERR_KEPT.saturating_sub(stderr.len());
+    stderr.extend_from_slice(&message[..message.len().min(room)]);
 }
 
 /// The short form of a container id, for messages.
@@ -270,12 +419,15 @@ pub(crate) async fn launch(
         request.program.clone(),
     ];
     cmd.extend(request.args.iter().cloned());
+    // The mark comes last: Docker lets a later variable replace an earlier one.
+    let mark = format!("{}{}", ctx.session_mark(), uuid::Uuid::new_v4().simple());
     let env: Vec<String> = ctx
         .env
         .iter()
         .cloned()
         .chain(request.effective_env())
         .map(|(k, v)| format!("{k}={v}"))
+        .chain(std::iter::once(mark.clone()))
         .collect();
     let attach_stdin = stdin.is_some() || request.keep_stdin_open;
     let started = ctx
@@ -353,6 +505,7 @@ pub(crate) async fn launch(
     let control = Arc::new(ExecControl {
         ctx: ctx.clone(),
         pid_file,
+        mark,
         command_id: id,
         stdin: stdin.clone(),
     });
@@ -392,6 +545,8 @@ pub(crate) async fn launch(
 struct ExecControl {
     ctx: Arc<ExecContext>,
     pid_file: String,
+    /// `MARK_VAR=<value>` of this command.
+    mark: String,
     /// The command, for stdin errors.
     command_id: RunnerCommandId,
     stdin: StdinPipe,
@@ -400,23 +555,9 @@ struct ExecControl {
 #[async_trait]
 impl ProcessControl for ExecControl {
     async fn signal(&self, signal: RunnerSignal) -> RunnerResult<()> {
-        let result = self
-            .ctx
-            .script("signal_command", SIGNAL, &[&self.pid_file, signal.name()])
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // The container is gone or stopped: so is the group.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    RunnerErrorKind::NotFound | RunnerErrorKind::SessionClosed
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        self.ctx
+            .signal_marked("signal_command", &self.mark, &self.pid_file, signal)
+            .await
     }
 
     async fn write_stdin(&self, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {

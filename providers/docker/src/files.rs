@@ -1,30 +1,47 @@
-//! Files through the archive API: contents travel as tar archives
-//! (`GET`/`PUT /containers/{id}/archive`); operations on names (rename,
-//! remove, list, stat, canonicalize) run a short `sh` helper in the container.
+//! Files through execs run as the session user: contents travel on an exec's
+//! stdin and stdout (`dd` reads a window of the file, `cat` writes a temp file
+//! renamed into place, `tar` packs and unpacks archives), and operations on
+//! names (rename, remove, list, stat, canonicalize) run a short `sh` helper.
+//!
+//! Every path is resolved by the kernel in the container when the helper
+//! opens it, with the session user's rights: a symlink to a file the user
+//! cannot read fails like it would for a command, and no name is checked by
+//! one process and then used by another. Only session setup (the workspace,
+//! the state directory and the manifest entries, chosen by the embedder)
+//! goes through the archive API, which Docker applies as root.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bollard::query_parameters::{
-    DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
-};
+use bollard::container::LogOutput;
+use bollard::query_parameters::UploadToContainerOptionsBuilder;
 use futures_util::StreamExt;
+use runner_api::archive::{
+    CONFINED_PARENTS_SCRIPT, MODE_MASK, UploadPolicy, confined_parents_error, sanitize_upload,
+};
 use runner_api::{
     RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult,
     RunnerFileStat, RunnerFileWriteRequest, RunnerResult, reject_nul_path,
 };
+use tokio::io::AsyncWriteExt;
 
-use crate::exec::{ExecContext, ScriptOutput, absolute};
+use crate::exec::{ExecContext, ScriptOutput, Started, absolute, keep_stderr};
 
 /// Exit codes of the helper scripts.
 const NOT_FOUND: i64 = 3;
 const ALREADY_EXISTS: i64 = 4;
 const INVALID: i64 = 5;
 const DENIED: i64 = 6;
+/// `READ`: not a regular file.
+const NOT_REGULAR: i64 = 7;
+/// `READ`: the watchdog killed the helper, opening the file blocked.
+const OPEN_BLOCKED: i64 = 128 + 9;
 
-/// Symlinks followed by `read_file` before giving up.
-const MAX_LINKS: usize = 40;
+/// How long `READ` lets opening a file take (in tenths of a second): a
+/// regular file opens at once, a FIFO swapped in after the type check blocks.
+const OPEN_TENTHS: u32 = 100;
 
 const STAT: &str = r#"
 p=$1
@@ -64,20 +81,30 @@ else
 fi
 "#;
 
-const MAKE_DIR: &str = r#"
-p=$1
-if [ -e "$p" ] || [ -L "$p" ]; then
-  [ -d "$p" ] && exit 0
-  exit 4
-fi
-mkdir -p -- "$p" 2>/dev/null && exit 0
-q=$p
-while [ "$q" != / ] && [ -n "$q" ]; do
-  q=$(dirname -- "$q")
-  if [ -e "$q" ] && [ ! -d "$q" ]; then exit 4; fi
-done
-exit 6
-"#;
+/// The shell function `make_dir DIR`: creates DIR and its parents; returns 0
+/// when DIR is a directory, 4 when it or a directory on its way is something
+/// else, 6 when creating failed otherwise.
+macro_rules! make_dir_function {
+    () => {
+        r#"
+make_dir() {
+  if [ -e "$1" ] || [ -L "$1" ]; then
+    [ -d "$1" ] && return 0
+    return 4
+  fi
+  mkdir -p -- "$1" 2>/dev/null && return 0
+  q=$1
+  while [ "$q" != / ] && [ -n "$q" ]; do
+    q=$(dirname -- "$q")
+    if [ -e "$q" ] && [ ! -d "$q" ]; then return 4; fi
+  done
+  return 6
+}
+"#
+    };
+}
+
+const MAKE_DIR: &str = concat!(make_dir_function!(), r#"make_dir "$1""#);
 
 const RENAME: &str = r#"
 f=$1
@@ -98,14 +125,78 @@ const CANONICALIZE: &str = r#"
 readlink -f -- "$1"
 "#;
 
-/// `$1` temp file, `$2` target, `$3` non-empty when the mode was given.
-const FINISH_WRITE: &str = r#"
-if [ -d "$2" ]; then rm -f -- "$1"; exit 5; fi
-if [ -z "$3" ] && [ -e "$2" ]; then
-  m=$(stat -L -c %a -- "$2") && chmod "$m" -- "$1"
+/// `$1` the file. Opens it as the session user (so the kernel resolves every
+/// symlink with that user's rights), checks that what it opened is a regular
+/// file (through `/proc/self/fd`, no second lookup of the name), prints its
+/// size, reads `OFFSET LEN` from stdin and copies that window with `dd`.
+/// A type check before opening fails FIFOs and devices at once; a FIFO
+/// swapped in after it would block `open`, so a watchdog kills the helper
+/// when opening takes longer than `OPEN_TENTHS`.
+static READ: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+p=$1
+[ -e "$p" ] || exit 3
+[ -d "$p" ] && exit 5
+[ -f "$p" ] || exit 7
+( i=0; while [ $i -lt {OPEN_TENTHS} ]; do sleep 0.1; i=$((i+1)); done; kill -KILL $$ ) \
+  </dev/null >/dev/null 2>&1 &
+w=$!
+if ! command exec 3<"$p"; then kill $w; [ -e "$p" ] || exit 3; exit 6; fi 2>/dev/null
+kill $w
+[ -f /proc/self/fd/3 ] || exit 7
+s=$(stat -L -c %s /proc/self/fd/3) || exit 6
+echo "$s"
+read o n || exit 0
+exec dd bs=262144 skip="$o" count="$n" iflag=skip_bytes,count_bytes <&3 2>/dev/null
+"#
+    )
+});
+
+/// `$1` temp file, `$2` target, `$3` the mode in octal (empty: the existing
+/// file's permission bits, else 644); the contents come on stdin. Creates
+/// missing parents, writes the temp file next to the target and renames it
+/// into place, all as the session user.
+const WRITE: &str = concat!(
+    make_dir_function!(),
+    r#"
+t=$1
+p=$2
+m=$3
+make_dir "$(dirname -- "$p")" || exit $?
+[ -d "$p" ] && exit 5
+: > "$t" || exit 6
+if ! cat > "$t"; then rm -f -- "$t"; exit 8; fi
+if [ -z "$m" ]; then
+  m=644
+  if [ -e "$p" ]; then
+    m=$(stat -L -c %a -- "$p") && m=$(printf %o $((0$m & 0777))) || m=644
+  fi
 fi
-mv -f -- "$1" "$2" || { rm -f -- "$1"; exit 6; }
+if chmod "$m" -- "$t" && mv -f -- "$t" "$p"; then exit 0; fi
+rm -f -- "$t"
+exit 6
+"#
+);
+
+/// `$1` a directory (its contents, named `./…`) or any other path (that one
+/// entry, a symlink as itself), as a tar on stdout, packed by the session user.
+const DOWNLOAD: &str = r#"
+p=$1
+[ -e "$p" ] || [ -L "$p" ] || exit 3
+if [ -d "$p" ] && [ ! -L "$p" ]; then
+  cd -- "$p" || exit 6
+  tar -c -f - . || exit 6
+else
+  cd -- "$(dirname -- "$p")" || exit 6
+  tar -c -f - -- "$(basename -- "$p")" || exit 6
+fi
 "#;
+
+/// [`CONFINED_PARENTS_SCRIPT`], then `tar` unpacking stdin into the target as
+/// the session user (`-o`: the files belong to whoever unpacks them).
+static UNPACK: LazyLock<String> =
+    LazyLock::new(|| format!("{CONFINED_PARENTS_SCRIPT}exec tar -x -o -f - -C \"$1\"\n"));
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -184,25 +275,8 @@ impl ExecContext {
         Ok(absolute(&self.workspace, path))
     }
 
-    /// Downloads `path` as a tar archive (Docker names entries after the last
-    /// component of `path`).
-    async fn download(&self, operation: &str, path: &Path) -> RunnerResult<Vec<u8>> {
-        let options = DownloadFromContainerOptionsBuilder::new()
-            .path(&arg(path))
-            .build();
-        let mut stream = self
-            .daemon
-            .docker
-            .download_from_container(&self.container, Some(options));
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.daemon.error(operation, &arg(path), e))?;
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
-    }
-
-    /// Unpacks `tar` into the existing directory `dir`.
+    /// Unpacks `tar` into the existing directory `dir` through the archive
+    /// API, as root: for session setup only, never for a caller's bytes.
     pub(crate) async fn upload(
         &self,
         operation: &str,
@@ -234,82 +308,101 @@ impl ExecContext {
         check(operation, path, out)
     }
 
-    /// `read_file`: downloads the file (following symlinks) and cuts the range.
+    /// `read_file`: `READ` as the session user; the window comes from
+    /// [`runner_api::read_window`] once the helper has the file open and
+    /// reported its size, and `dd` copies only that window.
     pub(crate) async fn read_file(
         &self,
         request: RunnerFileReadRequest,
     ) -> RunnerResult<RunnerFileReadResult> {
         const OP: &str = "read_file";
-        let mut path = self.resolve(OP, &request.path)?;
-        for _ in 0..MAX_LINKS {
-            let archive = self.download(OP, &path).await?;
-            let mut reader = tar::Archive::new(archive.as_slice());
-            let entries = reader
-                .entries()
-                .map_err(|e| RunnerError::from_io(OP, path.display(), e))?;
-            let Some(entry) = entries.into_iter().next() else {
-                return Err(RunnerError::not_found(format!(
-                    "{OP} {}: the archive is empty",
-                    path.display()
-                )));
+        runner_api::check_read_request(OP, &request)?;
+        let path = self.resolve(OP, &request.path)?;
+        let shown = request.path.display().to_string();
+        let Started {
+            id,
+            mut output,
+            input: mut pipe,
+        } = self.start_script(OP, &READ, &[&arg(&path)], true).await?;
+        // Before the window is known: the bytes of the size line so far.
+        let mut header = Vec::new();
+        let mut opened: Option<(u64, u64)> = None;
+        let mut contents = Vec::new();
+        let mut stderr = Vec::new();
+        while let Some(item) = output.next().await {
+            let message = match item.map_err(|e| self.daemon.error(OP, &shown, e))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => message,
+                LogOutput::StdErr { message } => {
+                    keep_stderr(&mut stderr, &message);
+                    continue;
+                }
+                LogOutput::StdIn { .. } => continue,
             };
-            let mut entry = entry.map_err(|e| RunnerError::from_io(OP, path.display(), e))?;
-            match entry.header().entry_type() {
-                tar::EntryType::Directory => {
-                    return Err(RunnerError::invalid_request(format!(
-                        "{OP} {}: is a directory",
-                        request.path.display()
-                    )));
-                }
-                tar::EntryType::Symlink => {
-                    let target = entry
-                        .link_name()
-                        .map_err(|e| RunnerError::from_io(OP, path.display(), e))?
-                        .map(|t| t.into_owned())
-                        .unwrap_or_default();
-                    let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-                    path = runner_api::normalize_lexically(&parent.join(target));
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let mut contents = Vec::new();
-                    entry
-                        .read_to_end(&mut contents)
-                        .map_err(|e| RunnerError::from_io(OP, path.display(), e))?;
-                    let size = contents.len() as u64;
-                    let start = request.offset.unwrap_or(0).min(size) as usize;
-                    let end = match request.limit {
-                        Some(limit) => start.saturating_add(limit as usize).min(contents.len()),
-                        None => contents.len(),
+            let data = match opened {
+                Some(_) => &message[..],
+                None => {
+                    header.extend_from_slice(&message);
+                    let Some(newline) = header.iter().position(|b| *b == b'\n') else {
+                        if header.len() > 32 {
+                            return Err(unexpected(OP, &shown, &header));
+                        }
+                        continue;
                     };
-                    let contents = contents[start..end].to_vec();
-                    return Ok(RunnerFileReadResult {
-                        path: request.path,
-                        contents,
-                        size,
-                    });
+                    let size: u64 = std::str::from_utf8(&header[..newline])
+                        .ok()
+                        .and_then(|text| text.trim().parse().ok())
+                        .ok_or_else(|| unexpected(OP, &shown, &header))?;
+                    // On an error the stream is dropped: the helper's `read` ends.
+                    let window = runner_api::read_window(OP, &request, size)?;
+                    let ask = format!("{} {}\n", window.offset, window.len);
+                    pipe.write_all(ask.as_bytes())
+                        .await
+                        .and(pipe.shutdown().await)
+                        .map_err(|e| RunnerError::from_io(OP, &shown, e))?;
+                    opened = Some((size, window.len));
+                    &header[newline + 1..]
                 }
-                other => {
-                    return Err(RunnerError::invalid_request(format!(
-                        "{OP} {}: not a regular file ({other:?})",
-                        request.path.display()
-                    )));
-                }
+            };
+            if let Some((_, len)) = opened {
+                let room = usize::try_from(len)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(contents.len());
+                contents.extend_from_slice(&data[..data.len().min(room)]);
             }
         }
-        Err(RunnerError::invalid_request(format!(
-            "{OP} {}: too many levels of symbolic links",
-            request.path.display()
-        )))
+        let code = self.exit_code(OP, &id).await?;
+        let stderr = String::from_utf8_lossy(&stderr);
+        match (code, opened) {
+            (0, Some((size, _))) => Ok(RunnerFileReadResult {
+                path: request.path,
+                contents,
+                size,
+            }),
+            (NOT_FOUND, _) => Err(RunnerError::not_found(format!(
+                "{OP} {shown}: no such file"
+            ))),
+            (INVALID, _) => Err(RunnerError::invalid_request(format!(
+                "{OP} {shown}: is a directory"
+            ))),
+            (DENIED, _) => Err(RunnerError::permission_denied(format!(
+                "{OP} {shown}: the session user may not read it"
+            ))),
+            (NOT_REGULAR, _) => Err(RunnerError::invalid_request(format!(
+                "{OP} {shown}: not a regular file (a FIFO, socket or device)"
+            ))),
+            (OPEN_BLOCKED, None) => Err(RunnerError::invalid_request(format!(
+                "{OP} {shown}: opening it blocked for {} s, so it is not a regular file",
+                OPEN_TENTHS / 10
+            ))),
+            _ => Err(RunnerError::provider(format!(
+                "{OP} {shown}: the read helper failed with exit {code}: {}",
+                stderr.trim()
+            ))),
+        }
     }
 
-    /// `write_file`: uploads a temp file next to the target and renames it
-    /// into place. While the container is paused no helper can run, so the
-    /// file is unpacked in place (no process can observe it until resume).
-    pub(crate) async fn write_file(
-        &self,
-        request: RunnerFileWriteRequest,
-        paused: bool,
-    ) -> RunnerResult<()> {
+    /// `write_file`: `WRITE` as the session user, the contents on its stdin.
+    pub(crate) async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
         const OP: &str = "write_file";
         let path = self.resolve(OP, &request.path)?;
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
@@ -318,64 +411,24 @@ impl ExecContext {
                 request.path.display()
             )));
         };
-        let name = name.to_string_lossy().into_owned();
-        // Paused: unpacked from / so that Docker creates missing parents.
-        let (upload_dir, entry_name) = if paused {
-            let relative = path.strip_prefix("/").unwrap_or(&path);
-            (Path::new("/"), relative.display().to_string())
-        } else {
-            let temp = format!(
-                ".{name}.runner-{}.tmp",
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            );
-            (parent, temp)
-        };
-        let mode = match (request.mode, paused) {
-            (Some(mode), _) => mode & 0o7777,
-            (None, true) => self.existing_mode(&path).await.unwrap_or(0o644),
-            (None, false) => 0o644,
-        };
-        // Built again for the rare retry rather than copied for every write.
-        let tar = || {
-            single_file_tar(&entry_name, &request.contents, mode, self.file_owner())
-                .map_err(|e| RunnerError::from_io(OP, path.display(), e))
-        };
-        match self.upload(OP, upload_dir, tar()?).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == RunnerErrorKind::NotFound && !paused => {
-                self.run_helper(OP, parent, MAKE_DIR, &[&arg(parent)])
-                    .await?;
-                self.upload(OP, upload_dir, tar()?).await?;
-            }
-            Err(e) => return Err(e),
-        }
-        if paused {
-            return Ok(());
-        }
-        let temp = parent.join(&entry_name);
-        let mode_given = if request.mode.is_some() { "1" } else { "" };
-        self.run_helper(
-            OP,
-            &request.path,
-            FINISH_WRITE,
-            &[&arg(&temp), &arg(&path), mode_given],
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// The permission bits of an existing file, through the archive stat.
-    async fn existing_mode(&self, path: &Path) -> Option<u32> {
-        let options = bollard::query_parameters::ContainerArchiveInfoOptionsBuilder::new()
-            .path(&arg(path))
-            .build();
-        let info = self
-            .daemon
-            .docker
-            .get_container_archive_info(&self.container, Some(options))
-            .await
-            .ok()?;
-        Some(info.file_mode & 0o777)
+        let temp = parent.join(format!(
+            ".{}.runner-{}.tmp",
+            name.to_string_lossy(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        let mode = request
+            .mode
+            .map(|mode| format!("{:o}", mode & MODE_MASK))
+            .unwrap_or_default();
+        let out = self
+            .script_with_input(
+                OP,
+                WRITE,
+                &[&arg(&temp), &arg(&path), &mode],
+                &request.contents,
+            )
+            .await?;
+        check(OP, &request.path, out).map(|_| ())
     }
 
     /// `stat` (the link itself for a symlink).
@@ -386,13 +439,8 @@ impl ExecContext {
         let mut fields = out.split(|b| *b == 0);
         let line = fields.next().unwrap_or_default();
         let link = fields.next().unwrap_or_default();
-        parse_stat(path.to_path_buf(), name_of(&abs), line, link).ok_or_else(|| {
-            RunnerError::provider(format!(
-                "{OP} {}: unexpected helper output {:?}",
-                path.display(),
-                String::from_utf8_lossy(&out)
-            ))
-        })
+        parse_stat(path.to_path_buf(), name_of(&abs), line, link)
+            .ok_or_else(|| unexpected(OP, &path.display().to_string(), &out))
     }
 
     /// `list_dir`, sorted by name.
@@ -457,28 +505,41 @@ impl ExecContext {
         Ok(PathBuf::from(text.strip_suffix('\n').unwrap_or(&text)))
     }
 
-    /// `upload_archive`: checks the archive with
-    /// [`runner_api::archive::check_upload`], prepares the target and checks
-    /// that none of the directories its entries are written beneath is a
-    /// symlink of the container leading out of `target`
-    /// ([`runner_api::archive::CONFINED_PARENTS_SCRIPT`]), then unpacks it
-    /// there.
+    /// `upload_archive`: rewrites the archive with
+    /// [`runner_api::archive::sanitize_upload`] (modes masked, the session
+    /// user as owner, at most `max_upload_bytes`), prepares the target and
+    /// checks that none of the directories its entries are written beneath is
+    /// a symlink of the container leading out of `target`
+    /// ([`CONFINED_PARENTS_SCRIPT`]), and unpacks the rewritten archive with
+    /// `tar` as the session user in the same exec as the last check.
     pub(crate) async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
         const OP: &str = "upload_archive";
         let abs = self.resolve(OP, target)?;
         let target_arg = arg(&abs);
+        let policy = UploadPolicy {
+            owner: Some(self.file_owner()),
+            max_unpacked_bytes: self.max_upload_bytes,
+        };
         // The target is created even when the archive is refused.
-        let checked = runner_api::archive::check_upload(OP, target, &archive);
-        let runs = match &checked {
-            Ok(checked) => checked.confined_parents_runs(OP, target, |p| p.len() + 1)?,
+        let sanitized = sanitize_upload(OP, target, &archive, &policy);
+        drop(archive);
+        let runs = match &sanitized {
+            Ok(clean) => clean
+                .check
+                .confined_parents_runs(OP, target, |p| p.len() + 1)?,
             Err(_) => vec![Vec::new()],
         };
-        for run in runs {
+        let last = runs.len() - 1;
+        for (i, run) in runs.into_iter().enumerate() {
             let args: Vec<&str> = std::iter::once(target_arg.as_str()).chain(run).collect();
-            let out = self
-                .script(OP, runner_api::archive::CONFINED_PARENTS_SCRIPT, &args)
-                .await?;
-            if let Some(refused) = runner_api::archive::confined_parents_error(
+            let out = match &sanitized {
+                Ok(clean) if i == last => {
+                    self.script_with_input(OP, &UNPACK, &args, &clean.archive)
+                        .await?
+                }
+                _ => self.script(OP, CONFINED_PARENTS_SCRIPT, &args).await?,
+            };
+            if let Some(refused) = confined_parents_error(
                 OP,
                 target,
                 i32::try_from(out.code).unwrap_or(-1),
@@ -487,45 +548,48 @@ impl ExecContext {
             ) {
                 return Err(refused);
             }
-            check(OP, target, out)?;
+            if out.code != 0 {
+                let kind = if out.stderr.contains("Permission denied") {
+                    RunnerErrorKind::PermissionDenied
+                } else {
+                    RunnerErrorKind::Provider
+                };
+                return Err(RunnerError::new(
+                    kind,
+                    format!(
+                        "{OP} {}: unpacking as the session user failed with exit {}: {}",
+                        target.display(),
+                        out.code,
+                        out.stderr
+                    ),
+                ));
+            }
         }
-        checked?;
-        self.upload(OP, &abs, archive).await
+        sanitized.map(|_| ())
     }
 
     /// `download_archive`: a tar of a directory's contents (names relative to
-    /// it) or of a single file.
+    /// it) or of a single file, packed by `tar` as the session user.
     pub(crate) async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
         const OP: &str = "download_archive";
         let abs = self.resolve(OP, path)?;
-        let archive = self.download(OP, &abs).await?;
+        let archive = self.run_helper(OP, path, DOWNLOAD, &[&arg(&abs)]).await?;
         rebase(&archive).map_err(|e| RunnerError::from_io(OP, path.display(), e))
     }
 }
 
-/// A tar holding one regular file.
-pub(crate) fn single_file_tar(
-    name: &str,
-    contents: &[u8],
-    mode: u32,
-    (uid, gid): (u64, u64),
-) -> std::io::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(contents.len() as u64);
-    header.set_mode(mode);
-    header.set_mtime(now_secs());
-    header.set_uid(uid);
-    header.set_gid(gid);
-    builder.append_data(&mut header, name, contents)?;
-    builder.into_inner()
+/// A helper printed something this provider does not understand.
+fn unexpected(operation: &str, path: &str, out: &[u8]) -> RunnerError {
+    RunnerError::provider(format!(
+        "{operation} {path}: unexpected helper output {:?}",
+        String::from_utf8_lossy(&out[..out.len().min(200)])
+    ))
 }
 
 /// A tar of directories (mode, path), for creating the workspace and state dirs.
 pub(crate) fn directories_tar(
     dirs: &[(&str, u32)],
-    (uid, gid): (u64, u64),
+    (uid, gid): (u32, u32),
 ) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     for (path, mode) in dirs {
@@ -534,15 +598,15 @@ pub(crate) fn directories_tar(
         header.set_size(0);
         header.set_mode(*mode);
         header.set_mtime(now_secs());
-        header.set_uid(uid);
-        header.set_gid(gid);
+        header.set_uid(uid.into());
+        header.set_gid(gid.into());
         builder.append_data(&mut header, path, std::io::empty())?;
     }
     builder.into_inner()
 }
 
-/// Rewrites Docker's archive of `path` (entries named `<base>/…`) so that a
-/// directory's entries are relative to it; a single file keeps its name.
+/// Rewrites the archive of a directory (entries named `./…`) so that its
+/// entries are relative to it; a single file's archive keeps its name.
 fn rebase(archive: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut reader = tar::Archive::new(archive);
     let mut entries = reader.entries()?.peekable();

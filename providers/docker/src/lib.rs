@@ -45,10 +45,17 @@ pub const LABEL_DESTINATION: &str = "io.runners.destination";
 pub const LABEL_OWNER: &str = "io.runners.owner";
 /// Label with the creation time, milliseconds since the Unix epoch.
 pub const LABEL_CREATED_MS: &str = "io.runners.created-ms";
-/// Label `session` on containers, `snapshot` on snapshot images.
+/// Label [`KIND_SESSION`] on containers, [`KIND_SNAPSHOT`] on snapshot images.
 pub const LABEL_KIND: &str = "io.runners.kind";
+/// [`LABEL_KIND`] of a session's container.
+pub const KIND_SESSION: &str = "session";
+/// [`LABEL_KIND`] of a snapshot image (and so of any container started from
+/// one by hand, which inherits it).
+pub const KIND_SNAPSHOT: &str = "snapshot";
 /// Label `true` on containers of destinations with `keep_on_close`.
 pub const LABEL_KEEP: &str = "io.runners.keep";
+/// Name prefix of session containers: `runner-<session id>`.
+pub const CONTAINER_PREFIX: &str = "runner-";
 /// Name prefix of containers whose session was detached (never swept).
 pub const DETACHED_PREFIX: &str = "runner-detached-";
 /// Repository of snapshot images (tagged with a unique id).
@@ -111,11 +118,18 @@ pub(crate) fn session_capabilities() -> RunnerCapabilities {
 /// [`SecretResolver`] (default [`EnvSecretResolver`], see
 /// [`with_secret_resolver`](Self::with_secret_resolver)) and never enter the
 /// container.
+///
+/// `resume_session` and `rejoin_session` take every setting (image policy,
+/// user, environment, bind mounts, read-only paths, daemon) from the
+/// destination the state names by id, never from the state: the provider
+/// knows the destinations it created sessions for, and those given with
+/// [`with_destination`](Self::with_destination).
 #[derive(Clone)]
 pub struct DockerProvider {
     docker_host: Option<String>,
     orphan_grace: Duration,
     daemons: Arc<Mutex<HashMap<String, Daemon>>>,
+    destinations: Arc<Mutex<HashMap<String, RunnerDestination>>>,
     secrets: Arc<dyn SecretResolver>,
 }
 
@@ -141,8 +155,56 @@ impl DockerProvider {
             docker_host: None,
             orphan_grace: DEFAULT_ORPHAN_GRACE,
             daemons: Arc::default(),
+            destinations: Arc::default(),
             secrets: Arc::new(EnvSecretResolver::new()),
         }
+    }
+
+    /// Makes `destination` known for `resume_session` and `rejoin_session`
+    /// of states naming its id (a destination passed to `create_session` is
+    /// known already; a process that rejoins sessions another process
+    /// created gives its destinations here). A later one with the same id
+    /// replaces it.
+    ///
+    /// Errors: `InvalidRequest` or `Unsupported` when the destination does
+    /// not validate.
+    pub fn with_destination(self, destination: RunnerDestination) -> RunnerResult<Self> {
+        self.checked_config("with_destination", &destination)?;
+        self.remember(&destination);
+        Ok(self)
+    }
+
+    fn remember(&self, destination: &RunnerDestination) {
+        self.destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(destination.id.clone(), destination.clone());
+    }
+
+    /// The known destination `state` names and its parsed config.
+    ///
+    /// Errors: `NotFound` naming the destination when it is not known.
+    fn destination_of(
+        &self,
+        operation: &str,
+        state: &RunnerSessionState,
+    ) -> RunnerResult<(RunnerDestination, DockerConfig)> {
+        let known = self
+            .destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&state.destination_id)
+            .cloned();
+        let destination = known.ok_or_else(|| {
+            RunnerError::not_found(format!(
+                "{operation}: destination {:?} of session {} is not known to this provider; \
+                 give it with DockerProvider::with_destination (settings are never taken from a \
+                 state)",
+                state.destination_id, state.session_id
+            ))
+        })?;
+        let config = self.checked_config(operation, &destination)?;
+        Ok((destination, config))
     }
 
     /// Resolves mount and artifact-store credentials with `resolver` instead
@@ -223,8 +285,8 @@ impl DockerProvider {
     }
 
     /// Adds object-store mounts and artifact export to a new session. A
-    /// resumed or rejoined session keeps its artifact store (the config is in
-    /// its state); the files of its object-store mounts stay as plain files.
+    /// resumed or rejoined session gets its destination's artifact store; the
+    /// files of its object-store mounts stay as plain files.
     async fn mounted(
         &self,
         session: DockerSession,
@@ -233,12 +295,13 @@ impl DockerProvider {
         MountedSession::attach(Arc::new(session), destination, self.secrets.clone()).await
     }
 
-    fn restored_destination(state: &RunnerSessionState, meta: &SessionMeta) -> RunnerDestination {
+    /// What the mount layer of a resumed or rejoined session gets: the
+    /// destination without its mounts (files of object-store mounts stay as
+    /// plain files), so only its artifact store.
+    fn restored_destination(destination: &RunnerDestination) -> RunnerDestination {
         RunnerDestination {
-            id: state.destination_id.clone(),
-            provider_id: PROVIDER_ID.to_string(),
-            config: meta.config.clone(),
             default_manifest: Default::default(),
+            ..destination.clone()
         }
     }
 
@@ -257,20 +320,15 @@ impl DockerProvider {
         Ok(config)
     }
 
-    /// The session metadata of `state` and the config it carries.
-    /// Errors: `InvalidRequest` when either is not a docker session's.
-    fn meta(
-        operation: &str,
-        state: &RunnerSessionState,
-    ) -> RunnerResult<(SessionMeta, DockerConfig)> {
-        let meta: SessionMeta = serde_json::from_value(state.metadata.clone()).map_err(|e| {
+    /// The session metadata of `state` (the container id; anything else
+    /// in it is ignored). Errors: `InvalidRequest` when it is not a docker
+    /// session's.
+    fn meta(operation: &str, state: &RunnerSessionState) -> RunnerResult<SessionMeta> {
+        serde_json::from_value(state.metadata.clone()).map_err(|e| {
             RunnerError::invalid_request(format!(
                 "{operation}: state metadata is not a docker session's: {e}"
             ))
-        })?;
-        let config = DockerConfig::from_value(&meta.config)
-            .map_err(|e| e.context(format!("{operation}: state metadata")))?;
-        Ok((meta, config))
+        })
     }
 }
 
@@ -306,6 +364,7 @@ impl RemoteRunnerProvider for DockerProvider {
         destination: RunnerDestination,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
         let config = self.checked_config("create_session", &destination)?;
+        self.remember(&destination);
         let daemon = self.daemon(config.docker_host.as_deref()).await?;
         let session = DockerSession::create(
             daemon,
@@ -317,43 +376,56 @@ impl RemoteRunnerProvider for DockerProvider {
         self.mounted(session, &destination).await
     }
 
-    /// With `state.snapshot`: a new container from the snapshot image (a fork).
-    /// Without: the same as [`rejoin_session`](Self::rejoin_session).
+    /// With `state.snapshot`: a new container from the snapshot image (a
+    /// fork), which must be a snapshot this provider took of the state's
+    /// destination; the destination's settings, bind mounts and read-only
+    /// paths apply. Without: the same as
+    /// [`rejoin_session`](Self::rejoin_session).
     async fn resume_session(
         &self,
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        self.check_provider("resume_session", &state.provider_id)?;
+        const OP: &str = "resume_session";
+        self.check_provider(OP, &state.provider_id)?;
         let Some(snapshot) = &state.snapshot else {
             return self.rejoin_session(state).await;
         };
-        self.check_provider("resume_session", &snapshot.provider_id)?;
-        let (meta, config) = Self::meta("resume_session", &state)?;
+        self.check_provider(OP, &snapshot.provider_id)?;
+        let (destination, config) = self.destination_of(OP, &state)?;
         let daemon = self.daemon(config.docker_host.as_deref()).await?;
-        let image = snapshot::locate(&daemon, snapshot).await?;
-        let destination = Self::restored_destination(&state, &meta);
+        let image = snapshot::locate(&daemon, snapshot, &destination.id).await?;
         let session = DockerSession::create(
             daemon,
             config,
-            state.destination_id.clone(),
-            Source::Snapshot { image, meta },
+            destination.id.clone(),
+            Source::Snapshot {
+                image,
+                manifest: native_manifest(&destination.default_manifest),
+            },
         )
         .await?;
-        self.mounted(session, &destination).await
+        self.mounted(session, &Self::restored_destination(&destination))
+            .await
     }
 
-    /// Reattaches to the container of a detached (or still running) session.
-    /// Commands started by the earlier handle are not tracked by the new one.
+    /// Reattaches to the container of a detached (or still running) session
+    /// of a known destination, with that destination's settings. The
+    /// container must be this library's container of that session
+    /// (`NotFound` naming it otherwise, and it is left alone). Commands
+    /// started by the earlier handle are not tracked by the new one.
     async fn rejoin_session(
         &self,
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        self.check_provider("rejoin_session", &state.provider_id)?;
-        let (meta, config) = Self::meta("rejoin_session", &state)?;
+        const OP: &str = "rejoin_session";
+        self.check_provider(OP, &state.provider_id)?;
+        let meta = Self::meta(OP, &state)?;
+        let (destination, config) = self.destination_of(OP, &state)?;
         let daemon = self.daemon(config.docker_host.as_deref()).await?;
-        let destination = Self::restored_destination(&state, &meta);
-        let session = DockerSession::rejoin(daemon, config, state, meta).await?;
-        self.mounted(session, &destination).await
+        let manifest = native_manifest(&destination.default_manifest);
+        let session = DockerSession::rejoin(daemon, config, &manifest, state, meta).await?;
+        self.mounted(session, &Self::restored_destination(&destination))
+            .await
     }
 
     /// Removes containers and snapshot images of sessions whose creating

@@ -7,6 +7,12 @@
 //! process with that pid and start time exists), once it is older than the
 //! grace period. Resources owned by processes of other hosts, detached sessions
 //! and containers kept on close are left alone.
+//!
+//! Labels alone do not make a resource this library's: a container started
+//! from a snapshot image inherits the image's labels. So a container counts
+//! only with kind `session` and the name `runner-<its session label>` (a
+//! container inherits labels, never a name), and an image only with kind
+//! `snapshot` and a tag of the snapshot repository.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -20,8 +26,8 @@ use runner_api::{RunnerErrorKind, RunnerResult, RunnerSweepReport};
 
 use crate::error::Daemon;
 use crate::{
-    DETACHED_PREFIX, LABEL_CREATED_MS, LABEL_KEEP, LABEL_MARKER, LABEL_OWNER, LABEL_SESSION,
-    MARKER_VALUE,
+    CONTAINER_PREFIX, DETACHED_PREFIX, KIND_SESSION, KIND_SNAPSHOT, LABEL_CREATED_MS, LABEL_KEEP,
+    LABEL_KIND, LABEL_MARKER, LABEL_OWNER, LABEL_SESSION, MARKER_VALUE, SNAPSHOT_REPOSITORY,
 };
 
 fn read_trimmed(path: &str) -> String {
@@ -84,12 +90,61 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Whether a resource with `labels` is an orphan past `grace`.
-fn orphaned(labels: &HashMap<String, String>, grace: Duration) -> bool {
-    if labels.get(LABEL_MARKER).map(String::as_str) != Some(MARKER_VALUE) {
+fn label<'a>(labels: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    labels.get(key).map(String::as_str)
+}
+
+/// Whether `labels` carry the marker, the `kind` and an owner.
+fn ours(labels: &HashMap<String, String>, kind: &str) -> bool {
+    label(labels, LABEL_MARKER) == Some(MARKER_VALUE)
+        && label(labels, LABEL_KIND) == Some(kind)
+        && labels.contains_key(LABEL_OWNER)
+}
+
+/// Whether a container with `labels` and `name` (as Docker reports it, with
+/// or without the leading `/`) is the one this library created for
+/// `session_id` of `destination_id`: the marker, kind `session`, an owner,
+/// those session and destination labels, and the name `runner-<session>` or
+/// `runner-detached-<session>`.
+pub(crate) fn session_container(
+    labels: &HashMap<String, String>,
+    name: &str,
+    session_id: &str,
+    destination_id: &str,
+) -> bool {
+    let name = name.trim_start_matches('/');
+    ours(labels, KIND_SESSION)
+        && label(labels, LABEL_SESSION) == Some(session_id)
+        && label(labels, crate::LABEL_DESTINATION) == Some(destination_id)
+        && [CONTAINER_PREFIX, DETACHED_PREFIX]
+            .iter()
+            .any(|prefix| name.strip_prefix(prefix) == Some(session_id))
+}
+
+/// Whether a container with `labels` and `names` is a session container of
+/// this library that is not detached: named `runner-<its session label>`.
+fn attached_session_container(labels: &HashMap<String, String>, names: &[String]) -> bool {
+    let Some(session) = label(labels, LABEL_SESSION) else {
         return false;
-    }
-    if labels.get(LABEL_KEEP).map(String::as_str) == Some("true") {
+    };
+    ours(labels, KIND_SESSION)
+        && names.iter().any(|name| {
+            name.trim_start_matches('/').strip_prefix(CONTAINER_PREFIX) == Some(session)
+        })
+}
+
+/// Whether an image with `labels` and `tags` is a snapshot this library took.
+fn snapshot_image(labels: &HashMap<String, String>, tags: &[String]) -> bool {
+    ours(labels, KIND_SNAPSHOT)
+        && tags.iter().any(|tag| {
+            tag.strip_prefix(SNAPSHOT_REPOSITORY)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+}
+
+/// Whether a resource of this library with `labels` is an orphan past `grace`.
+fn orphaned(labels: &HashMap<String, String>, grace: Duration) -> bool {
+    if label(labels, LABEL_KEEP) == Some("true") {
         return false;
     }
     let created = labels
@@ -129,12 +184,8 @@ pub(crate) async fn sweep(daemon: &Daemon, grace: Duration) -> RunnerResult<Runn
         let (Some(id), Some(labels)) = (container.id, container.labels) else {
             continue;
         };
-        let detached = container
-            .names
-            .unwrap_or_default()
-            .iter()
-            .any(|n| n.trim_start_matches('/').starts_with(DETACHED_PREFIX));
-        if detached || !orphaned(&labels, grace) {
+        let names = container.names.unwrap_or_default();
+        if !attached_session_container(&labels, &names) || !orphaned(&labels, grace) {
             continue;
         }
         let remove = RemoveContainerOptionsBuilder::new()
@@ -166,7 +217,7 @@ pub(crate) async fn sweep(daemon: &Daemon, grace: Duration) -> RunnerResult<Runn
         .await
         .map_err(|e| daemon.error(OP, "listing images", e))?;
     for image in images {
-        if !orphaned(&image.labels, grace) {
+        if !snapshot_image(&image.labels, &image.repo_tags) || !orphaned(&image.labels, grace) {
             continue;
         }
         let remove = RemoveImageOptionsBuilder::new().force(false).build();
@@ -206,5 +257,50 @@ mod tests {
         assert!(!owner_alive(&owner));
         assert!(owner_alive("other-host/x/1/1"));
         assert!(owner_alive("garbage"));
+    }
+
+    fn labels(kind: &str, session: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MARKER.to_string(), MARKER_VALUE.to_string()),
+            (LABEL_KIND.to_string(), kind.to_string()),
+            (LABEL_SESSION.to_string(), session.to_string()),
+            (LABEL_OWNER.to_string(), "h/b/1/1".to_string()),
+            (crate::LABEL_DESTINATION.to_string(), "d".to_string()),
+        ])
+    }
+
+    #[test]
+    fn only_named_session_containers_and_tagged_snapshots_count() {
+        let session = labels(KIND_SESSION, "abc");
+        let named = |n: &str| vec![n.to_string()];
+        assert!(attached_session_container(&session, &named("/runner-abc")));
+        assert!(!attached_session_container(
+            &session,
+            &named("/runner-detached-abc")
+        ));
+        assert!(!attached_session_container(&session, &named("/users-box")));
+        assert!(!attached_session_container(
+            &session,
+            &named("/runner-abcd")
+        ));
+        // What a container started from a snapshot image inherits.
+        let inherited = labels(KIND_SNAPSHOT, "abc");
+        assert!(!attached_session_container(
+            &inherited,
+            &named("/runner-abc")
+        ));
+        assert!(session_container(
+            &session,
+            "/runner-detached-abc",
+            "abc",
+            "d"
+        ));
+        assert!(!session_container(&session, "/runner-abc", "abc", "other"));
+        assert!(!session_container(&session, "/runner-abc", "xyz", "d"));
+        assert!(!session_container(&inherited, "/runner-abc", "abc", "d"));
+        let tags = |t: &str| vec![t.to_string()];
+        assert!(snapshot_image(&inherited, &tags("runners-snapshot:1f")));
+        assert!(!snapshot_image(&inherited, &tags("users/image:1")));
+        assert!(!snapshot_image(&session, &tags("runners-snapshot:1f")));
     }
 }

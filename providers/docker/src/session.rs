@@ -25,45 +25,51 @@ use crate::config::DockerConfig;
 use crate::error::{Daemon, join_error};
 use crate::exec::{self, ExecContext, absolute, short};
 use crate::files::directories_tar;
-use crate::orphans::{now_ms, this_owner};
+use crate::orphans::{now_ms, session_container, this_owner};
 use crate::ports::Forwarders;
 use crate::{
-    DETACHED_PREFIX, LABEL_CREATED_MS, LABEL_DESTINATION, LABEL_KEEP, LABEL_KIND, LABEL_MARKER,
-    LABEL_OWNER, LABEL_SESSION, MARKER_VALUE, PROVIDER_ID, snapshot,
+    CONTAINER_PREFIX, DETACHED_PREFIX, LABEL_CREATED_MS, LABEL_DESTINATION, LABEL_KEEP, LABEL_KIND,
+    LABEL_MARKER, LABEL_OWNER, LABEL_SESSION, MARKER_VALUE, PROVIDER_ID, snapshot,
 };
 
 /// Directory in the container for the provider's per-command state files.
 const STATE_DIR: &str = "/tmp/.runner";
 
+/// What a fresh container gets after it starts (a fork has it already).
+#[derive(Default)]
+struct Setup {
+    /// Plain directories of mounts without a host path.
+    plain_dirs: Vec<PathBuf>,
+    /// A tar of the manifest entries, named by their targets.
+    entries: Option<Vec<u8>>,
+    /// The entries' absolute targets, given to the session user.
+    entry_targets: Vec<PathBuf>,
+}
+
 /// Keeps the container alive; commands run beside it through exec.
 const KEEPALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
-/// `RunnerSessionState.metadata` of a docker session. Holds the container id,
-/// the parsed config and the bind mounts; never secret values.
+/// `RunnerSessionState.metadata` of a docker session: the container id and
+/// nothing else. Settings (user, binds, daemon, read-only paths) come from the
+/// destination on rejoin and resume, never from a state, which whoever holds
+/// it may have changed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SessionMeta {
     /// The container's id.
     pub(crate) container_id: String,
-    /// The destination config, as JSON.
-    pub(crate) config: serde_json::Value,
-    /// Bind mounts (`host:container[:ro]`), re-applied to forks.
-    #[serde(default)]
-    pub(crate) binds: Vec<String>,
-    /// Absolute paths the file API refuses to write (a JSON array of paths).
-    #[serde(default)]
-    pub(crate) read_only: ReadOnlyPaths,
 }
 
 /// Where a new container comes from.
 pub(crate) enum Source {
     /// The configured image, with the destination's manifest applied.
     Fresh(RunnerManifest),
-    /// A snapshot image; the manifest is already inside.
+    /// A snapshot image: the manifest's files are already inside; its bind
+    /// mounts and read-only paths are applied again.
     Snapshot {
         /// The image id.
         image: String,
-        /// The original session's bind mounts and read-only paths.
-        meta: SessionMeta,
+        /// The destination's manifest (its `provider_native` part).
+        manifest: RunnerManifest,
     },
 }
 
@@ -79,12 +85,15 @@ pub struct DockerSession {
     destination_id: String,
     config: DockerConfig,
     ctx: Arc<ExecContext>,
-    binds: Vec<String>,
     read_only: ReadOnlyPaths,
     table: ProcessTable,
     forwarders: Forwarders,
     closed: AtomicBool,
     paused: AtomicBool,
+    /// Held shared by file operations on a running container and exclusively
+    /// by `pause`, `resume` and file operations on a paused one (which thaw
+    /// the container for their helper).
+    freezer: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for DockerSession {
@@ -97,14 +106,31 @@ impl std::fmt::Debug for DockerSession {
     }
 }
 
-/// Bind mounts and read-only paths of a manifest.
+/// The paths of a manifest the file API refuses to write: read-only mounts
+/// and entries.
+fn read_only_paths(config: &DockerConfig, manifest: &RunnerManifest) -> ReadOnlyPaths {
+    let mut read_only = ReadOnlyPaths::default();
+    read_only.extend(
+        manifest
+            .mounts
+            .iter()
+            .filter(|mount| mount.read_only)
+            .map(|mount| absolute(&config.workspace_dir, &mount.path)),
+    );
+    read_only.extend(ReadOnlyPaths::from_manifest(
+        &config.workspace_dir,
+        &manifest.entries,
+    ));
+    read_only
+}
+
+/// Bind mounts (`host:container[:ro]`) and plain directories of a manifest.
 fn mounts(
     config: &DockerConfig,
     manifest: &RunnerManifest,
     local_daemon: bool,
-) -> RunnerResult<(Vec<String>, ReadOnlyPaths, Vec<PathBuf>)> {
+) -> RunnerResult<(Vec<String>, Vec<PathBuf>)> {
     let mut binds = Vec::new();
-    let mut read_only = ReadOnlyPaths::default();
     let mut plain_dirs = Vec::new();
     for mount in &manifest.mounts {
         let what = format!("mount {:?}", mount.name);
@@ -115,9 +141,6 @@ fn mounts(
             ));
         }
         let target = absolute(&config.workspace_dir, &mount.path);
-        if mount.read_only {
-            read_only.extend([target.clone()]);
-        }
         let host = mount
             .intent
             .uri
@@ -143,7 +166,7 @@ fn mounts(
         let suffix = if mount.read_only { ":ro" } else { "" };
         binds.push(format!("{}:{}{suffix}", host.display(), target.display()));
     }
-    Ok((binds, read_only, plain_dirs))
+    Ok((binds, plain_dirs))
 }
 
 /// A tar of the manifest entries, named by their targets. Blocking.
@@ -196,15 +219,19 @@ impl DockerSession {
             (LABEL_CREATED_MS.to_string(), now_ms().to_string()),
             (LABEL_KIND.to_string(), "session".to_string()),
         ]);
-        if config.keep_on_close {
-            labels.insert(LABEL_KEEP.to_string(), "true".to_string());
-        }
+        // Always set: a fork must not inherit `true` from its snapshot image.
+        labels.insert(LABEL_KEEP.to_string(), config.keep_on_close.to_string());
         labels
     }
 
     /// Where the commands and file helpers of `container` run: the
     /// configured user, environment and workspace (owner learned later).
-    fn exec_context(daemon: Daemon, container: String, config: &DockerConfig) -> Arc<ExecContext> {
+    fn exec_context(
+        daemon: Daemon,
+        container: String,
+        config: &DockerConfig,
+        session_id: &str,
+    ) -> Arc<ExecContext> {
         Arc::new(ExecContext {
             daemon,
             container,
@@ -216,6 +243,8 @@ impl DockerSession {
                 .collect(),
             workspace: config.workspace_dir.clone(),
             state_dir: STATE_DIR.to_string(),
+            session_id: session_id.to_string(),
+            max_upload_bytes: config.max_upload_bytes,
             owner: std::sync::OnceLock::new(),
         })
     }
@@ -229,38 +258,29 @@ impl DockerSession {
     ) -> RunnerResult<Self> {
         let session_id = uuid::Uuid::new_v4().simple().to_string();
         let local_daemon = daemon.host.starts_with("unix://");
-        let (image, binds, read_only, plain_dirs, entries, entry_targets) = match source {
-            Source::Fresh(manifest) => {
-                let (binds, mut read_only, plain_dirs) = mounts(&config, &manifest, local_daemon)?;
-                read_only.extend(ReadOnlyPaths::from_manifest(
-                    &config.workspace_dir,
-                    &manifest.entries,
-                ));
-                let entry_targets: Vec<PathBuf> = manifest
-                    .entries
-                    .iter()
-                    .map(|entry| absolute(&config.workspace_dir, &entry.target))
-                    .collect();
-                let entries = tokio::task::spawn_blocking(move || entries_tar(&manifest))
-                    .await
-                    .map_err(|e| join_error("create_session", e))??;
-                (
-                    config.image.clone(),
-                    binds,
-                    read_only,
-                    plain_dirs,
-                    entries,
-                    entry_targets,
-                )
+        let (image, manifest, fresh) = match source {
+            Source::Fresh(manifest) => (config.image.clone(), manifest, true),
+            Source::Snapshot { image, manifest } => (image, manifest, false),
+        };
+        let (binds, plain_dirs) = mounts(&config, &manifest, local_daemon)?;
+        let read_only = read_only_paths(&config, &manifest);
+        // A snapshot holds the directories and entries already.
+        let setup = if fresh {
+            let entry_targets: Vec<PathBuf> = manifest
+                .entries
+                .iter()
+                .map(|entry| absolute(&config.workspace_dir, &entry.target))
+                .collect();
+            let entries = tokio::task::spawn_blocking(move || entries_tar(&manifest))
+                .await
+                .map_err(|e| join_error("create_session", e))??;
+            Setup {
+                plain_dirs,
+                entries,
+                entry_targets,
             }
-            Source::Snapshot { image, meta } => (
-                image,
-                meta.binds,
-                meta.read_only,
-                Vec::new(),
-                None,
-                Vec::new(),
-            ),
+        } else {
+            Setup::default()
         };
         let mut port_bindings = HashMap::new();
         let mut exposed = Vec::new();
@@ -290,12 +310,12 @@ impl DockerSession {
                 pids_limit: config.pids_limit,
                 network_mode: Some(config.network.mode().to_string()),
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
-                binds: (!binds.is_empty()).then(|| binds.clone()),
+                binds: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let name = format!("runner-{session_id}");
+        let name = format!("{CONTAINER_PREFIX}{session_id}");
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = daemon
             .docker
@@ -314,8 +334,8 @@ impl DockerSession {
                     mapped
                 }
             })?;
-        let ctx = Self::exec_context(daemon.clone(), created.id.clone(), &config);
-        let prepared = Self::prepare(&ctx, &config, &plain_dirs, entries, &entry_targets).await;
+        let ctx = Self::exec_context(daemon.clone(), created.id.clone(), &config, &session_id);
+        let prepared = Self::prepare(&ctx, &config, setup).await;
         if let Err(e) = prepared {
             let _ = daemon
                 .docker
@@ -334,45 +354,34 @@ impl DockerSession {
             destination_id,
             config,
             ctx,
-            binds,
             read_only,
             false,
         ))
     }
 
-    /// Learns the numeric ids of the configured user (files unpacked from
-    /// archives get them).
+    /// Learns the numeric uid and gid commands run as (the configured user,
+    /// or the image's): setup files and uploaded entries get them.
     async fn resolve_owner(ctx: &ExecContext, config: &DockerConfig) -> RunnerResult<()> {
         const OP: &str = "create_session";
-        if config.user.is_some() {
-            let ids = ctx.script(OP, "id -u && id -g", &[]).await?;
-            let text = String::from_utf8_lossy(&ids.stdout);
-            let mut numbers = text.split_whitespace().map(str::parse::<u64>);
-            match (ids.code, numbers.next(), numbers.next()) {
-                (0, Some(Ok(uid)), Some(Ok(gid))) => {
-                    let _ = ctx.owner.set((uid, gid));
-                }
-                _ => {
-                    return Err(RunnerError::invalid_request(format!(
-                        "{OP}: user {:?} is not known in the image: {}",
-                        config.user.as_deref().unwrap_or_default(),
-                        ids.stderr
-                    )));
-                }
+        let ids = ctx.script(OP, "id -u && id -g", &[]).await?;
+        let text = String::from_utf8_lossy(&ids.stdout);
+        let mut numbers = text.split_whitespace().map(str::parse::<u32>);
+        match (ids.code, numbers.next(), numbers.next()) {
+            (0, Some(Ok(uid)), Some(Ok(gid))) => {
+                let _ = ctx.owner.set((uid, gid));
+                Ok(())
             }
+            _ => Err(RunnerError::invalid_request(format!(
+                "{OP}: user {:?} is not known in the image: {}",
+                config.user.as_deref().unwrap_or("of the image"),
+                ids.stderr
+            ))),
         }
-        Ok(())
     }
 
     /// Starts the container, creates the workspace and state directories and
-    /// copies the manifest entries, owned by the configured user.
-    async fn prepare(
-        ctx: &ExecContext,
-        config: &DockerConfig,
-        plain_dirs: &[PathBuf],
-        entries: Option<Vec<u8>>,
-        entry_targets: &[PathBuf],
-    ) -> RunnerResult<()> {
+    /// copies the manifest entries, owned by the session user.
+    async fn prepare(ctx: &ExecContext, config: &DockerConfig, setup: Setup) -> RunnerResult<()> {
         const OP: &str = "create_session";
         ctx.daemon
             .docker
@@ -385,7 +394,7 @@ impl DockerSession {
             (workspace.trim_start_matches('/').to_string(), 0o755),
             (STATE_DIR.trim_start_matches('/').to_string(), 0o1777),
         ];
-        for dir in plain_dirs {
+        for dir in &setup.plain_dirs {
             let dir = dir.display().to_string();
             dirs.push((dir.trim_start_matches('/').to_string(), 0o755));
         }
@@ -393,12 +402,14 @@ impl DockerSession {
         let tar = directories_tar(&dir_refs, ctx.file_owner())
             .map_err(|e| RunnerError::from_io(OP, "workspace", e))?;
         ctx.upload(OP, Path::new("/"), tar).await?;
-        if let Some(entries) = entries {
+        if let Some(entries) = setup.entries {
             ctx.upload(OP, &config.workspace_dir, entries).await?;
-            if let Some((uid, gid)) = ctx.owner.get() {
+            let (uid, gid) = ctx.file_owner();
+            if uid != 0 || gid != 0 {
                 let owner = format!("{uid}:{gid}");
                 let mut args = vec![owner.as_str()];
-                let targets: Vec<String> = entry_targets
+                let targets: Vec<String> = setup
+                    .entry_targets
                     .iter()
                     .map(|t| t.display().to_string())
                     .collect();
@@ -422,7 +433,6 @@ impl DockerSession {
         destination_id: String,
         config: DockerConfig,
         ctx: Arc<ExecContext>,
-        binds: Vec<String>,
         read_only: ReadOnlyPaths,
         paused: bool,
     ) -> Self {
@@ -436,60 +446,102 @@ impl DockerSession {
             destination_id,
             config,
             ctx,
-            binds,
             read_only,
             table,
             forwarders: Forwarders::default(),
             closed: AtomicBool::new(false),
             paused: AtomicBool::new(paused),
+            freezer: tokio::sync::RwLock::new(()),
         }
     }
 
-    /// A new handle on the container of `state`.
+    /// A new handle on the container of `state`, with the settings of the
+    /// destination (`config`, `manifest`).
+    ///
+    /// Errors: `NotFound` naming the container when it is gone, or when it
+    /// is not this library's container of that session and destination (the
+    /// marker, kind, session, destination and owner labels and the name are
+    /// checked; such a container is left alone).
     pub(crate) async fn rejoin(
         daemon: Daemon,
         config: DockerConfig,
+        manifest: &RunnerManifest,
         state: RunnerSessionState,
         meta: SessionMeta,
     ) -> RunnerResult<Self> {
         const OP: &str = "rejoin_session";
+        let requested = &meta.container_id;
+        if requested.is_empty() || requested.contains(['\0', '/']) {
+            return Err(RunnerError::invalid_request(format!(
+                "{OP}: container id {requested:?} of session {} is empty or holds '/' or a NUL byte",
+                state.session_id
+            )));
+        }
         let inspect = daemon
             .docker
-            .inspect_container(&meta.container_id, None)
+            .inspect_container(requested, None)
             .await
             .map_err(|e| {
-                let mapped = daemon.error(OP, &meta.container_id, e);
+                let mapped = daemon.error(OP, requested, e);
                 if mapped.kind() == RunnerErrorKind::NotFound {
                     RunnerError::not_found(format!(
                         "{OP}: the container {} of session {} no longer exists",
-                        short(&meta.container_id),
+                        short(requested),
                         state.session_id
                     ))
                 } else {
                     mapped
                 }
             })?;
+        let labels = inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let name = inspect.name.as_deref().unwrap_or_default();
+        if !session_container(&labels, name, &state.session_id, &state.destination_id) {
+            return Err(RunnerError::not_found(format!(
+                "{OP}: container {requested} is not the container of docker session {} of \
+                 destination {:?} (its labels or name are not this library's); it is left alone",
+                state.session_id, state.destination_id
+            )));
+        }
+        let container = inspect.id.clone().unwrap_or_else(|| requested.clone());
         let run_state = inspect.state.unwrap_or_default();
         let paused = run_state.paused == Some(true);
         if run_state.running != Some(true) {
             daemon
                 .docker
-                .start_container(&meta.container_id, None::<StartContainerOptions>)
+                .start_container(&container, None::<StartContainerOptions>)
                 .await
-                .map_err(|e| daemon.error(OP, &meta.container_id, e))?;
+                .map_err(|e| daemon.error(OP, &container, e))?;
         }
-        let ctx = Self::exec_context(daemon, meta.container_id.clone(), &config);
-        if !paused {
-            Self::resolve_owner(&ctx, &config).await?;
+        let ctx = Self::exec_context(daemon, container.clone(), &config, &state.session_id);
+        if paused {
+            // Thawed briefly: file operations need the owner too.
+            ctx.daemon
+                .docker
+                .unpause_container(&container)
+                .await
+                .map_err(|e| ctx.daemon.error(OP, &container, e))?;
         }
-        tracing::info!(session_id = %state.session_id, container = %short(&meta.container_id), "docker session rejoined");
+        let owner = Self::resolve_owner(&ctx, &config).await;
+        if paused {
+            ctx.daemon
+                .docker
+                .pause_container(&container)
+                .await
+                .map_err(|e| ctx.daemon.error(OP, &container, e))?;
+        }
+        owner?;
+        tracing::info!(session_id = %state.session_id, container = %short(&container), "docker session rejoined");
+        let read_only = read_only_paths(&config, manifest);
         Ok(Self::assemble(
             state.session_id,
             state.destination_id,
             config,
             ctx,
-            meta.binds,
-            meta.read_only,
+            read_only,
             paused,
         ))
     }
@@ -519,10 +571,40 @@ impl DockerSession {
     fn meta(&self) -> SessionMeta {
         SessionMeta {
             container_id: self.ctx.container.clone(),
-            config: self.config.to_value(),
-            binds: self.binds.clone(),
-            read_only: self.read_only.clone(),
         }
+    }
+
+    /// Runs the file operation `op` in a running container: a paused one is
+    /// thawed for it and frozen again (the session's commands stay stopped:
+    /// `pause` sent them STOP first), so file operations keep working while
+    /// paused and still act as the session user.
+    async fn thawed<T, F>(&self, operation: &str, op: impl FnOnce() -> F) -> RunnerResult<T>
+    where
+        F: std::future::Future<Output = RunnerResult<T>>,
+    {
+        self.ensure_open(operation)?;
+        {
+            let _running = self.freezer.read().await;
+            if !self.paused.load(Ordering::SeqCst) {
+                return op().await;
+            }
+        }
+        let _frozen = self.freezer.write().await;
+        if !self.paused.load(Ordering::SeqCst) {
+            return op().await;
+        }
+        let docker = &self.ctx.daemon.docker;
+        let container = &self.ctx.container;
+        docker
+            .unpause_container(container)
+            .await
+            .map_err(|e| self.ctx.daemon.error(operation, container, e))?;
+        let result = op().await;
+        docker
+            .pause_container(container)
+            .await
+            .map_err(|e| self.ctx.daemon.error(operation, container, e))?;
+        result
     }
 
     fn remove_options() -> bollard::query_parameters::RemoveContainerOptions {
@@ -546,6 +628,11 @@ impl DockerSession {
                 self.table.resume().await?;
             }
             self.table.kill_all().await;
+            // Processes that left their command's group, of finished
+            // commands and of earlier handles too.
+            self.ctx
+                .signal_marked(OP, &self.ctx.session_mark(), "", RunnerSignal::Kill)
+                .await?;
             let stop = StopContainerOptionsBuilder::new().t(1).build();
             return match docker.stop_container(container, Some(stop)).await {
                 Ok(()) => Ok(()),
@@ -619,6 +706,7 @@ impl RemoteRunnerSession for DockerSession {
     /// container return `InvalidRequest`.
     async fn pause(&self) -> RunnerResult<RunnerSessionState> {
         self.ensure_open("pause")?;
+        let _frozen = self.freezer.write().await;
         if !self.paused.load(Ordering::SeqCst) {
             self.table.pause().await?;
             self.ctx
@@ -635,6 +723,7 @@ impl RemoteRunnerSession for DockerSession {
 
     async fn resume(&self) -> RunnerResult<RunnerSessionState> {
         self.ensure_open("resume")?;
+        let _frozen = self.freezer.write().await;
         if self.paused.load(Ordering::SeqCst) {
             self.ctx
                 .daemon
@@ -761,64 +850,65 @@ impl RemoteRunnerSession for DockerSession {
         &self,
         request: RunnerFileReadRequest,
     ) -> RunnerResult<RunnerFileReadResult> {
-        self.ensure_open("read_file")?;
-        self.ctx.read_file(request).await
+        self.thawed("read_file", || self.ctx.read_file(request))
+            .await
     }
 
     async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
         self.ensure_open("write_file")?;
         self.read_only
             .check("write_file", &self.absolute(&request.path))?;
-        self.ctx
-            .write_file(request, self.paused.load(Ordering::SeqCst))
+        self.thawed("write_file", || self.ctx.write_file(request))
             .await
     }
 
     async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
-        self.ensure_open("list_dir")?;
-        self.ctx.list_dir(path).await
+        self.thawed("list_dir", || self.ctx.list_dir(path)).await
     }
 
     async fn stat(&self, path: &Path) -> RunnerResult<RunnerFileStat> {
-        self.ensure_open("stat")?;
-        self.ctx.stat(path).await
+        self.thawed("stat", || self.ctx.stat(path)).await
     }
 
     async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
         self.ensure_open("remove")?;
         self.read_only
             .check_removal("remove", &self.absolute(path))?;
-        self.ctx.remove(path, recursive).await
+        self.thawed("remove", || self.ctx.remove(path, recursive))
+            .await
     }
 
     async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
         self.ensure_open("make_dir")?;
         self.read_only.check("make_dir", &self.absolute(path))?;
-        self.ctx.make_dir(path).await
+        self.thawed("make_dir", || self.ctx.make_dir(path)).await
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
         self.ensure_open("rename")?;
         self.read_only
             .check_rename(&self.absolute(from), &self.absolute(to))?;
-        self.ctx.rename(from, to).await
+        self.thawed("rename", || self.ctx.rename(from, to)).await
     }
 
     async fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
-        self.ensure_open("canonicalize")?;
-        self.ctx.canonicalize(path).await
+        self.thawed("canonicalize", || self.ctx.canonicalize(path))
+            .await
     }
 
     async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
         self.ensure_open("upload_archive")?;
         self.read_only
             .check_archive("upload_archive", &self.absolute(target), &archive)?;
-        self.ctx.upload_archive(target, archive).await
+        self.thawed("upload_archive", || {
+            self.ctx.upload_archive(target, archive)
+        })
+        .await
     }
 
     async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
-        self.ensure_open("download_archive")?;
-        self.ctx.download_archive(path).await
+        self.thawed("download_archive", || self.ctx.download_archive(path))
+            .await
     }
 
     async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
@@ -870,16 +960,16 @@ impl RemoteRunnerSession for DockerSession {
         runner_api::release_shell_lease(self, lease).await
     }
 
+    /// Commits the container to a labelled image; the reference names the
+    /// image and the session, never the destination's settings.
     async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
         self.ensure_open("snapshot")?;
-        let mut snapshot =
-            snapshot::take(&self.ctx.daemon, &self.ctx.container, &self.session_id).await?;
-        if let Some(map) = snapshot.metadata.as_object_mut() {
-            map.insert(
-                "session".to_string(),
-                serde_json::to_value(self.meta()).unwrap_or_default(),
-            );
-        }
-        Ok(snapshot)
+        snapshot::take(
+            &self.ctx.daemon,
+            &self.ctx.container,
+            &self.session_id,
+            &self.destination_id,
+        )
+        .await
     }
 }

@@ -1,6 +1,9 @@
 //! Behaviour of the docker provider beyond the conformance kit, on real
 //! daemons: an absent image, a daemon that stops in the middle of a session,
-//! orphan removal, published and forwarded ports, manifests and mounts.
+//! orphan removal, published and forwarded ports, manifests and mounts, and
+//! the defences against hostile input: file operations as the session user,
+//! processes that leave their group, and states that name someone else's
+//! container or carry settings of their own.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +11,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -296,13 +300,17 @@ fn orphan_child() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let snapshot = match session.snapshot().await {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                eprintln!("snapshot: {e}");
-                return ExitCode::FAILURE;
+        let mut snapshots = Vec::new();
+        // The second one is for a container the test starts by hand.
+        for _ in 0..2 {
+            match session.snapshot().await {
+                Ok(snapshot) => snapshots.push(snapshot.snapshot_id),
+                Err(e) => {
+                    eprintln!("snapshot: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        };
+        }
         let background = RunnerCommandRequest::shell("orphan-sleeper", "sleep 600");
         if let Err(e) = session.start_command(background).await {
             eprintln!("start_command: {e}");
@@ -313,7 +321,7 @@ fn orphan_child() -> ExitCode {
             session.state().metadata["container_id"]
                 .as_str()
                 .unwrap_or_default(),
-            snapshot.snapshot_id
+            snapshots.join(" ")
         );
         let _ = std::io::Write::flush(&mut std::io::stdout());
         loop {
@@ -323,7 +331,9 @@ fn orphan_child() -> ExitCode {
 }
 
 /// A session whose process died is removed by `sweep_orphans` (container and
-/// snapshot); a live session and an unmarked container are left alone.
+/// snapshot); a live session, an unmarked container, and a container started
+/// by hand from one of the dead session's snapshot images (which inherits its
+/// labels) are left alone.
 async fn orphans_removed_by_label() -> TestResult {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)
@@ -349,7 +359,8 @@ async fn orphans_removed_by_label() -> TestResult {
         .await
         .map_err(|e| format!("killing the orphan child: {e}"))?;
     let mut ids = stdout.split_whitespace();
-    let (Some(orphan), Some(orphan_image)) = (ids.next(), ids.next()) else {
+    let (Some(orphan), Some(orphan_image), Some(kept_image)) = (ids.next(), ids.next(), ids.next())
+    else {
         return Err(format!("the orphan child printed {stdout:?}"));
     };
     let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
@@ -374,6 +385,26 @@ async fn orphans_removed_by_label() -> TestResult {
                 image: Some(image()),
                 cmd: Some(vec!["true".into()]),
                 labels: Some(HashMap::from([(LABEL_OWNER.to_string(), dead_owner)])),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .id;
+    // A user's container from a snapshot image of the dead session.
+    let by_hand = docker
+        .create_container(
+            Some(
+                CreateContainerOptionsBuilder::new()
+                    .name(&format!(
+                        "runners-test-from-snapshot-{}",
+                        uuid::Uuid::new_v4().simple()
+                    ))
+                    .build(),
+            ),
+            ContainerCreateBody {
+                image: Some(kept_image.to_string()),
+                cmd: Some(vec!["true".into()]),
                 ..Default::default()
             },
         )
@@ -408,15 +439,507 @@ async fn orphans_removed_by_label() -> TestResult {
             .inspect_container(&bystander, None)
             .await
             .map_err(|e| format!("the unmarked container was removed: {e}"))?;
+        docker
+            .inspect_container(&by_hand, None)
+            .await
+            .map_err(|e| {
+                format!("the container started by hand from a snapshot image was removed: {e}")
+            })?;
         sh(live.as_ref(), "echo alive")
             .await
             .map_err(|e| format!("the live session after the sweep: {e}"))?;
         Ok(())
     }
     .await;
-    let remove = RemoveContainerOptionsBuilder::new().force(true).build();
-    let _ = docker.remove_container(&bystander, Some(remove)).await;
+    for container in [&bystander, &by_hand] {
+        let remove = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = docker.remove_container(container, Some(remove)).await;
+    }
+    let remove = bollard::query_parameters::RemoveImageOptionsBuilder::new()
+        .force(true)
+        .build();
+    let _ = docker.remove_image(kept_image, Some(remove), None).await;
     live.close().await.map_err(fail("close"))?;
+    outcome
+}
+
+/// The non-root user of the hostile-input tests (nobody in the test image).
+const NOBODY: &str = "65534:65534";
+
+/// A session of `config` and the container it runs in.
+async fn session_and_container(
+    provider: &DockerProvider,
+    config: serde_json::Value,
+) -> Result<(std::sync::Arc<dyn RemoteRunnerSession>, String), String> {
+    let session = provider
+        .create_session(destination(config))
+        .await
+        .map_err(fail("create_session"))?;
+    let container = session.state().metadata["container_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((session, container))
+}
+
+/// Runs `script` as root in `container` (test setup the session user may not do).
+async fn as_root(docker: &Docker, container: &str, script: &str) -> TestResult {
+    let exec = docker
+        .create_exec(
+            container,
+            CreateExecOptions {
+                cmd: Some(vec!["sh".to_string(), "-c".to_string(), script.to_string()]),
+                user: Some("0".to_string()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("exec as root: {e}"))?;
+    if let StartExecResults::Attached { mut output, .. } =
+        docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| format!("exec as root: {e}"))?
+    {
+        while output.next().await.is_some() {}
+    }
+    let code = docker
+        .inspect_exec(&exec.id)
+        .await
+        .map_err(|e| format!("inspecting the root exec: {e}"))?
+        .exit_code;
+    if code != Some(0) {
+        return Err(format!("as root: {script:?} exited {code:?}"));
+    }
+    Ok(())
+}
+
+/// A secret only root may read, written to `/etc/shadow` of `container`.
+async fn plant_shadow(docker: &Docker, container: &str) -> Result<String, String> {
+    let secret = format!("root:SECRET-{}:19000::::::", uuid::Uuid::new_v4().simple());
+    as_root(
+        docker,
+        container,
+        &format!("printf '%s\n' '{secret}' > /etc/shadow && chmod 600 /etc/shadow"),
+    )
+    .await?;
+    Ok(secret)
+}
+
+/// With a non-root `user`, file operations resolve paths as that user when
+/// they open them: a symlink to `/etc/shadow` is PermissionDenied, a name a
+/// command keeps flipping between a regular file and such a symlink never
+/// yields the secret, and `download_archive` of it is refused too.
+async fn file_operations_act_as_the_session_user() -> TestResult {
+    let provider = DockerProvider::new();
+    let (session, container) = session_and_container(
+        &provider,
+        serde_json::json!({ "image": image(), "network": "none", "user": NOBODY }),
+    )
+    .await?;
+    let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+    let outcome = async {
+        let secret = plant_shadow(&docker, &container).await?;
+        sh(
+            session.as_ref(),
+            "echo public > public.txt && ln -s /etc/shadow link && ln public.txt flip",
+        )
+        .await?;
+        let leaked = |contents: &[u8]| String::from_utf8_lossy(contents).contains("SECRET-");
+        match session.read_file(RunnerFileReadRequest::new("link")).await {
+            Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {}
+            Ok(read) if leaked(&read.contents) => {
+                return Err("read_file of a symlink to /etc/shadow returned its content".into());
+            }
+            other => {
+                return Err(format!(
+                    "read_file of a symlink to /etc/shadow: expected PermissionDenied, got {:?}",
+                    other.map(|r| r.contents.len())
+                ));
+            }
+        }
+        for path in ["/etc/shadow", "link"] {
+            if let Ok(tar) = session.download_archive(Path::new(path)).await
+                && String::from_utf8_lossy(&tar).contains(&secret)
+            {
+                return Err(format!(
+                    "download_archive {path} holds /etc/shadow's content"
+                ));
+            }
+        }
+        let flipper = RunnerCommandRequest::shell(
+            "flipper",
+            "while :; do ln -sf /etc/shadow l.tmp && mv -f l.tmp flip; \
+             ln -f public.txt r.tmp && mv -f r.tmp flip; done",
+        );
+        session
+            .start_command(flipper)
+            .await
+            .map_err(fail("start_command flipper"))?;
+        let (mut public, mut refused, mut reads) = (0, 0, 0);
+        while reads < 150 || public == 0 || refused == 0 {
+            if reads >= 1500 {
+                return Err(format!(
+                    "the flipping name was never seen both ways in {reads} reads ({public} \
+                     public, {refused} refused)"
+                ));
+            }
+            reads += 1;
+            match session.read_file(RunnerFileReadRequest::new("flip")).await {
+                Ok(read) if leaked(&read.contents) => {
+                    return Err(format!(
+                        "read {reads} of the flipping name returned /etc/shadow's content"
+                    ));
+                }
+                Ok(read) if read.contents == b"public\n" => public += 1,
+                Ok(read) => {
+                    return Err(format!("read {reads} returned {:?}", read.contents));
+                }
+                Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => refused += 1,
+                // Between the two renames the name may be missing.
+                Err(e) if e.kind() == RunnerErrorKind::NotFound => {}
+                Err(e) => return Err(format!("read {reads} of the flipping name: {e}")),
+            }
+        }
+        session
+            .cancel_command(&"flipper".to_string())
+            .await
+            .map_err(fail("cancel_command flipper"))?;
+        Ok(())
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome
+}
+
+/// With a non-root `user`, an uploaded entry claiming uid 0 and mode 4755 is
+/// a file of the session user without set-id bits, and `max_upload_bytes`
+/// bounds what one upload unpacks.
+async fn uploads_belong_to_the_session_user() -> TestResult {
+    let provider = DockerProvider::new();
+    let (session, _) = session_and_container(
+        &provider,
+        serde_json::json!({
+            "image": image(), "network": "none", "user": NOBODY, "max_upload_bytes": 4096
+        }),
+    )
+    .await?;
+    let outcome = async {
+        let tar = |name: &str, size: usize| -> Result<Vec<u8>, String> {
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o4755);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_size(size as u64);
+            builder
+                .append_data(&mut header, name, vec![b'#'; size].as_slice())
+                .map_err(|e| e.to_string())?;
+            builder.into_inner().map_err(|e| e.to_string())
+        };
+        session
+            .upload_archive(Path::new("up"), tar("suid", 16)?)
+            .await
+            .map_err(fail("upload_archive"))?;
+        let owner = sh(session.as_ref(), "stat -c '%u:%g %a' up/suid").await?;
+        if owner.trim() != format!("{NOBODY} 755") {
+            return Err(format!(
+                "uploaded uid 0 mode 4755 entry: expected {NOBODY} 755, got {owner:?}"
+            ));
+        }
+        match session
+            .upload_archive(Path::new("big"), tar("big", 8192)?)
+            .await
+        {
+            Err(e) if e.kind() == RunnerErrorKind::InvalidRequest => Ok(()),
+            other => Err(format!(
+                "an upload of 8192 bytes with max_upload_bytes 4096: expected InvalidRequest, \
+                 got {other:?}"
+            )),
+        }
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome
+}
+
+/// How many processes in `session`'s container run `sleep <seconds>`.
+async fn sleepers(session: &dyn RemoteRunnerSession, seconds: u64) -> Result<usize, String> {
+    let out = sh(
+        session,
+        &format!("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -cx {seconds}; :"),
+    )
+    .await?;
+    out.trim()
+        .parse()
+        .map_err(|e| format!("counting sleepers: {out:?}: {e}"))
+}
+
+/// Waits until `sleep <seconds>` runs (`present`) or is gone.
+async fn wait_sleepers(
+    session: &dyn RemoteRunnerSession,
+    seconds: u64,
+    present: bool,
+    after: &str,
+) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let count = sleepers(session, seconds).await?;
+        if (count > 0) == present {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{after}: {count} `sleep {seconds}` process(es) after 30 s, expected {}",
+                if present { "some" } else { "none" }
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A unique number of seconds to sleep, so the test can count its sleeper.
+fn unique_seconds() -> u64 {
+    7_000_000
+        + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 1000
+        + u64::from(std::process::id() % 1000)
+}
+
+/// `cancel_command` and `timeout_ms` end a child that left the process group
+/// with `setsid`, also when the shell that started it exits at once (a
+/// subshell: the child's parent is then gone, while the command runs on).
+async fn setsid_children_end_with_their_command() -> TestResult {
+    let provider = DockerProvider::new();
+    let (session, _) = session_and_container(
+        &provider,
+        serde_json::json!({ "image": image(), "network": "none", "user": NOBODY }),
+    )
+    .await?;
+    let outcome = async {
+        for (name, template) in [
+            ("stays", "setsid sh -c 'sleep SECS' & wait"),
+            ("exits", "( setsid sh -c 'sleep SECS' & ); sleep 600"),
+        ] {
+            let seconds = unique_seconds();
+            let script = template.replace("SECS", &seconds.to_string());
+            let id = format!("cancel-{name}");
+            session
+                .start_command(RunnerCommandRequest::shell(id.clone(), script))
+                .await
+                .map_err(fail("start_command"))?;
+            wait_sleepers(session.as_ref(), seconds, true, &format!("{id} started")).await?;
+            let cancelled = session
+                .cancel_command(&id)
+                .await
+                .map_err(fail("cancel_command"))?;
+            if !cancelled {
+                return Err(format!("cancel_command {id}: the command was not running"));
+            }
+            wait_sleepers(
+                session.as_ref(),
+                seconds,
+                false,
+                &format!("cancel_command {id}"),
+            )
+            .await?;
+
+            let seconds = unique_seconds();
+            let script = template.replace("SECS", &seconds.to_string());
+            let request = RunnerCommandRequest::shell(format!("timeout-{name}"), script)
+                .with_timeout_ms(3_000);
+            let result = session
+                .run_command(request)
+                .await
+                .map_err(fail("run_command with timeout"))?;
+            if !result.timed_out {
+                return Err(format!("timeout-{name}: not timed out: {result:?}"));
+            }
+            wait_sleepers(session.as_ref(), seconds, false, &format!("timeout-{name}")).await?;
+        }
+        Ok(())
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome
+}
+
+/// The id and name of a container that is not a session's.
+async fn foreign_container(docker: &Docker) -> Result<String, String> {
+    Ok(docker
+        .create_container(
+            Some(
+                CreateContainerOptionsBuilder::new()
+                    .name(&format!(
+                        "runners-test-foreign-{}",
+                        uuid::Uuid::new_v4().simple()
+                    ))
+                    .build(),
+            ),
+            ContainerCreateBody {
+                image: Some(image()),
+                cmd: Some(vec!["sleep".into(), "600".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .id)
+}
+
+/// `rejoin_session` refuses a state naming a container that is not this
+/// library's container of that session (a foreign one, another session's),
+/// naming it, and leaves it alone.
+async fn rejoin_checks_the_container() -> TestResult {
+    let provider = DockerProvider::new();
+    let config = serde_json::json!({ "image": image(), "network": "none" });
+    let (session, container) = session_and_container(&provider, config).await?;
+    let (other, other_container) = session_and_container(
+        &provider,
+        serde_json::json!({ "image": image(), "network": "none" }),
+    )
+    .await?;
+    let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+    let foreign = foreign_container(&docker).await?;
+    let outcome = async {
+        for (what, named) in [
+            ("a foreign container", &foreign),
+            ("another session's", &other_container),
+        ] {
+            let mut state = session.state();
+            state.metadata["container_id"] = named.as_str().into();
+            match provider.rejoin_session(state).await {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        RunnerErrorKind::NotFound | RunnerErrorKind::PermissionDenied
+                    ) && e.message().contains(named.as_str()) => {}
+                Err(e) => return Err(format!("rejoin_session with {what}: {e}")),
+                Ok(_) => return Err(format!("rejoin_session with {what} succeeded")),
+            }
+            docker
+                .inspect_container(named, None)
+                .await
+                .map_err(|e| format!("{what} is gone after the refused rejoin: {e}"))?;
+        }
+        let rejoined = provider
+            .rejoin_session(session.state())
+            .await
+            .map_err(fail("rejoin_session of the session's own state"))?;
+        let same = rejoined.state().metadata["container_id"] == container.as_str();
+        rejoined
+            .close()
+            .await
+            .map_err(fail("close the rejoined session"))?;
+        if !same {
+            return Err("the rejoined session has another container".into());
+        }
+        Ok(())
+    }
+    .await;
+    let remove = RemoveContainerOptionsBuilder::new().force(true).build();
+    let _ = docker.remove_container(&foreign, Some(remove)).await;
+    other.close().await.map_err(fail("close"))?;
+    session.close().await.map_err(fail("close"))?;
+    outcome
+}
+
+/// `resume_session` and `rejoin_session` take user, daemon, bind mounts and
+/// read-only paths from the destination, never from the state: a state
+/// claiming user root, another daemon, a bind of the host's `/` and no
+/// read-only paths changes nothing; a provider that does not know the
+/// destination refuses until it is given.
+async fn resume_takes_settings_from_the_destination() -> TestResult {
+    let host = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::write(host.path().join("notes.txt"), b"notes").map_err(|e| e.to_string())?;
+    let mut dest = destination(serde_json::json!({
+        "image": image(), "network": "none", "user": NOBODY
+    }));
+    dest.default_manifest.entries.push(RunnerManifestEntry {
+        source: host.path().join("notes.txt"),
+        target: PathBuf::from("notes.txt"),
+        writable: false,
+    });
+    let provider = DockerProvider::new();
+    let session = provider
+        .create_session(dest.clone())
+        .await
+        .map_err(fail("create_session"))?;
+    let mut forks = Vec::new();
+    let outcome = async {
+        let snapshot = session.snapshot().await.map_err(fail("snapshot"))?;
+        if snapshot.metadata.to_string().contains("\"user\"") {
+            return Err(format!(
+                "the snapshot reference carries config: {}",
+                snapshot.metadata
+            ));
+        }
+        let mut state = session.state();
+        let container = state.metadata["container_id"].clone();
+        state.metadata = serde_json::json!({
+            "container_id": container,
+            "config": { "image": image(), "user": "0", "docker_host": "tcp://127.0.0.1:9" },
+            "binds": ["/:/hostroot"],
+            "read_only": [],
+        });
+        let rejoined = provider
+            .rejoin_session(state.clone())
+            .await
+            .map_err(fail("rejoin_session with a tampered state"))?;
+        forks.push(rejoined.clone());
+        state.snapshot = Some(snapshot);
+        let forked = provider
+            .resume_session(state.clone())
+            .await
+            .map_err(fail("resume_session with a tampered state"))?;
+        forks.push(forked.clone());
+        for (what, s) in [("rejoined", &rejoined), ("forked", &forked)] {
+            let out = sh(s.as_ref(), "id -u; test -e /hostroot && echo bound; :").await?;
+            if out != "65534\n" {
+                return Err(format!(
+                    "the {what} session: `id -u` and /hostroot gave {out:?}"
+                ));
+            }
+            match s
+                .write_file(RunnerFileWriteRequest::new("notes.txt", b"x".to_vec()))
+                .await
+            {
+                Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {}
+                other => {
+                    return Err(format!(
+                        "the {what} session wrote the read-only entry: {other:?}"
+                    ));
+                }
+            }
+        }
+        let stranger = DockerProvider::new();
+        match stranger.rejoin_session(session.state()).await {
+            Err(e)
+                if e.kind() == RunnerErrorKind::NotFound
+                    && e.message().contains("docker-tests") => {}
+            other => {
+                return Err(format!(
+                    "rejoin_session by a provider that does not know the destination: {:?}",
+                    other.map(|s| s.state())
+                ));
+            }
+        }
+        let stranger = stranger
+            .with_destination(dest.clone())
+            .map_err(fail("with_destination"))?;
+        let rejoined = stranger
+            .rejoin_session(session.state())
+            .await
+            .map_err(fail("rejoin_session once the destination is given"))?;
+        forks.push(rejoined);
+        Ok(())
+    }
+    .await;
+    for fork in forks {
+        let _ = fork.close().await;
+    }
+    session.close().await.map_err(fail("close"))?;
     outcome
 }
 
@@ -687,6 +1210,23 @@ fn main() -> ExitCode {
             configured_user_owns_workspace,
         ),
         async_trial("orphans_removed_by_label", orphans_removed_by_label),
+        async_trial(
+            "file_operations_act_as_the_session_user",
+            file_operations_act_as_the_session_user,
+        ),
+        async_trial(
+            "uploads_belong_to_the_session_user",
+            uploads_belong_to_the_session_user,
+        ),
+        async_trial(
+            "setsid_children_end_with_their_command",
+            setsid_children_end_with_their_command,
+        ),
+        async_trial("rejoin_checks_the_container", rejoin_checks_the_container),
+        async_trial(
+            "resume_takes_settings_from_the_destination",
+            resume_takes_settings_from_the_destination,
+        ),
         async_trial("daemon_stopped_mid_session", daemon_stopped_mid_session),
     ])
 }
