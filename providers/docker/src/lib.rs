@@ -168,9 +168,9 @@ impl DockerProvider {
     ///
     /// Errors: `InvalidRequest` or `Unsupported` when the destination does
     /// not validate.
-    pub fn with_destination(self, destination: RunnerDestination) -> RunnerResult<Self> {
-        self.checked_config("with_destination", &destination)?;
-        self.remember(&destination);
+    pub fn with_destination(self, destination: &RunnerDestination) -> RunnerResult<Self> {
+        self.checked_config("with_destination", destination)?;
+        self.remember(destination);
         Ok(self)
     }
 

@@ -867,8 +867,10 @@ async fn resume_takes_settings_from_the_destination() -> TestResult {
         .await
         .map_err(fail("create_session"))?;
     let mut forks = Vec::new();
+    let mut snapshot_image = None;
     let outcome = async {
         let snapshot = session.snapshot().await.map_err(fail("snapshot"))?;
+        snapshot_image = Some(snapshot.snapshot_id.clone());
         if snapshot.metadata.to_string().contains("\"user\"") {
             return Err(format!(
                 "the snapshot reference carries config: {}",
@@ -926,7 +928,7 @@ async fn resume_takes_settings_from_the_destination() -> TestResult {
             }
         }
         let stranger = stranger
-            .with_destination(dest.clone())
+            .with_destination(&dest)
             .map_err(fail("with_destination"))?;
         let rejoined = stranger
             .rejoin_session(session.state())
@@ -938,6 +940,12 @@ async fn resume_takes_settings_from_the_destination() -> TestResult {
     .await;
     for fork in forks {
         let _ = fork.close().await;
+    }
+    if let (Some(image), Ok(docker)) = (snapshot_image, Docker::connect_with_local_defaults()) {
+        let remove = bollard::query_parameters::RemoveImageOptionsBuilder::new()
+            .force(true)
+            .build();
+        let _ = docker.remove_image(&image, Some(remove), None).await;
     }
     session.close().await.map_err(fail("close"))?;
     outcome
