@@ -8,27 +8,12 @@ use runner_api::{RemoteRunnerProvider, RunnerCommandRequest, RunnerDestination};
 use runner_ssh::SshProvider;
 use runner_testkit::{BackendGate, Conformance, S3TestServer};
 
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set when RUNNER_TEST_SSH=1"))
-}
+mod support;
 
 fn destination(snapshot_dir: &str) -> RunnerDestination {
-    let port: u16 = var("RUNNER_TEST_SSH_PORT")
-        .parse()
-        .expect("RUNNER_TEST_SSH_PORT is a port number");
-    RunnerDestination {
-        id: "conformance".into(),
-        provider_id: "ssh".into(),
-        config: serde_json::json!({
-            "host": var("RUNNER_TEST_SSH_HOST"),
-            "port": port,
-            "user": var("RUNNER_TEST_SSH_USER"),
-            "identity_file": var("RUNNER_TEST_SSH_KEY"),
-            "known_hosts_file": var("RUNNER_TEST_SSH_KNOWN_HOSTS"),
-            "snapshot_dir": snapshot_dir,
-        }),
-        default_manifest: Default::default(),
-    }
+    let config = support::config(serde_json::json!({ "snapshot_dir": snapshot_dir }))
+        .unwrap_or_else(|e| panic!("{e}"));
+    support::destination("conformance", config)
 }
 
 /// Removes this run's snapshot directory on the server (snapshots outlive

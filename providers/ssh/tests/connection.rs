@@ -16,39 +16,16 @@ use runner_api::{
 use runner_ssh::{SshConfig, SshProvider};
 use runner_testkit::{BackendGate, async_trial, http_fetch};
 
+mod support;
+
 type TestResult = Result<(), String>;
 
-fn var(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|_| format!("{name} must be set when RUNNER_TEST_SSH=1"))
-}
-
-/// The test server's config, with `overrides` merged in.
 fn config(overrides: serde_json::Value) -> Result<serde_json::Value, String> {
-    let port: u16 = var("RUNNER_TEST_SSH_PORT")?
-        .parse()
-        .map_err(|e| format!("RUNNER_TEST_SSH_PORT: {e}"))?;
-    let mut config = serde_json::json!({
-        "host": var("RUNNER_TEST_SSH_HOST")?,
-        "port": port,
-        "user": var("RUNNER_TEST_SSH_USER")?,
-        "identity_file": var("RUNNER_TEST_SSH_KEY")?,
-        "known_hosts_file": var("RUNNER_TEST_SSH_KNOWN_HOSTS")?,
-    });
-    if let (Some(base), Some(extra)) = (config.as_object_mut(), overrides.as_object()) {
-        for (key, value) in extra {
-            base.insert(key.clone(), value.clone());
-        }
-    }
-    Ok(config)
+    support::config(overrides)
 }
 
 fn destination(config: serde_json::Value) -> RunnerDestination {
-    RunnerDestination {
-        id: "ssh-tests".into(),
-        provider_id: "ssh".into(),
-        config,
-        default_manifest: Default::default(),
-    }
+    support::destination("ssh-tests", config)
 }
 
 /// The pid of the mux master behind `config`'s sessions, from `ssh -O check`.
@@ -460,8 +437,8 @@ async fn host_key_mismatch() -> TestResult {
     let known = dir.path().join("known_hosts");
     let line = format!(
         "[{}]:{} {}\n",
-        var("RUNNER_TEST_SSH_HOST")?,
-        var("RUNNER_TEST_SSH_PORT")?,
+        support::var("RUNNER_TEST_SSH_HOST")?,
+        support::var("RUNNER_TEST_SSH_PORT")?,
         public.join(" ")
     );
     std::fs::write(&known, line).map_err(|e| e.to_string())?;

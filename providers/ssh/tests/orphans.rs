@@ -21,6 +21,8 @@ use runner_ssh::SshProvider;
 use runner_testkit::{BackendGate, async_trial};
 use serde::{Deserialize, Serialize};
 
+mod support;
+
 type TestResult = Result<(), String>;
 
 /// The remote directory (relative to the remote home) the child works in;
@@ -42,24 +44,11 @@ struct ChildReport {
     pids: Vec<u32>,
 }
 
-fn var(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|_| format!("{name} must be set when RUNNER_TEST_SSH=1"))
-}
-
 /// The test server's destination with every remote directory under `area`.
 fn destination(area: &str, control_dir: &Path, grace_s: u64) -> Result<RunnerDestination, String> {
-    let port: u16 = var("RUNNER_TEST_SSH_PORT")?
-        .parse()
-        .map_err(|e| format!("RUNNER_TEST_SSH_PORT: {e}"))?;
-    Ok(RunnerDestination {
-        id: "ssh-crash".into(),
-        provider_id: "ssh".into(),
-        config: serde_json::json!({
-            "host": var("RUNNER_TEST_SSH_HOST")?,
-            "port": port,
-            "user": var("RUNNER_TEST_SSH_USER")?,
-            "identity_file": var("RUNNER_TEST_SSH_KEY")?,
-            "known_hosts_file": var("RUNNER_TEST_SSH_KNOWN_HOSTS")?,
+    Ok(support::destination(
+        "ssh-crash",
+        support::config(serde_json::json!({
             "workspace_root": format!("{area}/workspaces"),
             "state_dir": format!("{area}/sessions"),
             "snapshot_dir": format!("{area}/snapshots"),
@@ -68,9 +57,8 @@ fn destination(area: &str, control_dir: &Path, grace_s: u64) -> Result<RunnerDes
             "master_idle_s": 2,
             "orphan_grace_s": grace_s,
             "snapshot_grace_s": grace_s,
-        }),
-        default_manifest: Default::default(),
-    })
+        }))?,
+    ))
 }
 
 fn command_id(prefix: &str) -> String {
