@@ -396,6 +396,20 @@ mod tests {
     }
 
     #[test]
+    fn upload_bound_and_sftp_timeout_have_documented_defaults() {
+        let config = SshConfig::new("h");
+        assert_eq!(config.sftp_timeout(), Duration::from_secs(30));
+        assert_eq!(
+            config.upload_policy().max_unpacked_bytes,
+            DEFAULT_MAX_UNPACKED_BYTES
+        );
+        let config =
+            SshConfig::from_value(&serde_json::json!({ "host": "h", "max_upload_bytes": 16 }))
+                .expect("parse");
+        assert_eq!(config.upload_policy().max_unpacked_bytes, 16);
+    }
+
+    #[test]
     fn snapshot_grace_defaults_to_a_day_and_null_keeps_snapshots() {
         assert_eq!(SshConfig::new("h").snapshot_grace_s, Some(86_400));
         let config =
@@ -429,6 +443,14 @@ mod tests {
             (
                 serde_json::json!({ "host": "h", "workspace_root": "../x" }),
                 "workspace_root",
+            ),
+            (
+                serde_json::json!({ "host": "h", "sftp_timeout_ms": 0 }),
+                "sftp_timeout_ms",
+            ),
+            (
+                serde_json::json!({ "host": "h", "max_upload_bytes": 0 }),
+                "max_upload_bytes",
             ),
         ] {
             let err = SshConfig::from_value(&value).expect_err("refused");

@@ -17,6 +17,7 @@ use runner_api::{RunnerError, RunnerErrorKind, RunnerResult};
 use crate::config::{HostKeyPolicy, SshConfig};
 use crate::error::{connect_error, sftp_error, which_ssh};
 use crate::ports::{self, Forward};
+use crate::script::run_script;
 
 /// A live master connection and its sftp channel.
 pub(crate) struct Link {
@@ -29,16 +30,62 @@ pub(crate) struct Link {
     pub(crate) home: PathBuf,
     /// Longest one sftp request may take.
     sftp_timeout: Duration,
+    /// The host's pid of the `sftp-server` behind [`Link::sftp`], when it
+    /// could be told apart (see [`SFTP_SERVER_PID`]).
+    sftp_server: Option<u32>,
     /// Set when an sftp request timed out: the server is stuck in it and
     /// answers nothing else, so the connection replaces the channel.
     wedged: AtomicBool,
 }
 
+/// Prints the pid of the newest `sftp-server` process that the connection
+/// running this script serves: a child or grandchild (under the login
+/// shell that runs the subsystem) of the script's own parent, the sshd
+/// process of the connection. Only this provider opens sftp channels on its
+/// master, one at a time, so right after it opened one the newest is that
+/// channel's. Prints nothing for `internal-sftp` (no such process).
+const SFTP_SERVER_PID: &str = "s=$PPID; best=; bt=-1; for d in /proc/[0-9]*; do \
+     read -r c < \"$d/comm\" 2>/dev/null || continue; [ \"$c\" = sftp-server ] || continue; \
+     read -r l < \"$d/stat\" 2>/dev/null || continue; set -- ${l##*) }; pp=$2; t=${20}; \
+     if [ \"$pp\" != \"$s\" ]; then read -r l < \"/proc/$pp/stat\" 2>/dev/null || continue; \
+     set -- ${l##*) }; [ \"$2\" = \"$s\" ] || continue; fi; \
+     [ \"$t\" -gt \"$bt\" ] && { bt=$t; best=${d#/proc/}; }; done; echo $best";
+
 impl Link {
+    /// A link over `session` with a new sftp channel; finds the channel's
+    /// server process (a failure to is only logged).
+    async fn open(
+        session: Arc<openssh::Session>,
+        home: PathBuf,
+        sftp_timeout: Duration,
+        label: &str,
+    ) -> RunnerResult<Self> {
+        let sftp = Sftp::from_clonable_session(session.clone(), SftpOptions::default())
+            .await
+            .map_err(|e| sftp_error("open sftp channel to", label, e))?;
+        let mut link = Self {
+            session,
+            sftp,
+            home,
+            sftp_timeout,
+            sftp_server: None,
+            wedged: AtomicBool::new(false),
+        };
+        match run_script(&link, "open sftp channel", SFTP_SERVER_PID, None).await {
+            Ok(out) => link.sftp_server = String::from_utf8_lossy(&out.stdout).trim().parse().ok(),
+            Err(e) => {
+                tracing::debug!(destination = %label, error = %e, "finding the sftp server process failed")
+            }
+        }
+        Ok(link)
+    }
+
     /// Runs one sftp request, mapping its error with [`sftp_error`]. A request
-    /// unanswered within the destination's `sftp_timeout_ms` is `Timeout`, and
-    /// the channel is marked stuck: the connection opens a new one before the
-    /// next operation.
+    /// unanswered within the destination's `sftp_timeout_ms` is `Timeout`: the
+    /// channel is marked stuck (the connection opens a new one before the
+    /// next operation) and its server process is killed on the host, since it
+    /// would never answer again (an `open` of a FIFO waits for a writer that
+    /// may never come).
     pub(crate) async fn sftp_call<T>(
         &self,
         operation: &str,
@@ -48,8 +95,10 @@ impl Link {
         match tokio::time::timeout(self.sftp_timeout, request).await {
             Ok(result) => result.map_err(|e| sftp_error(operation, path, e)),
             Err(_) => {
-                self.wedged.store(true, Ordering::SeqCst);
                 tracing::warn!(%path, operation, "sftp request timed out; the sftp channel is replaced");
+                if !self.wedged.swap(true, Ordering::SeqCst) {
+                    self.end_server().await;
+                }
                 Err(RunnerError::new(
                     RunnerErrorKind::Timeout,
                     format!(
@@ -62,6 +111,21 @@ impl Link {
         }
     }
 
+    /// KILLs the stuck server of this link's channel, when it is known and
+    /// still an `sftp-server`; failures are only logged.
+    async fn end_server(&self) {
+        let Some(pid) = self.sftp_server else {
+            tracing::warn!("the stuck sftp server process is not known; it stays until it answers");
+            return;
+        };
+        let script = format!(
+            "[ \"$(cat /proc/{pid}/comm 2>/dev/null)\" = sftp-server ] && kill -s KILL {pid}; exit 0"
+        );
+        if let Err(e) = run_script(self, "end stuck sftp server", &script, None).await {
+            tracing::warn!(pid, error = %e, "killing the stuck sftp server failed");
+        }
+    }
+
     /// Whether an sftp request of this link timed out.
     pub(crate) fn is_wedged(&self) -> bool {
         self.wedged.load(Ordering::SeqCst)
@@ -70,21 +134,14 @@ impl Link {
     /// The same master with a new sftp channel (the old one is dropped with
     /// the last holder of this link).
     async fn with_new_sftp(&self, label: &str) -> RunnerResult<Self> {
-        let sftp = open_sftp(&self.session, label).await?;
-        Ok(Self {
-            session: self.session.clone(),
-            sftp,
-            home: self.home.clone(),
-            sftp_timeout: self.sftp_timeout,
-            wedged: AtomicBool::new(false),
-        })
-    }
-}
-
-async fn open_sftp(session: &Arc<openssh::Session>, label: &str) -> RunnerResult<Sftp> {
-    Sftp::from_clonable_session(session.clone(), SftpOptions::default())
+        Self::open(
+            self.session.clone(),
+            self.home.clone(),
+            self.sftp_timeout,
+            label,
+        )
         .await
-        .map_err(|e| sftp_error("open sftp channel to", label, e))
+    }
 }
 
 impl std::fmt::Debug for Link {
@@ -356,13 +413,7 @@ impl Connection {
                 ));
             }
         };
-        let mut link = Link {
-            sftp: open_sftp(&session, &label).await?,
-            session,
-            home: PathBuf::new(),
-            sftp_timeout: config.sftp_timeout(),
-            wedged: AtomicBool::new(false),
-        };
+        let mut link = Link::open(session, PathBuf::new(), config.sftp_timeout(), &label).await?;
         link.home = link
             .sftp_call(
                 "resolve home directory on",

@@ -1,5 +1,10 @@
 //! Commands on the remote host: each runs under `setsid`, so its process
 //! group can be signalled through a second short command over the master.
+//! Each also carries a session mark and a command mark in its environment
+//! ([`SESSION_MARK`], `RUNNER_SSH_COMMAND`), set after the request's env, so
+//! signals, cancellation, timeouts, `close` and the orphan sweep also reach
+//! the processes that left the group (`setsid`, double forks), found by
+//! their `/proc/<pid>/environ`.
 //!
 //! Foreground commands stream stdout and stderr through the ssh channel.
 //! Background commands are detached from the channel: their output, process

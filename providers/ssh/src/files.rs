@@ -159,7 +159,8 @@ fn require_regular(operation: &str, path: &Path, meta: &MetaData) -> RunnerResul
 /// that does not exist is left to `options` (a create). The open itself is
 /// timed like every sftp request: when the path was swapped for a FIFO in
 /// between and the open times out (`Timeout`), the stuck server is killed on
-/// the host ([`RELEASE_STUCK_SFTP`]) and the connection replaces the channel.
+/// the host and the connection replaces the channel (see
+/// [`Link::sftp_call`]).
 /// Once open, the handle is stat'ed (`fstat`) and refused unless it is a
 /// regular file (a swap for a device).
 ///
@@ -183,38 +184,11 @@ pub(crate) async fn open_regular(
     // Read access too: the client stats only handles open for reading.
     let mut options = options.unwrap_or_else(|| link.sftp.options());
     options.read(true);
-    let mut file = match link.sftp_call(operation, &what, options.open(path)).await {
-        Ok(file) => file,
-        Err(e) => {
-            if e.kind() == RunnerErrorKind::Timeout {
-                release_stuck_sftp(link, path).await;
-            }
-            return Err(e);
-        }
-    };
+    let mut file = link.sftp_call(operation, &what, options.open(path)).await?;
     let meta = link.sftp_call(operation, &what, file.metadata()).await?;
     // A dropped handle is closed in the background.
     require_regular(operation, path, &meta)?;
     Ok((file, meta.len().unwrap_or(0)))
-}
-
-/// The script that kills the login user's sftp servers stuck opening a FIFO
-/// (kernel wait channel `wait_for_partner`): `sftp-server`, or the `sshd`
-/// child running `internal-sftp`. Nothing else waits there, and a server
-/// waiting there answers no request until another process opens the FIFO,
-/// which for a FIFO already renamed away never happens.
-const RELEASE_STUCK_SFTP: &str = "for d in /proc/[0-9]*; do [ -O \"$d\" ] || continue; \
-     read -r c < \"$d/comm\" 2>/dev/null || continue; \
-     case \"$c\" in sftp-server|sshd) ;; *) continue;; esac; \
-     case \"$(cat \"$d/wchan\" 2>/dev/null)\" in wait_for_partner|fifo_open) \
-     kill -s KILL \"${d#/proc/}\" 2>/dev/null;; esac; done; exit 0";
-
-/// Ends the sftp servers a FIFO open left stuck (see [`RELEASE_STUCK_SFTP`]),
-/// after `path` timed out; failures are only logged.
-async fn release_stuck_sftp(link: &Link, path: &Path) {
-    if let Err(e) = run_script(link, "release", RELEASE_STUCK_SFTP, None).await {
-        tracing::warn!(path = %path.display(), error = %e, "ending a stuck sftp server failed");
-    }
 }
 
 /// Reads the window `request` asks of the regular file `path` (see

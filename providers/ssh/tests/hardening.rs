@@ -8,7 +8,8 @@
 //!   the check and the open times out, after which the sftp channel works;
 //! - children that leave the process group with `setsid`: a cancel (also of a
 //!   rejoined command, also with the marks forged in the request), a timeout
-//!   and the sweep of an orphan end them.
+//!   and the sweep of an orphan end them;
+//! - an upload above the destination's `max_upload_bytes`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -528,17 +529,24 @@ async fn check_files_work(session: &Session) -> TestResult {
     })
 }
 
-/// This user's sftp servers stuck opening a FIFO.
-const STUCK_SFTP: &str = "n=0; for d in /proc/[0-9]*; do [ -O \"$d\" ] || continue; \
+/// How many `sftp-server` processes serve the connection running this
+/// script (children or grandchildren of the sshd process it runs under).
+/// Their kernel wait channel is not readable (sftp-server makes itself
+/// non-dumpable), so a stuck one is seen as one too many: the session's
+/// connection has a single live channel.
+const SFTP_SERVERS: &str = "ppid() { read -r l < \"/proc/$1/stat\" 2>/dev/null && set -- ${l##*) } && echo $2; }; \
+     s=$$; while [ \"$s\" -gt 1 ] && [ \"$(cat /proc/$s/comm)\" != sshd ]; do s=$(ppid $s); done; \
+     n=0; for d in /proc/[0-9]*; do \
      read -r c < \"$d/comm\" 2>/dev/null || continue; [ \"$c\" = sftp-server ] || continue; \
-     [ \"$(cat \"$d/wchan\" 2>/dev/null)\" = wait_for_partner ] && n=$((n+1)); done; echo $n";
+     pp=$(ppid ${d#/proc/}); [ \"$pp\" = \"$s\" ] || [ \"$(ppid $pp)\" = \"$s\" ] || continue; \
+     n=$((n+1)); done; echo $n";
 
 /// A command keeps replacing `target` with a regular file and with a FIFO
 /// (rename, so the name always exists). Every read either gets the file,
 /// is refused (`InvalidRequest`), or, when the FIFO came in between the
 /// check and the open, times out after `sftp_timeout_ms` (`Timeout`); none
 /// hangs, the session's file operations work afterwards and no sftp server
-/// is left stuck on the host.
+/// is left stuck on the host (the connection has one server, the live one).
 async fn fifo_swapped_in_times_out_and_recovers() -> TestResult {
     let provider = SshProvider::new();
     let destination = plain_destination(serde_json::json!({ "sftp_timeout_ms": 1500 }))?;
@@ -593,19 +601,56 @@ async fn fifo_swapped_in_times_out_and_recovers() -> TestResult {
     check_files_work(&session).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let stuck = sh(&session, STUCK_SFTP).await?;
-        if stuck.trim() == "0" {
+        let servers = sh(&session, SFTP_SERVERS).await?;
+        if servers.trim() == "1" {
             break;
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "{} sftp servers are stuck opening a FIFO",
-                stuck.trim()
+                "{} sftp servers serve the session's connection after {timed_out} timeouts; \
+                 expected only the live one",
+                servers.trim()
             ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     session.close().await.map_err(|e| format!("close: {e}"))
+}
+
+// ----- uploads: the destination's bound -----
+
+/// With `max_upload_bytes` 16, an archive whose entries hold more is
+/// `InvalidRequest` and nothing of it is written.
+async fn upload_above_max_upload_bytes_refused() -> TestResult {
+    let provider = SshProvider::new();
+    let destination = plain_destination(serde_json::json!({ "max_upload_bytes": 16 }))?;
+    let session = open(&provider, &destination).await?;
+    let mut builder = tar::Builder::new(Vec::new());
+    let contents = [b'x'; 100];
+    let mut header = tar::Header::new_gnu();
+    header.set_size(contents.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "big.txt", &contents[..])
+        .map_err(|e| e.to_string())?;
+    let archive = builder.into_inner().map_err(|e| e.to_string())?;
+    let result = guarded(
+        "upload_archive",
+        session.upload_archive(Path::new("up"), archive),
+    )
+    .await?;
+    refused(
+        result,
+        RunnerErrorKind::InvalidRequest,
+        "up",
+        "an upload above max_upload_bytes",
+    )?;
+    let left = sh(&session, "ls up 2>/dev/null; true").await?;
+    session.close().await.map_err(|e| format!("close: {e}"))?;
+    ensure(left.is_empty(), || {
+        format!("the refused upload left {left:?}")
+    })
 }
 
 // ----- item 5: setsid escapes -----
@@ -848,6 +893,10 @@ fn main() -> ExitCode {
         async_trial(
             "fifo_swapped_in_times_out_and_recovers",
             fifo_swapped_in_times_out_and_recovers,
+        ),
+        async_trial(
+            "upload_above_max_upload_bytes_refused",
+            upload_above_max_upload_bytes_refused,
         ),
         async_trial(
             "cancel_ends_setsid_children_despite_forged_marks",
