@@ -560,3 +560,35 @@ async fn set_id_bits_never_reach_the_workspace() {
     }
     s.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_are_bounded_by_max_upload_bytes() {
+    let area = Area::new();
+    let mut config = area.rooted_config();
+    config["max_upload_bytes"] = serde_json::json!(16);
+    let s = session(config).await;
+    let tar = |size: usize| {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(size as u64);
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_data(&mut header, "data.bin", &vec![b'x'; size][..])
+            .expect("append");
+        builder.into_inner().expect("tar")
+    };
+    let err = s
+        .upload_archive(Path::new("big"), tar(17))
+        .await
+        .expect_err("17 bytes above a bound of 16");
+    assert_eq!(err.kind(), RunnerErrorKind::InvalidRequest, "{err}");
+    assert!(!s.workspace_root().join("big/data.bin").exists());
+    s.upload_archive(Path::new("small"), tar(16))
+        .await
+        .expect("16 bytes fit");
+    assert_eq!(
+        std::fs::read(s.workspace_root().join("small/data.bin")).expect("read"),
+        vec![b'x'; 16]
+    );
+    s.close().await.expect("close");
+}

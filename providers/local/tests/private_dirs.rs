@@ -18,12 +18,19 @@ use support::{Area, destination, session};
 /// A uid no one on the test machine uses.
 const OTHER_UID: u32 = 4242;
 
-fn mode(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path)
+/// Asserts the permission bits of `path` (lstat), shown in octal.
+fn assert_mode(path: &Path, want: u32) {
+    let got = std::fs::symlink_metadata(path)
         .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()))
         .permissions()
         .mode()
-        & 0o7777
+        & 0o7777;
+    assert_eq!(
+        format!("{got:o}"),
+        format!("{want:o}"),
+        "mode of {}",
+        path.display()
+    );
 }
 
 fn mkdir(path: &Path, mode: u32) {
@@ -61,21 +68,18 @@ async fn workspaces_snapshots_and_locks_are_private() {
         workspaces.join(".locks").join(".staging"),
         s.workspace_root(),
     ] {
-        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        assert_mode(&dir, 0o700);
     }
     let snap = s.snapshot().await.expect("snapshot");
     let tar = PathBuf::from(snap.metadata["path"].as_str().expect("path"));
-    assert_eq!(mode(&snapshots), 0o700);
-    assert_eq!(
-        mode(&tar),
-        0o600,
-        "the snapshot archive holds the whole workspace"
-    );
+    assert_mode(&snapshots, 0o700);
+    // The archive holds the whole workspace.
+    assert_mode(&tar, 0o600);
     for dir in [".owners", ".sessions"] {
         let dir = snapshots.join(dir);
-        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        assert_mode(&dir, 0o700);
         for file in std::fs::read_dir(&dir).expect("read_dir").flatten() {
-            assert_eq!(mode(&file.path()), 0o600, "{}", file.path().display());
+            assert_mode(&file.path(), 0o600);
         }
     }
     s.close().await.expect("close");
@@ -158,13 +162,13 @@ async fn default_dirs_child() {
             );
             let mut dir = root.clone();
             while dir.starts_with(&state) {
-                assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+                assert_mode(&dir, 0o700);
                 dir.pop();
             }
             let snap = s.snapshot().await.expect("snapshot");
             let tar = PathBuf::from(snap.metadata["path"].as_str().expect("path"));
             assert!(tar.starts_with(&state), "{}", tar.display());
-            assert_eq!(mode(&tar), 0o600);
+            assert_mode(&tar, 0o600);
             s.close().await.expect("close");
         }
         "taken" => refused(
@@ -203,17 +207,17 @@ fn default_directories_are_private_per_user() {
     // $XDG_STATE_HOME/runners, created 0700 all the way down.
     let xdg = tmp.path().join("xdg");
     run_child("fresh", &[("XDG_STATE_HOME", &xdg)]);
-    assert_eq!(mode(&xdg.join("runners")), 0o700);
+    assert_mode(&xdg.join("runners"), 0o700);
     // $HOME/.local/state/runners when XDG_STATE_HOME is not set.
     let home = tmp.path().join("home");
     run_child("fresh", &[("HOME", &home)]);
-    assert_eq!(mode(&home.join(".local/state/runners")), 0o700);
+    assert_mode(&home.join(".local/state/runners"), 0o700);
     // Neither: <temp dir>/runners-<uid>, which someone else may have made first.
     let temp = tmp.path().join("temp");
     mkdir(&temp, 0o1777);
     run_child("fresh", &[("TMPDIR", &temp)]);
     let uid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
-    assert_eq!(mode(&temp.join(format!("runners-{uid}"))), 0o700);
+    assert_mode(&temp.join(format!("runners-{uid}")), 0o700);
     let shared = tmp.path().join("shared");
     mkdir(&shared, 0o1777);
     let taken = shared.join(format!("runners-{uid}"));
@@ -254,15 +258,15 @@ async fn execution_leases_live_in_a_private_directory() {
         .await
         .expect("acquire");
     let base = state.join("runner-leases");
-    assert_eq!(mode(&base), 0o700);
+    assert_mode(&base, 0o700);
     let keys: Vec<PathBuf> = std::fs::read_dir(&base)
         .expect("read_dir")
         .flatten()
         .map(|e| e.path())
         .collect();
     assert_eq!(keys.len(), 1, "{keys:?}");
-    assert_eq!(mode(&keys[0]), 0o700);
-    assert_eq!(mode(&keys[0].join("lease")), 0o600);
+    assert_mode(&keys[0], 0o700);
+    assert_mode(&keys[0].join("lease"), 0o600);
     s.release_workspace_execution_lease(&lease)
         .await
         .expect("release");
@@ -282,7 +286,7 @@ async fn execution_leases_live_in_a_private_directory() {
         .acquire_workspace_execution_lease(lease_request())
         .await
         .expect("acquire in the fallback");
-    assert_eq!(mode(&fallback), 0o700);
+    assert_mode(&fallback, 0o700);
     s.release_workspace_execution_lease(&lease)
         .await
         .expect("release");

@@ -290,13 +290,15 @@ fn now_ms() -> u64 {
 /// [`RemoteRunnerSession::acquire_workspace_execution_lease`] documents.
 ///
 /// Works on any session whose `run_command` runs `sh` with `mkdir`, `mv`,
-/// `rm`, `date` and `id` (POSIX). A provider with such a shell implements the
+/// `rm`, `ls`, `date` and `id` (POSIX). A provider with such a shell implements the
 /// three lease methods by calling [`acquire_shell_lease`],
 /// [`renew_shell_lease`] and [`release_shell_lease`] with `self`.
 ///
 /// Errors: `AlreadyExists` naming the holder when another live lease exists
 /// after `wait_ms`; `InvalidRequest` for a zero `ttl_ms` or an empty holder;
-/// the session's own errors from `run_command` (`SessionClosed`, …).
+/// `PermissionDenied` naming the lease directory when it is not private (see
+/// the module docs); the session's own errors from `run_command`
+/// (`SessionClosed`, …).
 pub async fn acquire_shell_lease(
     session: &dyn RemoteRunnerSession,
     request: RunnerLeaseRequest,
