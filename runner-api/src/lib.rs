@@ -7,6 +7,7 @@ mod command;
 mod destination;
 mod error;
 mod files;
+mod known;
 mod lease;
 pub mod lifecycle;
 mod limits;
@@ -40,6 +41,7 @@ pub use files::{
     RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerListeningPort,
     RunnerPortRequest, RunnerPortResult,
 };
+pub use known::KnownDestinations;
 pub use lease::{
     RunnerExecutionLease, RunnerLeaseRequest, acquire_shell_lease, release_shell_lease,
     renew_shell_lease,

@@ -16,9 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use runner_api::mounts::{MountedSession, native_manifest, store_mount_kinds, validate_stores};
 use runner_api::{
-    EnvSecretResolver, RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession,
-    RunnerCapabilities, RunnerDestination, RunnerError, RunnerMountCapabilities, RunnerResult,
-    RunnerSessionState, RunnerSweepReport, SecretResolver, validate_manifest,
+    EnvSecretResolver, KnownDestinations, RemoteRunnerProvider, RemoteRunnerProviderId,
+    RemoteRunnerSession, RunnerCapabilities, RunnerDestination, RunnerError,
+    RunnerMountCapabilities, RunnerResult, RunnerSessionState, RunnerSweepReport, SecretResolver,
+    validate_manifest,
 };
 
 pub use config::{DEFAULT_WORKSPACE, DockerConfig, DockerNetwork};
@@ -129,7 +130,7 @@ pub struct DockerProvider {
     docker_host: Option<String>,
     orphan_grace: Duration,
     daemons: Arc<Mutex<HashMap<String, Daemon>>>,
-    destinations: Arc<Mutex<HashMap<String, RunnerDestination>>>,
+    destinations: KnownDestinations,
     secrets: Arc<dyn SecretResolver>,
 }
 
@@ -155,7 +156,7 @@ impl DockerProvider {
             docker_host: None,
             orphan_grace: DEFAULT_ORPHAN_GRACE,
             daemons: Arc::default(),
-            destinations: Arc::default(),
+            destinations: KnownDestinations::default(),
             secrets: Arc::new(EnvSecretResolver::new()),
         }
     }
@@ -170,15 +171,8 @@ impl DockerProvider {
     /// not validate.
     pub fn with_destination(self, destination: &RunnerDestination) -> RunnerResult<Self> {
         self.checked_config("with_destination", destination)?;
-        self.remember(destination);
+        self.destinations.remember(destination);
         Ok(self)
-    }
-
-    fn remember(&self, destination: &RunnerDestination) {
-        self.destinations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(destination.id.clone(), destination.clone());
     }
 
     /// The known destination `state` names and its parsed config.
@@ -189,20 +183,9 @@ impl DockerProvider {
         operation: &str,
         state: &RunnerSessionState,
     ) -> RunnerResult<(RunnerDestination, DockerConfig)> {
-        let known = self
-            .destinations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&state.destination_id)
-            .cloned();
-        let destination = known.ok_or_else(|| {
-            RunnerError::not_found(format!(
-                "{operation}: destination {:?} of session {} is not known to this provider; \
-                 give it with DockerProvider::with_destination (settings are never taken from a \
-                 state)",
-                state.destination_id, state.session_id
-            ))
-        })?;
+        let destination =
+            self.destinations
+                .of_state(operation, state, "DockerProvider::with_destination")?;
         let config = self.checked_config(operation, &destination)?;
         Ok((destination, config))
     }
@@ -364,7 +347,7 @@ impl RemoteRunnerProvider for DockerProvider {
         destination: RunnerDestination,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
         let config = self.checked_config("create_session", &destination)?;
-        self.remember(&destination);
+        self.destinations.remember(&destination);
         let daemon = self.daemon(config.docker_host.as_deref()).await?;
         let session = DockerSession::create(
             daemon,

@@ -11,17 +11,16 @@ mod script;
 mod session;
 mod snapshot;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use runner_api::mounts::MountedSession;
 use runner_api::{
-    EnvSecretResolver, ReadOnlyPaths, RemoteRunnerProvider, RemoteRunnerProviderId,
-    RemoteRunnerSession, RemoteWorkspace, RunnerCapabilities, RunnerDestination, RunnerError,
-    RunnerManifestEntry, RunnerMountCapabilities, RunnerResult, RunnerSessionState,
-    RunnerSweepReport, SecretResolver, validate_manifest,
+    EnvSecretResolver, KnownDestinations, ReadOnlyPaths, RemoteRunnerProvider,
+    RemoteRunnerProviderId, RemoteRunnerSession, RemoteWorkspace, RunnerCapabilities,
+    RunnerDestination, RunnerError, RunnerManifestEntry, RunnerMountCapabilities, RunnerResult,
+    RunnerSessionState, RunnerSweepReport, SecretResolver, validate_manifest,
 };
 
 pub use config::{HostKeyPolicy, SshConfig};
@@ -78,7 +77,7 @@ pub struct SshProvider {
     sweep_targets: Vec<SshConfig>,
     /// The destinations sessions may be resumed or rejoined on, by id: those
     /// given to `create_session` and to [`SshProvider::with_destination`].
-    destinations: Mutex<HashMap<String, RunnerDestination>>,
+    destinations: KnownDestinations,
 }
 
 impl Default for SshProvider {
@@ -87,7 +86,7 @@ impl Default for SshProvider {
             pool: Pool::default(),
             resolver: Arc::new(EnvSecretResolver::new()),
             sweep_targets: Vec::new(),
-            destinations: Mutex::new(HashMap::new()),
+            destinations: KnownDestinations::default(),
         }
     }
 }
@@ -153,38 +152,21 @@ impl SshProvider {
             "the destination",
         )?;
         SshConfig::from_destination(destination)?;
-        self.remember(destination);
+        self.destinations.remember(destination);
         Ok(self)
-    }
-
-    fn remember(&self, destination: &RunnerDestination) {
-        self.destinations
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(destination.id.clone(), destination.clone());
     }
 
     /// The destination `state` names, with its parsed config.
     ///
-    /// Errors: `InvalidRequest` when this provider does not know it.
+    /// Errors: `NotFound` when this provider does not know it.
     fn destination_of(
         &self,
         operation: &str,
         state: &RunnerSessionState,
     ) -> RunnerResult<(RunnerDestination, SshConfig)> {
-        let destination = self
-            .destinations
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&state.destination_id)
-            .cloned()
-            .ok_or_else(|| {
-                RunnerError::invalid_request(format!(
-                    "{operation} {}: destination {:?} is not known to this provider (create a \
-                     session on it, or register it with SshProvider::with_destination)",
-                    state.session_id, state.destination_id
-                ))
-            })?;
+        let destination =
+            self.destinations
+                .of_state(operation, state, "SshProvider::with_destination")?;
         let config = SshConfig::from_destination(&destination)?;
         Ok((destination, config))
     }
@@ -389,7 +371,7 @@ impl RemoteRunnerProvider for SshProvider {
         )?;
         let config = SshConfig::from_destination(&destination)?;
         Self::check_manifest(&destination)?;
-        self.remember(&destination);
+        self.destinations.remember(&destination);
         let session = self
             .open(
                 new_session_id(),

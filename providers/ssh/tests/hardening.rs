@@ -255,7 +255,7 @@ async fn rejoin_refuses_foreign_hosts_and_paths() -> TestResult {
             (
                 "an unknown destination",
                 altered(&|s| s.destination_id = "ssh-hardening-unknown".into()),
-                RunnerErrorKind::InvalidRequest,
+                RunnerErrorKind::NotFound,
                 "ssh-hardening-unknown".into(),
             ),
         ];
@@ -267,7 +267,7 @@ async fn rejoin_refuses_foreign_hosts_and_paths() -> TestResult {
         let result = guarded("untold provider", rejoin(&untold, state.clone())).await?;
         refused(
             result,
-            RunnerErrorKind::InvalidRequest,
+            RunnerErrorKind::NotFound,
             "with_destination",
             "a provider not told the destination",
         )?;
