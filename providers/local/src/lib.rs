@@ -13,13 +13,12 @@ mod private;
 mod session;
 mod snapshot;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use runner_api::mounts::MountedSession;
-use runner_api::{EnvSecretResolver, SecretResolver};
+use runner_api::{EnvSecretResolver, KnownDestinations, SecretResolver};
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
     RunnerDestination, RunnerError, RunnerManifest, RunnerMountCapabilities, RunnerResult,
@@ -64,6 +63,7 @@ pub fn capabilities() -> RunnerCapabilities {
         snapshot_restore: true,
         port_listing: true,
         execution_lease: true,
+        run_as_user: false,
     }
 }
 
@@ -87,32 +87,9 @@ pub fn capabilities() -> RunnerCapabilities {
 pub struct LocalProvider {
     sweep: SweepConfig,
     secrets: Secrets,
-    destinations: Destinations,
-}
-
-/// The destinations `resume_session` trusts, by id (shared by clones).
-#[derive(Clone, Default)]
-struct Destinations(Arc<Mutex<HashMap<String, RunnerDestination>>>);
-
-impl Destinations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunnerDestination>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn insert(&self, destination: &RunnerDestination) {
-        self.lock()
-            .insert(destination.id.clone(), destination.clone());
-    }
-
-    fn get(&self, id: &str) -> Option<RunnerDestination> {
-        self.lock().get(id).cloned()
-    }
-}
-
-impl std::fmt::Debug for Destinations {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.lock().keys()).finish()
-    }
+    /// The destinations sessions may be resumed on, by id: those given to
+    /// `create_session` and to [`with_destination`](Self::with_destination).
+    destinations: KnownDestinations,
 }
 
 /// The resolver of mount and artifact-store credentials.
@@ -151,13 +128,20 @@ impl LocalProvider {
         self
     }
 
-    /// Declares a destination whose sessions `resume_session` may resume
-    /// (in a process that did not create them). A destination passed to
-    /// `create_session` is declared by that call; declaring an id again
-    /// replaces the earlier destination.
-    pub fn with_destination(self, destination: RunnerDestination) -> Self {
-        self.destinations.insert(&destination);
-        self
+    /// Lets `resume_session` accept states of `destination` (by its id), as
+    /// it does for every destination this provider created a session for. A
+    /// provider that did not create the session (a new process) must be told
+    /// the destination this way: the root, directories, mounts, read-only
+    /// entries and artifact store of a resumed session always come from the
+    /// destination, never from the state.
+    ///
+    /// Errors: `InvalidRequest` for a destination of another provider or a
+    /// bad config, naming the field.
+    pub fn with_destination(self, destination: &RunnerDestination) -> RunnerResult<Self> {
+        self.check_provider("with_destination", destination)?;
+        LocalConfig::from_destination(destination)?;
+        self.destinations.remember(destination);
+        Ok(self)
     }
 
     fn check_provider(&self, operation: &str, destination: &RunnerDestination) -> RunnerResult<()> {
@@ -288,7 +272,7 @@ impl RemoteRunnerProvider for LocalProvider {
         validate_manifest(&destination.default_manifest, &capabilities())?;
         runner_api::mounts::validate_stores(&destination)?;
         let mounts = native_mounts(&destination)?;
-        self.destinations.insert(&destination);
+        self.destinations.remember(&destination);
         let root = match &config.root {
             Some(root) => RootSource::Configured(root.clone()),
             None => RootSource::Fresh,
@@ -313,11 +297,10 @@ impl RemoteRunnerProvider for LocalProvider {
     /// not carried over). Every setting comes from the destination the state
     /// names (see [`LocalProvider`]); the state only says which workspace.
     ///
-    /// Errors: `InvalidRequest` (another provider's state, a destination this
-    /// provider does not know), `PermissionDenied` (the state names a
-    /// workspace that is neither the destination's root nor one it created
-    /// under its `workspaces_dir`), `NotFound` (the snapshot or workspace is
-    /// gone).
+    /// Errors: `InvalidRequest` (another provider's state), `NotFound` (a
+    /// destination this provider does not know; the snapshot or workspace is
+    /// gone), `PermissionDenied` (the state names a workspace that is neither
+    /// the destination's root nor one it created under its `workspaces_dir`).
     async fn resume_session(
         &self,
         state: RunnerSessionState,
@@ -329,16 +312,9 @@ impl RemoteRunnerProvider for LocalProvider {
                 state.provider_id
             )));
         }
-        let destination = self
-            .destinations
-            .get(&state.destination_id)
-            .ok_or_else(|| {
-                RunnerError::invalid_request(format!(
-                    "{OP}: destination {:?} is unknown to this provider (create a session on it or \
-                 declare it with LocalProvider::with_destination first)",
-                    state.destination_id
-                ))
-            })?;
+        let destination =
+            self.destinations
+                .of_state(OP, &state, "LocalProvider::with_destination")?;
         let meta: SessionMeta = if state.metadata.is_null() {
             SessionMeta::default()
         } else {

@@ -434,10 +434,11 @@ async fn resume_takes_root_and_mounts_from_the_destination_never_from_the_state(
                 .await
                 .map(|_| ())
         ),
-        RunnerErrorKind::InvalidRequest
+        RunnerErrorKind::NotFound
     );
     let declared = LocalProvider::new()
-        .with_destination(rooted)
+        .with_destination(&rooted)
+        .expect("a unix-local destination")
         .resume_session(state)
         .await
         .expect("resume on a declared destination");
