@@ -61,6 +61,10 @@ pub struct RunnerCapabilities {
     /// and `release_workspace_execution_lease` give a cross-process guarantee.
     #[serde(default)]
     pub execution_lease: bool,
+    /// `RunnerCommandRequest::user` is honoured: a command runs as the user
+    /// it names. Without it a request naming a user is `Unsupported`.
+    #[serde(default)]
+    pub run_as_user: bool,
 }
 
 /// Which mount kinds a provider materializes.

@@ -75,6 +75,16 @@ pub struct RunnerCommandRequest {
     /// Add [`NON_INTERACTIVE_ENV`] so tools never wait for a terminal or an editor.
     #[serde(default)]
     pub non_interactive: bool,
+    /// Run as this user (a name, or a numeric uid) instead of the session's
+    /// user. Requires the `run_as_user` capability; `None` is the session's
+    /// user.
+    ///
+    /// Errors: `Unsupported` without the capability; `NotFound` naming the
+    /// user when the runner has no such user; `PermissionDenied` naming the
+    /// user when the session may not switch to it (a provider running as a
+    /// non-root user can only run commands as itself).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl RunnerCommandRequest {
@@ -95,6 +105,7 @@ impl RunnerCommandRequest {
             keep_stdin_open: false,
             output_limit: RunnerOutputLimit::default(),
             non_interactive: false,
+            user: None,
         }
     }
 

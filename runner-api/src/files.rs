@@ -52,6 +52,19 @@ pub struct RunnerFileWriteRequest {
     /// or gives a new file `0o644`.
     #[serde(default)]
     pub mode: Option<u32>,
+    /// Write `contents` at this byte offset of the existing file instead of
+    /// replacing it: the file is not truncated, and bytes past the end of
+    /// `contents` stay. The offset may be at most the file's size (no holes);
+    /// offset 0 of a missing file creates it. Such a write is not atomic: it
+    /// is the building block of chunked transfers, which write a staging file
+    /// chunk by chunk and `rename` it into place. `None` is the atomic
+    /// whole-file replace.
+    ///
+    /// Errors: `InvalidRequest` naming the path, the offset and the size
+    /// when the offset lies past the end of the file, or the file is missing
+    /// and the offset is not 0.
+    #[serde(default)]
+    pub offset: Option<u64>,
 }
 
 impl RunnerFileWriteRequest {
@@ -61,6 +74,7 @@ impl RunnerFileWriteRequest {
             path: path.into(),
             contents: contents.into(),
             mode: None,
+            offset: None,
         }
     }
 }

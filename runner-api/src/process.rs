@@ -112,10 +112,16 @@ pub struct ProcessTableConfig {
     /// Finished commands kept for `command_status` and `command_output`; the oldest
     /// finished ones are forgotten first.
     pub retain_finished: usize,
+    /// Whether the provider's spawn step honours `RunnerCommandRequest::user`
+    /// (its `run_as_user` capability). Without it the table refuses a request
+    /// naming a user with `Unsupported`, so no provider runs such a command as
+    /// the session's user by mistake.
+    pub run_as_user: bool,
 }
 
 impl ProcessTableConfig {
-    /// Defaults: 1 s grace, 10 s exit wait, 1 MiB log per command, 64 finished kept.
+    /// Defaults: 1 s grace, 10 s exit wait, 1 MiB log per command, 64 finished
+    /// kept, no `run_as_user`.
     pub fn new(provider_id: impl Into<String>) -> Self {
         Self {
             provider_id: provider_id.into(),
@@ -123,6 +129,7 @@ impl ProcessTableConfig {
             exit_wait: Duration::from_secs(10),
             log_bytes: 1 << 20,
             retain_finished: 64,
+            run_as_user: false,
         }
     }
 }
@@ -390,6 +397,18 @@ impl ProcessTable {
         replace_finished: bool,
     ) -> RunnerResult<Registered> {
         validate_command_request(&request)?;
+        if let Some(user) = &request.user
+            && !self.config.run_as_user
+        {
+            return Err(RunnerError::new(
+                crate::RunnerErrorKind::Unsupported,
+                format!(
+                    "command {:?}: {} cannot run commands as another user ({user:?}); \
+                     run_as_user is not supported",
+                    request.command_id, self.config.provider_id
+                ),
+            ));
+        }
         let mut table = self.lock();
         // An existing id is answered before the paused check: it starts nothing.
         let replaced = match table.records.get(&request.command_id) {

@@ -125,11 +125,13 @@ pub enum Capability {
     PortListing,
     /// `execution_lease`.
     ExecutionLease,
+    /// `run_as_user`.
+    RunAsUser,
 }
 
 impl Capability {
     /// Every boolean capability flag.
-    pub const ALL: [Capability; 17] = [
+    pub const ALL: [Capability; 18] = [
         Capability::CommandExec,
         Capability::FileRead,
         Capability::FileWrite,
@@ -147,6 +149,7 @@ impl Capability {
         Capability::SnapshotRestore,
         Capability::PortListing,
         Capability::ExecutionLease,
+        Capability::RunAsUser,
     ];
 
     /// The field name in [`RunnerCapabilities`] (and its JSON).
@@ -169,6 +172,7 @@ impl Capability {
             Capability::SnapshotRestore => "snapshot_restore",
             Capability::PortListing => "port_listing",
             Capability::ExecutionLease => "execution_lease",
+            Capability::RunAsUser => "run_as_user",
         }
     }
 
@@ -193,6 +197,7 @@ impl Capability {
             Capability::SnapshotRestore => c.snapshot_restore,
             Capability::PortListing => c.port_listing,
             Capability::ExecutionLease => c.execution_lease,
+            Capability::RunAsUser => c.run_as_user,
         }
     }
 }
@@ -263,6 +268,7 @@ pub fn checks() -> Vec<Check> {
     all.extend(crate::checks::processes::checks());
     all.extend(crate::checks::files::checks());
     all.extend(crate::checks::hostile::checks());
+    all.extend(crate::checks::framework::checks());
     all.extend(crate::checks::paths::checks());
     all.extend(crate::checks::ports::checks());
     all.extend(crate::checks::snapshots::checks());

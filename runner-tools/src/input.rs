@@ -116,6 +116,7 @@ impl RunCommandInput {
             keep_stdin_open: false,
             output_limit: self.output_limit.unwrap_or_default(),
             non_interactive: self.non_interactive.unwrap_or(true),
+            user: None,
         })
     }
 }
@@ -237,6 +238,7 @@ impl WriteFileInput {
             path: self.path.clone(),
             contents,
             mode: self.mode,
+            offset: None,
         })
     }
 }

@@ -104,6 +104,7 @@ pub(crate) fn session_capabilities() -> RunnerCapabilities {
         snapshot_restore: true,
         port_listing: true,
         execution_lease: true,
+        run_as_user: false,
     }
 }
 

@@ -57,6 +57,7 @@ pub fn capabilities() -> RunnerCapabilities {
         snapshot_restore: true,
         port_listing: true,
         execution_lease: true,
+        run_as_user: false,
     }
 }
 

@@ -146,7 +146,11 @@ pub(crate) fn checks() -> Vec<Check> {
 }
 
 /// `result` must be `Unsupported` because `flag` is false.
-fn unsupported<T: Debug>(result: RunnerResult<T>, op: &str, flag: Capability) -> CheckResult {
+pub(crate) fn unsupported<T: Debug>(
+    result: RunnerResult<T>,
+    op: &str,
+    flag: Capability,
+) -> CheckResult {
     result
         .fails_with(
             RunnerErrorKind::Unsupported,

@@ -4,6 +4,7 @@ pub(crate) mod artifacts;
 pub(crate) mod capabilities;
 pub(crate) mod exec;
 pub(crate) mod files;
+pub(crate) mod framework;
 pub(crate) mod hostile;
 pub(crate) mod lease;
 pub(crate) mod lifecycle;

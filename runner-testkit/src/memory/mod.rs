@@ -428,6 +428,7 @@ impl RemoteRunnerSession for MemorySession {
             request
                 .mode
                 .map(|mode| mode & runner_api::archive::MODE_MASK),
+            request.offset,
         )
     }
 

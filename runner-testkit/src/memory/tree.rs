@@ -280,6 +280,7 @@ impl Tree {
         parts: &[String],
         contents: Vec<u8>,
         mode: Option<u32>,
+        offset: Option<u64>,
     ) -> RunnerResult<()> {
         self.refuse_read_only(op, path, parts, false)?;
         let Some((name, dirs)) = parts.split_last() else {
@@ -309,6 +310,32 @@ impl Tree {
             }
             Some(Node::File(f)) => mode.unwrap_or(f.mode),
             None => mode.unwrap_or(0o644),
+        };
+        let contents = match offset {
+            None => contents,
+            Some(offset) => {
+                let mut old = match parent.entries.get(name) {
+                    Some(Node::File(f)) => f.contents.clone(),
+                    _ => Vec::new(),
+                };
+                let at = usize::try_from(offset)
+                    .ok()
+                    .filter(|at| *at <= old.len())
+                    .ok_or_else(|| {
+                        err(
+                            RunnerErrorKind::InvalidRequest,
+                            op,
+                            path,
+                            &format!("offset {offset} lies past the end ({} bytes)", old.len()),
+                        )
+                    })?;
+                let end = at + contents.len();
+                if end > old.len() {
+                    old.resize(end, 0);
+                }
+                old[at..end].copy_from_slice(&contents);
+                old
+            }
         };
         parent
             .entries
