@@ -19,6 +19,13 @@ pub(crate) fn checks() -> Vec<Check> {
             |cx| Box::pin(write_at_offset(cx)),
         ),
         Check::new(
+            "files_write_permission_denied",
+            Area::Files,
+            &[FileRead, FileWrite, CommandExec],
+            "write_file obeys POSIX permissions: a non-root session user gets PermissionDenied for a file mode 0444 or a new file in a directory mode 0555, and nothing changes; root may replace a 0444 file, which keeps its mode.",
+            |cx| Box::pin(write_permission_denied(cx)),
+        ),
+        Check::new(
             "exec_run_as_user",
             Area::Exec,
             &[CommandExec, RunAsUser],
@@ -127,6 +134,77 @@ async fn write_at_offset(cx: Cx) -> CheckResult {
             && back[2000..].iter().all(|b| *b == 3),
         "the chunks are not where they were written"
     );
+    s.close().await.or_fail("close")
+}
+
+/// Writes obey the session user's permissions.
+async fn write_permission_denied(cx: Cx) -> CheckResult {
+    let s = cx.session().await?;
+    let dir = cx.scratch(&s);
+    let d = crate::commands::quote(&dir.display().to_string());
+    let locked = dir.join("locked.txt");
+    s.write_file(RunnerFileWriteRequest::new(&locked, b"original".to_vec()))
+        .await
+        .or_fail("write_file locked.txt")?;
+    sh_ok(
+        s.as_ref(),
+        &format!("chmod 444 {d}/locked.txt && mkdir {d}/sealed && chmod 555 {d}/sealed"),
+    )
+    .await?;
+    let me = session_uid(&s).await?;
+    let replaced = s
+        .write_file(RunnerFileWriteRequest::new(&locked, b"replaced".to_vec()))
+        .await;
+    if me == "0" {
+        replaced.or_fail("write_file of a 0444 file as root")?;
+        same_bytes(
+            &read_all(&s, &locked).await?,
+            b"replaced",
+            "a 0444 file root replaced",
+        )?;
+        let mode = sh_ok(s.as_ref(), &format!("stat -c %a {d}/locked.txt")).await?;
+        ensure_eq!(
+            mode.trim(),
+            "444",
+            "mode of a 0444 file after root replaced it"
+        );
+    } else {
+        replaced.fails_with(
+            RunnerErrorKind::PermissionDenied,
+            format!("write_file of a 0444 file as uid {me}"),
+        )?;
+        same_bytes(
+            &read_all(&s, &locked).await?,
+            b"original",
+            "a 0444 file after the refused write",
+        )?;
+        let mode = sh_ok(s.as_ref(), &format!("stat -c %a {d}/locked.txt")).await?;
+        ensure_eq!(
+            mode.trim(),
+            "444",
+            "mode of a 0444 file after the refused write"
+        );
+        s.write_file(RunnerFileWriteRequest::new(
+            dir.join("sealed/new.txt"),
+            b"x".to_vec(),
+        ))
+        .await
+        .fails_with(
+            RunnerErrorKind::PermissionDenied,
+            format!("write_file into a 0555 directory as uid {me}"),
+        )?;
+        let left = sh_ok(s.as_ref(), &format!("ls -A {d}/sealed")).await?;
+        ensure_eq!(
+            left,
+            "",
+            "entries of the 0555 directory after the refused write"
+        );
+    }
+    sh_ok(
+        s.as_ref(),
+        &format!("chmod 755 {d}/sealed && chmod 644 {d}/locked.txt"),
+    )
+    .await?;
     s.close().await.or_fail("close")
 }
 
