@@ -77,6 +77,10 @@ pub enum Op {
         contents: Vec<u8>,
         /// Permission bits, masked to `0o777` (`None`: keep the old file's, or `0o644`).
         mode: Option<u32>,
+        /// Write in place at this offset instead of replacing the file
+        /// (`RunnerFileWriteRequest::offset`).
+        #[serde(default)]
+        offset: Option<u64>,
     },
     /// Entries of a directory sorted by name; answers [`Answer::Entries`].
     ListDir {

@@ -267,6 +267,7 @@ impl RemoteRunnerSession for AgentSession {
             path: request.path,
             contents: request.contents,
             mode: request.mode,
+            offset: request.offset,
         };
         match self.file_op("write_file", &path, op).await? {
             Answer::Done => Ok(()),

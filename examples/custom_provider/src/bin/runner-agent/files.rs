@@ -26,7 +26,14 @@ pub(crate) fn handle(agent: &Agent, op: Op) -> Result<Answer, AgentError> {
             path,
             contents,
             mode,
+            offset: None,
         } => write_file(&agent.resolve(&path), &contents, mode).map(|()| Answer::Done),
+        Op::WriteFile {
+            path,
+            contents,
+            mode,
+            offset: Some(offset),
+        } => write_at(&agent.resolve(&path), &contents, mode, offset).map(|()| Answer::Done),
         Op::ListDir { path } => list_dir(&agent.resolve(&path), &path),
         Op::Stat { path } => stat(&agent.resolve(&path), &path).map(|stat| Answer::Stat { stat }),
         Op::Remove { path, recursive } => remove(agent, &agent.resolve(&path), recursive),
@@ -136,6 +143,52 @@ fn write_file(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<(), Age
         return Err(fail(e));
     }
     Ok(())
+}
+
+/// `write_file` with an offset: in place, without truncating; offset 0 of
+/// a missing file creates it.
+///
+/// Errors: `EINVAL` for an offset past the end (or a missing file at
+/// another offset), `EISDIR` for a directory.
+fn write_at(
+    path: &Path,
+    contents: &[u8],
+    mode: Option<u32>,
+    offset: u64,
+) -> Result<(), AgentError> {
+    let fail = |e| io_error("write_file", path, e);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(offset == 0)
+        .mode(mode.unwrap_or(0o644) & MODE_MASK)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => error(
+                Errno::EINVAL,
+                format!(
+                    "write_file {}: no file to write at offset {offset}",
+                    path.display()
+                ),
+            ),
+            _ => fail(e),
+        })?;
+    let size = file.metadata().map_err(fail)?.len();
+    if offset > size {
+        return Err(error(
+            Errno::EINVAL,
+            format!(
+                "write_file {}: offset {offset} lies past the end ({size} bytes)",
+                path.display()
+            ),
+        ));
+    }
+    if let Some(mode) = mode {
+        file.set_permissions(fs::Permissions::from_mode(mode & MODE_MASK))
+            .map_err(fail)?;
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(fail)?;
+    file.write_all(contents).map_err(fail)
 }
 
 fn list_dir(full: &Path, requested: &Path) -> Result<Answer, AgentError> {
