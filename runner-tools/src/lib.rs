@@ -6,18 +6,19 @@ mod lines;
 mod output;
 mod tool;
 mod toolset;
+mod upload;
 
 pub use config::{ToolDestination, ToolsConfig};
 pub use input::{
     CancelCommandInput, CommandOutputInput, ContentEncoding, DEFAULT_FOREGROUND_TIMEOUT_MS,
     DEFAULT_READ_LIMIT, DestinationInput, DestinationsListInput, ExposePortInput, ListDirInput,
-    ReadFileInput, RunCommandInput, WriteFileInput,
+    MAX_CHUNK_BYTES, ReadFileInput, RunCommandInput, WriteFileInput, WriteStdinInput,
 };
 pub use lines::{DEFAULT_MAX_LINE_BYTES, LineCut};
 pub use output::{
     BackgroundStarted, CancelResult, CommandList, CommandOutputView, DestinationSummary,
-    DestinationsList, DirListing, FileContent, ForegroundResult, SnapshotTaken, ToolError,
-    WriteResult,
+    DestinationsList, DirListing, FileContent, ForegroundResult, SnapshotTaken, StdinWritten,
+    ToolError, WriteResult,
 };
 pub use tool::{Tool, ToolSpec, tool_specs};
 pub use toolset::{MAX_ARGUMENT_DEPTH, MAX_WAIT_MS, ToolSet};

@@ -294,8 +294,26 @@ pub struct SnapshotTaken {
 pub struct WriteResult {
     /// The path as requested.
     pub path: PathBuf,
-    /// Bytes written.
+    /// Bytes written: the whole file, or in a chunked write this chunk.
     pub bytes_written: u64,
+    /// In a chunked write that is not complete yet: the `offset` of the next
+    /// chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u64>,
+    /// When a chunked write completes: the size of the file now at `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// Result of `write_stdin`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StdinWritten {
+    /// The command's id.
+    pub command_id: RunnerCommandId,
+    /// Bytes written to its stdin by this call.
+    pub bytes_written: u64,
+    /// Whether this call closed stdin.
+    pub closed: bool,
 }
 
 /// Result of `list_dir`.

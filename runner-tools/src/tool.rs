@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::input::{
     CancelCommandInput, CommandOutputInput, DestinationInput, DestinationsListInput,
-    ExposePortInput, ListDirInput, ReadFileInput, RunCommandInput, WriteFileInput,
+    ExposePortInput, ListDirInput, ReadFileInput, RunCommandInput, WriteFileInput, WriteStdinInput,
 };
 
 /// One of the tools a [`ToolSet`](crate::ToolSet) serves.
@@ -18,6 +18,8 @@ pub enum Tool {
     RunCommand,
     /// `command_output`
     CommandOutput,
+    /// `write_stdin`
+    WriteStdin,
     /// `cancel_command`
     CancelCommand,
     /// `list_commands`
@@ -47,10 +49,11 @@ pub struct ToolSpec {
 
 impl Tool {
     /// Every tool, in the order they are listed.
-    pub const ALL: [Tool; 10] = [
+    pub const ALL: [Tool; 11] = [
         Tool::DestinationsList,
         Tool::RunCommand,
         Tool::CommandOutput,
+        Tool::WriteStdin,
         Tool::CancelCommand,
         Tool::ListCommands,
         Tool::ReadFile,
@@ -66,6 +69,7 @@ impl Tool {
             Tool::DestinationsList => "destinations_list",
             Tool::RunCommand => "run_command",
             Tool::CommandOutput => "command_output",
+            Tool::WriteStdin => "write_stdin",
             Tool::CancelCommand => "cancel_command",
             Tool::ListCommands => "list_commands",
             Tool::ReadFile => "read_file",
@@ -95,14 +99,22 @@ impl Tool {
                  signal, timed_out, duration_ms and stdout/stderr (long output keeps its head and \
                  tail with a note of the bytes omitted, and lines longer than max_line_bytes, \
                  default 2048, are cut with a note); they are killed after timeout_ms \
-                 (default 120000). With run_in_background the call returns at once with the \
-                 command_id: poll it with command_output and stop it with cancel_command."
+                 (default 120000). stdin is text, or any bytes with stdin_encoding base64. \
+                 With run_in_background the call returns at once with the command_id: poll it \
+                 with command_output and stop it with cancel_command; keep_stdin_open lets \
+                 write_stdin feed it. user runs the command as another user where the \
+                 destination allows it."
             }
             Tool::CommandOutput => {
                 "Output of a command after a sequence number: pass after_seq 0 first, then the \
                  next_after_seq of the previous call. Returns new stdout/stderr, state (running \
                  or exited) and, once exited, the exit status. wait_ms waits for new output or \
                  the exit. Long output and long lines are shortened as in run_command."
+            }
+            Tool::WriteStdin => {
+                "Write data (text, or any bytes with encoding base64; at most 16 MiB a call) \
+                 to the stdin of a background command started with keep_stdin_open; close \
+                 ends its input. Returns once the bytes are written to the pipe."
             }
             Tool::CancelCommand => {
                 "Kill a running command and its whole process tree. Returns whether a running \
@@ -120,7 +132,10 @@ impl Tool {
             Tool::WriteFile => {
                 "Write a whole file in the workspace atomically, creating parent \
                  directories. Paths outside the workspace are refused. encoding base64 \
-                 writes binary content (default utf-8 text)."
+                 writes binary content (default utf-8 text). Large files go in chunks of at \
+                 most 16 MiB: offset 0 for the first, then each result's next_offset, and \
+                 complete true on the last; the file changes only when the last chunk \
+                 arrives, all at once."
             }
             Tool::ListDir => {
                 "List a directory of the workspace (default: its root): name, kind, size, mode \
@@ -142,6 +157,7 @@ impl Tool {
             Tool::DestinationsList => schema_of::<DestinationsListInput>(),
             Tool::RunCommand => schema_of::<RunCommandInput>(),
             Tool::CommandOutput => schema_of::<CommandOutputInput>(),
+            Tool::WriteStdin => schema_of::<WriteStdinInput>(),
             Tool::CancelCommand => schema_of::<CancelCommandInput>(),
             Tool::ListCommands | Tool::Snapshot => schema_of::<DestinationInput>(),
             Tool::ReadFile => schema_of::<ReadFileInput>(),
@@ -202,6 +218,9 @@ mod tests {
             "env",
             "run_in_background",
             "max_line_bytes",
+            "stdin_encoding",
+            "keep_stdin_open",
+            "user",
         ] {
             assert!(props.contains_key(field), "run_command lacks {field}");
         }

@@ -18,12 +18,12 @@ use crate::config::{ToolDestination, ToolsConfig};
 use crate::input::{
     CancelCommandInput, CommandOutputInput, DEFAULT_READ_LIMIT, DestinationInput,
     DestinationsListInput, ExposePortInput, ListDirInput, ReadFileInput, RunCommandInput,
-    WriteFileInput,
+    WriteFileInput, WriteStdinInput,
 };
 use crate::lines::DEFAULT_MAX_LINE_BYTES;
 use crate::output::{
     BackgroundStarted, CancelResult, CommandList, CommandOutputView, DestinationSummary,
-    DestinationsList, DirListing, FileContent, ForegroundResult, SnapshotTaken, WriteResult,
+    DestinationsList, DirListing, FileContent, ForegroundResult, SnapshotTaken, StdinWritten,
 };
 use crate::tool::{Tool, ToolSpec, tool_specs};
 
@@ -155,6 +155,22 @@ impl ToolSet {
             }
             Tool::RunCommand => self.run_command(parse(op, arguments)?).await,
             Tool::CommandOutput => self.command_output(parse(op, arguments)?).await,
+            Tool::WriteStdin => {
+                let input: WriteStdinInput = parse(op, arguments)?;
+                let bytes = input.bytes()?;
+                let bytes_written = bytes.len() as u64;
+                let ws = self.workspace(op, input.destination.as_deref()).await?;
+                ws.write_stdin(&input.command_id, bytes, input.close)
+                    .await?;
+                to_json(
+                    op,
+                    &StdinWritten {
+                        command_id: input.command_id,
+                        bytes_written,
+                        closed: input.close,
+                    },
+                )
+            }
             Tool::CancelCommand => {
                 let input: CancelCommandInput = parse(op, arguments)?;
                 let ws = self.workspace(op, input.destination.as_deref()).await?;
@@ -183,17 +199,10 @@ impl ToolSet {
             }
             Tool::WriteFile => {
                 let input: WriteFileInput = parse(op, arguments)?;
-                let request = input.to_request()?;
-                let bytes_written = request.contents.len() as u64;
+                // Bad content is refused before a session is opened.
+                input.to_request()?;
                 let ws = self.workspace(op, input.destination.as_deref()).await?;
-                ws.write_file(request).await?;
-                to_json(
-                    op,
-                    &WriteResult {
-                        path: input.path,
-                        bytes_written,
-                    },
-                )
+                to_json(op, &crate::upload::write_file(ws, &input).await?)
             }
             Tool::ListDir => {
                 let input: ListDirInput = parse(op, arguments)?;

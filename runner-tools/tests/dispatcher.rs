@@ -74,6 +74,7 @@ async fn lists_tools_and_destinations() {
             "destinations_list",
             "run_command",
             "command_output",
+            "write_stdin",
             "cancel_command",
             "list_commands",
             "read_file",
@@ -525,5 +526,316 @@ async fn long_lines_are_cut_in_background_output() {
         whole["stderr_line_cut"],
         json!({ "lines_cut": 0, "bytes_omitted": 0 })
     );
+    tools.close().await.expect("close");
+}
+
+/// `bytes` in standard base64.
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Polls `command_id` until it has exited and returns that view.
+async fn exited(tools: &ToolSet, command_id: &str) -> Value {
+    for _ in 0..600 {
+        let out = tools
+            .call(
+                "command_output",
+                json!({ "command_id": command_id, "wait_ms": 1000 }),
+            )
+            .await
+            .expect("command_output");
+        if out["state"] == "exited" {
+            return out;
+        }
+    }
+    panic!("command {command_id} never exited");
+}
+
+#[tokio::test]
+async fn binary_stdin_travels_as_base64() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    // Every byte value: NUL, invalid UTF-8, a lone CR.
+    let bytes: Vec<u8> = (0..=255u8).rev().collect();
+    let result = tools
+        .call(
+            "run_command",
+            json!({ "program": "od", "args": ["-An", "-v", "-tx1"],
+                    "stdin": base64(&bytes), "stdin_encoding": "base64" }),
+        )
+        .await
+        .expect("od");
+    assert_eq!(result["exit_code"], 0, "{result}");
+    let seen: Vec<u8> = result["stdout"]
+        .as_str()
+        .expect("stdout")
+        .split_whitespace()
+        .map(|hex| u8::from_str_radix(hex, 16).expect("od prints hex bytes"))
+        .collect();
+    assert_eq!(seen, bytes);
+
+    // Text stdin stays the default.
+    let text = tools
+        .call(
+            "run_command",
+            json!({ "command": "cat", "stdin": "plain\n" }),
+        )
+        .await
+        .expect("cat");
+    assert_eq!(text["stdout"], "plain\n");
+
+    // Invalid base64 is refused before the command starts.
+    let err = tools
+        .call(
+            "run_command",
+            json!({ "command": "touch ran", "command_id": "bad-stdin",
+                    "stdin": "not base64!", "stdin_encoding": "base64" }),
+        )
+        .await
+        .expect_err("invalid base64 stdin");
+    assert_eq!(err.kind(), RunnerErrorKind::InvalidRequest, "{err}");
+    assert!(err.message().contains("bad-stdin"), "{err}");
+    assert!(err.message().contains("stdin"), "{err}");
+    assert!(!dir.path().join("ws/ran").exists());
+    let listed = tools.call("list_commands", json!({})).await.expect("list");
+    assert!(!listed.to_string().contains("bad-stdin"), "{listed}");
+    tools.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn write_stdin_feeds_a_background_command_in_chunks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    let started = tools
+        .call(
+            "run_command",
+            json!({ "command": "cat > fed.bin", "command_id": "feed", "stdin": "head\n",
+                    "run_in_background": true, "keep_stdin_open": true }),
+        )
+        .await
+        .expect("start");
+    assert_eq!(started["state"], "running");
+    let wrote = tools
+        .call(
+            "write_stdin",
+            json!({ "command_id": "feed", "data": base64(&bytes), "encoding": "base64" }),
+        )
+        .await
+        .expect("binary chunk");
+    assert_eq!(wrote["bytes_written"], 256);
+    assert_eq!(wrote["closed"], false);
+    let wrote = tools
+        .call(
+            "write_stdin",
+            json!({ "command_id": "feed", "data": "tail\n", "close": true }),
+        )
+        .await
+        .expect("last chunk");
+    assert_eq!(wrote["closed"], true);
+    let done = exited(&tools, "feed").await;
+    assert_eq!(done["status"]["exit_code"], 0, "{done}");
+    let mut expected = b"head\n".to_vec();
+    expected.extend_from_slice(&bytes);
+    expected.extend_from_slice(b"tail\n");
+    assert_eq!(
+        std::fs::read(dir.path().join("ws/fed.bin")).expect("fed"),
+        expected
+    );
+
+    // Closed, never kept open, unknown, oversized, or in the foreground: typed errors.
+    let closed = tools
+        .call(
+            "write_stdin",
+            json!({ "command_id": "feed", "data": "more" }),
+        )
+        .await
+        .expect_err("closed");
+    assert_eq!(closed.kind(), RunnerErrorKind::InvalidRequest, "{closed}");
+    assert!(closed.message().contains("feed"), "{closed}");
+    tools
+        .call(
+            "run_command",
+            json!({ "command": "sleep 60", "command_id": "shut", "run_in_background": true }),
+        )
+        .await
+        .expect("start without stdin");
+    let shut = tools
+        .call("write_stdin", json!({ "command_id": "shut", "data": "x" }))
+        .await
+        .expect_err("not kept open");
+    assert_eq!(shut.kind(), RunnerErrorKind::InvalidRequest, "{shut}");
+    assert!(shut.message().contains("shut"), "{shut}");
+    tools
+        .call("cancel_command", json!({ "command_id": "shut" }))
+        .await
+        .expect("cancel");
+    let unknown = tools
+        .call("write_stdin", json!({ "command_id": "nope", "data": "x" }))
+        .await
+        .expect_err("unknown");
+    assert_eq!(unknown.kind(), RunnerErrorKind::NotFound, "{unknown}");
+    assert!(unknown.message().contains("nope"), "{unknown}");
+    let oversized = "x".repeat(runner_tools::MAX_CHUNK_BYTES + 1);
+    let big = tools
+        .call(
+            "write_stdin",
+            json!({ "command_id": "nope", "data": oversized }),
+        )
+        .await
+        .expect_err("oversized");
+    assert_eq!(big.kind(), RunnerErrorKind::InvalidRequest, "{big}");
+    assert!(
+        big.message()
+            .contains(&runner_tools::MAX_CHUNK_BYTES.to_string()),
+        "{big}"
+    );
+    let foreground = tools
+        .call(
+            "run_command",
+            json!({ "command": "cat", "keep_stdin_open": true }),
+        )
+        .await
+        .expect_err("foreground with stdin open");
+    assert_eq!(foreground.kind(), RunnerErrorKind::InvalidRequest);
+    assert!(
+        foreground.message().contains("run_in_background"),
+        "{foreground}"
+    );
+    tools.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn run_command_passes_the_user_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let listed = tools
+        .call("destinations_list", json!({}))
+        .await
+        .expect("list");
+    let capable = listed["destinations"][0]["capabilities"]["run_as_user"] == true;
+    let result = tools
+        .call(
+            "run_command",
+            json!({ "command": "id -un", "user": "nobody" }),
+        )
+        .await;
+    match result {
+        Ok(result) => {
+            assert!(capable, "ran as a user without run_as_user: {result}");
+            assert_eq!(result["stdout"], "nobody\n", "{result}");
+        }
+        // Refused by the runner (not by the tool's schema), naming the user.
+        Err(err) => {
+            let expected = if capable {
+                RunnerErrorKind::PermissionDenied
+            } else {
+                RunnerErrorKind::Unsupported
+            };
+            assert_eq!(err.kind(), expected, "{err}");
+            assert!(err.message().contains("nobody"), "{err}");
+        }
+    }
+    tools.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn large_files_are_written_in_chunks_and_replace_the_target_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let target = dir.path().join("ws/data/big.bin");
+    let staging = dir.path().join("ws/data/.big.bin.runner-upload");
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("data dir");
+    std::fs::write(&target, "old contents").expect("old file");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // 50 MiB that no chunk repeats, with every byte value.
+    let bytes: Vec<u8> = (0..50 * MIB)
+        .map(|i| (i ^ (i >> 8) ^ (i >> 16)) as u8)
+        .collect();
+    let mut offset = 0;
+    let mut last = Value::Null;
+    for chunk in bytes.chunks(4 * MIB) {
+        let complete = offset + chunk.len() == bytes.len();
+        last = tools
+            .call(
+                "write_file",
+                json!({ "path": "data/big.bin", "content": base64(chunk), "encoding": "base64",
+                        "offset": offset, "complete": complete }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("chunk at {offset}: {e}"));
+        assert_eq!(last["bytes_written"], chunk.len(), "{offset}");
+        offset += chunk.len();
+        if !complete {
+            assert_eq!(last["next_offset"], offset);
+            assert_eq!(
+                std::fs::read(&target).expect("target"),
+                b"old contents",
+                "the target changed before the last chunk (at {offset})"
+            );
+            assert_eq!(
+                std::fs::metadata(&staging).expect("staging").len(),
+                offset as u64
+            );
+        }
+    }
+    assert_eq!(last["size"], bytes.len(), "{last}");
+    assert!(last.get("next_offset").is_none(), "{last}");
+    assert!(std::fs::read(&target).expect("target") == bytes);
+    let mode = std::fs::metadata(&target)
+        .expect("target")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    assert!(!staging.exists());
+
+    // A failed chunk is sent again at the same offset; chunks past the end
+    // are refused; the last chunk must end the upload.
+    let write = |offset: u64, content: &str, complete: bool| {
+        tools.call(
+            "write_file",
+            json!({ "path": "again.txt", "content": content, "offset": offset,
+                    "complete": complete }),
+        )
+    };
+    write(0, "0123456789", false).await.expect("first");
+    let gap = write(20, "xx", false).await.expect_err("past the end");
+    assert_eq!(gap.kind(), RunnerErrorKind::InvalidRequest, "{gap}");
+    assert!(gap.message().contains("again.txt"), "{gap}");
+    write(10, "abcdefghij", false).await.expect("second");
+    write(10, "abcdefghij", false).await.expect("second, again");
+    let short = write(5, "56789", true).await.expect_err("ends early");
+    assert_eq!(short.kind(), RunnerErrorKind::InvalidRequest, "{short}");
+    assert!(!dir.path().join("ws/again.txt").exists());
+    let mode = tools
+        .call(
+            "write_file",
+            json!({ "path": "again.txt", "content": "x", "offset": 20, "mode": 493 }),
+        )
+        .await
+        .expect_err("mode after the first chunk");
+    assert_eq!(mode.kind(), RunnerErrorKind::InvalidRequest, "{mode}");
+    write(20, "KLM", true).await.expect("last");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ws/again.txt")).expect("again"),
+        "0123456789abcdefghijKLM"
+    );
+    let mode = std::fs::metadata(dir.path().join("ws/again.txt"))
+        .expect("again")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644, "mode {mode:o}");
+    let bad = tools
+        .call(
+            "write_file",
+            json!({ "path": "..", "content": "x", "offset": 0 }),
+        )
+        .await
+        .expect_err("no file name");
+    assert_eq!(bad.kind(), RunnerErrorKind::InvalidRequest, "{bad}");
     tools.close().await.expect("close");
 }

@@ -280,6 +280,7 @@ fn base(tool: &str) -> Map<String, Value> {
         "run_command" => json!({ "command": "true" }),
         "command_output" => json!({ "command_id": "done" }),
         "cancel_command" => json!({ "command_id": "no-such-command" }),
+        "write_stdin" => json!({ "command_id": "done", "data": "x" }),
         "read_file" => json!({ "path": "a.txt" }),
         "write_file" => json!({ "path": "w.txt", "content": "x" }),
         "expose_port" => json!({ "port": 8080 }),
@@ -449,10 +450,12 @@ fn field_value(tool: &str, field: &str) -> BoxedStrategy<Value> {
         "output_limit" => (number(), number())
             .prop_map(|(h, t)| json!({ "head_bytes": h, "tail_bytes": t }))
             .boxed(),
-        "encoding" => prop::sample::select(vec!["utf-8", "base64"])
+        "run_in_background" | "non_interactive" | "keep_stdin_open" | "close" | "complete" => {
+            any::<bool>().prop_map(Value::from).boxed()
+        }
+        "encoding" | "stdin_encoding" => prop::sample::select(vec!["utf-8", "base64"])
             .prop_map(Value::from)
             .boxed(),
-        "run_in_background" | "non_interactive" => any::<bool>().prop_map(Value::from).boxed(),
         "after_seq" | "offset" | "limit" | "timeout_ms" | "max_line_bytes" | "mode" | "port" => {
             number().boxed()
         }
