@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check of the workspace on this machine, provisioning what the tests
 # need first: formatting, clippy, every test (unit, integration, conformance),
-# the quickstart example, and finally the conformance report.
+# the docker conformance run a second time on the Debian image, the quickstart
+# example, and finally the conformance report. RUNNER_TEST_DOCKER_DEBIAN=0 skips
+# building and testing the Debian image (scripts/provision/docker-debian.sh).
 #
 # Usage: scripts/test.sh          every check and test
 #        scripts/test.sh --bench  provision the backends, then run the benchmarks
@@ -56,7 +58,8 @@ command -v busybox >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 \
 
 # Each backend's script provisions it (installing packages, starting the
 # daemon) and exports the RUNNER_TEST_<BACKEND>=1 switch plus its settings.
-for backend in docker sshd azurite; do
+# docker-debian builds the Debian image on the daemon docker started.
+for backend in docker docker-debian sshd azurite; do
   if [ -f "scripts/provision/$backend.sh" ]; then
     step "provision: $backend"
     # shellcheck source=/dev/null
@@ -86,14 +89,39 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "$LOG_DIR/test.log"
 test_status=${PIPESTATUS[0]}
 set -e
 
+# The same docker conformance binary again, on the Debian image. The kit names
+# its summary line after the provider (`docker: …`); this run's is renamed
+# `docker-debian: …` so the report tells the two apart.
+DEBIAN_LOG="$LOG_DIR/test-docker-debian.log"
+rm -f "$DEBIAN_LOG"
+debian_status=0
+if [ "${RUNNER_TEST_DOCKER_DEBIAN:-0}" = 1 ]; then
+  step "docker conformance on the Debian image ($RUNNER_TEST_DOCKER_DEBIAN_IMAGE)"
+  set +e
+  RUNNER_TEST_DOCKER_IMAGE="$RUNNER_TEST_DOCKER_DEBIAN_IMAGE" \
+    cargo test -p runner-docker --test conformance 2>&1 \
+    | sed -u 's/^docker: \([0-9][0-9]* passed, \)/docker-debian: \1/' | tee "$DEBIAN_LOG"
+  debian_status=${PIPESTATUS[0]}
+  set -e
+fi
+
 step "quickstart example"
 cargo run --quiet --example quickstart | tee "$LOG_DIR/quickstart.log"
 grep -q '^session closed$' "$LOG_DIR/quickstart.log" || die "the quickstart did not finish"
 
 step "conformance report"
-report=$(grep -E '^[a-z0-9][a-z0-9-]*: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$LOG_DIR/test.log" || true)
+summary_line='^[a-z0-9][a-z0-9-]*: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$'
+report=$(grep -E "$summary_line" "$LOG_DIR/test.log" || true)
 [ -n "$report" ] || die "no conformance summary line found in the test output"
 printf '%s\n' "$report"
+if [ -f "$DEBIAN_LOG" ]; then
+  grep -E "$summary_line" "$DEBIAN_LOG" || die "no docker-debian summary line in $DEBIAN_LOG"
+else
+  echo "docker-debian: not run (RUNNER_TEST_DOCKER_DEBIAN=0)"
+fi
 if [ "$test_status" -ne 0 ]; then
   die "cargo test failed (exit $test_status); see $LOG_DIR/test.log"
+fi
+if [ "$debian_status" -ne 0 ]; then
+  die "the docker conformance run on the Debian image failed (exit $debian_status); see $DEBIAN_LOG"
 fi
