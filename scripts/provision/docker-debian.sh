@@ -81,6 +81,8 @@ build_debian_rootfs_tar() {
   local mirror=${RUNNER_TEST_DEBIAN_MIRROR:-}
   [ -n "$mirror" ] || mirror=$(debian_apt_mirror | head -n 1)
   [ -n "$mirror" ] || die "no Debian mirror for $DEBIAN_TEST_SUITE main in /etc/apt/sources.list{,.d/*}; set RUNNER_TEST_DEBIAN_MIRROR"
+  # debootstrap fetches with wget, which checks an https mirror's certificate.
+  case "$mirror" in https:*) ensure_packages ca-certificates ;; esac
   mkdir -p "$DEBIAN_TEST_CACHE_DIR"
   local build
   build=$(mktemp -d "$DEBIAN_TEST_CACHE_DIR/build.XXXXXX")
