@@ -53,9 +53,14 @@ const READER_GRACE: Duration = Duration::from_secs(5);
 /// The longest foreground output is read after the command exited.
 const READER_LIMIT: Duration = Duration::from_secs(30);
 
-/// The line the foreground wrapper adds to the command's process-group file
-/// once the command exited (the file then reads `done` when the group is gone).
+/// The word of the line `exited <status>` the foreground wrapper adds to the
+/// command's record file once the command exited; the file then reads
+/// `done <status>` ([`DONE`]) when the group is gone.
 const EXITED: &str = "exited";
+
+/// The word of the line `done <status>` the record file of a foreground
+/// command whose process group is gone reads.
+const DONE: &str = "done";
 
 /// How often, at first and at most, a foreground command whose output
 /// streams stay open is checked for having exited.
@@ -215,12 +220,24 @@ fn bootstrap_line(script: &str) -> Vec<u8> {
     line.into_bytes()
 }
 
-/// Checks the working directory and the program before anything runs; prints
-/// `E nocwd`, `E noprog` or `E noexec` and exits when one is wrong.
-fn preflight(cwd: &str, program: &str) -> String {
+/// Checks the user, the working directory and the program before anything
+/// runs; prints `E nouser`, `E otheruser <login user>`, `E nocwd`,
+/// `E noprog` or `E noexec` and exits when one is wrong.
+///
+/// The user (a name or a uid) is looked up with the host's `id -u`; only the
+/// login user's own uid is accepted: the provider switches to no other user
+/// (no `sudo`). Without a user nothing is looked up.
+fn preflight(cwd: &str, program: &str, user: Option<&str>) -> String {
     let p = quote(program);
+    let user = user.map_or_else(String::new, |user| {
+        format!(
+            "u=$(id -u -- {u} 2>/dev/null) || {{ printf 'E nouser\\n'; exit 0; }}; \
+             [ \"$u\" = \"$(id -u)\" ] || {{ printf 'E otheruser %s\\n' \"$(id -un)\"; exit 0; }}; ",
+            u = quote(user)
+        )
+    });
     format!(
-        "cd -- {cwd} 2>/dev/null || {{ printf 'E nocwd\\n'; exit 0; }}; \
+        "{user}cd -- {cwd} 2>/dev/null || {{ printf 'E nocwd\\n'; exit 0; }}; \
          case {p} in */*) if [ ! -e {p} ]; then printf 'E noprog\\n'; exit 0; \
          elif [ -d {p} ] || [ ! -x {p} ]; then printf 'E noexec\\n'; exit 0; fi;; \
          *) command -v {p} >/dev/null 2>&1 || {{ printf 'E noprog\\n'; exit 0; }};; esac; "
@@ -235,11 +252,20 @@ fn cwd_of(ctx: &ExecContext, request: &RunnerCommandRequest) -> PathBuf {
     }
 }
 
-/// Maps a preflight refusal to an error.
-fn refusal(operation: &str, request: &RunnerCommandRequest, cwd: &Path, code: &str) -> RunnerError {
+/// Maps a preflight refusal (its code and what follows it) to an error.
+fn refusal(operation: &str, request: &RunnerCommandRequest, cwd: &Path, line: &str) -> RunnerError {
     let id = &request.command_id;
     let program = &request.program;
+    let (code, detail) = line.split_once(' ').unwrap_or((line, ""));
+    let user = request.user.as_deref().unwrap_or_default();
     match code {
+        "nouser" => RunnerError::not_found(format!(
+            "{operation} {id}: user {user:?} not found on the host"
+        )),
+        "otheruser" => RunnerError::permission_denied(format!(
+            "{operation} {id}: cannot run as user {user:?}: the ssh provider runs commands only \
+             as the login user ({detail:?}) and offers no sudo or other escalation"
+        )),
         "nocwd" => RunnerError::not_found(format!(
             "{operation} {id}: working directory {} not found",
             cwd.display()
@@ -250,7 +276,7 @@ fn refusal(operation: &str, request: &RunnerCommandRequest, cwd: &Path, code: &s
         "noexec" => RunnerError::permission_denied(format!(
             "{operation} {id}: program {program} is not executable (permission denied)"
         )),
-        other => RunnerError::provider(format!("{operation} {id}: launch failed: {other}")),
+        _ => RunnerError::provider(format!("{operation} {id}: launch failed: {line}")),
     }
 }
 
@@ -408,17 +434,54 @@ async fn pump(
     }
 }
 
-/// Whether the foreground command recorded in `record` has exited (the
-/// wrapper appended [`EXITED`], or the file already reads `done`). A file that
-/// cannot be read yet counts as running.
-async fn command_exited(conn: &Connection, record: &Path) -> bool {
-    let Ok(link) = conn.link().await else {
-        return false;
-    };
-    match read_small(&link, record).await {
-        Ok(Some(text)) => text.lines().any(|line| line == EXITED || line == "done"),
-        _ => false,
+/// The wait status a foreground command's record file holds once the command
+/// exited (a line `exited <status>` or `done <status>`), `None` before.
+fn recorded_status(record: &str) -> Option<i64> {
+    record.lines().find_map(|line| {
+        let (word, status) = line.split_once(' ')?;
+        if word == EXITED || word == DONE {
+            status.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// The wait status the wrapper recorded in the foreground command's `record`
+/// file, `None` while the command runs or when the file cannot be read.
+async fn command_status(conn: &Connection, record: &Path) -> Option<i64> {
+    let link = conn.link().await.ok()?;
+    let text = read_small(&link, record).await.ok()??;
+    recorded_status(&text)
+}
+
+/// The exit of a foreground command from the channel's `status`. When the
+/// channel gives none, the status the wrapper recorded in `record` is taken:
+/// openssh's native-mux `wait()` turns exit status 127 into an error ("remote
+/// command not found") although it is the program's own (`sh -c missing`).
+async fn foreground_exit(
+    command_id: &str,
+    status: Result<std::process::ExitStatus, openssh::Error>,
+    conn: &Connection,
+    record: &Path,
+) -> RunnerResult<RawExit> {
+    let channel = status
+        .as_ref()
+        .ok()
+        .and_then(std::process::ExitStatus::code);
+    if let Some(code) = channel {
+        return Ok(RawExit::from_shell_status(i64::from(code)));
     }
+    if let Some(code) = command_status(conn, record).await {
+        return Ok(RawExit::from_shell_status(code));
+    }
+    Err(match status {
+        Err(e) => transport_error(&format!("run_command {command_id}: waiting"), e),
+        Ok(_) => RunnerError::new(
+            RunnerErrorKind::Unavailable,
+            format!("run_command {command_id}: the connection ended without an exit status"),
+        ),
+    })
 }
 
 /// Reads a foreground command's output to the end of both streams before its
@@ -450,7 +513,7 @@ async fn collect(
         if tokio::time::timeout(watch, &mut finished).await.is_ok() {
             return;
         }
-        if command_exited(conn, record).await {
+        if command_status(conn, record).await.is_some() {
             break;
         }
         watch = (watch * 2).min(WATCH_MAX);
@@ -506,8 +569,13 @@ pub(crate) async fn start_foreground(
         "f={file_q}; [ -d \"${{f%/*}}\" ] || mkdir -p \"${{f%/*}}\" || exit 125; \
          {pre}printf 'R\\n'; exec 3<&0; \
          {words} {input} 3<&- & echo $! > \"$f\"; exec 2>/dev/null; wait $!; st=$?; \
-         echo {EXITED} >> \"$f\"; kill -s 0 -- -$! 2>/dev/null || echo done > \"$f\"; exit $st",
-        pre = preflight(&quote_path(operation, &cwd)?, &request.program),
+         echo \"{EXITED} $st\" >> \"$f\"; \
+         kill -s 0 -- -$! 2>/dev/null || echo \"{DONE} $st\" > \"$f\"; exit $st",
+        pre = preflight(
+            &quote_path(operation, &cwd)?,
+            &request.program,
+            request.user.as_deref()
+        ),
         words = command_words(&ctx, &request, &mark),
         input = if piped { "<&3" } else { "</dev/null" },
     );
@@ -619,15 +687,7 @@ pub(crate) async fn start_foreground(
         collect(readers, &progress, stop, &conn, &pgid_file).await;
         exit_stdin.release();
         let status = child.wait().await;
-        let status = status
-            .map_err(|e| transport_error(&format!("run_command {command_id}: waiting"), e))?;
-        let code = status.code().ok_or_else(|| {
-            RunnerError::new(
-                RunnerErrorKind::Unavailable,
-                format!("run_command {command_id}: the connection ended without an exit status"),
-            )
-        })?;
-        Ok(RawExit::from_shell_status(i64::from(code)))
+        foreground_exit(&command_id, status, &conn, &pgid_file).await
     });
     Ok(SpawnedProcess {
         pid: None,
@@ -673,7 +733,11 @@ pub(crate) async fn start_background(
         "d={dir_q}; if [ -e \"$d/launched\" ]; then \
          i=0; while [ ! -s \"$d/pgid\" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done; \
          read p < \"$d/pgid\"; printf 'R %s\\n' \"$p\"; exit 0; fi; : > \"$d/launched\"; {pre}",
-        pre = preflight(&quote_path(operation, &cwd)?, &request.program)
+        pre = preflight(
+            &quote_path(operation, &cwd)?,
+            &request.program,
+            request.user.as_deref()
+        )
     );
     if with_bytes {
         script.push_str("cat > \"$d/stdin\" || exit 125; in=\"$d/stdin\"; ");
@@ -988,5 +1052,46 @@ impl Follower {
                 _ = stopped.changed() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_status_is_read_once_the_command_exited() {
+        assert_eq!(recorded_status("4242\n"), None);
+        assert_eq!(recorded_status("4242\nexited 127\n"), Some(127));
+        assert_eq!(recorded_status("done 0\n"), Some(0));
+        assert_eq!(recorded_status("done 255"), Some(255));
+        assert_eq!(recorded_status("exited x\n"), None);
+    }
+
+    #[test]
+    fn user_refusals_name_the_user() {
+        let mut request = RunnerCommandRequest::shell("c", "true");
+        request.user = Some("root".into());
+        let cwd = Path::new("/w");
+        let denied = refusal("run_command", &request, cwd, "otheruser runner-test");
+        assert_eq!(denied.kind(), RunnerErrorKind::PermissionDenied);
+        assert!(
+            denied.message().contains("\"root\""),
+            "{}",
+            denied.message()
+        );
+        assert!(
+            denied.message().contains("runner-test"),
+            "{}",
+            denied.message()
+        );
+        request.user = Some("ghost".into());
+        let missing = refusal("start_command", &request, cwd, "nouser");
+        assert_eq!(missing.kind(), RunnerErrorKind::NotFound);
+        assert!(
+            missing.message().contains("\"ghost\""),
+            "{}",
+            missing.message()
+        );
     }
 }

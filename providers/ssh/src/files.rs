@@ -171,16 +171,40 @@ pub(crate) async fn open_regular(
     path: &Path,
     options: Option<OpenOptions>,
 ) -> RunnerResult<(File, u64)> {
+    let opened = open_checked(link, operation, path, options).await?;
+    Ok((opened.file, opened.size))
+}
+
+/// A regular file [`open_checked`] opened.
+struct Opened {
+    file: File,
+    /// Its size, from `fstat` of the open handle.
+    size: u64,
+    /// Whether the path existed before the open (`false`: `options` created
+    /// it).
+    existed: bool,
+}
+
+/// [`open_regular`], also telling whether the file existed before.
+async fn open_checked(
+    link: &Link,
+    operation: &str,
+    path: &Path,
+    options: Option<OpenOptions>,
+) -> RunnerResult<Opened> {
     let what = display(path);
-    match stat_follow(link, path).await? {
-        Some(meta) => require_regular(operation, path, &meta)?,
+    let existed = match stat_follow(link, path).await? {
+        Some(meta) => {
+            require_regular(operation, path, &meta)?;
+            true
+        }
         None if options.is_none() => {
             return Err(RunnerError::not_found(format!(
                 "{operation} {what}: no such file"
             )));
         }
-        None => {}
-    }
+        None => false,
+    };
     // Read access too: the client stats only handles open for reading.
     let mut options = options.unwrap_or_else(|| link.sftp.options());
     options.read(true);
@@ -188,7 +212,11 @@ pub(crate) async fn open_regular(
     let meta = link.sftp_call(operation, &what, file.metadata()).await?;
     // A dropped handle is closed in the background.
     require_regular(operation, path, &meta)?;
-    Ok((file, meta.len().unwrap_or(0)))
+    Ok(Opened {
+        file,
+        size: meta.len().unwrap_or(0),
+        existed,
+    })
 }
 
 /// Reads the window `request` asks of the regular file `path` (see
@@ -264,9 +292,122 @@ pub(crate) async fn write_chunks(
     Ok(())
 }
 
+/// Refuses to replace the regular file `path` when the login user may not
+/// write it. A temporary file and a rename need only the directory's write
+/// permission; POSIX asks for the file's, so the file is opened for writing
+/// first (no truncation, no creation: nothing changes) and the handle closed
+/// in the background.
+///
+/// Errors: `PermissionDenied` naming the path when the open is refused
+/// (`EACCES`, `EPERM`); `Timeout` and `Unavailable` as they come. Other
+/// refusals of the open are left to the replace, which may still work: a
+/// running program (`ETXTBSY`) is replaced by the rename as on any POSIX
+/// system.
+async fn check_writable(link: &Link, path: &Path) -> RunnerResult<()> {
+    let what = display(path);
+    let mut options = link.sftp.options();
+    options.write(true);
+    match link
+        .sftp_call("write_file", &what, options.open(path))
+        .await
+    {
+        Ok(_file) => Ok(()),
+        Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {
+            Err(RunnerError::permission_denied(format!(
+                "write_file {what}: the login user may not write this file (permission \
+                 denied); it is left unchanged"
+            ))
+            .with_source(e))
+        }
+        Err(e) if e.kind() == RunnerErrorKind::Provider => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `contents` at byte `offset` of the regular file `path`, in place:
+/// the file is not truncated and bytes past the written ones stay
+/// ([`RunnerFileWriteRequest::offset`](runner_api::RunnerFileWriteRequest)).
+/// Offset 0 of a missing file creates it (and its missing parents) with
+/// `mode` or `0o644`; a given `mode` is also applied to an existing file.
+/// Modes are masked with [`MODE_MASK`]. The open handle's `fstat` gives the
+/// size the offset is checked against. Not atomic.
+///
+/// Errors: `InvalidRequest` naming the path, the offset and the size when the
+/// offset lies past the end of the file, or the file is missing and the
+/// offset is not 0 (nothing changes); `InvalidRequest` for a directory or
+/// anything but a regular file; `PermissionDenied` when the login user may
+/// not read and write the file (the handle is opened for both: sftp stats
+/// only readable handles).
+pub(crate) async fn write_at(
+    link: &Link,
+    path: &Path,
+    contents: &[u8],
+    mode: Option<u32>,
+    offset: u64,
+) -> RunnerResult<()> {
+    const OP: &str = "write_file";
+    let what = display(path);
+    let options = || {
+        let mut options = link.sftp.options();
+        options.write(true).create(offset == 0);
+        options
+    };
+    let mut opened = open_checked(link, OP, path, Some(options())).await;
+    if offset == 0
+        && let Err(e) = &opened
+        && e.kind() == RunnerErrorKind::NotFound
+        && let Some(parent) = path.parent()
+    {
+        make_dirs(link, parent).await?;
+        opened = open_checked(link, OP, path, Some(options())).await;
+    }
+    let Opened {
+        mut file,
+        size,
+        existed,
+    } = match opened {
+        Err(e) if e.kind() == RunnerErrorKind::NotFound => {
+            return Err(RunnerError::invalid_request(format!(
+                "{OP} {what}: offset {offset} lies past the end of a missing file (size 0); \
+                 only offset 0 creates a file"
+            )));
+        }
+        other => other?,
+    };
+    if offset > size {
+        return Err(RunnerError::invalid_request(format!(
+            "{OP} {what}: offset {offset} lies past the end of the file (size {size}); \
+             writes may not leave holes"
+        )));
+    }
+    let mode = mode.or((!existed).then_some(0o644));
+    let written = async {
+        seek(&mut file, offset)?;
+        write_chunks(link, OP, path, &mut file, contents).await?;
+        if let Some(mode) = mode {
+            link.sftp_call(
+                "write_file: set mode of",
+                &what,
+                file.set_permissions(Permissions::from((mode & MODE_MASK) as u16)),
+            )
+            .await?;
+        }
+        link.sftp_call(OP, &what, file.close()).await
+    };
+    let result = written.await;
+    if result.is_err() && !existed {
+        // No partial file of a write that created it.
+        let _ = link
+            .sftp_call(OP, &what, link.sftp.fs().remove_file(path))
+            .await;
+    }
+    result
+}
+
 /// Writes a whole file atomically: a temporary file next to it, then rename.
 /// The mode (the given one, or the existing file's) is masked with
-/// [`MODE_MASK`]: no set-id or sticky bits.
+/// [`MODE_MASK`]: no set-id or sticky bits. An existing regular file the
+/// login user may not write is refused first ([`check_writable`]).
 pub(crate) async fn write_file(
     link: &Link,
     path: &Path,
@@ -279,6 +420,12 @@ pub(crate) async fn write_file(
         return Err(RunnerError::invalid_request(format!(
             "write_file {what}: is a directory"
         )));
+    }
+    if existing
+        .as_ref()
+        .is_some_and(|meta| kind_of(meta) == RunnerFileKind::File)
+    {
+        check_writable(link, path).await?;
     }
     let mode = mode.unwrap_or_else(|| existing.as_ref().map_or(0o644, mode_of)) & MODE_MASK;
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {

@@ -33,7 +33,9 @@ pub const PROVIDER_ID: &str = "ssh";
 
 /// What ssh sessions can do: everything except `provider_native` mounts
 /// (object-store mounts and artifact export are those compiled into
-/// `runner-api`, see the `s3`, `gcs` and `azure` features).
+/// `runner-api`, see the `s3`, `gcs` and `azure` features). `run_as_user`
+/// accepts the login user only (by name or uid): the provider offers no
+/// escalation such as `sudo`.
 pub fn capabilities() -> RunnerCapabilities {
     RunnerCapabilities {
         command_exec: true,
@@ -57,7 +59,7 @@ pub fn capabilities() -> RunnerCapabilities {
         snapshot_restore: true,
         port_listing: true,
         execution_lease: true,
-        run_as_user: false,
+        run_as_user: true,
     }
 }
 

@@ -120,6 +120,8 @@ impl SshSession {
     pub(crate) fn new(setup: SessionSetup) -> Self {
         let mut table_config = ProcessTableConfig::new(PROVIDER_ID);
         table_config.kill_grace = setup.config.kill_grace();
+        // Honoured by the launch scripts: only the login user (exec::preflight).
+        table_config.run_as_user = true;
         Self {
             ctx: Arc::new(ExecContext {
                 conn: setup.conn,
@@ -560,7 +562,14 @@ impl RemoteRunnerSession for SshSession {
         self.files("write_file", |link| {
             let path = path.clone();
             let request = &request;
-            async move { files::write_file(&link, &path, &request.contents, request.mode).await }
+            async move {
+                match request.offset {
+                    Some(offset) => {
+                        files::write_at(&link, &path, &request.contents, request.mode, offset).await
+                    }
+                    None => files::write_file(&link, &path, &request.contents, request.mode).await,
+                }
+            }
         })
         .await
     }
