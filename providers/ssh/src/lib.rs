@@ -568,7 +568,7 @@ mod tests {
     fn capabilities_claim_detach_lease_and_store_mounts_only() {
         let caps = capabilities();
         assert!(caps.detachable && caps.background_processes && caps.snapshot_restore);
-        assert!(caps.artifact_export && caps.execution_lease);
+        assert!(caps.artifact_export && caps.execution_lease && caps.run_as_user);
         assert!(!caps.mounts.provider_native);
         assert_eq!(caps.mounts.s3, runner_api::mounts::store_mount_kinds().s3);
     }
