@@ -366,7 +366,7 @@ pub(crate) async fn write_at(
         size,
         existed,
     } = match opened {
-        Err(e) if e.kind() == RunnerErrorKind::NotFound => {
+        Err(e) if e.kind() == RunnerErrorKind::NotFound && offset > 0 => {
             return Err(RunnerError::invalid_request(format!(
                 "{OP} {what}: offset {offset} lies past the end of a missing file (size 0); \
                  only offset 0 creates a file"
