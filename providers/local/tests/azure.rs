@@ -126,6 +126,16 @@ fn mount(uri: String, secret: &str, read_only: bool) -> RunnerMount {
     }
 }
 
+/// A temporary directory only its owner may enter: unix-local refuses a
+/// workspaces directory that group or others can reach.
+fn private_tempdir() -> Result<tempfile::TempDir, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("chmod 700 {}: {e}", dir.path().display()))?;
+    Ok(dir)
+}
+
 fn destination(workspaces: &Path, mounts: Vec<RunnerMount>) -> RunnerDestination {
     RunnerDestination {
         id: "azure".into(),
@@ -238,7 +248,7 @@ async fn mount_materializes_and_syncs_back() -> TestResult {
     let (_, sibling) = azurite.client(&format!("{prefix}-sibling")).await?;
     put(&store, &key(&sibling, "outside.txt"), b"not mounted").await?;
 
-    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let dir = private_tempdir()?;
     let provider = azurite.provider();
     if !provider.capabilities().mounts.azure_blob {
         return Err("unix-local does not declare azure_blob mounts".into());
@@ -333,7 +343,7 @@ async fn read_only_mount_refuses_writes() -> TestResult {
     let (store, root) = azurite.client(&prefix).await?;
     put(&store, &key(&root, "fixed.txt"), b"read only\n").await?;
 
-    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let dir = private_tempdir()?;
     let session = azurite
         .provider()
         .create_session(destination(
@@ -388,7 +398,7 @@ async fn wrong_key_fails_loudly() -> TestResult {
     let (store, root) = azurite.client(&prefix).await?;
     put(&store, &key(&root, "secret-data.txt"), b"not for you").await?;
 
-    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let dir = private_tempdir()?;
     let workspaces = dir.path().join("workspaces");
     let err = match azurite
         .provider()
@@ -436,7 +446,7 @@ async fn missing_container_fails() -> TestResult {
         container: format!("missing-{}", uuid::Uuid::new_v4().simple()),
         ..Azurite::from_env()?
     };
-    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let dir = private_tempdir()?;
     match missing
         .provider()
         .create_session(destination(
@@ -469,7 +479,7 @@ async fn missing_container_fails() -> TestResult {
 async fn artifact_export_lands_in_container() -> TestResult {
     let azurite = Azurite::from_env()?;
     let prefix = unique_prefix("artifacts");
-    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let dir = private_tempdir()?;
     let mut destination = destination(dir.path(), vec![]);
     destination.config["artifacts"] = azurite.store_config(&prefix);
     let session = azurite
