@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -15,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::McpServer;
+use crate::{MAX_REQUEST_BYTES, McpServer};
 
 /// The path the MCP endpoint is served at.
 pub const MCP_PATH: &str = "/mcp";
@@ -40,8 +41,10 @@ pub struct HttpOptions {
 /// `Origin` other than the server's own loopback origin
 /// (`http://127.0.0.1:<port>`, `http://localhost:<port>`,
 /// `http://[::1]:<port>`) get 403, then requests without the token get 401,
-/// both with a JSON body `{"error": …, "message": …}`. Cancelling `shutdown`
-/// ends every MCP session.
+/// both with a JSON body `{"error": …, "message": …}`. A request whose body
+/// holds more than [`MAX_REQUEST_BYTES`] then gets 413 with such a body
+/// (`"error": "payload_too_large"`, the message naming the limit in bytes).
+/// Cancelling `shutdown` ends every MCP session.
 pub fn router(
     tools: Arc<ToolSet>,
     options: &HttpOptions,
@@ -54,6 +57,7 @@ pub fn router(
         .chain(options.allowed_hosts.iter().cloned());
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(allowed_hosts)
+        .with_max_request_body_bytes(MAX_REQUEST_BYTES)
         .with_cancellation_token(shutdown);
     let service: StreamableHttpService<McpServer, LocalSessionManager> = StreamableHttpService::new(
         move || Ok(McpServer::new(tools.clone())),
@@ -63,6 +67,7 @@ pub fn router(
     let guard = Arc::new(Guard::new(options.token.clone(), port));
     axum::Router::new()
         .nest_service(MCP_PATH, service)
+        .layer(middleware::from_fn(bound_body))
         .layer(middleware::from_fn_with_state(guard, guard_request))
 }
 
@@ -149,6 +154,64 @@ async fn guard_request(State(guard): State<Arc<Guard>>, request: Request, next: 
         return response;
     }
     next.run(request).await
+}
+
+/// Refuses a request whose body holds more than [`MAX_REQUEST_BYTES`] with
+/// 413, logging its size. A body of a declared length within the limit goes
+/// on as it is (hyper reads no more than the length); one of undeclared
+/// length (chunked) is read up to the limit first.
+async fn bound_body(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_REQUEST_BYTES as u64 => return too_large(length, "declared"),
+        Some(_) => return next.run(request).await,
+        None => {}
+    }
+    let (parts, body) = request.into_parts();
+    let mut body = std::pin::pin!(body);
+    let mut collected = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(frame) = frame else {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "the request body could not be read",
+            );
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.len() > MAX_REQUEST_BYTES - collected.len() {
+            let read = (collected.len() + data.len()) as u64;
+            return too_large(read, "read so far");
+        }
+        collected.extend_from_slice(&data);
+    }
+    next.run(Request::from_parts(parts, Body::from(collected)))
+        .await
+}
+
+/// 413 for a body of `bytes` (`how`: declared, or read so far), logged.
+fn too_large(bytes: u64, how: &str) -> Response {
+    tracing::warn!(
+        request_bytes = bytes,
+        size = how,
+        limit_bytes = MAX_REQUEST_BYTES,
+        "refused an HTTP request body over the size limit with 413"
+    );
+    refusal(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        &format!(
+            "the request body ({bytes} bytes {how}) exceeds the limit of {MAX_REQUEST_BYTES} \
+             bytes per message; send large files and stdin in chunks (write_file with offset, \
+             write_stdin)"
+        ),
+    )
 }
 
 /// A refused request: `status` with `{"error": error, "message": message}`.

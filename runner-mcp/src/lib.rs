@@ -4,6 +4,7 @@ mod config;
 mod http;
 mod registry;
 mod server;
+mod stdio;
 mod token;
 
 use std::sync::Arc;
@@ -19,8 +20,19 @@ pub use registry::default_registry;
 pub use server::McpServer;
 pub use token::{GeneratedToken, TOKEN_BYTES, default_token_dir};
 
+/// The largest request the server reads: 16 MiB of JSON, one line on stdio
+/// (not counting its `\n`) or one HTTP body. A larger one is read to its end
+/// without being kept and answered with an error naming this limit (a
+/// JSON-RPC error on stdio, 413 over HTTP), and logged with its size. Move
+/// larger files and stdin in chunks (`write_file` with `offset`,
+/// `write_stdin`).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
 /// Serves `tools` over stdin/stdout until the client disconnects or `shutdown`
-/// is cancelled, then closes the tool set's sessions.
+/// is cancelled, then closes the tool set's sessions. Request lines over
+/// [`MAX_REQUEST_BYTES`] are answered with a JSON-RPC error (`-32600`) that
+/// names the limit and carries the request's id when the start or the end of
+/// the line shows it.
 ///
 /// Errors: `Provider` when the MCP handshake or transport fails; the sessions'
 /// close errors.
@@ -32,7 +44,10 @@ pub async fn serve_stdio(tools: Arc<ToolSet>, shutdown: CancellationToken) -> Ru
 
 async fn serve_stdio_until(tools: Arc<ToolSet>, shutdown: CancellationToken) -> RunnerResult<()> {
     let service = McpServer::new(tools)
-        .serve_with_ct(rmcp::transport::stdio(), shutdown)
+        .serve_with_ct(
+            stdio::BoundedLines::new(tokio::io::stdin(), tokio::io::stdout()),
+            shutdown,
+        )
         .await
         .map_err(|e| RunnerError::provider(format!("serve_stdio: MCP handshake failed: {e}")))?;
     service

@@ -73,6 +73,7 @@ impl Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    init_logging();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -118,6 +119,21 @@ async fn run(args: Args) -> RunnerResult<()> {
     let served = runner_mcp::serve_http(tools, listener, options, shutdown).await;
     drop(generated);
     served
+}
+
+/// Logs to stderr (stdout carries the stdio transport): warnings and errors,
+/// or the level `RUST_LOG` names (`error`, `warn`, `info`, `debug`, `trace`,
+/// `off`).
+fn init_logging() {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|level| level.parse().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(level)
+        .init();
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM, so sessions are closed on the way out.

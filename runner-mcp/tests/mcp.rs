@@ -78,6 +78,7 @@ async fn exercise<S: Service<RoleClient>>(client: &RunningService<RoleClient, S>
         "destinations_list",
         "run_command",
         "command_output",
+        "write_stdin",
         "cancel_command",
         "list_commands",
         "read_file",
@@ -488,4 +489,158 @@ fn binary_reports_a_bad_config_by_path() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("broken.json"), "{stderr}");
+}
+
+/// A request line over `MAX_REQUEST_BYTES` whose content holds `marker`.
+fn oversized_call(id: u64, marker: &str) -> Vec<u8> {
+    let mut line = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"write_file","arguments":{{"path":"big.txt","content":"{marker}"#
+    )
+    .into_bytes();
+    line.resize(runner_mcp::MAX_REQUEST_BYTES + 1024 * 1024, b'a');
+    line.extend_from_slice(b"\"}}}\n");
+    line
+}
+
+#[tokio::test]
+async fn stdio_answers_an_oversized_request_with_an_error_and_serves_on() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    const MARKER: &str = "content-marker-81c4e2";
+    let fx = Fixture::new();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner-mcp"))
+        .arg("--config")
+        .arg(fx.config_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn runner-mcp");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = child.stderr.take().expect("stderr");
+    // Generous: a server that never answers fails the test instead of hanging it.
+    let mut next_reply = async move || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(120), stdout.next_line())
+            .await
+            .expect("no reply from the server")
+            .expect("read stdout")
+            .expect("stdout open");
+        serde_json::from_str(&line).expect("a JSON-RPC line")
+    };
+    let mut send = async |message: &[u8]| {
+        stdin.write_all(message).await.expect("write stdin");
+        stdin.flush().await.expect("flush stdin");
+    };
+
+    send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{},\"clientInfo\":{\"name\":\"test\",\"version\":\"0\"}}}\n").await;
+    assert_eq!(next_reply().await["id"], 1);
+    send(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n").await;
+
+    let big = oversized_call(2, MARKER);
+    send(&big).await;
+    let refused = next_reply().await;
+    assert_eq!(refused["id"], 2, "{refused}");
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    let message = refused["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&runner_mcp::MAX_REQUEST_BYTES.to_string()),
+        "{message}"
+    );
+    assert!(message.contains(&(big.len() - 1).to_string()), "{message}");
+
+    // The server goes on serving.
+    send(b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"destinations_list\",\"arguments\":{}}}\n").await;
+    let listed = next_reply().await;
+    assert_eq!(listed["id"], 3, "{listed}");
+    assert_eq!(
+        listed["result"]["structuredContent"]["destinations"][0]["id"], "local",
+        "{listed}"
+    );
+    assert!(!fx.workspace().join("big.txt").exists());
+
+    // It logged the refusal with the size, never the content.
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the server exits when stdin closes")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).await.expect("stderr");
+    assert!(log.contains("refused"), "{log}");
+    assert!(log.contains(&(big.len() - 1).to_string()), "{log}");
+    assert!(!log.contains(MARKER), "{log}");
+}
+
+#[tokio::test]
+async fn http_answers_an_oversized_body_with_413_and_a_json_error() {
+    let fx = Fixture::new();
+    let (addr, shutdown, server) = start_http(&fx).await;
+    let url = format!("http://{addr}/mcp");
+    let bearer = format!("Bearer {TOKEN}");
+    let refused = reqwest::Client::new()
+        .post(&url)
+        .header("authorization", &bearer)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(oversized_call(2, "x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = refused.json().await.expect("a JSON body");
+    assert_eq!(body["error"], "payload_too_large", "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains(&runner_mcp::MAX_REQUEST_BYTES.to_string()),
+        "{message}"
+    );
+    // Bodies up to the limit still pass (rmcp's own limit is lower).
+    let good = post_initialize(&url, &[("authorization", &bearer)]).await;
+    assert_eq!(good.status(), reqwest::StatusCode::OK);
+    shutdown.cancel();
+    server.await.expect("server task");
+}
+
+#[tokio::test]
+async fn http_answers_an_oversized_chunked_body_with_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let fx = Fixture::new();
+    let (addr, shutdown, server) = start_http(&fx).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+         transfer-encoding: chunked\r\n\r\n",
+        addr.port()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let (mut read, mut write) = stream.into_split();
+    // Without a declared length the body is counted as it arrives; the
+    // server may answer (and stop reading) before all of it is sent.
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'a'; 1024 * 1024];
+        for _ in 0..(runner_mcp::MAX_REQUEST_BYTES / chunk.len() + 2) {
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            if write.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+        let _ = write.write_all(b"0\r\n\r\n").await;
+    });
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), read.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("\"payload_too_large\""), "{response}");
+    assert!(
+        response.contains(&runner_mcp::MAX_REQUEST_BYTES.to_string()),
+        "{response}"
+    );
+    sender.abort();
+    shutdown.cancel();
+    server.await.expect("server task");
 }
