@@ -39,7 +39,8 @@ pub(crate) fn unavailable_hint(host: &str) -> String {
     )
 }
 
-/// Maps a Docker error to the runner error kind: 404 is `NotFound`, 400
+/// Maps a Docker error to the runner error kind: 404 and an unknown user
+/// ("unable to find user …", naming it) are `NotFound`, 400
 /// `InvalidRequest`, 403 `PermissionDenied`, a paused container
 /// `InvalidRequest`, a name conflict `AlreadyExists`, a connection failure
 /// `Unavailable` (with a hint), a request timeout `Timeout`, anything else
@@ -61,6 +62,8 @@ pub(crate) fn map_docker_error(
             message,
         } => {
             let kind = match status_code {
+                // A `user` the container's /etc/passwd does not know.
+                _ if message.contains("unable to find user") => RunnerErrorKind::NotFound,
                 404 => RunnerErrorKind::NotFound,
                 400 => RunnerErrorKind::InvalidRequest,
                 403 => RunnerErrorKind::PermissionDenied,
@@ -113,6 +116,13 @@ mod tests {
                 RunnerErrorKind::InvalidRequest,
             ),
             (err(500, "boom"), RunnerErrorKind::Provider),
+            (
+                err(
+                    500,
+                    "unable to find user ghost: no matching entries in passwd file",
+                ),
+                RunnerErrorKind::NotFound,
+            ),
         ];
         for (error, kind) in cases {
             assert_eq!(map_docker_error("h", "op", "x", error).kind(), kind);

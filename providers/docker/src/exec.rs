@@ -8,9 +8,10 @@
 //! carries a mark in its environment, [`MARK_VAR`]`=<session id>-<token>`,
 //! set after the request's own variables (the request cannot replace it) and
 //! inherited by every descendant. Docker cannot kill an exec; signals go
-//! through a second short exec that signals the group (`kill -s SIG -PGID`,
-//! with the group id read from the file the wrapper wrote) and every process
-//! whose `/proc/<pid>/environ` holds the mark.
+//! through a second short exec, as the user the command runs as, that
+//! signals the group (`kill -s SIG -PGID`, with the group id read from the
+//! file the wrapper wrote) and every process whose `/proc/<pid>/environ`
+//! holds the mark.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -68,7 +69,8 @@ pub(crate) const MARK_VAR: &str = "RUNNER_DOCKER_MARK";
 /// signals the group, then every process whose environment holds the mark
 /// (processes that left the group with `setsid`); KILL is repeated until no
 /// marked process is left (a dying process's environment reads empty), so
-/// children forked meanwhile are caught too.
+/// children forked meanwhile are caught too. `grep` fails on the environments
+/// a non-root user may not read, so only what it prints counts.
 const SIGNAL: &str = r#"
 if [ -n "$1" ]; then
   i=0
@@ -86,7 +88,8 @@ fi 2>/dev/null
 n=0
 while [ $n -lt 20 ]; do
   n=$((n+1))
-  l=$(grep -l -e "$3" /proc/[0-9]*/environ 2>/dev/null) || break
+  l=$(grep -l -e "$3" /proc/[0-9]*/environ 2>/dev/null)
+  [ -n "$l" ] || break
   p=
   for f in $l; do
     f=${f#/proc/}
@@ -111,9 +114,19 @@ pub(crate) struct ExecContext {
     pub(crate) session_id: String,
     /// Most bytes one upload unpacks (`max_upload_bytes`).
     pub(crate) max_upload_bytes: u64,
-    /// Numeric uid and gid commands run as, learned once at creation (unset:
-    /// root).
-    pub(crate) owner: std::sync::OnceLock<(u32, u32)>,
+    /// Who commands run as, learned once at creation (unset: root).
+    pub(crate) owner: std::sync::OnceLock<Identity>,
+}
+
+/// The session user as the container sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Identity {
+    /// Numeric uid.
+    pub(crate) uid: u32,
+    /// Numeric primary gid.
+    pub(crate) gid: u32,
+    /// The umask execs start with.
+    pub(crate) umask: u32,
 }
 
 /// What a short helper script printed and how it ended.
@@ -140,7 +153,12 @@ impl ExecContext {
     /// The uid and gid of the session user (files created at setup and
     /// uploaded entries get them).
     pub(crate) fn file_owner(&self) -> (u32, u32) {
-        self.owner.get().copied().unwrap_or((0, 0))
+        self.owner.get().map_or((0, 0), |id| (id.uid, id.gid))
+    }
+
+    /// The umask the session user's execs start with (unset: 022).
+    pub(crate) fn umask(&self) -> u32 {
+        self.owner.get().map_or(0o022, |id| id.umask)
     }
 
     /// The mark of every command of this session, as `SIGNAL` matches it.
@@ -148,17 +166,21 @@ impl ExecContext {
         format!("{MARK_VAR}={}-", self.session_id)
     }
 
-    /// Sends `signal` to every process of this session's commands, those that
-    /// left their process group included, as the session user.
+    /// Sends `signal` to the processes carrying `mark` (and the group named
+    /// in `group_file`), those that left their process group included, as
+    /// `user` (Docker's exec user: the one the command runs as, so a command
+    /// can have only its own processes signalled, whatever it writes to its
+    /// group file).
     pub(crate) async fn signal_marked(
         &self,
         operation: &str,
         mark: &str,
         group_file: &str,
         signal: RunnerSignal,
+        user: Option<String>,
     ) -> RunnerResult<()> {
         let result = self
-            .script(operation, SIGNAL, &[group_file, signal.name(), mark])
+            .run_script(operation, SIGNAL, &[group_file, signal.name(), mark], user)
             .await;
         match result {
             Ok(_) => Ok(()),
@@ -408,6 +430,7 @@ pub(crate) async fn launch(
     sink: OutputSink,
 ) -> RunnerResult<SpawnedProcess> {
     let id = request.command_id.clone();
+    let run_as = ctx.run_as(operation, &request).await?;
     let cwd = ctx.cwd(&request);
     let pid_file = format!("{}/{}.pgid", ctx.state_dir, uuid::Uuid::new_v4().simple());
     let mut cmd = vec![
@@ -420,18 +443,21 @@ pub(crate) async fn launch(
     ];
     cmd.extend(request.args.iter().cloned());
     // The mark comes last: Docker lets a later variable replace an earlier one.
+    // Another user's HOME, USER and LOGNAME replace the destination's, and
+    // the request's own variables replace them.
     let mark = format!("{}{}", ctx.session_mark(), uuid::Uuid::new_v4().simple());
     let env: Vec<String> = ctx
         .env
         .iter()
         .cloned()
+        .chain(run_as.env)
         .chain(request.effective_env())
         .map(|(k, v)| format!("{k}={v}"))
         .chain(std::iter::once(mark.clone()))
         .collect();
     let attach_stdin = stdin.is_some() || request.keep_stdin_open;
     let started = ctx
-        .start(operation, cmd, env, ctx.user.clone(), attach_stdin)
+        .start(operation, cmd, env, run_as.exec_user.clone(), attach_stdin)
         .await
         .map_err(|e| e.context(format!("command {id:?}")))?;
     let Started {
@@ -506,6 +532,7 @@ pub(crate) async fn launch(
         ctx: ctx.clone(),
         pid_file,
         mark,
+        user: run_as.exec_user,
         command_id: id,
         stdin: stdin.clone(),
     });
@@ -547,6 +574,8 @@ struct ExecControl {
     pid_file: String,
     /// `MARK_VAR=<value>` of this command.
     mark: String,
+    /// Docker's exec user of the command, which its signals are sent as.
+    user: Option<String>,
     /// The command, for stdin errors.
     command_id: RunnerCommandId,
     stdin: StdinPipe,
@@ -556,7 +585,13 @@ struct ExecControl {
 impl ProcessControl for ExecControl {
     async fn signal(&self, signal: RunnerSignal) -> RunnerResult<()> {
         self.ctx
-            .signal_marked("signal_command", &self.mark, &self.pid_file, signal)
+            .signal_marked(
+                "signal_command",
+                &self.mark,
+                &self.pid_file,
+                signal,
+                self.user.clone(),
+            )
             .await
     }
 

@@ -154,9 +154,12 @@ exec dd bs=262144 skip="$o" count="$n" iflag=skip_bytes,count_bytes <&3 2>/dev/n
 });
 
 /// `$1` temp file, `$2` target, `$3` the mode in octal (empty: the existing
-/// file's permission bits, else 644); the contents come on stdin. Creates
-/// missing parents, writes the temp file next to the target and renames it
-/// into place, all as the session user.
+/// file's permission bits, else 644), `$4` `1` when the session user is root
+/// (an existing file keeps its owner); the contents come on stdin. Creates
+/// missing parents, refuses an existing target the session user may not
+/// write (the rename would need only the directory's permission), writes the
+/// temp file (mode 0600 until it is complete) next to the target and renames
+/// it into place, all as the session user.
 const WRITE: &str = concat!(
     make_dir_function!(),
     r#"
@@ -165,17 +168,56 @@ p=$2
 m=$3
 make_dir "$(dirname -- "$p")" || exit $?
 [ -d "$p" ] && exit 5
-: > "$t" || exit 6
-if ! cat > "$t"; then rm -f -- "$t"; exit 8; fi
-if [ -z "$m" ]; then
-  m=644
-  if [ -e "$p" ]; then
-    m=$(stat -L -c %a -- "$p") && m=$(printf %o $((0$m & 0777))) || m=644
-  fi
+o=
+if [ -e "$p" ]; then
+  [ -w "$p" ] || exit 6
+  s=$(stat -L -c '%a %u:%g' -- "$p") || exit 6
+  [ -n "$m" ] || m=$(printf %o $((0${s%% *} & 0777)))
+  [ "$4" = 1 ] && o=${s#* }
 fi
-if chmod "$m" -- "$t" && mv -f -- "$t" "$p"; then exit 0; fi
+[ -n "$m" ] || m=644
+( umask 077 && : > "$t" ) 2>/dev/null || exit 6
+if ! cat > "$t"; then rm -f -- "$t"; exit 8; fi
+if { [ -z "$o" ] || chown -- "$o" "$t"; } && chmod "$m" -- "$t" && mv -f -- "$t" "$p"; then
+  exit 0
+fi
 rm -f -- "$t"
 exit 6
+"#
+);
+
+/// `WRITE_AT`: the offset lies past the end of the file, whose size (or
+/// `missing`) is on stdout.
+const PAST_END: i64 = 9;
+
+/// `$1` the file, `$2` the offset, `$3` the mode in octal (empty: an
+/// existing file keeps its mode, a new one gets 644); the contents come on
+/// stdin. Refuses a directory and a non-regular file, creates a missing file
+/// (and its parents) only at offset 0, opens the file read-write as the
+/// session user without truncating it (a FIFO swapped in after the type
+/// check opens at once, and is refused by the check of what was opened),
+/// refuses an offset past its end, and has `dd` write stdin at the offset
+/// through the open descriptor.
+const WRITE_AT: &str = concat!(
+    make_dir_function!(),
+    r#"
+p=$1
+o=$2
+m=$3
+[ -d "$p" ] && exit 5
+if [ -e "$p" ]; then
+  [ -f "$p" ] || exit 7
+else
+  if [ "$o" != 0 ]; then echo missing; exit 9; fi
+  make_dir "$(dirname -- "$p")" || exit $?
+  [ -n "$m" ] || m=644
+fi
+command exec 3<>"$p" 2>/dev/null || exit 6
+[ -f /proc/self/fd/3 ] || exit 7
+s=$(stat -L -c %s /proc/self/fd/3) || exit 6
+if [ "$o" -gt "$s" ]; then echo "$s"; exit 9; fi
+if [ -n "$m" ]; then chmod -- "$m" /proc/self/fd/3 || exit 6; fi
+exec dd of=/proc/self/fd/3 bs=65536 seek="$o" oflag=seek_bytes conv=notrunc
 "#
 );
 
@@ -192,6 +234,9 @@ else
   tar -c -f - -- "$(basename -- "$p")" || exit 6
 fi
 "#;
+
+/// `$1` the target; stdin `MODE\0NAME\0…`: gives each entry its mode.
+const RESTORE_MODES: &str = r#"cd -- "$1" && exec xargs -0 -n 2 chmod --"#;
 
 /// [`CONFINED_PARENTS_SCRIPT`], then `tar` unpacking stdin into the target as
 /// the session user (`-o`: the files belong to whoever unpacks them).
@@ -401,7 +446,8 @@ impl ExecContext {
         }
     }
 
-    /// `write_file`: `WRITE` as the session user, the contents on its stdin.
+    /// `write_file`: `WRITE` (or `WRITE_AT` for a write at an offset) as
+    /// the session user, the contents on its stdin.
     pub(crate) async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
         const OP: &str = "write_file";
         let path = self.resolve(OP, &request.path)?;
@@ -411,24 +457,78 @@ impl ExecContext {
                 request.path.display()
             )));
         };
+        let mode = request
+            .mode
+            .map(|mode| format!("{:o}", mode & MODE_MASK))
+            .unwrap_or_default();
+        if let Some(offset) = request.offset {
+            return self.write_at(&request, &path, offset, &mode).await;
+        }
         let temp = parent.join(format!(
             ".{}.runner-{}.tmp",
             name.to_string_lossy(),
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         ));
-        let mode = request
-            .mode
-            .map(|mode| format!("{:o}", mode & MODE_MASK))
-            .unwrap_or_default();
+        let root = if self.file_owner().0 == 0 { "1" } else { "0" };
         let out = self
             .script_with_input(
                 OP,
                 WRITE,
-                &[&arg(&temp), &arg(&path), &mode],
+                &[&arg(&temp), &arg(&path), &mode, root],
                 &request.contents,
             )
             .await?;
         check(OP, &request.path, out).map(|_| ())
+    }
+
+    /// `write_file` at `offset`: `WRITE_AT`.
+    async fn write_at(
+        &self,
+        request: &RunnerFileWriteRequest,
+        path: &Path,
+        offset: u64,
+        mode: &str,
+    ) -> RunnerResult<()> {
+        const OP: &str = "write_file";
+        let shown = request.path.display();
+        let past_end = |size: &str| {
+            RunnerError::invalid_request(format!(
+                "{OP} {shown}: offset {offset} lies past the end of the file (size {size}); \
+                 a write at an offset may patch or append, not leave a hole"
+            ))
+        };
+        // No file is larger, and the helper's shell compares signed numbers.
+        if i64::try_from(offset).is_err() {
+            return Err(past_end(&format!("at most {}", i64::MAX)));
+        }
+        let out = self
+            .script_with_input(
+                OP,
+                WRITE_AT,
+                &[&arg(path), &offset.to_string(), mode],
+                &request.contents,
+            )
+            .await?;
+        match out.code {
+            PAST_END => {
+                let size = String::from_utf8_lossy(&out.stdout);
+                Err(match size.trim() {
+                    "missing" => RunnerError::invalid_request(format!(
+                        "{OP} {shown}: offset {offset} of a missing file (size 0); only offset \
+                         0 creates a file"
+                    )),
+                    size => past_end(size),
+                })
+            }
+            NOT_REGULAR => Err(RunnerError::invalid_request(format!(
+                "{OP} {shown}: not a regular file (a FIFO, socket or device)"
+            ))),
+            DENIED => Err(RunnerError::permission_denied(format!(
+                "{OP} {shown}: the session user may not create it, open it for reading and \
+                 writing, or set its mode"
+            ))),
+            _ => check(OP, &request.path, out).map(|_| ()),
+        }
     }
 
     /// `stat` (the link itself for a symlink).
@@ -565,7 +665,42 @@ impl ExecContext {
                 ));
             }
         }
-        sanitized.map(|_| ())
+        self.restore_modes(target, &target_arg, &sanitized?.archive)
+            .await
+    }
+
+    /// A `tar` run by a user other than root creates entries with their
+    /// modes less the umask (busybox has no `--same-permissions`): the
+    /// entries whose masked mode the umask cut get it back, as the session
+    /// user, in one more exec (only then).
+    async fn restore_modes(
+        &self,
+        target: &Path,
+        target_arg: &str,
+        archive: &[u8],
+    ) -> RunnerResult<()> {
+        const OP: &str = "upload_archive";
+        let umask = self.umask();
+        if self.file_owner().0 == 0 || umask == 0 {
+            return Ok(());
+        }
+        let list =
+            cut_modes(archive, umask).map_err(|e| RunnerError::from_io(OP, target.display(), e))?;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .script_with_input(OP, RESTORE_MODES, &[target_arg], &list)
+            .await?;
+        if out.code != 0 {
+            return Err(RunnerError::provider(format!(
+                "{OP} {}: setting the modes of the unpacked entries failed with exit {}: {}",
+                target.display(),
+                out.code,
+                out.stderr
+            )));
+        }
+        Ok(())
     }
 
     /// `download_archive`: a tar of a directory's contents (names relative to
@@ -576,6 +711,24 @@ impl ExecContext {
         let archive = self.run_helper(OP, path, DOWNLOAD, &[&arg(&abs)]).await?;
         rebase(&archive).map_err(|e| RunnerError::from_io(OP, path.display(), e))
     }
+}
+
+/// `MODE\0NAME\0` for every directory and regular file of `archive` whose
+/// mode has bits `umask` clears.
+fn cut_modes(archive: &[u8], umask: u32) -> std::io::Result<Vec<u8>> {
+    let mut list = Vec::new();
+    for entry in tar::Archive::new(archive).entries()? {
+        let entry = entry?;
+        let header = entry.header();
+        let mode = header.mode()? & MODE_MASK;
+        let kind = header.entry_type();
+        if (kind.is_dir() || kind.is_file()) && mode & umask != 0 {
+            list.extend_from_slice(format!("{mode:o}\0").as_bytes());
+            list.extend_from_slice(&entry.path_bytes());
+            list.push(0);
+        }
+    }
+    Ok(list)
 }
 
 /// A helper printed something this provider does not understand.

@@ -8,6 +8,7 @@ mod orphans;
 mod ports;
 mod session;
 mod snapshot;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -104,7 +105,7 @@ pub(crate) fn session_capabilities() -> RunnerCapabilities {
         snapshot_restore: true,
         port_listing: true,
         execution_lease: true,
-        run_as_user: false,
+        run_as_user: true,
     }
 }
 

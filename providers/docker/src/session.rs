@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::DockerConfig;
 use crate::error::{Daemon, join_error};
-use crate::exec::{self, ExecContext, absolute, short};
+use crate::exec::{self, ExecContext, Identity, absolute, short};
 use crate::files::directories_tar;
 use crate::orphans::{now_ms, session_container, this_owner};
 use crate::ports::Forwarders;
@@ -359,16 +359,21 @@ impl DockerSession {
         ))
     }
 
-    /// Learns the numeric uid and gid commands run as (the configured user,
-    /// or the image's): setup files and uploaded entries get them.
+    /// Learns the numeric uid, gid and umask commands run as (the configured
+    /// user, or the image's): setup files and uploaded entries get them.
     async fn resolve_owner(ctx: &ExecContext, config: &DockerConfig) -> RunnerResult<()> {
         const OP: &str = "create_session";
-        let ids = ctx.script(OP, "id -u && id -g", &[]).await?;
+        let ids = ctx.script(OP, "id -u && id -g && umask", &[]).await?;
         let text = String::from_utf8_lossy(&ids.stdout);
-        let mut numbers = text.split_whitespace().map(str::parse::<u32>);
-        match (ids.code, numbers.next(), numbers.next()) {
-            (0, Some(Ok(uid)), Some(Ok(gid))) => {
-                let _ = ctx.owner.set((uid, gid));
+        let mut words = text.split_whitespace();
+        let mut number = |radix| {
+            words
+                .next()
+                .and_then(|w| u32::from_str_radix(w, radix).ok())
+        };
+        match (ids.code, number(10), number(10), number(8)) {
+            (0, Some(uid), Some(gid), Some(umask)) => {
+                let _ = ctx.owner.set(Identity { uid, gid, umask });
                 Ok(())
             }
             _ => Err(RunnerError::invalid_request(format!(
@@ -436,7 +441,10 @@ impl DockerSession {
         read_only: ReadOnlyPaths,
         paused: bool,
     ) -> Self {
-        let table = ProcessTable::new(ProcessTableConfig::new(PROVIDER_ID));
+        let table = ProcessTable::new(ProcessTableConfig {
+            run_as_user: true,
+            ..ProcessTableConfig::new(PROVIDER_ID)
+        });
         if paused {
             // The container is frozen: refuse new commands until resume.
             let _ = futures_util::FutureExt::now_or_never(table.pause());
@@ -631,7 +639,13 @@ impl DockerSession {
             // Processes that left their command's group, of finished
             // commands and of earlier handles too.
             self.ctx
-                .signal_marked(OP, &self.ctx.session_mark(), "", RunnerSignal::Kill)
+                .signal_marked(
+                    OP,
+                    &self.ctx.session_mark(),
+                    "",
+                    RunnerSignal::Kill,
+                    self.ctx.user.clone(),
+                )
                 .await?;
             let stop = StopContainerOptionsBuilder::new().t(1).build();
             return match docker.stop_container(container, Some(stop)).await {

@@ -765,6 +765,268 @@ async fn setsid_children_end_with_their_command() -> TestResult {
     outcome
 }
 
+/// `id -u; id -g; id -G` and HOME, USER and LOGNAME of a command run as
+/// `user` (with `env`).
+async fn identity_as(
+    session: &dyn RemoteRunnerSession,
+    user: &str,
+    env: &[(&str, &str)],
+) -> Result<String, runner_api::RunnerError> {
+    let mut request = RunnerCommandRequest::shell(
+        format!("as-{}", uuid::Uuid::new_v4().simple()),
+        "id -u; id -g; id -G; echo \"$HOME $USER $LOGNAME\"",
+    )
+    .with_timeout_ms(60_000);
+    request.user = Some(user.to_string());
+    request.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let result = session.run_command(request).await?;
+    Ok(format!("{}{}", result.stdout, result.stderr))
+}
+
+/// A root session runs a command as another user with that user's uid and
+/// primary gid and no supplementary groups (though /etc/group lists it in
+/// one), and its HOME, USER and LOGNAME instead of the destination's (a
+/// variable of the request still wins); a uid without an /etc/passwd entry
+/// is NotFound naming it, a `user:group` InvalidRequest, and an unknown
+/// user in the destination's config NotFound naming it at create_session.
+async fn commands_run_as_another_user() -> TestResult {
+    let provider = DockerProvider::new();
+    let session = provider
+        .create_session(destination(serde_json::json!({
+            "image": image(), "network": "none", "env": { "HOME": "/workspace" }
+        })))
+        .await
+        .map_err(fail("create_session"))?;
+    let outcome = async {
+        sh(session.as_ref(), "echo staff:x:50:nobody >> /etc/group").await?;
+        let nobody = identity_as(session.as_ref(), "nobody", &[])
+            .await
+            .map_err(fail("run_command as nobody"))?;
+        if nobody != "65534\n65534\n65534\n/nonexistent nobody nobody\n" {
+            return Err(format!("as nobody: {nobody:?}"));
+        }
+        let by_uid = identity_as(session.as_ref(), "65534", &[("HOME", "/tmp")])
+            .await
+            .map_err(fail("run_command as 65534"))?;
+        if by_uid != "65534\n65534\n65534\n/tmp nobody nobody\n" {
+            return Err(format!("as 65534 with HOME=/tmp: {by_uid:?}"));
+        }
+        let own = identity_as(session.as_ref(), "root", &[])
+            .await
+            .map_err(fail("run_command as root"))?;
+        if !own.starts_with("0\n0\n") || !own.ends_with("/workspace  \n") {
+            return Err(format!("as the session's own user root: {own:?}"));
+        }
+        for (user, kind) in [
+            ("4242", RunnerErrorKind::NotFound),
+            ("nobody:root", RunnerErrorKind::InvalidRequest),
+        ] {
+            match identity_as(session.as_ref(), user, &[]).await {
+                Err(e) if e.kind() == kind && e.message().contains(user) => {}
+                other => {
+                    return Err(format!(
+                        "run_command as {user:?}: expected {kind:?} naming it, got {other:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome?;
+    let ghost = "runner-no-such-user-5d1c";
+    match provider
+        .create_session(destination(serde_json::json!({
+            "image": image(), "network": "none", "user": ghost
+        })))
+        .await
+    {
+        Err(e) if e.kind() == RunnerErrorKind::NotFound && e.message().contains(ghost) => Ok(()),
+        Err(e) => Err(format!(
+            "create_session as {ghost:?}: expected NotFound naming it, got {e}"
+        )),
+        Ok(session) => {
+            let _ = session.close().await;
+            Err(format!(
+                "create_session as the unknown user {ghost:?} succeeded"
+            ))
+        }
+    }
+}
+
+/// Cancelling a command a root session runs as nobody ends it and a child it
+/// left with `setsid`; the signals are sent as nobody, so a process group id
+/// the command writes into its own group file (here a root command's) gets
+/// no root process signalled.
+async fn signals_reach_commands_of_another_user() -> TestResult {
+    let provider = DockerProvider::new();
+    let (session, _) = session_and_container(
+        &provider,
+        serde_json::json!({ "image": image(), "network": "none" }),
+    )
+    .await?;
+    let outcome = async {
+        let victim = unique_seconds();
+        session
+            .start_command(RunnerCommandRequest::shell(
+                "victim",
+                format!("echo $$ > /tmp/victim.pgid; exec sleep {victim}"),
+            ))
+            .await
+            .map_err(fail("start_command victim"))?;
+        wait_sleepers(session.as_ref(), victim, true, "victim started").await?;
+        let escaped = unique_seconds();
+        let mut forger = RunnerCommandRequest::shell(
+            "forger",
+            format!(
+                "for f in /tmp/.runner/*.pgid; do cat /tmp/victim.pgid > \"$f\"; done 2>/dev/null; \
+                 setsid sh -c 'sleep {escaped}' & wait"
+            ),
+        );
+        forger.user = Some("nobody".to_string());
+        session
+            .start_command(forger)
+            .await
+            .map_err(fail("start_command forger as nobody"))?;
+        wait_sleepers(session.as_ref(), escaped, true, "forger started").await?;
+        let owner = sh(
+            session.as_ref(),
+            &format!(
+                "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline | grep -qx 'sleep {escaped} ' \
+                 && stat -c %u $p; done; :"
+            ),
+        )
+        .await?;
+        if owner.trim() != "65534" {
+            return Err(format!("the forger's child runs as {owner:?}, not 65534"));
+        }
+        let cancelled = session
+            .cancel_command(&"forger".to_string())
+            .await
+            .map_err(fail("cancel_command forger"))?;
+        if !cancelled {
+            return Err("cancel_command forger: the command was not running".into());
+        }
+        wait_sleepers(session.as_ref(), escaped, false, "cancel_command forger").await?;
+        if sleepers(session.as_ref(), victim).await? == 0 {
+            return Err("the root command whose group id the forger wrote was signalled".into());
+        }
+        Ok(())
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome
+}
+
+/// `contents` written at `offset` of `path`, with `mode`.
+async fn write_at(
+    session: &dyn RemoteRunnerSession,
+    path: &str,
+    offset: u64,
+    mode: Option<u32>,
+) -> Result<(), runner_api::RunnerError> {
+    let mut request = RunnerFileWriteRequest::new(path, b"abc".to_vec());
+    request.offset = Some(offset);
+    request.mode = mode;
+    session.write_file(request).await
+}
+
+/// Writes at an offset as a non-root user: a FIFO is InvalidRequest (and
+/// does not block), a 0444 file and a new file in a 0555 directory are
+/// PermissionDenied and unchanged, a new file gets its mode masked (644 by
+/// default), and an offset past any possible size is InvalidRequest naming
+/// it. A root session's whole-file replace keeps the file's owner and mode.
+async fn writes_obey_permissions() -> TestResult {
+    let provider = DockerProvider::new();
+    let (session, _) = session_and_container(
+        &provider,
+        serde_json::json!({ "image": image(), "network": "none", "user": NOBODY }),
+    )
+    .await?;
+    let outcome = async {
+        sh(
+            session.as_ref(),
+            "mkfifo pipe && echo data > ro && chmod 444 ro && mkdir sealed && chmod 555 sealed",
+        )
+        .await?;
+        let refusals = [
+            ("pipe", 0, RunnerErrorKind::InvalidRequest, "pipe"),
+            ("ro", 0, RunnerErrorKind::PermissionDenied, "ro"),
+            ("sealed/new", 0, RunnerErrorKind::PermissionDenied, "sealed"),
+            (
+                "ro",
+                u64::MAX,
+                RunnerErrorKind::InvalidRequest,
+                "18446744073709551615",
+            ),
+        ];
+        for (path, offset, kind, named) in refusals {
+            let result = tokio::time::timeout(
+                Duration::from_secs(60),
+                write_at(session.as_ref(), path, offset, None),
+            )
+            .await
+            .map_err(|_| format!("write_file {path} at offset {offset} still blocks after 60 s"))?;
+            match result {
+                Err(e) if e.kind() == kind && e.message().contains(named) => {}
+                other => {
+                    return Err(format!(
+                        "write_file {path} at offset {offset}: expected {kind:?} naming \
+                         {named:?}, got {other:?}"
+                    ));
+                }
+            }
+        }
+        write_at(session.as_ref(), "new/plain", 0, None)
+            .await
+            .map_err(fail("write_file new/plain at offset 0"))?;
+        write_at(session.as_ref(), "new/setid", 0, Some(0o4755))
+            .await
+            .map_err(fail("write_file new/setid at offset 0"))?;
+        let after = sh(
+            session.as_ref(),
+            "cat ro; ls -A sealed; stat -c '%a %s %n' new/plain new/setid",
+        )
+        .await?;
+        if after != "data\n644 3 new/plain\n755 3 new/setid\n" {
+            return Err(format!("after the writes at offsets: {after:?}"));
+        }
+        Ok(())
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome?;
+
+    let (session, _) = session_and_container(
+        &provider,
+        serde_json::json!({ "image": image(), "network": "none" }),
+    )
+    .await?;
+    let outcome = async {
+        sh(
+            session.as_ref(),
+            "echo old > theirs && chown 65534:65534 theirs && chmod 640 theirs",
+        )
+        .await?;
+        session
+            .write_file(RunnerFileWriteRequest::new("theirs", b"new\n".to_vec()))
+            .await
+            .map_err(fail("write_file theirs as root"))?;
+        let after = sh(session.as_ref(), "stat -c '%u:%g %a' theirs; cat theirs").await?;
+        if after != format!("{NOBODY} 640\nnew\n") {
+            return Err(format!("a file of 65534 root replaced: {after:?}"));
+        }
+        Ok(())
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome
+}
+
 /// The id and name of a container that is not a session's.
 async fn foreign_container(docker: &Docker) -> Result<String, String> {
     Ok(docker
@@ -1230,6 +1492,12 @@ fn main() -> ExitCode {
             "setsid_children_end_with_their_command",
             setsid_children_end_with_their_command,
         ),
+        async_trial("commands_run_as_another_user", commands_run_as_another_user),
+        async_trial(
+            "signals_reach_commands_of_another_user",
+            signals_reach_commands_of_another_user,
+        ),
+        async_trial("writes_obey_permissions", writes_obey_permissions),
         async_trial("rejoin_checks_the_container", rejoin_checks_the_container),
         async_trial(
             "resume_takes_settings_from_the_destination",

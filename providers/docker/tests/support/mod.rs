@@ -1,0 +1,124 @@
+//! The conformance runs of the docker provider: on a real dockerd with the
+//! busybox test image (`scripts/provision/docker.sh` builds it), network
+//! `none`, with the in-process S3 server of `runner-testkit` for the mounts
+//! and artifacts areas; afterwards the snapshot images the run took are
+//! removed.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
+use runner_api::{RemoteRunnerProvider, RunnerDestination};
+use runner_docker::{DockerProvider, LABEL_MARKER, LABEL_OWNER, MARKER_VALUE};
+use runner_testkit::libtest_mimic::Arguments;
+use runner_testkit::{BackendGate, Conformance, S3TestServer, checks};
+
+/// Runs the checks `select` keeps (and the command line asks for) on a
+/// destination of the test image whose config also holds the keys of
+/// `extra` (an object); `label` names the run in a line after the kit's
+/// summary line (which names only the provider).
+pub(crate) fn run(label: &str, extra: serde_json::Value, select: fn(&str) -> bool) -> ExitCode {
+    let gate = BackendGate::new(
+        "RUNNER_TEST_DOCKER",
+        "scripts/test.sh starts dockerd and builds the test image",
+    );
+    if !gate.requested() {
+        // Lists every check as ignored, with the reason; the suite is not built.
+        return gate.conformance("docker", || {
+            unreachable!("the suite is built only when the backend is requested")
+        });
+    }
+    // The mounts and artifacts areas run against an in-process S3 server; their
+    // data passes through the file API, so network `none` is fine.
+    let server = S3TestServer::start().expect("start the in-process S3 test server");
+    let image = std::env::var("RUNNER_TEST_DOCKER_IMAGE")
+        .unwrap_or_else(|_| "runners-test-busybox:latest".to_string());
+    let mut config = serde_json::json!({ "image": image, "network": "none" });
+    if let (Some(config), serde_json::Value::Object(extra)) = (config.as_object_mut(), extra) {
+        config.extend(extra);
+    }
+    let destination = RunnerDestination {
+        id: "conformance".into(),
+        provider_id: "docker".into(),
+        config,
+        default_manifest: Default::default(),
+    };
+    let provider = DockerProvider::new().with_secret_resolver(server.resolver());
+    let args = arguments(select);
+    let listing = args.list;
+    let summary = Conformance::new(Arc::new(provider), destination)
+        .with_object_store(server.target())
+        .run_with(args);
+    if !listing {
+        println!(
+            "docker conformance {label}: {} passed, {} failed, {} skipped",
+            summary.passed, summary.failed, summary.skipped
+        );
+    }
+    drop(server);
+    remove_leftovers();
+    summary.exit_code()
+}
+
+/// The process's libtest arguments, narrowed to the checks `select` keeps:
+/// libtest-mimic takes one filter, so the checks not to run are skipped by
+/// their exact names, a filter and skips of the command line included.
+fn arguments(select: fn(&str) -> bool) -> Arguments {
+    let mut args = Arguments::from_args();
+    let matches = |name: &str, pattern: &str| {
+        if args.exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    };
+    let asked = |name: &str| {
+        args.filter.as_deref().is_none_or(|f| matches(name, f))
+            && !args.skip.iter().any(|s| matches(name, s))
+    };
+    let skip: Vec<String> = checks()
+        .into_iter()
+        .map(|check| check.name)
+        .filter(|name| !(select(name) && asked(name)))
+        .map(String::from)
+        .collect();
+    args.skip = skip;
+    args.filter = None;
+    args.exact = true;
+    args
+}
+
+/// Snapshots outlive their sessions by design: remove the ones this run took,
+/// and whatever earlier runs that died left behind.
+fn remove_leftovers() {
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return;
+    };
+    runtime.block_on(async {
+        let provider = DockerProvider::new().with_orphan_grace(Duration::ZERO);
+        if let Err(e) = provider.sweep_orphans().await {
+            eprintln!("sweep_orphans after the conformance run: {e}");
+        }
+        let Ok(docker) = bollard::Docker::connect_with_local_defaults() else {
+            return;
+        };
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_MARKER}={MARKER_VALUE}")],
+        )]);
+        let options = ListImagesOptionsBuilder::new().filters(&filters).build();
+        let pid = std::process::id().to_string();
+        for image in docker.list_images(Some(options)).await.unwrap_or_default() {
+            let ours = image
+                .labels
+                .get(LABEL_OWNER)
+                .is_some_and(|owner| owner.split('/').nth(2) == Some(pid.as_str()));
+            if ours {
+                let remove = RemoveImageOptionsBuilder::new().force(true).build();
+                let _ = docker.remove_image(&image.id, Some(remove), None).await;
+            }
+        }
+    });
+}
