@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::error::join_error;
 use crate::files::Workspace;
 use crate::groups::{COMMAND_ENV, CommandTree, Groups, SESSION_ENV};
+use crate::users::{self, RunAs};
 
 /// Size of the buffers output is read with.
 const READ_CHUNK: usize = 64 * 1024;
@@ -58,8 +59,8 @@ impl SpawnContext {
     }
 }
 
-/// A prepared command: the request (without its stdin bytes), its stdin and
-/// its resolved working directory.
+/// A prepared command: the request (without its stdin bytes), its stdin, its
+/// resolved working directory, user and environment.
 struct Launch {
     /// `run_command` or `start_command`, for messages.
     operation: &'static str,
@@ -69,6 +70,10 @@ struct Launch {
     stdin: Option<Vec<u8>>,
     /// Absolute working directory, already checked.
     cwd: PathBuf,
+    /// The user the request names, resolved.
+    run_as: Option<RunAs>,
+    /// The environment without the process marks (see [`spawn`]).
+    env: BTreeMap<String, String>,
 }
 
 /// Signals the command's process tree and writes its kept-open stdin.
@@ -97,16 +102,20 @@ fn spawn_error(launch: &Launch, error: io::Error) -> RunnerError {
     let op = launch.operation;
     let id = &launch.request.command_id;
     let program = &launch.request.program;
+    let what = match &launch.request.user {
+        Some(user) => format!("{op} {id} (as user {user:?})"),
+        None => format!("{op} {id}"),
+    };
     match error.kind() {
         io::ErrorKind::NotFound => {
-            RunnerError::not_found(format!("{op} {id}: program {program} not found"))
+            RunnerError::not_found(format!("{what}: program {program} not found"))
                 .with_source(error)
         }
         io::ErrorKind::PermissionDenied => RunnerError::permission_denied(format!(
-            "{op} {id}: program {program} is not executable (permission denied)"
+            "{what}: program {program} is not executable (permission denied)"
         ))
         .with_source(error),
-        _ => RunnerError::from_io(&format!("{op} {id}: spawning"), program, error),
+        _ => RunnerError::from_io(&format!("{what}: spawning"), program, error),
     }
 }
 
@@ -124,10 +133,12 @@ async fn pump(mut reader: impl AsyncRead + Unpin, sink: OutputSink, stream: Runn
 
 /// The spawn step the [`ProcessTable`](runner_api::ProcessTable) runs for a new
 /// command id: checks the cwd (before anything runs, so a missing cwd and a
-/// missing program give different errors), then spawns.
+/// missing program give different errors) and the user, then spawns.
 ///
-/// Errors: `NotFound` (cwd or program missing), `PermissionDenied` (cwd outside
-/// the workspace, program not executable), `Provider` otherwise.
+/// Errors: `NotFound` (cwd, user or program missing), `PermissionDenied` (cwd
+/// outside the workspace, a user this process may not switch to, program not
+/// executable), `InvalidRequest` (a malformed user), `Unsupported` (a switch
+/// on a host without `setpriv`), `Provider` otherwise.
 pub(crate) async fn launch(
     ctx: Arc<SpawnContext>,
     workspace: Arc<Workspace>,
@@ -136,24 +147,51 @@ pub(crate) async fn launch(
     stdin: Option<Vec<u8>>,
     sink: OutputSink,
 ) -> RunnerResult<SpawnedProcess> {
-    let what = format!("{operation} {}", request.command_id);
-    let cwd_arg = request.cwd.clone();
-    let cwd = tokio::task::spawn_blocking(move || workspace.command_cwd(&what, cwd_arg.as_deref()))
-        .await
-        .map_err(|e| join_error(operation, e))??;
-    let launch = Launch {
-        operation,
-        request,
-        stdin,
-        cwd,
-    };
+    let base_env = ctx.env.clone();
+    let launch = tokio::task::spawn_blocking(move || {
+        let what = format!("{operation} {}", request.command_id);
+        let cwd = workspace.command_cwd(&what, request.cwd.as_deref())?;
+        let run_as = match &request.user {
+            Some(user) => Some(RunAs::resolve(&what, user)?),
+            None => None,
+        };
+        let env = command_env(base_env, run_as.as_ref(), &request);
+        let launch = Launch {
+            operation,
+            request,
+            stdin,
+            cwd,
+            run_as,
+            env,
+        };
+        if launch.run_as.as_ref().is_some_and(RunAs::is_switch) {
+            let path = launch.env.get("PATH").map(String::as_str);
+            users::find_program(&launch.request.program, path, &launch.cwd)
+                .map_err(|e| spawn_error(&launch, e))?;
+        }
+        Ok::<_, RunnerError>(launch)
+    })
+    .await
+    .map_err(|e| join_error(operation, e))??;
     spawn(&ctx, launch, sink)
 }
 
+/// A command's environment without the process marks, later entries
+/// winning: the context's (inherited host variables and the destination's),
+/// the named user's `HOME`, `USER` and `LOGNAME`, then the request's.
+fn command_env(
+    mut env: BTreeMap<String, String>,
+    run_as: Option<&RunAs>,
+    request: &RunnerCommandRequest,
+) -> BTreeMap<String, String> {
+    env.extend(run_as.into_iter().flat_map(RunAs::login_env));
+    env.extend(request.effective_env());
+    env
+}
+
 /// Spawns the command in its own process group and returns it to the table.
-/// Its environment: the context's (inherited host variables and the
-/// destination's), the request's, then the session and command marks, which
-/// the request therefore cannot override.
+/// Its environment: [`command_env`], then the session and command marks,
+/// which the request therefore cannot override.
 ///
 /// Errors: `NotFound` (program missing), `PermissionDenied` (not executable),
 /// `Provider` otherwise.
@@ -161,13 +199,15 @@ fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<S
     let request = &launch.request;
     let keep_open = request.keep_stdin_open;
     let mark = CommandTree::new_mark();
-    let mut command = tokio::process::Command::new(&request.program);
+    let mut command = match &launch.run_as {
+        Some(run_as) => run_as.command(&request.program),
+        None => tokio::process::Command::new(&request.program),
+    };
     command
         .args(&request.args)
         .current_dir(&launch.cwd)
         .env_clear()
-        .envs(&ctx.env)
-        .envs(request.effective_env())
+        .envs(&launch.env)
         .env(SESSION_ENV, &ctx.session_id)
         .env(COMMAND_ENV, &mark)
         .process_group(0)
@@ -185,7 +225,7 @@ fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<S
         .ok_or_else(|| RunnerError::provider("spawned command has no pid"))?;
     let tree = ctx.groups.remember(pid as i32, mark);
     let command_id = request.command_id.clone();
-    tracing::info!(command_id = %command_id, program = %request.program, pid, "spawned local command");
+    tracing::info!(command_id = %command_id, program = %request.program, user = ?request.user, pid, "spawned local command");
 
     let stdin = StdinPipe::start(child.stdin.take(), launch.stdin, keep_open);
 

@@ -13,12 +13,13 @@
 //!
 //! Every method here blocks; the session calls them on `spawn_blocking`.
 
+use cap_std::fs::MetadataExt as _;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use cap_std::fs::{Dir, Metadata, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::{AtFlags, FcntlArg, OFlag, fcntl};
 use runner_api::archive::{MODE_MASK, UploadPolicy, sanitize_upload};
 use runner_api::{
     RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult,
@@ -473,27 +474,140 @@ impl Workspace {
         })
     }
 
-    /// `write_file`: atomic replace through a temp file in the same directory.
+    /// `write_file`: without an offset an atomic replace through a temp file
+    /// in the same directory, which keeps an existing file's mode (and, when
+    /// this process is root, its owner); with one, in place (see
+    /// [`write_at`]). Either way POSIX permissions of this process's user
+    /// apply: an existing file it may not write, or a new file in a directory
+    /// it may not write, is `PermissionDenied` and nothing changes.
     pub(crate) fn write_file(&self, request: &RunnerFileWriteRequest) -> RunnerResult<()> {
         let op = "write_file";
         let path = &request.path;
         let resolved = self.resolve(op, path)?;
         self.check_writable(op, path, &resolved)?;
-        let is_dir =
-            || RunnerError::invalid_request(format!("{op} {}: is a directory", path.display()));
         let io = |e| self.io(op, path, e);
         let dir = resolved.dir(self);
         let (parent, name) = split(&resolved.rel);
-        let Some(mut name) = name else {
-            return Err(is_dir());
+        let Some(name) = name else {
+            return Err(is_dir(op, path));
         };
-        if !parent.as_os_str().is_empty() {
+        // Only a write that may create the file creates its directories.
+        let appends_only = request.offset.is_some_and(|offset| offset > 0);
+        if !parent.as_os_str().is_empty() && !appends_only {
             create_dir_all(dir, &parent).map_err(io)?;
         }
+        let target = match self.write_target(op, path, &resolved, parent, name) {
+            Err(e) if appends_only && e.kind() == RunnerErrorKind::NotFound => {
+                return Err(past_end(op, path, request.offset.unwrap_or_default(), None));
+            }
+            other => other?,
+        };
+        let parent_dir = dir.open_dir(or_dot(&target.parent)).map_err(io)?;
+        let name = Path::new(&target.name);
+        if let Some(offset) = request.offset {
+            if target.existing.as_ref().is_some_and(|meta| !meta.is_file()) {
+                return Err(not_regular(op, path));
+            }
+            return self.write_at(&parent_dir, name, offset, request);
+        }
+        if target.existing.is_some() {
+            check_may_write(&parent_dir, name).map_err(io)?;
+        }
+        let existing_mode = target.existing.as_ref().map(mode_bits);
+        let mode = request.mode.or(existing_mode).unwrap_or(0o644) & MODE_MASK;
+        // Root writes as anyone: the replacement keeps the owner. Any other
+        // user's replacement is its own, as with every POSIX atomic replace.
+        let owner = target
+            .existing
+            .as_ref()
+            .filter(|_| nix::unistd::geteuid().is_root())
+            .map(|meta| (meta.uid(), meta.gid()));
+        replace_atomically(&parent_dir, name, mode, owner, |file| {
+            file.write_all(&request.contents)
+        })
+        .map_err(io)
+    }
+
+    /// `write_file` with an offset: the request's contents written at
+    /// `offset` of the regular file `name` in `parent_dir`, which is opened
+    /// for writing without truncation (no symlink followed, no wait for a
+    /// FIFO reader); offset 0 of a missing file creates it (the request's
+    /// mode, else 0o644, masked). A mode in the request is applied before
+    /// anything is written. Not atomic.
+    ///
+    /// Errors: `InvalidRequest` naming the path, the offset and the size when
+    /// the offset lies past the end (or the file is missing and the offset is
+    /// not 0), or the file is not a regular one; `PermissionDenied` when this
+    /// user may not write it (or create it in its directory). Nothing changes
+    /// on any of these.
+    fn write_at(
+        &self,
+        parent_dir: &Dir,
+        name: &Path,
+        offset: u64,
+        request: &RunnerFileWriteRequest,
+    ) -> RunnerResult<()> {
+        let op = "write_file";
+        let path = &request.path;
+        let explicit = request.mode.map(|mode| mode & MODE_MASK);
+        let io = |e| self.io(op, path, e);
+        let mut options = OpenOptions::new();
+        options
+            .write(true)
+            .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW).bits());
+        let (mut file, created) = match parent_dir.open_with(name, &options) {
+            Ok(file) => (file, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => {
+                let mut create = OpenOptions::new();
+                create.write(true).create_new(true).mode(0o600);
+                (parent_dir.open_with(name, &create).map_err(io)?, true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(past_end(op, path, offset, None));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let result = (|| {
+            let meta = file.metadata().map_err(io)?;
+            if !meta.is_file() {
+                return Err(not_regular(op, path));
+            }
+            if offset > meta.len() {
+                return Err(past_end(op, path, offset, Some(meta.len())));
+            }
+            let mode = if created {
+                Some(explicit.unwrap_or(0o644))
+            } else {
+                explicit
+            };
+            if let Some(mode) = mode {
+                file.set_permissions(Permissions::from_mode(mode))
+                    .map_err(io)?;
+            }
+            file.seek(SeekFrom::Start(offset)).map_err(io)?;
+            file.write_all(&request.contents).map_err(io)
+        })();
+        if result.is_err() && created {
+            let _ = parent_dir.remove_file(name);
+        }
+        result
+    }
+
+    /// Where `write_file` of `path` lands: symlinks at the final component
+    /// are followed, confined (the new contents go where the link points, and
+    /// the link stays), and a link into a read-only entry is refused.
+    fn write_target(
+        &self,
+        op: &str,
+        path: &Path,
+        resolved: &Resolved<'_>,
+        parent: PathBuf,
+        mut name: std::ffi::OsString,
+    ) -> RunnerResult<WriteTarget> {
+        let io = |e| self.io(op, path, e);
+        let dir = resolved.dir(self);
         let mut parent = canonical_rel(dir, &parent).map_err(io)?;
-        // Follow symlinks at the final component, confined: the new contents go
-        // where the link points, and the link stays.
-        let mut existing_mode = None;
+        let mut existing = None;
         let mut hops = 0;
         loop {
             let at = parent.join(&name);
@@ -524,14 +638,14 @@ impl Workspace {
                     };
                     let (next_parent, next_name) = split(&next);
                     let Some(next_name) = next_name else {
-                        return Err(is_dir());
+                        return Err(is_dir(op, path));
                     };
                     parent = canonical_rel(dir, &next_parent).map_err(io)?;
                     name = next_name;
                 }
-                Ok(meta) if meta.is_dir() => return Err(is_dir()),
+                Ok(meta) if meta.is_dir() => return Err(is_dir(op, path)),
                 Ok(meta) => {
-                    existing_mode = Some(mode_bits(&meta));
+                    existing = Some(meta);
                     break;
                 }
             }
@@ -546,12 +660,11 @@ impl Workspace {
                 )));
             }
         }
-        let parent_dir = dir.open_dir(or_dot(&parent)).map_err(io)?;
-        let mode = request.mode.or(existing_mode).unwrap_or(0o644) & MODE_MASK;
-        replace_atomically(&parent_dir, Path::new(&name), mode, |file| {
-            file.write_all(&request.contents)
+        Ok(WriteTarget {
+            parent,
+            name,
+            existing,
         })
-        .map_err(io)
     }
 
     /// `list_dir`: entries sorted by name, lstat semantics; mount points appear
@@ -781,6 +894,50 @@ impl Workspace {
     }
 }
 
+/// Where `write_file` writes: a directory (relative to the base handle), a
+/// name in it, and what is there now (not a symlink, not a directory).
+struct WriteTarget {
+    parent: PathBuf,
+    name: std::ffi::OsString,
+    existing: Option<Metadata>,
+}
+
+fn is_dir(op: &str, path: &Path) -> RunnerError {
+    RunnerError::invalid_request(format!("{op} {}: is a directory", path.display()))
+}
+
+fn not_regular(op: &str, path: &Path) -> RunnerError {
+    RunnerError::invalid_request(format!(
+        "{op} {}: not a regular file (a write at an offset needs one)",
+        path.display()
+    ))
+}
+
+/// A write at `offset` past the end of a file of `size` bytes (`None`: missing).
+fn past_end(op: &str, path: &Path, offset: u64, size: Option<u64>) -> RunnerError {
+    let size = match size {
+        Some(size) => format!("{size} bytes"),
+        None => "missing, 0 bytes".to_string(),
+    };
+    RunnerError::invalid_request(format!(
+        "{op} {}: offset {offset} lies past the end of the file ({size}); \
+         an offset may be at most the size",
+        path.display()
+    ))
+}
+
+/// Whether this process may write the existing `name` in `dir` (its
+/// effective uid and groups, POSIX permissions and ACLs): a replace by rename
+/// needs only the directory's permission, so the file's is checked first. A
+/// running executable (`ETXTBSY`) may be replaced.
+fn check_may_write(dir: &Dir, name: &Path) -> io::Result<()> {
+    use nix::unistd::{AccessFlags, faccessat};
+    match faccessat(dir, name, AccessFlags::W_OK, AtFlags::AT_EACCESS) {
+        Ok(()) | Err(nix::errno::Errno::ETXTBSY) => Ok(()),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
 /// `mkdir -p` beneath `dir`. When it fails, the error says why: cap-std's
 /// escape error when a component leads outside (a symlink out of the
 /// directory), `AlreadyExists` when a component is not a directory.
@@ -806,13 +963,14 @@ pub(crate) fn create_dir_all(dir: &Dir, rel: &Path) -> io::Result<()> {
     Err(error)
 }
 
-/// Writes a new file next to `name` in `dir` with `write`, gives it `mode`, and
-/// renames it over `name`. On any failure the temp file is removed and `name`
-/// is untouched.
+/// Writes a new file next to `name` in `dir` with `write`, gives it `owner`
+/// (uid, gid; root only) and `mode`, and renames it over `name`. On any
+/// failure the temp file is removed and `name` is untouched.
 pub(crate) fn replace_atomically(
     dir: &Dir,
     name: &Path,
     mode: u32,
+    owner: Option<(u32, u32)>,
     write: impl FnOnce(&mut cap_std::fs::File) -> io::Result<()>,
 ) -> io::Result<()> {
     let temp = PathBuf::from(format!(
@@ -823,6 +981,10 @@ pub(crate) fn replace_atomically(
     options.write(true).create_new(true).mode(0o600);
     let mut file = dir.open_with(&temp, &options)?;
     let result = write(&mut file)
+        .and_then(|()| match owner {
+            Some((uid, gid)) => std::os::unix::fs::fchown(&file, Some(uid), Some(gid)),
+            None => Ok(()),
+        })
         .and_then(|()| file.set_permissions(Permissions::from_mode(mode)))
         .and_then(|()| {
             drop(file);
@@ -854,7 +1016,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::write(tmp.path().join("t.txt"), b"old").expect("seed");
         let dir = Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).expect("dir");
-        let err = replace_atomically(&dir, Path::new("t.txt"), 0o644, |file| {
+        let err = replace_atomically(&dir, Path::new("t.txt"), 0o644, None, |file| {
             file.write_all(b"partial")?;
             Err(io::Error::other("disk full"))
         })

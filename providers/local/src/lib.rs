@@ -12,6 +12,7 @@ mod ports;
 mod private;
 mod session;
 mod snapshot;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,15 +64,16 @@ pub fn capabilities() -> RunnerCapabilities {
         snapshot_restore: true,
         port_listing: true,
         execution_lease: true,
-        run_as_user: false,
+        run_as_user: true,
     }
 }
 
 /// Runs commands and file operations in a directory of this machine.
 ///
 /// Settings come from `RunnerDestination.config` (see [`LocalConfig`]). The
-/// file API is confined to the workspace root; commands run as the current
-/// user and are not sandboxed.
+/// file API is confined to the workspace root and acts as the current user;
+/// commands run as the current user, or as the user a request names (another
+/// user only when this process is root), and are not sandboxed.
 ///
 /// Object-store mounts and artifact export come from
 /// [`MountedSession`](runner_api::mounts::MountedSession); their credentials are

@@ -196,6 +196,7 @@ impl LocalSession {
         let groups = Arc::new(Groups::new(&session_id));
         let mut table_config = ProcessTableConfig::new(PROVIDER_ID);
         table_config.kill_grace = config.kill_grace;
+        table_config.run_as_user = crate::capabilities().run_as_user;
         let session = Self {
             spawn: Arc::new(SpawnContext::new(&session_id, &config.env, groups.clone())),
             groups,

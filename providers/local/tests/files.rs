@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use runner_api::{
-    RemoteRunnerSession, RunnerCommandRequest, RunnerErrorKind, RunnerFileKind,
-    RunnerFileReadRequest, RunnerFileWriteRequest,
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerErrorKind,
+    RunnerFileKind, RunnerFileReadRequest, RunnerFileWriteRequest,
 };
 use support::{Area, kind, session, tree};
 
@@ -590,5 +590,156 @@ async fn uploads_are_bounded_by_max_upload_bytes() {
         std::fs::read(s.workspace_root().join("small/data.bin")).expect("read"),
         vec![b'x'; 16]
     );
+    s.close().await.expect("close");
+}
+
+fn write_at(path: &str, offset: u64, contents: &str) -> RunnerFileWriteRequest {
+    let mut request = write(path, contents);
+    request.offset = Some(offset);
+    request
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_at_an_offset_patch_append_and_create_in_place() {
+    let area = Area::new();
+    let s = session(area.rooted_config()).await;
+    let root = s.workspace_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).expect("read");
+    let mode = |p: &str| {
+        std::fs::metadata(root.join(p))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    s.write_file(write("f.txt", "hello world"))
+        .await
+        .expect("write");
+    let inode = |p: &str| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.join(p)).expect("meta"))
+    };
+    let before = inode("f.txt");
+    s.write_file(write_at("f.txt", 6, "there"))
+        .await
+        .expect("patch");
+    assert_eq!(read("f.txt"), "hello there");
+    s.write_file(write_at("f.txt", 11, "!"))
+        .await
+        .expect("append at the size");
+    assert_eq!(read("f.txt"), "hello there!");
+    assert_eq!(inode("f.txt"), before, "written in place, not replaced");
+    // A mode in the request applies; without one the file keeps its own.
+    let mut chmod = write_at("f.txt", 0, "H");
+    chmod.mode = Some(0o4600);
+    s.write_file(chmod).await.expect("write with a mode");
+    assert_eq!(
+        (read("f.txt").as_str(), mode("f.txt")),
+        ("Hello there!", 0o600)
+    );
+    s.write_file(write_at("f.txt", 1, "E"))
+        .await
+        .expect("write");
+    assert_eq!(mode("f.txt"), 0o600);
+    // Offset 0 of a missing file creates it, its directories too, mode masked.
+    let mut fresh = write_at("new/dir/fresh.txt", 0, "abc");
+    fresh.mode = Some(0o2750);
+    s.write_file(fresh).await.expect("create at 0");
+    assert_eq!(
+        (
+            read("new/dir/fresh.txt").as_str(),
+            mode("new/dir/fresh.txt")
+        ),
+        ("abc", 0o750)
+    );
+    s.write_file(write_at("new/plain.txt", 0, "x"))
+        .await
+        .expect("create");
+    assert_eq!(mode("new/plain.txt"), 0o644);
+    // Through an inside symlink: the target changes, the link stays.
+    std::os::unix::fs::symlink("f.txt", root.join("link")).expect("link");
+    s.write_file(write_at("link", 12, "?"))
+        .await
+        .expect("through the link");
+    assert_eq!(read("f.txt"), "HEllo there!?");
+    assert!(
+        std::fs::symlink_metadata(root.join("link"))
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+    s.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_at_an_offset_past_the_end_outside_or_read_only_are_refused_and_change_nothing() {
+    let area = Area::new();
+    let outside = area.path("outside.txt");
+    std::fs::write(&outside, "outside").expect("outside");
+    let manifest = runner_api::RunnerManifest {
+        entries: vec![runner_api::RunnerManifestEntry {
+            source: outside.clone(),
+            target: "vendor/tool.txt".into(),
+            writable: false,
+        }],
+        mounts: Vec::new(),
+    };
+    let s = runner_local::LocalProvider::new()
+        .create_session(support::destination_with(area.rooted_config(), manifest))
+        .await
+        .expect("create");
+    let root = s.workspace_root();
+    s.write_file(write("f.txt", "12345")).await.expect("write");
+    std::os::unix::fs::symlink(&outside, root.join("out")).expect("link out");
+    std::os::unix::fs::symlink("vendor/tool.txt", root.join("ro-link")).expect("link");
+    std::fs::create_dir(root.join("d")).expect("mkdir");
+    let before = tree(&root);
+    let made = s
+        .run_command(RunnerCommandRequest::shell("fifo", "mkfifo pipe"))
+        .await
+        .expect("mkfifo");
+    assert_eq!(made.exit_code, Some(0), "{made:?}");
+    for (path, offset) in [("f.txt", 6), ("missing.txt", 1), ("no/such/dir/f.txt", 3)] {
+        let err = s
+            .write_file(write_at(path, offset, "x"))
+            .await
+            .expect_err("past the end");
+        assert_eq!(err.kind(), RunnerErrorKind::InvalidRequest, "{err}");
+        let size = if path == "f.txt" {
+            "5 bytes"
+        } else {
+            "0 bytes"
+        };
+        for part in [path, &offset.to_string(), size] {
+            assert!(err.message().contains(part), "{part} missing from: {err}");
+        }
+    }
+    let limit = std::time::Duration::from_secs(30);
+    let fifo = tokio::time::timeout(limit, s.write_file(write_at("pipe", 0, "x")))
+        .await
+        .expect("a write at an offset of a FIFO waits for a reader");
+    assert_eq!(kind(fifo), RunnerErrorKind::InvalidRequest);
+    assert_eq!(
+        kind(s.write_file(write_at("d", 0, "x")).await),
+        RunnerErrorKind::InvalidRequest
+    );
+    for path in ["out", "../escape.txt", "vendor/tool.txt", "ro-link"] {
+        let err = s
+            .write_file(write_at(path, 0, "x"))
+            .await
+            .expect_err("outside or read-only");
+        assert_eq!(
+            err.kind(),
+            RunnerErrorKind::PermissionDenied,
+            "{path}: {err}"
+        );
+    }
+    // (`tree` would wait on the FIFO.)
+    std::fs::remove_file(root.join("pipe")).expect("remove the FIFO");
+    assert_eq!(tree(&root), before, "a refused write changed the workspace");
+    assert_eq!(
+        std::fs::read_to_string(&outside).expect("outside"),
+        "outside"
+    );
+    assert!(!area.path("escape.txt").exists());
     s.close().await.expect("close");
 }
