@@ -2,7 +2,7 @@
 //! renamed into place by the last chunk.
 
 use runner_api::{RemoteRunnerSession, RemoteWorkspace, RunnerErrorKind, RunnerFileKind};
-use runner_api::{RunnerError, RunnerResult};
+use runner_api::{RunnerError, RunnerFileWriteRequest, RunnerResult};
 
 use crate::input::WriteFileInput;
 use crate::output::WriteResult;
@@ -65,6 +65,7 @@ pub(crate) async fn write_file(
             staging.display()
         )));
     }
+    may_replace(ws, input).await?;
     ws.rename(&staging, &input.path)
         .await
         .map_err(|e| e.context(format!("write_file {path}: moving the upload into place")))?;
@@ -74,6 +75,29 @@ pub(crate) async fn write_file(
         next_offset: None,
         size: Some(end),
     })
+}
+
+/// Asks the runner whether the session user may write the file the upload
+/// replaces: the rename needs only the directory's permission, so an empty
+/// write in place (offset 0, nothing truncated) stands for it. Nothing to
+/// replace is fine.
+///
+/// Errors: the runner's errors for that write (`PermissionDenied` for a file
+/// the session user may not write).
+async fn may_replace(ws: &RemoteWorkspace, input: &WriteFileInput) -> RunnerResult<()> {
+    match ws.stat(&input.path).await {
+        Ok(stat) if stat.kind == RunnerFileKind::File => {
+            let mut probe = RunnerFileWriteRequest::new(&input.path, Vec::new());
+            probe.offset = Some(0);
+            ws.write_file(probe).await.map_err(|e| {
+                e.context(format!(
+                    "write_file {}: replacing the file with the upload",
+                    input.path.display()
+                ))
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The mode the file at `input.path` has (permission bits), or 0o644 when
