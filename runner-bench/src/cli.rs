@@ -1,8 +1,9 @@
 //! Baselines that are command-line tools (`docker`, `ssh`, `scp`).
 
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 
 use anyhow::{Context, bail};
+use tokio::io::AsyncWriteExt;
 
 /// Runs `program args` to completion; fails unless it exits with 0.
 pub(crate) async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -12,12 +13,19 @@ pub(crate) async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 /// Runs `program args` and returns its trimmed stdout; fails unless it exits
 /// with 0.
 pub(crate) async fn capture(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running {program}"))?;
+    let output = output(program, args, None).await?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Runs `program args` with `stdin` written to its standard input (closed
+/// after it; `None`: no input) and returns what it printed; fails unless it
+/// exits with 0.
+pub(crate) async fn output(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<Output> {
+    let output = status_output(program, args, stdin).await?;
     if !output.status.success() {
         bail!(
             "{program} {} failed ({}): {}",
@@ -26,7 +34,37 @@ pub(crate) async fn capture(program: &str, args: &[&str]) -> anyhow::Result<Stri
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    Ok(output)
+}
+
+/// Like [`output`], but returns whatever the exit status.
+pub(crate) async fn status_output(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<Output> {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program}"))?;
+    // Written while the output is read, so neither pipe can fill up and stall.
+    let pipe = child.stdin.take();
+    let feed = async move {
+        if let (Some(bytes), Some(mut pipe)) = (stdin, pipe) {
+            pipe.write_all(bytes).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let (fed, output) = tokio::join!(feed, child.wait_with_output());
+    fed.with_context(|| format!("writing the standard input of {program}"))?;
+    output.with_context(|| format!("running {program}"))
 }
 
 /// Whether the run asked for a backend through `RUNNER_TEST_<NAME>=1`.

@@ -16,20 +16,57 @@ const FILE_BYTES: usize = 100 << 20;
 
 /// The docker target on the image named by `RUNNER_TEST_DOCKER_IMAGE`.
 pub(crate) fn target() -> anyhow::Result<Target> {
-    Ok(Target {
-        label: "docker".into(),
+    Ok(image_target("docker", image()?))
+}
+
+/// The docker target on the Debian image (`RUNNER_TEST_DOCKER_DEBIAN_IMAGE`)
+/// when `RUNNER_TEST_DOCKER_DEBIAN=1` asks for it.
+pub(crate) fn debian_target() -> anyhow::Result<Option<Target>> {
+    if !cli::requested("RUNNER_TEST_DOCKER_DEBIAN") {
+        return Ok(None);
+    }
+    let image = cli::var("RUNNER_TEST_DOCKER_DEBIAN_IMAGE")?;
+    Ok(Some(image_target("docker-debian", image)))
+}
+
+fn image_target(label: &str, image: String) -> Target {
+    Target {
+        label: label.into(),
         provider: Arc::new(DockerProvider::default()),
         destination: RunnerDestination {
-            id: "bench-docker".into(),
+            id: format!("bench-{label}"),
             provider_id: "docker".into(),
-            config: serde_json::json!({ "image": image()? }),
+            config: serde_json::json!({ "image": image }),
             default_manifest: Default::default(),
         },
-    })
+    }
+}
+
+/// The image of a docker target.
+pub(crate) fn target_image(target: &Target) -> anyhow::Result<String> {
+    target.destination.config["image"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("the {} destination names no image", target.label))
 }
 
 fn image() -> anyhow::Result<String> {
     cli::var("RUNNER_TEST_DOCKER_IMAGE")
+}
+
+/// Starts a container of `image` with the CLI, as a user would
+/// (`docker run -d --init IMAGE sleep …`), and returns its id.
+pub(crate) async fn cli_container(image: &str) -> anyhow::Result<String> {
+    cli::capture(
+        "docker",
+        &["run", "-d", "--init", image, "sleep", "2147483647"],
+    )
+    .await
+}
+
+/// Removes a container [`cli_container`] started.
+pub(crate) async fn remove_cli_container(id: &str) -> anyhow::Result<()> {
+    cli::run("docker", &["rm", "-f", id]).await
 }
 
 /// Session creation, command round trip, 100 MiB upload and download.
@@ -50,16 +87,15 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
     }
     let ours = ours?;
     let started = Mutex::new(Vec::new());
-    let run = ["run", "-d", "--init", &image, "sleep", "2147483647"];
     let baseline = time_ms(plan.session_reps, |_| async {
-        let id = cli::capture("docker", &run).await?;
+        let id = cli_container(&image).await?;
         lock(&started).push(id);
         Ok(())
     })
     .await;
     let started = started.into_inner().unwrap_or_else(|p| p.into_inner());
     for id in started {
-        cli::run("docker", &["rm", "-f", &id]).await?;
+        remove_cli_container(&id).await?;
     }
     group.add(
         Spec {

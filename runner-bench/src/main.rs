@@ -1,14 +1,16 @@
 //! Benchmarks of every provider next to the tools users would use instead.
 //!
-//! `cargo run --release -p runner-bench -- [--quick]` measures, in one run,
-//! each figure's median and p95 with a baseline measured in the same run,
-//! prints a table and writes `target/bench/results.json`. Backends other than
-//! unix-local are measured when their `RUNNER_TEST_<BACKEND>=1` switch is set
-//! (as `scripts/test.sh --bench` does after provisioning them); a requested
-//! backend that does not answer fails the run.
+//! `cargo run --release -p runner-bench -- [--quick] [--only SECTION,…]`
+//! measures, in one run, each figure's median and p95 with a baseline
+//! measured in the same run, prints a table and writes
+//! `target/bench/results.json`. Backends other than unix-local are measured
+//! when their `RUNNER_TEST_<BACKEND>=1` switch is set (as `scripts/test.sh
+//! --bench` does after provisioning them); a requested backend that does not
+//! answer fails the run.
 
 mod cli;
 mod docker;
+mod episode;
 mod generic;
 mod local;
 mod rss;
@@ -17,7 +19,7 @@ mod stats;
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
 use crate::generic::{
@@ -35,9 +37,37 @@ struct Args {
     /// Fewer repetitions (a smoke run; figures are noisier).
     #[arg(long)]
     quick: bool,
+    /// Run only these sections (comma-separated; default: every section).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
     /// Where to write the machine-readable results.
     #[arg(long, default_value = "target/bench/results.json")]
     output: PathBuf,
+}
+
+impl Args {
+    /// Whether the run measures `section`.
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
+}
+
+/// A group of figures that `--only` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+enum Section {
+    /// unix-local against tokio.
+    UnixLocal,
+    /// docker against the docker CLI.
+    Docker,
+    /// ssh against the OpenSSH tools.
+    Ssh,
+    /// Concurrent commands and sessions on every provider.
+    Concurrency,
+    /// Peak memory while sessions print a lot.
+    Memory,
+    /// A scripted agent episode through runner-tools on every provider.
+    Episode,
 }
 
 /// Repetitions of each measurement.
@@ -46,6 +76,7 @@ pub(crate) struct Plan {
     pub(crate) gib_reps: usize,
     pub(crate) file_reps: usize,
     pub(crate) session_reps: usize,
+    pub(crate) episode_reps: usize,
 }
 
 impl Plan {
@@ -56,6 +87,7 @@ impl Plan {
                 gib_reps: 1,
                 file_reps: 2,
                 session_reps: 3,
+                episode_reps: 1,
             }
         } else {
             Self {
@@ -63,6 +95,7 @@ impl Plan {
                 gib_reps: 3,
                 file_reps: 5,
                 session_reps: 10,
+                episode_reps: 5,
             }
         }
     }
@@ -72,6 +105,8 @@ impl Plan {
 #[derive(Serialize)]
 struct Results<'a> {
     quick: bool,
+    /// The sections measured (empty: all).
+    only: &'a [Section],
     machine: Machine,
     figures: &'a [Figure],
 }
@@ -131,36 +166,88 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let plan = Plan::new(args.quick);
     let scratch = tempfile::tempdir()?;
     let mut figures = Vec::new();
-    let mut targets = vec![local::target(scratch.path())];
+    let local = local::target(scratch.path());
+    let docker = backend("docker", "RUNNER_TEST_DOCKER", docker::target)?;
+    let ssh = backend("ssh", "RUNNER_TEST_SSH", ssh::target)?;
 
-    eprintln!("== unix-local");
-    figures.extend(local::run(&plan, &targets[0], scratch.path()).await?);
-    if cli::requested("RUNNER_TEST_DOCKER") {
+    if args.runs(Section::UnixLocal) {
+        eprintln!("== unix-local");
+        figures.extend(local::run(&plan, &local, scratch.path()).await?);
+    }
+    if let Some(target) = &docker
+        && args.runs(Section::Docker)
+    {
         eprintln!("== docker");
-        let target = docker::target()?;
-        figures.extend(docker::run(&plan, &target, scratch.path()).await?);
-        targets.push(target);
-    } else {
-        eprintln!("== docker: skipped (set RUNNER_TEST_DOCKER=1; scripts/test.sh --bench does)");
+        figures.extend(docker::run(&plan, target, scratch.path()).await?);
     }
-    if cli::requested("RUNNER_TEST_SSH") {
+    if let Some(target) = &ssh
+        && args.runs(Section::Ssh)
+    {
         eprintln!("== ssh");
-        let target = ssh::target()?;
-        figures.extend(ssh::run(&plan, &target, scratch.path()).await?);
-        targets.push(target);
-    } else {
-        eprintln!("== ssh: skipped (set RUNNER_TEST_SSH=1; scripts/test.sh --bench does)");
+        figures.extend(ssh::run(&plan, target, scratch.path()).await?);
+    }
+    let targets: Vec<Target> = [Some(local), docker, ssh].into_iter().flatten().collect();
+
+    if args.runs(Section::Concurrency) {
+        for target in &targets {
+            eprintln!("== concurrency: {}", target.label);
+            figures.extend(concurrency(&plan, target).await?);
+        }
+    }
+    if args.runs(Section::Memory) {
+        figures.extend(memory(&targets).await?);
+    }
+    if args.runs(Section::Episode) {
+        // The Debian image too, after the busybox one, when it was provisioned.
+        let mut episode_targets = targets;
+        let debian_at = episode_targets
+            .iter()
+            .position(|t| t.label == "ssh")
+            .unwrap_or(episode_targets.len());
+        if let Some(debian) = docker::debian_target()? {
+            episode_targets.insert(debian_at, debian);
+        }
+        figures.extend(episode::run(&plan, &episode_targets, scratch.path()).await?);
     }
 
-    for target in targets.clone() {
-        eprintln!("== concurrency: {}", target.label);
-        figures.extend(concurrency(&plan, &target).await?);
+    print_table(&figures);
+    if let Some(parent) = args.output.parent() {
+        std::fs::create_dir_all(parent)?;
     }
+    let results = Results {
+        quick: args.quick,
+        only: &args.only,
+        machine: Machine::read(),
+        figures: &figures,
+    };
+    std::fs::write(&args.output, serde_json::to_vec_pretty(&results)?)?;
+    eprintln!("wrote {}", args.output.display());
+    let errors: u64 = figures.iter().map(|f| f.errors).sum();
+    anyhow::ensure!(errors == 0, "{errors} operations failed while measuring");
+    Ok(())
+}
+
+/// The target of a backend when its `var` asks for it, made by `make`.
+fn backend(
+    label: &str,
+    var: &str,
+    make: fn() -> anyhow::Result<Target>,
+) -> anyhow::Result<Option<Target>> {
+    if cli::requested(var) {
+        return make().map(Some);
+    }
+    eprintln!("== {label}: skipped (set {var}=1; scripts/test.sh --bench does)");
+    Ok(None)
+}
+
+/// Peak memory of 16 sessions each printing 64 MiB, on each of `targets`,
+/// against 16 buffered `Command::output()` calls.
+async fn memory(targets: &[Target]) -> Figures {
     let baseline = local::buffered_output_rss(MEMORY_SESSIONS, MEMORY_BYTES).await?;
-    for target in targets.drain(..) {
+    let mut group = Group::new("memory");
+    for target in targets {
         eprintln!("== memory: {}", target.label);
-        let (peak, errors) = output_memory(&target, MEMORY_SESSIONS, MEMORY_BYTES).await?;
-        let mut group = Group::new("memory");
+        let (peak, errors) = output_memory(target, MEMORY_SESSIONS, MEMORY_BYTES).await?;
         group.add(
             Spec {
                 name: &format!("{}: peak RSS, 16 sessions x 64 MiB output", target.label),
@@ -172,23 +259,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             &baseline,
             errors,
         );
-        figures.extend(group.into_figures());
     }
-
-    print_table(&figures);
-    if let Some(parent) = args.output.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let results = Results {
-        quick: args.quick,
-        machine: Machine::read(),
-        figures: &figures,
-    };
-    std::fs::write(&args.output, serde_json::to_vec_pretty(&results)?)?;
-    eprintln!("wrote {}", args.output.display());
-    let errors: u64 = figures.iter().map(|f| f.errors).sum();
-    anyhow::ensure!(errors == 0, "{errors} operations failed while measuring");
-    Ok(())
+    Ok(group.into_figures())
 }
 
 /// 64 concurrent commands on one session and 16 concurrent sessions, against

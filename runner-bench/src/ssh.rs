@@ -14,7 +14,8 @@ use crate::{Figures, Plan};
 const FILE_BYTES: usize = 100 << 20;
 
 /// The server `scripts/test.sh` provisions, from its `RUNNER_TEST_SSH_*` variables.
-struct Server {
+#[derive(Clone)]
+pub(crate) struct Server {
     host: String,
     port: String,
     user: String,
@@ -23,7 +24,7 @@ struct Server {
 }
 
 impl Server {
-    fn from_env() -> anyhow::Result<Self> {
+    pub(crate) fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             host: cli::var("RUNNER_TEST_SSH_HOST")?,
             port: cli::var("RUNNER_TEST_SSH_PORT")?,
@@ -58,6 +59,49 @@ impl Server {
     }
 }
 
+/// An OpenSSH ControlMaster to the server: the fastest the `ssh` CLI gets,
+/// one connection shared by every call.
+pub(crate) struct Master {
+    server: Server,
+    /// `ControlPath=<socket>`.
+    control: String,
+}
+
+impl Master {
+    /// Starts a master with its socket at `socket`.
+    pub(crate) async fn start(server: Server, socket: &std::path::Path) -> anyhow::Result<Self> {
+        let control = format!("ControlPath={}", socket.display());
+        let mut args = server.options();
+        args.extend(["-p", &server.port, "-o", "ControlMaster=yes", "-o"].map(String::from));
+        args.extend([control.clone(), "-fN".into(), server.login()]);
+        cli::run("ssh", &strs(&args)).await?;
+        Ok(Self { server, control })
+    }
+
+    /// The arguments of an `ssh` call through the master, up to the login;
+    /// the remote command follows.
+    pub(crate) fn args(&self) -> Vec<String> {
+        let mut args = self.server.options();
+        args.extend(["-p".into(), self.server.port.clone(), "-o".into()]);
+        args.extend([self.control.clone(), self.server.login()]);
+        args
+    }
+
+    /// Stops the master (best effort).
+    pub(crate) async fn stop(&self) {
+        let mut args = self.server.options();
+        args.extend(["-p".into(), self.server.port.clone(), "-o".into()]);
+        args.extend([self.control.clone(), "-O".into(), "exit".into()]);
+        args.push(self.server.login());
+        let _ = cli::run("ssh", &strs(&args)).await;
+    }
+}
+
+/// The arguments as `&str`s, as [`cli`] takes them.
+pub(crate) fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// The ssh target for the provisioned server.
 pub(crate) fn target() -> anyhow::Result<Target> {
     let server = Server::from_env()?;
@@ -90,27 +134,12 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
     let session = target.session().await?;
     let ours = round_trip(&session, plan.round_trips).await?;
 
-    let control = scratch.join("cm");
-    let control = control.to_string_lossy().to_string();
-    let mut master: Vec<&str> = options.iter().map(String::as_str).collect();
-    master.extend(["-p", &server.port, "-o", "ControlMaster=yes", "-o"]);
-    let control_path = format!("ControlPath={control}");
-    master.extend([control_path.as_str(), "-fN", &login]);
-    cli::run("ssh", &master).await?;
-    let mut muxed: Vec<&str> = options.iter().map(String::as_str).collect();
-    muxed.extend(["-p", &server.port, "-o", &control_path, &login, "true"]);
+    let master = Master::start(server.clone(), &scratch.join("cm")).await?;
+    let mut muxed = master.args();
+    muxed.push("true".into());
+    let muxed = strs(&muxed);
     let over_master = time_ms(plan.round_trips, |_| cli::run("ssh", &muxed)).await;
-    let mut exit: Vec<&str> = options.iter().map(String::as_str).collect();
-    exit.extend([
-        "-p",
-        &server.port,
-        "-o",
-        &control_path,
-        "-O",
-        "exit",
-        &login,
-    ]);
-    let _ = cli::run("ssh", &exit).await;
+    master.stop().await;
     let over_master = over_master?;
 
     let mut fresh: Vec<&str> = options.iter().map(String::as_str).collect();
