@@ -879,7 +879,7 @@ async fn signals_reach_commands_of_another_user() -> TestResult {
             .await
             .map_err(fail("start_command victim"))?;
         wait_sleepers(session.as_ref(), victim, true, "victim started").await?;
-        let escaped = unique_seconds();
+        let escaped = victim + 1;
         let mut forger = RunnerCommandRequest::shell(
             "forger",
             format!(
