@@ -35,6 +35,7 @@ pub struct Conformance {
     destination: RunnerDestination,
     check_timeout: Duration,
     object_store: Option<Arc<ObjectStoreTarget>>,
+    label: Option<String>,
 }
 
 /// What a run of the suite came to.
@@ -42,6 +43,9 @@ pub struct Conformance {
 pub struct ConformanceSummary {
     /// The provider's id.
     pub provider_id: String,
+    /// The name of the run in its summary line: the provider's id, or the
+    /// label given with [`Conformance::with_label`].
+    pub label: String,
     /// Checks that ran and passed.
     pub passed: u64,
     /// Checks that ran and failed.
@@ -92,11 +96,12 @@ pub struct CheckReport {
 }
 
 impl ConformanceSummary {
-    /// The summary line: `<provider-id>: N passed, N failed, N skipped`.
+    /// The summary line: `<label>: N passed, N failed, N skipped`, the label
+    /// being the provider's id unless the run was given another.
     pub fn line(&self) -> String {
         format!(
             "{}: {} passed, {} failed, {} skipped",
-            self.provider_id, self.passed, self.failed, self.skipped
+            self.label, self.passed, self.failed, self.skipped
         )
     }
 
@@ -119,7 +124,17 @@ impl Conformance {
             destination,
             check_timeout: Duration::from_secs(180),
             object_store: None,
+            label: None,
         }
+    }
+
+    /// Names the run `label` in its summary line instead of the provider's id
+    /// (for a second run of one provider on another destination, such as
+    /// `docker-debian`). Use lowercase letters, digits and `-`, as provider
+    /// ids do, so `scripts/test.sh` reports the line.
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
     }
 
     /// Time one check may take before it fails as hung (default 180 s: a
@@ -161,6 +176,7 @@ impl Conformance {
         let provider_id = self.provider.id();
         let mut summary = ConformanceSummary {
             provider_id: provider_id.clone(),
+            label: self.label.clone().unwrap_or_else(|| provider_id.clone()),
             ..ConformanceSummary::default()
         };
         let workers = std::thread::available_parallelism()
