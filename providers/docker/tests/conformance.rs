@@ -4,7 +4,11 @@
 mod support;
 
 fn main() -> std::process::ExitCode {
-    support::run("as the image's user (root)", serde_json::json!({}), |_| {
-        true
+    support::run(support::Run {
+        label: "docker",
+        gate: support::DOCKER_GATE,
+        image: support::BUSYBOX_IMAGE,
+        extra: serde_json::json!({}),
+        select: support::all,
     })
 }

@@ -18,9 +18,11 @@ fn select(name: &str) -> bool {
 }
 
 fn main() -> std::process::ExitCode {
-    support::run(
-        "as user 65534:65534",
-        serde_json::json!({ "user": "65534:65534" }),
+    support::run(support::Run {
+        label: "docker-nonroot",
+        gate: support::DOCKER_GATE,
+        image: support::BUSYBOX_IMAGE,
+        extra: serde_json::json!({ "user": "65534:65534" }),
         select,
-    )
+    })
 }

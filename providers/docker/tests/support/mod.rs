@@ -4,6 +4,9 @@
 //! and artifacts areas; afterwards the snapshot images the run took are
 //! removed.
 
+// Each test target uses part of this module.
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,26 +18,58 @@ use runner_docker::{DockerProvider, LABEL_MARKER, LABEL_OWNER, MARKER_VALUE};
 use runner_testkit::libtest_mimic::Arguments;
 use runner_testkit::{BackendGate, Conformance, S3TestServer, checks};
 
-/// Runs the checks `select` keeps (and the command line asks for) on a
-/// destination of the test image whose config also holds the keys of
-/// `extra` (an object); `label` names the run in a line after the kit's
-/// summary line (which names only the provider).
-pub(crate) fn run(label: &str, extra: serde_json::Value, select: fn(&str) -> bool) -> ExitCode {
-    let gate = BackendGate::new(
-        "RUNNER_TEST_DOCKER",
-        "scripts/test.sh starts dockerd and builds the test image",
-    );
+/// The variable requesting the docker runs.
+pub(crate) const DOCKER_GATE: (&str, &str) = (
+    "RUNNER_TEST_DOCKER",
+    "scripts/test.sh starts dockerd and builds the test image",
+);
+
+/// The busybox test image and the variable that may name another.
+pub(crate) const BUSYBOX_IMAGE: (&str, Option<&str>) = (
+    "RUNNER_TEST_DOCKER_IMAGE",
+    Some("runners-test-busybox:latest"),
+);
+
+/// One conformance run of the docker provider.
+pub(crate) struct Run {
+    /// The name of the run in its summary line (`docker`, `docker-nonroot`, …).
+    pub(crate) label: &'static str,
+    /// The variable that requests the run, and how it is provided.
+    pub(crate) gate: (&'static str, &'static str),
+    /// The variable naming the image, and the image without it (`None`: the
+    /// variable must be set when the run is requested).
+    pub(crate) image: (&'static str, Option<&'static str>),
+    /// Keys added to the destination config (an object).
+    pub(crate) extra: serde_json::Value,
+    /// The checks of the run (the command line may narrow them further).
+    pub(crate) select: fn(&str) -> bool,
+}
+
+/// Every check.
+pub(crate) fn all(_: &str) -> bool {
+    true
+}
+
+/// Runs `run`'s checks on a destination of its image.
+pub(crate) fn run(run: Run) -> ExitCode {
+    let gate = BackendGate::new(run.gate.0, run.gate.1);
     if !gate.requested() {
         // Lists every check as ignored, with the reason; the suite is not built.
-        return gate.conformance("docker", || {
+        return gate.conformance(run.label, || {
             unreachable!("the suite is built only when the backend is requested")
         });
     }
     // The mounts and artifacts areas run against an in-process S3 server; their
     // data passes through the file API, so network `none` is fine.
     let server = S3TestServer::start().expect("start the in-process S3 test server");
-    let image = std::env::var("RUNNER_TEST_DOCKER_IMAGE")
-        .unwrap_or_else(|_| "runners-test-busybox:latest".to_string());
+    let (variable, default) = run.image;
+    let image = match (std::env::var(variable), default) {
+        (Ok(image), _) => image,
+        (Err(_), Some(default)) => default.to_string(),
+        (Err(_), None) => panic!("{} is requested but {variable} names no image", run.gate.0),
+    };
+    let extra = run.extra;
+    let select = run.select;
     let mut config = serde_json::json!({ "image": image, "network": "none" });
     if let (Some(config), serde_json::Value::Object(extra)) = (config.as_object_mut(), extra) {
         config.extend(extra);
@@ -47,16 +82,10 @@ pub(crate) fn run(label: &str, extra: serde_json::Value, select: fn(&str) -> boo
     };
     let provider = DockerProvider::new().with_secret_resolver(server.resolver());
     let args = arguments(select);
-    let listing = args.list;
     let summary = Conformance::new(Arc::new(provider), destination)
         .with_object_store(server.target())
+        .with_label(run.label)
         .run_with(args);
-    if !listing {
-        println!(
-            "docker conformance {label}: {} passed, {} failed, {} skipped",
-            summary.passed, summary.failed, summary.skipped
-        );
-    }
     drop(server);
     remove_leftovers();
     summary.exit_code()
