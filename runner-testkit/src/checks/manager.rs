@@ -117,22 +117,31 @@ async fn idle(cx: Cx) -> CheckResult {
 async fn activity_holds_idle(cx: Cx) -> CheckResult {
     let (_manager, s) = managed(&cx, config(Some(150), None)).await?;
     let inner = s.inner().clone();
-    let request = shell(inner.as_ref(), "bg", "sleep 2");
+    // The background command runs until a gate file appears; the check opens
+    // the gate through the inner session, which is not activity.
+    let gate = format!(".conformance-gate-{}", crate::commands::unique_suffix());
+    let request = shell(
+        inner.as_ref(),
+        "bg",
+        &format!("while [ ! -e {gate} ]; do sleep 0.05; done; rm -f {gate}"),
+    );
     let id = request.command_id.clone();
     s.start_command(request)
         .await
-        .or_fail("start_command sleep 2")?;
-    // Watched through the inner session, which is not activity: while the
-    // command runs, the session stays active.
-    loop {
+        .or_fail("start_command waiting for a gate")?;
+    // While the command runs (watched through the inner session), the session
+    // stays active, for many idle periods.
+    let running_since = Instant::now();
+    while running_since.elapsed() < Duration::from_millis(1_200) {
         let status = s.status();
         let info = inner
             .command_status(&id)
             .await
             .or_fail(format!("command_status {id}"))?;
-        if info.state != RunnerProcessState::Running {
-            break;
-        }
+        ensure!(
+            info.state == RunnerProcessState::Running,
+            "the background command ended before its gate opened: {info:?}"
+        );
         ensure_eq!(
             status,
             ManagedStatus::Active,
@@ -140,14 +149,26 @@ async fn activity_holds_idle(cx: Cx) -> CheckResult {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    // A held turn is activity too, for many idle periods. Once the command
-    // has ended the manager may pause the session at any moment, possibly
-    // before the turn begins; the first forwarded call inside the turn
-    // resumes it, and from then on the turn holds the idle rule off.
+    // A held turn is activity too. It begins while the command still runs, so
+    // the idle rule never had a moment without activity; then the command
+    // ends and only the turn holds the rule off.
     let turn = s.begin_turn();
-    s.command_status(&id)
-        .await
-        .or_fail(format!("command_status {id} inside a turn"))?;
+    sh_ok(inner.as_ref(), &format!(": > {gate}")).await?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let info = inner
+            .command_status(&id)
+            .await
+            .or_fail(format!("command_status {id} after opening the gate"))?;
+        if info.state != RunnerProcessState::Running {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the background command did not end within {PATIENCE:?} of opening its gate"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         ensure_eq!(s.status(), ManagedStatus::Active, "status during a turn");
