@@ -135,6 +135,24 @@ pub(crate) enum Opened {
 /// since). The open follows no symlink at the last component (`O_NOFOLLOW`:
 /// pass a canonical path to read through links) and does not wait for a FIFO
 /// writer or a device (`O_NONBLOCK`, cleared again for a regular file).
+/// Resolves `rel` (symlinks inside followed, confined) and opens it as
+/// [`open_for_read`] does. Resolving names the file by its inode, so a
+/// concurrent atomic replace (rename over the name) can make the resolved
+/// name vanish before the open: a `NotFound` is tried again a few times, so
+/// a reader sees the old or the new file; a file that is really missing stays
+/// `NotFound`.
+pub(crate) fn resolve_and_open(dir: &Dir, rel: &Path) -> io::Result<Opened> {
+    const ATTEMPTS: usize = 4;
+    let mut attempt = 1;
+    loop {
+        let opened = canonical_rel(dir, rel).and_then(|canonical| open_for_read(dir, &canonical));
+        match opened {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < ATTEMPTS => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
 pub(crate) fn open_for_read(dir: &Dir, rel: &Path) -> io::Result<Opened> {
     let mut options = OpenOptions::new();
     options
@@ -440,8 +458,7 @@ impl Workspace {
         let io = |e| self.io(op, path, e);
         let dir = resolved.dir(self);
         // Symlinks inside are followed (confined) here; the open then follows none.
-        let canonical = canonical_rel(dir, &resolved.rel).map_err(io)?;
-        let (file, meta) = match open_for_read(dir, &canonical).map_err(io)? {
+        let (file, meta) = match resolve_and_open(dir, &resolved.rel).map_err(io)? {
             Opened::File(file, meta) => (file, meta),
             Opened::Directory => {
                 return Err(RunnerError::invalid_request(format!(
@@ -864,9 +881,8 @@ impl Workspace {
         let io = |e| self.io(op, path, e);
         let dir = resolved.dir(self);
         let rel = or_dot(&resolved.rel);
-        let canonical = canonical_rel(dir, &resolved.rel).map_err(io)?;
         let mut builder = tar::Builder::new(Vec::new());
-        match open_for_read(dir, &canonical).map_err(io)? {
+        match resolve_and_open(dir, &resolved.rel).map_err(io)? {
             Opened::Directory => {
                 let sub = dir.open_dir(rel).map_err(io)?;
                 let skip = |entry: &Path| {
