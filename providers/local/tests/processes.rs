@@ -297,13 +297,18 @@ async fn cancel_kills_processes_that_left_the_group() {
         .expect("start");
     assert!(marked_running(a).await && marked_running(b).await);
     assert!(s.cancel_command(&"esc".to_string()).await.expect("cancel"));
-    assert!(
-        marked_gone(a).await && marked_gone(b).await,
-        "survivors: {:?} {:?}",
-        marked_processes(a),
-        marked_processes(b)
-    );
+    assert_all_gone(&[a, b]).await;
     s.close().await.expect("close");
+}
+
+/// Waits until no process carries any of `markers`; fails naming the survivors.
+async fn assert_all_gone(markers: &[u64]) {
+    for marker in markers {
+        if !marked_gone(*marker).await {
+            let survivors: Vec<Vec<i32>> = markers.iter().map(|m| marked_processes(*m)).collect();
+            panic!("survivors: {survivors:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -323,12 +328,7 @@ async fn timeout_kills_processes_that_left_the_group() {
         seen.await.expect("watcher"),
         "both escapes ran before the timeout"
     );
-    assert!(
-        marked_gone(a).await && marked_gone(b).await,
-        "survivors: {:?} {:?}",
-        marked_processes(a),
-        marked_processes(b)
-    );
+    assert_all_gone(&[a, b]).await;
     s.close().await.expect("close");
 }
 
@@ -356,13 +356,7 @@ async fn close_kills_processes_that_left_the_group() {
     .expect("start");
     assert!(marked_running(c).await);
     s.close().await.expect("close");
-    assert!(
-        marked_gone(a).await && marked_gone(b).await && marked_gone(c).await,
-        "survivors: {:?} {:?} {:?}",
-        marked_processes(a),
-        marked_processes(b),
-        marked_processes(c)
-    );
+    assert_all_gone(&[a, b, c]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
