@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner_api::{
-    RemoteRunnerProvider, RemoteRunnerSession, RemoteWorkspace, RunnerCommandRequest,
-    RunnerDestination, RunnerFileReadRequest, RunnerFileWriteRequest, RunnerProcessState,
-    RunnerRegistry, RunnerResult,
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerDestination,
+    RunnerFileReadRequest, RunnerFileWriteRequest, RunnerProcessState, RunnerResult,
 };
 use runner_local::LocalProvider;
+use runner_stack::{RemoteWorkspace, RunnerRegistry};
 
 #[tokio::main]
 async fn main() -> RunnerResult<()> {

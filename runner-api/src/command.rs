@@ -171,7 +171,7 @@ impl RunnerOutputLimit {
     pub const DEFAULT_BYTES: usize = 16 * 1024;
 
     /// 8 MiB, the largest head or tail budget a request may ask for
-    /// (enforced by [`validate_command_request`](crate::validate_command_request)).
+    /// (enforced by [`validate_command_request`](runner_kit::validate_command_request)).
     pub const MAX_BYTES: usize = 8 * 1024 * 1024;
 
     fn default_bytes() -> usize {

@@ -72,7 +72,7 @@ pub struct RunnerMountIntent {
     pub kind: RunnerMountKind,
     /// `s3://bucket/prefix`, a host path for `provider_native`, and so on.
     pub uri: String,
-    /// Credentials, resolved on the caller's side by a [`SecretResolver`](crate::SecretResolver).
+    /// Credentials, resolved on the caller's side by a [`SecretResolver`](runner_mounts::SecretResolver).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<RunnerSecretRef>,
 }
@@ -105,7 +105,7 @@ pub enum RunnerMountKind {
     ProviderNative,
 }
 
-/// A reference to a secret, resolved by a [`SecretResolver`](crate::SecretResolver).
+/// A reference to a secret, resolved by a [`SecretResolver`](runner_mounts::SecretResolver).
 /// Holds only the id, never the value.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RunnerSecretRef {
@@ -145,7 +145,7 @@ pub struct RunnerSessionState {
 /// Per-thread runner binding chosen at thread creation.
 ///
 /// The destination config is persisted with the thread, so secrets must reach the
-/// provider through a [`SecretResolver`](crate::SecretResolver), not this config.
+/// provider through a [`SecretResolver`](runner_mounts::SecretResolver), not this config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ThreadRunnerBinding {
     /// Where the thread's tools run.

@@ -5,10 +5,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-mod shell;
-
-pub use shell::{acquire_shell_lease, release_shell_lease, renew_shell_lease};
-
 /// Asks for the workspace execution lease of a session's workspace.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RunnerLeaseRequest {

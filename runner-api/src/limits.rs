@@ -9,8 +9,8 @@
 //! | bound | value | where |
 //! |---|---|---|
 //! | bytes one `read_file` returns | [`MAX_READ_BYTES`] (256 MiB) | [`check_read_request`], [`read_window`] |
-//! | head and tail budget of one stream | [`RunnerOutputLimit::MAX_BYTES`](crate::RunnerOutputLimit::MAX_BYTES) (8 MiB each) | [`validate_command_request`](crate::validate_command_request) |
-//! | bytes one upload unpacks | [`DEFAULT_MAX_UNPACKED_BYTES`](crate::archive::DEFAULT_MAX_UNPACKED_BYTES) (4 GiB, per destination `max_upload_bytes`) | [`sanitize_upload`](crate::archive::sanitize_upload) |
+//! | head and tail budget of one stream | [`RunnerOutputLimit::MAX_BYTES`](crate::RunnerOutputLimit::MAX_BYTES) (8 MiB each) | [`validate_command_request`](runner_kit::validate_command_request) |
+//! | bytes one upload unpacks | [`DEFAULT_MAX_UNPACKED_BYTES`](runner_kit::archive::DEFAULT_MAX_UNPACKED_BYTES) (4 GiB, per destination `max_upload_bytes`) | [`sanitize_upload`](runner_kit::archive::sanitize_upload) |
 
 use crate::{RunnerError, RunnerFileReadRequest, RunnerResult};
 

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use runner_api::{
     RemoteRunnerSession, RunnerCommandRequest, RunnerFileReadRequest, RunnerFileWriteRequest,
-    RunnerOutputStream, RunnerProcessState, RunnerRegistry,
+    RunnerOutputStream, RunnerProcessState,
 };
+use runner_stack::RunnerRegistry;
 use runner_tools::{DEFAULT_FOREGROUND_TIMEOUT_MS, ToolDestination, ToolSet, ToolsConfig};
 use serde_json::{Value, json};
 

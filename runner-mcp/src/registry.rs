@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use runner_api::{RunnerRegistry, RunnerResult};
+use runner_api::RunnerResult;
+use runner_stack::RunnerRegistry;
 
 /// The registry of every provider this server is built with; destinations in
 /// the config may name any of them.

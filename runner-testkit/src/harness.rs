@@ -153,10 +153,10 @@ impl Conformance {
         let config = target.artifacts_config(&prefix);
         match &mut self.destination.config {
             serde_json::Value::Object(map) => {
-                map.insert(runner_api::mounts::ARTIFACTS_CONFIG_KEY.into(), config);
+                map.insert(runner_mounts::ARTIFACTS_CONFIG_KEY.into(), config);
             }
             other => {
-                *other = serde_json::json!({ runner_api::mounts::ARTIFACTS_CONFIG_KEY: config });
+                *other = serde_json::json!({ runner_mounts::ARTIFACTS_CONFIG_KEY: config });
             }
         }
         self.object_store = Some(Arc::new(target));

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use runner_api::{EnvSecretResolver, RunnerSecretRef};
+use runner_api::RunnerSecretRef;
+use runner_mounts::EnvSecretResolver;
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 

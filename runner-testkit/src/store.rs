@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use runner_api::mounts::StoreSpec;
-use runner_api::{RunnerSecretRef, SecretResolver};
+use runner_api::RunnerSecretRef;
+use runner_mounts::SecretResolver;
+use runner_mounts::StoreSpec;
 
 /// An S3-compatible server the mounts and artifacts checks use: the kit seeds
 /// objects there, mounts its prefixes, and reads exported artifacts back.

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use runner_api::{
-    RemoteRunnerProvider, RemoteRunnerSession, RemoteWorkspace, RunnerDestination, RunnerErrorKind,
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerDestination, RunnerErrorKind,
     RunnerFileReadRequest, RunnerFileWriteRequest, RunnerManifest, RunnerManifestEntry,
-    RunnerMount, RunnerMountIntent, RunnerMountKind, RunnerRegistry,
+    RunnerMount, RunnerMountIntent, RunnerMountKind,
 };
+use runner_stack::{RemoteWorkspace, RunnerRegistry};
 use runner_testkit::{MEMORY_WORKSPACE_ROOT, MemoryProvider};
 
 fn destination(manifest: RunnerManifest) -> RunnerDestination {

@@ -4,14 +4,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use runner_api::mounts::StoreSpec;
-use runner_api::mounts::object_store::path::Path as StorePath;
-use runner_api::mounts::object_store::{ObjectStoreExt, PutPayload};
 use runner_api::{
     RemoteRunnerProvider, RunnerArtifactExportRequest, RunnerDestination, RunnerErrorKind,
     RunnerFileReadRequest, RunnerFileWriteRequest, RunnerManifest, RunnerMount, RunnerMountIntent,
-    RunnerMountKind, RunnerSecretRef, SecretResolver,
+    RunnerMountKind, RunnerSecretRef,
 };
+use runner_mounts::SecretResolver;
+use runner_mounts::StoreSpec;
+use runner_mounts::object_store::path::Path as StorePath;
+use runner_mounts::object_store::{ObjectStoreExt, PutPayload};
 use runner_testkit::{MemoryProvider, S3_TEST_SECRET_ID, S3TestServer};
 
 fn destination(config: serde_json::Value, mounts: Vec<RunnerMount>) -> RunnerDestination {
@@ -54,7 +55,7 @@ async fn memory_uris_share_a_named_store_in_the_process() {
         uri: format!("memory://{name}/seed"),
         ..StoreSpec::default()
     };
-    let resolver = runner_api::EnvSecretResolver::from_vars([]);
+    let resolver = runner_mounts::EnvSecretResolver::from_vars([]);
     let (store, prefix) = spec.open("test", &resolver).await.expect("open");
     store
         .put(
@@ -181,7 +182,7 @@ async fn r2_uris_with_an_endpoint_reach_an_s3_compatible_server() {
 
 #[tokio::test]
 async fn unknown_options_and_credential_keys_are_refused_by_name() {
-    let resolver = runner_api::EnvSecretResolver::from_vars([(
+    let resolver = runner_mounts::EnvSecretResolver::from_vars([(
         "RUNNER_SECRET_ODD_PASSWORD".to_string(),
         "hunter2-hunter2".to_string(),
     )]);

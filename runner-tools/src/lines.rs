@@ -84,7 +84,8 @@ fn cut_long_lines<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner_api::{HeadTailBuffer, RunnerOutputLimit};
+    use runner_api::RunnerOutputLimit;
+    use runner_kit::HeadTailBuffer;
 
     fn cut(text: &str, max: usize) -> (String, LineCut) {
         let (out, line_cut) = cut_long_lines(text, max, None);

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use runner_api::{
-    HeadTailBuffer, RemoteRunnerProviderId, RunnerCapabilities, RunnerCommandId,
-    RunnerCommandOutput, RunnerCommandResult, RunnerError, RunnerErrorKind, RunnerExitStatus,
-    RunnerFileReadResult, RunnerFileStat, RunnerOutputLimit, RunnerOutputStream,
-    RunnerOutputTruncation, RunnerProcessInfo, RunnerProcessState,
+    RemoteRunnerProviderId, RunnerCapabilities, RunnerCommandId, RunnerCommandOutput,
+    RunnerCommandResult, RunnerError, RunnerErrorKind, RunnerExitStatus, RunnerFileReadResult,
+    RunnerFileStat, RunnerOutputLimit, RunnerOutputStream, RunnerOutputTruncation,
+    RunnerProcessInfo, RunnerProcessState,
 };
+use runner_kit::HeadTailBuffer;
 use serde::Serialize;
 
 use crate::input::ContentEncoding;

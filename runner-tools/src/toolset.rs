@@ -6,9 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use runner_api::{
-    RemoteRunnerSession, RemoteWorkspace, RunnerError, RunnerErrorKind, RunnerRegistry,
-    RunnerResult, RunnerSnapshotRef,
+    RemoteRunnerSession, RunnerError, RunnerErrorKind, RunnerResult, RunnerSnapshotRef,
 };
+use runner_stack::{RemoteWorkspace, RunnerRegistry};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -67,7 +67,7 @@ impl Entry {
 /// [`close`](Self::close).
 ///
 /// ```no_run
-/// # async fn demo(registry: runner_api::RunnerRegistry, config: runner_tools::ToolsConfig)
+/// # async fn demo(registry: runner_stack::RunnerRegistry, config: runner_tools::ToolsConfig)
 /// # -> runner_api::RunnerResult<()> {
 /// let tools = runner_tools::ToolSet::new(registry, config).await?;
 /// for spec in tools.tools() {

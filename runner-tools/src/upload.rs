@@ -1,8 +1,9 @@
 //! `write_file`: whole-file writes, and chunked writes through a staging file
 //! renamed into place by the last chunk.
 
-use runner_api::{RemoteRunnerSession, RemoteWorkspace, RunnerErrorKind, RunnerFileKind};
+use runner_api::{RemoteRunnerSession, RunnerErrorKind, RunnerFileKind};
 use runner_api::{RunnerError, RunnerFileWriteRequest, RunnerResult};
+use runner_stack::RemoteWorkspace;
 
 use crate::input::WriteFileInput;
 use crate::output::WriteResult;

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runner_api::{RunnerErrorKind, RunnerRegistry};
+use runner_api::RunnerErrorKind;
+use runner_stack::RunnerRegistry;
 use runner_tools::{ToolSet, ToolsConfig};
 use serde_json::{Value, json};
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRng, TestRunner};
-use runner_api::{RunnerErrorKind, RunnerRegistry};
+use runner_api::RunnerErrorKind;
+use runner_stack::RunnerRegistry;
 use runner_tools::{MAX_ARGUMENT_DEPTH, ToolSet, ToolsConfig};
 use serde_json::{Map, Value, json};
 use tokio::runtime::Runtime;

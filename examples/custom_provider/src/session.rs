@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_api::{
-    OutputSink, ProcessControl, ProcessTable, ProcessTableConfig, RemoteRunnerSession,
-    RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
-    RunnerCommandResult, RunnerError, RunnerEventStream, RunnerFileReadRequest,
-    RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerProcessInfo, RunnerResult,
-    RunnerSessionState, RunnerSignal, SpawnedProcess, check_read_request, reject_nul_path,
+    RemoteRunnerSession, RunnerCapabilities, RunnerCommandId, RunnerCommandOutput,
+    RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
+    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
+    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, check_read_request,
+    reject_nul_path,
 };
+use runner_kit::{OutputSink, ProcessControl, ProcessTable, ProcessTableConfig, SpawnedProcess};
 
 use crate::connection::Connection;
 use crate::error::{Failure, map_failure};

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use runner_api::archive::DEFAULT_MAX_UNPACKED_BYTES;
 use runner_api::{RunnerDestination, RunnerError, RunnerResult};
+use runner_kit::archive::DEFAULT_MAX_UNPACKED_BYTES;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

@@ -23,9 +23,10 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use futures_util::{Stream, StreamExt};
 use runner_api::{
-    OutputSink, ProcessControl, RawExit, RunnerCommandId, RunnerCommandRequest, RunnerError,
-    RunnerErrorKind, RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess, StdinPipe,
+    RunnerCommandId, RunnerCommandRequest, RunnerError, RunnerErrorKind, RunnerOutputStream,
+    RunnerResult, RunnerSignal,
 };
+use runner_kit::{OutputSink, ProcessControl, RawExit, SpawnedProcess, StdinPipe};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::error::Daemon;

@@ -18,12 +18,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bollard::container::LogOutput;
 use bollard::query_parameters::UploadToContainerOptionsBuilder;
 use futures_util::StreamExt;
-use runner_api::archive::{
-    CONFINED_PARENTS_SCRIPT, MODE_MASK, UploadPolicy, confined_parents_error, sanitize_upload,
-};
 use runner_api::{
     RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult,
     RunnerFileStat, RunnerFileWriteRequest, RunnerResult, reject_nul_path,
+};
+use runner_kit::archive::{
+    CONFINED_PARENTS_SCRIPT, MODE_MASK, UploadPolicy, confined_parents_error, sanitize_upload,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -606,7 +606,7 @@ impl ExecContext {
     }
 
     /// `upload_archive`: rewrites the archive with
-    /// [`runner_api::archive::sanitize_upload`] (modes masked, the session
+    /// [`runner_kit::archive::sanitize_upload`] (modes masked, the session
     /// user as owner, at most `max_upload_bytes`), prepares the target and
     /// checks that none of the directories its entries are written beneath is
     /// a symlink of the container leading out of `target`

@@ -15,13 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use runner_api::mounts::{MountedSession, native_manifest, store_mount_kinds, validate_stores};
 use runner_api::{
-    EnvSecretResolver, KnownDestinations, RemoteRunnerProvider, RemoteRunnerProviderId,
-    RemoteRunnerSession, RunnerCapabilities, RunnerDestination, RunnerError,
-    RunnerMountCapabilities, RunnerResult, RunnerSessionState, RunnerSweepReport, SecretResolver,
-    validate_manifest,
+    RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
+    RunnerDestination, RunnerError, RunnerMountCapabilities, RunnerResult, RunnerSessionState,
+    RunnerSweepReport, validate_manifest,
 };
+use runner_kit::KnownDestinations;
+use runner_mounts::{EnvSecretResolver, SecretResolver};
+use runner_mounts::{MountedSession, native_manifest, store_mount_kinds, validate_stores};
 
 pub use config::{DEFAULT_WORKSPACE, DockerConfig, DockerNetwork};
 pub use session::DockerSession;

@@ -12,13 +12,14 @@ use bollard::query_parameters::{
     StartContainerOptions, StopContainerOptionsBuilder,
 };
 use runner_api::{
-    ProcessTable, ProcessTableConfig, ReadOnlyPaths, RemoteRunnerSession, RunnerCapabilities,
-    RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError,
-    RunnerErrorKind, RunnerEventStream, RunnerExecutionLease, RunnerFileReadRequest,
-    RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerLeaseRequest,
-    RunnerListeningPort, RunnerManifest, RunnerMountKind, RunnerPortRequest, RunnerPortResult,
-    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    RemoteRunnerSession, RunnerCapabilities, RunnerCommandId, RunnerCommandOutput,
+    RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerErrorKind, RunnerEventStream,
+    RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
+    RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerManifest,
+    RunnerMountKind, RunnerPortRequest, RunnerPortResult, RunnerProcessInfo, RunnerResult,
+    RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
 };
+use runner_kit::{ProcessTable, ProcessTableConfig, ReadOnlyPaths};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DockerConfig;
@@ -941,12 +942,12 @@ impl RemoteRunnerSession for DockerSession {
                 &[],
             )
             .await?;
-        Ok(runner_api::parse_proc_net_tcp(&String::from_utf8_lossy(
+        Ok(runner_kit::parse_proc_net_tcp(&String::from_utf8_lossy(
             &out.stdout,
         )))
     }
 
-    /// The shared lease file of [`runner_api::acquire_shell_lease`], inside
+    /// The shared lease file of [`runner_kit::acquire_shell_lease`], inside
     /// the container (outside the workspace): every handle on the container
     /// shares it.
     async fn acquire_workspace_execution_lease(
@@ -954,7 +955,7 @@ impl RemoteRunnerSession for DockerSession {
         request: RunnerLeaseRequest,
     ) -> RunnerResult<RunnerExecutionLease> {
         self.ensure_open("acquire_workspace_execution_lease")?;
-        runner_api::acquire_shell_lease(self, request).await
+        runner_kit::acquire_shell_lease(self, request).await
     }
 
     async fn renew_workspace_execution_lease(
@@ -963,7 +964,7 @@ impl RemoteRunnerSession for DockerSession {
         ttl_ms: u64,
     ) -> RunnerResult<RunnerExecutionLease> {
         self.ensure_open("renew_workspace_execution_lease")?;
-        runner_api::renew_shell_lease(self, lease, ttl_ms).await
+        runner_kit::renew_shell_lease(self, lease, ttl_ms).await
     }
 
     async fn release_workspace_execution_lease(
@@ -971,7 +972,7 @@ impl RemoteRunnerSession for DockerSession {
         lease: &RunnerExecutionLease,
     ) -> RunnerResult<()> {
         self.ensure_open("release_workspace_execution_lease")?;
-        runner_api::release_shell_lease(self, lease).await
+        runner_kit::release_shell_lease(self, lease).await
     }
 
     /// Commits the container to a labelled image; the reference names the

@@ -4,7 +4,7 @@
 //! symlinks) and keeps permission bits and modification times; files are
 //! opened without blocking and checked from the handle, so a FIFO swapped in
 //! is left out instead of blocking. Unpacking refuses absolute entry paths,
-//! `..` components and NUL bytes (the name rule of [`runner_api::archive`]),
+//! `..` components and NUL bytes (the name rule of [`runner_kit::archive`]),
 //! hard links, sparse entries and devices, masks modes with
 //! [`MODE_MASK`] (no set-id or sticky bits, for uploads and snapshot restores
 //! alike), creates every entry beneath the directory handle (so a symlink can
@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
-use runner_api::archive::{MODE_MASK, entry_name};
 use runner_api::{RunnerError, RunnerResult};
+use runner_kit::archive::{MODE_MASK, entry_name};
 use tar::{EntryType, Header};
 
 use crate::error::{io_error, is_escape};
@@ -98,7 +98,7 @@ pub(crate) fn unpack<R: Read>(
         let mut entry = entry.map_err(bad_archive)?;
         let shown = entry.path().map_err(bad_archive)?.into_owned();
         let kind = entry.header().entry_type();
-        if runner_api::archive::is_metadata_entry(kind) {
+        if runner_kit::archive::is_metadata_entry(kind) {
             continue;
         }
         // The shared name rule: no absolute paths, no `..`, no NUL.

@@ -5,8 +5,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use runner_api::archive::DEFAULT_MAX_UNPACKED_BYTES;
 use runner_api::{RunnerDestination, RunnerError, RunnerResult};
+use runner_kit::archive::DEFAULT_MAX_UNPACKED_BYTES;
 use serde_json::{Map, Value};
 
 /// The keys `config` may contain; anything else is refused by name.
@@ -17,7 +17,7 @@ const KNOWN_KEYS: &[&str] = &[
     "kill_grace_ms",
     "env",
     "max_upload_bytes",
-    // The artifact store, parsed by runner_api::mounts (see docs/mounts.md).
+    // The artifact store, parsed by runner_mounts (see docs/mounts.md).
     "artifacts",
 ];
 

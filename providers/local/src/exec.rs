@@ -1,5 +1,5 @@
 //! Spawning a command as a local process in its own process group and feeding
-//! its output into the [`ProcessTable`](runner_api::ProcessTable)'s sink.
+//! its output into the [`ProcessTable`](runner_kit::ProcessTable)'s sink.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_api::{
-    OutputSink, ProcessControl, RawExit, RunnerCommandId, RunnerCommandRequest, RunnerError,
-    RunnerOutputStream, RunnerResult, RunnerSignal, SpawnedProcess, StdinPipe,
+    RunnerCommandId, RunnerCommandRequest, RunnerError, RunnerOutputStream, RunnerResult,
+    RunnerSignal,
 };
+use runner_kit::{OutputSink, ProcessControl, RawExit, SpawnedProcess, StdinPipe};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 
@@ -131,7 +132,7 @@ async fn pump(mut reader: impl AsyncRead + Unpin, sink: OutputSink, stream: Runn
     }
 }
 
-/// The spawn step the [`ProcessTable`](runner_api::ProcessTable) runs for a new
+/// The spawn step the [`ProcessTable`](runner_kit::ProcessTable) runs for a new
 /// command id: checks the cwd (before anything runs, so a missing cwd and a
 /// missing program give different errors) and the user, then spawns.
 ///

@@ -20,12 +20,12 @@ use std::time::UNIX_EPOCH;
 
 use cap_std::fs::{Dir, Metadata, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
 use nix::fcntl::{AtFlags, FcntlArg, OFlag, fcntl};
-use runner_api::archive::{MODE_MASK, UploadPolicy, sanitize_upload};
 use runner_api::{
     RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult,
     RunnerFileStat, RunnerFileWriteRequest, RunnerResult, check_read_request, normalize_lexically,
     read_window, reject_nul_path,
 };
+use runner_kit::archive::{MODE_MASK, UploadPolicy, sanitize_upload};
 
 use crate::archive::{self, Protect, SymlinkPolicy};
 use crate::error::{io_error, is_escape};

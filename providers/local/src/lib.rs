@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use runner_api::mounts::MountedSession;
-use runner_api::{EnvSecretResolver, KnownDestinations, SecretResolver};
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
     RunnerDestination, RunnerError, RunnerManifest, RunnerMountCapabilities, RunnerResult,
     RunnerSessionState, RunnerSweepReport, normalize_lexically, validate_manifest,
 };
+use runner_kit::KnownDestinations;
+use runner_mounts::MountedSession;
+use runner_mounts::{EnvSecretResolver, SecretResolver};
 use tracing::Instrument;
 
 pub use config::{DEFAULT_KILL_GRACE_MS, LocalConfig};
@@ -52,7 +53,7 @@ pub fn capabilities() -> RunnerCapabilities {
         artifact_export: true,
         mounts: RunnerMountCapabilities {
             provider_native: true,
-            ..runner_api::mounts::store_mount_kinds()
+            ..runner_mounts::store_mount_kinds()
         },
         pausable: true,
         detachable: false,
@@ -76,7 +77,7 @@ pub fn capabilities() -> RunnerCapabilities {
 /// user only when this process is root), and are not sandboxed.
 ///
 /// Object-store mounts and artifact export come from
-/// [`MountedSession`](runner_api::mounts::MountedSession); their credentials are
+/// [`MountedSession`](runner_mounts::MountedSession); their credentials are
 /// resolved on this side with the provider's [`SecretResolver`] (default
 /// [`EnvSecretResolver`], see [`with_secret_resolver`](Self::with_secret_resolver)).
 ///
@@ -168,7 +169,7 @@ impl LocalProvider {
 
 /// The `provider_native` mounts of a destination.
 fn native_mounts(destination: &RunnerDestination) -> RunnerResult<Vec<MountSpec>> {
-    runner_api::mounts::native_manifest(&destination.default_manifest)
+    runner_mounts::native_manifest(&destination.default_manifest)
         .mounts
         .iter()
         .map(MountSpec::from_mount)
@@ -258,8 +259,8 @@ impl RemoteRunnerProvider for LocalProvider {
         self.check_provider("validate_destination", destination)?;
         LocalConfig::from_destination(destination)?;
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        runner_api::mounts::validate_stores(destination)?;
-        let manifest = runner_api::mounts::native_manifest(&destination.default_manifest);
+        runner_mounts::validate_stores(destination)?;
+        let manifest = runner_mounts::native_manifest(&destination.default_manifest);
         tokio::task::spawn_blocking(move || manifest::check_sources(&manifest))
             .await
             .map_err(|e| join_error("validate_destination", e))?
@@ -272,7 +273,7 @@ impl RemoteRunnerProvider for LocalProvider {
         self.check_provider("create_session", &destination)?;
         let config = LocalConfig::from_destination(&destination)?;
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        runner_api::mounts::validate_stores(&destination)?;
+        runner_mounts::validate_stores(&destination)?;
         let mounts = native_mounts(&destination)?;
         self.destinations.remember(&destination);
         let root = match &config.root {

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_api::{
-    ProcessTable, ProcessTableConfig, RemoteRunnerSession, RunnerCapabilities, RunnerCommandId,
-    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
+    RemoteRunnerSession, RunnerCapabilities, RunnerCommandId, RunnerCommandOutput,
+    RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
     RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
     RunnerListeningPort, RunnerManifestEntry, RunnerPortRequest, RunnerPortResult,
     RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
 };
+use runner_kit::{ProcessTable, ProcessTableConfig};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
@@ -575,14 +576,14 @@ impl RemoteRunnerSession for LocalSession {
         Err(RunnerError::unsupported("export_artifact", PROVIDER_ID))
     }
 
-    /// The shared lease file of [`runner_api::acquire_shell_lease`], under the
+    /// The shared lease file of [`runner_kit::acquire_shell_lease`], under the
     /// user's state directory on this machine, outside the workspace.
     async fn acquire_workspace_execution_lease(
         &self,
         request: runner_api::RunnerLeaseRequest,
     ) -> RunnerResult<runner_api::RunnerExecutionLease> {
         self.ensure_open("acquire_workspace_execution_lease")?;
-        runner_api::acquire_shell_lease(self, request).await
+        runner_kit::acquire_shell_lease(self, request).await
     }
 
     async fn renew_workspace_execution_lease(
@@ -591,7 +592,7 @@ impl RemoteRunnerSession for LocalSession {
         ttl_ms: u64,
     ) -> RunnerResult<runner_api::RunnerExecutionLease> {
         self.ensure_open("renew_workspace_execution_lease")?;
-        runner_api::renew_shell_lease(self, lease, ttl_ms).await
+        runner_kit::renew_shell_lease(self, lease, ttl_ms).await
     }
 
     async fn release_workspace_execution_lease(
@@ -599,6 +600,6 @@ impl RemoteRunnerSession for LocalSession {
         lease: &runner_api::RunnerExecutionLease,
     ) -> RunnerResult<()> {
         self.ensure_open("release_workspace_execution_lease")?;
-        runner_api::release_shell_lease(self, lease).await
+        runner_kit::release_shell_lease(self, lease).await
     }
 }

@@ -18,16 +18,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use runner_api::mounts::StoreSpec;
-use runner_api::mounts::object_store::path::Path as StorePath;
-use runner_api::mounts::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use runner_api::{
-    EnvSecretResolver, RemoteRunnerProvider, RemoteRunnerSession, RunnerArtifactExportRequest,
-    RunnerDestination, RunnerErrorKind, RunnerFileReadRequest, RunnerFileWriteRequest,
-    RunnerManifest, RunnerMount, RunnerMountIntent, RunnerMountKind, RunnerSecretRef,
-    SecretResolver,
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerArtifactExportRequest, RunnerDestination,
+    RunnerErrorKind, RunnerFileReadRequest, RunnerFileWriteRequest, RunnerManifest, RunnerMount,
+    RunnerMountIntent, RunnerMountKind, RunnerSecretRef,
 };
 use runner_local::LocalProvider;
+use runner_mounts::StoreSpec;
+use runner_mounts::object_store::path::Path as StorePath;
+use runner_mounts::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use runner_mounts::{EnvSecretResolver, SecretResolver};
 use runner_testkit::{BackendGate, async_trial};
 use sha2::{Digest, Sha256};
 

@@ -441,7 +441,7 @@ async fn works_behind_remote_workspace() {
     std::fs::create_dir_all(area.path("outside")).expect("outside");
     std::fs::write(area.path("outside/secret.txt"), "secret").expect("secret");
     let s = session(area.rooted_config()).await;
-    let ws = runner_api::RemoteWorkspace::for_session(s.clone());
+    let ws = runner_stack::RemoteWorkspace::for_session(s.clone());
     ws.write_file(write("a/b.txt", "x")).await.expect("write");
     let read = ws
         .read_file(RunnerFileReadRequest::new("a/b.txt"))

@@ -104,7 +104,7 @@ async fn validate_destination_checks_manifest_sources_and_kinds() {
     let result = provider
         .validate_destination(&destination_with(area.rooted_config(), manifest))
         .await;
-    if runner_api::mounts::store_mount_kinds().azure_blob {
+    if runner_mounts::store_mount_kinds().azure_blob {
         result.expect("azure_blob with the azure feature");
     } else {
         assert_eq!(kind(result), RunnerErrorKind::Unsupported);

@@ -15,11 +15,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_api::{
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerCapabilities, RunnerCommandRequest,
+    RunnerCommandResult, RunnerDestination, RunnerErrorKind, RunnerProcessInfo, RunnerProcessState,
+    RunnerResult, RunnerSessionState,
+};
+use runner_lifecycle::{
     CloseReason, DestinationPool, IdleAction, ManagedSession, ManagedStatus, ManagerConfig,
-    PoolConfig, RemoteRunnerProvider, RemoteRunnerSession, RunnerCapabilities,
-    RunnerCommandRequest, RunnerCommandResult, RunnerDestination, RunnerErrorKind,
-    RunnerProcessInfo, RunnerProcessState, RunnerResult, RunnerSessionState, SelectionPolicy,
-    SessionManager,
+    PoolConfig, SelectionPolicy, SessionManager,
 };
 use runner_local::LocalProvider;
 use serde_json::json;

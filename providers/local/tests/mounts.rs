@@ -41,7 +41,7 @@ fn data_mount(server: &S3TestServer, secret: &str) -> RunnerMount {
 async fn a_failed_mount_leaves_no_workspace_and_no_mount_directory() {
     let server = S3TestServer::start().expect("S3 test server");
     let provider = LocalProvider::new()
-        .with_secret_resolver(server.resolver() as Arc<dyn runner_api::SecretResolver>);
+        .with_secret_resolver(server.resolver() as Arc<dyn runner_mounts::SecretResolver>);
     let dir = tempfile::tempdir().expect("temp dir");
     let workspaces = dir.path().join("workspaces");
 

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use runner_api::archive::{DEFAULT_MAX_UNPACKED_BYTES, UploadPolicy};
 use runner_api::{RunnerDestination, RunnerError, RunnerResult};
+use runner_kit::archive::{DEFAULT_MAX_UNPACKED_BYTES, UploadPolicy};
 use serde::{Deserialize, Serialize};
 
 /// How the server's host key is checked against the known_hosts file.

@@ -23,10 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use openssh::Session;
 use runner_api::{
-    OutputSink, ProcessControl, RawExit, RunnerCommandId, RunnerCommandRequest, RunnerError,
-    RunnerErrorKind, RunnerFileReadRequest, RunnerOutputStream, RunnerResult, RunnerSignal,
-    SpawnedProcess, StdinPipe,
+    RunnerCommandId, RunnerCommandRequest, RunnerError, RunnerErrorKind, RunnerFileReadRequest,
+    RunnerOutputStream, RunnerResult, RunnerSignal,
 };
+use runner_kit::{OutputSink, ProcessControl, RawExit, SpawnedProcess, StdinPipe};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;

@@ -1,5 +1,5 @@
 //! The file API over sftp, on absolute remote paths (confinement to the
-//! workspace is done by [`RemoteWorkspace`](runner_api::RemoteWorkspace) in
+//! workspace is done by [`RemoteWorkspace`](runner_stack::RemoteWorkspace) in
 //! front of the session), plus tar archives in and out.
 
 use std::io::SeekFrom;
@@ -10,12 +10,12 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use openssh_sftp_client::file::{File, OpenOptions};
 use openssh_sftp_client::metadata::{MetaData, Permissions};
-use runner_api::archive::{
-    CONFINED_PARENTS_SCRIPT, MODE_MASK, SanitizedUpload, confined_parents_error,
-};
 use runner_api::{
     RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileStat,
     RunnerResult,
+};
+use runner_kit::archive::{
+    CONFINED_PARENTS_SCRIPT, MODE_MASK, SanitizedUpload, confined_parents_error,
 };
 use tokio::io::AsyncSeek;
 
@@ -587,7 +587,7 @@ pub(crate) async fn canonicalize(link: &Link, path: &Path) -> RunnerResult<PathB
     Ok(resolved)
 }
 
-/// Unpacks an upload that [`runner_api::archive::sanitize_upload`] checked
+/// Unpacks an upload that [`runner_kit::archive::sanitize_upload`] checked
 /// and rewrote into `target` (created if missing) with the remote `tar`.
 /// The rewritten entries carry no set-id bits, so `tar` applies their modes
 /// as they are (`--same-permissions`, no umask); it keeps no owner
@@ -597,7 +597,7 @@ pub(crate) async fn canonicalize(link: &Link, path: &Path) -> RunnerResult<PathB
 /// and refuses directories of the entries that are symlinks leading out of
 /// it) and then `exec`s `tar`, which reads the archive from stdin: one round
 /// trip. The directories travel on the command line; when they do not fit one
-/// ([`runner_api::archive::CONFINED_PARENTS_ARGS_BUDGET`]), the check runs
+/// ([`runner_kit::archive::CONFINED_PARENTS_ARGS_BUDGET`]), the check runs
 /// alone on all but the last share of them, and the last comes with `tar`.
 pub(crate) async fn upload_archive(
     link: &Link,

@@ -15,13 +15,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use runner_api::mounts::MountedSession;
 use runner_api::{
-    EnvSecretResolver, KnownDestinations, ReadOnlyPaths, RemoteRunnerProvider,
-    RemoteRunnerProviderId, RemoteRunnerSession, RemoteWorkspace, RunnerCapabilities,
+    RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
     RunnerDestination, RunnerError, RunnerManifestEntry, RunnerMountCapabilities, RunnerResult,
-    RunnerSessionState, RunnerSweepReport, SecretResolver, validate_manifest,
+    RunnerSessionState, RunnerSweepReport, validate_manifest,
 };
+use runner_kit::{KnownDestinations, ReadOnlyPaths};
+use runner_mounts::MountedSession;
+use runner_mounts::{EnvSecretResolver, SecretResolver};
+use runner_stack::RemoteWorkspace;
 
 pub use config::{HostKeyPolicy, SshConfig};
 
@@ -47,7 +49,7 @@ pub fn capabilities() -> RunnerCapabilities {
         artifact_export: true,
         mounts: RunnerMountCapabilities {
             provider_native: false,
-            ..runner_api::mounts::store_mount_kinds()
+            ..runner_mounts::store_mount_kinds()
         },
         pausable: true,
         detachable: true,
@@ -205,7 +207,7 @@ impl SshProvider {
     /// parts (without contacting a store).
     fn check_manifest(destination: &RunnerDestination) -> RunnerResult<()> {
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        runner_api::mounts::validate_stores(destination)
+        runner_mounts::validate_stores(destination)
     }
 
     /// A handle on session `session_id` of `config`'s destination: its
@@ -385,7 +387,7 @@ impl RemoteRunnerProvider for SshProvider {
             .await?;
         session.create_dirs().await?;
         let confined = confine(session.clone());
-        let own = runner_api::mounts::native_manifest(&destination.default_manifest);
+        let own = runner_mounts::native_manifest(&destination.default_manifest);
         let read_only = ReadOnlyPaths::from_manifest(&session.workspace_root(), &own.entries);
         let applied = async {
             apply_manifest(&confined, &own.entries).await?;
@@ -570,6 +572,6 @@ mod tests {
         assert!(caps.detachable && caps.background_processes && caps.snapshot_restore);
         assert!(caps.artifact_export && caps.execution_lease && caps.run_as_user);
         assert!(!caps.mounts.provider_native);
-        assert_eq!(caps.mounts.s3, runner_api::mounts::store_mount_kinds().s3);
+        assert_eq!(caps.mounts.s3, runner_mounts::store_mount_kinds().s3);
     }
 }

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_api::{
-    ProcessTable, ProcessTableConfig, ReadOnlyPaths, RemoteRunnerSession, RunnerCapabilities,
-    RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError,
-    RunnerEventStream, RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult,
-    RunnerFileStat, RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort,
-    RunnerPortRequest, RunnerPortResult, RunnerProcessInfo, RunnerResult, RunnerSessionState,
-    RunnerSignal, RunnerSnapshotRef,
+    RemoteRunnerSession, RunnerCapabilities, RunnerCommandId, RunnerCommandOutput,
+    RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
+    RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
+    RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest,
+    RunnerPortResult, RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal,
+    RunnerSnapshotRef,
 };
+use runner_kit::{ProcessTable, ProcessTableConfig, ReadOnlyPaths};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SshConfig;
@@ -93,7 +94,7 @@ pub(crate) struct SessionSetup {
 
 /// A session on an ssh host. Relative paths resolve under the workspace
 /// root; the provider hands it out behind a
-/// [`RemoteWorkspace`](runner_api::RemoteWorkspace) that confines paths.
+/// [`RemoteWorkspace`](runner_stack::RemoteWorkspace) that confines paths.
 pub(crate) struct SshSession {
     session_id: String,
     destination_id: String,
@@ -145,7 +146,7 @@ impl SshSession {
     /// rename, above) `paths`. Each path is kept as given and, when its parent
     /// resolves to another path on the host (a symlink in the workspace
     /// path), as resolved too, so the resolved paths a
-    /// [`RemoteWorkspace`](runner_api::RemoteWorkspace) passes in match.
+    /// [`RemoteWorkspace`](runner_stack::RemoteWorkspace) passes in match.
     pub(crate) async fn protect(&self, paths: ReadOnlyPaths) -> RunnerResult<()> {
         let mut guarded = Vec::new();
         if !paths.is_empty() {
@@ -649,7 +650,7 @@ impl RemoteRunnerSession for SshSession {
         let sanitized = {
             let target = target.clone();
             tokio::task::spawn_blocking(move || {
-                runner_api::archive::sanitize_upload("upload_archive", &target, &archive, &policy)
+                runner_kit::archive::sanitize_upload("upload_archive", &target, &archive, &policy)
             })
             .await
             .map_err(|e| {
@@ -732,7 +733,7 @@ impl RemoteRunnerSession for SshSession {
                     None,
                 )
                 .await?;
-                Ok(runner_api::parse_proc_net_tcp(&String::from_utf8_lossy(
+                Ok(runner_kit::parse_proc_net_tcp(&String::from_utf8_lossy(
                     &out.stdout,
                 )))
             })
@@ -746,7 +747,7 @@ impl RemoteRunnerSession for SshSession {
         &self,
         request: RunnerLeaseRequest,
     ) -> RunnerResult<RunnerExecutionLease> {
-        runner_api::acquire_shell_lease(self, request).await
+        runner_kit::acquire_shell_lease(self, request).await
     }
 
     async fn renew_workspace_execution_lease(
@@ -754,14 +755,14 @@ impl RemoteRunnerSession for SshSession {
         lease: &RunnerExecutionLease,
         ttl_ms: u64,
     ) -> RunnerResult<RunnerExecutionLease> {
-        runner_api::renew_shell_lease(self, lease, ttl_ms).await
+        runner_kit::renew_shell_lease(self, lease, ttl_ms).await
     }
 
     async fn release_workspace_execution_lease(
         &self,
         lease: &RunnerExecutionLease,
     ) -> RunnerResult<()> {
-        runner_api::release_shell_lease(self, lease).await
+        runner_kit::release_shell_lease(self, lease).await
     }
 
     async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {

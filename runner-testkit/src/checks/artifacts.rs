@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use runner_api::mounts::object_store::path::Path as StorePath;
 use runner_api::{RunnerArtifactExportRequest, RunnerArtifactExportResult, RunnerFileWriteRequest};
+use runner_mounts::object_store::path::Path as StorePath;
 use sha2::{Digest, Sha256};
 
 use crate::catalogue::{Area, Capability::*, Check};

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runner_api::{
-    CloseReason, IdleAction, ManagedSession, ManagedStatus, ManagerConfig, RemoteRunnerSession,
-    RunnerErrorKind, RunnerProcessState, SessionManager,
+use runner_api::{RemoteRunnerSession, RunnerErrorKind, RunnerProcessState};
+use runner_lifecycle::{
+    CloseReason, IdleAction, ManagedSession, ManagedStatus, ManagerConfig, SessionManager,
 };
 
 use crate::catalogue::{Area, Capability, Check};

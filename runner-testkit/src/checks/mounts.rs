@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use runner_api::mounts::object_store::path::Path as StorePath;
-use runner_api::mounts::object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use runner_api::{
     RunnerArtifactExportRequest, RunnerDestination, RunnerErrorKind, RunnerFileReadRequest,
     RunnerFileWriteRequest, RunnerMount, RunnerMountIntent, RunnerMountKind, RunnerSecretRef,
 };
+use runner_mounts::object_store::path::Path as StorePath;
+use runner_mounts::object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 
 use crate::catalogue::{Area, Capability::*, Check};
@@ -147,7 +147,7 @@ pub(crate) async fn get(
             .await
             .map(|b| Some(b.to_vec()))
             .map_err(|e| format!("reading object {location}: {e}")),
-        Err(runner_api::mounts::object_store::Error::NotFound { .. }) => Ok(None),
+        Err(runner_mounts::object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(format!("reading object {location}: {e}")),
     }
 }

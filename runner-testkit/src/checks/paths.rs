@@ -8,9 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use runner_api::{
-    RemoteRunnerSession, RemoteWorkspace, RunnerCommandRequest, RunnerErrorKind,
-    RunnerFileReadRequest, RunnerFileWriteRequest,
+    RemoteRunnerSession, RunnerCommandRequest, RunnerErrorKind, RunnerFileReadRequest,
+    RunnerFileWriteRequest,
 };
+use runner_stack::RemoteWorkspace;
 
 use crate::catalogue::{Area, Capability::*, Check};
 use crate::commands::{quote, sh_ok, unique_id};

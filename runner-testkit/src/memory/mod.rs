@@ -5,7 +5,7 @@
 //! are no commands, ports, pausing or detaching, and those operations honestly
 //! return `Unsupported`. Relative paths resolve under `/workspace`; absolute paths
 //! may point anywhere in the session's own tree (wrap the session in a
-//! [`RemoteWorkspace`](runner_api::RemoteWorkspace) to confine it).
+//! [`RemoteWorkspace`](runner_stack::RemoteWorkspace) to confine it).
 
 mod tree;
 
@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use runner_api::mounts::MountedSession;
 use runner_api::{
     RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities, RunnerDestination,
     RunnerError, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
     RunnerFileWriteRequest, RunnerManifest, RunnerResult, RunnerSessionState, RunnerSnapshotRef,
-    RunnerSweepReport, SecretResolver,
+    RunnerSweepReport,
 };
+use runner_mounts::MountedSession;
+use runner_mounts::SecretResolver;
 
 use self::tree::{Node, Parts, Tree, split};
 
@@ -43,9 +44,9 @@ pub const MEMORY_WORKSPACE_ROOT: &str = "/workspace";
 ///
 /// Object-store mounts (`s3`/`r2` with runner-api's `s3` feature, `gcs`,
 /// `azure_blob` with theirs) and artifact export come from
-/// [`MountedSession`](runner_api::mounts::MountedSession): credentials are
+/// [`MountedSession`](runner_mounts::MountedSession): credentials are
 /// resolved with the provider's [`SecretResolver`] (default
-/// [`EnvSecretResolver`](runner_api::EnvSecretResolver); see
+/// [`EnvSecretResolver`](runner_mounts::EnvSecretResolver); see
 /// [`with_secret_resolver`](Self::with_secret_resolver)).
 #[derive(Clone)]
 pub struct MemoryProvider {
@@ -57,7 +58,7 @@ impl Default for MemoryProvider {
     fn default() -> Self {
         Self {
             store: Arc::default(),
-            resolver: Arc::new(runner_api::EnvSecretResolver::new()),
+            resolver: Arc::new(runner_mounts::EnvSecretResolver::new()),
         }
     }
 }
@@ -143,7 +144,7 @@ impl MemoryProvider {
             &destination.default_manifest,
             &Self::provider_capabilities(),
         )?;
-        runner_api::mounts::validate_stores(destination)
+        runner_mounts::validate_stores(destination)
     }
 
     /// [`memory_capabilities`](Self::memory_capabilities) plus artifact export
@@ -151,7 +152,7 @@ impl MemoryProvider {
     fn provider_capabilities() -> RunnerCapabilities {
         let mut caps = Self::memory_capabilities();
         caps.artifact_export = true;
-        caps.mounts = runner_api::mounts::store_mount_kinds();
+        caps.mounts = runner_mounts::store_mount_kinds();
         caps
     }
 
@@ -236,7 +237,7 @@ fn load_host(source: &Path) -> std::io::Result<Node> {
 #[cfg(unix)]
 fn host_mode(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & runner_api::archive::MODE_MASK
+    meta.permissions().mode() & runner_kit::archive::MODE_MASK
 }
 
 #[cfg(not(unix))]
@@ -427,7 +428,7 @@ impl RemoteRunnerSession for MemorySession {
             request.contents,
             request
                 .mode
-                .map(|mode| mode & runner_api::archive::MODE_MASK),
+                .map(|mode| mode & runner_kit::archive::MODE_MASK),
             request.offset,
         )
     }

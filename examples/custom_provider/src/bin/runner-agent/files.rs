@@ -8,9 +8,9 @@ use std::time::UNIX_EPOCH;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use runner_api::archive::MODE_MASK;
 use runner_api::{RunnerFileKind, RunnerFileReadRequest, RunnerFileStat, read_window};
 use runner_example_custom_provider::protocol::{AgentError, Answer, Op};
+use runner_kit::archive::MODE_MASK;
 
 use crate::{Agent, error, io_error};
 

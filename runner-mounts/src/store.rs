@@ -8,9 +8,10 @@ use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
 use serde::{Deserialize, Serialize};
 
-use crate::{
+use crate::{SecretResolver, SecretValues};
+use runner_api::{
     RunnerError, RunnerErrorKind, RunnerMountCapabilities, RunnerMountKind, RunnerResult,
-    RunnerSecretRef, SecretResolver, SecretValues,
+    RunnerSecretRef,
 };
 
 /// An object store named by URI, with the id of its credentials and

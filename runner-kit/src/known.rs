@@ -1,6 +1,6 @@
 //! The destinations a provider trusts when it resumes or rejoins a session.
 //!
-//! A [`RunnerSessionState`] or [`RunnerSnapshotRef`](crate::RunnerSnapshotRef)
+//! A [`RunnerSessionState`] or [`RunnerSnapshotRef`](runner_api::RunnerSnapshotRef)
 //! comes back from storage the caller (or a command) could edit, so a provider
 //! never takes trust-relevant settings from it (roots, hosts, identity files,
 //! host-key policies, bind mounts, users, daemons). It looks the destination up
@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::{RunnerDestination, RunnerError, RunnerResult, RunnerSessionState};
+use runner_api::{RunnerDestination, RunnerError, RunnerResult, RunnerSessionState};
 
 /// Destinations by id, shared by clones of a provider.
 #[derive(Clone, Default)]
@@ -64,7 +64,7 @@ impl std::fmt::Debug for KnownDestinations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RunnerErrorKind;
+    use runner_api::RunnerErrorKind;
 
     #[test]
     fn known_destinations_answer_by_the_state_id() {

@@ -9,7 +9,7 @@ use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 
 use super::store::OpenStore;
-use crate::{
+use runner_api::{
     RemoteRunnerSession, RunnerError, RunnerFileKind, RunnerFileReadRequest,
     RunnerFileWriteRequest, RunnerResult, validate_relative_path,
 };
@@ -146,7 +146,7 @@ impl ObjectMount {
         let mut present = BTreeMap::new();
         let exists = match session.stat(&self.path).await {
             Ok(stat) => stat.kind == RunnerFileKind::Directory,
-            Err(e) if e.kind() == crate::RunnerErrorKind::NotFound => false,
+            Err(e) if e.kind() == runner_api::RunnerErrorKind::NotFound => false,
             Err(e) => return Err(e.context(&what)),
         };
         if exists {

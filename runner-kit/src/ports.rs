@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::RunnerListeningPort;
+use runner_api::RunnerListeningPort;
 
 /// The listening TCP sockets in the text of `/proc/net/tcp` and/or
 /// `/proc/net/tcp6` (concatenated in any order, header lines included).

@@ -4,10 +4,11 @@
 //!
 //! ```no_run
 //! # use std::sync::Arc;
-//! # use runner_api::{RemoteRunnerSession, RunnerDestination, RunnerResult, SecretResolver};
+//! # use runner_api::{RemoteRunnerSession, RunnerDestination, RunnerResult};
+//! # use runner_mounts::SecretResolver;
 //! # async fn create(inner: Arc<dyn RemoteRunnerSession>, destination: &RunnerDestination,
 //! #                 resolver: Arc<dyn SecretResolver>) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-//! runner_api::mounts::MountedSession::attach(inner, destination, resolver).await
+//! runner_mounts::MountedSession::attach(inner, destination, resolver).await
 //! # }
 //! ```
 //!
@@ -18,8 +19,10 @@
 //! under read-only mounts, and exports artifacts to the store named by the
 //! destination config's `"artifacts"` key. See `docs/mounts.md`.
 
-pub(crate) mod store;
-pub(crate) mod sync;
+mod artifacts;
+mod secrets;
+mod store;
+mod sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,20 +30,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
+pub use self::secrets::{EnvSecretResolver, SecretResolver, SecretValues};
 pub use self::store::{StoreSpec, is_store_kind, store_mount_kinds};
 use self::sync::{ObjectMount, mount_failed};
-use crate::{
+/// The object_store crate this module builds on, for callers that open a
+/// [`StoreSpec`] themselves.
+pub use object_store;
+use runner_api::{
     RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
     RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
     RunnerCommandResult, RunnerDestination, RunnerError, RunnerEventStream, RunnerExecutionLease,
     RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
     RunnerLeaseRequest, RunnerListeningPort, RunnerManifest, RunnerPortRequest, RunnerPortResult,
     RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
-    SecretResolver,
 };
-/// The object_store crate this module builds on, for callers that open a
-/// [`StoreSpec`] themselves.
-pub use object_store;
 
 /// The reserved key of `RunnerDestination.config` naming the artifact store.
 pub const ARTIFACTS_CONFIG_KEY: &str = "artifacts";
@@ -81,7 +84,7 @@ pub fn native_manifest(manifest: &RunnerManifest) -> RunnerManifest {
 /// Checks the object-store parts of a destination without contacting any
 /// store: each store mount's URI scheme matches its kind, and the artifact
 /// store config parses. Call it from `validate_destination` next to
-/// [`validate_manifest`](crate::validate_manifest).
+/// [`validate_manifest`](runner_api::validate_manifest).
 ///
 /// Errors: `InvalidRequest` naming the mount or field.
 pub fn validate_stores(destination: &RunnerDestination) -> RunnerResult<()> {
@@ -160,7 +163,7 @@ impl MountedSession {
             let what = format!("mount {:?}", mount.name);
             if !(caps.file_read && caps.file_write && caps.file_management) {
                 return Err(RunnerError::new(
-                    crate::RunnerErrorKind::Unsupported,
+                    runner_api::RunnerErrorKind::Unsupported,
                     format!(
                         "{what}: object-store mounts need file_read, file_write and \
                          file_management on the {} provider",
@@ -168,7 +171,7 @@ impl MountedSession {
                     ),
                 ));
             }
-            crate::validate_relative_path(&what, &mount.path)?;
+            runner_api::validate_relative_path(&what, &mount.path)?;
             store::check_mount_uri(&what, &mount.intent.kind, &mount.intent.uri)?;
             let spec = StoreSpec {
                 uri: mount.intent.uri.clone(),
@@ -192,7 +195,7 @@ impl MountedSession {
                 Err(e) => {
                     for done in mounts.iter().map(|m| &m.path).chain([&mount.path]) {
                         if let Err(remove) = inner.remove(done, true).await
-                            && remove.kind() != crate::RunnerErrorKind::NotFound
+                            && remove.kind() != runner_api::RunnerErrorKind::NotFound
                         {
                             tracing::warn!(error = %remove, "removing a failed mount");
                         }
@@ -226,11 +229,11 @@ impl MountedSession {
     /// The path relative to the workspace root, lexically normalized; `None`
     /// for an absolute path outside the root.
     fn relative(&self, path: &Path) -> Option<PathBuf> {
-        let root = crate::normalize_lexically(&self.inner.workspace_root());
+        let root = runner_api::normalize_lexically(&self.inner.workspace_root());
         let full = if path.is_absolute() {
-            crate::normalize_lexically(path)
+            runner_api::normalize_lexically(path)
         } else {
-            crate::normalize_lexically(&root.join(path))
+            runner_api::normalize_lexically(&root.join(path))
         };
         full.strip_prefix(&root).ok().map(Path::to_path_buf)
     }
@@ -242,7 +245,7 @@ impl MountedSession {
             return Ok(());
         };
         for mount in self.mounts.iter().filter(|m| m.read_only) {
-            let mount_rel = crate::normalize_lexically(&Path::new("/").join(&mount.path));
+            let mount_rel = runner_api::normalize_lexically(&Path::new("/").join(&mount.path));
             let mount_rel = mount_rel.strip_prefix("/").unwrap_or(&mount_rel);
             if rel.starts_with(mount_rel) || (contains && mount_rel.starts_with(&rel)) {
                 return Err(RunnerError::permission_denied(format!(
@@ -440,7 +443,7 @@ impl RemoteRunnerSession for MountedSession {
             .await
             .map_err(|e| e.context("sync_mounts"))?;
         match self.inner.sync_mounts().await {
-            Err(e) if e.kind() == crate::RunnerErrorKind::Unsupported => Ok(()),
+            Err(e) if e.kind() == runner_api::RunnerErrorKind::Unsupported => Ok(()),
             other => other,
         }
     }
@@ -464,7 +467,7 @@ impl RemoteRunnerSession for MountedSession {
             ))
         })?;
         let store = store::open_store("export_artifact", spec, self.resolver.as_ref()).await?;
-        crate::artifacts::export(self.inner.as_ref(), &store, request).await
+        artifacts::export(self.inner.as_ref(), &store, request).await
     }
 
     async fn acquire_workspace_execution_lease(

@@ -2,8 +2,8 @@
 //!
 //! A provider hands the child's stdin writer (a local pipe, an ssh channel, a
 //! Docker exec's attached stream) to [`StdinPipe::start`] together with the
-//! request's [`stdin`](crate::RunnerCommandRequest::stdin) bytes and
-//! [`keep_stdin_open`](crate::RunnerCommandRequest::keep_stdin_open), and
+//! request's [`stdin`](runner_api::RunnerCommandRequest::stdin) bytes and
+//! [`keep_stdin_open`](runner_api::RunnerCommandRequest::keep_stdin_open), and
 //! forwards [`ProcessControl::write_stdin`](crate::ProcessControl::write_stdin)
 //! to [`StdinPipe::write`].
 
@@ -13,7 +13,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::{RunnerError, RunnerResult};
+use runner_api::{RunnerError, RunnerResult};
 
 /// One `write` waiting for the writer task.
 struct Write {
@@ -185,7 +185,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, duplex};
 
     use super::*;
-    use crate::RunnerErrorKind;
+    use runner_api::RunnerErrorKind;
 
     async fn read_all(mut reader: tokio::io::DuplexStream) -> Vec<u8> {
         let mut got = Vec::new();

@@ -6,7 +6,7 @@ use std::fmt;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::{RunnerError, RunnerResult, RunnerSecretRef};
+use runner_api::{RunnerError, RunnerResult, RunnerSecretRef};
 
 /// The key/value pairs of one secret (`access_key_id`, `secret_access_key`, …).
 /// `Debug` prints the keys only.
@@ -143,6 +143,6 @@ mod tests {
             .resolve(&RunnerSecretRef { id: "nope".into() })
             .await
             .expect_err("missing");
-        assert_eq!(missing.kind(), crate::RunnerErrorKind::NotFound);
+        assert_eq!(missing.kind(), runner_api::RunnerErrorKind::NotFound);
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{IdleAction, ManagerConfig};
-use crate::{
+use runner_api::{
     RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
     RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
     RunnerCommandResult, RunnerError, RunnerEventStream, RunnerExecutionLease,

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::output::{HeadTailBuffer, OutputLog};
-use crate::{
+use runner_api::{
     RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError,
     RunnerErrorKind, RunnerEventStream, RunnerExitStatus, RunnerOutputStream, RunnerProcessEvent,
     RunnerProcessInfo, RunnerProcessState, RunnerResult, RunnerSignal,
@@ -300,13 +300,13 @@ pub fn validate_command_request(request: &RunnerCommandRequest) -> RunnerResult<
         }
     }
     if let Some(cwd) = &request.cwd {
-        crate::reject_nul_path(&format!("command {id:?}: cwd"), cwd)?;
+        runner_api::reject_nul_path(&format!("command {id:?}: cwd"), cwd)?;
     }
     if request.timeout_ms == Some(0) {
         return Err(bad("timeout_ms must be greater than 0"));
     }
     let limit = request.output_limit;
-    let max = crate::RunnerOutputLimit::MAX_BYTES;
+    let max = runner_api::RunnerOutputLimit::MAX_BYTES;
     if limit.head_bytes > max || limit.tail_bytes > max {
         return Err(bad(&format!(
             "output_limit head_bytes {} / tail_bytes {} exceed the maximum of {max} bytes each",
@@ -401,7 +401,7 @@ impl ProcessTable {
             && !self.config.run_as_user
         {
             return Err(RunnerError::new(
-                crate::RunnerErrorKind::Unsupported,
+                runner_api::RunnerErrorKind::Unsupported,
                 format!(
                     "command {:?}: {} cannot run commands as another user ({user:?}); \
                      run_as_user is not supported",

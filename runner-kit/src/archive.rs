@@ -30,7 +30,7 @@
 //! - an archive that cannot be read is `InvalidRequest` naming the target.
 //!
 //! Symlinks themselves are kept as they are: where they point is the file API's
-//! business ([`RemoteWorkspace`](crate::RemoteWorkspace) refuses to follow one
+//! business ([`RemoteWorkspace`](https://docs.rs/runner-stack) refuses to follow one
 //! out of the workspace). What an archive cannot see is a symlink that already
 //! exists under the target; [`ArchiveCheck::parents`] lists the directories a
 //! provider must check on the runner for that before it unpacks.
@@ -56,7 +56,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
-use crate::{RunnerError, RunnerErrorKind, RunnerResult};
+use runner_api::{RunnerError, RunnerErrorKind, RunnerResult};
 
 /// Why an entry name is refused (see the module docs).
 #[non_exhaustive]

@@ -6,48 +6,19 @@
 //! is refused too. Operations on a path itself (`stat`, `remove`, `rename`) resolve
 //! the parent and keep the final component, so they act on a link, not its target.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{
+use runner_api::{
     RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
     RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
     RunnerCommandResult, RunnerError, RunnerErrorKind, RunnerEventStream, RunnerFileKind,
     RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
     RunnerListeningPort, RunnerPortRequest, RunnerPortResult, RunnerProcessInfo, RunnerResult,
-    RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    RunnerSessionState, RunnerSignal, RunnerSnapshotRef, normalize_lexically, reject_nul_path,
 };
-
-/// Folds `.` and `..` of an absolute path without touching the filesystem
-/// (`/..` stays `/`).
-pub fn normalize_lexically(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
-}
-
-/// Refuses a path containing a NUL byte, which no runner filesystem can name.
-///
-/// Errors: `InvalidRequest` naming `operation` and the path.
-pub fn reject_nul_path(operation: &str, path: &Path) -> RunnerResult<()> {
-    if path.as_os_str().as_encoded_bytes().contains(&0) {
-        return Err(RunnerError::invalid_request(format!(
-            "{operation} {:?}: path contains a NUL byte",
-            path.display()
-        )));
-    }
-    Ok(())
-}
 
 /// Whether a path is read or written: writes may only land under the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,8 +425,8 @@ impl RemoteRunnerSession for RemoteWorkspace {
 
     async fn acquire_workspace_execution_lease(
         &self,
-        request: crate::RunnerLeaseRequest,
-    ) -> RunnerResult<crate::RunnerExecutionLease> {
+        request: runner_api::RunnerLeaseRequest,
+    ) -> RunnerResult<runner_api::RunnerExecutionLease> {
         self.session
             .acquire_workspace_execution_lease(request)
             .await
@@ -463,9 +434,9 @@ impl RemoteRunnerSession for RemoteWorkspace {
 
     async fn renew_workspace_execution_lease(
         &self,
-        lease: &crate::RunnerExecutionLease,
+        lease: &runner_api::RunnerExecutionLease,
         ttl_ms: u64,
-    ) -> RunnerResult<crate::RunnerExecutionLease> {
+    ) -> RunnerResult<runner_api::RunnerExecutionLease> {
         self.session
             .renew_workspace_execution_lease(lease, ttl_ms)
             .await
@@ -473,22 +444,8 @@ impl RemoteRunnerSession for RemoteWorkspace {
 
     async fn release_workspace_execution_lease(
         &self,
-        lease: &crate::RunnerExecutionLease,
+        lease: &runner_api::RunnerExecutionLease,
     ) -> RunnerResult<()> {
         self.session.release_workspace_execution_lease(lease).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lexical_normalization_folds_dots() {
-        assert_eq!(
-            normalize_lexically(Path::new("/w/a/../b/./c")),
-            PathBuf::from("/w/b/c")
-        );
-        assert_eq!(normalize_lexically(Path::new("/../..")), PathBuf::from("/"));
     }
 }

@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{RunnerError, RunnerManifestEntry, RunnerResult, normalize_lexically};
+use runner_api::{RunnerError, RunnerManifestEntry, RunnerResult, normalize_lexically};
 
 /// Absolute paths (read-only manifest entries and mounts) under which the
 /// file API refuses writes.
 ///
 /// Paths are compared lexically, after folding `.` and `..`; pass the absolute
 /// runner path an operation is about to touch (the one
-/// [`RemoteWorkspace`](crate::RemoteWorkspace) resolved, so a symlink into a
+/// [`RemoteWorkspace`](https://docs.rs/runner-stack) resolved, so a symlink into a
 /// read-only path is seen through). Serialized as a JSON array of paths.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -172,7 +172,7 @@ impl FromIterator<PathBuf> for ReadOnlyPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RunnerErrorKind;
+    use runner_api::RunnerErrorKind;
 
     fn paths() -> ReadOnlyPaths {
         ReadOnlyPaths::new([PathBuf::from("/ws/ro"), PathBuf::from("/ws/data/./ref.txt")])

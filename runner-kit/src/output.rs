@@ -2,7 +2,9 @@
 
 use std::collections::VecDeque;
 
-use crate::{RunnerOutputChunk, RunnerOutputLimit, RunnerOutputStream, RunnerOutputTruncation};
+use runner_api::{
+    RunnerOutputChunk, RunnerOutputLimit, RunnerOutputStream, RunnerOutputTruncation,
+};
 
 /// Keeps the first `head_bytes` and the last `tail_bytes` of a stream, whatever
 /// its length, and counts everything.

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::{
+use runner_api::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerDestination,
     RunnerDestinationId, RunnerError, RunnerErrorKind, RunnerResult, RunnerSessionState,
 };

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::{
+use runner_api::{
     RemoteRunnerSession, RunnerCommandRequest, RunnerError, RunnerErrorKind, RunnerExecutionLease,
     RunnerLeaseRequest, RunnerResult,
 };

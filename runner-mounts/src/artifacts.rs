@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use object_store::{ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
-use crate::mounts::store::OpenStore;
-use crate::mounts::sync::{hash_file, hex_digest, read_parts, upload_file};
-use crate::{
+use crate::store::OpenStore;
+use crate::sync::{hash_file, hex_digest, read_parts, upload_file};
+use runner_api::{
     RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult, RunnerError,
     RunnerFileKind, RunnerResult,
 };
@@ -98,7 +98,7 @@ fn artifact_name(session: &dyn RemoteRunnerSession, path: &Path) -> String {
     let full = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        crate::normalize_lexically(&session.workspace_root().join(path))
+        runner_api::normalize_lexically(&session.workspace_root().join(path))
     };
     full.file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -29,17 +29,19 @@
 //! at `info`, failures at `warn`.
 
 mod managed;
+mod pool;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use crate::{
+use runner_api::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerDestination, RunnerError, RunnerResult,
     RunnerSessionState, RunnerSweepReport,
 };
 
 pub use managed::{CloseReason, ManagedSession, ManagedStatus, TurnGuard};
+pub use pool::{DestinationHealth, DestinationPool, PoolConfig, SelectionPolicy};
 
 /// What the manager does with a session that has been idle for `idle_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
