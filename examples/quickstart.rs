@@ -32,6 +32,7 @@ async fn main() -> RunnerResult<()> {
         provider_id: "unix-local".into(),
         config: serde_json::json!({ "root": root }),
         default_manifest: Default::default(),
+        artifacts: None,
     };
     let session = registry.create_session(destination).await?;
     println!(

@@ -27,6 +27,12 @@ pub struct RunnerDestination {
     /// What to place in every new session's workspace.
     #[serde(default)]
     pub default_manifest: RunnerManifest,
+    /// The artifact store `export_artifact` uploads to, as `runner-mounts`
+    /// reads it (`{"uri": "s3://bucket/prefix", "credentials": {"id": …},
+    /// "options": {…}}`). `None`: the destination's sessions export no
+    /// artifacts and do not claim `artifact_export`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<serde_json::Value>,
 }
 
 /// What a new session's workspace starts with.

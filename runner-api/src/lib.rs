@@ -5,11 +5,13 @@ mod command;
 mod destination;
 mod error;
 mod files;
+mod layer;
 mod lease;
 mod limits;
 mod manifest;
 mod paths;
 mod session;
+mod stream;
 
 pub use capabilities::{RunnerCapabilities, RunnerMountCapabilities};
 pub use command::{
@@ -29,10 +31,15 @@ pub use files::{
     RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest, RunnerListeningPort,
     RunnerPortRequest, RunnerPortResult,
 };
+pub use layer::{LayeredSession, SessionLayer};
 pub use lease::{RunnerExecutionLease, RunnerLeaseRequest};
 pub use limits::{MAX_READ_BYTES, ReadWindow, check_read_request, read_window};
 pub use manifest::{validate_manifest, validate_relative_path};
 pub use paths::{normalize_lexically, reject_nul_path};
 pub use session::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerEventStream, RunnerSweepReport,
+};
+pub use stream::{
+    RunnerByteStream, RunnerFileStream, bytes_stream, collect_stream, empty_stream, next_chunk,
+    prepend,
 };

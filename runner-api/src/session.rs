@@ -22,6 +22,7 @@ use crate::{
     RunnerProcessEvent, RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal,
     RunnerSnapshotRef,
 };
+use crate::{RunnerByteStream, RunnerFileStream};
 
 /// A live stream of a command's output events, ending with `Exited`.
 pub type RunnerEventStream =
@@ -103,6 +104,15 @@ pub trait RemoteRunnerProvider: Send + Sync + 'static {
     /// Errors: `Unavailable`, `Unsupported`.
     async fn sweep_orphans(&self) -> RunnerResult<RunnerSweepReport> {
         Err(RunnerError::unsupported("sweep_orphans", &self.id()))
+    }
+
+    /// Records `destination` as one that `resume_session` and `rejoin_session`
+    /// may take their settings from: a provider never trusts settings carried
+    /// in a state, only destinations given to `create_session` or here (a
+    /// process that resumes sessions it did not create calls this first).
+    /// Providers that keep no such record ignore it.
+    fn trust_destination(&self, destination: &RunnerDestination) {
+        let _ = destination;
     }
 }
 
@@ -256,25 +266,63 @@ pub trait RemoteRunnerSession: Send + Sync + 'static {
 
     // ----- files -----
 
-    /// Reads a file, or `limit` bytes from `offset`. Requires `file_read`.
-    /// Errors: `NotFound`, `InvalidRequest` (a directory, NUL byte),
-    /// `PermissionDenied` (outside the workspace where the provider confines).
+    /// Reads a file, or `limit` bytes from `offset`, into one buffer of at most
+    /// [`MAX_READ_BYTES`](crate::MAX_READ_BYTES). Requires `file_read`. The
+    /// default collects [`read_file_stream`](Self::read_file_stream).
+    /// Errors: `NotFound`, `InvalidRequest` (a directory, NUL byte, a window
+    /// over the maximum), `PermissionDenied` (outside the workspace where the
+    /// provider confines).
     async fn read_file(
         &self,
         request: RunnerFileReadRequest,
     ) -> RunnerResult<RunnerFileReadResult> {
+        const OP: &str = "read_file";
+        crate::check_read_request(OP, &request)?;
+        let file = self.read_file_stream(request.clone()).await?;
+        let window = crate::read_window(OP, &request, file.size)?;
+        let what = request.path.display().to_string();
+        let contents = crate::collect_stream(OP, &what, file.bytes, window.len).await?;
+        Ok(RunnerFileReadResult {
+            path: request.path,
+            contents,
+            size: file.size,
+        })
+    }
+
+    /// Streams a file, or `limit` bytes from `offset` (no maximum), in chunks:
+    /// memory stays bounded whatever the file's size. Requires `file_read`.
+    /// Errors as [`read_file`](Self::read_file), before the first chunk; an
+    /// I/O failure later ends the stream with an `Err` item.
+    async fn read_file_stream(
+        &self,
+        request: RunnerFileReadRequest,
+    ) -> RunnerResult<RunnerFileStream> {
         let _ = request;
-        Err(self.unsupported("read_file"))
+        Err(self.unsupported("read_file_stream"))
     }
 
     /// Writes a whole file atomically: a reader sees the old or the new contents,
     /// never a mix, and a failed write leaves no partial file. Creates parent
-    /// directories. Requires `file_write`. Errors: `PermissionDenied` (read-only
-    /// mount or entry, outside the workspace), `InvalidRequest` (target is a
-    /// directory, NUL byte).
+    /// directories. Requires `file_write`. The default is
+    /// [`write_file_stream`](Self::write_file_stream) with an empty body.
+    /// Errors: `PermissionDenied` (read-only mount or entry, outside the
+    /// workspace), `InvalidRequest` (target is a directory, NUL byte).
     async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
-        let _ = request;
-        Err(self.unsupported("write_file"))
+        self.write_file_stream(request, crate::empty_stream()).await
+    }
+
+    /// Writes `request.contents` followed by every chunk of `body`, with the
+    /// same rules as [`write_file`](Self::write_file) (atomic unless
+    /// `request.offset` is set, mode, parents). Memory stays bounded whatever
+    /// the size. A body that ends with an `Err` item fails the write with
+    /// that error and leaves the target as it was. Requires `file_write`.
+    async fn write_file_stream(
+        &self,
+        request: RunnerFileWriteRequest,
+        body: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        let _ = (request, body);
+        Err(self.unsupported("write_file_stream"))
     }
 
     /// Entries of a directory, sorted by name. Requires `file_management`.
@@ -325,17 +373,38 @@ pub trait RemoteRunnerSession: Send + Sync + 'static {
     /// Unpacks a tar archive into the directory `target` (created if missing).
     /// Entries that would land outside `target` (absolute, `..`, through a
     /// symlink) are refused with `PermissionDenied`. Requires `archive_transfer`.
+    /// The default is [`upload_archive_stream`](Self::upload_archive_stream).
     async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
+        self.upload_archive_stream(target, crate::bytes_stream(archive))
+            .await
+    }
+
+    /// [`upload_archive`](Self::upload_archive) from a stream: memory stays
+    /// bounded whatever the archive's size. Requires `archive_transfer`.
+    async fn upload_archive_stream(
+        &self,
+        target: &Path,
+        archive: RunnerByteStream,
+    ) -> RunnerResult<()> {
         let _ = (target, archive);
-        Err(self.unsupported("upload_archive"))
+        Err(self.unsupported("upload_archive_stream"))
     }
 
     /// A tar archive of a directory's contents (paths relative to it) or of a
     /// single file. Symlinks are stored as symlinks. Requires `archive_transfer`.
+    /// The default collects [`download_archive_stream`](Self::download_archive_stream).
     /// Errors: `NotFound`.
     async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
+        let stream = self.download_archive_stream(path).await?;
+        let what = path.display().to_string();
+        crate::collect_stream("download_archive", &what, stream, u64::MAX).await
+    }
+
+    /// [`download_archive`](Self::download_archive) as a stream: memory stays
+    /// bounded whatever the archive's size. Requires `archive_transfer`.
+    async fn download_archive_stream(&self, path: &Path) -> RunnerResult<RunnerByteStream> {
         let _ = path;
-        Err(self.unsupported("download_archive"))
+        Err(self.unsupported("download_archive_stream"))
     }
 
     // ----- ports, snapshots, mounts, artifacts -----

@@ -38,6 +38,7 @@ fn image_target(label: &str, image: String) -> Target {
             provider_id: "docker".into(),
             config: serde_json::json!({ "image": image }),
             default_manifest: Default::default(),
+            artifacts: None,
         },
     }
 }

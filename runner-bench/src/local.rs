@@ -30,6 +30,7 @@ pub(crate) fn target(dir: &std::path::Path) -> Target {
                 "snapshot_dir": dir.join("snapshots"),
             }),
             default_manifest: Default::default(),
+            artifacts: None,
         },
     }
 }

@@ -120,6 +120,7 @@ pub(crate) fn target() -> anyhow::Result<Target> {
                 "known_hosts_file": server.known_hosts,
             }),
             default_manifest: Default::default(),
+            artifacts: None,
         },
     })
 }

@@ -74,6 +74,7 @@ mod tests {
             provider_id: "p".into(),
             config: serde_json::json!({"root": "/r"}),
             default_manifest: Default::default(),
+            artifacts: None,
         };
         let state = RunnerSessionState {
             provider_id: "p".into(),

@@ -174,6 +174,7 @@ fn destination() -> RunnerDestination {
         provider_id: "memory".into(),
         config: serde_json::Value::Null,
         default_manifest: Default::default(),
+        artifacts: None,
     }
 }
 

@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
         provider_id: "memory".into(),
         config: serde_json::Value::Null,
         default_manifest: Default::default(),
+        artifacts: None,
     };
     let provider = MemoryProvider::default().with_secret_resolver(server.resolver());
     Conformance::new(Arc::new(provider), destination)

@@ -18,6 +18,7 @@ fn destination(manifest: RunnerManifest) -> RunnerDestination {
         provider_id: "memory".into(),
         config: serde_json::Value::Null,
         default_manifest: manifest,
+        artifacts: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn destination(config: serde_json::Value, mounts: Vec<RunnerMount>) -> RunnerDes
             entries: vec![],
             mounts,
         },
+        artifacts: None,
     }
 }
 

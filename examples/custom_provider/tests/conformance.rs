@@ -16,6 +16,7 @@ fn main() -> std::process::ExitCode {
             "workspaces_dir": dir.path(),
         }),
         default_manifest: Default::default(),
+        artifacts: None,
     };
     Conformance::new(Arc::new(AgentProvider::default()), destination).run()
 }

@@ -155,6 +155,7 @@ async fn agent_episode() -> TestResult {
         provider_id: "docker".into(),
         config: serde_json::json!({ "image": image()?, "network": "none" }),
         default_manifest: Default::default(),
+        artifacts: None,
     };
     let session = provider
         .create_session(destination)

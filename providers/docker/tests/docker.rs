@@ -41,6 +41,7 @@ fn destination(config: serde_json::Value) -> RunnerDestination {
         provider_id: "docker".into(),
         config,
         default_manifest: RunnerManifest::default(),
+        artifacts: None,
     }
 }
 

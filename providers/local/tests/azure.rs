@@ -145,6 +145,7 @@ fn destination(workspaces: &Path, mounts: Vec<RunnerMount>) -> RunnerDestination
             entries: vec![],
             mounts,
         },
+        artifacts: None,
     }
 }
 

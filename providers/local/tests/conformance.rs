@@ -18,6 +18,7 @@ fn main() -> ExitCode {
             "snapshot_dir": dir.path().join("snapshots"),
         }),
         default_manifest: Default::default(),
+        artifacts: None,
     };
     // The mounts and artifacts areas run against an in-process S3 server.
     let server = S3TestServer::start().expect("start the in-process S3 test server");

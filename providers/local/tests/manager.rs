@@ -132,6 +132,7 @@ async fn a_session_that_cannot_pause_is_closed_on_idle() {
             provider_id: runner_testkit::MEMORY_PROVIDER_ID.into(),
             config: json!({}),
             default_manifest: Default::default(),
+            artifacts: None,
         })
         .await
         .expect("create");

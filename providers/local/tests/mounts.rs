@@ -20,6 +20,7 @@ fn destination(config: serde_json::Value, mount: RunnerMount) -> RunnerDestinati
             entries: vec![],
             mounts: vec![mount],
         },
+        artifacts: None,
     }
 }
 

@@ -551,6 +551,7 @@ mod tests {
             provider_id: "docker".into(),
             config: serde_json::json!({ "host": "h" }),
             default_manifest: Default::default(),
+            artifacts: None,
         };
         let kind = |d: &RunnerDestination| {
             SshProvider::new()

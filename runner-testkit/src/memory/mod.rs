@@ -191,6 +191,7 @@ impl MemoryProvider {
             provider_id: MEMORY_PROVIDER_ID.into(),
             config: serde_json::Value::Null,
             default_manifest: RunnerManifest::default(),
+            artifacts: None,
         };
         MountedSession::attach(session, &destination, self.resolver.clone()).await
     }

@@ -79,6 +79,7 @@ pub(crate) fn run(run: Run) -> ExitCode {
         provider_id: "docker".into(),
         config,
         default_manifest: Default::default(),
+        artifacts: None,
     };
     let provider = DockerProvider::new().with_secret_resolver(server.resolver());
     let args = arguments(select);

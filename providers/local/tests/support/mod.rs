@@ -61,6 +61,7 @@ pub fn destination_with(config: Value, manifest: RunnerManifest) -> RunnerDestin
         provider_id: "unix-local".into(),
         config,
         default_manifest: manifest,
+        artifacts: None,
     }
 }
 

@@ -37,5 +37,6 @@ pub(crate) fn destination(id: &str, config: serde_json::Value) -> RunnerDestinat
         provider_id: "ssh".into(),
         config,
         default_manifest: Default::default(),
+        artifacts: None,
     }
 }
