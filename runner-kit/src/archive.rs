@@ -5,7 +5,9 @@
 //! API, a remote `tar`) cannot stop an entry half way, so it checks the whole
 //! archive first and unpacks the clean copy [`sanitize_upload`] writes (masked
 //! modes, the session user as owner, nothing but directories, files and
-//! links), never the caller's bytes. A provider that unpacks entry by entry
+//! links), never the caller's bytes. [`sanitize_upload_stream`] does the same
+//! for an archive arriving as a [`RunnerByteStream`], spooling the clean copy
+//! to an anonymous temporary file instead of memory. A provider that unpacks entry by entry
 //! itself uses [`entry_name`] (or [`entry_path`]) for the name rule and the
 //! same [`MODE_MASK`].
 //!
@@ -52,11 +54,14 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use futures_util::StreamExt;
 use tar::EntryType;
 
-use runner_api::{RunnerError, RunnerErrorKind, RunnerResult};
+use runner_api::{RunnerByteStream, RunnerError, RunnerErrorKind, RunnerResult};
 
 /// Why an entry name is refused (see the module docs).
 #[non_exhaustive]
@@ -369,7 +374,7 @@ pub struct SanitizedUpload {
 /// sparse entry, a PAX global header, or too many bytes; each message names
 /// `operation`, `target` and (except for a corrupt archive) the entry.
 pub fn check_upload(operation: &str, target: &Path, archive: &[u8]) -> RunnerResult<ArchiveCheck> {
-    walk(operation, target, archive, &UploadPolicy::default(), None)
+    walk::<std::io::Sink>(operation, target, archive, &UploadPolicy::default(), None)
 }
 
 /// Checks `archive` as [`check_upload`] does, against `policy`'s size bound,
@@ -395,14 +400,152 @@ pub fn sanitize_upload(
 ) -> RunnerResult<SanitizedUpload> {
     let mut builder = tar::Builder::new(Vec::new());
     let check = walk(operation, target, archive, policy, Some(&mut builder))?;
-    let archive = builder.into_inner().map_err(|e| {
+    let archive = builder
+        .into_inner()
+        .map_err(|e| finish_failed(operation, target, e))?;
+    Ok(SanitizedUpload { archive, check })
+}
+
+/// Bytes one chunk of [`SpooledUpload::into_stream`] holds at most.
+const SPOOL_CHUNK: usize = 256 * 1024;
+
+/// An upload checked and rewritten as [`sanitize_upload`] does, spooled to an
+/// anonymous temporary file on the caller's side (bounded memory, whatever
+/// the archive's size). The file has no name, so nothing is left behind when
+/// the upload is dropped.
+#[derive(Debug)]
+pub struct SpooledUpload {
+    file: std::fs::File,
+    len: u64,
+    /// `"{operation} {target}"`, for the messages of [`Self::into_stream`].
+    label: String,
+    /// What the check learned (the parents to check on the runner).
+    pub check: ArchiveCheck,
+}
+
+impl SpooledUpload {
+    /// The size in bytes of the rewritten archive.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the rewritten archive has no bytes (never the case for a
+    /// finished tar, which ends with two zero blocks).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The rewritten archive as a stream of chunks (at most 256 KiB each)
+    /// read from the spool file.
+    ///
+    /// Errors (as a stream item): `Provider` when reading the spool file
+    /// fails, naming the operation and the target.
+    pub fn into_stream(self) -> RunnerByteStream {
+        let label = self.label;
+        let file = tokio::fs::File::from_std(self.file);
+        Box::pin(
+            tokio_util::io::ReaderStream::with_capacity(file, SPOOL_CHUNK).map(move |chunk| {
+                chunk.map_err(|e| {
+                    RunnerError::provider(format!(
+                        "{label}: reading the spooled archive failed: {e}"
+                    ))
+                    .with_source(e)
+                })
+            }),
+        )
+    }
+}
+
+/// [`sanitize_upload`] for an archive arriving as a stream: the same walk
+/// reads the chunks as they come (on a blocking thread) and writes the clean
+/// tar into an anonymous temporary file, so neither the caller's archive nor
+/// the rewritten one is ever held in memory.
+///
+/// Dropping the returned future stops the walk at the next chunk.
+///
+/// Errors: those of [`sanitize_upload`]; an error the stream yields is
+/// returned as it is (its kind and message kept); `Provider` naming the
+/// operation and the target when the spool file cannot be written.
+pub async fn sanitize_upload_stream(
+    operation: &str,
+    target: &Path,
+    archive: RunnerByteStream,
+    policy: &UploadPolicy,
+) -> RunnerResult<SpooledUpload> {
+    // The stream's own error, kept whole (the walk only sees an I/O error).
+    let failed: Arc<Mutex<Option<RunnerError>>> = Arc::default();
+    let slot = Arc::clone(&failed);
+    // Dropping this future drops `_cancel`, which ends the stream the walk
+    // reads (a blocking thread cannot be stopped any other way).
+    let (_cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let chunks = archive
+        .map(move |chunk| {
+            chunk.map_err(|error| {
+                let io = std::io::Error::other(error.message().to_owned());
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                io
+            })
+        })
+        .take_until(cancelled);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(chunks));
+    let (op, path, policy) = (operation.to_owned(), target.to_owned(), *policy);
+    let spooled = tokio::task::spawn_blocking(move || spool(&op, &path, reader, &policy))
+        .await
+        .map_err(|e| {
+            RunnerError::provider(format!(
+                "{operation} {}: the archive check stopped: {e}",
+                target.display()
+            ))
+        })?;
+    match spooled {
+        Ok(spooled) => Ok(spooled),
+        Err(walk_error) => Err(failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or(walk_error)),
+    }
+}
+
+/// The blocking half of [`sanitize_upload_stream`]: the walk over `archive`
+/// into an anonymous temporary file, rewound for reading.
+fn spool(
+    operation: &str,
+    target: &Path,
+    archive: impl Read,
+    policy: &UploadPolicy,
+) -> RunnerResult<SpooledUpload> {
+    let spool_failed = |e: std::io::Error| {
         RunnerError::provider(format!(
-            "{operation} {}: writing the checked archive failed: {e}",
+            "{operation} {}: spooling the checked archive failed: {e}",
             target.display()
         ))
         .with_source(e)
-    })?;
-    Ok(SanitizedUpload { archive, check })
+    };
+    let file = tempfile::tempfile().map_err(spool_failed)?;
+    let mut builder = tar::Builder::new(BufWriter::with_capacity(SPOOL_CHUNK, file));
+    let check = walk(operation, target, archive, policy, Some(&mut builder))?;
+    let mut file = builder
+        .into_inner()
+        .and_then(|writer| writer.into_inner().map_err(|e| e.into_error()))
+        .map_err(|e| finish_failed(operation, target, e))?;
+    let len = file.stream_position().map_err(spool_failed)?;
+    file.rewind().map_err(spool_failed)?;
+    Ok(SpooledUpload {
+        file,
+        len,
+        label: format!("{operation} {}", target.display()),
+        check,
+    })
+}
+
+/// The error for a clean archive that could not be finished.
+fn finish_failed(operation: &str, target: &Path, error: std::io::Error) -> RunnerError {
+    RunnerError::provider(format!(
+        "{operation} {}: writing the checked archive failed: {error}",
+        target.display()
+    ))
+    .with_source(error)
 }
 
 /// The header of a rewritten entry.
@@ -438,14 +581,15 @@ fn is_pax_sparse<R: std::io::Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Re
     Ok(false)
 }
 
-/// The one walk behind [`check_upload`] and [`sanitize_upload`]: checks every
+/// The one walk behind [`check_upload`], [`sanitize_upload`] and
+/// [`sanitize_upload_stream`]: reads the archive once, in order, checks every
 /// entry and, given a builder, appends its clean copy.
-fn walk(
+fn walk<W: Write>(
     operation: &str,
     target: &Path,
-    archive: &[u8],
+    archive: impl Read,
     policy: &UploadPolicy,
-    mut out: Option<&mut tar::Builder<Vec<u8>>>,
+    mut out: Option<&mut tar::Builder<W>>,
 ) -> RunnerResult<ArchiveCheck> {
     let corrupt = |error: std::io::Error| {
         RunnerError::invalid_request(format!(
@@ -476,7 +620,8 @@ fn walk(
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
             return Err(RunnerError::invalid_request(format!(
-                "{operation} {}: the archive has a PAX global header, which unpackers apply to                  every later entry; global headers are refused",
+                "{operation} {}: the archive has a PAX global header, which unpackers apply to \
+                 every later entry; global headers are refused",
                 target.display()
             )));
         }
@@ -513,7 +658,8 @@ fn walk(
                         RunnerErrorKind::InvalidRequest,
                         &name,
                         &format_args!(
-                            "the archive unpacks to more than the limit of {} bytes                              (max_upload_bytes)",
+                            "the archive unpacks to more than the limit of {} bytes \
+                             (max_upload_bytes)",
                             policy.max_unpacked_bytes
                         ),
                     ));
@@ -877,11 +1023,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sanitize_refuses_sparse_global_headers_and_too_many_bytes() {
-        let sparse = kind_of(&[("s", EntryType::GNUSparse, None)]);
-        assert_eq!(sparse, InvalidRequest);
-        // A PAX global header ahead of a plain entry.
+    /// A PAX global header ahead of a plain entry.
+    fn global_header_tar() -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
         let mut global = tar::Header::new_ustar();
         global.set_entry_type(EntryType::XGlobalHeader);
@@ -893,11 +1036,17 @@ mod tests {
         let mut header = tar::Header::new_ustar();
         header.set_size(1);
         builder.append_data(&mut header, "x", &b"x"[..]).expect("x");
-        let archive = builder.into_inner().expect("finish");
+        builder.into_inner().expect("finish")
+    }
+
+    #[test]
+    fn sanitize_refuses_sparse_global_headers_and_too_many_bytes() {
+        let sparse = kind_of(&[("s", EntryType::GNUSparse, None)]);
+        assert_eq!(sparse, InvalidRequest);
         let err = sanitize_upload(
             "upload_archive",
             Path::new("t"),
-            &archive,
+            &global_header_tar(),
             &UploadPolicy::default(),
         )
         .expect_err("global header");
@@ -933,6 +1082,139 @@ mod tests {
             err.message().contains("\"b\"") && err.message().contains("1000"),
             "{err}"
         );
+    }
+
+    /// `archive` as a stream of 7-byte chunks (headers and data split across
+    /// chunk boundaries).
+    fn stream_of(archive: &[u8]) -> RunnerByteStream {
+        let chunks: Vec<RunnerResult<bytes::Bytes>> = archive
+            .chunks(7)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        Box::pin(futures_util::stream::iter(chunks))
+    }
+
+    async fn spooled(archive: &[u8], policy: &UploadPolicy) -> RunnerResult<SpooledUpload> {
+        sanitize_upload_stream("upload_archive", Path::new("t"), stream_of(archive), policy).await
+    }
+
+    async fn spooled_bytes(upload: SpooledUpload) -> Vec<u8> {
+        let len = upload.len();
+        let bytes = runner_api::collect_stream("read", "spool", upload.into_stream(), len)
+            .await
+            .expect("spool reads back");
+        assert_eq!(bytes.len() as u64, len);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn stream_sanitize_writes_what_the_slice_form_writes() {
+        let archive = tar_of(&[
+            ("./", Directory, None),
+            ("a/", Directory, None),
+            ("a/f", Regular, None),
+            ("a/s", Symlink, Some("f")),
+            ("h", Link, Some("a/f")),
+        ]);
+        let policy = UploadPolicy {
+            owner: Some((1000, 1000)),
+            ..UploadPolicy::default()
+        };
+        let whole = sanitize_upload("upload_archive", Path::new("t"), &archive, &policy)
+            .expect("slice passes");
+        let upload = spooled(&archive, &policy).await.expect("stream passes");
+        assert_eq!(upload.check, whole.check);
+        assert!(!upload.is_empty());
+        assert_eq!(spooled_bytes(upload).await, whole.archive);
+        let empty = spooled(&[], &policy).await.expect("empty passes");
+        assert!(empty.check.parents().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stream_sanitize_refuses_what_the_slice_form_refuses() {
+        let policy = UploadPolicy::default();
+        let err = spooled(&global_header_tar(), &policy)
+            .await
+            .expect_err("global header");
+        assert_eq!(err.kind(), InvalidRequest);
+        assert!(err.message().contains("PAX global header"), "{err}");
+        let cases: [(&[Spec<'_>], RunnerErrorKind); 4] = [
+            (&[("c", Char, None)], InvalidRequest),
+            (&[("ok", Regular, None), ("b", Block, None)], InvalidRequest),
+            (&[("a/../../x", Regular, None)], PermissionDenied),
+            (
+                &[("up", Symlink, Some("..")), ("up/x", Regular, None)],
+                PermissionDenied,
+            ),
+        ];
+        for (entries, kind) in cases {
+            let err = spooled(&tar_of(entries), &policy)
+                .await
+                .expect_err("refused");
+            assert_eq!(err.kind(), kind, "{entries:?}: {err}");
+            assert!(err.message().starts_with("upload_archive t: "), "{err}");
+        }
+        let mut corrupt = tar_of(&[("a.txt", Regular, None)]);
+        corrupt[148..156].copy_from_slice(b"0000000\0");
+        let err = spooled(&corrupt, &policy).await.expect_err("bad checksum");
+        assert_eq!(err.kind(), InvalidRequest);
+    }
+
+    #[tokio::test]
+    async fn stream_sanitize_keeps_the_body_error() {
+        let archive = tar_of(&[("a", Regular, None), ("b", Regular, None)]);
+        let chunks = vec![
+            Ok(bytes::Bytes::copy_from_slice(&archive[..600])),
+            Err(RunnerError::new(
+                RunnerErrorKind::Unavailable,
+                "body: connection lost",
+            )),
+        ];
+        let body: RunnerByteStream = Box::pin(futures_util::stream::iter(chunks));
+        let err = sanitize_upload_stream(
+            "upload_archive",
+            Path::new("t"),
+            body,
+            &UploadPolicy::default(),
+        )
+        .await
+        .expect_err("body failed");
+        assert_eq!(err.kind(), RunnerErrorKind::Unavailable);
+        assert_eq!(err.message(), "body: connection lost");
+    }
+
+    /// Tells `dropped` when the stream holding it is dropped.
+    struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
+
+    impl Drop for DropSignal {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn stream_sanitize_stops_when_the_future_is_dropped() {
+        let (tx, dropped) = tokio::sync::oneshot::channel();
+        let signal = DropSignal(Some(tx));
+        let first = tar_of(&[("a", Regular, None)]);
+        // One entry's header, then a body that never ends.
+        let body: RunnerByteStream = Box::pin(
+            futures_util::stream::iter([Ok(bytes::Bytes::copy_from_slice(&first[..512]))])
+                .chain(futures_util::stream::pending())
+                .map(move |chunk| {
+                    let _held = &signal;
+                    chunk
+                }),
+        );
+        let policy = UploadPolicy::default();
+        let upload = sanitize_upload_stream("upload_archive", Path::new("t"), body, &policy);
+        tokio::select! {
+            _ = upload => panic!("a body that never ends cannot finish"),
+            _ = tokio::task::yield_now() => {}
+        }
+        dropped.await.expect("the walk dropped the body");
     }
 
     fn parents_of(names: &[&str]) -> ArchiveCheck {
