@@ -1,6 +1,6 @@
 //! Object-store mounts and artifact export for every provider.
 //!
-//! A provider gets both by wrapping each new session once:
+//! The layer stack (`runner-stack`) wraps every session once:
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -17,7 +17,9 @@
 //! credentials never enter the runner), and returns a session that syncs
 //! writable mounts back on `sync_mounts`, `snapshot` and `close`, refuses writes
 //! under read-only mounts, and exports artifacts to the store named by the
-//! destination config's `"artifacts"` key. See `docs/mounts.md`.
+//! destination's [`artifacts`](RunnerDestination::artifacts) field. Files move
+//! as streams both ways, so no object is held whole in memory. See
+//! `docs/mounts.md`.
 
 mod artifacts;
 mod secrets;
@@ -37,30 +39,29 @@ use self::sync::{ObjectMount, mount_failed};
 /// [`StoreSpec`] themselves.
 pub use object_store;
 use runner_api::{
-    RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
-    RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
-    RunnerCommandResult, RunnerDestination, RunnerError, RunnerEventStream, RunnerExecutionLease,
-    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
-    RunnerLeaseRequest, RunnerListeningPort, RunnerManifest, RunnerPortRequest, RunnerPortResult,
-    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    LayeredSession, RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
+    RunnerByteStream, RunnerCapabilities, RunnerDestination, RunnerError, RunnerErrorKind,
+    RunnerFileWriteRequest, RunnerManifest, RunnerResult, RunnerSnapshotRef,
 };
 
-/// The reserved key of `RunnerDestination.config` naming the artifact store.
+/// The key of `RunnerDestination.config` that named the artifact store
+/// before the setting moved to [`RunnerDestination::artifacts`]; a
+/// destination that still has it is refused.
 pub const ARTIFACTS_CONFIG_KEY: &str = "artifacts";
 
-/// The artifact store of a destination: its config's `"artifacts"` value,
-/// or `None` when absent.
+/// The artifact store of a destination: its
+/// [`artifacts`](RunnerDestination::artifacts) field, or `None` when absent.
 ///
-/// Errors: `InvalidRequest` naming the bad field.
+/// Errors: `InvalidRequest` naming the destination and the bad field.
 pub fn artifact_store_spec(destination: &RunnerDestination) -> RunnerResult<Option<StoreSpec>> {
-    match destination.config.get(ARTIFACTS_CONFIG_KEY) {
+    match &destination.artifacts {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(value) => serde_json::from_value(value.clone())
             .map(Some)
             .map_err(|e| {
                 RunnerError::invalid_request(format!(
-                    "destination {:?}: config.{ARTIFACTS_CONFIG_KEY}: {e} (expected {{\"uri\": …, \
-                 \"credentials\": {{\"id\": …}}, \"options\": {{…}}}})",
+                    "destination {:?}: artifacts: {e} (expected {{\"uri\": …, \
+                     \"credentials\": {{\"id\": …}}, \"options\": {{…}}}})",
                     destination.id
                 ))
             }),
@@ -83,7 +84,7 @@ pub fn native_manifest(manifest: &RunnerManifest) -> RunnerManifest {
 
 /// Checks the object-store parts of a destination without contacting any
 /// store: each store mount's URI scheme matches its kind, and the artifact
-/// store config parses. Call it from `validate_destination` next to
+/// store setting parses. The stack calls it in `validate_destination` next to
 /// [`validate_manifest`](runner_api::validate_manifest).
 ///
 /// Errors: `InvalidRequest` naming the mount or field.
@@ -100,15 +101,44 @@ pub fn validate_stores(destination: &RunnerDestination) -> RunnerResult<()> {
     artifact_store_spec(destination).map(|_| ())
 }
 
+/// Whether a session with `capabilities` can hold object-store mounts and
+/// export artifacts: both go through its `file_read`, `file_write` and
+/// `file_management`.
+pub fn supports_stores(capabilities: &RunnerCapabilities) -> bool {
+    capabilities.file_read && capabilities.file_write && capabilities.file_management
+}
+
+/// `capabilities` with what [`MountedSession`] adds when
+/// [`supports_stores`] holds: the compiled-in object-store mount kinds, and
+/// `artifact_export` when `artifact_store` (the destination names a store, or
+/// for a provider: it can export wherever a store is named). A flag the inner
+/// session already claims stays claimed.
+pub fn mounted_capabilities(
+    mut capabilities: RunnerCapabilities,
+    artifact_store: bool,
+) -> RunnerCapabilities {
+    if supports_stores(&capabilities) {
+        let kinds = store_mount_kinds();
+        capabilities.artifact_export |= artifact_store;
+        capabilities.mounts.s3 |= kinds.s3;
+        capabilities.mounts.r2 |= kinds.r2;
+        capabilities.mounts.gcs |= kinds.gcs;
+        capabilities.mounts.azure_blob |= kinds.azure_blob;
+    }
+    capabilities
+}
+
 /// A session with materialized object-store mounts and artifact export,
-/// wrapping any provider's session. Every other operation goes to the inner
-/// session unchanged.
+/// wrapping any provider's session. It overrides what mounts change (writes
+/// under read-only mounts, sync back on `sync_mounts`, `snapshot` and
+/// `close`, artifact export, the capabilities); every other operation goes to
+/// the inner session unchanged.
 pub struct MountedSession {
     inner: Arc<dyn RemoteRunnerSession>,
     mounts: Vec<ObjectMount>,
     artifacts: Option<StoreSpec>,
     resolver: Arc<dyn SecretResolver>,
-    closed: AtomicBool,
+    synced_on_close: AtomicBool,
 }
 
 impl std::fmt::Debug for MountedSession {
@@ -123,8 +153,9 @@ impl std::fmt::Debug for MountedSession {
 
 impl MountedSession {
     /// Materializes the object-store mounts of `destination.default_manifest`
-    /// into `inner` and returns the wrapped session. Credentials are resolved
-    /// here, on the caller's side, with `resolver`.
+    /// into `inner` and returns the wrapped session, exporting artifacts to
+    /// the destination's artifact store. Credentials are resolved here, on
+    /// the caller's side, with `resolver`.
     ///
     /// On any failure every mount directory created so far is removed, `inner`
     /// is closed, and the error names the mount: `PermissionDenied` (bad
@@ -137,7 +168,11 @@ impl MountedSession {
         destination: &RunnerDestination,
         resolver: Arc<dyn SecretResolver>,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        match Self::build(&inner, destination, resolver).await {
+        let built = match artifact_store_spec(destination) {
+            Ok(artifacts) => Self::materialize(&inner, destination, artifacts, resolver).await,
+            Err(e) => Err(e),
+        };
+        match built {
             Ok(session) => Ok(Arc::new(session)),
             Err(e) => {
                 if let Err(close) = inner.close().await {
@@ -148,12 +183,55 @@ impl MountedSession {
         }
     }
 
-    async fn build(
+    /// Wraps a resumed or rejoined session: no mount is materialized again
+    /// (its files stay as plain files of the workspace) and nothing syncs
+    /// back; artifacts go to the store `destination` names. `None` (a
+    /// destination nobody vouched for) exports no artifacts.
+    ///
+    /// Errors: `InvalidRequest` for a bad artifact store setting; `inner` is
+    /// then closed.
+    pub async fn reattach(
+        inner: Arc<dyn RemoteRunnerSession>,
+        destination: Option<&RunnerDestination>,
+        resolver: Arc<dyn SecretResolver>,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        match destination.map(artifact_store_spec).transpose() {
+            Ok(artifacts) => Ok(Arc::new(Self::new(
+                inner.clone(),
+                Vec::new(),
+                artifacts.flatten(),
+                resolver,
+            ))),
+            Err(e) => {
+                if let Err(close) = inner.close().await {
+                    tracing::warn!(error = %close, "closing a session whose artifact store is bad");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn new(
+        inner: Arc<dyn RemoteRunnerSession>,
+        mounts: Vec<ObjectMount>,
+        artifacts: Option<StoreSpec>,
+        resolver: Arc<dyn SecretResolver>,
+    ) -> Self {
+        Self {
+            inner,
+            mounts,
+            artifacts,
+            resolver,
+            synced_on_close: AtomicBool::new(false),
+        }
+    }
+
+    async fn materialize(
         inner: &Arc<dyn RemoteRunnerSession>,
         destination: &RunnerDestination,
+        artifacts: Option<StoreSpec>,
         resolver: Arc<dyn SecretResolver>,
     ) -> RunnerResult<Self> {
-        let artifacts = artifact_store_spec(destination)?;
         let mut mounts: Vec<ObjectMount> = Vec::new();
         let caps = inner.capabilities();
         for mount in &destination.default_manifest.mounts {
@@ -161,9 +239,9 @@ impl MountedSession {
                 continue;
             }
             let what = format!("mount {:?}", mount.name);
-            if !(caps.file_read && caps.file_write && caps.file_management) {
+            if !supports_stores(&caps) {
                 return Err(RunnerError::new(
-                    runner_api::RunnerErrorKind::Unsupported,
+                    RunnerErrorKind::Unsupported,
                     format!(
                         "{what}: object-store mounts need file_read, file_write and \
                          file_management on the {} provider",
@@ -195,7 +273,7 @@ impl MountedSession {
                 Err(e) => {
                     for done in mounts.iter().map(|m| &m.path).chain([&mount.path]) {
                         if let Err(remove) = inner.remove(done, true).await
-                            && remove.kind() != runner_api::RunnerErrorKind::NotFound
+                            && remove.kind() != RunnerErrorKind::NotFound
                         {
                             tracing::warn!(error = %remove, "removing a failed mount");
                         }
@@ -205,18 +283,7 @@ impl MountedSession {
             }
             tracing::debug!(mount = %mount.name, "materialized mount");
         }
-        Ok(Self {
-            inner: inner.clone(),
-            mounts,
-            artifacts,
-            resolver,
-            closed: AtomicBool::new(false),
-        })
-    }
-
-    /// The inner session.
-    pub fn inner(&self) -> &Arc<dyn RemoteRunnerSession> {
-        &self.inner
+        Ok(Self::new(inner.clone(), mounts, artifacts, resolver))
     }
 
     async fn sync_all(&self) -> RunnerResult<()> {
@@ -260,118 +327,27 @@ impl MountedSession {
 }
 
 #[async_trait]
-impl RemoteRunnerSession for MountedSession {
-    fn state(&self) -> RunnerSessionState {
-        self.inner.state()
+impl LayeredSession for MountedSession {
+    fn inner(&self) -> &Arc<dyn RemoteRunnerSession> {
+        &self.inner
     }
 
-    /// The inner session's, with `artifact_export` and the compiled-in
-    /// object-store mount kinds.
+    /// The inner session's, with the compiled-in object-store mount kinds,
+    /// and `artifact_export` when the destination names an artifact store
+    /// (see [`mounted_capabilities`]).
     fn capabilities(&self) -> RunnerCapabilities {
-        let mut caps = self.inner.capabilities();
-        let kinds = store_mount_kinds();
-        caps.artifact_export = true;
-        caps.mounts.s3 |= kinds.s3;
-        caps.mounts.r2 |= kinds.r2;
-        caps.mounts.gcs |= kinds.gcs;
-        caps.mounts.azure_blob |= kinds.azure_blob;
-        caps
-    }
-
-    fn workspace_root(&self) -> PathBuf {
-        self.inner.workspace_root()
-    }
-
-    async fn pause(&self) -> RunnerResult<RunnerSessionState> {
-        self.inner.pause().await
-    }
-
-    async fn resume(&self) -> RunnerResult<RunnerSessionState> {
-        self.inner.resume().await
-    }
-
-    async fn detach(&self) -> RunnerResult<RunnerSessionState> {
-        self.inner.detach().await
+        mounted_capabilities(self.inner.capabilities(), self.artifacts.is_some())
     }
 
     /// Syncs writable mounts back, then closes the inner session. When the
     /// sync fails the session stays open (nothing is lost) and the error names
     /// the mount; closing again retries.
     async fn close(&self) -> RunnerResult<()> {
-        if !self.closed.load(Ordering::SeqCst) {
+        if !self.synced_on_close.load(Ordering::SeqCst) {
             self.sync_all().await.map_err(|e| e.context("close"))?;
-            self.closed.store(true, Ordering::SeqCst);
+            self.synced_on_close.store(true, Ordering::SeqCst);
         }
         self.inner.close().await
-    }
-
-    async fn run_command(
-        &self,
-        request: RunnerCommandRequest,
-    ) -> RunnerResult<RunnerCommandResult> {
-        self.inner.run_command(request).await
-    }
-
-    async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
-        self.inner.cancel_command(command_id).await
-    }
-
-    async fn start_command(
-        &self,
-        request: RunnerCommandRequest,
-    ) -> RunnerResult<RunnerProcessInfo> {
-        self.inner.start_command(request).await
-    }
-
-    async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
-        self.inner.list_commands().await
-    }
-
-    async fn command_status(
-        &self,
-        command_id: &RunnerCommandId,
-    ) -> RunnerResult<RunnerProcessInfo> {
-        self.inner.command_status(command_id).await
-    }
-
-    async fn command_output(
-        &self,
-        command_id: &RunnerCommandId,
-        after_seq: u64,
-    ) -> RunnerResult<RunnerCommandOutput> {
-        self.inner.command_output(command_id, after_seq).await
-    }
-
-    async fn stream_command(
-        &self,
-        command_id: &RunnerCommandId,
-        after_seq: u64,
-    ) -> RunnerResult<RunnerEventStream> {
-        self.inner.stream_command(command_id, after_seq).await
-    }
-
-    async fn write_stdin(
-        &self,
-        command_id: &RunnerCommandId,
-        bytes: Vec<u8>,
-        close: bool,
-    ) -> RunnerResult<()> {
-        self.inner.write_stdin(command_id, bytes, close).await
-    }
-
-    async fn signal_command(
-        &self,
-        command_id: &RunnerCommandId,
-        signal: RunnerSignal,
-    ) -> RunnerResult<()> {
-        self.inner.signal_command(command_id, signal).await
-    }
-
-    async fn read_file(
-        &self,
-        request: RunnerFileReadRequest,
-    ) -> RunnerResult<RunnerFileReadResult> {
-        self.inner.read_file(request).await
     }
 
     async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
@@ -379,12 +355,13 @@ impl RemoteRunnerSession for MountedSession {
         self.inner.write_file(request).await
     }
 
-    async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
-        self.inner.list_dir(path).await
-    }
-
-    async fn stat(&self, path: &Path) -> RunnerResult<RunnerFileStat> {
-        self.inner.stat(path).await
+    async fn write_file_stream(
+        &self,
+        request: RunnerFileWriteRequest,
+        body: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        self.guard("write_file_stream", &request.path, false)?;
+        self.inner.write_file_stream(request, body).await
     }
 
     async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
@@ -403,25 +380,18 @@ impl RemoteRunnerSession for MountedSession {
         self.inner.rename(from, to).await
     }
 
-    async fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
-        self.inner.canonicalize(path).await
-    }
-
     async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
         self.guard("upload_archive", target, true)?;
         self.inner.upload_archive(target, archive).await
     }
 
-    async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
-        self.inner.download_archive(path).await
-    }
-
-    async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
-        self.inner.expose_port(request).await
-    }
-
-    async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {
-        self.inner.list_listening_ports().await
+    async fn upload_archive_stream(
+        &self,
+        target: &Path,
+        archive: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        self.guard("upload_archive_stream", target, true)?;
+        self.inner.upload_archive_stream(target, archive).await
     }
 
     /// Syncs writable mounts back, then snapshots the inner session.
@@ -433,64 +403,26 @@ impl RemoteRunnerSession for MountedSession {
     /// Syncs writable object-store mounts back (new, changed and deleted
     /// files), then the inner session's own mounts where it has any.
     async fn sync_mounts(&self) -> RunnerResult<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(RunnerError::session_closed(
-                "sync_mounts",
-                &self.inner.state().session_id,
-            ));
-        }
         self.sync_all()
             .await
             .map_err(|e| e.context("sync_mounts"))?;
         match self.inner.sync_mounts().await {
-            Err(e) if e.kind() == runner_api::RunnerErrorKind::Unsupported => Ok(()),
+            Err(e) if e.kind() == RunnerErrorKind::Unsupported => Ok(()),
             other => other,
         }
     }
 
     /// Uploads a file, or a directory as a tar, to the destination's artifact
-    /// store. Errors: `InvalidRequest` when the destination names none.
+    /// store; without one, the inner session exports (a provider's own
+    /// export, else `Unsupported`).
     async fn export_artifact(
         &self,
         request: RunnerArtifactExportRequest,
     ) -> RunnerResult<RunnerArtifactExportResult> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(RunnerError::session_closed(
-                "export_artifact",
-                &self.inner.state().session_id,
-            ));
-        }
-        let spec = self.artifacts.as_ref().ok_or_else(|| {
-            RunnerError::invalid_request(format!(
-                "export_artifact {}: the destination names no artifact store (set config.{ARTIFACTS_CONFIG_KEY}.uri)",
-                request.path.display()
-            ))
-        })?;
+        let Some(spec) = &self.artifacts else {
+            return self.inner.export_artifact(request).await;
+        };
         let store = store::open_store("export_artifact", spec, self.resolver.as_ref()).await?;
         artifacts::export(self.inner.as_ref(), &store, request).await
-    }
-
-    async fn acquire_workspace_execution_lease(
-        &self,
-        request: RunnerLeaseRequest,
-    ) -> RunnerResult<RunnerExecutionLease> {
-        self.inner.acquire_workspace_execution_lease(request).await
-    }
-
-    async fn renew_workspace_execution_lease(
-        &self,
-        lease: &RunnerExecutionLease,
-        ttl_ms: u64,
-    ) -> RunnerResult<RunnerExecutionLease> {
-        self.inner
-            .renew_workspace_execution_lease(lease, ttl_ms)
-            .await
-    }
-
-    async fn release_workspace_execution_lease(
-        &self,
-        lease: &RunnerExecutionLease,
-    ) -> RunnerResult<()> {
-        self.inner.release_workspace_execution_lease(lease).await
     }
 }

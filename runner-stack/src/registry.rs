@@ -1,4 +1,5 @@
-//! Providers by id, with validation before every session.
+//! Providers by id, each wrapped in the registry's [`Stack`], with
+//! validation before every session.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,8 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerCapabilities, RunnerDestination, RunnerError,
-    RunnerErrorKind, RunnerResult, RunnerSessionState,
+    RunnerErrorKind, RunnerResult, RunnerSessionState, ThreadRunnerBinding,
 };
+
+use crate::Stack;
+use crate::stack::StackedProvider;
 
 /// A provider as listed by [`RunnerRegistry::providers`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -23,20 +27,41 @@ pub struct RunnerProviderInfo {
     pub default_workspace: Option<String>,
 }
 
-/// Providers by id. Every session is created through
+/// Providers by id, each wrapped in the registry's [`Stack`] when it is
+/// registered, so every session comes back composed (see [`Stack`]). Every
+/// session is created through
 /// [`validate_destination`](RemoteRunnerProvider::validate_destination) first.
 #[derive(Clone, Default)]
 pub struct RunnerRegistry {
-    providers: BTreeMap<String, Arc<dyn RemoteRunnerProvider>>,
+    stack: Stack,
+    providers: BTreeMap<String, Arc<StackedProvider>>,
+}
+
+impl std::fmt::Debug for RunnerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.providers.keys()).finish()
+    }
 }
 
 impl RunnerRegistry {
-    /// An empty registry.
+    /// An empty registry with [`Stack::new`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds a provider. Errors: `AlreadyExists` when its id is taken.
+    /// An empty registry whose providers are wrapped in `stack` (for a
+    /// secret resolver of its own: `Stack::new().with_resolver(…)`).
+    pub fn with_stack(stack: Stack) -> Self {
+        Self {
+            stack,
+            providers: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a provider, wrapped in the registry's stack: register the bare
+    /// provider, not one already [`stacked`](crate::stacked).
+    ///
+    /// Errors: `AlreadyExists` when its id is taken.
     pub fn register(&mut self, provider: Arc<dyn RemoteRunnerProvider>) -> RunnerResult<()> {
         let id = provider.id();
         if self.providers.contains_key(&id) {
@@ -45,17 +70,20 @@ impl RunnerRegistry {
                 format!("register: a provider with id {id:?} is already registered"),
             ));
         }
-        self.providers.insert(id, provider);
+        self.providers
+            .insert(id, Arc::new(self.stack.wrap(provider)));
         Ok(())
     }
 
-    /// The provider with `id`.
+    /// The provider with `id`, as stacked by the registry.
     pub fn get(&self, id: &str) -> Option<Arc<dyn RemoteRunnerProvider>> {
-        self.providers.get(id).cloned()
+        self.providers
+            .get(id)
+            .map(|p| p.clone() as Arc<dyn RemoteRunnerProvider>)
     }
 
-    fn require(&self, operation: &str, id: &str) -> RunnerResult<Arc<dyn RemoteRunnerProvider>> {
-        self.get(id).ok_or_else(|| {
+    fn require(&self, operation: &str, id: &str) -> RunnerResult<Arc<StackedProvider>> {
+        self.providers.get(id).cloned().ok_or_else(|| {
             let known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
             RunnerError::not_found(format!(
                 "{operation}: no provider {id:?} is registered (registered: {})",
@@ -85,7 +113,26 @@ impl RunnerRegistry {
             .await
     }
 
-    /// Validates `destination`, then creates a session for it.
+    /// Validates the binding's destination, then creates a session for it,
+    /// composed once with the workspace layer at the binding's `workspace`
+    /// and `read_roots` instead of the session's own root: writes and working
+    /// directories stay under `workspace`, reads may also resolve under the
+    /// read roots. A relative `workspace` (the empty path included) is taken
+    /// under the session's own workspace root.
+    ///
+    /// Errors: `NotFound` (no such provider), and those of
+    /// [`create_session`](Self::create_session).
+    pub async fn open(
+        &self,
+        binding: ThreadRunnerBinding,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        let provider = self.require("open", &binding.destination.provider_id)?;
+        provider.validate_destination(&binding.destination).await?;
+        provider.open_binding(binding).await
+    }
+
+    /// Validates `destination`, then creates a session for it, confined to
+    /// the session's own workspace root.
     pub async fn create_session(
         &self,
         destination: RunnerDestination,

@@ -6,18 +6,17 @@
 //! is refused too. Operations on a path itself (`stat`, `remove`, `rename`) resolve
 //! the parent and keep the final component, so they act on a link, not its target.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
 use runner_api::{
-    RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
-    RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
-    RunnerCommandResult, RunnerError, RunnerErrorKind, RunnerEventStream, RunnerFileKind,
-    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
-    RunnerListeningPort, RunnerPortRequest, RunnerPortResult, RunnerProcessInfo, RunnerResult,
-    RunnerSessionState, RunnerSignal, RunnerSnapshotRef, normalize_lexically, reject_nul_path,
+    LayeredSession, RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
+    RunnerByteStream, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerErrorKind,
+    RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileStream,
+    RunnerFileWriteRequest, RunnerProcessInfo, RunnerResult, normalize_lexically, reject_nul_path,
 };
 
 /// Whether a path is read or written: writes may only land under the root.
@@ -38,9 +37,10 @@ enum Follow {
 
 /// A session whose paths are confined to a workspace root (and read roots).
 ///
-/// Implements [`RemoteRunnerSession`] itself, so it can stand wherever a session
-/// does. Relative paths resolve under `root`; a command without `cwd` runs in
-/// `root`. Refusals are `PermissionDenied` (outside) or `InvalidRequest` (NUL byte).
+/// A [`LayeredSession`], so it can stand wherever a session does; it overrides
+/// the operations that take a path or a working directory (the whole-buffer
+/// and the streaming forms alike) and forwards every other one. Relative paths
+/// resolve under `root`; a command without `cwd` runs in `root`. Refusals are `PermissionDenied` (outside) or `InvalidRequest` (NUL byte).
 /// Symlink checks need the session's `canonicalize`; without `file_management` the
 /// check is lexical only.
 #[derive(Clone)]
@@ -51,6 +51,11 @@ pub struct RemoteWorkspace {
     pub root: PathBuf,
     /// Extra absolute runner paths reads may resolve under.
     pub read_roots: Vec<PathBuf>,
+    /// Canonical forms of the roots that existed when first resolved, shared
+    /// by clones: each root costs one `canonicalize` per workspace, not one
+    /// per operation. A root replaced later (by a symlink elsewhere) keeps
+    /// its first answer, so paths through the replacement are refused.
+    canonical: Arc<Mutex<HashMap<PathBuf, PathBuf>>>,
 }
 
 impl RemoteWorkspace {
@@ -60,6 +65,7 @@ impl RemoteWorkspace {
             session,
             root: root.into(),
             read_roots: Vec::new(),
+            canonical: Arc::default(),
         }
     }
 
@@ -83,10 +89,27 @@ impl RemoteWorkspace {
         roots
     }
 
+    fn canonical(&self) -> MutexGuard<'_, HashMap<PathBuf, PathBuf>> {
+        self.canonical
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     async fn canonical_roots(&self, access: PathAccess) -> RunnerResult<Vec<PathBuf>> {
         let mut out = Vec::new();
         for root in self.allowed(access) {
-            out.push(self.canonical_existing(&root).await?.0);
+            let known = self.canonical().get(&root).cloned();
+            let canonical = match known {
+                Some(canonical) => canonical,
+                None => {
+                    let (canonical, existed) = self.canonical_existing(&root).await?;
+                    if existed {
+                        self.canonical().insert(root, canonical.clone());
+                    }
+                    canonical
+                }
+            };
+            out.push(canonical);
         }
         Ok(out)
     }
@@ -218,33 +241,13 @@ impl RemoteWorkspace {
 }
 
 #[async_trait]
-impl RemoteRunnerSession for RemoteWorkspace {
-    fn state(&self) -> RunnerSessionState {
-        self.session.state()
-    }
-
-    fn capabilities(&self) -> RunnerCapabilities {
-        self.session.capabilities()
+impl LayeredSession for RemoteWorkspace {
+    fn inner(&self) -> &Arc<dyn RemoteRunnerSession> {
+        &self.session
     }
 
     fn workspace_root(&self) -> PathBuf {
         self.root.clone()
-    }
-
-    async fn pause(&self) -> RunnerResult<RunnerSessionState> {
-        self.session.pause().await
-    }
-
-    async fn resume(&self) -> RunnerResult<RunnerSessionState> {
-        self.session.resume().await
-    }
-
-    async fn detach(&self) -> RunnerResult<RunnerSessionState> {
-        self.session.detach().await
-    }
-
-    async fn close(&self) -> RunnerResult<()> {
-        self.session.close().await
     }
 
     async fn run_command(
@@ -255,60 +258,12 @@ impl RemoteRunnerSession for RemoteWorkspace {
         self.session.run_command(request).await
     }
 
-    async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
-        self.session.cancel_command(command_id).await
-    }
-
     async fn start_command(
         &self,
         request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerProcessInfo> {
         let request = self.resolve_command(request).await?;
         self.session.start_command(request).await
-    }
-
-    async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
-        self.session.list_commands().await
-    }
-
-    async fn command_status(
-        &self,
-        command_id: &RunnerCommandId,
-    ) -> RunnerResult<RunnerProcessInfo> {
-        self.session.command_status(command_id).await
-    }
-
-    async fn command_output(
-        &self,
-        command_id: &RunnerCommandId,
-        after_seq: u64,
-    ) -> RunnerResult<RunnerCommandOutput> {
-        self.session.command_output(command_id, after_seq).await
-    }
-
-    async fn stream_command(
-        &self,
-        command_id: &RunnerCommandId,
-        after_seq: u64,
-    ) -> RunnerResult<RunnerEventStream> {
-        self.session.stream_command(command_id, after_seq).await
-    }
-
-    async fn write_stdin(
-        &self,
-        command_id: &RunnerCommandId,
-        bytes: Vec<u8>,
-        close: bool,
-    ) -> RunnerResult<()> {
-        self.session.write_stdin(command_id, bytes, close).await
-    }
-
-    async fn signal_command(
-        &self,
-        command_id: &RunnerCommandId,
-        signal: RunnerSignal,
-    ) -> RunnerResult<()> {
-        self.session.signal_command(command_id, signal).await
     }
 
     async fn read_file(
@@ -322,11 +277,35 @@ impl RemoteRunnerSession for RemoteWorkspace {
         Ok(result)
     }
 
+    async fn read_file_stream(
+        &self,
+        mut request: RunnerFileReadRequest,
+    ) -> RunnerResult<RunnerFileStream> {
+        let asked = request.path.clone();
+        request.path = self
+            .resolve("read_file_stream", &asked, PathAccess::Read)
+            .await?;
+        let mut file = self.session.read_file_stream(request).await?;
+        file.path = asked;
+        Ok(file)
+    }
+
     async fn write_file(&self, mut request: RunnerFileWriteRequest) -> RunnerResult<()> {
         request.path = self
             .resolve("write_file", &request.path, PathAccess::Write)
             .await?;
         self.session.write_file(request).await
+    }
+
+    async fn write_file_stream(
+        &self,
+        mut request: RunnerFileWriteRequest,
+        body: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        request.path = self
+            .resolve("write_file_stream", &request.path, PathAccess::Write)
+            .await?;
+        self.session.write_file_stream(request, body).await
     }
 
     async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
@@ -387,6 +366,17 @@ impl RemoteRunnerSession for RemoteWorkspace {
         self.session.upload_archive(&resolved, archive).await
     }
 
+    async fn upload_archive_stream(
+        &self,
+        target: &Path,
+        archive: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        let resolved = self
+            .resolve("upload_archive_stream", target, PathAccess::Write)
+            .await?;
+        self.session.upload_archive_stream(&resolved, archive).await
+    }
+
     async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
         let resolved = self
             .resolve("download_archive", path, PathAccess::Read)
@@ -394,20 +384,11 @@ impl RemoteRunnerSession for RemoteWorkspace {
         self.session.download_archive(&resolved).await
     }
 
-    async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
-        self.session.expose_port(request).await
-    }
-
-    async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {
-        self.session.list_listening_ports().await
-    }
-
-    async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
-        self.session.snapshot().await
-    }
-
-    async fn sync_mounts(&self) -> RunnerResult<()> {
-        self.session.sync_mounts().await
+    async fn download_archive_stream(&self, path: &Path) -> RunnerResult<RunnerByteStream> {
+        let resolved = self
+            .resolve("download_archive_stream", path, PathAccess::Read)
+            .await?;
+        self.session.download_archive_stream(&resolved).await
     }
 
     async fn export_artifact(
@@ -421,31 +402,5 @@ impl RemoteRunnerSession for RemoteWorkspace {
         let mut result = self.session.export_artifact(request).await?;
         result.path = asked;
         Ok(result)
-    }
-
-    async fn acquire_workspace_execution_lease(
-        &self,
-        request: runner_api::RunnerLeaseRequest,
-    ) -> RunnerResult<runner_api::RunnerExecutionLease> {
-        self.session
-            .acquire_workspace_execution_lease(request)
-            .await
-    }
-
-    async fn renew_workspace_execution_lease(
-        &self,
-        lease: &runner_api::RunnerExecutionLease,
-        ttl_ms: u64,
-    ) -> RunnerResult<runner_api::RunnerExecutionLease> {
-        self.session
-            .renew_workspace_execution_lease(lease, ttl_ms)
-            .await
-    }
-
-    async fn release_workspace_execution_lease(
-        &self,
-        lease: &runner_api::RunnerExecutionLease,
-    ) -> RunnerResult<()> {
-        self.session.release_workspace_execution_lease(lease).await
     }
 }
