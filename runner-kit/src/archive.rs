@@ -56,7 +56,6 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::StreamExt;
 use tar::EntryType;
@@ -407,7 +406,7 @@ pub fn sanitize_upload(
 }
 
 /// Bytes one chunk of [`SpooledUpload::into_stream`] holds at most.
-const SPOOL_CHUNK: usize = 256 * 1024;
+const SPOOL_CHUNK: usize = crate::bridge::CHUNK_BYTES;
 
 /// An upload checked and rewritten as [`sanitize_upload`] does, spooled to an
 /// anonymous temporary file on the caller's side (bounded memory, whatever
@@ -433,6 +432,12 @@ impl SpooledUpload {
     /// finished tar, which ends with two zero blocks).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The rewritten archive as the spool file, positioned at its start, for
+    /// an unpacker that reads it on a blocking thread.
+    pub fn into_file(self) -> std::fs::File {
+        self.file
     }
 
     /// The rewritten archive as a stream of chunks (at most 256 KiB each)
@@ -461,7 +466,8 @@ impl SpooledUpload {
 /// tar into an anonymous temporary file, so neither the caller's archive nor
 /// the rewritten one is ever held in memory.
 ///
-/// Dropping the returned future stops the walk at the next chunk.
+/// Dropping the returned future stops the walk at the next chunk (see
+/// [`with_body_reader`](crate::bridge::with_body_reader)).
 ///
 /// Errors: those of [`sanitize_upload`]; an error the stream yields is
 /// returned as it is (its kind and message kept); `Provider` naming the
@@ -472,39 +478,11 @@ pub async fn sanitize_upload_stream(
     archive: RunnerByteStream,
     policy: &UploadPolicy,
 ) -> RunnerResult<SpooledUpload> {
-    // The stream's own error, kept whole (the walk only sees an I/O error).
-    let failed: Arc<Mutex<Option<RunnerError>>> = Arc::default();
-    let slot = Arc::clone(&failed);
-    // Dropping this future drops `_cancel`, which ends the stream the walk
-    // reads (a blocking thread cannot be stopped any other way).
-    let (_cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
-    let chunks = archive
-        .map(move |chunk| {
-            chunk.map_err(|error| {
-                let io = std::io::Error::other(error.message().to_owned());
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
-                io
-            })
-        })
-        .take_until(cancelled);
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(chunks));
     let (op, path, policy) = (operation.to_owned(), target.to_owned(), *policy);
-    let spooled = tokio::task::spawn_blocking(move || spool(&op, &path, reader, &policy))
-        .await
-        .map_err(|e| {
-            RunnerError::provider(format!(
-                "{operation} {}: the archive check stopped: {e}",
-                target.display()
-            ))
-        })?;
-    match spooled {
-        Ok(spooled) => Ok(spooled),
-        Err(walk_error) => Err(failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .unwrap_or(walk_error)),
-    }
+    crate::bridge::with_body_reader(operation, archive, move |reader| {
+        spool(&op, &path, reader, &policy)
+    })
+    .await
 }
 
 /// The blocking half of [`sanitize_upload_stream`]: the walk over `archive`

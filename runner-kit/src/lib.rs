@@ -1,12 +1,14 @@
 //! The machinery a provider implementation runs on: the process table with
 //! process groups, stdin pipes, head/tail output and the numbered output log,
-//! archive checks, read-only paths, `/proc` parsing, the execution lease and the
-//! destinations a process may resume.
+//! archive checks, read-only paths, `/proc` parsing, the execution lease, the
+//! destinations a process may resume, and the bridges between byte streams and
+//! blocking file work.
 //!
 //! unix-local and the runner agent are built from these parts; a provider that
 //! only forwards to a remote API needs none of them.
 
 pub mod archive;
+pub mod bridge;
 mod known;
 mod lease;
 pub mod output;
