@@ -10,10 +10,10 @@ use tokio::time::Instant;
 
 use super::{IdleAction, ManagerConfig};
 use runner_api::{
-    RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
-    RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
-    RunnerCommandResult, RunnerError, RunnerEventStream, RunnerExecutionLease,
-    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
+    LayeredSession, RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
+    RunnerByteStream, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
+    RunnerCommandResult, RunnerEventStream, RunnerExecutionLease, RunnerFileReadRequest,
+    RunnerFileReadResult, RunnerFileStat, RunnerFileStream, RunnerFileWriteRequest,
     RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest, RunnerPortResult,
     RunnerProcessInfo, RunnerProcessState, RunnerResult, RunnerSessionState, RunnerSignal,
     RunnerSnapshotRef,
@@ -344,18 +344,13 @@ impl ManagedSession {
     }
 }
 
+/// Every call but `state`, `capabilities` and `workspace_root` counts as
+/// activity for its whole duration (a stream's until it is returned) and
+/// first resumes a session the manager paused.
 #[async_trait]
-impl RemoteRunnerSession for ManagedSession {
-    fn state(&self) -> RunnerSessionState {
-        self.inner.state()
-    }
-
-    fn capabilities(&self) -> RunnerCapabilities {
-        self.inner.capabilities()
-    }
-
-    fn workspace_root(&self) -> PathBuf {
-        self.inner.workspace_root()
+impl LayeredSession for ManagedSession {
+    fn inner(&self) -> &Arc<dyn RemoteRunnerSession> {
+        &self.inner
     }
 
     async fn pause(&self) -> RunnerResult<RunnerSessionState> {
@@ -468,9 +463,26 @@ impl RemoteRunnerSession for ManagedSession {
         self.inner.read_file(request).await
     }
 
+    async fn read_file_stream(
+        &self,
+        request: RunnerFileReadRequest,
+    ) -> RunnerResult<RunnerFileStream> {
+        let _call = self.begin("read_file_stream").await?;
+        self.inner.read_file_stream(request).await
+    }
+
     async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
         let _call = self.begin("write_file").await?;
         self.inner.write_file(request).await
+    }
+
+    async fn write_file_stream(
+        &self,
+        request: RunnerFileWriteRequest,
+        body: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        let _call = self.begin("write_file_stream").await?;
+        self.inner.write_file_stream(request, body).await
     }
 
     async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
@@ -508,9 +520,23 @@ impl RemoteRunnerSession for ManagedSession {
         self.inner.upload_archive(target, archive).await
     }
 
+    async fn upload_archive_stream(
+        &self,
+        target: &Path,
+        archive: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        let _call = self.begin("upload_archive_stream").await?;
+        self.inner.upload_archive_stream(target, archive).await
+    }
+
     async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
         let _call = self.begin("download_archive").await?;
         self.inner.download_archive(path).await
+    }
+
+    async fn download_archive_stream(&self, path: &Path) -> RunnerResult<RunnerByteStream> {
+        let _call = self.begin("download_archive_stream").await?;
+        self.inner.download_archive_stream(path).await
     }
 
     async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
@@ -566,9 +592,5 @@ impl RemoteRunnerSession for ManagedSession {
     ) -> RunnerResult<()> {
         let _call = self.begin("release_workspace_execution_lease").await?;
         self.inner.release_workspace_execution_lease(lease).await
-    }
-
-    fn unsupported(&self, operation: &str) -> RunnerError {
-        self.inner.unsupported(operation)
     }
 }
