@@ -1,17 +1,42 @@
-//! Artifact export: a file, or a directory as a tar, uploaded to the artifact
-//! store named in the destination config, through the session's file API.
+//! Artifact export: a file, or a directory as a tar, uploaded to the
+//! destination's artifact store through the session's file API, streamed.
 
 use std::path::{Path, PathBuf};
 
-use object_store::{ObjectStoreExt, PutPayload};
-use sha2::{Digest, Sha256};
+use bytes::Bytes;
 
 use crate::store::OpenStore;
-use crate::sync::{hash_file, hex_digest, read_parts, upload_file};
+use crate::sync::{ObjectSink, feed_file};
 use runner_api::{
     RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult, RunnerError,
-    RunnerFileKind, RunnerResult,
+    RunnerFileKind, RunnerFileReadRequest, RunnerResult, next_chunk,
 };
+
+/// The size of a tar block: headers and padded contents are multiples of it.
+const BLOCK: usize = 512;
+
+/// What an artifact's object holds.
+enum Source {
+    /// The file's bytes.
+    File(PathBuf),
+    /// A deterministic tar of the directory's contents.
+    Tree(PathBuf),
+}
+
+impl Source {
+    /// Feeds the object's bytes to `sink`; returns the number of regular
+    /// files in it.
+    async fn feed(
+        &self,
+        session: &dyn RemoteRunnerSession,
+        sink: &mut ObjectSink<'_>,
+    ) -> RunnerResult<u64> {
+        match self {
+            Self::File(path) => feed_file(session, path, sink).await.map(|_| 1),
+            Self::Tree(root) => feed_tar(session, root, sink).await,
+        }
+    }
+}
 
 /// Uploads `request.path` of `session` to `store`.
 ///
@@ -19,11 +44,14 @@ use runner_api::{
 /// contents, built deterministically (sorted names, zero times and owners), so
 /// the same tree always gives the same bytes. The object key is
 /// `<prefix>/<sha256>/<name>` and the id `sha256-<hex>`: both derive from the
-/// content. The metadata holds `size`, `sha256`, `file_count`, `key` and `format`
-/// (`file` or `tar`).
+/// content, so the object is read twice, as streams: once to hash it, once
+/// to upload it (the upload must hash the same, or the export fails). The
+/// metadata holds `size`, `sha256`, `file_count`, `key` and `format` (`file`
+/// or `tar`).
 ///
 /// Errors: `NotFound` (no such path), `InvalidRequest` (a directory without
-/// `recursive`, a symlink), the store's kinds.
+/// `recursive`, a symlink), `Provider` (the content changed during the
+/// export), the store's kinds.
 pub(crate) async fn export(
     session: &dyn RemoteRunnerSession,
     store: &OpenStore,
@@ -35,38 +63,13 @@ pub(crate) async fn export(
         .await
         .map_err(|e| e.context(&what))?;
     let name = artifact_name(session, &request.path);
-    let (sha256, size, file_count, format, file_name) = match stat.kind {
-        RunnerFileKind::File => {
-            let sha256 = hash_file(session, &request.path)
-                .await
-                .map_err(|e| e.context(&what))?;
-            let key = store.key(&format!("{sha256}/{name}"));
-            let signature =
-                upload_file(session, store, &request.path, &key, stat.size, &what).await?;
-            if signature.sha256 != sha256 {
-                return Err(RunnerError::provider(format!(
-                    "{what}: the file changed while it was exported; export it again"
-                )));
-            }
-            (sha256, signature.size, 1_u64, "file", name)
-        }
-        RunnerFileKind::Directory if request.recursive => {
-            let (tar, file_count) = build_tar(session, &request.path)
-                .await
-                .map_err(|e| e.context(&what))?;
-            let mut hasher = Sha256::new();
-            hasher.update(&tar);
-            let sha256 = hex_digest(hasher);
-            let file_name = format!("{name}.tar");
-            let key = store.key(&format!("{sha256}/{file_name}"));
-            let size = tar.len() as u64;
-            store
-                .store
-                .put(&key, PutPayload::from(tar))
-                .await
-                .map_err(|e| store.error(&what, e))?;
-            (sha256, size, file_count, "tar", file_name)
-        }
+    let (source, format, file_name) = match stat.kind {
+        RunnerFileKind::File => (Source::File(request.path.clone()), "file", name),
+        RunnerFileKind::Directory if request.recursive => (
+            Source::Tree(request.path.clone()),
+            "tar",
+            format!("{name}.tar"),
+        ),
         RunnerFileKind::Directory => {
             return Err(RunnerError::invalid_request(format!(
                 "{what}: is a directory; set recursive to export it as a tar"
@@ -78,14 +81,34 @@ pub(crate) async fn export(
             )));
         }
     };
-    let rel = format!("{sha256}/{file_name}");
+    let mut digest = ObjectSink::digest(&what);
+    source
+        .feed(session, &mut digest)
+        .await
+        .map_err(|e| e.context(&what))?;
+    let hashed = digest.finish().await?;
+    let rel = format!("{}/{file_name}", hashed.sha256);
+    let mut upload = ObjectSink::upload(store, store.key(&rel), &what);
+    let file_count = match source.feed(session, &mut upload).await {
+        Ok(count) => count,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e.context(&what));
+        }
+    };
+    let uploaded = upload.finish().await?;
+    if uploaded != hashed {
+        return Err(RunnerError::provider(format!(
+            "{what}: the content changed while it was exported; export it again"
+        )));
+    }
     Ok(RunnerArtifactExportResult {
         path: request.path,
-        artifact_id: format!("sha256-{sha256}"),
+        artifact_id: format!("sha256-{}", hashed.sha256),
         url: Some(store.url_of(&rel)),
         metadata: serde_json::json!({
-            "size": size,
-            "sha256": sha256,
+            "size": hashed.size,
+            "sha256": hashed.sha256,
             "file_count": file_count,
             "format": format,
             "key": store.key(&rel).to_string(),
@@ -106,11 +129,21 @@ fn artifact_name(session: &dyn RemoteRunnerSession, path: &Path) -> String {
         .unwrap_or_else(|| "artifact".to_string())
 }
 
-/// A deterministic tar of the directory `root`: entries sorted by path,
-/// modes kept, times and owners zero; symlinks kept as symlinks. Returns the
-/// bytes and the number of regular files.
-async fn build_tar(session: &dyn RemoteRunnerSession, root: &Path) -> RunnerResult<(Vec<u8>, u64)> {
-    let mut builder = tar::Builder::new(Vec::new());
+/// Feeds a deterministic tar of the directory `root` to `sink`: entries
+/// sorted by path, depth first, modes kept, times and owners zero; symlinks
+/// kept as symlinks. Each file's contents stream from the session between
+/// its header and its padding. Returns the number of regular files.
+///
+/// Errors: the session's, and `Provider` when a file's size changed between
+/// the listing and the read.
+async fn feed_tar(
+    session: &dyn RemoteRunnerSession,
+    root: &Path,
+    sink: &mut ObjectSink<'_>,
+) -> RunnerResult<u64> {
+    // The builder writes headers (with GNU long-name entries where needed)
+    // into its buffer, which is handed to the sink after each entry.
+    let mut headers = tar::Builder::new(Vec::new());
     let mut files = 0;
     let mut pending: Vec<(PathBuf, PathBuf)> = vec![(root.to_path_buf(), PathBuf::new())];
     let io = |e: std::io::Error| RunnerError::provider(format!("building the tar: {e}"));
@@ -128,19 +161,20 @@ async fn build_tar(session: &dyn RemoteRunnerSession, root: &Path) -> RunnerResu
             header.set_gid(0);
             match entry.kind {
                 RunnerFileKind::File => {
-                    let mut contents = Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0));
-                    read_parts(session, &path, |part| contents.extend_from_slice(&part)).await?;
                     header.set_entry_type(tar::EntryType::Regular);
-                    header.set_size(contents.len() as u64);
-                    builder
-                        .append_data(&mut header, &entry_rel, contents.as_slice())
+                    header.set_size(entry.size);
+                    headers
+                        .append_data(&mut header, &entry_rel, std::io::empty())
                         .map_err(io)?;
+                    sink.put(Bytes::from(std::mem::take(headers.get_mut())))
+                        .await?;
+                    feed_exactly(session, &path, entry.size, sink).await?;
                     files += 1;
                 }
                 RunnerFileKind::Directory => {
                     header.set_entry_type(tar::EntryType::Directory);
                     header.set_size(0);
-                    builder
+                    headers
                         .append_data(&mut header, &entry_rel, std::io::empty())
                         .map_err(io)?;
                     subdirs.push((path, entry_rel));
@@ -149,7 +183,7 @@ async fn build_tar(session: &dyn RemoteRunnerSession, root: &Path) -> RunnerResu
                     let target = entry.symlink_target.clone().unwrap_or_default();
                     header.set_entry_type(tar::EntryType::Symlink);
                     header.set_size(0);
-                    builder
+                    headers
                         .append_link(&mut header, &entry_rel, &target)
                         .map_err(io)?;
                 }
@@ -159,6 +193,46 @@ async fn build_tar(session: &dyn RemoteRunnerSession, root: &Path) -> RunnerResu
         subdirs.reverse();
         pending.extend(subdirs);
     }
-    let tar = builder.into_inner().map_err(io)?;
-    Ok((tar, files))
+    // What is left: the last headers and the two zero blocks that end a tar.
+    let end = headers.into_inner().map_err(io)?;
+    sink.put(Bytes::from(end)).await?;
+    Ok(files)
+}
+
+/// Feeds the `size` bytes of the file `path`, then the zeros that pad them
+/// to a whole block.
+async fn feed_exactly(
+    session: &dyn RemoteRunnerSession,
+    path: &Path,
+    size: u64,
+    sink: &mut ObjectSink<'_>,
+) -> RunnerResult<()> {
+    let changed = || {
+        RunnerError::provider(format!(
+            "{}: the file changed size while it was exported",
+            path.display()
+        ))
+    };
+    let mut fed = 0;
+    if size > 0 {
+        let mut file = session
+            .read_file_stream(RunnerFileReadRequest::new(path))
+            .await?;
+        while let Some(chunk) = next_chunk(&mut file.bytes).await {
+            let chunk = chunk?;
+            fed += chunk.len() as u64;
+            if fed > size {
+                return Err(changed());
+            }
+            sink.put(chunk).await?;
+        }
+    }
+    if fed != size {
+        return Err(changed());
+    }
+    let rest = (size % BLOCK as u64) as usize;
+    if rest != 0 {
+        sink.put(Bytes::from(vec![0; BLOCK - rest])).await?;
+    }
+    Ok(())
 }

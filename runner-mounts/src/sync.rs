@@ -1,9 +1,14 @@
 //! One object-store mount: materializing its prefix into the workspace and
-//! syncing changes back, through the session's own file API.
+//! syncing changes back, through the session's own file API. Files move as
+//! streams both ways (`read_file_stream` into a put or a multipart upload,
+//! an object's byte stream into `write_file_stream`), hashed on the way, so
+//! no object is held whole in memory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
@@ -11,11 +16,12 @@ use sha2::{Digest, Sha256};
 use super::store::OpenStore;
 use runner_api::{
     RemoteRunnerSession, RunnerError, RunnerFileKind, RunnerFileReadRequest,
-    RunnerFileWriteRequest, RunnerResult, validate_relative_path,
+    RunnerFileWriteRequest, RunnerResult, next_chunk, validate_relative_path,
 };
 
-/// Bytes read per `read_file` call and sent per multipart part when syncing back.
-pub(crate) const PART_SIZE: u64 = 8 * 1024 * 1024;
+/// Bytes per multipart part when uploading; an object up to this size is
+/// sent with one put.
+pub(crate) const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// Multipart parts in flight at once while syncing back one file.
 const PARTS_IN_FLIGHT: usize = 2;
@@ -56,10 +62,6 @@ impl std::fmt::Debug for ObjectMount {
             .field("uri", &self.store.display)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn hex_digest(hasher: Sha256) -> String {
-    hex::encode(hasher.finalize())
 }
 
 impl ObjectMount {
@@ -106,29 +108,32 @@ impl ObjectMount {
         for (location, rel) in objects {
             let target = self.path.join(&rel);
             validate_relative_path(&format!("{what}: object {rel:?}"), &target)?;
-            let got = self.store.store.get(&location).await.map_err(|e| {
-                self.store
-                    .error(&format!("{what}: reading object {rel:?}"), e)
-            })?;
-            let mut contents = Vec::with_capacity(usize::try_from(got.meta.size).unwrap_or(0));
-            let mut stream = got.into_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| {
-                    self.store
-                        .error(&format!("{what}: reading object {rel:?}"), e)
-                })?;
-                contents.extend_from_slice(&chunk);
-            }
-            let mut hasher = Sha256::new();
-            hasher.update(&contents);
-            let signature = Signature {
-                size: contents.len() as u64,
-                sha256: hex_digest(hasher),
-            };
+            let reading = format!("{what}: reading object {rel:?}");
+            let got = self
+                .store
+                .store
+                .get(&location)
+                .await
+                .map_err(|e| self.store.error(&reading, e))?;
+            let digest = Arc::new(Mutex::new(Digester::default()));
+            let (seen, store) = (digest.clone(), self.store.clone());
+            let body = got.into_stream().map(move |chunk| {
+                let chunk = chunk.map_err(|e| store.error(&reading, e))?;
+                seen.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .update(&chunk);
+                Ok(chunk)
+            });
             session
-                .write_file(RunnerFileWriteRequest::new(target, contents))
+                .write_file_stream(
+                    RunnerFileWriteRequest::new(target, Vec::new()),
+                    body.boxed(),
+                )
                 .await
                 .map_err(|e| e.context(&what))?;
+            let signature =
+                std::mem::take(&mut *digest.lock().unwrap_or_else(PoisonError::into_inner))
+                    .finish();
             known.insert(rel, signature);
         }
         Ok(())
@@ -161,7 +166,7 @@ impl ObjectMount {
                 && hash_file(session, &path)
                     .await
                     .map_err(|e| e.context(&what))?
-                    == old.sha256
+                    == *old
             {
                 continue;
             }
@@ -169,8 +174,7 @@ impl ObjectMount {
                 session,
                 &self.store,
                 &path,
-                &self.store.key(rel),
-                *size,
+                self.store.key(rel),
                 &format!("{what}: uploading {rel:?}"),
             )
             .await?;
@@ -231,112 +235,203 @@ impl ObjectMount {
     }
 }
 
-/// Reads `path` in parts of [`PART_SIZE`], handing each to `sink`; returns
-/// the bytes read.
-pub(crate) async fn read_parts(
-    session: &dyn RemoteRunnerSession,
-    path: &Path,
-    mut sink: impl FnMut(Vec<u8>),
-) -> RunnerResult<u64> {
-    let mut offset = 0;
-    loop {
-        let part = session
-            .read_file(RunnerFileReadRequest {
-                path: path.to_path_buf(),
-                offset: Some(offset),
-                limit: Some(PART_SIZE),
-            })
-            .await?;
-        let len = part.contents.len() as u64;
-        offset += len;
-        if len > 0 {
-            sink(part.contents);
-        }
-        if len < PART_SIZE {
-            return Ok(offset);
+/// The size and sha256 of bytes as they pass.
+#[derive(Default)]
+pub(crate) struct Digester {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Digester {
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    pub(crate) fn finish(self) -> Signature {
+        Signature {
+            size: self.size,
+            sha256: hex::encode(self.hasher.finalize()),
         }
     }
 }
 
-/// The sha256 (hex) of a file of the session, read in parts.
+/// How far an upload is.
+enum Parts {
+    /// The first part, not sent yet: one put when the object ends inside it.
+    Pending { chunks: Vec<Bytes>, len: usize },
+    /// A multipart upload with at most [`PARTS_IN_FLIGHT`] parts in memory.
+    Multipart(WriteMultipart),
+}
+
+/// An object being uploaded to `key` of `store`.
+struct Upload<'a> {
+    store: &'a OpenStore,
+    key: object_store::path::Path,
+    parts: Parts,
+}
+
+impl Upload<'_> {
+    async fn put(&mut self, chunk: Bytes, what: &str) -> RunnerResult<()> {
+        let store = self.store;
+        match &mut self.parts {
+            Parts::Multipart(writer) => {
+                writer
+                    .wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(|e| store.error(what, e))?;
+                writer.put(chunk);
+            }
+            Parts::Pending { chunks, len } => {
+                *len += chunk.len();
+                chunks.push(chunk);
+                if *len > PART_SIZE {
+                    let first = std::mem::take(chunks);
+                    let upload = store
+                        .store
+                        .put_multipart(&self.key)
+                        .await
+                        .map_err(|e| store.error(what, e))?;
+                    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                    for chunk in first {
+                        writer.put(chunk);
+                    }
+                    self.parts = Parts::Multipart(writer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(self, what: &str) -> RunnerResult<()> {
+        let store = self.store;
+        match self.parts {
+            Parts::Pending { chunks, .. } => store
+                .store
+                .put(&self.key, chunks.into_iter().collect::<PutPayload>())
+                .await
+                .map(drop),
+            Parts::Multipart(writer) => writer.finish().await.map(drop),
+        }
+        .map_err(|e| store.error(what, e))
+    }
+}
+
+/// The bytes of one object, fed in order: hashed, and for an upload sent to
+/// the store with one put up to [`PART_SIZE`] or a multipart upload above
+/// it. Memory holds at most the part being filled and the parts in flight.
+/// `what` names the operation in errors.
+pub(crate) struct ObjectSink<'a> {
+    digest: Digester,
+    upload: Option<Upload<'a>>,
+    what: &'a str,
+}
+
+impl<'a> ObjectSink<'a> {
+    /// A sink that only hashes.
+    pub(crate) fn digest(what: &'a str) -> Self {
+        Self {
+            digest: Digester::default(),
+            upload: None,
+            what,
+        }
+    }
+
+    /// A sink that hashes and uploads to `key` of `store`.
+    pub(crate) fn upload(
+        store: &'a OpenStore,
+        key: object_store::path::Path,
+        what: &'a str,
+    ) -> Self {
+        Self {
+            digest: Digester::default(),
+            upload: Some(Upload {
+                store,
+                key,
+                parts: Parts::Pending {
+                    chunks: Vec::new(),
+                    len: 0,
+                },
+            }),
+            what,
+        }
+    }
+
+    /// Feeds the next bytes of the object.
+    pub(crate) async fn put(&mut self, chunk: Bytes) -> RunnerResult<()> {
+        self.digest.update(&chunk);
+        match &mut self.upload {
+            Some(upload) => upload.put(chunk, self.what).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Completes the upload; returns the size and sha256 of what was fed.
+    pub(crate) async fn finish(self) -> RunnerResult<Signature> {
+        if let Some(upload) = self.upload {
+            upload.finish(self.what).await?;
+        }
+        Ok(self.digest.finish())
+    }
+
+    /// Gives up: a multipart upload begun is aborted, nothing is stored.
+    pub(crate) async fn abort(self) {
+        if let Some(Upload {
+            parts: Parts::Multipart(writer),
+            ..
+        }) = self.upload
+            && let Err(e) = writer.abort().await
+        {
+            tracing::warn!(what = self.what, error = %e, "aborting a multipart upload failed");
+        }
+    }
+}
+
+/// Feeds every byte of the file `path` of `session` to `sink`, from one
+/// `read_file_stream`; returns the bytes fed.
+pub(crate) async fn feed_file(
+    session: &dyn RemoteRunnerSession,
+    path: &Path,
+    sink: &mut ObjectSink<'_>,
+) -> RunnerResult<u64> {
+    let mut file = session
+        .read_file_stream(RunnerFileReadRequest::new(path))
+        .await?;
+    let mut fed = 0;
+    while let Some(chunk) = next_chunk(&mut file.bytes).await {
+        let chunk = chunk?;
+        fed += chunk.len() as u64;
+        sink.put(chunk).await?;
+    }
+    Ok(fed)
+}
+
+/// The size and sha256 of a file of the session, read as one stream.
 pub(crate) async fn hash_file(
     session: &dyn RemoteRunnerSession,
     path: &Path,
-) -> RunnerResult<String> {
-    let mut hasher = Sha256::new();
-    read_parts(session, path, |part| hasher.update(&part)).await?;
-    Ok(hex_digest(hasher))
+) -> RunnerResult<Signature> {
+    let what = format!("hashing {}", path.display());
+    let mut sink = ObjectSink::digest(&what);
+    feed_file(session, path, &mut sink).await?;
+    sink.finish().await
 }
 
-/// Streams one file of the session to `key`: one put up to [`PART_SIZE`], a
-/// multipart upload with at most [`PARTS_IN_FLIGHT`] parts in memory above it.
-/// `what` names the operation in errors.
+/// Streams one file of the session to `key` (see [`ObjectSink`]), reading
+/// it once. `what` names the operation in errors.
 pub(crate) async fn upload_file(
     session: &dyn RemoteRunnerSession,
     store: &OpenStore,
     path: &Path,
-    key: &object_store::path::Path,
-    size: u64,
+    key: object_store::path::Path,
     what: &str,
 ) -> RunnerResult<Signature> {
-    let mut hasher = Sha256::new();
-    if size <= PART_SIZE {
-        let mut contents = Vec::new();
-        read_parts(session, path, |part| contents.extend_from_slice(&part))
-            .await
-            .map_err(|e| e.context(what))?;
-        hasher.update(&contents);
-        let len = contents.len() as u64;
-        store
-            .store
-            .put(key, PutPayload::from(contents))
-            .await
-            .map_err(|e| store.error(what, e))?;
-        return Ok(Signature {
-            size: len,
-            sha256: hex_digest(hasher),
-        });
+    let mut sink = ObjectSink::upload(store, key, what);
+    if let Err(e) = feed_file(session, path, &mut sink).await {
+        sink.abort().await;
+        return Err(e.context(what));
     }
-    let upload = store
-        .store
-        .put_multipart(key)
-        .await
-        .map_err(|e| store.error(what, e))?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE as usize);
-    let mut offset = 0;
-    let result: RunnerResult<()> = async {
-        loop {
-            writer
-                .wait_for_capacity(PARTS_IN_FLIGHT)
-                .await
-                .map_err(|e| store.error(what, e))?;
-            let part = session
-                .read_file(RunnerFileReadRequest {
-                    path: path.to_path_buf(),
-                    offset: Some(offset),
-                    limit: Some(PART_SIZE),
-                })
-                .await
-                .map_err(|e| e.context(what))?;
-            let len = part.contents.len() as u64;
-            offset += len;
-            hasher.update(&part.contents);
-            writer.put(part.contents.into());
-            if len < PART_SIZE {
-                return Ok(());
-            }
-        }
-    }
-    .await;
-    if let Err(e) = result {
-        let _ = writer.abort().await;
-        return Err(e);
-    }
-    writer.finish().await.map_err(|e| store.error(what, e))?;
-    Ok(Signature {
-        size: offset,
-        sha256: hex_digest(hasher),
-    })
+    sink.finish().await
 }
 
 /// The error for a failed materialization, naming the mount.
