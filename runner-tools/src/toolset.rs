@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use runner_api::{
     RemoteRunnerSession, RunnerError, RunnerErrorKind, RunnerResult, RunnerSnapshotRef,
+    ThreadRunnerBinding,
 };
-use runner_stack::{RemoteWorkspace, RunnerRegistry};
+use runner_stack::RunnerRegistry;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -42,7 +43,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 struct Entry {
     config: ToolDestination,
-    session: OnceCell<RemoteWorkspace>,
+    session: OnceCell<Arc<dyn RemoteRunnerSession>>,
     /// The full references of the snapshots taken through the tools, by
     /// snapshot id: the tools return only the id, since the metadata may hold
     /// the destination's config.
@@ -61,10 +62,10 @@ impl Entry {
 
 /// The tool set over configured destinations: a JSON-in/JSON-out dispatcher.
 ///
-/// Each destination's session opens on first use, through the registry (so the
-/// destination is validated first), wrapped in a [`RemoteWorkspace`] confined to
-/// the destination's workspace and read roots; it stays open until
-/// [`close`](Self::close).
+/// Each destination's session opens on first use with
+/// [`RunnerRegistry::open`] (so the destination is validated first), composed
+/// once by the registry's stack and confined to the destination's workspace
+/// and read roots; it stays open until [`close`](Self::close).
 ///
 /// ```no_run
 /// # async fn demo(registry: runner_stack::RunnerRegistry, config: runner_tools::ToolsConfig)
@@ -202,7 +203,7 @@ impl ToolSet {
                 // Bad content is refused before a session is opened.
                 input.to_request()?;
                 let ws = self.workspace(op, input.destination.as_deref()).await?;
-                to_json(op, &crate::upload::write_file(ws, &input).await?)
+                to_json(op, &crate::upload::write_file(ws.as_ref(), &input).await?)
             }
             Tool::ListDir => {
                 let input: ListDirInput = parse(op, arguments)?;
@@ -274,7 +275,7 @@ impl ToolSet {
                     id: entry.config.destination.id.clone(),
                     provider_id: entry.config.destination.provider_id.clone(),
                     workspace: open
-                        .map(|ws| ws.root.clone())
+                        .map(|ws| ws.workspace_root())
                         .or_else(|| entry.config.workspace.clone()),
                     read_roots: entry.config.read_roots.clone(),
                     open: open.is_some(),
@@ -372,12 +373,16 @@ impl ToolSet {
         &self,
         op: &str,
         destination: Option<&str>,
-    ) -> RunnerResult<&RemoteWorkspace> {
+    ) -> RunnerResult<&Arc<dyn RemoteRunnerSession>> {
         self.open(op, self.entry(op, destination)?).await
     }
 
-    /// `entry`'s workspace, opening its session on first use.
-    async fn open<'a>(&self, op: &str, entry: &'a Entry) -> RunnerResult<&'a RemoteWorkspace> {
+    /// `entry`'s session, opening it on first use.
+    async fn open<'a>(
+        &self,
+        op: &str,
+        entry: &'a Entry,
+    ) -> RunnerResult<&'a Arc<dyn RemoteRunnerSession>> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(RunnerError::new(
                 RunnerErrorKind::SessionClosed,
@@ -390,23 +395,18 @@ impl ToolSet {
         entry
             .session
             .get_or_try_init(|| async {
-                let session = self
-                    .registry
-                    .create_session(entry.config.destination.clone())
-                    .await
-                    .map_err(|e| {
-                        e.context(format!(
-                            "{op}: open destination {:?}",
-                            entry.config.destination.id
-                        ))
-                    })?;
-                let root = entry
-                    .config
-                    .workspace
-                    .clone()
-                    .unwrap_or_else(|| session.workspace_root());
-                Ok(RemoteWorkspace::new(session, root)
-                    .with_read_roots(entry.config.read_roots.iter().cloned()))
+                let binding = ThreadRunnerBinding {
+                    destination: entry.config.destination.clone(),
+                    // The empty path: the session's own workspace root.
+                    workspace: entry.config.workspace.clone().unwrap_or_default(),
+                    read_roots: entry.config.read_roots.clone(),
+                };
+                self.registry.open(binding).await.map_err(|e| {
+                    e.context(format!(
+                        "{op}: open destination {:?}",
+                        entry.config.destination.id
+                    ))
+                })
             })
             .await
     }

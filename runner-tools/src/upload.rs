@@ -3,7 +3,6 @@
 
 use runner_api::{RemoteRunnerSession, RunnerErrorKind, RunnerFileKind};
 use runner_api::{RunnerError, RunnerFileWriteRequest, RunnerResult};
-use runner_stack::RemoteWorkspace;
 
 use crate::input::WriteFileInput;
 use crate::output::WriteResult;
@@ -23,7 +22,7 @@ const NEW_FILE_MODE: u32 = 0o644;
 /// the staging file holds bytes past the end of the last chunk; the runner's
 /// errors for the writes, `stat` and `rename`.
 pub(crate) async fn write_file(
-    ws: &RemoteWorkspace,
+    ws: &dyn RemoteRunnerSession,
     input: &WriteFileInput,
 ) -> RunnerResult<WriteResult> {
     let mut request = input.to_request()?;
@@ -85,7 +84,7 @@ pub(crate) async fn write_file(
 ///
 /// Errors: the runner's errors for that write (`PermissionDenied` for a file
 /// the session user may not write).
-async fn may_replace(ws: &RemoteWorkspace, input: &WriteFileInput) -> RunnerResult<()> {
+async fn may_replace(ws: &dyn RemoteRunnerSession, input: &WriteFileInput) -> RunnerResult<()> {
     match ws.stat(&input.path).await {
         Ok(stat) if stat.kind == RunnerFileKind::File => {
             let mut probe = RunnerFileWriteRequest::new(&input.path, Vec::new());
@@ -105,7 +104,7 @@ async fn may_replace(ws: &RemoteWorkspace, input: &WriteFileInput) -> RunnerResu
 /// there is no regular file there.
 ///
 /// Errors: the runner's `stat` errors other than `NotFound`.
-async fn mode_to_keep(ws: &RemoteWorkspace, input: &WriteFileInput) -> RunnerResult<u32> {
+async fn mode_to_keep(ws: &dyn RemoteRunnerSession, input: &WriteFileInput) -> RunnerResult<u32> {
     match ws.stat(&input.path).await {
         Ok(stat) if stat.kind == RunnerFileKind::File => Ok(stat.mode & 0o7777),
         Ok(_) => Ok(NEW_FILE_MODE),
