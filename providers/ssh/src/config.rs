@@ -30,8 +30,10 @@ pub enum HostKeyPolicy {
 /// ```
 ///
 /// Only `host` is required. Keys are referred to by path: the config never holds
-/// key material or passwords. Unknown keys are an `InvalidRequest` naming the key;
-/// `artifacts` is accepted and left to the shared artifact-store settings.
+/// key material or passwords. An unknown key, or a value of the wrong type, is
+/// one `InvalidRequest` naming the key (never echoing the value). The artifact
+/// store is not part of it: it is the destination's own `artifacts` field
+/// (`RunnerDestination::artifacts`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SshConfig {
@@ -107,9 +109,6 @@ pub struct SshConfig {
     /// runs); default 86 400 s. `null` keeps snapshot archives forever.
     #[serde(default = "default_snapshot_grace_s")]
     pub snapshot_grace_s: Option<u64>,
-    /// Reserved for the shared artifact-store settings; not interpreted here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifacts: Option<serde_json::Value>,
 }
 
 /// The keys `config` may contain, with what each expects.
@@ -136,7 +135,6 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
         "snapshot_grace_s",
         "a non-negative integer (seconds) or null",
     ),
-    ("artifacts", "any JSON value"),
 ];
 
 fn default_port() -> u16 {
@@ -196,7 +194,6 @@ impl SshConfig {
             sftp_timeout_ms: default_sftp_timeout_ms(),
             max_upload_bytes: default_max_upload_bytes(),
             snapshot_grace_s: default_snapshot_grace_s(),
-            artifacts: None,
         }
     }
 
@@ -419,12 +416,22 @@ mod tests {
     }
 
     #[test]
-    fn accept_new_and_artifacts_are_accepted() {
+    fn accept_new_is_accepted() {
         let config = SshConfig::from_value(&serde_json::json!({
-            "host": "h", "host_key_policy": "accept-new", "artifacts": { "url": "s3://b" }
+            "host": "h", "host_key_policy": "accept-new"
         }))
         .expect("parse");
         assert_eq!(config.host_key_policy, HostKeyPolicy::AcceptNew);
+    }
+
+    #[test]
+    fn artifacts_is_no_longer_a_config_key() {
+        let err = SshConfig::from_value(&serde_json::json!({
+            "host": "h", "artifacts": { "uri": "s3://b" }
+        }))
+        .expect_err("refused");
+        assert_eq!(err.kind(), RunnerErrorKind::InvalidRequest);
+        assert!(err.message().contains("\"artifacts\""), "{}", err.message());
     }
 
     #[test]
@@ -451,6 +458,19 @@ mod tests {
             (
                 serde_json::json!({ "host": "h", "max_upload_bytes": 0 }),
                 "max_upload_bytes",
+            ),
+            (
+                serde_json::json!({ "host": "h", "host_key_policy": "x" }),
+                "host_key_policy",
+            ),
+            (serde_json::json!({ "host": "h", "env": { "A": 1 } }), "env"),
+            (
+                serde_json::json!({ "host": "h", "snapshot_grace_s": -1 }),
+                "snapshot_grace_s",
+            ),
+            (
+                serde_json::json!({ "host": "h", "identity_file": ["x"] }),
+                "identity_file",
             ),
         ] {
             let err = SshConfig::from_value(&value).expect_err("refused");

@@ -126,6 +126,11 @@ impl Link {
         }
     }
 
+    /// Longest one sftp request of this link may take (`sftp_timeout_ms`).
+    pub(crate) fn sftp_timeout(&self) -> Duration {
+        self.sftp_timeout
+    }
+
     /// Whether an sftp request of this link timed out.
     pub(crate) fn is_wedged(&self) -> bool {
         self.wedged.load(Ordering::SeqCst)

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use openssh::Session;
 use runner_api::{
     RunnerCommandId, RunnerCommandRequest, RunnerError, RunnerErrorKind, RunnerFileReadRequest,
@@ -773,7 +774,8 @@ pub(crate) async fn start_background(
             let launch_input = &launch_input;
             async move {
                 files::make_dirs(&link, &dir).await?;
-                files::write_file(&link, &dir.join("meta.json"), &meta_json, Some(0o600)).await?;
+                files::write_small_file(&link, &dir.join("meta.json"), &meta_json, Some(0o600))
+                    .await?;
                 run_script(&link, operation, BOOTSTRAP, Some(launch_input)).await
             }
         })
@@ -840,14 +842,14 @@ async fn read_optional(
     link: &Link,
     path: &Path,
     limit: Option<u64>,
-) -> RunnerResult<Option<Vec<u8>>> {
+) -> RunnerResult<Option<Bytes>> {
     let request = RunnerFileReadRequest {
         path: path.to_path_buf(),
         offset: None,
         limit,
     };
-    match files::read_file(link, path, &request).await {
-        Ok((bytes, _)) => Ok(Some(bytes)),
+    match files::read_small_file(link, path, &request).await {
+        Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == RunnerErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -1009,9 +1011,9 @@ impl Follower {
         let path = self.dir.join(CHUNK_INDEX);
         let mut options = link.sftp.options();
         options.write(true).create(true);
-        let (mut file, _) = files::open_regular(link, "index output", &path, Some(options)).await?;
-        files::seek(&mut file, self.index)?;
-        files::write_chunks(link, "index output", &path, &mut file, line).await?;
+        let (file, _) = files::open_regular(link, "index output", &path, Some(options)).await?;
+        let body = runner_api::bytes_stream(line.to_vec());
+        files::write_body(link, "index output", &path, &file, self.index, body).await?;
         drop(file);
         self.index += line.len() as u64;
         Ok(())

@@ -1,32 +1,45 @@
 //! The file API over sftp, on absolute remote paths (confinement to the
-//! workspace is done by [`RemoteWorkspace`](runner_stack::RemoteWorkspace) in
-//! front of the session), plus tar archives in and out.
+//! workspace is done by the layer stack in front of the session), plus tar
+//! archives in and out. Files and archives move as byte streams: a transfer
+//! holds a few pieces in memory at a time, whatever its size.
 
-use std::io::SeekFrom;
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
-use bytes::BytesMut;
-use futures_util::StreamExt;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, FuturesUnordered};
+use futures_util::{StreamExt, future};
 use openssh_sftp_client::file::{File, OpenOptions};
+use openssh_sftp_client::fs::Fs;
 use openssh_sftp_client::metadata::{MetaData, Permissions};
 use runner_api::{
-    RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileStat,
-    RunnerResult,
+    ReadWindow, RunnerByteStream, RunnerError, RunnerErrorKind, RunnerFileKind,
+    RunnerFileReadRequest, RunnerFileStat, RunnerResult, bytes_stream, next_chunk,
+    normalize_lexically,
 };
+use runner_kit::ReadOnlyPaths;
 use runner_kit::archive::{
-    CONFINED_PARENTS_SCRIPT, MODE_MASK, SanitizedUpload, confined_parents_error,
+    CONFINED_PARENTS_SCRIPT, MODE_MASK, SpooledUpload, confined_parents_error,
 };
 use tokio::io::AsyncSeek;
 
-use crate::connection::Link;
-use crate::script::{quote, quote_path, run_checked, run_script};
+use crate::connection::{Connection, Link};
+use crate::script::{Feed, quote, quote_path, run_checked, run_script_fed, script_stdout};
+
+/// Bytes one sftp read or write request carries at most. OpenSSH's
+/// `sftp-server` takes and answers at most 255 KiB per request (its
+/// `limits@openssh.com` read and write lengths); the client would split a
+/// larger one anyway.
+const PIECE: usize = 255 * 1024;
 
 /// Largest single sftp read request.
-const READ_CHUNK: u32 = 256 * 1024;
+const READ_CHUNK: u32 = PIECE as u32;
 
-/// Largest piece of a file written by one timed sftp call.
-const WRITE_CHUNK: usize = 1024 * 1024;
+/// Requests one streamed read or write keeps in flight: enough to hide the
+/// round trips, few enough that a transfer holds about 2 MiB at most.
+const IN_FLIGHT: usize = 8;
 
 fn display(path: &Path) -> String {
     path.display().to_string()
@@ -39,32 +52,39 @@ pub(crate) fn seek(file: &mut File, offset: u64) -> RunnerResult<()> {
         .map_err(|e| RunnerError::provider(format!("seek: {e}")))
 }
 
-/// Reads up to `n` bytes of `file` at `offset`; fewer at the end of the
-/// file. The buffer grows with the bytes that arrive.
+/// Reads `n` bytes of `file` at `offset`, fewer only at the end of the file:
+/// one timed sftp request per [`READ_CHUNK`], repeated while the server
+/// answers short of `n` (its own request limit may be smaller).
 pub(crate) async fn read_at(
     link: &Link,
     file: &mut File,
     path: &Path,
     offset: u64,
     n: u64,
-) -> RunnerResult<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut at = offset;
+) -> RunnerResult<Bytes> {
+    let mut out = BytesMut::new();
     while (out.len() as u64) < n {
-        seek(file, at)?;
-        let want = (n - out.len() as u64).min(READ_CHUNK as u64) as u32;
+        seek(file, offset + out.len() as u64)?;
+        let want = (n - out.len() as u64).min(u64::from(READ_CHUNK)) as u32;
         match link
-            .sftp_call("read", display(path), file.read(want, BytesMut::new()))
+            .sftp_call(
+                "read",
+                display(path),
+                file.read(want, BytesMut::with_capacity(want as usize)),
+            )
             .await?
         {
             Some(bytes) if !bytes.is_empty() => {
-                at += bytes.len() as u64;
-                out.extend_from_slice(&bytes);
+                if out.is_empty() {
+                    out = bytes;
+                } else {
+                    out.extend_from_slice(&bytes);
+                }
             }
             _ => break,
         }
     }
-    Ok(out)
+    Ok(out.freeze())
 }
 
 /// `lstat` of `path`, `None` when it does not exist.
@@ -219,21 +239,88 @@ async fn open_checked(
     })
 }
 
-/// Reads the window `request` asks of the regular file `path` (see
-/// [`runner_api::read_window`]): never more than it, however large the file
-/// or the request; returns the bytes and the file's size.
-pub(crate) async fn read_file(
+/// The window a streamed read of `request` covers in a file of `size`
+/// bytes: from the offset (clamped to the size) for `limit` bytes or to the
+/// end, with no maximum.
+fn stream_window(request: &RunnerFileReadRequest, size: u64) -> ReadWindow {
+    let offset = request.offset.unwrap_or(0).min(size);
+    let rest = size - offset;
+    ReadWindow {
+        offset,
+        len: request.limit.map_or(rest, |limit| limit.min(rest)),
+    }
+}
+
+/// Opens the regular file `path` for a read of `request` ([`open_regular`]):
+/// the handle, the file's size and the window the read covers (no maximum:
+/// a caller holding the bytes whole checks [`runner_api::read_window`]).
+pub(crate) async fn open_read(
+    link: &Link,
+    operation: &str,
+    path: &Path,
+    request: &RunnerFileReadRequest,
+) -> RunnerResult<(File, u64, ReadWindow)> {
+    let (file, size) = open_regular(link, operation, path, None).await?;
+    Ok((file, size, stream_window(request, size)))
+}
+
+/// The bytes of `window` of the open `file`, read as the caller pulls: the
+/// window is cut into pieces of [`PIECE`] bytes, each read by its own timed
+/// request ([`read_at`]) on a clone of the handle, at most [`IN_FLIGHT`] at a
+/// time, and yielded in order. A file that shrank since it was opened ends
+/// the stream at its new end; one that grew is still cut at the window. A
+/// failed request ends the stream with its error. The handle is closed in
+/// the background once the stream is dropped.
+pub(crate) fn read_stream(
+    link: Arc<Link>,
+    file: File,
+    path: PathBuf,
+    window: ReadWindow,
+) -> RunnerByteStream {
+    let end = window.end();
+    let pieces = (window.offset..end)
+        .step_by(PIECE)
+        .map(move |at| (at, (end - at).min(PIECE as u64)));
+    let reads = stream::iter(pieces)
+        .map(move |(at, n)| {
+            let (link, mut file, path) = (link.clone(), file.clone(), path.clone());
+            async move {
+                let bytes = read_at(&link, &mut file, &path, at, n).await?;
+                Ok::<_, RunnerError>((bytes, n))
+            }
+        })
+        .buffered(IN_FLIGHT)
+        .scan(false, |ended, read| {
+            let item = match read {
+                _ if *ended => None,
+                Ok((bytes, wanted)) => {
+                    // A short piece is the end of the file.
+                    *ended = (bytes.len() as u64) < wanted;
+                    (!bytes.is_empty()).then_some(Ok(bytes))
+                }
+                Err(e) => {
+                    *ended = true;
+                    Some(Err(e))
+                }
+            };
+            future::ready(item)
+        });
+    Box::pin(reads)
+}
+
+/// Reads the window `request` asks of the regular file `path` whole (at most
+/// [`runner_api::MAX_READ_BYTES`], see [`runner_api::read_window`]): for the
+/// provider's own small files (command metadata, status and output index).
+pub(crate) async fn read_small_file(
     link: &Link,
     path: &Path,
     request: &RunnerFileReadRequest,
-) -> RunnerResult<(Vec<u8>, u64)> {
-    runner_api::check_read_request("read_file", request)?;
-    let (mut file, size) = open_regular(link, "read_file", path, None).await?;
-    let window = runner_api::read_window("read_file", request, size)?;
-    // A file that grew since it was stat'ed is still cut at the window. The
-    // handle is closed in the background when dropped.
-    let contents = read_at(link, &mut file, path, window.offset, window.len).await?;
-    Ok((contents, size))
+) -> RunnerResult<Bytes> {
+    const OP: &str = "read_file";
+    runner_api::check_read_request(OP, request)?;
+    let (mut file, size, _) = open_read(link, OP, path, request).await?;
+    let window = runner_api::read_window(OP, request, size)?;
+    read_at(link, &mut file, path, window.offset, window.len).await
 }
 
 /// Creates `path` and its missing parents; an existing directory is fine.
@@ -276,20 +363,204 @@ pub(crate) async fn make_dirs(link: &Link, path: &Path) -> RunnerResult<()> {
     Ok(())
 }
 
-/// Writes `contents` at the position of `file`, one timed request per
-/// [`WRITE_CHUNK`].
-pub(crate) async fn write_chunks(
+/// Writes every chunk of `body` into `file` from byte `offset`, as the body
+/// yields them: each chunk is cut into pieces of [`PIECE`] bytes, each
+/// written by its own timed request on a clone of the handle, at most
+/// [`IN_FLIGHT`] at a time (the next chunk is pulled while they are
+/// answered). Returns the number of bytes written.
+///
+/// Errors: the body's own error, or the first failed request's; requests
+/// still in flight are then abandoned.
+pub(crate) async fn write_body(
     link: &Link,
     operation: &str,
     path: &Path,
-    file: &mut File,
-    contents: &[u8],
-) -> RunnerResult<()> {
-    for chunk in contents.chunks(WRITE_CHUNK) {
-        link.sftp_call(operation, display(path), file.write_all(chunk))
-            .await?;
+    file: &File,
+    offset: u64,
+    mut body: RunnerByteStream,
+) -> RunnerResult<u64> {
+    let what = display(path);
+    let mut pending = FuturesUnordered::new();
+    let mut current = Bytes::new();
+    let mut body_done = false;
+    let mut at = offset;
+    loop {
+        while pending.len() < IN_FLIGHT && !current.is_empty() {
+            let piece = current.split_to(current.len().min(PIECE));
+            let (mut file, piece_at, what) = (file.clone(), at, &what);
+            at += piece.len() as u64;
+            pending.push(async move {
+                seek(&mut file, piece_at)?;
+                link.sftp_call(operation, what, file.write_all(&piece))
+                    .await
+            });
+        }
+        if pending.is_empty() && current.is_empty() && body_done {
+            return Ok(at - offset);
+        }
+        tokio::select! {
+            Some(written) = pending.next(), if !pending.is_empty() => written?,
+            chunk = next_chunk(&mut body), if current.is_empty() && !body_done => match chunk {
+                Some(chunk) => current = chunk?,
+                None => body_done = true,
+            },
+        }
     }
-    Ok(())
+}
+
+/// A file a write created, removed unless the write succeeds: at once by
+/// [`remove`](Self::remove) when the write fails, in the background when the
+/// write is dropped half way.
+struct Leftover {
+    fs: Fs,
+    timeout: std::time::Duration,
+    path: Option<PathBuf>,
+}
+
+impl Leftover {
+    fn new(link: &Link, path: Option<PathBuf>) -> Self {
+        Self {
+            fs: link.sftp.fs(),
+            timeout: link.sftp_timeout(),
+            path,
+        }
+    }
+
+    /// The write succeeded: the file stays.
+    fn keep(mut self) {
+        self.path = None;
+    }
+
+    /// The write failed: removes the file now (a failure is only logged).
+    async fn remove(mut self, link: &Link) {
+        if let Some(path) = self.path.take() {
+            let what = display(&path);
+            if let Err(e) = link
+                .sftp_call(
+                    "write_file: remove",
+                    &what,
+                    link.sftp.fs().remove_file(&path),
+                )
+                .await
+            {
+                tracing::warn!(path = %what, error = %e, "removing the file of a failed write failed");
+            }
+        }
+    }
+}
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (mut fs, timeout) = (self.fs.clone(), self.timeout);
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(timeout, fs.remove_file(&path)).await;
+        });
+    }
+}
+
+/// How a write ends once its body is in.
+enum WriteEnd {
+    /// The body went to a temporary file: give it `mode`, rename it over
+    /// the target.
+    Replace { temp: PathBuf, mode: u32 },
+    /// The body went into the target itself: apply `mode` when given.
+    InPlace { mode: Option<u32> },
+}
+
+/// A write whose file is open, waiting for its body ([`open_write`]).
+pub(crate) struct OpenWrite {
+    path: PathBuf,
+    file: File,
+    offset: u64,
+    end: WriteEnd,
+    leftover: Leftover,
+}
+
+/// Opens what a write of `path` writes into, checking everything that can be
+/// checked before the body: with `offset`, the file itself
+/// ([`open_in_place`]); without, a temporary file next to it
+/// ([`open_replace`]).
+pub(crate) async fn open_write(
+    link: &Link,
+    path: &Path,
+    mode: Option<u32>,
+    offset: Option<u64>,
+) -> RunnerResult<OpenWrite> {
+    match offset {
+        Some(offset) => open_in_place(link, path, mode, offset).await,
+        None => open_replace(link, path, mode).await,
+    }
+}
+
+impl OpenWrite {
+    /// Writes `body` ([`write_body`]) and ends the write: the temporary file
+    /// gets its mode and is renamed over the target, or the target gets the
+    /// given mode. On any failure, the body's own error included, a file
+    /// the write created (the temporary file, or a target that did not
+    /// exist) is removed before the error returns.
+    pub(crate) async fn finish(self, link: &Link, body: RunnerByteStream) -> RunnerResult<()> {
+        const OP: &str = "write_file";
+        let Self {
+            path,
+            file,
+            offset,
+            end,
+            leftover,
+        } = self;
+        let what = display(&path);
+        let result = async {
+            write_body(link, OP, &path, &file, offset, body).await?;
+            let mut file = file;
+            let mode = match &end {
+                WriteEnd::Replace { mode, .. } => Some(*mode),
+                WriteEnd::InPlace { mode } => *mode,
+            };
+            if let Some(mode) = mode {
+                link.sftp_call(
+                    "write_file: set mode of",
+                    &what,
+                    file.set_permissions(Permissions::from((mode & MODE_MASK) as u16)),
+                )
+                .await?;
+            }
+            link.sftp_call(OP, &what, file.close()).await?;
+            if let WriteEnd::Replace { temp, .. } = &end {
+                link.sftp_call(
+                    "write_file: rename into",
+                    &what,
+                    link.sftp.fs().rename(temp, &path),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => leftover.keep(),
+            Err(_) => leftover.remove(link).await,
+        }
+        result
+    }
+}
+
+/// Writes `contents` as the whole file `path` ([`open_replace`]): for the
+/// provider's own small files (command metadata, owner markers).
+pub(crate) async fn write_small_file(
+    link: &Link,
+    path: &Path,
+    contents: &[u8],
+    mode: Option<u32>,
+) -> RunnerResult<()> {
+    open_replace(link, path, mode)
+        .await?
+        .finish(link, bytes_stream(contents.to_vec()))
+        .await
 }
 
 /// Refuses to replace the regular file `path` when the login user may not
@@ -324,13 +595,14 @@ async fn check_writable(link: &Link, path: &Path) -> RunnerResult<()> {
     }
 }
 
-/// Writes `contents` at byte `offset` of the regular file `path`, in place:
+/// Opens the regular file `path` for a write at byte `offset`, in place:
 /// the file is not truncated and bytes past the written ones stay
 /// ([`RunnerFileWriteRequest::offset`](runner_api::RunnerFileWriteRequest)).
 /// Offset 0 of a missing file creates it (and its missing parents) with
 /// `mode` or `0o644`; a given `mode` is also applied to an existing file.
 /// Modes are masked with [`MODE_MASK`]. The open handle's `fstat` gives the
-/// size the offset is checked against. Not atomic.
+/// size the offset is checked against. Not atomic: bytes written before a
+/// failure stay, except in a file the write created (it is removed).
 ///
 /// Errors: `InvalidRequest` naming the path, the offset and the size when the
 /// offset lies past the end of the file, or the file is missing and the
@@ -338,13 +610,12 @@ async fn check_writable(link: &Link, path: &Path) -> RunnerResult<()> {
 /// anything but a regular file; `PermissionDenied` when the login user may
 /// not read and write the file (the handle is opened for both: sftp stats
 /// only readable handles).
-pub(crate) async fn write_at(
+async fn open_in_place(
     link: &Link,
     path: &Path,
-    contents: &[u8],
     mode: Option<u32>,
     offset: u64,
-) -> RunnerResult<()> {
+) -> RunnerResult<OpenWrite> {
     const OP: &str = "write_file";
     let what = display(path);
     let options = || {
@@ -362,7 +633,7 @@ pub(crate) async fn write_at(
         opened = open_checked(link, OP, path, Some(options())).await;
     }
     let Opened {
-        mut file,
+        file,
         size,
         existed,
     } = match opened {
@@ -374,51 +645,42 @@ pub(crate) async fn write_at(
         }
         other => other?,
     };
+    // No partial file of a write that created it.
+    let leftover = Leftover::new(link, (!existed).then(|| path.to_path_buf()));
     if offset > size {
+        leftover.remove(link).await;
         return Err(RunnerError::invalid_request(format!(
             "{OP} {what}: offset {offset} lies past the end of the file (size {size}); \
              writes may not leave holes"
         )));
     }
-    let mode = mode.or((!existed).then_some(0o644));
-    let written = async {
-        seek(&mut file, offset)?;
-        write_chunks(link, OP, path, &mut file, contents).await?;
-        if let Some(mode) = mode {
-            link.sftp_call(
-                "write_file: set mode of",
-                &what,
-                file.set_permissions(Permissions::from((mode & MODE_MASK) as u16)),
-            )
-            .await?;
-        }
-        link.sftp_call(OP, &what, file.close()).await
-    };
-    let result = written.await;
-    if result.is_err() && !existed {
-        // No partial file of a write that created it.
-        let _ = link
-            .sftp_call(OP, &what, link.sftp.fs().remove_file(path))
-            .await;
-    }
-    result
+    Ok(OpenWrite {
+        path: path.to_path_buf(),
+        file,
+        offset,
+        end: WriteEnd::InPlace {
+            mode: mode.or((!existed).then_some(0o644)),
+        },
+        leftover,
+    })
 }
 
-/// Writes a whole file atomically: a temporary file next to it, then rename.
-/// The mode (the given one, or the existing file's) is masked with
-/// [`MODE_MASK`]: no set-id or sticky bits. An existing regular file the
-/// login user may not write is refused first ([`check_writable`]).
-pub(crate) async fn write_file(
-    link: &Link,
-    path: &Path,
-    contents: &[u8],
-    mode: Option<u32>,
-) -> RunnerResult<()> {
+/// Opens a temporary file next to `path` for a write of the whole file,
+/// renamed over it once the body is in: readers see the old or the new
+/// file, never a mix. The mode (the given one, or the existing file's) is
+/// masked with [`MODE_MASK`]: no set-id or sticky bits. An existing regular
+/// file the login user may not write is refused first ([`check_writable`]);
+/// missing parents are created.
+///
+/// Errors: `InvalidRequest` for a directory or a path without a file name,
+/// `PermissionDenied` ([`check_writable`]).
+async fn open_replace(link: &Link, path: &Path, mode: Option<u32>) -> RunnerResult<OpenWrite> {
+    const OP: &str = "write_file";
     let what = display(path);
     let existing = stat_follow(link, path).await?;
     if existing.as_ref().is_some_and(is_dir) {
         return Err(RunnerError::invalid_request(format!(
-            "write_file {what}: is a directory"
+            "{OP} {what}: is a directory"
         )));
     }
     if existing
@@ -430,7 +692,7 @@ pub(crate) async fn write_file(
     let mode = mode.unwrap_or_else(|| existing.as_ref().map_or(0o644, mode_of)) & MODE_MASK;
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(RunnerError::invalid_request(format!(
-            "write_file {what}: not a file path"
+            "{OP} {what}: not a file path"
         )));
     };
     make_dirs(link, parent).await?;
@@ -439,34 +701,16 @@ pub(crate) async fn write_file(
         name.to_string_lossy(),
         uuid::Uuid::new_v4().simple()
     ));
-    let written = async {
-        let mut options = link.sftp.options();
-        options.write(true).create_new(true);
-        let mut file = link
-            .sftp_call("write_file", &what, options.open(&temp))
-            .await?;
-        write_chunks(link, "write_file", path, &mut file, contents).await?;
-        link.sftp_call(
-            "write_file: set mode of",
-            &what,
-            file.set_permissions(Permissions::from(mode as u16)),
-        )
-        .await?;
-        link.sftp_call("write_file", &what, file.close()).await?;
-        link.sftp_call(
-            "write_file: rename into",
-            &what,
-            link.sftp.fs().rename(&temp, path),
-        )
-        .await
-    };
-    let result = written.await;
-    if result.is_err() {
-        let _ = link
-            .sftp_call("write_file", &what, link.sftp.fs().remove_file(&temp))
-            .await;
-    }
-    result
+    let mut options = link.sftp.options();
+    options.write(true).create_new(true);
+    let file = link.sftp_call(OP, &what, options.open(&temp)).await?;
+    Ok(OpenWrite {
+        path: path.to_path_buf(),
+        file,
+        offset: 0,
+        leftover: Leftover::new(link, Some(temp.clone())),
+        end: WriteEnd::Replace { temp, mode },
+    })
 }
 
 /// Entries of a directory, sorted by name.
@@ -587,33 +831,51 @@ pub(crate) async fn canonicalize(link: &Link, path: &Path) -> RunnerResult<PathB
     Ok(resolved)
 }
 
-/// Unpacks an upload that [`runner_kit::archive::sanitize_upload`] checked
-/// and rewrote into `target` (created if missing) with the remote `tar`.
-/// The rewritten entries carry no set-id bits, so `tar` applies their modes
-/// as they are (`--same-permissions`, no umask); it keeps no owner
+/// Unpacks an upload that [`runner_kit::archive::sanitize_upload_stream`]
+/// checked and rewrote into `target` (created if missing) with the remote
+/// `tar`, which reads the spooled archive from stdin chunk by chunk. The
+/// rewritten entries carry no set-id bits, so `tar` applies their modes as
+/// they are (`--same-permissions`, no umask); it keeps no owner
 /// (`--no-same-owner`: the login user owns what it unpacks).
 ///
 /// One remote `sh` runs [`CONFINED_PARENTS_SCRIPT`] (it creates the target
 /// and refuses directories of the entries that are symlinks leading out of
-/// it) and then `exec`s `tar`, which reads the archive from stdin: one round
-/// trip. The directories travel on the command line; when they do not fit one
+/// it) and then `exec`s `tar`: one round trip. The directories travel on the
+/// command line; when they do not fit one
 /// ([`runner_kit::archive::CONFINED_PARENTS_ARGS_BUDGET`]), the check runs
 /// alone on all but the last share of them, and the last comes with `tar`.
+/// A run whose master is lost before it starts is repeated once on a new
+/// master ([`Connection::with_link`]); the archive is never sent twice.
+/// Entries landing at or under a read-only path are refused before anything
+/// runs ([`spooled_archive`]).
 pub(crate) async fn upload_archive(
-    link: &Link,
+    conn: &Connection,
     target: &Path,
-    upload: &SanitizedUpload,
+    upload: SpooledUpload,
+    read_only: &ReadOnlyPaths,
 ) -> RunnerResult<()> {
     const OP: &str = "upload_archive";
     let target_arg = quote_path(OP, target)?;
-    let mut runs = upload
+    let mut runs: Vec<Vec<String>> = upload
         .check
-        .confined_parents_runs(OP, target, |p| quote(p).len() + 1)?;
+        .confined_parents_runs(OP, target, |p| quote(p).len() + 1)?
+        .into_iter()
+        .map(|run| run.into_iter().map(str::to_owned).collect())
+        .collect();
     let last = runs.pop().unwrap_or_default();
     for run in runs {
-        confined_run(link, target, &target_arg, &run, None).await?;
+        conn.with_link(|link| {
+            let (target_arg, run) = (&target_arg, &run);
+            async move { confined_run(&link, target, target_arg, run, None).await }
+        })
+        .await?;
     }
-    confined_run(link, target, &target_arg, &last, Some(&upload.archive)).await
+    let feed = Feed::new(spooled_archive(read_only, target, upload).await?);
+    conn.with_link(|link| {
+        let (target_arg, last, feed) = (&target_arg, &last, &feed);
+        async move { confined_run(&link, target, target_arg, last, Some(feed)).await }
+    })
+    .await
 }
 
 /// Creates the target of a refused upload, as the other providers do (and
@@ -630,13 +892,13 @@ pub(crate) async fn upload_target(link: &Link, target: &Path) -> RunnerResult<()
 }
 
 /// Runs [`CONFINED_PARENTS_SCRIPT`] on `parents` of `target`, followed by the
-/// unpacking `tar` when `archive` is given.
+/// unpacking `tar` reading `archive` when it is given.
 async fn confined_run(
     link: &Link,
     target: &Path,
     target_arg: &str,
-    parents: &[&str],
-    archive: Option<&[u8]>,
+    parents: &[String],
+    archive: Option<&Feed>,
 ) -> RunnerResult<()> {
     const OP: &str = "upload_archive";
     let (body, what) = match archive {
@@ -654,7 +916,7 @@ async fn confined_run(
         command.push(' ');
         command.push_str(&quote(parent));
     }
-    let out = run_script(link, OP, &command, archive).await?;
+    let out = run_script_fed(link, OP, &command, archive).await?;
     if let Some(code) = out.code
         && let Some(refused) = confined_parents_error(OP, target, code, &out.stdout, &out.stderr)
     {
@@ -670,14 +932,62 @@ async fn confined_run(
     Ok(())
 }
 
-/// A tar of a directory's contents, or of one file.
-pub(crate) async fn download_archive(link: &Link, path: &Path) -> RunnerResult<Vec<u8>> {
+/// The spooled upload into `target` as a stream for the remote `tar`. When
+/// `target` lies above a read-only path, the spool file is walked first (on
+/// a blocking thread) and the upload refused when an entry would land at or
+/// under one ([`ReadOnlyPaths::check`]); the file is then read from its
+/// start again.
+///
+/// Errors: `PermissionDenied` naming the entry's path; `Provider` when the
+/// spool file cannot be read.
+async fn spooled_archive(
+    read_only: &ReadOnlyPaths,
+    target: &Path,
+    upload: SpooledUpload,
+) -> RunnerResult<RunnerByteStream> {
+    const OP: &str = "upload_archive";
+    let target = normalize_lexically(target);
+    if !read_only.paths().iter().any(|ro| ro.starts_with(&target)) {
+        return Ok(upload.into_stream());
+    }
+    let label = target.display().to_string();
+    let unreadable = move |e: std::io::Error| {
+        RunnerError::provider(format!(
+            "{OP} {label}: reading the spooled archive failed: {e}"
+        ))
+        .with_source(e)
+    };
+    let (read_only, walked, failed) = (read_only.clone(), target.clone(), unreadable.clone());
+    let mut spool = tokio::task::spawn_blocking(move || {
+        let mut spool = upload.into_file();
+        for entry in tar::Archive::new(&spool).entries().map_err(&failed)? {
+            let entry = entry.map_err(&failed)?;
+            let name = entry.path().map_err(&failed)?;
+            read_only.check(OP, &normalize_lexically(&walked.join(name)))?;
+        }
+        spool.rewind().map_err(&failed)?;
+        Ok::<_, RunnerError>(spool)
+    })
+    .await
+    .map_err(|e| RunnerError::provider(format!("{OP}: the read-only check stopped: {e}")))??;
+    Ok(runner_kit::bridge::chunk_stream(OP, move |out| {
+        out.copy_from(&mut spool).map(drop).map_err(unreadable)
+    }))
+}
+
+/// A tar of a directory's contents, or of one file, streamed from the remote
+/// `tar`'s stdout as the caller pulls it ([`script_stdout`]).
+///
+/// Errors: `NotFound` before the first chunk; a failing remote `tar` ends
+/// the stream with `Provider` and its stderr.
+pub(crate) async fn download_archive(link: &Link, path: &Path) -> RunnerResult<RunnerByteStream> {
+    const OP: &str = "download_archive";
     let what = display(path);
     let meta = stat_follow(link, path)
         .await?
-        .ok_or_else(|| RunnerError::not_found(format!("download_archive {what}: no such file")))?;
+        .ok_or_else(|| RunnerError::not_found(format!("{OP} {what}: no such file")))?;
     let script = if is_dir(&meta) {
-        format!("tar -c -f - -C {} .", quote_path("download_archive", path)?)
+        format!("tar -c -f - -C {} .", quote_path(OP, path)?)
     } else {
         let parent = path.parent().unwrap_or(Path::new("/"));
         let name = path
@@ -686,16 +996,9 @@ pub(crate) async fn download_archive(link: &Link, path: &Path) -> RunnerResult<V
             .unwrap_or_default();
         format!(
             "tar -c -f - -C {} -- {}",
-            quote_path("download_archive", parent)?,
+            quote_path(OP, parent)?,
             quote(&name)
         )
     };
-    let out = run_script(link, "download_archive", &script, None).await?;
-    if out.code != Some(0) {
-        return Err(RunnerError::provider(format!(
-            "download_archive {what}: remote tar failed: {}",
-            out.stderr_text()
-        )));
-    }
-    Ok(out.stdout)
+    script_stdout(link, OP, &what, &script).await
 }

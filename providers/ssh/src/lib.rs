@@ -11,19 +11,17 @@ mod script;
 mod session;
 mod snapshot;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use runner_api::{
-    RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
-    RunnerDestination, RunnerError, RunnerManifestEntry, RunnerMountCapabilities, RunnerResult,
-    RunnerSessionState, RunnerSweepReport, validate_manifest,
+    RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerByteStream,
+    RunnerCapabilities, RunnerDestination, RunnerError, RunnerManifestEntry,
+    RunnerMountCapabilities, RunnerResult, RunnerSessionState, RunnerSweepReport,
+    validate_manifest,
 };
 use runner_kit::{KnownDestinations, ReadOnlyPaths};
-use runner_mounts::MountedSession;
-use runner_mounts::{EnvSecretResolver, SecretResolver};
-use runner_stack::RemoteWorkspace;
 
 pub use config::{HostKeyPolicy, SshConfig};
 
@@ -33,11 +31,11 @@ use crate::session::{SessionMeta, SessionSetup, SshSession, remote_dir};
 /// The provider id destinations name: `"ssh"`.
 pub const PROVIDER_ID: &str = "ssh";
 
-/// What ssh sessions can do: everything except `provider_native` mounts
-/// (object-store mounts and artifact export are those compiled into
-/// `runner-api`, see the `s3`, `gcs` and `azure` features). `run_as_user`
-/// accepts the login user only (by name or uid): the provider offers no
-/// escalation such as `sudo`.
+/// What a bare ssh session can do: everything but mounts and artifact
+/// export, which the layer stack adds on top of the file API
+/// (`runner_stack::Stack`: object-store mounts, and artifact export where the
+/// destination names a store). `run_as_user` accepts the login user only (by
+/// name or uid): the provider offers no escalation such as `sudo`.
 pub fn capabilities() -> RunnerCapabilities {
     RunnerCapabilities {
         command_exec: true,
@@ -46,11 +44,8 @@ pub fn capabilities() -> RunnerCapabilities {
         port_preview: true,
         snapshots: true,
         cancellation: true,
-        artifact_export: true,
-        mounts: RunnerMountCapabilities {
-            provider_native: false,
-            ..runner_mounts::store_mount_kinds()
-        },
+        artifact_export: false,
+        mounts: RunnerMountCapabilities::default(),
         pausable: true,
         detachable: true,
         streaming: true,
@@ -71,29 +66,18 @@ pub fn capabilities() -> RunnerCapabilities {
 /// of one destination share one OpenSSH master connection (the system `ssh`
 /// binary in multiplexing mode); files go over sftp on that master.
 ///
-/// Object-store mounts and artifact export come from
-/// [`MountedSession`]; their credentials are resolved on this side with the
-/// provider's [`SecretResolver`] (default [`EnvSecretResolver`], see
-/// [`with_secret_resolver`](Self::with_secret_resolver)) and never reach the
-/// remote host.
+/// Its sessions are bare: paths are not confined to the workspace, and
+/// closed-session, capability, mount and artifact handling is not theirs.
+/// Use it through the layer stack (`runner_stack::stacked(SshProvider::new())`,
+/// or a `RunnerRegistry`), which confines every path once and resolves store
+/// credentials on this side, so they never reach the remote host.
+#[derive(Default)]
 pub struct SshProvider {
     pool: Pool,
-    resolver: Arc<dyn SecretResolver>,
     sweep_targets: Vec<SshConfig>,
     /// The destinations sessions may be resumed or rejoined on, by id: those
     /// given to `create_session` and to [`SshProvider::with_destination`].
     destinations: KnownDestinations,
-}
-
-impl Default for SshProvider {
-    fn default() -> Self {
-        Self {
-            pool: Pool::default(),
-            resolver: Arc::new(EnvSecretResolver::new()),
-            sweep_targets: Vec::new(),
-            destinations: KnownDestinations::default(),
-        }
-    }
 }
 
 impl std::fmt::Debug for SshProvider {
@@ -107,17 +91,9 @@ fn new_session_id() -> String {
 }
 
 impl SshProvider {
-    /// A provider with no connections yet, resolving mount and artifact-store
-    /// credentials from the environment.
+    /// A provider with no connections yet.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Resolves mount and artifact-store credentials with `resolver` instead
-    /// of the environment ([`EnvSecretResolver`]).
-    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
-        self.resolver = resolver;
-        self
     }
 
     /// Makes `sweep_orphans` also visit `destination`, connecting to it when
@@ -148,6 +124,10 @@ impl SshProvider {
     /// directories of a resumed session always come from the destination,
     /// never from the state.
     ///
+    /// The builder form of
+    /// [`trust_destination`](RemoteRunnerProvider::trust_destination), which
+    /// checks nothing.
+    ///
     /// Errors: `InvalidRequest` for a destination of another provider or a bad
     /// config, naming the field.
     pub fn with_destination(self, destination: &RunnerDestination) -> RunnerResult<Self> {
@@ -157,23 +137,18 @@ impl SshProvider {
             "the destination",
         )?;
         SshConfig::from_destination(destination)?;
-        self.destinations.remember(destination);
+        self.trust_destination(destination);
         Ok(self)
     }
 
-    /// The destination `state` names, with its parsed config.
+    /// The parsed config of the destination `state` names.
     ///
     /// Errors: `NotFound` when this provider does not know it.
-    fn destination_of(
-        &self,
-        operation: &str,
-        state: &RunnerSessionState,
-    ) -> RunnerResult<(RunnerDestination, SshConfig)> {
+    fn config_of(&self, operation: &str, state: &RunnerSessionState) -> RunnerResult<SshConfig> {
         let destination =
             self.destinations
                 .of_state(operation, state, "SshProvider::with_destination")?;
-        let config = SshConfig::from_destination(&destination)?;
-        Ok((destination, config))
+        SshConfig::from_destination(&destination)
     }
 
     /// Setup guidance for `config`: a missing `ssh` binary, an unreadable key
@@ -203,11 +178,11 @@ impl SshProvider {
         Ok(())
     }
 
-    /// Checks the manifest against the capabilities and the object-store
-    /// parts (without contacting a store).
+    /// Checks the manifest against the capabilities: local entries only (the
+    /// layer stack takes object-store mounts out before the provider sees
+    /// the destination).
     fn check_manifest(destination: &RunnerDestination) -> RunnerResult<()> {
-        validate_manifest(&destination.default_manifest, &capabilities())?;
-        runner_mounts::validate_stores(destination)
+        validate_manifest(&destination.default_manifest, &capabilities())
     }
 
     /// A handle on session `session_id` of `config`'s destination: its
@@ -232,21 +207,6 @@ impl SshProvider {
             read_only,
         })))
     }
-
-    /// Wraps a resumed or rejoined session like a new one, with the artifact
-    /// store its config names and no object-store mounts (the state does not
-    /// carry the manifest: mounted files stay as plain workspace files).
-    async fn attach_resumed(
-        &self,
-        session: Arc<SshSession>,
-        destination: &RunnerDestination,
-    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        let destination = RunnerDestination {
-            default_manifest: Default::default(),
-            ..destination.clone()
-        };
-        MountedSession::attach(confine(session), &destination, self.resolver.clone()).await
-    }
 }
 
 /// The read-only paths of the session `source` describes, moved to the same
@@ -263,38 +223,39 @@ fn rebase(source: &SessionMeta, workspace: &Path) -> ReadOnlyPaths {
         .collect()
 }
 
-/// A tar of a local manifest source (a file, or a directory's contents).
-fn manifest_tar(entry: &RunnerManifestEntry) -> RunnerResult<(Vec<u8>, bool)> {
-    let source = &entry.source;
-    let meta = std::fs::metadata(source)
-        .map_err(|e| RunnerError::from_io("manifest entry", source.display(), e))?;
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
-    let added = if meta.is_dir() {
-        builder.append_dir_all(".", source)
-    } else {
-        let name = entry
-            .target
-            .file_name()
-            .map(Path::new)
-            .unwrap_or(Path::new("file"));
-        builder.append_path_with_name(source, name)
-    };
-    added
-        .and_then(|()| builder.into_inner())
-        .map(|bytes| (bytes, meta.is_dir()))
-        .map_err(|e| RunnerError::from_io("manifest entry", source.display(), e))
+/// A tar of a local manifest source (a file, or a directory's contents),
+/// packed on a blocking thread as it is read ([`runner_kit::bridge::chunk_stream`]),
+/// and whether the source is a directory.
+fn manifest_tar(entry: &RunnerManifestEntry) -> RunnerResult<(RunnerByteStream, bool)> {
+    let source = entry.source.clone();
+    let failed =
+        move |e: std::io::Error| RunnerError::from_io("manifest entry", source.display(), e);
+    let is_dir = std::fs::metadata(&entry.source).map_err(&failed)?.is_dir();
+    let source = entry.source.clone();
+    let name = entry
+        .target
+        .file_name()
+        .map_or_else(|| "file".into(), PathBuf::from);
+    let archive = runner_kit::bridge::chunk_stream("manifest entry", move |out| {
+        let mut builder = tar::Builder::new(out);
+        builder.follow_symlinks(false);
+        if is_dir {
+            builder.append_dir_all(".", &source)
+        } else {
+            builder.append_path_with_name(&source, name)
+        }
+        .and_then(|()| builder.finish())
+        .map_err(failed)
+    });
+    Ok((archive, is_dir))
 }
 
-async fn apply_manifest(
-    session: &Arc<dyn RemoteRunnerSession>,
-    entries: &[RunnerManifestEntry],
-) -> RunnerResult<()> {
+/// Copies the manifest entries into the bare `session`'s workspace, in
+/// order. Each entry's target must resolve inside the workspace (an earlier
+/// entry's symlink must not lead it out, see [`SshSession::check_inside`]).
+async fn apply_manifest(session: &SshSession, entries: &[RunnerManifestEntry]) -> RunnerResult<()> {
     for entry in entries {
-        let owned = entry.clone();
-        let (archive, is_dir) = tokio::task::spawn_blocking(move || manifest_tar(&owned))
-            .await
-            .map_err(|e| RunnerError::provider(format!("manifest entry: worker failed: {e}")))??;
+        let (archive, is_dir) = manifest_tar(entry)?;
         let target = if is_dir {
             entry.target.clone()
         } else {
@@ -309,10 +270,16 @@ async fn apply_manifest(
         } else {
             target
         };
+        let context =
+            |e: RunnerError| e.context(format!("manifest entry {}", entry.target.display()));
         session
-            .upload_archive(&target, archive)
+            .check_inside("create_session", &target)
             .await
-            .map_err(|e| e.context(format!("manifest entry {}", entry.target.display())))?;
+            .map_err(context)?;
+        session
+            .upload_archive_stream(&target, archive)
+            .await
+            .map_err(context)?;
     }
     Ok(())
 }
@@ -322,10 +289,6 @@ async fn apply_manifest(
 fn session_meta(operation: &str, state: &RunnerSessionState) -> RunnerResult<SessionMeta> {
     serde_json::from_value(state.metadata.clone())
         .map_err(|e| RunnerError::invalid_request(format!("{operation}: bad state metadata: {e}")))
-}
-
-fn confine(session: Arc<SshSession>) -> Arc<dyn RemoteRunnerSession> {
-    Arc::new(RemoteWorkspace::for_session(session))
 }
 
 #[async_trait]
@@ -376,7 +339,7 @@ impl RemoteRunnerProvider for SshProvider {
         )?;
         let config = SshConfig::from_destination(&destination)?;
         Self::check_manifest(&destination)?;
-        self.destinations.remember(&destination);
+        self.trust_destination(&destination);
         let session = self
             .open(
                 new_session_id(),
@@ -386,19 +349,18 @@ impl RemoteRunnerProvider for SshProvider {
             )
             .await?;
         session.create_dirs().await?;
-        let confined = confine(session.clone());
-        let own = runner_mounts::native_manifest(&destination.default_manifest);
-        let read_only = ReadOnlyPaths::from_manifest(&session.workspace_root(), &own.entries);
+        let entries = &destination.default_manifest.entries;
+        let read_only = ReadOnlyPaths::from_manifest(&session.workspace_root(), entries);
         let applied = async {
-            apply_manifest(&confined, &own.entries).await?;
+            apply_manifest(&session, entries).await?;
             session.protect(read_only).await
         }
         .await;
         if let Err(e) = applied {
-            let _ = confined.close().await;
+            let _ = session.close().await;
             return Err(e);
         }
-        MountedSession::attach(confined, &destination, self.resolver.clone()).await
+        Ok(session)
     }
 
     /// With `state.snapshot`: a new session in a fresh workspace filled from
@@ -421,7 +383,7 @@ impl RemoteRunnerProvider for SshProvider {
         let Some(snapshot_ref) = state.snapshot.clone() else {
             return self.rejoin_session(state).await;
         };
-        let (destination, config) = self.destination_of(OP, &state)?;
+        let config = self.config_of(OP, &state)?;
         let source = session_meta(OP, &state).ok();
         if let Some(source) = &source {
             source.check_destination(OP, &state.session_id, &config)?;
@@ -459,7 +421,7 @@ impl RemoteRunnerProvider for SshProvider {
             let _ = session.close().await;
             return Err(e);
         }
-        self.attach_resumed(session, &destination).await
+        Ok(session)
     }
 
     /// Reattaches to a detached session: same workspace, same session
@@ -481,7 +443,7 @@ impl RemoteRunnerProvider for SshProvider {
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
         const OP: &str = "rejoin_session";
         Self::check_provider(OP, &state.provider_id, "the state")?;
-        let (destination, config) = self.destination_of(OP, &state)?;
+        let config = self.config_of(OP, &state)?;
         let meta = session_meta(OP, &state)?;
         meta.check_destination(OP, &state.session_id, &config)?;
         let session = self
@@ -495,7 +457,7 @@ impl RemoteRunnerProvider for SshProvider {
         let link = self.pool.get(&config).link().await?;
         session.check_state_paths(&link, &meta).await?;
         session.adopt_commands().await?;
-        self.attach_resumed(session, &destination).await
+        Ok(session)
     }
 
     /// Sweeps every destination given with
@@ -509,6 +471,13 @@ impl RemoteRunnerProvider for SshProvider {
     ///
     /// Errors: the first destination that cannot be reached (`Unavailable`,
     /// `PermissionDenied`) or swept ends the sweep with its error, naming it.
+    /// Remembers `destination` by its id for `resume_session` and
+    /// `rejoin_session` (see [`SshProvider::with_destination`], which also
+    /// checks it).
+    fn trust_destination(&self, destination: &RunnerDestination) {
+        self.destinations.remember(destination);
+    }
+
     async fn sweep_orphans(&self) -> RunnerResult<RunnerSweepReport> {
         let mut report = RunnerSweepReport::default();
         let mut targets = self.sweep_targets.clone();
@@ -568,11 +537,11 @@ mod tests {
     }
 
     #[test]
-    fn capabilities_claim_detach_lease_and_store_mounts_only() {
+    fn bare_capabilities_leave_mounts_and_artifacts_to_the_stack() {
         let caps = capabilities();
         assert!(caps.detachable && caps.background_processes && caps.snapshot_restore);
-        assert!(caps.artifact_export && caps.execution_lease && caps.run_as_user);
-        assert!(!caps.mounts.provider_native);
-        assert_eq!(caps.mounts.s3, runner_mounts::store_mount_kinds().s3);
+        assert!(caps.execution_lease && caps.run_as_user && caps.archive_transfer);
+        assert!(!caps.artifact_export);
+        assert_eq!(caps.mounts, RunnerMountCapabilities::default());
     }
 }

@@ -113,7 +113,7 @@ pub(crate) async fn write_marker(
 ) -> RunnerResult<()> {
     let json = serde_json::to_vec_pretty(marker)
         .map_err(|e| runner_api::RunnerError::provider(format!("encoding owner marker: {e}")))?;
-    files::write_file(link, path, &json, Some(0o600)).await
+    files::write_small_file(link, path, &json, Some(0o600)).await
 }
 
 async fn read_marker(link: &Link, path: &Path) -> RunnerResult<Option<OwnerMarker>> {

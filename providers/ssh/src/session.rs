@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_api::{
-    RemoteRunnerSession, RunnerCapabilities, RunnerCommandId, RunnerCommandOutput,
-    RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
-    RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
+    RemoteRunnerSession, RunnerByteStream, RunnerCapabilities, RunnerCommandId,
+    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
+    RunnerExecutionLease, RunnerFileReadRequest, RunnerFileStat, RunnerFileStream,
     RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest,
     RunnerPortResult, RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal,
     RunnerSnapshotRef,
@@ -93,8 +93,8 @@ pub(crate) struct SessionSetup {
 }
 
 /// A session on an ssh host. Relative paths resolve under the workspace
-/// root; the provider hands it out behind a
-/// [`RemoteWorkspace`](runner_stack::RemoteWorkspace) that confines paths.
+/// root; absolute ones are taken as they are (the layer stack in front of
+/// the session confines paths to the workspace).
 pub(crate) struct SshSession {
     session_id: String,
     destination_id: String,
@@ -145,8 +145,8 @@ impl SshSession {
     /// From now on, refuses file-API writes at, under (and for removal and
     /// rename, above) `paths`. Each path is kept as given and, when its parent
     /// resolves to another path on the host (a symlink in the workspace
-    /// path), as resolved too, so the resolved paths a
-    /// [`RemoteWorkspace`](runner_stack::RemoteWorkspace) passes in match.
+    /// path), as resolved too, so the resolved paths the stack's workspace
+    /// layer passes in match.
     pub(crate) async fn protect(&self, paths: ReadOnlyPaths) -> RunnerResult<()> {
         let mut guarded = Vec::new();
         if !paths.is_empty() {
@@ -162,6 +162,39 @@ impl SshSession {
         }
         self.read_only_paths().extend(guarded);
         Ok(())
+    }
+
+    /// Refuses `path` (relative to the workspace) when the nearest of it and
+    /// its ancestors that exists resolves outside the workspace: a symlink
+    /// would lead a write there out of it. For the manifest, which the
+    /// provider writes itself, before any layer confines paths.
+    ///
+    /// Errors: `PermissionDenied` naming the path and where it leads.
+    pub(crate) async fn check_inside(&self, operation: &str, path: &Path) -> RunnerResult<()> {
+        let workspace = &self.ctx.workspace;
+        self.ctx
+            .conn
+            .with_link(|link| async move {
+                let root = files::canonicalize(&link, workspace).await?;
+                let mut existing = workspace.join(path);
+                let resolved = loop {
+                    match files::canonicalize(&link, &existing).await {
+                        Err(e)
+                            if e.kind() == runner_api::RunnerErrorKind::NotFound
+                                && existing.pop() => {}
+                        resolved => break resolved?,
+                    }
+                };
+                if !resolved.starts_with(&root) {
+                    return Err(RunnerError::permission_denied(format!(
+                        "{operation} {}: leads to {}, outside the workspace",
+                        path.display(),
+                        resolved.display()
+                    )));
+                }
+                Ok(())
+            })
+            .await
     }
 
     fn read_only_paths(&self) -> std::sync::MutexGuard<'_, ReadOnlyPaths> {
@@ -300,24 +333,6 @@ impl SshSession {
         Ok(())
     }
 
-    fn check_open(&self, operation: &str) -> RunnerResult<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(RunnerError::session_closed(operation, &self.session_id));
-        }
-        Ok(())
-    }
-
-    /// Refuses `operation` on a closed session, then as `check` says on the
-    /// read-only paths.
-    fn writable(
-        &self,
-        operation: &str,
-        check: impl FnOnce(&ReadOnlyPaths) -> RunnerResult<()>,
-    ) -> RunnerResult<()> {
-        self.check_open(operation)?;
-        check(&self.read_only_paths())
-    }
-
     fn meta(&self) -> SessionMeta {
         SessionMeta {
             destination: self.config.destination_label(),
@@ -359,15 +374,6 @@ impl SshSession {
         self.close_forwards().await;
         true
     }
-
-    async fn files<T, F, Fut>(&self, operation: &str, op: F) -> RunnerResult<T>
-    where
-        F: Fn(Arc<Link>) -> Fut,
-        Fut: std::future::Future<Output = RunnerResult<T>>,
-    {
-        self.check_open(operation)?;
-        self.ctx.conn.with_link(op).await
-    }
 }
 
 impl Drop for SshSession {
@@ -399,13 +405,11 @@ impl RemoteRunnerSession for SshSession {
     }
 
     async fn pause(&self) -> RunnerResult<RunnerSessionState> {
-        self.check_open("pause")?;
         self.table.pause().await?;
         Ok(self.state())
     }
 
     async fn resume(&self) -> RunnerResult<RunnerSessionState> {
-        self.check_open("resume")?;
         self.table.resume().await?;
         Ok(self.state())
     }
@@ -413,7 +417,6 @@ impl RemoteRunnerSession for SshSession {
     /// Leaves the workspace, the session directory and every background
     /// command running; marks the owner marker detached.
     async fn detach(&self) -> RunnerResult<RunnerSessionState> {
-        self.check_open("detach")?;
         let state = self.state();
         let link = self.ctx.conn.link().await?;
         let mut marker = OwnerMarker::for_session(&self.session_id, &self.ctx.workspace);
@@ -459,7 +462,6 @@ impl RemoteRunnerSession for SshSession {
         &self,
         mut request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerCommandResult> {
-        self.check_open("run_command")?;
         let stdin = request.stdin.take();
         let ctx = self.ctx.clone();
         self.table
@@ -470,7 +472,6 @@ impl RemoteRunnerSession for SshSession {
     }
 
     async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
-        self.check_open("cancel_command")?;
         self.table.cancel(command_id).await
     }
 
@@ -478,7 +479,6 @@ impl RemoteRunnerSession for SshSession {
         &self,
         mut request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerProcessInfo> {
-        self.check_open("start_command")?;
         let stdin = request.stdin.take();
         let ctx = self.ctx.clone();
         self.table
@@ -489,7 +489,6 @@ impl RemoteRunnerSession for SshSession {
     }
 
     async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
-        self.check_open("list_commands")?;
         Ok(self.table.list())
     }
 
@@ -497,7 +496,6 @@ impl RemoteRunnerSession for SshSession {
         &self,
         command_id: &RunnerCommandId,
     ) -> RunnerResult<RunnerProcessInfo> {
-        self.check_open("command_status")?;
         self.table.status(command_id)
     }
 
@@ -506,7 +504,6 @@ impl RemoteRunnerSession for SshSession {
         command_id: &RunnerCommandId,
         after_seq: u64,
     ) -> RunnerResult<RunnerCommandOutput> {
-        self.check_open("command_output")?;
         self.table.output(command_id, after_seq)
     }
 
@@ -515,7 +512,6 @@ impl RemoteRunnerSession for SshSession {
         command_id: &RunnerCommandId,
         after_seq: u64,
     ) -> RunnerResult<RunnerEventStream> {
-        self.check_open("stream_command")?;
         self.table.stream(command_id, after_seq)
     }
 
@@ -525,7 +521,6 @@ impl RemoteRunnerSession for SshSession {
         bytes: Vec<u8>,
         close: bool,
     ) -> RunnerResult<()> {
-        self.check_open("write_stdin")?;
         self.table.write_stdin(command_id, bytes, close).await
     }
 
@@ -534,63 +529,74 @@ impl RemoteRunnerSession for SshSession {
         command_id: &RunnerCommandId,
         signal: RunnerSignal,
     ) -> RunnerResult<()> {
-        self.check_open("signal_command")?;
         self.table.signal(command_id, signal).await
     }
 
-    async fn read_file(
+    async fn read_file_stream(
         &self,
         request: RunnerFileReadRequest,
-    ) -> RunnerResult<RunnerFileReadResult> {
+    ) -> RunnerResult<RunnerFileStream> {
         let path = self.ctx.workspace.join(&request.path);
-        let (contents, size) = self
-            .files("read_file", |link| {
-                let path = path.clone();
-                let request = &request;
-                async move { files::read_file(&link, &path, request).await }
+        let (link, (file, size, window)) = self
+            .ctx
+            .conn
+            .with_link(|link| {
+                let (path, request) = (&path, &request);
+                async move {
+                    let opened = files::open_read(&link, "read_file", path, request).await?;
+                    Ok((link, opened))
+                }
             })
             .await?;
-        Ok(RunnerFileReadResult {
+        Ok(RunnerFileStream {
             path: request.path,
-            contents,
             size,
+            bytes: files::read_stream(link, file, path, window),
         })
     }
 
-    async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
+    async fn write_file_stream(
+        &self,
+        request: RunnerFileWriteRequest,
+        body: RunnerByteStream,
+    ) -> RunnerResult<()> {
         let path = self.ctx.workspace.join(&request.path);
-        self.writable("write_file", |ro| ro.check("write_file", &path))?;
-        self.files("write_file", |link| {
-            let path = path.clone();
-            let request = &request;
-            async move {
-                match request.offset {
-                    Some(offset) => {
-                        files::write_at(&link, &path, &request.contents, request.mode, offset).await
-                    }
-                    None => files::write_file(&link, &path, &request.contents, request.mode).await,
+        self.read_only_paths().check("write_file", &path)?;
+        let (link, open) = self
+            .ctx
+            .conn
+            .with_link(|link| {
+                let path = &path;
+                async move {
+                    let open = files::open_write(&link, path, request.mode, request.offset).await?;
+                    Ok((link, open))
                 }
-            }
-        })
-        .await
+            })
+            .await?;
+        open.finish(&link, runner_api::prepend(request.contents, body))
+            .await
     }
 
     async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
         let path = self.ctx.workspace.join(path);
-        self.files("list_dir", |link| {
-            let path = path.clone();
-            async move { files::list_dir(&link, &path).await }
-        })
-        .await
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let path = path.clone();
+                async move { files::list_dir(&link, &path).await }
+            })
+            .await
     }
 
     async fn stat(&self, path: &Path) -> RunnerResult<RunnerFileStat> {
         let path = self.ctx.workspace.join(path);
-        self.files("stat", |link| {
-            let path = path.clone();
-            async move { files::stat(&link, &path).await }
-        })
-        .await
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let path = path.clone();
+                async move { files::stat(&link, &path).await }
+            })
+            .await
     }
 
     async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
@@ -603,93 +609,100 @@ impl RemoteRunnerSession for SshSession {
                 path.display()
             )));
         }
-        self.writable("remove", |ro| ro.check_removal("remove", &path))?;
-        self.files("remove", |link| {
-            let path = path.clone();
-            async move { files::remove(&link, &path, recursive).await }
-        })
-        .await
+        self.read_only_paths().check_removal("remove", &path)?;
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let path = path.clone();
+                async move { files::remove(&link, &path, recursive).await }
+            })
+            .await
     }
 
     async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
         let path = self.ctx.workspace.join(path);
-        self.writable("make_dir", |ro| ro.check("make_dir", &path))?;
-        self.files("make_dir", |link| {
-            let path = path.clone();
-            async move { files::make_dir(&link, &path).await }
-        })
-        .await
+        self.read_only_paths().check("make_dir", &path)?;
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let path = path.clone();
+                async move { files::make_dir(&link, &path).await }
+            })
+            .await
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
         let from = self.ctx.workspace.join(from);
         let to = self.ctx.workspace.join(to);
-        self.writable("rename", |ro| ro.check_rename(&from, &to))?;
-        self.files("rename", |link| {
-            let (from, to) = (from.clone(), to.clone());
-            async move { files::rename(&link, &from, &to).await }
-        })
-        .await
+        self.read_only_paths().check_rename(&from, &to)?;
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let (from, to) = (from.clone(), to.clone());
+                async move { files::rename(&link, &from, &to).await }
+            })
+            .await
     }
 
     async fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
         let path = self.ctx.workspace.join(path);
-        self.files("canonicalize", |link| {
-            let path = path.clone();
-            async move { files::canonicalize(&link, &path).await }
-        })
-        .await
-    }
-
-    async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
-        let target = self.ctx.workspace.join(target);
-        self.writable("upload_archive", |ro| {
-            ro.check_archive("upload_archive", &target, &archive)
-        })?;
-        let policy = self.config.upload_policy();
-        let sanitized = {
-            let target = target.clone();
-            tokio::task::spawn_blocking(move || {
-                runner_kit::archive::sanitize_upload("upload_archive", &target, &archive, &policy)
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let path = path.clone();
+                async move { files::canonicalize(&link, &path).await }
             })
             .await
-            .map_err(|e| {
-                RunnerError::provider(format!("upload_archive: the archive check failed: {e}"))
-            })?
-        };
+    }
+
+    /// The archive is checked and rewritten on this side as it arrives,
+    /// spooled to a local temporary file
+    /// ([`runner_kit::archive::sanitize_upload_stream`]), then fed to the
+    /// remote `tar` ([`files::upload_archive`]). A refused archive still
+    /// creates the target, as on the other providers.
+    async fn upload_archive_stream(
+        &self,
+        target: &Path,
+        archive: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        const OP: &str = "upload_archive";
+        let target = self.ctx.workspace.join(target);
+        let read_only = self.read_only_paths().clone();
+        read_only.check(OP, &target)?;
+        let policy = self.config.upload_policy();
+        let sanitized =
+            runner_kit::archive::sanitize_upload_stream(OP, &target, archive, &policy).await;
         let upload = match sanitized {
             Ok(upload) => upload,
             Err(refused) => {
-                self.files("upload_archive", |link| {
-                    let target = target.clone();
-                    async move { files::upload_target(&link, &target).await }
-                })
-                .await?;
+                self.ctx
+                    .conn
+                    .with_link(|link| {
+                        let target = &target;
+                        async move { files::upload_target(&link, target).await }
+                    })
+                    .await?;
                 return Err(refused);
             }
         };
-        self.files("upload_archive", |link| {
-            let target = target.clone();
-            let upload = &upload;
-            async move { files::upload_archive(&link, &target, upload).await }
-        })
-        .await
+        files::upload_archive(&self.ctx.conn, &target, upload, &read_only).await
     }
 
-    async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
+    async fn download_archive_stream(&self, path: &Path) -> RunnerResult<RunnerByteStream> {
         let path = self.ctx.workspace.join(path);
-        self.files("download_archive", |link| {
-            let path = path.clone();
-            async move { files::download_archive(&link, &path).await }
-        })
-        .await
+        self.ctx
+            .conn
+            .with_link(|link| {
+                let path = &path;
+                async move { files::download_archive(&link, path).await }
+            })
+            .await
     }
 
     /// The URL of the session's open forward to `request.port`, or of a new
     /// one. A forward that a reconnect could not re-create at its local port
     /// is no longer open: exposing the port again gives a new URL.
     async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
-        self.check_open("expose_port")?;
         if request.port == 0 {
             return Err(RunnerError::invalid_request(
                 "expose_port: port 0 is not a port",
@@ -722,7 +735,6 @@ impl RemoteRunnerSession for SshSession {
     }
 
     async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {
-        self.check_open("list_listening_ports")?;
         self.ctx
             .conn
             .with_link(|link| async move {
@@ -766,7 +778,6 @@ impl RemoteRunnerSession for SshSession {
     }
 
     async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
-        self.check_open("snapshot")?;
         let workspace = self.ctx.workspace.clone();
         let config = self.config.clone();
         let session_id = self.session_id.clone();

@@ -44,7 +44,8 @@ fn main() -> ExitCode {
         uuid::Uuid::new_v4().simple()
     );
     // The mounts and artifacts areas run against an in-process S3 server on
-    // this side; the remote host never talks to it.
+    // this side; the remote host never talks to it. The kit wraps the bare
+    // provider in the layer stack, with the server's resolver.
     let server = match S3TestServer::start() {
         Ok(server) => server,
         Err(e) => {
@@ -53,8 +54,7 @@ fn main() -> ExitCode {
         }
     };
     let code = gate.conformance("ssh", || {
-        let provider = SshProvider::new().with_secret_resolver(server.resolver());
-        Conformance::new(Arc::new(provider), destination(&snapshot_dir))
+        Conformance::new(Arc::new(SshProvider::new()), destination(&snapshot_dir))
             .with_object_store(server.target())
     });
     if gate.requested() {

@@ -6,6 +6,8 @@
 //!   naming it, in the foreground and in the background, and nothing runs;
 //! - `RunnerFileWriteRequest.offset`: writes in place over sftp, appends,
 //!   creates at 0, refuses holes and changes nothing then;
+//! - `write_file_stream`: a body that fails leaves the target as it was and
+//!   no temporary file, and a dropped write leaves none either;
 //! - POSIX write permissions: a 0444 file and a new file in a 0555 directory
 //!   are `PermissionDenied` with nothing changed, an atomic replace keeps the
 //!   mode, and a running program can still be replaced;
@@ -18,10 +20,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
 use runner_api::{
-    RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerErrorKind,
-    RunnerExitStatus, RunnerFileReadRequest, RunnerFileWriteRequest, RunnerProcessState,
-    RunnerResult,
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerByteStream, RunnerCommandRequest, RunnerError,
+    RunnerErrorKind, RunnerExitStatus, RunnerFileReadRequest, RunnerFileWriteRequest,
+    RunnerProcessState, RunnerResult,
 };
 use runner_ssh::SshProvider;
 use runner_testkit::{BackendGate, async_trial};
@@ -355,6 +359,117 @@ async fn write_at_offset_in_place() -> TestResult {
     .await
 }
 
+// ----- streamed writes -----
+
+/// `write_file_stream`'s body: its chunks as given, then an `Err` when
+/// `fails`.
+fn body(chunks: usize, fails: bool) -> RunnerByteStream {
+    let chunks = (0..chunks).map(|i| Ok(Bytes::from(vec![i as u8; 1 << 20])));
+    let end = fails.then(|| Err(RunnerError::provider("the caller's body broke")));
+    Box::pin(stream::iter(chunks.chain(end)))
+}
+
+/// A body that yields an `Err` after some chunks fails the write with that
+/// error and leaves the target as it was: an existing file keeps its
+/// contents (atomic), a new file is not created (atomic, and in place at
+/// offset 0), and no temporary file is left; a whole body is written.
+async fn failing_write_body_leaves_no_file() -> TestResult {
+    in_session(|session| async move {
+        let stream_write = |request: RunnerFileWriteRequest, body: RunnerByteStream| {
+            let session = session.clone();
+            async move { session.write_file_stream(request, body).await }
+        };
+        stream_write(
+            RunnerFileWriteRequest::new("old.txt", b"old".to_vec()),
+            body(0, false),
+        )
+        .await
+        .map_err(|e| format!("write_file_stream old.txt: {e}"))?;
+        let broken = "the caller's body broke";
+        refused(
+            stream_write(
+                RunnerFileWriteRequest::new("old.txt", b"new".to_vec()),
+                body(3, true),
+            )
+            .await,
+            RunnerErrorKind::Provider,
+            &[broken],
+            "replacing a file with a failing body",
+        )?;
+        ensure(read(&session, "old.txt").await? == b"old", || {
+            "a failed replace changed the file".into()
+        })?;
+        refused(
+            stream_write(
+                RunnerFileWriteRequest::new("sub/new.bin", Vec::new()),
+                body(3, true),
+            )
+            .await,
+            RunnerErrorKind::Provider,
+            &[broken],
+            "a new file with a failing body",
+        )?;
+        refused(
+            stream_write(write_at("fresh.bin", 0, b"head"), body(2, true)).await,
+            RunnerErrorKind::Provider,
+            &[broken],
+            "a new file at offset 0 with a failing body",
+        )?;
+        let left = sh(
+            &session,
+            "find . -mindepth 1 -name '*.bin*' -o -name '.*tmp*'",
+        )
+        .await?;
+        ensure(left.is_empty(), || format!("failed writes left {left:?}"))?;
+        stream_write(
+            RunnerFileWriteRequest::new("whole.bin", b"ab".to_vec()),
+            body(3, false),
+        )
+        .await
+        .map_err(|e| format!("write_file_stream whole.bin: {e}"))?;
+        let whole = read(&session, "whole.bin").await?;
+        ensure(
+            whole.len() == 2 + 3 * (1 << 20)
+                && whole[..2] == *b"ab"
+                && whole[2 + (2 << 20)..].iter().all(|b| *b == 2),
+            || format!("whole.bin has {} bytes", whole.len()),
+        )
+    })
+    .await
+}
+
+/// A write whose future is dropped while its body is still coming leaves
+/// no temporary file behind (it is removed in the background).
+async fn dropped_write_leaves_no_temporary_file() -> TestResult {
+    in_session(|session| async move {
+        let endless: RunnerByteStream =
+            Box::pin(stream::iter([Ok(Bytes::from(vec![7u8; 1 << 20]))]).chain(stream::pending()));
+        let write = session.write_file_stream(
+            RunnerFileWriteRequest::new("dropped.bin", Vec::new()),
+            endless,
+        );
+        // The body never ends, so neither does the write: it is dropped.
+        ensure(
+            tokio::time::timeout(Duration::from_secs(2), write)
+                .await
+                .is_err(),
+            || "the write ended before its body".into(),
+        )?;
+        let deadline = Instant::now() + HUNG;
+        loop {
+            let left = sh(&session, "ls -A").await?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            ensure(Instant::now() < deadline, || {
+                format!("a dropped write left {left:?}")
+            })?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
+
 // ----- POSIX write permissions -----
 
 /// A 0444 file is not replaced (contents, mode and directory unchanged), a
@@ -500,6 +615,14 @@ fn main() -> ExitCode {
             run_as_other_or_unknown_user_refused,
         ),
         async_trial("write_at_offset_in_place", write_at_offset_in_place),
+        async_trial(
+            "failing_write_body_leaves_no_file",
+            failing_write_body_leaves_no_file,
+        ),
+        async_trial(
+            "dropped_write_leaves_no_temporary_file",
+            dropped_write_leaves_no_temporary_file,
+        ),
         async_trial(
             "writes_obey_posix_permissions",
             writes_obey_posix_permissions,
