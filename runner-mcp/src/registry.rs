@@ -3,10 +3,14 @@
 use std::sync::Arc;
 
 use runner_api::RunnerResult;
-use runner_stack::RunnerRegistry;
+use runner_mounts::EnvSecretResolver;
+use runner_stack::{RunnerRegistry, Stack};
 
 /// The registry of every provider this server is built with; destinations in
-/// the config may name any of them.
+/// the config may name any of them. Each provider is wrapped in the layer
+/// stack, whose mounts and artifact stores (`s3`, `gcs`, `azure`, all
+/// compiled in here) resolve credentials from `RUNNER_SECRET_<ID>_<KEY>`
+/// environment variables ([`EnvSecretResolver`]).
 ///
 /// Built in: unix-local, docker and ssh. This is the one place providers are
 /// added: another provider crate becomes available with one dependency in
@@ -15,7 +19,8 @@ use runner_stack::RunnerRegistry;
 ///
 /// Errors: `AlreadyExists` if two providers share an id.
 pub fn default_registry() -> RunnerResult<RunnerRegistry> {
-    let mut registry = RunnerRegistry::new();
+    let stack = Stack::new().with_resolver(Arc::new(EnvSecretResolver::new()));
+    let mut registry = RunnerRegistry::with_stack(stack);
     registry.register(Arc::new(runner_local::LocalProvider::new()))?;
     registry.register(Arc::new(runner_docker::DockerProvider::new()))?;
     registry.register(Arc::new(runner_ssh::SshProvider::new()))?;
