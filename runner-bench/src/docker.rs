@@ -1,15 +1,16 @@
 //! docker against the docker CLI on the same daemon and image.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
-use runner_api::RunnerDestination;
+use runner_api::{RemoteRunnerSession, RunnerDestination};
 use runner_docker::DockerProvider;
 
 use crate::cli;
 use crate::generic::{Target, round_trip, write_read};
 use crate::local::pattern;
-use crate::stats::{Better, Group, Spec, time_ms};
+use crate::stats::{Better, Group, Samples, Spec, time_ms};
 use crate::{Figures, Plan};
 
 const FILE_BYTES: usize = 100 << 20;
@@ -111,10 +112,7 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
     );
 
     let session = target.session().await?;
-    let container = session.state().metadata["container_id"]
-        .as_str()
-        .context("the docker session state names no container_id")?
-        .to_string();
+    let container = container_id(&session)?;
     let ours = round_trip(&session, plan.round_trips).await?;
     let exec = ["exec", &container, "true"];
     let baseline = time_ms(plan.round_trips, |_| cli::run("docker", &exec)).await?;
@@ -135,12 +133,15 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
         write_read(&session, "bench-100mib.bin", &contents, plan.file_reps).await?;
     let local = scratch.join("docker-100mib.bin");
     tokio::fs::write(&local, contents.as_slice()).await?;
-    let local = local.to_string_lossy().to_string();
-    let remote = format!("{container}:/tmp/cp-100mib.bin");
-    let back = format!("{local}.back");
-    let (up, down) = (["cp", &local, &remote], ["cp", &remote, &back]);
-    let cp_up = time_ms(plan.file_reps, |_| cli::run("docker", &up)).await?;
-    let cp_down = time_ms(plan.file_reps, |_| cli::run("docker", &down)).await?;
+    let back = scratch.join("docker-100mib.bin.back");
+    let (cp_up, cp_down) = cp_both_ways(
+        &container,
+        &local,
+        "/tmp/cp-100mib.bin",
+        &back,
+        plan.file_reps,
+    )
+    .await?;
     session.close().await?;
     group.add_transfers(
         FILE_BYTES as u64,
@@ -160,6 +161,31 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
         ],
     );
     Ok(group.into_figures())
+}
+
+/// The container of a docker session, from its state.
+pub(crate) fn container_id(session: &Arc<dyn RemoteRunnerSession>) -> anyhow::Result<String> {
+    session.state().metadata["container_id"]
+        .as_str()
+        .map(str::to_string)
+        .context("the docker session state names no container_id")
+}
+
+/// `reps` times `docker cp local CONTAINER:remote`, then `reps` times
+/// `docker cp CONTAINER:remote back`: the durations (ms) of each direction.
+pub(crate) async fn cp_both_ways(
+    container: &str,
+    local: &Path,
+    remote: &str,
+    back: &Path,
+    reps: usize,
+) -> anyhow::Result<(Samples, Samples)> {
+    let (local, back) = (local.to_string_lossy(), back.to_string_lossy());
+    let remote = format!("{container}:{remote}");
+    let (up, down) = (["cp", &local, &remote], ["cp", &remote, &back]);
+    let cp_up = time_ms(reps, |_| cli::run("docker", &up)).await?;
+    let cp_down = time_ms(reps, |_| cli::run("docker", &down)).await?;
+    Ok((cp_up, cp_down))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -9,6 +9,7 @@ use runner_api::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerDestination,
     RunnerFileReadRequest, RunnerFileWriteRequest,
 };
+use runner_stack::Stack;
 
 use crate::rss;
 use crate::stats::{Samples, time_ms};
@@ -27,6 +28,16 @@ impl Target {
             .create_session(self.destination.clone())
             .await
             .with_context(|| format!("creating a {} session", self.label))
+    }
+
+    /// The same target with its provider in the layer stack every user gets
+    /// (`runner_stack::Stack`: correctness, tracing, workspace confinement,
+    /// mounts), so a measurement covers every layer a transfer crosses.
+    pub(crate) fn stacked(&self) -> Self {
+        Self {
+            provider: Stack::new().provider(self.provider.clone()),
+            ..self.clone()
+        }
     }
 }
 

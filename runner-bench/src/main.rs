@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p runner-bench -- [--quick] [--only SECTION,…]`
 //! measures, in one run, each figure's median and p95 with a baseline
-//! measured in the same run, prints a table and writes
+//! measured in the same run (or, for the peak RSS of a streamed 1 GiB file,
+//! the bound it is held to, with its verdict), prints a table and writes
 //! `target/bench/results.json`. Backends other than unix-local are measured
 //! when their `RUNNER_TEST_<BACKEND>=1` switch is set (as `scripts/test.sh
 //! --bench` does after provisioning them); a requested backend that does not
@@ -16,6 +17,7 @@ mod local;
 mod rss;
 mod ssh;
 mod stats;
+mod streams;
 
 use std::path::PathBuf;
 
@@ -66,6 +68,9 @@ enum Section {
     Concurrency,
     /// Peak memory while sessions print a lot.
     Memory,
+    /// 1 GiB files through the session streams on every provider: throughput
+    /// against `cp`, `docker cp` and `scp`, and peak RSS against the bound.
+    Streams,
     /// A scripted agent episode through runner-tools on every provider.
     Episode,
 }
@@ -170,6 +175,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let docker = backend("docker", "RUNNER_TEST_DOCKER", docker::target)?;
     let ssh = backend("ssh", "RUNNER_TEST_SSH", ssh::target)?;
 
+    // First, so the peak RSS figures start from a process that has not yet
+    // held the other sections' buffers.
+    if args.runs(Section::Streams) {
+        let targets = [Some(&local), docker.as_ref(), ssh.as_ref()];
+        figures.extend(streams::run(&plan, targets, scratch.path()).await?);
+    }
     if args.runs(Section::UnixLocal) {
         eprintln!("== unix-local");
         figures.extend(local::run(&plan, &local, scratch.path()).await?);
@@ -224,6 +235,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("wrote {}", args.output.display());
     let errors: u64 = figures.iter().map(|f| f.errors).sum();
     anyhow::ensure!(errors == 0, "{errors} operations failed while measuring");
+    let over: Vec<&str> = figures
+        .iter()
+        .filter(|f| f.within_bound == Some(false))
+        .map(|f| f.name.as_str())
+        .collect();
+    anyhow::ensure!(over.is_empty(), "over their bound: {}", over.join("; "));
     Ok(())
 }
 
@@ -300,11 +317,11 @@ async fn concurrency(plan: &Plan, target: &Target) -> Figures {
 
 fn print_table(figures: &[Figure]) {
     println!(
-        "| {:<12} | {:<50} | {:>10} | {:>10} | {:<6} | {:>12} | {:>6} | {:<50} |",
-        "group", "figure", "median", "p95", "unit", "baseline", "ratio", "baseline is"
+        "| {:<12} | {:<50} | {:>10} | {:>10} | {:<6} | {:>12} | {:>6} | {:<50} | {:<12} |",
+        "group", "figure", "median", "p95", "unit", "baseline", "ratio", "baseline is", "verdict"
     );
     println!(
-        "|{}|{}|{}|{}|{}|{}|{}|{}|",
+        "|{}|{}|{}|{}|{}|{}|{}|{}|{}|",
         "-".repeat(14),
         "-".repeat(52),
         "-".repeat(12),
@@ -312,12 +329,21 @@ fn print_table(figures: &[Figure]) {
         "-".repeat(8),
         "-".repeat(14),
         "-".repeat(8),
-        "-".repeat(52)
+        "-".repeat(52),
+        "-".repeat(14)
     );
     for f in figures {
         println!(
-            "| {:<12} | {:<50} | {:>10.2} | {:>10.2} | {:<6} | {:>12.2} | {:>6.2} | {:<50} |",
-            f.group, f.name, f.median, f.p95, f.unit, f.baseline_median, f.ratio, f.baseline
+            "| {:<12} | {:<50} | {:>10.2} | {:>10.2} | {:<6} | {:>12.2} | {:>6.2} | {:<50} | {:<12} |",
+            f.group,
+            f.name,
+            f.median,
+            f.p95,
+            f.unit,
+            f.baseline_median,
+            f.ratio,
+            f.baseline,
+            f.verdict()
         );
     }
 }

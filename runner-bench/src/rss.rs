@@ -12,6 +12,11 @@ pub(crate) fn peak_mib() -> anyhow::Result<f64> {
     status_kib("VmHWM:").map(|kib| kib / 1024.0)
 }
 
+/// Resident memory now, in MiB: what a phase's peak starts from.
+pub(crate) fn current_mib() -> anyhow::Result<f64> {
+    status_kib("VmRSS:").map(|kib| kib / 1024.0)
+}
+
 fn status_kib(field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| anyhow::anyhow!("reading /proc/self/status: {e}"))?;

@@ -1,5 +1,6 @@
 //! ssh against the OpenSSH command-line tools on the same server.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use runner_api::RunnerDestination;
@@ -8,7 +9,7 @@ use runner_ssh::SshProvider;
 use crate::cli;
 use crate::generic::{Target, round_trip, write_read};
 use crate::local::pattern;
-use crate::stats::{Better, Group, Spec, time_ms};
+use crate::stats::{Better, Group, Samples, Spec, time_ms};
 use crate::{Figures, Plan};
 
 const FILE_BYTES: usize = 100 << 20;
@@ -97,6 +98,28 @@ impl Master {
     }
 }
 
+/// `reps` times `scp local SERVER:remote`, then `reps` times
+/// `scp SERVER:remote back`: the durations (ms) of each direction.
+pub(crate) async fn scp_both_ways(
+    server: &Server,
+    local: &Path,
+    remote: &str,
+    back: &Path,
+    reps: usize,
+) -> anyhow::Result<(Samples, Samples)> {
+    let (local, back) = (local.to_string_lossy(), back.to_string_lossy());
+    let remote = format!("{}:{remote}", server.login());
+    let mut scp = server.options();
+    scp.extend(["-q".into(), "-P".into(), server.port.clone()]);
+    let mut up = strs(&scp);
+    up.extend([local.as_ref(), remote.as_str()]);
+    let mut down = strs(&scp);
+    down.extend([remote.as_str(), back.as_ref()]);
+    let scp_up = time_ms(reps, |_| cli::run("scp", &up)).await?;
+    let scp_down = time_ms(reps, |_| cli::run("scp", &down)).await?;
+    Ok((scp_up, scp_down))
+}
+
 /// The arguments as `&str`s, as [`cli`] takes them.
 pub(crate) fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
@@ -179,17 +202,15 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
     session.close().await?;
     let local = scratch.join("ssh-100mib.bin");
     tokio::fs::write(&local, contents.as_slice()).await?;
-    let local = local.to_string_lossy().to_string();
-    let remote = format!("{login}:/tmp/runners-bench-scp-100mib.bin");
-    let back = format!("{local}.back");
-    let mut scp: Vec<&str> = options.iter().map(String::as_str).collect();
-    scp.extend(["-q", "-P", &server.port]);
-    let mut up = scp.clone();
-    up.extend([local.as_str(), remote.as_str()]);
-    let mut down = scp.clone();
-    down.extend([remote.as_str(), back.as_str()]);
-    let scp_up = time_ms(plan.file_reps, |_| cli::run("scp", &up)).await?;
-    let scp_down = time_ms(plan.file_reps, |_| cli::run("scp", &down)).await?;
+    let back = scratch.join("ssh-100mib.bin.back");
+    let (scp_up, scp_down) = scp_both_ways(
+        &server,
+        &local,
+        "/tmp/runners-bench-scp-100mib.bin",
+        &back,
+        plan.file_reps,
+    )
+    .await?;
     group.add_transfers(
         FILE_BYTES as u64,
         [

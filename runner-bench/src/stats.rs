@@ -31,6 +31,24 @@ pub(crate) struct Figure {
     pub(crate) ratio: f64,
     /// Errors seen while measuring (concurrency figures); must be zero.
     pub(crate) errors: u64,
+    /// The bound a figure is held to (peak RSS of a streamed transfer), when
+    /// it has one; it also stands in the baseline columns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) bound: Option<f64>,
+    /// Whether every sample is within [`bound`](Self::bound).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) within_bound: Option<bool>,
+}
+
+impl Figure {
+    /// The verdict against the bound, for the table: empty without one.
+    pub(crate) fn verdict(&self) -> String {
+        match (self.bound, self.within_bound) {
+            (Some(bound), Some(true)) => format!("ok (<= {bound})"),
+            (Some(bound), Some(false)) => format!("OVER (> {bound})"),
+            _ => String::new(),
+        }
+    }
 }
 
 /// Samples of one measurement.
@@ -59,6 +77,11 @@ impl Samples {
 
     pub(crate) fn p95(&self) -> f64 {
         self.quantile(0.95)
+    }
+
+    /// The largest sample (`NaN` without one).
+    pub(crate) fn max(&self) -> f64 {
+        self.quantile(1.0)
     }
 }
 
@@ -99,7 +122,26 @@ impl Group {
             baseline_p95: baseline.p95(),
             ratio: ours.median() / baseline.median(),
             errors,
+            bound: None,
+            within_bound: None,
         };
+        self.push(figure);
+    }
+
+    /// Records a figure held to `bound` instead of a measured baseline: the
+    /// bound stands in the baseline columns (so `ratio` is the median's share
+    /// of it) and the verdict says whether every sample is within it.
+    pub(crate) fn add_bounded(&mut self, spec: Spec<'_>, ours: &Samples, bound: f64) {
+        let bound_samples = Samples(vec![bound]);
+        self.add(spec, ours, &bound_samples, 0);
+        if let Some(figure) = self.figures.last_mut() {
+            figure.bound = Some(bound);
+            figure.within_bound = Some(!ours.0.is_empty() && ours.max() <= bound);
+            eprintln!("    verdict: {}", figure.verdict());
+        }
+    }
+
+    fn push(&mut self, figure: Figure) {
         eprintln!(
             "  {:<44} {:>10.2} {:<5} (baseline {:.2}, ratio {:.2})",
             figure.name, figure.median, figure.unit, figure.baseline_median, figure.ratio
@@ -164,7 +206,7 @@ pub(crate) fn throughput_mib_s(durations_ms: &Samples, bytes: u64) -> Samples {
 
 #[cfg(test)]
 mod tests {
-    use super::Samples;
+    use super::{Better, Group, Samples, Spec};
 
     #[test]
     fn quantiles_use_the_nearest_rank() {
@@ -173,5 +215,39 @@ mod tests {
         assert_eq!(samples.p95(), 95.0);
         assert_eq!(Samples(vec![3.0]).p95(), 3.0);
         assert!(Samples::default().median().is_nan());
+        assert_eq!(Samples(vec![2.0, 9.0, 4.0]).max(), 9.0);
+    }
+
+    fn rss_spec(name: &str) -> Spec<'_> {
+        Spec {
+            name,
+            unit: "MiB",
+            better: Better::Lower,
+            baseline: "the bound",
+        }
+    }
+
+    #[test]
+    fn a_bounded_figure_is_within_only_when_every_sample_is() {
+        let mut group = Group::new("streams");
+        group.add_bounded(rss_spec("within"), &Samples(vec![10.0, 64.0]), 64.0);
+        group.add_bounded(rss_spec("one over"), &Samples(vec![10.0, 64.5]), 64.0);
+        group.add_bounded(rss_spec("no samples"), &Samples::default(), 64.0);
+        let figures = group.into_figures();
+        let verdicts: Vec<_> = figures.iter().map(|f| f.within_bound).collect();
+        assert_eq!(verdicts, [Some(true), Some(false), Some(false)]);
+        assert_eq!(figures[0].verdict(), "ok (<= 64)");
+        assert_eq!(figures[1].verdict(), "OVER (> 64)");
+        assert_eq!(figures[0].baseline_median, 64.0);
+        assert_eq!(figures[0].ratio, 10.0 / 64.0);
+    }
+
+    #[test]
+    fn a_measured_figure_has_no_verdict() {
+        let mut group = Group::new("g");
+        group.add(rss_spec("f"), &Samples(vec![1.0]), &Samples(vec![2.0]), 0);
+        let figure = &group.into_figures()[0];
+        assert_eq!((figure.bound, figure.within_bound), (None, None));
+        assert_eq!(figure.verdict(), "");
     }
 }
