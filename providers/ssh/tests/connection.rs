@@ -366,7 +366,9 @@ async fn read_only_entry_refuses_file_writes() -> TestResult {
         ],
         mounts: Vec::new(),
     };
-    let provider = SshProvider::new();
+    // Through the layer stack, as users get it: the workspace layer resolves
+    // paths before the session's read-only check sees them.
+    let provider = runner_stack::stacked(SshProvider::new());
     provider
         .validate_destination(&destination)
         .await
@@ -397,9 +399,8 @@ async fn read_only_entry_refuses_file_writes() -> TestResult {
         .map_err(|e| format!("close the fork: {e}"))?;
     let state = session.detach().await.map_err(|e| format!("detach: {e}"))?;
     drop(session);
-    let fresh = SshProvider::new()
-        .with_destination(&destination)
-        .map_err(|e| format!("with_destination: {e}"))?;
+    let fresh = runner_stack::stacked(SshProvider::new());
+    fresh.trust_destination(&destination);
     let rejoined = fresh
         .rejoin_session(state)
         .await

@@ -9,7 +9,10 @@
 //! - children that leave the process group with `setsid`: a cancel (also of a
 //!   rejoined command, also with the marks forged in the request), a timeout
 //!   and the sweep of an orphan end them;
-//! - an upload above the destination's `max_upload_bytes`.
+//! - an upload above the destination's `max_upload_bytes`;
+//! - a manifest entry beneath a symlink an earlier entry made, leading out of
+//!   the workspace (the provider writes the manifest itself, before any layer
+//!   confines paths).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerDestination,
-    RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileWriteRequest, RunnerResult,
-    RunnerSessionState,
+    RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileWriteRequest,
+    RunnerManifestEntry, RunnerResult, RunnerSessionState,
 };
 use runner_ssh::SshProvider;
 use runner_testkit::{BackendGate, async_trial};
@@ -653,6 +656,53 @@ async fn upload_above_max_upload_bytes_refused() -> TestResult {
     })
 }
 
+// ----- the manifest stays in the workspace -----
+
+/// A manifest entry whose target lies beneath a symlink an earlier entry
+/// copied in, leading out of the workspace, fails `create_session` with
+/// `PermissionDenied` and writes nothing where the symlink points.
+async fn manifest_entry_through_a_symlink_refused() -> TestResult {
+    in_area(|area| async move {
+        let provider = SshProvider::new();
+        let plain = open(&provider, &plain_destination(serde_json::json!({}))?).await?;
+        let outside = format!("{}/{area}/outside", home(&plain).await?);
+        sh(&plain, &format!("mkdir -p '{outside}'")).await?;
+        let local = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let links = local.path().join("links");
+        std::fs::create_dir(&links).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(&outside, links.join("out")).map_err(|e| e.to_string())?;
+        std::fs::write(local.path().join("x.txt"), b"x").map_err(|e| e.to_string())?;
+        let mut destination = area_destination(&area, serde_json::json!({}))?;
+        destination.default_manifest.entries = vec![
+            RunnerManifestEntry {
+                source: links,
+                target: "links".into(),
+                writable: true,
+            },
+            RunnerManifestEntry {
+                source: local.path().join("x.txt"),
+                target: "links/out/x.txt".into(),
+                writable: true,
+            },
+        ];
+        let created = guarded("create_session", provider.create_session(destination)).await?;
+        let outcome = refused(
+            created,
+            RunnerErrorKind::PermissionDenied,
+            "outside the workspace",
+            "a manifest entry beneath a symlink leading out",
+        );
+        let left = sh(&plain, &format!("ls -A '{outside}'")).await;
+        plain.close().await.map_err(|e| format!("close: {e}"))?;
+        outcome?;
+        let left = left?;
+        ensure(left.is_empty(), || {
+            format!("the refused entry wrote {left:?} outside the workspace")
+        })
+    })
+    .await
+}
+
 // ----- item 5: setsid escapes -----
 
 /// A number no other process sleeps for.
@@ -897,6 +947,10 @@ fn main() -> ExitCode {
         async_trial(
             "upload_above_max_upload_bytes_refused",
             upload_above_max_upload_bytes_refused,
+        ),
+        async_trial(
+            "manifest_entry_through_a_symlink_refused",
+            manifest_entry_through_a_symlink_refused,
         ),
         async_trial(
             "cancel_ends_setsid_children_despite_forged_marks",
