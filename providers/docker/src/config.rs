@@ -41,115 +41,124 @@ impl DockerNetwork {
 /// `pids_limit`, `network` (`"bridge"` or `"none"`), `labels` (object of
 /// strings), `init` (default `true`), `keep_on_close` (default `false`),
 /// `docker_host` (default: the local socket), `max_upload_bytes` (default
-/// [`DEFAULT_MAX_UNPACKED_BYTES`]). `artifacts` is reserved for the
-/// shared artifact-store settings and not interpreted here. Any other key is an
-/// error.
+/// [`DEFAULT_MAX_UNPACKED_BYTES`]). A `null` value is the key's default. Any
+/// other key is an error (the artifact store is the destination's
+/// `artifacts`, not a config key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DockerConfig {
     /// The image every session's container starts from; it must be present on
     /// the daemon (nothing is pulled).
     pub image: String,
     /// Absolute workspace directory inside the container.
+    #[serde(default = "default_workspace")]
     pub workspace_dir: PathBuf,
     /// Environment of every command (a command's own `env` wins).
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// The user commands and file operations run as (`name`, `uid`, `uid:gid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Container ports published on a random 127.0.0.1 port at creation.
+    #[serde(default)]
     pub ports: Vec<u16>,
     /// Memory limit in bytes.
+    #[serde(
+        default,
+        deserialize_with = "memory",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory: Option<i64>,
     /// CPU limit, in CPUs (`1.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
     /// Maximum number of processes in the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<i64>,
     /// The network the container joins.
+    #[serde(default = "default_network")]
     pub network: DockerNetwork,
     /// Extra container labels.
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Run an init process as PID 1 that reaps orphaned processes.
+    #[serde(default = "yes")]
     pub init: bool,
     /// Keep (stop, not remove) the container on `close`.
+    #[serde(default)]
     pub keep_on_close: bool,
     /// The daemon address (`unix:///var/run/docker.sock`, `tcp://host:2375`);
     /// `None` is the local socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_host: Option<String>,
     /// Most bytes the entries of one `upload_archive` may hold together.
+    #[serde(default = "default_max_upload_bytes")]
     pub max_upload_bytes: u64,
-    /// The reserved `artifacts` value, kept as given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifacts: Option<Value>,
 }
 
-const KEYS: &[&str] = &[
-    "image",
-    "workspace_dir",
-    "env",
-    "user",
-    "ports",
-    "memory",
-    "cpus",
-    "pids_limit",
-    "network",
-    "labels",
-    "init",
-    "keep_on_close",
-    "docker_host",
-    "max_upload_bytes",
-    "artifacts",
-];
+fn default_workspace() -> PathBuf {
+    PathBuf::from(DEFAULT_WORKSPACE)
+}
+
+fn default_network() -> DockerNetwork {
+    DockerNetwork::Bridge
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_upload_bytes() -> u64 {
+    DEFAULT_MAX_UNPACKED_BYTES
+}
+
+/// `512m`, `2g`, `1048576`, or a number of bytes.
+fn memory<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(i64),
+        Text(String),
+    }
+    let text = match Option::<Size>::deserialize(deserializer)? {
+        None => return Ok(None),
+        Some(Size::Bytes(bytes)) => return Ok(Some(bytes)),
+        Some(Size::Text(text)) => text.trim().to_ascii_lowercase(),
+    };
+    let text = text.strip_suffix('b').unwrap_or(&text);
+    let (digits, factor) = match text.chars().last() {
+        Some('k') => (&text[..text.len() - 1], 1i64 << 10),
+        Some('m') => (&text[..text.len() - 1], 1 << 20),
+        Some('g') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("not a size"))
+}
+
+/// What a key takes, for the message of a value that does not parse
+/// (`None`: not a key of the config).
+fn expected(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "image" | "workspace_dir" | "user" | "docker_host" => "a string",
+        "env" | "labels" => "an object of strings",
+        "ports" => "an array of ports 1-65535",
+        "memory" => "bytes, or a size string such as \"512m\"",
+        "cpus" => "a number of CPUs",
+        "pids_limit" => "a whole number",
+        "network" => "\"bridge\" or \"none\"",
+        "init" | "keep_on_close" => "true or false",
+        "max_upload_bytes" => "a whole number of bytes",
+        _ => return None,
+    })
+}
 
 fn bad(key: &str, what: impl std::fmt::Display) -> RunnerError {
     RunnerError::invalid_request(format!("docker config: `{key}` {what}"))
-}
-
-fn string(map: &Map<String, Value>, key: &str) -> RunnerResult<Option<String>> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Err(bad(key, "must not be empty")),
-        Some(Value::String(s)) if s.contains('\0') => Err(bad(key, "contains a NUL byte")),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(bad(key, format!("must be a string, got {}", kind(other)))),
-    }
-}
-
-fn boolean(map: &Map<String, Value>, key: &str, default: bool) -> RunnerResult<bool> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(bad(
-            key,
-            format!("must be true or false, got {}", kind(other)),
-        )),
-    }
-}
-
-fn string_map(map: &Map<String, Value>, key: &str) -> RunnerResult<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    match map.get(key) {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(entries)) => {
-            for (k, v) in entries {
-                let Value::String(v) = v else {
-                    return Err(bad(
-                        key,
-                        format!("value of {k:?} must be a string, got {}", kind(v)),
-                    ));
-                };
-                if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                    return Err(bad(key, format!("entry {k:?} is invalid")));
-                }
-                out.insert(k.clone(), v.clone());
-            }
-        }
-        Some(other) => {
-            return Err(bad(
-                key,
-                format!("must be an object of strings, got {}", kind(other)),
-            ));
-        }
-    }
-    Ok(out)
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -163,41 +172,51 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// `512m`, `2g`, `1048576`, or a number of bytes.
-fn memory(map: &Map<String, Value>) -> RunnerResult<Option<i64>> {
-    const KEY: &str = "memory";
-    let bytes = match map.get(KEY) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .ok_or_else(|| bad(KEY, "must be a whole number of bytes"))?,
-        Some(Value::String(s)) => {
-            let s = s.trim().to_ascii_lowercase();
-            let s = s.strip_suffix('b').unwrap_or(&s);
-            let (digits, factor) = match s.chars().last() {
-                Some('k') => (&s[..s.len() - 1], 1i64 << 10),
-                Some('m') => (&s[..s.len() - 1], 1 << 20),
-                Some('g') => (&s[..s.len() - 1], 1 << 30),
-                _ => (s, 1),
-            };
-            digits
-                .parse::<i64>()
-                .ok()
-                .and_then(|n| n.checked_mul(factor))
-                .ok_or_else(|| bad(KEY, format!("{s:?} is not a size such as \"512m\"")))?
-        }
-        Some(other) => {
-            return Err(bad(
-                KEY,
-                format!("must be bytes or a size string, got {}", kind(other)),
-            ));
-        }
+/// The error of a config that did not deserialize: the key it failed at and
+/// what that key takes, never the value (it may be a secret put in the
+/// wrong place); serde's own message for an unknown key, which names it and
+/// the known ones.
+fn parse_error(
+    map: &Map<String, Value>,
+    error: serde_path_to_error::Error<serde_json::Error>,
+) -> RunnerError {
+    use serde_path_to_error::Segment;
+    let mut segments = error.path().iter();
+    let (key, expected) = match segments.next() {
+        Some(Segment::Map { key }) if map.contains_key(key) => match expected(key) {
+            Some(expected) => (key.as_str(), expected),
+            None => {
+                return RunnerError::invalid_request(format!("docker config: {}", error.inner()));
+            }
+        },
+        _ => return RunnerError::invalid_request(format!("docker config: {}", error.inner())),
     };
-    // Docker refuses limits below 6 MiB.
-    if bytes < 6 << 20 {
-        return Err(bad(KEY, "must be at least 6 MiB"));
+    let within = match segments.next() {
+        Some(Segment::Map { key: entry }) => format!("; entry {entry:?} is not"),
+        Some(Segment::Seq { index }) => format!("; item {index} is not"),
+        _ => format!(", got {}", kind(&map[key])),
+    };
+    bad(key, format!("must be {expected}{within}"))
+}
+
+/// A string setting: not blank, no NUL byte.
+fn check_text(key: &str, value: Option<&str>) -> RunnerResult<()> {
+    match value {
+        Some(text) if text.trim().is_empty() => Err(bad(key, "must not be empty")),
+        Some(text) if text.contains('\0') => Err(bad(key, "contains a NUL byte")),
+        _ => Ok(()),
     }
-    Ok(Some(bytes))
+}
+
+/// An object of strings: keys not empty, no `=` in keys, no NUL byte.
+fn check_entries(key: &str, entries: &BTreeMap<String, String>) -> RunnerResult<()> {
+    match entries
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
+    {
+        Some((k, _)) => Err(bad(key, format!("entry {k:?} is invalid"))),
+        None => Ok(()),
+    }
 }
 
 impl DockerConfig {
@@ -208,14 +227,13 @@ impl DockerConfig {
         Self::from_value(&destination.config)
     }
 
-    /// Parses a config value (an object).
+    /// Parses a config value (an object; `null` keys take their defaults).
     ///
     /// Errors: `InvalidRequest` naming the bad key.
     pub fn from_value(value: &Value) -> RunnerResult<Self> {
-        let empty = Map::new();
-        let map = match value {
-            Value::Object(map) => map,
-            Value::Null => &empty,
+        let mut map = match value {
+            Value::Object(map) => map.clone(),
+            Value::Null => Map::new(),
             other => {
                 return Err(RunnerError::invalid_request(format!(
                     "docker config: must be an object, got {}",
@@ -223,118 +241,74 @@ impl DockerConfig {
                 )));
             }
         };
-        if let Some(unknown) = map.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(RunnerError::invalid_request(format!(
-                "docker config: unknown key `{unknown}` (known keys: {})",
-                KEYS.join(", ")
-            )));
-        }
-        let image = string(map, "image")?.ok_or_else(|| {
-            bad(
+        map.retain(|_, value| !value.is_null());
+        if !map.contains_key("image") {
+            return Err(bad(
                 "image",
                 "is required (the image every session's container starts from)",
-            )
-        })?;
-        let workspace_dir = PathBuf::from(
-            string(map, "workspace_dir")?.unwrap_or_else(|| DEFAULT_WORKSPACE.to_string()),
-        );
-        if !workspace_dir.is_absolute() || runner_api::normalize_lexically(&workspace_dir) == *"/" {
+            ));
+        }
+        let mut config: Self = serde_path_to_error::deserialize(Value::Object(map.clone()))
+            .map_err(|e| parse_error(&map, e))?;
+        config.check()?;
+        config.workspace_dir = runner_api::normalize_lexically(&config.workspace_dir);
+        Ok(config)
+    }
+
+    /// The checks beyond the types, one message per key.
+    fn check(&self) -> RunnerResult<()> {
+        check_text("image", Some(&self.image))?;
+        check_text("user", self.user.as_deref())?;
+        check_text("docker_host", self.docker_host.as_deref())?;
+        let workspace = &self.workspace_dir;
+        check_text("workspace_dir", workspace.to_str())?;
+        if !workspace.is_absolute() || runner_api::normalize_lexically(workspace) == *"/" {
             return Err(bad(
                 "workspace_dir",
                 format!(
                     "must be an absolute directory other than /, got {}",
-                    workspace_dir.display()
+                    workspace.display()
                 ),
             ));
         }
-        let workspace_dir = runner_api::normalize_lexically(&workspace_dir);
-        let ports = match map.get("ports") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|item| {
-                    item.as_u64()
-                        .and_then(|p| u16::try_from(p).ok())
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| bad("ports", format!("{item} is not a port 1-65535")))
-                })
-                .collect::<RunnerResult<Vec<u16>>>()?,
-            Some(other) => {
-                return Err(bad(
-                    "ports",
-                    format!("must be an array of ports, got {}", kind(other)),
-                ));
-            }
-        };
-        let cpus = match map.get("cpus") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(c) if c > 0.0 && c <= 1024.0 => Some(c),
-                _ => return Err(bad("cpus", format!("{n} is not a CPU count above 0"))),
-            },
-            Some(other) => {
-                return Err(bad(
-                    "cpus",
-                    format!("must be a number, got {}", kind(other)),
-                ));
-            }
-        };
-        let pids_limit = match map.get("pids_limit") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(p) if p > 0 => Some(p),
-                _ => return Err(bad("pids_limit", format!("{n} is not a count above 0"))),
-            },
-            Some(other) => {
-                return Err(bad(
-                    "pids_limit",
-                    format!("must be a number, got {}", kind(other)),
-                ));
-            }
-        };
-        let network = match string(map, "network")?.as_deref() {
-            None | Some("bridge") => DockerNetwork::Bridge,
-            Some("none") => DockerNetwork::None,
-            Some(other) => {
-                return Err(bad(
-                    "network",
-                    format!("must be \"bridge\" or \"none\", got {other:?}"),
-                ));
-            }
-        };
-        if network == DockerNetwork::None && !ports.is_empty() {
+        check_entries("env", &self.env)?;
+        check_entries("labels", &self.labels)?;
+        if self.ports.contains(&0) {
+            return Err(bad("ports", "0 is not a port 1-65535"));
+        }
+        if matches!(self.memory, Some(bytes) if bytes < 6 << 20) {
+            // Docker refuses limits below 6 MiB.
+            return Err(bad("memory", "must be at least 6 MiB"));
+        }
+        if let Some(cpus) = self.cpus
+            && !(cpus > 0.0 && cpus <= 1024.0)
+        {
+            return Err(bad("cpus", format!("{cpus} is not a CPU count above 0")));
+        }
+        if let Some(pids) = self.pids_limit
+            && pids <= 0
+        {
+            return Err(bad("pids_limit", format!("{pids} is not a count above 0")));
+        }
+        if self.network == DockerNetwork::None && !self.ports.is_empty() {
             return Err(bad(
                 "ports",
                 "cannot be published with network \"none\" (expose_port works without them)",
             ));
         }
-        let max_upload_bytes = match map.get("max_upload_bytes") {
-            None | Some(Value::Null) => DEFAULT_MAX_UNPACKED_BYTES,
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(bytes) if bytes > 0 => bytes,
-                _ => {
-                    return Err(bad(
-                        "max_upload_bytes",
-                        format!("{n} is not a number of bytes above 0"),
-                    ));
-                }
-            },
-            Some(other) => {
-                return Err(bad(
-                    "max_upload_bytes",
-                    format!("must be a number, got {}", kind(other)),
-                ));
-            }
-        };
-        let labels = string_map(map, "labels")?;
-        if let Some(reserved) = labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
+        if self.max_upload_bytes == 0 {
+            return Err(bad(
+                "max_upload_bytes",
+                "0 is not a number of bytes above 0",
+            ));
+        }
+        if let Some(reserved) = self.labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
             return Err(bad(
                 "labels",
                 format!("{reserved:?} uses the reserved prefix {LABEL_PREFIX:?}"),
             ));
         }
-        let docker_host = string(map, "docker_host")?;
-        if let Some(host) = &docker_host
+        if let Some(host) = &self.docker_host
             && !["unix://", "tcp://", "http://"]
                 .iter()
                 .any(|scheme| host.starts_with(scheme))
@@ -344,59 +318,12 @@ impl DockerConfig {
                 format!("{host:?} must start with unix://, tcp:// or http://"),
             ));
         }
-        Ok(Self {
-            image,
-            workspace_dir,
-            env: string_map(map, "env")?,
-            user: string(map, "user")?,
-            ports,
-            memory: memory(map)?,
-            cpus,
-            pids_limit,
-            network,
-            labels,
-            init: boolean(map, "init", true)?,
-            keep_on_close: boolean(map, "keep_on_close", false)?,
-            docker_host,
-            max_upload_bytes,
-            artifacts: map.get("artifacts").cloned().filter(|v| !v.is_null()),
-        })
+        Ok(())
     }
 
     /// The config as destination JSON (parses back to the same config).
     pub fn to_value(&self) -> Value {
-        let mut map = Map::new();
-        map.insert("image".into(), self.image.clone().into());
-        map.insert(
-            "workspace_dir".into(),
-            self.workspace_dir.display().to_string().into(),
-        );
-        map.insert("env".into(), serde_json::json!(self.env));
-        if let Some(user) = &self.user {
-            map.insert("user".into(), user.clone().into());
-        }
-        map.insert("ports".into(), serde_json::json!(self.ports));
-        if let Some(memory) = self.memory {
-            map.insert("memory".into(), memory.into());
-        }
-        if let Some(cpus) = self.cpus {
-            map.insert("cpus".into(), serde_json::json!(cpus));
-        }
-        if let Some(pids) = self.pids_limit {
-            map.insert("pids_limit".into(), pids.into());
-        }
-        map.insert("network".into(), self.network.mode().into());
-        map.insert("labels".into(), serde_json::json!(self.labels));
-        map.insert("init".into(), self.init.into());
-        map.insert("keep_on_close".into(), self.keep_on_close.into());
-        if let Some(host) = &self.docker_host {
-            map.insert("docker_host".into(), host.clone().into());
-        }
-        map.insert("max_upload_bytes".into(), self.max_upload_bytes.into());
-        if let Some(artifacts) = &self.artifacts {
-            map.insert("artifacts".into(), artifacts.clone());
-        }
-        Value::Object(map)
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 
@@ -421,19 +348,57 @@ mod tests {
             "image": "img", "workspace_dir": "/work/./x", "env": { "A": "1" }, "user": "1000:1000",
             "ports": [8080], "memory": "512m", "cpus": 1.5, "pids_limit": 100,
             "network": "bridge", "labels": { "team": "x" }, "init": false,
-            "keep_on_close": true, "docker_host": "unix:///tmp/d.sock", "max_upload_bytes": 1024,
-            "artifacts": { "url": "s3://bucket/prefix" }
+            "keep_on_close": true, "docker_host": "unix:///tmp/d.sock", "max_upload_bytes": 1024
         }))
         .expect("config");
         assert_eq!(config.workspace_dir, PathBuf::from("/work/x"));
         assert_eq!(config.memory, Some(512 << 20));
         assert_eq!(config.ports, vec![8080]);
         assert_eq!(config.max_upload_bytes, 1024);
-        assert!(config.artifacts.is_some());
         assert_eq!(
             DockerConfig::from_value(&config.to_value()).expect("again"),
             config
         );
+    }
+
+    #[test]
+    fn nulls_take_the_defaults() {
+        let config = DockerConfig::from_value(&json!({
+            "image": "busybox", "init": null, "env": null, "memory": null, "network": null
+        }))
+        .expect("config");
+        assert_eq!(
+            config,
+            DockerConfig::from_value(&json!({ "image": "busybox" })).expect("plain")
+        );
+    }
+
+    /// The artifact store is the destination's `artifacts`, not a config key.
+    #[test]
+    fn artifacts_is_not_a_config_key() {
+        let err = DockerConfig::from_value(&json!({
+            "image": "i", "artifacts": { "uri": "s3://bucket/prefix" }
+        }))
+        .expect_err("artifacts in the config");
+        assert_eq!(err.kind(), runner_api::RunnerErrorKind::InvalidRequest);
+        assert!(err.message().contains("`artifacts`"), "{}", err.message());
+    }
+
+    /// A value in the wrong place is named by its key, never echoed.
+    #[test]
+    fn bad_values_are_not_echoed() {
+        for config in [
+            json!({ "image": "i", "env": { "TOKEN": { "secret": "hunter2" } } }),
+            json!({ "image": "i", "cpus": "hunter2" }),
+            json!({ "image": "i", "init": "hunter2" }),
+            json!({ "image": "i", "memory": "hunter2" }),
+        ] {
+            let err = DockerConfig::from_value(&config).expect_err("bad config");
+            assert!(!err.message().contains("hunter2"), "{}", err.message());
+        }
+        let err = DockerConfig::from_value(&json!({ "image": "i", "env": { "A": 1 } }))
+            .expect_err("a number in env");
+        assert!(err.message().contains("\"A\""), "{}", err.message());
     }
 
     #[test]
@@ -473,6 +438,15 @@ mod tests {
                 "`max_upload_bytes`",
             ),
             (json!({ "image": "i", "colour": "blue" }), "`colour`"),
+            (json!({ "image": "i", "ports": [70000] }), "`ports`"),
+            (json!({ "image": "i", "memory": 1.5 }), "`memory`"),
+            (json!({ "image": "i", "env": ["A=1"] }), "`env`"),
+            (json!({ "image": "i", "user": "" }), "`user`"),
+            (
+                json!({ "image": "i", "workspace_dir": "/" }),
+                "`workspace_dir`",
+            ),
+            (json!({ "image": "i", "memory": 1024 }), "`memory`"),
         ];
         for (value, named) in cases {
             let err = DockerConfig::from_value(&value).expect_err("bad config");

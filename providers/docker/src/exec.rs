@@ -21,13 +21,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use runner_api::{
-    RunnerCommandId, RunnerCommandRequest, RunnerError, RunnerErrorKind, RunnerOutputStream,
-    RunnerResult, RunnerSignal,
+    RunnerByteStream, RunnerCommandId, RunnerCommandRequest, RunnerError, RunnerErrorKind,
+    RunnerOutputStream, RunnerResult, RunnerSignal, next_chunk,
 };
 use runner_kit::{OutputSink, ProcessControl, RawExit, SpawnedProcess, StdinPipe};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
 use crate::error::Daemon;
 
@@ -137,7 +139,8 @@ pub(crate) struct ScriptOutput {
     pub(crate) stderr: String,
 }
 
-type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
+pub(crate) type Output =
+    Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
 type Input = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// A started exec: its id, output and (when attached) stdin.
@@ -149,6 +152,97 @@ pub(crate) struct Started {
 
 /// Most stderr bytes a helper's output keeps (for messages).
 const STDERR_KEPT: usize = 16 * 1024;
+
+/// Most bytes a helper may print before the newline of its first line.
+const HEAD_LINE_MAX: usize = 32;
+
+/// Keeps the container running while a file operation's helper runs: a
+/// shared hold on a running container, or the exclusive hold on a paused one
+/// that was thawed for the operation and is frozen again on
+/// [`release`](Self::release) (or, when dropped first, by a task).
+pub(crate) struct Running {
+    hold: Hold,
+}
+
+enum Hold {
+    /// Held only to be dropped with the operation.
+    Shared {
+        _guard: OwnedRwLockReadGuard<()>,
+    },
+    Thawed {
+        frozen: OwnedRwLockWriteGuard<()>,
+        ctx: Arc<ExecContext>,
+    },
+    Released,
+}
+
+impl Running {
+    /// A hold on a running container.
+    pub(crate) fn shared(guard: OwnedRwLockReadGuard<()>) -> Self {
+        Self {
+            hold: Hold::Shared { _guard: guard },
+        }
+    }
+
+    /// The hold on the paused container of `ctx`, thawed for an operation.
+    pub(crate) fn thawed(frozen: OwnedRwLockWriteGuard<()>, ctx: Arc<ExecContext>) -> Self {
+        Self {
+            hold: Hold::Thawed { frozen, ctx },
+        }
+    }
+
+    /// Ends the hold; a thawed container is paused again first.
+    ///
+    /// Errors: the daemon's, naming `operation` and the container.
+    pub(crate) async fn release(mut self, operation: &str) -> RunnerResult<()> {
+        match std::mem::replace(&mut self.hold, Hold::Released) {
+            Hold::Thawed { frozen, ctx } => {
+                let paused = ctx.freeze(operation).await;
+                drop(frozen);
+                paused
+            }
+            Hold::Shared { .. } | Hold::Released => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Hold::Thawed { frozen, ctx } = std::mem::replace(&mut self.hold, Hold::Released) else {
+            return;
+        };
+        // A stream or call dropped half way: pause again before the next
+        // operation may see the container running.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = ctx.freeze("file operation").await {
+                    tracing::warn!(error = %e, "pausing the container again failed");
+                }
+                drop(frozen);
+            });
+        }
+    }
+}
+
+/// A started helper whose first line of stdout was read.
+pub(crate) struct Headed {
+    /// The line, without its newline.
+    pub(crate) line: String,
+    /// The helper's stdin.
+    pub(crate) input: Input,
+    /// The rest of its output.
+    pub(crate) rest: HelperOutput,
+}
+
+/// What is left of a helper's output after its first line.
+pub(crate) struct HelperOutput {
+    exec_id: String,
+    output: Output,
+    /// Stdout bytes already read after the line.
+    first: Bytes,
+    /// Stderr so far (at most [`STDERR_KEPT`] bytes).
+    stderr: Vec<u8>,
+}
 
 impl ExecContext {
     /// The uid and gid of the session user (files created at setup and
@@ -297,14 +391,19 @@ impl ExecContext {
             .await
     }
 
-    /// [`script`](Self::script) with `input` on its stdin (closed after it).
-    /// A script that exits without reading all of it still ends the call.
+    /// [`script`](Self::script) with the chunks of `input` on its stdin
+    /// (closed after the last), written as the script reads them. A script
+    /// that exits without reading all of it still ends the call (its status
+    /// tells).
+    ///
+    /// Errors: the daemon's; an error `input` yields, once the script has
+    /// ended (it sees its stdin closed early).
     pub(crate) async fn script_with_input(
         &self,
         operation: &str,
         script: &str,
         args: &[&str],
-        input: &[u8],
+        mut input: RunnerByteStream,
     ) -> RunnerResult<ScriptOutput> {
         let started = self.start_script(operation, script, args, true).await?;
         let Started {
@@ -313,17 +412,36 @@ impl ExecContext {
             input: mut pipe,
         } = started;
         let write = async {
-            // A script that exits early closes the stream: its status tells.
-            let _ = pipe.write_all(input).await;
+            let mut fed = Ok(());
+            while let Some(chunk) = next_chunk(&mut input).await {
+                match chunk {
+                    // A script that exits early closes the stream: its status tells.
+                    Ok(chunk) => {
+                        if pipe.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        fed = Err(e);
+                        break;
+                    }
+                }
+            }
             let _ = pipe.shutdown().await;
+            fed
         };
         let collect = self.collect(operation, &id, output);
         tokio::pin!(write, collect);
-        let mut written = false;
+        let mut fed = None;
         loop {
             tokio::select! {
-                () = &mut write, if !written => written = true,
-                out = &mut collect => return out,
+                result = &mut write, if fed.is_none() => fed = Some(result),
+                out = &mut collect => {
+                    return match fed {
+                        Some(Err(e)) => Err(e),
+                        _ => out,
+                    };
+                }
             }
         }
     }
@@ -391,6 +509,94 @@ impl ExecContext {
         })
     }
 
+    /// Pauses the container (after a file operation thawed it).
+    ///
+    /// Errors: the daemon's, naming `operation` and the container.
+    pub(crate) async fn freeze(&self, operation: &str) -> RunnerResult<()> {
+        self.daemon
+            .docker
+            .pause_container(&self.container)
+            .await
+            .map_err(|e| self.daemon.error(operation, &self.container, e))
+    }
+
+    /// Starts `sh -c script sh args…` as the session's user, with its stdin
+    /// attached, and reads its stdout up to the end of its first line (at
+    /// most [`HEAD_LINE_MAX`] bytes), keeping its stderr.
+    ///
+    /// Errors: the daemon's; `failed(code, stderr)` when the output ended
+    /// before a line (the helper failed); `Provider` naming `operation` and
+    /// `subject` when the helper printed something else.
+    pub(crate) async fn start_headed(
+        &self,
+        operation: &str,
+        subject: &str,
+        script: &str,
+        args: &[&str],
+        failed: impl FnOnce(i64, &str) -> RunnerError,
+    ) -> RunnerResult<Headed> {
+        let Started {
+            id,
+            mut output,
+            input,
+        } = self.start_script(operation, script, args, true).await?;
+        let (mut head, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(item) = output.next().await {
+            match item.map_err(|e| self.daemon.error(operation, subject, e))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    head.extend_from_slice(&message);
+                    if let Some(newline) = head.iter().position(|b| *b == b'\n') {
+                        let first = Bytes::from(head.split_off(newline + 1));
+                        head.truncate(newline);
+                        let line = String::from_utf8(head)
+                            .map_err(|e| unexpected_output(operation, subject, e.as_bytes()))?;
+                        let rest = HelperOutput {
+                            exec_id: id,
+                            output,
+                            first,
+                            stderr,
+                        };
+                        return Ok(Headed { line, input, rest });
+                    }
+                    if head.len() > HEAD_LINE_MAX {
+                        return Err(unexpected_output(operation, subject, &head));
+                    }
+                }
+                LogOutput::StdErr { message } => keep_stderr(&mut stderr, &message),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        let code = self.exit_code(operation, &id).await?;
+        Err(failed(code, String::from_utf8_lossy(&stderr).trim()))
+    }
+
+    /// The rest of a helper's stdout as a stream: the bytes read after its
+    /// first line, then each chunk as Docker delivers it, at most `limit`
+    /// bytes in all. When the output ends the exit code is taken; a non-zero
+    /// one ends the stream with `failed(code, stderr)`. `running` is
+    /// released at the end.
+    pub(crate) fn stdout_stream(
+        self: Arc<Self>,
+        operation: &'static str,
+        rest: HelperOutput,
+        limit: u64,
+        failed: impl FnOnce(i64, &str) -> RunnerError + Send + 'static,
+        running: Running,
+    ) -> RunnerByteStream {
+        let tail = Tail {
+            ctx: self,
+            operation,
+            exec_id: rest.exec_id,
+            output: rest.output,
+            first: Some(rest.first),
+            left: limit,
+            stderr: rest.stderr,
+            failed: Some(Box::new(failed)),
+            running: Some(running),
+        };
+        Box::pin(futures_util::stream::unfold(tail, Tail::next))
+    }
+
     fn cwd(&self, request: &RunnerCommandRequest) -> PathBuf {
         match &request.cwd {
             Some(cwd) if cwd.is_absolute() => cwd.clone(),
@@ -398,6 +604,80 @@ impl ExecContext {
             None => self.workspace.clone(),
         }
     }
+}
+
+/// How a failed helper's stream ends: its exit code and stderr into the error.
+type Failure = Box<dyn FnOnce(i64, &str) -> RunnerError + Send>;
+
+/// The state of [`ExecContext::stdout_stream`]; `failed` is taken at the end.
+struct Tail {
+    ctx: Arc<ExecContext>,
+    operation: &'static str,
+    exec_id: String,
+    output: Output,
+    first: Option<Bytes>,
+    left: u64,
+    stderr: Vec<u8>,
+    failed: Option<Failure>,
+    running: Option<Running>,
+}
+
+impl Tail {
+    /// The next chunk, or the stream's end (with the exit code's verdict).
+    async fn next(mut self) -> Option<(RunnerResult<Bytes>, Self)> {
+        self.failed.as_ref()?;
+        if let Some(first) = self.first.take()
+            && let Some(chunk) = self.within_limit(first)
+        {
+            return Some((Ok(chunk), self));
+        }
+        while let Some(item) = self.output.next().await {
+            match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    if let Some(chunk) = self.within_limit(message) {
+                        return Some((Ok(chunk), self));
+                    }
+                }
+                Ok(LogOutput::StdErr { message }) => keep_stderr(&mut self.stderr, &message),
+                Ok(LogOutput::StdIn { .. }) => {}
+                Err(e) => {
+                    self.failed = None;
+                    let subject = self.ctx.subject();
+                    let error = self.ctx.daemon.error(self.operation, &subject, e);
+                    return Some((Err(error), self));
+                }
+            }
+        }
+        let failed = self.failed.take()?;
+        let code = self.ctx.exit_code(self.operation, &self.exec_id).await;
+        let released = match self.running.take() {
+            Some(running) => running.release(self.operation).await,
+            None => Ok(()),
+        };
+        let error = match code {
+            Ok(0) => released.err()?,
+            Ok(code) => failed(code, String::from_utf8_lossy(&self.stderr).trim()),
+            Err(e) => e,
+        };
+        Some((Err(error), self))
+    }
+
+    /// `chunk` cut to the bytes still allowed; `None` when none are left or
+    /// it is empty.
+    fn within_limit(&mut self, mut chunk: Bytes) -> Option<Bytes> {
+        let room = usize::try_from(self.left).unwrap_or(usize::MAX);
+        chunk.truncate(room);
+        self.left -= chunk.len() as u64;
+        (!chunk.is_empty()).then_some(chunk)
+    }
+}
+
+/// A helper printed something this provider does not understand.
+pub(crate) fn unexpected_output(operation: &str, subject: &str, out: &[u8]) -> RunnerError {
+    RunnerError::provider(format!(
+        "{operation} {subject}: unexpected helper output {:?}",
+        String::from_utf8_lossy(&out[..out.len().min(200)])
+    ))
 }
 
 /// `sh -c script sh args…`.

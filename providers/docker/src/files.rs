@@ -1,7 +1,12 @@
 //! Files through execs run as the session user: contents travel on an exec's
-//! stdin and stdout (`dd` reads a window of the file, `cat` writes a temp file
-//! renamed into place, `tar` packs and unpacks archives), and operations on
-//! names (rename, remove, list, stat, canonicalize) run a short `sh` helper.
+//! stdin and stdout, streamed chunk by chunk in both directions (`dd` reads a
+//! window of the file, `cat` writes a temp file renamed into place, `tar`
+//! packs and unpacks archives), and operations on names (rename, remove,
+//! list, stat, canonicalize) run a short `sh` helper. Memory stays bounded
+//! whatever the size: a read forwards Docker's output chunks, a write feeds
+//! the body's chunks to the exec's stdin as it takes them, an upload is
+//! checked and spooled on this side first, and a directory's archive is
+//! rebased entry by entry on a blocking thread.
 //!
 //! Every path is resolved by the kernel in the container when the helper
 //! opens it, with the session user's rights: a symlink to a file the user
@@ -10,24 +15,28 @@
 //! the state directory and the manifest entries, chosen by the embedder)
 //! goes through the archive API, which Docker applies as root.
 
-use std::io::Read;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bollard::container::LogOutput;
 use bollard::query_parameters::UploadToContainerOptionsBuilder;
 use futures_util::StreamExt;
 use runner_api::{
-    RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult,
-    RunnerFileStat, RunnerFileWriteRequest, RunnerResult, reject_nul_path,
+    RunnerByteStream, RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest,
+    RunnerFileStat, RunnerFileStream, RunnerFileWriteRequest, RunnerResult, bytes_stream,
+    empty_stream, next_chunk, normalize_lexically, prepend, reject_nul_path,
 };
+use runner_kit::ReadOnlyPaths;
 use runner_kit::archive::{
-    CONFINED_PARENTS_SCRIPT, MODE_MASK, UploadPolicy, confined_parents_error, sanitize_upload,
+    CONFINED_PARENTS_SCRIPT, MODE_MASK, UploadPolicy, confined_parents_error,
+    sanitize_upload_stream,
 };
+use runner_kit::bridge::chunk_stream;
 use tokio::io::AsyncWriteExt;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::exec::{ExecContext, ScriptOutput, Started, absolute, keep_stderr};
+use crate::exec::{ExecContext, Headed, Running, ScriptOutput, absolute, unexpected_output};
 
 /// Exit codes of the helper scripts.
 const NOT_FOUND: i64 = 3;
@@ -153,38 +162,80 @@ exec dd bs=262144 skip="$o" count="$n" iflag=skip_bytes,count_bytes <&3 2>/dev/n
     )
 });
 
-/// `$1` temp file, `$2` target, `$3` the mode in octal (empty: the existing
-/// file's permission bits, else 644), `$4` `1` when the session user is root
-/// (an existing file keeps its owner); the contents come on stdin. Creates
-/// missing parents, refuses an existing target the session user may not
-/// write (the rename would need only the directory's permission), writes the
-/// temp file (mode 0600 until it is complete) next to the target and renames
-/// it into place, all as the session user.
-const WRITE: &str = concat!(
-    make_dir_function!(),
-    r#"
+/// The first part of an atomic write (`$2` the target): creates missing
+/// parents and refuses a directory or an existing target the session user
+/// may not write (the rename would need only the directory's permission),
+/// before any contents arrive.
+macro_rules! write_prepare {
+    () => {
+        r#"
+p=$2
+make_dir "$(dirname -- "$p")" || exit $?
+[ -d "$p" ] && exit 5
+if [ -e "$p" ]; then [ -w "$p" ] || exit 6; fi
+"#
+    };
+}
+
+/// Stages the contents on stdin in the temp file `$1` (mode 0600 while it
+/// is incomplete), removed again when copying fails.
+macro_rules! write_stage {
+    () => {
+        r#"
+t=$1
+( umask 077 && : > "$t" ) 2>/dev/null || exit 6
+if ! cat > "$t"; then rm -f -- "$t"; exit 8; fi
+"#
+    };
+}
+
+/// Renames the complete temp file `$1` onto the target `$2` with the mode
+/// `$3` in octal (empty: the existing file's permission bits, else 644);
+/// `$4` is `1` when the session user is root (an existing file keeps its
+/// owner). Checks the target again as [`write_prepare`] did; on any failure
+/// the temp file is removed.
+macro_rules! write_commit {
+    () => {
+        r#"
 t=$1
 p=$2
 m=$3
-make_dir "$(dirname -- "$p")" || exit $?
-[ -d "$p" ] && exit 5
 o=
+if [ -d "$p" ]; then rm -f -- "$t"; exit 5; fi
 if [ -e "$p" ]; then
-  [ -w "$p" ] || exit 6
-  s=$(stat -L -c '%a %u:%g' -- "$p") || exit 6
+  if [ ! -w "$p" ] || ! s=$(stat -L -c '%a %u:%g' -- "$p"); then rm -f -- "$t"; exit 6; fi
   [ -n "$m" ] || m=$(printf %o $((0${s%% *} & 0777)))
   [ "$4" = 1 ] && o=${s#* }
 fi
 [ -n "$m" ] || m=644
-( umask 077 && : > "$t" ) 2>/dev/null || exit 6
-if ! cat > "$t"; then rm -f -- "$t"; exit 8; fi
 if { [ -z "$o" ] || chown -- "$o" "$t"; } && chmod "$m" -- "$t" && mv -f -- "$t" "$p"; then
   exit 0
 fi
 rm -f -- "$t"
 exit 6
 "#
+    };
+}
+
+/// An atomic write whose contents are all on stdin: prepare, stage and
+/// commit in one exec, all as the session user. Arguments as
+/// [`write_commit`].
+const WRITE: &str = concat!(
+    make_dir_function!(),
+    write_prepare!(),
+    write_stage!(),
+    write_commit!()
 );
+
+/// The first exec of an atomic write from a stream: prepare and stage (the
+/// body on stdin); [`COMMIT`] follows once the body ended well.
+const WRITE_STAGED: &str = concat!(make_dir_function!(), write_prepare!(), write_stage!());
+
+/// The second exec of an atomic write from a stream.
+const COMMIT: &str = write_commit!();
+
+/// Stages the body of a write at an offset in the temp file `$1`.
+const STAGE: &str = write_stage!();
 
 /// `WRITE_AT`: the offset lies past the end of the file, whose size (or
 /// `missing`) is on stdout.
@@ -198,9 +249,9 @@ const PAST_END: i64 = 9;
 /// check opens at once, and is refused by the check of what was opened),
 /// refuses an offset past its end, and has `dd` write stdin at the offset
 /// through the open descriptor.
-const WRITE_AT: &str = concat!(
-    make_dir_function!(),
-    r#"
+macro_rules! write_at {
+    () => {
+        r#"
 p=$1
 o=$2
 m=$3
@@ -219,21 +270,47 @@ if [ "$o" -gt "$s" ]; then echo "$s"; exit 9; fi
 if [ -n "$m" ]; then chmod -- "$m" /proc/self/fd/3 || exit 6; fi
 exec dd of=/proc/self/fd/3 bs=65536 seek="$o" oflag=seek_bytes conv=notrunc
 "#
+    };
+}
+
+/// A write at an offset, the contents on stdin.
+const WRITE_AT: &str = concat!(make_dir_function!(), write_at!());
+
+/// A write at an offset whose contents were staged in the temp file `$1`
+/// (the other arguments follow, as for [`WRITE_AT`]): opens it as stdin and
+/// removes it before [`WRITE_AT`] runs.
+const WRITE_AT_STAGED: &str = concat!(
+    make_dir_function!(),
+    r#"
+s=$1
+shift
+command exec 0<"$s" 2>/dev/null || { rm -f -- "$s"; exit 8; }
+rm -f -- "$s"
+"#,
+    write_at!()
 );
 
 /// `$1` a directory (its contents, named `./…`) or any other path (that one
-/// entry, a symlink as itself), as a tar on stdout, packed by the session user.
+/// entry, a symlink as itself), as a tar on stdout, packed by the session
+/// user, after a first line [`DIRECTORY`] or [`SINGLE`].
 const DOWNLOAD: &str = r#"
 p=$1
 [ -e "$p" ] || [ -L "$p" ] || exit 3
 if [ -d "$p" ] && [ ! -L "$p" ]; then
   cd -- "$p" || exit 6
+  echo d
   tar -c -f - . || exit 6
 else
   cd -- "$(dirname -- "$p")" || exit 6
+  echo f
   tar -c -f - -- "$(basename -- "$p")" || exit 6
 fi
 "#;
+
+/// `DOWNLOAD`'s first line for a directory, whose entries are rebased.
+const DIRECTORY: &str = "d";
+/// `DOWNLOAD`'s first line for a single entry, whose archive is kept as it is.
+const SINGLE: &str = "f";
 
 /// `$1` the target; stdin `MODE\0NAME\0…`: gives each entry its mode.
 const RESTORE_MODES: &str = r#"cd -- "$1" && exec xargs -0 -n 2 chmod --"#;
@@ -251,27 +328,63 @@ fn now_secs() -> u64 {
 
 /// Maps a helper's exit code to an error naming `operation` and `path`.
 fn check(operation: &str, path: &Path, out: ScriptOutput) -> RunnerResult<Vec<u8>> {
+    match out.code {
+        0 => Ok(out.stdout),
+        code => Err(failure(operation, path, code, &out.stderr)),
+    }
+}
+
+/// The error of a helper that exited with `code` (not 0) and `stderr`.
+fn failure(operation: &str, path: &Path, code: i64, stderr: &str) -> RunnerError {
     let path = path.display();
-    let kind = match out.code {
-        0 => return Ok(out.stdout),
+    let kind = match code {
         NOT_FOUND => RunnerErrorKind::NotFound,
         ALREADY_EXISTS => RunnerErrorKind::AlreadyExists,
         INVALID => RunnerErrorKind::InvalidRequest,
         DENIED => RunnerErrorKind::PermissionDenied,
         _ => RunnerErrorKind::Provider,
     };
-    let reason = match out.code {
+    let reason = match code {
         NOT_FOUND => "no such file or directory".to_string(),
         ALREADY_EXISTS => "already exists (or is a non-empty directory)".to_string(),
         INVALID => {
             "is a directory, or not a directory, where the operation needs the other".to_string()
         }
-        _ if out.stderr.is_empty() => format!("failed with exit {}", out.code),
-        _ => format!("failed with exit {}: {}", out.code, out.stderr),
+        _ if stderr.is_empty() => format!("failed with exit {code}"),
+        _ => format!("failed with exit {code}: {stderr}"),
     };
-    Err(RunnerError::new(
-        kind,
-        format!("{operation} {path}: {reason}"),
+    RunnerError::new(kind, format!("{operation} {path}: {reason}"))
+}
+
+/// Why `READ` of `shown` failed with `code`, before it had the file open
+/// (`opened` false) or while copying it.
+fn read_failed(shown: &str, code: i64, stderr: &str, opened: bool) -> RunnerError {
+    const OP: &str = "read_file";
+    match code {
+        NOT_FOUND => RunnerError::not_found(format!("{OP} {shown}: no such file")),
+        INVALID => RunnerError::invalid_request(format!("{OP} {shown}: is a directory")),
+        DENIED => RunnerError::permission_denied(format!(
+            "{OP} {shown}: the session user may not read it"
+        )),
+        NOT_REGULAR => RunnerError::invalid_request(format!(
+            "{OP} {shown}: not a regular file (a FIFO, socket or device)"
+        )),
+        OPEN_BLOCKED if !opened => RunnerError::invalid_request(format!(
+            "{OP} {shown}: opening it blocked for {} s, so it is not a regular file",
+            OPEN_TENTHS / 10
+        )),
+        _ => RunnerError::provider(format!(
+            "{OP} {shown}: the read helper failed with exit {code}: {stderr}"
+        )),
+    }
+}
+
+/// The error of a write at `offset` past the end of a file of `size`.
+fn past_end(shown: &Path, offset: u64, size: &str) -> RunnerError {
+    RunnerError::invalid_request(format!(
+        "write_file {}: offset {offset} lies past the end of the file (size {size}); a write at \
+         an offset may patch or append, not leave a hole",
+        shown.display()
     ))
 }
 
@@ -353,102 +466,68 @@ impl ExecContext {
         check(operation, path, out)
     }
 
-    /// `read_file`: `READ` as the session user; the window comes from
-    /// [`runner_api::read_window`] once the helper has the file open and
-    /// reported its size, and `dd` copies only that window.
-    pub(crate) async fn read_file(
-        &self,
+    /// `read_file_stream`: `READ` as the session user; once the helper has
+    /// the file open and reported its size it is told the window (from the
+    /// offset, up to the limit or the end of the file), and `dd` copies only
+    /// that, chunk by chunk as Docker delivers it.
+    pub(crate) async fn read_file_stream(
+        self: Arc<Self>,
         request: RunnerFileReadRequest,
-    ) -> RunnerResult<RunnerFileReadResult> {
+        running: Running,
+    ) -> RunnerResult<RunnerFileStream> {
         const OP: &str = "read_file";
-        runner_api::check_read_request(OP, &request)?;
         let path = self.resolve(OP, &request.path)?;
         let shown = request.path.display().to_string();
-        let Started {
-            id,
-            mut output,
+        let Headed {
+            line,
             input: mut pipe,
-        } = self.start_script(OP, &READ, &[&arg(&path)], true).await?;
-        // Before the window is known: the bytes of the size line so far.
-        let mut header = Vec::new();
-        let mut opened: Option<(u64, u64)> = None;
-        let mut contents = Vec::new();
-        let mut stderr = Vec::new();
-        while let Some(item) = output.next().await {
-            let message = match item.map_err(|e| self.daemon.error(OP, &shown, e))? {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => message,
-                LogOutput::StdErr { message } => {
-                    keep_stderr(&mut stderr, &message);
-                    continue;
-                }
-                LogOutput::StdIn { .. } => continue,
-            };
-            let data = match opened {
-                Some(_) => &message[..],
-                None => {
-                    header.extend_from_slice(&message);
-                    let Some(newline) = header.iter().position(|b| *b == b'\n') else {
-                        if header.len() > 32 {
-                            return Err(unexpected(OP, &shown, &header));
-                        }
-                        continue;
-                    };
-                    let size: u64 = std::str::from_utf8(&header[..newline])
-                        .ok()
-                        .and_then(|text| text.trim().parse().ok())
-                        .ok_or_else(|| unexpected(OP, &shown, &header))?;
-                    // On an error the stream is dropped: the helper's `read` ends.
-                    let window = runner_api::read_window(OP, &request, size)?;
-                    let ask = format!("{} {}\n", window.offset, window.len);
-                    pipe.write_all(ask.as_bytes())
-                        .await
-                        .and(pipe.shutdown().await)
-                        .map_err(|e| RunnerError::from_io(OP, &shown, e))?;
-                    opened = Some((size, window.len));
-                    &header[newline + 1..]
-                }
-            };
-            if let Some((_, len)) = opened {
-                let room = usize::try_from(len)
-                    .unwrap_or(usize::MAX)
-                    .saturating_sub(contents.len());
-                contents.extend_from_slice(&data[..data.len().min(room)]);
-            }
-        }
-        let code = self.exit_code(OP, &id).await?;
-        let stderr = String::from_utf8_lossy(&stderr);
-        match (code, opened) {
-            (0, Some((size, _))) => Ok(RunnerFileReadResult {
-                path: request.path,
-                contents,
-                size,
-            }),
-            (NOT_FOUND, _) => Err(RunnerError::not_found(format!(
-                "{OP} {shown}: no such file"
-            ))),
-            (INVALID, _) => Err(RunnerError::invalid_request(format!(
-                "{OP} {shown}: is a directory"
-            ))),
-            (DENIED, _) => Err(RunnerError::permission_denied(format!(
-                "{OP} {shown}: the session user may not read it"
-            ))),
-            (NOT_REGULAR, _) => Err(RunnerError::invalid_request(format!(
-                "{OP} {shown}: not a regular file (a FIFO, socket or device)"
-            ))),
-            (OPEN_BLOCKED, None) => Err(RunnerError::invalid_request(format!(
-                "{OP} {shown}: opening it blocked for {} s, so it is not a regular file",
-                OPEN_TENTHS / 10
-            ))),
-            _ => Err(RunnerError::provider(format!(
-                "{OP} {shown}: the read helper failed with exit {code}: {}",
-                stderr.trim()
-            ))),
-        }
+            rest,
+        } = self
+            .start_headed(OP, &shown, &READ, &[&arg(&path)], |code, stderr| {
+                read_failed(&shown, code, stderr, false)
+            })
+            .await?;
+        let size: u64 = line
+            .trim()
+            .parse()
+            .map_err(|_| unexpected_output(OP, &shown, line.as_bytes()))?;
+        let offset = request.offset.unwrap_or(0).min(size);
+        let len = request
+            .limit
+            .map_or(size - offset, |limit| limit.min(size - offset));
+        // On an error the output is dropped: the helper's `read` ends.
+        pipe.write_all(format!("{offset} {len}\n").as_bytes())
+            .await
+            .and(pipe.shutdown().await)
+            .map_err(|e| RunnerError::from_io(OP, &shown, e))?;
+        let bytes = self.stdout_stream(
+            OP,
+            rest,
+            len,
+            move |code, stderr| read_failed(&shown, code, stderr, true),
+            running,
+        );
+        Ok(RunnerFileStream {
+            path: request.path,
+            size,
+            bytes,
+        })
     }
 
-    /// `write_file`: `WRITE` (or `WRITE_AT` for a write at an offset) as
-    /// the session user, the contents on its stdin.
-    pub(crate) async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
+    /// `write_file_stream`, as the session user. With an empty body the
+    /// contents go on the stdin of one exec: `WRITE`, or `WRITE_AT` for a
+    /// write at an offset. Otherwise the contents and the body are staged
+    /// chunk by chunk in a temp file (`WRITE_STAGED` beside the target,
+    /// `STAGE` in the state directory for a write at an offset); only once
+    /// the body ended well and that exec exited 0 does a second exec apply
+    /// it (`COMMIT` renames it into place, `WRITE_AT_STAGED` copies it in at
+    /// the offset). A failed body or exec removes the temp file, so the
+    /// target stays as it was.
+    pub(crate) async fn write_file_stream(
+        self: Arc<Self>,
+        request: RunnerFileWriteRequest,
+        mut body: RunnerByteStream,
+    ) -> RunnerResult<()> {
         const OP: &str = "write_file";
         let path = self.resolve(OP, &request.path)?;
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
@@ -457,77 +536,155 @@ impl ExecContext {
                 request.path.display()
             )));
         };
+        // No file is larger, and the helper's shell compares signed numbers.
+        if let Some(offset) = request.offset
+            && i64::try_from(offset).is_err()
+        {
+            return Err(past_end(
+                &request.path,
+                offset,
+                &format!("at most {}", i64::MAX),
+            ));
+        }
         let mode = request
             .mode
             .map(|mode| format!("{:o}", mode & MODE_MASK))
             .unwrap_or_default();
-        if let Some(offset) = request.offset {
-            return self.write_at(&request, &path, offset, &mode).await;
-        }
-        let temp = parent.join(format!(
-            ".{}.runner-{}.tmp",
-            name.to_string_lossy(),
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ));
         let root = if self.file_owner().0 == 0 { "1" } else { "0" };
-        let out = self
-            .script_with_input(
-                OP,
-                WRITE,
-                &[&arg(&temp), &arg(&path), &mode, root],
-                &request.contents,
-            )
+        let first = match next_chunk(&mut body).await {
+            None => None,
+            Some(chunk) => Some(chunk?),
+        };
+        let RunnerFileWriteRequest {
+            path: shown,
+            contents,
+            offset,
+            ..
+        } = request;
+        let target = arg(&path);
+        let Some(first) = first else {
+            let contents = bytes_stream(contents);
+            return match offset {
+                Some(offset) => {
+                    self.write_at(&shown, WRITE_AT, &[&target], offset, &mode, contents)
+                        .await
+                }
+                None => {
+                    let temp = arg(&temp_beside(parent, name));
+                    let args = [temp.as_str(), &target, &mode, root];
+                    let out = self.script_with_input(OP, WRITE, &args, contents).await?;
+                    check(OP, &shown, out).map(|_| ())
+                }
+            };
+        };
+        let body = prepend(contents, prepend(first, body));
+        let (script, temp) = match offset {
+            Some(_) => (
+                STAGE,
+                format!("{}/{}.stage", self.state_dir, uuid::Uuid::new_v4().simple()),
+            ),
+            None => (WRITE_STAGED, arg(&temp_beside(parent, name))),
+        };
+        let staged = Staged {
+            ctx: self.clone(),
+            path: Some(temp.clone()),
+        };
+        let staged = self
+            .stage(&shown, script, &[&temp, &target], body, staged)
             .await?;
-        check(OP, &request.path, out).map(|_| ())
+        let applied = match offset {
+            Some(offset) => {
+                let args = [temp.as_str(), &target];
+                self.write_at(
+                    &shown,
+                    WRITE_AT_STAGED,
+                    &args,
+                    offset,
+                    &mode,
+                    empty_stream(),
+                )
+                .await
+            }
+            None => {
+                let args = [temp.as_str(), &target, &mode, root];
+                let out = self.script(OP, COMMIT, &args).await;
+                out.and_then(|out| check(OP, &shown, out).map(|_| ()))
+            }
+        };
+        match applied {
+            // The exec renamed the temp file, or read and removed it.
+            Ok(()) => staged.taken(),
+            // It removes it on its failures too; not when it did not run.
+            Err(_) => staged.remove().await,
+        }
+        applied
     }
 
-    /// `write_file` at `offset`: `WRITE_AT`.
+    /// Runs `script`, which stages its stdin in `staged`, with `body` on its
+    /// stdin.
+    ///
+    /// Errors: the body's, or the script's failure; `staged` is removed
+    /// first.
+    async fn stage(
+        &self,
+        shown: &Path,
+        script: &str,
+        args: &[&str],
+        body: RunnerByteStream,
+        staged: Staged,
+    ) -> RunnerResult<Staged> {
+        let staging = self
+            .script_with_input("write_file", script, args, body)
+            .await
+            .and_then(|out| check("write_file", shown, out));
+        match staging {
+            Ok(_) => Ok(staged),
+            Err(e) => {
+                staged.remove().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A write at `offset`: `script` (`WRITE_AT` or `WRITE_AT_STAGED`) with
+    /// `args`, the offset and the mode, `input` on its stdin.
     async fn write_at(
         &self,
-        request: &RunnerFileWriteRequest,
-        path: &Path,
+        shown: &Path,
+        script: &str,
+        args: &[&str],
         offset: u64,
         mode: &str,
+        input: RunnerByteStream,
     ) -> RunnerResult<()> {
         const OP: &str = "write_file";
-        let shown = request.path.display();
-        let past_end = |size: &str| {
-            RunnerError::invalid_request(format!(
-                "{OP} {shown}: offset {offset} lies past the end of the file (size {size}); \
-                 a write at an offset may patch or append, not leave a hole"
-            ))
-        };
-        // No file is larger, and the helper's shell compares signed numbers.
-        if i64::try_from(offset).is_err() {
-            return Err(past_end(&format!("at most {}", i64::MAX)));
-        }
-        let out = self
-            .script_with_input(
-                OP,
-                WRITE_AT,
-                &[&arg(path), &offset.to_string(), mode],
-                &request.contents,
-            )
-            .await?;
+        let offset_arg = offset.to_string();
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain([offset_arg.as_str(), mode])
+            .collect();
+        let out = self.script_with_input(OP, script, &args, input).await?;
+        let what = shown.display();
         match out.code {
             PAST_END => {
                 let size = String::from_utf8_lossy(&out.stdout);
                 Err(match size.trim() {
                     "missing" => RunnerError::invalid_request(format!(
-                        "{OP} {shown}: offset {offset} of a missing file (size 0); only offset \
+                        "{OP} {what}: offset {offset} of a missing file (size 0); only offset \
                          0 creates a file"
                     )),
-                    size => past_end(size),
+                    size => past_end(shown, offset, size),
                 })
             }
             NOT_REGULAR => Err(RunnerError::invalid_request(format!(
-                "{OP} {shown}: not a regular file (a FIFO, socket or device)"
+                "{OP} {what}: not a regular file (a FIFO, socket or device)"
             ))),
             DENIED => Err(RunnerError::permission_denied(format!(
-                "{OP} {shown}: the session user may not create it, open it for reading and \
+                "{OP} {what}: the session user may not create it, open it for reading and \
                  writing, or set its mode"
             ))),
-            _ => check(OP, &request.path, out).map(|_| ()),
+            _ => check(OP, shown, out).map(|_| ()),
         }
     }
 
@@ -540,7 +697,7 @@ impl ExecContext {
         let line = fields.next().unwrap_or_default();
         let link = fields.next().unwrap_or_default();
         parse_stat(path.to_path_buf(), name_of(&abs), line, link)
-            .ok_or_else(|| unexpected(OP, &path.display().to_string(), &out))
+            .ok_or_else(|| unexpected_output(OP, &path.display().to_string(), &out))
     }
 
     /// `list_dir`, sorted by name.
@@ -605,39 +762,67 @@ impl ExecContext {
         Ok(PathBuf::from(text.strip_suffix('\n').unwrap_or(&text)))
     }
 
-    /// `upload_archive`: rewrites the archive with
-    /// [`runner_kit::archive::sanitize_upload`] (modes masked, the session
-    /// user as owner, at most `max_upload_bytes`), prepares the target and
-    /// checks that none of the directories its entries are written beneath is
-    /// a symlink of the container leading out of `target`
-    /// ([`CONFINED_PARENTS_SCRIPT`]), and unpacks the rewritten archive with
+    /// `upload_archive_stream`: checks and rewrites the archive with
+    /// [`sanitize_upload_stream`] (modes masked, the session user as owner,
+    /// at most `max_upload_bytes`), spooled on this side; refuses an entry at
+    /// or under a path of `read_only`; prepares the target and checks that
+    /// none of the directories its entries are written beneath is a symlink
+    /// of the container leading out of `target` ([`CONFINED_PARENTS_SCRIPT`]),
+    /// and unpacks the rewritten archive, streamed from the spool, with
     /// `tar` as the session user in the same exec as the last check.
-    pub(crate) async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
+    pub(crate) async fn upload_archive_stream(
+        &self,
+        target: &Path,
+        archive: RunnerByteStream,
+        read_only: &ReadOnlyPaths,
+    ) -> RunnerResult<()> {
         const OP: &str = "upload_archive";
         let abs = self.resolve(OP, target)?;
+        read_only.check(OP, &abs)?;
         let target_arg = arg(&abs);
         let policy = UploadPolicy {
             owner: Some(self.file_owner()),
             max_unpacked_bytes: self.max_upload_bytes,
         };
-        // The target is created even when the archive is refused.
-        let sanitized = sanitize_upload(OP, target, &archive, &policy);
-        drop(archive);
-        let runs = match &sanitized {
-            Ok(clean) => clean
-                .check
-                .confined_parents_runs(OP, target, |p| p.len() + 1)?,
-            Err(_) => vec![Vec::new()],
+        let spooled = match sanitize_upload_stream(OP, target, archive, &policy).await {
+            Ok(spooled) => spooled,
+            Err(refused) => {
+                // The target is created even when the archive is refused.
+                self.script(OP, CONFINED_PARENTS_SCRIPT, &[&target_arg])
+                    .await?;
+                return Err(refused);
+            }
         };
+        let check = spooled.check.clone();
+        let runs = check.confined_parents_runs(OP, target, |p| p.len() + 1)?;
+        let inspection = Inspection {
+            target: abs.clone(),
+            read_only: read_only.clone(),
+            umask: if self.file_owner().0 == 0 {
+                0
+            } else {
+                self.umask()
+            },
+        };
+        let (file, cut) = inspection.run(spooled.into_file()).await?;
+        let mut file = Some(file);
         let last = runs.len() - 1;
         for (i, run) in runs.into_iter().enumerate() {
             let args: Vec<&str> = std::iter::once(target_arg.as_str()).chain(run).collect();
-            let out = match &sanitized {
-                Ok(clean) if i == last => {
-                    self.script_with_input(OP, &UNPACK, &args, &clean.archive)
-                        .await?
+            let out = match file.take() {
+                Some(mut file) if i == last => {
+                    let archive = chunk_stream(OP, move |writer| {
+                        writer
+                            .copy_from(&mut file)
+                            .map(drop)
+                            .map_err(|e| RunnerError::from_io(OP, "the spooled archive", e))
+                    });
+                    self.script_with_input(OP, &UNPACK, &args, archive).await?
                 }
-                _ => self.script(OP, CONFINED_PARENTS_SCRIPT, &args).await?,
+                kept => {
+                    file = kept;
+                    self.script(OP, CONFINED_PARENTS_SCRIPT, &args).await?
+                }
             };
             if let Some(refused) = confined_parents_error(
                 OP,
@@ -665,32 +850,26 @@ impl ExecContext {
                 ));
             }
         }
-        self.restore_modes(target, &target_arg, &sanitized?.archive)
-            .await
+        self.restore_modes(target, &target_arg, cut).await
     }
 
     /// A `tar` run by a user other than root creates entries with their
     /// modes less the umask (busybox has no `--same-permissions`): the
-    /// entries whose masked mode the umask cut get it back, as the session
-    /// user, in one more exec (only then).
+    /// entries whose masked mode the umask cut (`list`, from
+    /// [`Inspection`]) get it back, as the session user, in one more exec
+    /// (only then).
     async fn restore_modes(
         &self,
         target: &Path,
         target_arg: &str,
-        archive: &[u8],
+        list: Vec<u8>,
     ) -> RunnerResult<()> {
         const OP: &str = "upload_archive";
-        let umask = self.umask();
-        if self.file_owner().0 == 0 || umask == 0 {
-            return Ok(());
-        }
-        let list =
-            cut_modes(archive, umask).map_err(|e| RunnerError::from_io(OP, target.display(), e))?;
         if list.is_empty() {
             return Ok(());
         }
         let out = self
-            .script_with_input(OP, RESTORE_MODES, &[target_arg], &list)
+            .script_with_input(OP, RESTORE_MODES, &[target_arg], bytes_stream(list))
             .await?;
         if out.code != 0 {
             return Err(RunnerError::provider(format!(
@@ -703,40 +882,169 @@ impl ExecContext {
         Ok(())
     }
 
-    /// `download_archive`: a tar of a directory's contents (names relative to
-    /// it) or of a single file, packed by `tar` as the session user.
-    pub(crate) async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
+    /// `download_archive_stream`: a tar of a directory's contents (names
+    /// relative to it) or of a single file, packed by `tar` as the session
+    /// user and forwarded chunk by chunk; a directory's archive is rebased
+    /// on the way ([`rebased`]).
+    pub(crate) async fn download_archive_stream(
+        self: Arc<Self>,
+        path: &Path,
+        running: Running,
+    ) -> RunnerResult<RunnerByteStream> {
         const OP: &str = "download_archive";
         let abs = self.resolve(OP, path)?;
-        let archive = self.run_helper(OP, path, DOWNLOAD, &[&arg(&abs)]).await?;
-        rebase(&archive).map_err(|e| RunnerError::from_io(OP, path.display(), e))
+        let shown = path.display().to_string();
+        let Headed { line, rest, .. } = self
+            .start_headed(OP, &shown, DOWNLOAD, &[&arg(&abs)], |code, stderr| {
+                failure(OP, path, code, stderr)
+            })
+            .await?;
+        let directory = match line.as_str() {
+            DIRECTORY => true,
+            SINGLE => false,
+            other => return Err(unexpected_output(OP, &shown, other.as_bytes())),
+        };
+        let owned = path.to_path_buf();
+        let archive = self.stdout_stream(
+            OP,
+            rest,
+            u64::MAX,
+            move |code, stderr| failure(OP, &owned, code, stderr),
+            running,
+        );
+        Ok(if directory {
+            rebased(OP, shown, archive)
+        } else {
+            archive
+        })
     }
 }
 
-/// `MODE\0NAME\0` for every directory and regular file of `archive` whose
-/// mode has bits `umask` clears.
-fn cut_modes(archive: &[u8], umask: u32) -> std::io::Result<Vec<u8>> {
-    let mut list = Vec::new();
-    for entry in tar::Archive::new(archive).entries()? {
-        let entry = entry?;
-        let header = entry.header();
-        let mode = header.mode()? & MODE_MASK;
-        let kind = header.entry_type();
-        if (kind.is_dir() || kind.is_file()) && mode & umask != 0 {
-            list.extend_from_slice(format!("{mode:o}\0").as_bytes());
-            list.extend_from_slice(&entry.path_bytes());
-            list.push(0);
+/// The temp file of an atomic write of `name`, beside it in `parent`.
+fn temp_beside(parent: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    parent.join(format!(
+        ".{}.runner-{}.tmp",
+        name.to_string_lossy(),
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    ))
+}
+
+/// A temp file a streamed write staged in the container, removed unless the
+/// exec that applies it took it over (when dropped half way, by a task).
+struct Staged {
+    ctx: Arc<ExecContext>,
+    path: Option<String>,
+}
+
+impl Staged {
+    /// The exec applying it removed or renamed it.
+    fn taken(mut self) {
+        self.path = None;
+    }
+
+    /// Removes it, as the session user; a failure leaves only a hidden temp
+    /// file, so it is not an error of the write.
+    async fn remove(mut self) {
+        if let Some(path) = self.path.take() {
+            remove_staged(&self.ctx, &path).await;
         }
     }
-    Ok(list)
 }
 
-/// A helper printed something this provider does not understand.
-fn unexpected(operation: &str, path: &str, out: &[u8]) -> RunnerError {
-    RunnerError::provider(format!(
-        "{operation} {path}: unexpected helper output {:?}",
-        String::from_utf8_lossy(&out[..out.len().min(200)])
-    ))
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let ctx = self.ctx.clone();
+            runtime.spawn(async move { remove_staged(&ctx, &path).await });
+        }
+    }
+}
+
+async fn remove_staged(ctx: &ExecContext, path: &str) {
+    if let Err(e) = ctx.script("write_file", r#"rm -f -- "$1""#, &[path]).await {
+        tracing::warn!(error = %e, "removing a staged temp file failed");
+    }
+}
+
+/// What an upload needs to know of its rewritten archive before it is
+/// unpacked, learned in one walk of the spool file on a blocking thread (and
+/// only when there is something to learn).
+struct Inspection {
+    /// The absolute target.
+    target: PathBuf,
+    /// The session's read-only paths: no entry may land at or under one.
+    read_only: ReadOnlyPaths,
+    /// The session user's umask (0 for root, whose `tar` keeps modes).
+    umask: u32,
+}
+
+impl Inspection {
+    /// Walks `file` (rewound afterwards) and returns it with the list
+    /// `MODE\0NAME\0` of every directory and regular file whose mode has
+    /// bits the umask clears.
+    ///
+    /// Errors: `PermissionDenied` naming the entry that would land at or
+    /// under a read-only path; `Provider` when the spool cannot be read.
+    async fn run(self, file: std::fs::File) -> RunnerResult<(std::fs::File, Vec<u8>)> {
+        const OP: &str = "upload_archive";
+        let beneath = self
+            .read_only
+            .paths()
+            .iter()
+            .any(|ro| ro.starts_with(&self.target));
+        if !beneath && self.umask == 0 {
+            return Ok((file, Vec::new()));
+        }
+        tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let unreadable = |e: std::io::Error| RunnerError::from_io(OP, "the spooled archive", e);
+            let list = self.walk(&mut file, beneath).map_err(|e| match e {
+                WalkError::Refused(e) => e,
+                WalkError::Io(e) => unreadable(e),
+            })?;
+            file.rewind().map_err(unreadable)?;
+            Ok((file, list))
+        })
+        .await
+        .map_err(|e| crate::error::join_error(OP, e))?
+    }
+
+    fn walk(&self, file: &mut std::fs::File, beneath: bool) -> Result<Vec<u8>, WalkError> {
+        let mut list = Vec::new();
+        for entry in tar::Archive::new(file).entries()? {
+            let entry = entry?;
+            let header = entry.header();
+            if beneath {
+                let landing = normalize_lexically(&self.target.join(entry.path()?));
+                self.read_only
+                    .check("upload_archive", &landing)
+                    .map_err(WalkError::Refused)?;
+            }
+            let mode = header.mode()? & MODE_MASK;
+            let kind = header.entry_type();
+            if (kind.is_dir() || kind.is_file()) && mode & self.umask != 0 {
+                list.extend_from_slice(format!("{mode:o}\0").as_bytes());
+                list.extend_from_slice(&entry.path_bytes());
+                list.push(0);
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// Why [`Inspection::walk`] stopped.
+enum WalkError {
+    Refused(RunnerError),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for WalkError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Io(error)
+    }
 }
 
 /// A tar of directories (mode, path), for creating the workspace and state dirs.
@@ -758,22 +1066,47 @@ pub(crate) fn directories_tar(
     builder.into_inner()
 }
 
-/// Rewrites the archive of a directory (entries named `./…`) so that its
-/// entries are relative to it; a single file's archive keeps its name.
-fn rebase(archive: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut reader = tar::Archive::new(archive);
-    let mut entries = reader.entries()?.peekable();
-    let first_is_dir = match entries.peek() {
-        Some(Ok(entry)) => entry.header().entry_type() == tar::EntryType::Directory,
-        _ => false,
-    };
-    if !first_is_dir {
-        return Ok(archive.to_vec());
-    }
-    let strip = |path: &Path| -> PathBuf { path.components().skip(1).collect() };
-    let mut builder = tar::Builder::new(Vec::new());
+/// `archive`, a directory's (entries named `./…`), with its entries named
+/// relative to the directory: rewritten entry by entry on a blocking thread
+/// as the chunks arrive ([`chunk_stream`]), so memory stays bounded whatever
+/// the archive's size. Dropping the stream stops the rewrite at its next
+/// chunk.
+fn rebased(
+    operation: &'static str,
+    subject: String,
+    archive: RunnerByteStream,
+) -> RunnerByteStream {
+    // The stream's own error, kept whole (the rewrite sees an I/O error).
+    let failed: Arc<Mutex<Option<RunnerError>>> = Arc::default();
+    let slot = failed.clone();
+    let chunks = archive.map(move |chunk| {
+        chunk.map_err(|error| {
+            let io = std::io::Error::other(error.message().to_owned());
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+            io
+        })
+    });
+    let mut reader = SyncIoBridge::new(StreamReader::new(chunks));
+    chunk_stream(operation, move |writer| {
+        rebase(&mut reader, writer).map_err(|e| {
+            failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .unwrap_or_else(|| RunnerError::from_io(operation, &subject, e))
+        })
+    })
+}
+
+/// Copies the archive of a directory (entries named `./…`) from `input` to
+/// `output` with its entries relative to it (the `./` entry left out),
+/// entry by entry.
+fn rebase(input: impl Read, output: impl Write) -> std::io::Result<()> {
+    let mut reader = tar::Archive::new(input);
+    let mut builder = tar::Builder::new(output);
     builder.follow_symlinks(false);
-    for entry in entries {
+    let strip = |path: &Path| -> PathBuf { path.components().skip(1).collect() };
+    for entry in reader.entries()? {
         let mut entry = entry?;
         let path = strip(&entry.path()?);
         if path.as_os_str().is_empty() {
@@ -792,14 +1125,10 @@ fn rebase(archive: &[u8]) -> std::io::Result<Vec<u8>> {
                 let target = entry.link_name()?.map(|t| strip(&t)).unwrap_or_default();
                 builder.append_link(&mut header, &path, &target)?;
             }
-            _ => {
-                let mut data = Vec::new();
-                entry.read_to_end(&mut data)?;
-                builder.append_data(&mut header, &path, data.as_slice())?;
-            }
+            _ => builder.append_data(&mut header, &path, &mut entry)?,
         }
     }
-    builder.into_inner()
+    builder.into_inner()?.flush()
 }
 
 #[cfg(test)]
@@ -820,7 +1149,9 @@ mod tests {
                 .append_data(&mut header, name, std::io::empty())
                 .expect("entry");
         }
-        let rebased = rebase(&builder.into_inner().expect("tar")).expect("rebase");
+        let archive = builder.into_inner().expect("tar");
+        let mut rebased = Vec::new();
+        rebase(archive.as_slice(), &mut rebased).expect("rebase");
         let mut reader = tar::Archive::new(rebased.as_slice());
         let names: Vec<String> = reader
             .entries()

@@ -21,8 +21,6 @@ use runner_api::{
     RunnerSweepReport, validate_manifest,
 };
 use runner_kit::KnownDestinations;
-use runner_mounts::{EnvSecretResolver, SecretResolver};
-use runner_mounts::{MountedSession, native_manifest, store_mount_kinds, validate_stores};
 
 pub use config::{DEFAULT_WORKSPACE, DockerConfig, DockerNetwork};
 pub use session::DockerSession;
@@ -67,23 +65,11 @@ pub const SNAPSHOT_REPOSITORY: &str = "runners-snapshot";
 /// How long a new resource is safe from `sweep_orphans` by default.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
-/// What docker sessions can do: everything; mounts of kind `provider_native`
-/// (bind mounts) and the object-store kinds compiled into runner-api
-/// (`s3`/`r2` with the default feature `s3`), materialized with artifact
-/// export by [`MountedSession`].
+/// What docker sessions can do themselves: everything but artifact export,
+/// with mounts of kind `provider_native` (bind mounts). The layer stack
+/// (`runner_stack::stacked`) adds the object-store mount kinds and artifact
+/// export, through the session's file API.
 pub fn capabilities() -> RunnerCapabilities {
-    let mut caps = session_capabilities();
-    let kinds = store_mount_kinds();
-    caps.artifact_export = true;
-    caps.mounts.s3 = kinds.s3;
-    caps.mounts.r2 = kinds.r2;
-    caps.mounts.gcs = kinds.gcs;
-    caps.mounts.azure_blob = kinds.azure_blob;
-    caps
-}
-
-/// What a bare [`DockerSession`] does itself, before the mount layer.
-pub(crate) fn session_capabilities() -> RunnerCapabilities {
     RunnerCapabilities {
         command_exec: true,
         file_read: true,
@@ -117,24 +103,23 @@ pub(crate) fn session_capabilities() -> RunnerCapabilities {
 /// [`with_orphan_grace`](Self::with_orphan_grace)) only concern
 /// [`sweep_orphans`](RemoteRunnerProvider::sweep_orphans) and the setup hint.
 ///
-/// Object-store mounts and artifact export come from [`MountedSession`];
-/// their credentials are resolved on this side with the provider's
-/// [`SecretResolver`] (default [`EnvSecretResolver`], see
-/// [`with_secret_resolver`](Self::with_secret_resolver)) and never enter the
-/// container.
+/// A session it creates is the bare container session: closed-session and
+/// capability checks, workspace confinement, object-store mounts and
+/// artifact export are layers of `runner_stack::Stack`, composed around it
+/// once (`runner_stack::stacked(DockerProvider::new())`).
 ///
 /// `resume_session` and `rejoin_session` take every setting (image policy,
 /// user, environment, bind mounts, read-only paths, daemon) from the
 /// destination the state names by id, never from the state: the provider
 /// knows the destinations it created sessions for, and those given with
-/// [`with_destination`](Self::with_destination).
+/// [`with_destination`](Self::with_destination) or
+/// [`trust_destination`](RemoteRunnerProvider::trust_destination).
 #[derive(Clone)]
 pub struct DockerProvider {
     docker_host: Option<String>,
     orphan_grace: Duration,
     daemons: Arc<Mutex<HashMap<String, Daemon>>>,
     destinations: KnownDestinations,
-    secrets: Arc<dyn SecretResolver>,
 }
 
 impl std::fmt::Debug for DockerProvider {
@@ -160,7 +145,6 @@ impl DockerProvider {
             orphan_grace: DEFAULT_ORPHAN_GRACE,
             daemons: Arc::default(),
             destinations: KnownDestinations::default(),
-            secrets: Arc::new(EnvSecretResolver::new()),
         }
     }
 
@@ -174,7 +158,7 @@ impl DockerProvider {
     /// not validate.
     pub fn with_destination(self, destination: &RunnerDestination) -> RunnerResult<Self> {
         self.checked_config("with_destination", destination)?;
-        self.destinations.remember(destination);
+        self.trust_destination(destination);
         Ok(self)
     }
 
@@ -191,13 +175,6 @@ impl DockerProvider {
                 .of_state(operation, state, "DockerProvider::with_destination")?;
         let config = self.checked_config(operation, &destination)?;
         Ok((destination, config))
-    }
-
-    /// Resolves mount and artifact-store credentials with `resolver` instead
-    /// of the environment (`RUNNER_SECRET_<ID>_<KEY>`).
-    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
-        self.secrets = resolver;
-        self
     }
 
     /// Sweeps the daemon at `host` (`unix://…`, `tcp://…`) instead of the local socket.
@@ -270,30 +247,10 @@ impl DockerProvider {
         Ok(())
     }
 
-    /// Adds object-store mounts and artifact export to a new session. A
-    /// resumed or rejoined session gets its destination's artifact store; the
-    /// files of its object-store mounts stay as plain files.
-    async fn mounted(
-        &self,
-        session: DockerSession,
-        destination: &RunnerDestination,
-    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        MountedSession::attach(Arc::new(session), destination, self.secrets.clone()).await
-    }
-
-    /// What the mount layer of a resumed or rejoined session gets: the
-    /// destination without its mounts (files of object-store mounts stay as
-    /// plain files), so only its artifact store.
-    fn restored_destination(destination: &RunnerDestination) -> RunnerDestination {
-        RunnerDestination {
-            default_manifest: Default::default(),
-            ..destination.clone()
-        }
-    }
-
     /// Checks that `destination` is for this provider, parses its config and
-    /// checks its manifest against the capabilities and its object stores
-    /// (without contacting them). Errors: `InvalidRequest`, `Unsupported`.
+    /// checks its manifest against the capabilities (object-store mounts are
+    /// the stack's: it hands the provider the manifest without them).
+    /// Errors: `InvalidRequest`, `Unsupported`.
     fn checked_config(
         &self,
         operation: &str,
@@ -302,7 +259,6 @@ impl DockerProvider {
         self.check_provider(operation, &destination.provider_id)?;
         let config = DockerConfig::from_destination(destination)?;
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        validate_stores(destination)?;
         Ok(config)
     }
 
@@ -356,10 +312,10 @@ impl RemoteRunnerProvider for DockerProvider {
             daemon,
             config,
             destination.id.clone(),
-            Source::Fresh(native_manifest(&destination.default_manifest)),
+            Source::Fresh(destination.default_manifest.clone()),
         )
         .await?;
-        self.mounted(session, &destination).await
+        Ok(Arc::new(session))
     }
 
     /// With `state.snapshot`: a new container from the snapshot image (a
@@ -386,12 +342,11 @@ impl RemoteRunnerProvider for DockerProvider {
             destination.id.clone(),
             Source::Snapshot {
                 image,
-                manifest: native_manifest(&destination.default_manifest),
+                manifest: destination.default_manifest.clone(),
             },
         )
         .await?;
-        self.mounted(session, &Self::restored_destination(&destination))
-            .await
+        Ok(Arc::new(session))
     }
 
     /// Reattaches to the container of a detached (or still running) session
@@ -408,10 +363,10 @@ impl RemoteRunnerProvider for DockerProvider {
         let meta = Self::meta(OP, &state)?;
         let (destination, config) = self.destination_of(OP, &state)?;
         let daemon = self.daemon(config.docker_host.as_deref()).await?;
-        let manifest = native_manifest(&destination.default_manifest);
-        let session = DockerSession::rejoin(daemon, config, &manifest, state, meta).await?;
-        self.mounted(session, &Self::restored_destination(&destination))
-            .await
+        let session =
+            DockerSession::rejoin(daemon, config, &destination.default_manifest, state, meta)
+                .await?;
+        Ok(Arc::new(session))
     }
 
     /// Removes containers and snapshot images of sessions whose creating
@@ -421,5 +376,12 @@ impl RemoteRunnerProvider for DockerProvider {
     async fn sweep_orphans(&self) -> RunnerResult<RunnerSweepReport> {
         let daemon = self.daemon(self.docker_host.as_deref()).await?;
         orphans::sweep(&daemon, self.orphan_grace).await
+    }
+
+    /// Remembers `destination` for states naming its id, as
+    /// [`with_destination`](DockerProvider::with_destination) does (which
+    /// also validates it first).
+    fn trust_destination(&self, destination: &RunnerDestination) {
+        self.destinations.remember(destination);
     }
 }

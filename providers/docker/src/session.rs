@@ -12,19 +12,19 @@ use bollard::query_parameters::{
     StartContainerOptions, StopContainerOptionsBuilder,
 };
 use runner_api::{
-    RemoteRunnerSession, RunnerCapabilities, RunnerCommandId, RunnerCommandOutput,
-    RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerErrorKind, RunnerEventStream,
-    RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
-    RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerManifest,
-    RunnerMountKind, RunnerPortRequest, RunnerPortResult, RunnerProcessInfo, RunnerResult,
-    RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    RemoteRunnerSession, RunnerByteStream, RunnerCapabilities, RunnerCommandId,
+    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerErrorKind,
+    RunnerEventStream, RunnerExecutionLease, RunnerFileReadRequest, RunnerFileStat,
+    RunnerFileStream, RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort,
+    RunnerManifest, RunnerMountKind, RunnerPortRequest, RunnerPortResult, RunnerProcessInfo,
+    RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
 };
 use runner_kit::{ProcessTable, ProcessTableConfig, ReadOnlyPaths};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DockerConfig;
 use crate::error::{Daemon, join_error};
-use crate::exec::{self, ExecContext, Identity, absolute, short};
+use crate::exec::{self, ExecContext, Identity, Running, absolute, short};
 use crate::files::directories_tar;
 use crate::orphans::{now_ms, session_container, this_owner};
 use crate::ports::Forwarders;
@@ -74,13 +74,15 @@ pub(crate) enum Source {
     },
 }
 
-/// A docker session: one container, commands run in it through exec, files
-/// through the archive API.
+/// A docker session: one container, commands and file helpers run in it
+/// through exec, file contents and archives streamed on their stdin and
+/// stdout.
 ///
-/// Created by [`DockerProvider`](crate::DockerProvider). After
-/// [`close`](RemoteRunnerSession::close) every method returns `SessionClosed`.
-/// A session dropped without `close` leaves its container running, for
-/// `rejoin_session` or `sweep_orphans`.
+/// Created by [`DockerProvider`](crate::DockerProvider) bare: refusing calls
+/// after [`close`](RemoteRunnerSession::close) or `detach`, and calls of
+/// capabilities it does not claim, is the stack's correctness layer
+/// (`runner_stack::stacked`). A session dropped without `close` leaves its
+/// container running, for `rejoin_session` or `sweep_orphans`.
 pub struct DockerSession {
     session_id: String,
     destination_id: String,
@@ -94,7 +96,7 @@ pub struct DockerSession {
     /// Held shared by file operations on a running container and exclusively
     /// by `pause`, `resume` and file operations on a paused one (which thaw
     /// the container for their helper).
-    freezer: tokio::sync::RwLock<()>,
+    freezer: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for DockerSession {
@@ -460,7 +462,7 @@ impl DockerSession {
             forwarders: Forwarders::default(),
             closed: AtomicBool::new(false),
             paused: AtomicBool::new(paused),
-            freezer: tokio::sync::RwLock::new(()),
+            freezer: Arc::default(),
         }
     }
 
@@ -565,13 +567,6 @@ impl DockerSession {
         &self.ctx.container
     }
 
-    fn ensure_open(&self, operation: &str) -> RunnerResult<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(RunnerError::session_closed(operation, &self.session_id));
-        }
-        Ok(())
-    }
-
     /// `path` as an absolute container path (relative ones under the workspace).
     fn absolute(&self, path: &Path) -> PathBuf {
         absolute(&self.config.workspace_dir, path)
@@ -583,36 +578,40 @@ impl DockerSession {
         }
     }
 
-    /// Runs the file operation `op` in a running container: a paused one is
-    /// thawed for it and frozen again (the session's commands stay stopped:
-    /// `pause` sent them STOP first), so file operations keep working while
-    /// paused and still act as the session user.
+    /// Holds the container running for a file operation: a paused one is
+    /// thawed for it and frozen again when the hold is released (the
+    /// session's commands stay stopped: `pause` sent them STOP first), so
+    /// file operations keep working while paused and still act as the
+    /// session user.
+    async fn running(&self, operation: &str) -> RunnerResult<Running> {
+        let shared = self.freezer.clone().read_owned().await;
+        if !self.paused.load(Ordering::SeqCst) {
+            return Ok(Running::shared(shared));
+        }
+        drop(shared);
+        let frozen = self.freezer.clone().write_owned().await;
+        if !self.paused.load(Ordering::SeqCst) {
+            return Ok(Running::shared(frozen.downgrade()));
+        }
+        let container = &self.ctx.container;
+        self.ctx
+            .daemon
+            .docker
+            .unpause_container(container)
+            .await
+            .map_err(|e| self.ctx.daemon.error(operation, container, e))?;
+        Ok(Running::thawed(frozen, self.ctx.clone()))
+    }
+
+    /// Runs the file operation `op` while [`running`](Self::running) holds
+    /// the container running.
     async fn thawed<T, F>(&self, operation: &str, op: impl FnOnce() -> F) -> RunnerResult<T>
     where
         F: std::future::Future<Output = RunnerResult<T>>,
     {
-        self.ensure_open(operation)?;
-        {
-            let _running = self.freezer.read().await;
-            if !self.paused.load(Ordering::SeqCst) {
-                return op().await;
-            }
-        }
-        let _frozen = self.freezer.write().await;
-        if !self.paused.load(Ordering::SeqCst) {
-            return op().await;
-        }
-        let docker = &self.ctx.daemon.docker;
-        let container = &self.ctx.container;
-        docker
-            .unpause_container(container)
-            .await
-            .map_err(|e| self.ctx.daemon.error(operation, container, e))?;
+        let running = self.running(operation).await?;
         let result = op().await;
-        docker
-            .pause_container(container)
-            .await
-            .map_err(|e| self.ctx.daemon.error(operation, container, e))?;
+        running.release(operation).await?;
         result
     }
 
@@ -708,7 +707,7 @@ impl RemoteRunnerSession for DockerSession {
     }
 
     fn capabilities(&self) -> RunnerCapabilities {
-        crate::session_capabilities()
+        crate::capabilities()
     }
 
     fn workspace_root(&self) -> PathBuf {
@@ -716,11 +715,10 @@ impl RemoteRunnerSession for DockerSession {
     }
 
     /// Stops every command's process group, then freezes the container
-    /// (`docker pause`). While paused, `read_file` and `write_file` work
-    /// through the archive API; operations that need a helper process in the
-    /// container return `InvalidRequest`.
+    /// (`docker pause`). While paused, file operations thaw it for their
+    /// helper (a stream keeps it thawed until it ends) and freeze it again;
+    /// new commands return `InvalidRequest`.
     async fn pause(&self) -> RunnerResult<RunnerSessionState> {
-        self.ensure_open("pause")?;
         let _frozen = self.freezer.write().await;
         if !self.paused.load(Ordering::SeqCst) {
             self.table.pause().await?;
@@ -737,7 +735,6 @@ impl RemoteRunnerSession for DockerSession {
     }
 
     async fn resume(&self) -> RunnerResult<RunnerSessionState> {
-        self.ensure_open("resume")?;
         let _frozen = self.freezer.write().await;
         if self.paused.load(Ordering::SeqCst) {
             self.ctx
@@ -757,7 +754,6 @@ impl RemoteRunnerSession for DockerSession {
     /// the container is renamed `runner-detached-<session id>`, which
     /// `sweep_orphans` never removes.
     async fn detach(&self) -> RunnerResult<RunnerSessionState> {
-        self.ensure_open("detach")?;
         let name = format!("{DETACHED_PREFIX}{}", self.session_id);
         let docker = &self.ctx.daemon.docker;
         let current = docker
@@ -790,14 +786,12 @@ impl RemoteRunnerSession for DockerSession {
         &self,
         request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerCommandResult> {
-        self.ensure_open("run_command")?;
         self.launch_command("run_command", request, false)
             .await?
             .ok_or_else(|| RunnerError::provider("run_command: no result"))
     }
 
     async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
-        self.ensure_open("cancel_command")?;
         self.table.cancel(command_id).await
     }
 
@@ -805,14 +799,12 @@ impl RemoteRunnerSession for DockerSession {
         &self,
         request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerProcessInfo> {
-        self.ensure_open("start_command")?;
         let id = request.command_id.clone();
         self.launch_command("start_command", request, true).await?;
         self.table.status(&id)
     }
 
     async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
-        self.ensure_open("list_commands")?;
         Ok(self.table.list())
     }
 
@@ -820,7 +812,6 @@ impl RemoteRunnerSession for DockerSession {
         &self,
         command_id: &RunnerCommandId,
     ) -> RunnerResult<RunnerProcessInfo> {
-        self.ensure_open("command_status")?;
         self.table.status(command_id)
     }
 
@@ -829,7 +820,6 @@ impl RemoteRunnerSession for DockerSession {
         command_id: &RunnerCommandId,
         after_seq: u64,
     ) -> RunnerResult<RunnerCommandOutput> {
-        self.ensure_open("command_output")?;
         self.table.output(command_id, after_seq)
     }
 
@@ -838,7 +828,6 @@ impl RemoteRunnerSession for DockerSession {
         command_id: &RunnerCommandId,
         after_seq: u64,
     ) -> RunnerResult<RunnerEventStream> {
-        self.ensure_open("stream_command")?;
         self.table.stream(command_id, after_seq)
     }
 
@@ -848,7 +837,6 @@ impl RemoteRunnerSession for DockerSession {
         bytes: Vec<u8>,
         close: bool,
     ) -> RunnerResult<()> {
-        self.ensure_open("write_stdin")?;
         self.table.write_stdin(command_id, bytes, close).await
     }
 
@@ -857,24 +845,28 @@ impl RemoteRunnerSession for DockerSession {
         command_id: &RunnerCommandId,
         signal: RunnerSignal,
     ) -> RunnerResult<()> {
-        self.ensure_open("signal_command")?;
         self.table.signal(command_id, signal).await
     }
 
-    async fn read_file(
+    async fn read_file_stream(
         &self,
         request: RunnerFileReadRequest,
-    ) -> RunnerResult<RunnerFileReadResult> {
-        self.thawed("read_file", || self.ctx.read_file(request))
-            .await
+    ) -> RunnerResult<RunnerFileStream> {
+        let running = self.running("read_file").await?;
+        self.ctx.clone().read_file_stream(request, running).await
     }
 
-    async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
-        self.ensure_open("write_file")?;
+    async fn write_file_stream(
+        &self,
+        request: RunnerFileWriteRequest,
+        body: RunnerByteStream,
+    ) -> RunnerResult<()> {
         self.read_only
             .check("write_file", &self.absolute(&request.path))?;
-        self.thawed("write_file", || self.ctx.write_file(request))
-            .await
+        self.thawed("write_file", || {
+            self.ctx.clone().write_file_stream(request, body)
+        })
+        .await
     }
 
     async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
@@ -886,7 +878,6 @@ impl RemoteRunnerSession for DockerSession {
     }
 
     async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
-        self.ensure_open("remove")?;
         self.read_only
             .check_removal("remove", &self.absolute(path))?;
         self.thawed("remove", || self.ctx.remove(path, recursive))
@@ -894,13 +885,11 @@ impl RemoteRunnerSession for DockerSession {
     }
 
     async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
-        self.ensure_open("make_dir")?;
         self.read_only.check("make_dir", &self.absolute(path))?;
         self.thawed("make_dir", || self.ctx.make_dir(path)).await
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
-        self.ensure_open("rename")?;
         self.read_only
             .check_rename(&self.absolute(from), &self.absolute(to))?;
         self.thawed("rename", || self.ctx.rename(from, to)).await
@@ -911,29 +900,32 @@ impl RemoteRunnerSession for DockerSession {
             .await
     }
 
-    async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
-        self.ensure_open("upload_archive")?;
-        self.read_only
-            .check_archive("upload_archive", &self.absolute(target), &archive)?;
+    async fn upload_archive_stream(
+        &self,
+        target: &Path,
+        archive: RunnerByteStream,
+    ) -> RunnerResult<()> {
         self.thawed("upload_archive", || {
-            self.ctx.upload_archive(target, archive)
+            self.ctx
+                .upload_archive_stream(target, archive, &self.read_only)
         })
         .await
     }
 
-    async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
-        self.thawed("download_archive", || self.ctx.download_archive(path))
+    async fn download_archive_stream(&self, path: &Path) -> RunnerResult<RunnerByteStream> {
+        let running = self.running("download_archive").await?;
+        self.ctx
+            .clone()
+            .download_archive_stream(path, running)
             .await
     }
 
     async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
-        self.ensure_open("expose_port")?;
         self.forwarders.expose(self.ctx.clone(), &request).await
     }
 
     async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {
         const OP: &str = "list_listening_ports";
-        self.ensure_open(OP)?;
         let out = self
             .ctx
             .script(
@@ -954,7 +946,6 @@ impl RemoteRunnerSession for DockerSession {
         &self,
         request: RunnerLeaseRequest,
     ) -> RunnerResult<RunnerExecutionLease> {
-        self.ensure_open("acquire_workspace_execution_lease")?;
         runner_kit::acquire_shell_lease(self, request).await
     }
 
@@ -963,7 +954,6 @@ impl RemoteRunnerSession for DockerSession {
         lease: &RunnerExecutionLease,
         ttl_ms: u64,
     ) -> RunnerResult<RunnerExecutionLease> {
-        self.ensure_open("renew_workspace_execution_lease")?;
         runner_kit::renew_shell_lease(self, lease, ttl_ms).await
     }
 
@@ -971,14 +961,12 @@ impl RemoteRunnerSession for DockerSession {
         &self,
         lease: &RunnerExecutionLease,
     ) -> RunnerResult<()> {
-        self.ensure_open("release_workspace_execution_lease")?;
         runner_kit::release_shell_lease(self, lease).await
     }
 
     /// Commits the container to a labelled image; the reference names the
     /// image and the session, never the destination's settings.
     async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
-        self.ensure_open("snapshot")?;
         snapshot::take(
             &self.ctx.daemon,
             &self.ctx.container,

@@ -16,11 +16,13 @@ use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
 };
+use bytes::Bytes;
 use futures_util::StreamExt;
 use runner_api::{
-    RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerDestination,
-    RunnerErrorKind, RunnerFileReadRequest, RunnerFileWriteRequest, RunnerManifest,
-    RunnerManifestEntry, RunnerMount, RunnerMountIntent, RunnerMountKind, RunnerPortRequest,
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerByteStream, RunnerCommandRequest,
+    RunnerDestination, RunnerErrorKind, RunnerFileReadRequest, RunnerFileWriteRequest,
+    RunnerManifest, RunnerManifestEntry, RunnerMount, RunnerMountIntent, RunnerMountKind,
+    RunnerPortRequest,
 };
 use runner_docker::{DockerProvider, LABEL_OWNER};
 use runner_testkit::{BackendGate, async_trial, http_fetch};
@@ -1028,6 +1030,122 @@ async fn writes_obey_permissions() -> TestResult {
     outcome
 }
 
+/// `chunks` chunks of 64 KiB, then `end`: the end of the stream, an error,
+/// or a body that never ends.
+fn body(chunks: usize, end: BodyEnd) -> RunnerByteStream {
+    use futures_util::stream;
+    let data = stream::iter((0..chunks).map(|i| Ok(Bytes::from(vec![b'a' + i as u8; 64 << 10]))));
+    match end {
+        BodyEnd::Done => Box::pin(data),
+        BodyEnd::Fails => Box::pin(data.chain(stream::iter([Err(
+            runner_api::RunnerError::provider("the body broke off"),
+        )]))),
+        BodyEnd::Hangs => Box::pin(data.chain(stream::pending())),
+    }
+}
+
+/// How a test body ends.
+#[derive(Clone, Copy)]
+enum BodyEnd {
+    Done,
+    Fails,
+    Hangs,
+}
+
+/// Names in the workspace directory `dir` and the state directory that a
+/// write may have left behind (temp and staging files).
+async fn leftovers(session: &dyn RemoteRunnerSession, dir: &str) -> Result<String, String> {
+    sh(
+        session,
+        &format!("ls -A {dir}; ls -A /tmp/.runner | grep -v '\\.pgid$'; true"),
+    )
+    .await
+}
+
+/// A write whose body fails part way fails with the body's error and leaves
+/// the target as it was: a new file is not created, an existing one keeps
+/// its contents (an atomic replace and a write at an offset alike), and no
+/// temp or staging file is left in its directory or the state directory. A
+/// write dropped half way (its body never ends) leaves no temp file behind
+/// either. A body that ends well writes every chunk.
+async fn failing_bodies_leave_no_file() -> TestResult {
+    let provider = DockerProvider::new();
+    let (session, _) = session_and_container(
+        &provider,
+        serde_json::json!({ "image": image(), "network": "none" }),
+    )
+    .await?;
+    let outcome = async {
+        let s = session.as_ref();
+        sh(s, "mkdir -p d && echo old > d/kept").await?;
+        let mut at_offset = RunnerFileWriteRequest::new("d/kept", b"new".to_vec());
+        at_offset.offset = Some(0);
+        let cases = [
+            RunnerFileWriteRequest::new("d/new", b"head".to_vec()),
+            RunnerFileWriteRequest::new("d/kept", Vec::new()),
+            at_offset,
+        ];
+        for request in cases {
+            let what = format!(
+                "write_file_stream {} at {:?}",
+                request.path.display(),
+                request.offset
+            );
+            match s.write_file_stream(request, body(4, BodyEnd::Fails)).await {
+                Err(e) if e.message().contains("the body broke off") => {}
+                other => return Err(format!("{what}: expected the body's error, got {other:?}")),
+            }
+            let left = leftovers(s, "d").await?;
+            let kept = sh(s, "cat d/kept").await?;
+            if left != "kept\n" || kept != "old\n" {
+                return Err(format!(
+                    "after {what}: d and the state dir hold {left:?}, d/kept {kept:?}"
+                ));
+            }
+        }
+
+        let dropped = tokio::time::timeout(
+            Duration::from_secs(3),
+            s.write_file_stream(
+                RunnerFileWriteRequest::new("d/dropped", Vec::new()),
+                body(2, BodyEnd::Hangs),
+            ),
+        )
+        .await;
+        if dropped.is_ok() {
+            return Err(format!(
+                "a write whose body never ends returned {dropped:?}"
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = leftovers(s, "d").await?;
+            if left == "kept\n" {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("30 s after a dropped write, d holds {left:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        s.write_file_stream(
+            RunnerFileWriteRequest::new("d/whole", b"x".to_vec()),
+            body(3, BodyEnd::Done),
+        )
+        .await
+        .map_err(fail("write_file_stream d/whole"))?;
+        let whole = sh(s, "wc -c < d/whole; head -c 2 d/whole; tail -c 1 d/whole").await?;
+        if whole.split_whitespace().collect::<Vec<_>>() != ["196609", "xac"] {
+            return Err(format!("d/whole: {whole:?}"));
+        }
+        Ok(())
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome
+}
+
 /// The id and name of a container that is not a session's.
 async fn foreign_container(docker: &Docker) -> Result<String, String> {
     Ok(docker
@@ -1499,6 +1617,7 @@ fn main() -> ExitCode {
             signals_reach_commands_of_another_user,
         ),
         async_trial("writes_obey_permissions", writes_obey_permissions),
+        async_trial("failing_bodies_leave_no_file", failing_bodies_leave_no_file),
         async_trial("rejoin_checks_the_container", rejoin_checks_the_container),
         async_trial(
             "resume_takes_settings_from_the_destination",

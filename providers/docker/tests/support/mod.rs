@@ -81,7 +81,7 @@ pub(crate) fn run(run: Run) -> ExitCode {
         default_manifest: Default::default(),
         artifacts: None,
     };
-    let provider = DockerProvider::new().with_secret_resolver(server.resolver());
+    let provider = DockerProvider::new();
     let args = arguments(select);
     let summary = Conformance::new(Arc::new(provider), destination)
         .with_object_store(server.target())
