@@ -1,25 +1,17 @@
-//! `LocalConfig`: the destination's `config`, parsed once with a clear error per field.
+//! `LocalConfig`: the destination's `config`, parsed once with serde and a
+//! clear error per field.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use runner_api::{RunnerDestination, RunnerError, RunnerResult};
 use runner_kit::archive::DEFAULT_MAX_UNPACKED_BYTES;
-use serde_json::{Map, Value};
-
-/// The keys `config` may contain; anything else is refused by name.
-const KNOWN_KEYS: &[&str] = &[
-    "root",
-    "workspaces_dir",
-    "snapshot_dir",
-    "kill_grace_ms",
-    "env",
-    "max_upload_bytes",
-    // The artifact store, parsed by runner_mounts (see docs/mounts.md).
-    "artifacts",
-];
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
 
 /// Default time between TERM and KILL when a process tree is killed.
 pub const DEFAULT_KILL_GRACE_MS: u64 = 1000;
@@ -32,31 +24,55 @@ pub const DEFAULT_KILL_GRACE_MS: u64 = 1000;
 ///   "env": { "CARGO_TERM_COLOR": "never" }, "max_upload_bytes": 4294967296 }
 /// ```
 ///
-/// Every key is optional; unknown keys are an `InvalidRequest` naming the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Every key is optional, and `null` is the key's default; an unknown key is
+/// an `InvalidRequest` naming it. The artifact store is not a config key: it
+/// is the destination's `artifacts` setting.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// Workspace root chosen by the caller. Created if missing and never deleted
     /// by the session. `None`: each session gets a fresh directory
     /// `<workspaces_dir>/<session id>` that it removes on close.
+    #[serde(default, deserialize_with = "optional_path")]
     pub root: Option<PathBuf>,
     /// Where sessions without `root` create their workspace (default
     /// `<state dir>/unix-local/workspaces`, see
     /// [`default_state_dir`](Self::default_state_dir)). Must be private to
     /// the user: created with mode 0700, refused (`PermissionDenied`) when it
     /// exists with group or other permissions or another owner.
+    #[serde(
+        default = "LocalConfig::default_workspaces_dir",
+        deserialize_with = "workspaces_dir"
+    )]
     pub workspaces_dir: PathBuf,
     /// Where `snapshot()` writes its archives (mode 0600; default
     /// `<state dir>/unix-local/snapshots`). Private like `workspaces_dir`.
+    #[serde(
+        default = "LocalConfig::default_snapshot_dir",
+        deserialize_with = "snapshot_dir"
+    )]
     pub snapshot_dir: PathBuf,
-    /// Time between TERM and KILL when a command's process tree is killed.
+    /// Time between TERM and KILL when a command's process tree is killed
+    /// (key `kill_grace_ms`, in milliseconds; default
+    /// [`DEFAULT_KILL_GRACE_MS`]).
+    #[serde(
+        rename = "kill_grace_ms",
+        default = "default_kill_grace",
+        deserialize_with = "kill_grace"
+    )]
     pub kill_grace: Duration,
     /// Environment added to every command on top of the inherited host
     /// variables ([`runner_api::HOST_ENV_ALLOWLIST`]); the request's own
     /// `env` wins.
+    #[serde(default, deserialize_with = "env")]
     pub env: BTreeMap<String, String>,
     /// Most bytes one `upload_archive` unpacks (the sum of its entries'
     /// sizes); above it the upload is `InvalidRequest` and nothing is
     /// written. Default [`DEFAULT_MAX_UNPACKED_BYTES`] (4 GiB).
+    #[serde(
+        default = "default_max_upload_bytes",
+        deserialize_with = "max_upload_bytes"
+    )]
     pub max_upload_bytes: u64,
 }
 
@@ -66,9 +82,9 @@ impl Default for LocalConfig {
             root: None,
             workspaces_dir: Self::default_workspaces_dir(),
             snapshot_dir: Self::default_snapshot_dir(),
-            kill_grace: Duration::from_millis(DEFAULT_KILL_GRACE_MS),
+            kill_grace: default_kill_grace(),
             env: BTreeMap::new(),
-            max_upload_bytes: DEFAULT_MAX_UNPACKED_BYTES,
+            max_upload_bytes: default_max_upload_bytes(),
         }
     }
 }
@@ -111,71 +127,159 @@ impl LocalConfig {
 
     /// Parses a config object (`null` gives the defaults).
     ///
-    /// Errors: `InvalidRequest` naming the bad or unknown field.
+    /// Errors: `InvalidRequest` naming the bad or unknown field
+    /// (`unix-local config.<key>: …`; `config.env.<name>` for a bad value of
+    /// one variable).
     pub fn from_value(value: &Value) -> RunnerResult<Self> {
-        let empty = Map::new();
-        let object = match value {
-            Value::Null => &empty,
-            Value::Object(object) => object,
+        match value {
+            Value::Null => return Ok(Self::default()),
+            Value::Object(_) => {}
             other => {
                 return Err(RunnerError::invalid_request(format!(
                     "unix-local config: expected a JSON object, got {}",
                     json_type(other)
                 )));
             }
-        };
-        if let Some(unknown) = object.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
-            return Err(RunnerError::invalid_request(format!(
-                "unix-local config: unknown key {unknown:?} (known keys: {})",
-                KNOWN_KEYS.join(", ")
-            )));
         }
-        let mut config = Self::default();
-        if let Some(root) = optional_path(object, "root")? {
-            config.root = Some(root);
-        }
-        if let Some(dir) = optional_path(object, "workspaces_dir")? {
-            config.workspaces_dir = dir;
-        }
-        if let Some(dir) = optional_path(object, "snapshot_dir")? {
-            config.snapshot_dir = dir;
-        }
-        if let Some(ms) = optional_u64(object, "kill_grace_ms", "milliseconds")? {
-            config.kill_grace = Duration::from_millis(ms);
-        }
-        if let Some(bytes) = optional_u64(object, "max_upload_bytes", "bytes")? {
-            config.max_upload_bytes = bytes;
-        }
-        match object.get("env") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(env)) => {
-                for (key, value) in env {
-                    if key.is_empty() || key.contains('=') || key.contains('\0') {
-                        return Err(field_error(
-                            "env",
-                            &format!("variable name {key:?} is invalid"),
-                        ));
-                    }
-                    let Some(value) = value.as_str() else {
-                        return Err(field_error(
-                            "env",
-                            &format!("the value of {key} must be a string"),
-                        ));
-                    };
-                    if value.contains('\0') {
-                        return Err(field_error(
-                            "env",
-                            &format!("the value of {key} contains a NUL byte"),
-                        ));
-                    }
-                    config.env.insert(key.clone(), value.to_string());
+        serde_path_to_error::deserialize(value).map_err(|error| {
+            let path = error.path().to_string();
+            let error = error.into_inner();
+            if path == "." {
+                RunnerError::invalid_request(format!("unix-local config: {error}"))
+            } else {
+                RunnerError::invalid_request(format!("unix-local config.{path}: {error}"))
+            }
+        })
+    }
+}
+
+fn default_kill_grace() -> Duration {
+    Duration::from_millis(DEFAULT_KILL_GRACE_MS)
+}
+
+fn default_max_upload_bytes() -> u64 {
+    DEFAULT_MAX_UNPACKED_BYTES
+}
+
+/// A path value: a non-empty string without NUL bytes.
+struct ConfigPath(PathBuf);
+
+impl<'de> Deserialize<'de> for ConfigPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PathVisitor;
+        impl Visitor<'_> for PathVisitor {
+            type Value = ConfigPath;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string path")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ConfigPath, E> {
+                if s.is_empty() {
+                    return Err(E::custom("must not be an empty path"));
                 }
-            }
-            Some(_) => {
-                return Err(field_error("env", "expected an object of string values"));
+                if s.contains('\0') {
+                    return Err(E::custom("the path contains a NUL byte"));
+                }
+                Ok(ConfigPath(PathBuf::from(s)))
             }
         }
-        Ok(config)
+        deserializer.deserialize_str(PathVisitor)
+    }
+}
+
+/// A non-negative integer of milliseconds (`MS`) or bytes.
+struct Count<const MS: bool>(u64);
+
+impl<'de, const MS: bool> Deserialize<'de> for Count<MS> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CountVisitor<const MS: bool>;
+        impl<const MS: bool> Visitor<'_> for CountVisitor<MS> {
+            type Value = Count<MS>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let unit = if MS { "milliseconds" } else { "bytes" };
+                write!(f, "a non-negative integer ({unit})")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Count<MS>, E> {
+                Ok(Count(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Count<MS>, E> {
+                u64::try_from(n)
+                    .map(Count)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            }
+        }
+        deserializer.deserialize_u64(CountVisitor::<MS>)
+    }
+}
+
+fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(Option::<ConfigPath>::deserialize(d)?.map(|path| path.0))
+}
+
+fn workspaces_dir<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    Ok(optional_path(d)?.unwrap_or_else(LocalConfig::default_workspaces_dir))
+}
+
+fn snapshot_dir<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    Ok(optional_path(d)?.unwrap_or_else(LocalConfig::default_snapshot_dir))
+}
+
+fn kill_grace<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Ok(Option::<Count<true>>::deserialize(d)?
+        .map_or_else(default_kill_grace, |ms| Duration::from_millis(ms.0)))
+}
+
+fn max_upload_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<Count<false>>::deserialize(d)?.map_or_else(default_max_upload_bytes, |n| n.0))
+}
+
+/// `env`: an object of string values under valid variable names (`null`:
+/// none).
+fn env<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct EnvVisitor;
+    impl<'de> Visitor<'de> for EnvVisitor {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of string values")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut env = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if name.is_empty() || name.contains('=') || name.contains('\0') {
+                    return Err(de::Error::custom(format!(
+                        "variable name {name:?} is invalid"
+                    )));
+                }
+                let value: EnvValue = map.next_value()?;
+                env.insert(name, value.0);
+            }
+            Ok(env)
+        }
+    }
+    d.deserialize_any(EnvVisitor)
+}
+
+/// The value of one `env` variable: a string without NUL bytes.
+struct EnvValue(String);
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl Visitor<'_> for ValueVisitor {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<EnvValue, E> {
+                if s.contains('\0') {
+                    return Err(E::custom("the value contains a NUL byte"));
+                }
+                Ok(EnvValue(s.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(ValueVisitor)
     }
 }
 
@@ -194,36 +298,6 @@ fn state_dir_from(
         return home.join(".local").join("state").join("runners");
     }
     temp.join(format!("runners-{uid}"))
-}
-
-fn field_error(field: &str, what: &str) -> RunnerError {
-    RunnerError::invalid_request(format!("unix-local config.{field}: {what}"))
-}
-
-fn optional_u64(object: &Map<String, Value>, field: &str, unit: &str) -> RunnerResult<Option<u64>> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
-            field_error(field, &format!("expected a non-negative integer ({unit})"))
-        }),
-    }
-}
-
-fn optional_path(object: &Map<String, Value>, field: &str) -> RunnerResult<Option<PathBuf>> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => {
-            Err(field_error(field, "must not be an empty path"))
-        }
-        Some(Value::String(s)) if s.contains('\0') => {
-            Err(field_error(field, "contains a NUL byte"))
-        }
-        Some(Value::String(s)) => Ok(Some(PathBuf::from(s))),
-        Some(other) => Err(field_error(
-            field,
-            &format!("expected a string path, got {}", json_type(other)),
-        )),
-    }
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -303,5 +377,64 @@ mod tests {
             assert!(e.message().contains(field), "{e}");
         }
         assert_eq!(err(json!("root")).kind(), RunnerErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn messages_name_the_key_and_what_it_takes() {
+        let cases = [
+            (
+                json!({ "root": 3 }),
+                "unix-local config.root: invalid type: integer `3`, expected a string path",
+            ),
+            (
+                json!({ "kill_grace_ms": -1 }),
+                "unix-local config.kill_grace_ms: invalid value: integer `-1`, expected a \
+                 non-negative integer (milliseconds)",
+            ),
+            (
+                json!({ "max_upload_bytes": "4G" }),
+                "unix-local config.max_upload_bytes: invalid type: string \"4G\", expected a \
+                 non-negative integer (bytes)",
+            ),
+            (
+                json!({ "env": { "A": 1 } }),
+                "unix-local config.env.A: invalid type: integer `1`, expected a string value",
+            ),
+            (
+                json!({ "env": { "A=B": "x" } }),
+                "unix-local config.env: variable name \"A=B\" is invalid",
+            ),
+            (
+                json!({ "workspaces_dir": "" }),
+                "unix-local config.workspaces_dir: must not be an empty path",
+            ),
+            (
+                json!("root"),
+                "unix-local config: expected a JSON object, got a string",
+            ),
+        ];
+        for (value, message) in cases {
+            assert_eq!(err(value).message(), message);
+        }
+        // The artifact store moved to the destination: the old key is unknown.
+        let e = err(json!({ "artifacts": { "uri": "s3://b/p" } }));
+        assert!(
+            e.message().starts_with(
+                "unix-local config.artifacts: unknown field `artifacts`, expected one of `root`"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn null_values_are_the_defaults() {
+        let config = LocalConfig::from_value(&json!({
+            "root": null, "workspaces_dir": null, "snapshot_dir": null, "kill_grace_ms": null,
+            "env": null, "max_upload_bytes": null
+        }))
+        .expect("nulls");
+        assert_eq!(config, LocalConfig::default());
+        let empty = LocalConfig::from_value(&json!({})).expect("empty object");
+        assert_eq!(empty, LocalConfig::default());
     }
 }

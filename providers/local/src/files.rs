@@ -21,11 +21,11 @@ use std::time::UNIX_EPOCH;
 use cap_std::fs::{Dir, Metadata, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
 use nix::fcntl::{AtFlags, FcntlArg, OFlag, fcntl};
 use runner_api::{
-    RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult,
-    RunnerFileStat, RunnerFileWriteRequest, RunnerResult, check_read_request, normalize_lexically,
-    read_window, reject_nul_path,
+    ReadWindow, RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest,
+    RunnerFileStat, RunnerFileWriteRequest, RunnerResult, normalize_lexically, reject_nul_path,
 };
-use runner_kit::archive::{MODE_MASK, UploadPolicy, sanitize_upload};
+use runner_kit::archive::{MODE_MASK, SpooledUpload, UploadPolicy};
+use runner_kit::bridge::{BodyReader, ChunkWriter};
 
 use crate::archive::{self, Protect, SymlinkPolicy};
 use crate::error::{io_error, is_escape};
@@ -446,19 +446,22 @@ impl Workspace {
 
     // ----- files -----
 
-    /// `read_file`: the whole file or a byte range; `size` is the whole size.
-    pub(crate) fn read_file(
-        &self,
-        request: &RunnerFileReadRequest,
-    ) -> RunnerResult<RunnerFileReadResult> {
+    /// Opens the file of a read (`read_file` and its stream form): resolved
+    /// and opened as [`resolve_and_open`] does, positioned at the window's
+    /// offset. The window runs from `offset` (clamped to the size) for
+    /// `limit` bytes or to the end; it has no maximum (the whole-buffer
+    /// `read_file` applies its own).
+    ///
+    /// Errors: `InvalidRequest` (a directory, not a regular file, a NUL
+    /// byte), `PermissionDenied` (outside), `NotFound`, each naming the path.
+    pub(crate) fn open_read(&self, request: &RunnerFileReadRequest) -> RunnerResult<OpenRead> {
         let op = "read_file";
         let path = &request.path;
-        check_read_request(op, request)?;
         let resolved = self.resolve(op, path)?;
         let io = |e| self.io(op, path, e);
         let dir = resolved.dir(self);
         // Symlinks inside are followed (confined) here; the open then follows none.
-        let (file, meta) = match resolve_and_open(dir, &resolved.rel).map_err(io)? {
+        let (mut file, meta) = match resolve_and_open(dir, &resolved.rel).map_err(io)? {
             Opened::File(file, meta) => (file, meta),
             Opened::Directory => {
                 return Err(RunnerError::invalid_request(format!(
@@ -474,21 +477,16 @@ impl Workspace {
             }
         };
         let size = meta.len();
-        let window = read_window(op, request, size)?;
-        // The buffer grows with the bytes read, never with what was asked.
-        let mut contents = Vec::new();
-        if window.len > 0 {
-            let mut file = file;
+        let offset = request.offset.unwrap_or(0).min(size);
+        let rest = size - offset;
+        let window = ReadWindow {
+            offset,
+            len: request.limit.map_or(rest, |limit| limit.min(rest)),
+        };
+        if window.offset > 0 {
             file.seek(SeekFrom::Start(window.offset)).map_err(io)?;
-            file.take(window.len)
-                .read_to_end(&mut contents)
-                .map_err(io)?;
         }
-        Ok(RunnerFileReadResult {
-            path: path.clone(),
-            contents,
-            size,
-        })
+        Ok(OpenRead { file, size, window })
     }
 
     /// `write_file`: without an offset an atomic replace through a temp file
@@ -497,7 +495,16 @@ impl Workspace {
     /// [`write_at`]). Either way POSIX permissions of this process's user
     /// apply: an existing file it may not write, or a new file in a directory
     /// it may not write, is `PermissionDenied` and nothing changes.
-    pub(crate) fn write_file(&self, request: &RunnerFileWriteRequest) -> RunnerResult<()> {
+    ///
+    /// The file's bytes are `body` (the caller puts `request.contents` at its
+    /// front; `request.contents` itself is not read), consumed chunk by
+    /// chunk after every check passed. A body that fails leaves no temp file
+    /// and the target as it was.
+    pub(crate) fn write_file(
+        &self,
+        request: &RunnerFileWriteRequest,
+        body: &mut BodyReader,
+    ) -> RunnerResult<()> {
         let op = "write_file";
         let path = &request.path;
         let resolved = self.resolve(op, path)?;
@@ -525,7 +532,7 @@ impl Workspace {
             if target.existing.as_ref().is_some_and(|meta| !meta.is_file()) {
                 return Err(not_regular(op, path));
             }
-            return self.write_at(&parent_dir, name, offset, request);
+            return self.write_at(&parent_dir, name, offset, request, body);
         }
         if target.existing.is_some() {
             check_may_write(&parent_dir, name).map_err(io)?;
@@ -540,17 +547,19 @@ impl Workspace {
             .filter(|_| nix::unistd::geteuid().is_root())
             .map(|meta| (meta.uid(), meta.gid()));
         replace_atomically(&parent_dir, name, mode, owner, |file| {
-            file.write_all(&request.contents)
+            body.copy_to(file).map(drop)
         })
         .map_err(io)
     }
 
-    /// `write_file` with an offset: the request's contents written at
-    /// `offset` of the regular file `name` in `parent_dir`, which is opened
-    /// for writing without truncation (no symlink followed, no wait for a
-    /// FIFO reader); offset 0 of a missing file creates it (the request's
-    /// mode, else 0o644, masked). A mode in the request is applied before
-    /// anything is written. Not atomic.
+    /// `write_file` with an offset: `body` written at `offset` of the
+    /// regular file `name` in `parent_dir`, which is opened for writing
+    /// without truncation (no symlink followed, no wait for a FIFO reader);
+    /// offset 0 of a missing file creates it (the request's mode, else
+    /// 0o644, masked). In place, not atomic: the body is first spooled to an
+    /// anonymous temporary file, so a body that fails changes nothing (a file
+    /// this call created is removed again); then the mode in the request is
+    /// applied and the bytes are copied in.
     ///
     /// Errors: `InvalidRequest` naming the path, the offset and the size when
     /// the offset lies past the end (or the file is missing and the offset is
@@ -563,6 +572,7 @@ impl Workspace {
         name: &Path,
         offset: u64,
         request: &RunnerFileWriteRequest,
+        body: &mut BodyReader,
     ) -> RunnerResult<()> {
         let op = "write_file";
         let path = &request.path;
@@ -572,7 +582,7 @@ impl Workspace {
         options
             .write(true)
             .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW).bits());
-        let (mut file, created) = match parent_dir.open_with(name, &options) {
+        let (file, created) = match parent_dir.open_with(name, &options) {
             Ok(file) => (file, false),
             Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => {
                 let mut create = OpenOptions::new();
@@ -592,6 +602,9 @@ impl Workspace {
             if offset > meta.len() {
                 return Err(past_end(op, path, offset, Some(meta.len())));
             }
+            let mut spool = tempfile::tempfile().map_err(io)?;
+            body.copy_to(&mut spool).map_err(io)?;
+            spool.rewind().map_err(io)?;
             let mode = if created {
                 Some(explicit.unwrap_or(0o644))
             } else {
@@ -601,8 +614,9 @@ impl Workspace {
                 file.set_permissions(Permissions::from_mode(mode))
                     .map_err(io)?;
             }
+            let mut file = file.into_std();
             file.seek(SeekFrom::Start(offset)).map_err(io)?;
-            file.write_all(&request.contents).map_err(io)
+            io::copy(&mut spool, &mut file).map(drop).map_err(io)
         })();
         if result.is_err() && created {
             let _ = parent_dir.remove_file(name);
@@ -836,22 +850,32 @@ impl Workspace {
 
     // ----- archives -----
 
-    /// `upload_archive`: creates `target` if missing, checks and rewrites the
-    /// archive with [`sanitize_upload`] (modes masked, no sparse, special or
-    /// PAX global entries, at most `upload_policy.max_unpacked_bytes`), then
-    /// unpacks the rewritten one into `target`, refusing anything that would
-    /// land outside it or on a read-only path. A refused archive writes no
-    /// entry.
-    pub(crate) fn upload_archive(&self, target: &Path, archive_bytes: &[u8]) -> RunnerResult<()> {
+    /// Where `upload_archive` unpacks: `target` resolved and writable.
+    ///
+    /// Errors: `InvalidRequest` (NUL byte), `PermissionDenied` (outside, or a
+    /// read-only mount or entry).
+    pub(crate) fn upload_target(&self, target: &Path) -> RunnerResult<Resolved<'_>> {
         let op = "upload_archive";
         let resolved = self.resolve(op, target)?;
         self.check_writable(op, target, &resolved)?;
+        Ok(resolved)
+    }
+
+    /// `upload_archive` of an archive that
+    /// [`sanitize_upload_stream`](runner_kit::archive::sanitize_upload_stream)
+    /// checked and spooled (modes masked, no sparse, special or PAX global
+    /// entries, at most `upload_policy.max_unpacked_bytes`): creates `target`
+    /// if missing and unpacks the spool into it entry by entry, refusing
+    /// anything that would land outside it or on a read-only path. Since the
+    /// whole archive was checked first, a refused archive writes no entry.
+    pub(crate) fn unpack_upload(&self, target: &Path, upload: SpooledUpload) -> RunnerResult<()> {
+        let op = "upload_archive";
+        let resolved = self.upload_target(target)?;
         let io = |e| self.io(op, target, e);
         let base = resolved.dir(self);
         if !resolved.is_base() {
             create_dir_all(base, &resolved.rel).map_err(io)?;
         }
-        let sanitized = sanitize_upload(op, target, archive_bytes, &self.upload_policy)?;
         let dir = base.open_dir(or_dot(&resolved.rel)).map_err(io)?;
         let protect = |entry: &Path| -> Option<String> {
             if !matches!(resolved.base, Base::Root) {
@@ -866,30 +890,38 @@ impl Workspace {
         };
         archive::unpack(
             &dir,
-            io::Cursor::new(sanitized.archive),
+            io::BufReader::with_capacity(runner_kit::bridge::CHUNK_BYTES, upload.into_file()),
             SymlinkPolicy::Confined,
             &Protect(&protect),
         )
         .map_err(|e| e.context(format!("{op} {}", target.display())))
     }
 
-    /// `download_archive`: a tar of a directory's contents or of one file.
-    /// Mount points inside the directory are left out.
-    pub(crate) fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
+    /// What `download_archive` of `path` packs: a directory's contents or one
+    /// file, opened now (so a missing path is an error before any byte).
+    ///
+    /// Errors: `NotFound`, `PermissionDenied` (outside), `InvalidRequest`
+    /// (neither a regular file nor a directory), each naming the path.
+    pub(crate) fn open_download(&self, path: &Path) -> RunnerResult<Download> {
         let op = "download_archive";
         let resolved = self.resolve(op, path)?;
         let io = |e| self.io(op, path, e);
         let dir = resolved.dir(self);
-        let rel = or_dot(&resolved.rel);
-        let mut builder = tar::Builder::new(Vec::new());
         match resolve_and_open(dir, &resolved.rel).map_err(io)? {
             Opened::Directory => {
-                let sub = dir.open_dir(rel).map_err(io)?;
-                let skip = |entry: &Path| {
-                    matches!(resolved.base, Base::Root)
-                        && self.mount_at(&resolved.ws_rel.join(entry)).is_some()
+                let sub = dir.open_dir(or_dot(&resolved.rel)).map_err(io)?;
+                // Mount points beneath the directory are left out.
+                let mounts = match resolved.base {
+                    Base::Root => self
+                        .mounts
+                        .iter()
+                        .filter_map(|m| m.rel.strip_prefix(&resolved.ws_rel).ok())
+                        .filter(|rest| !rest.as_os_str().is_empty())
+                        .map(Path::to_path_buf)
+                        .collect(),
+                    Base::Mount(_) => Vec::new(),
                 };
-                archive::pack_dir(&mut builder, &sub, &skip).map_err(io)?;
+                Ok(Download::Tree { dir: sub, mounts })
             }
             Opened::File(file, meta) => {
                 let name = resolved
@@ -897,16 +929,65 @@ impl Workspace {
                     .file_name()
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from("file"));
-                archive::append_file(&mut builder, &meta, file, &name).map_err(io)?;
+                Ok(Download::File { file, meta, name })
             }
-            Opened::Other => {
-                return Err(RunnerError::invalid_request(format!(
-                    "{op} {}: not a regular file or a directory",
-                    path.display()
-                )));
+            Opened::Other => Err(RunnerError::invalid_request(format!(
+                "{op} {}: not a regular file or a directory",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// A file opened by [`Workspace::open_read`], positioned at its window.
+pub(crate) struct OpenRead {
+    file: cap_std::fs::File,
+    /// The file's whole size when it was opened.
+    pub(crate) size: u64,
+    window: ReadWindow,
+}
+
+impl OpenRead {
+    /// Sends the window's bytes (fewer when the file shrank since) into `out`.
+    /// Blocking.
+    pub(crate) fn send(self, out: &mut ChunkWriter) -> io::Result<()> {
+        out.copy_from(&mut self.file.take(self.window.len))
+            .map(drop)
+    }
+}
+
+/// What [`Workspace::open_download`] opened.
+pub(crate) enum Download {
+    /// A directory's contents.
+    Tree {
+        /// The directory.
+        dir: Dir,
+        /// Paths beneath it (relative) that are mount points, left out.
+        mounts: Vec<PathBuf>,
+    },
+    /// One regular file, stored under its name.
+    File {
+        file: cap_std::fs::File,
+        meta: Metadata,
+        name: PathBuf,
+    },
+}
+
+impl Download {
+    /// Packs the tar into `out` as the entries are read. Blocking.
+    pub(crate) fn pack(self, out: impl Write) -> io::Result<()> {
+        let mut builder = tar::Builder::new(out);
+        match self {
+            Self::Tree { dir, mounts } => {
+                archive::pack_dir(&mut builder, &dir, &|entry| {
+                    mounts.iter().any(|m| m == entry)
+                })?;
+            }
+            Self::File { file, meta, name } => {
+                archive::append_file(&mut builder, &meta, file, &name)?;
             }
         }
-        builder.into_inner().map_err(io)
+        builder.into_inner()?.flush()
     }
 }
 

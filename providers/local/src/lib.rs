@@ -20,12 +20,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
-    RunnerDestination, RunnerError, RunnerManifest, RunnerMountCapabilities, RunnerResult,
-    RunnerSessionState, RunnerSweepReport, normalize_lexically, validate_manifest,
+    RunnerDestination, RunnerError, RunnerMountCapabilities, RunnerResult, RunnerSessionState,
+    RunnerSweepReport, normalize_lexically, validate_manifest,
 };
 use runner_kit::KnownDestinations;
-use runner_mounts::MountedSession;
-use runner_mounts::{EnvSecretResolver, SecretResolver};
 use tracing::Instrument;
 
 pub use config::{DEFAULT_KILL_GRACE_MS, LocalConfig};
@@ -40,8 +38,11 @@ use crate::session::{RootSource, SessionMeta, SessionSetup};
 /// The provider id destinations name: `"unix-local"`.
 pub const PROVIDER_ID: &str = "unix-local";
 
-/// What unix-local sessions can do: everything except artifact export and
-/// detaching; mounts of kind `provider_native` (host directories) only.
+/// What a bare unix-local session can do: everything except artifact export
+/// and detaching; mounts of kind `provider_native` (host directories) only.
+/// Through the layer stack (`runner_stack::stacked`) a session also gets the
+/// object-store mount kinds, and artifact export when its destination names
+/// an artifact store.
 pub fn capabilities() -> RunnerCapabilities {
     RunnerCapabilities {
         command_exec: true,
@@ -50,10 +51,10 @@ pub fn capabilities() -> RunnerCapabilities {
         port_preview: true,
         snapshots: true,
         cancellation: true,
-        artifact_export: true,
+        artifact_export: false,
         mounts: RunnerMountCapabilities {
             provider_native: true,
-            ..runner_mounts::store_mount_kinds()
+            ..RunnerMountCapabilities::default()
         },
         pausable: true,
         detachable: false,
@@ -76,43 +77,27 @@ pub fn capabilities() -> RunnerCapabilities {
 /// commands run as the current user, or as the user a request names (another
 /// user only when this process is root), and are not sandboxed.
 ///
-/// Object-store mounts and artifact export come from
-/// [`MountedSession`](runner_mounts::MountedSession); their credentials are
-/// resolved on this side with the provider's [`SecretResolver`] (default
-/// [`EnvSecretResolver`], see [`with_secret_resolver`](Self::with_secret_resolver)).
+/// Its sessions are bare: the closed-session and capability checks,
+/// object-store mounts and artifact export come from the layer stack
+/// (`runner_stack::stacked(LocalProvider::new())`), which users get through
+/// the registry.
 ///
 /// `resume_session` takes every setting that matters for trust (root,
-/// workspace and snapshot directories, mounts, read-only entries, artifacts)
-/// from the destination the state names, never from the state: the
-/// destination must be known to the provider, from an earlier
-/// `create_session` or from [`with_destination`](Self::with_destination).
+/// workspace and snapshot directories, mounts, read-only entries) from the
+/// destination the state names, never from the state: the destination must
+/// be known to the provider, from an earlier `create_session` or from
+/// [`trust_destination`](RemoteRunnerProvider::trust_destination) (or
+/// [`with_destination`](Self::with_destination)).
 #[derive(Debug, Clone, Default)]
 pub struct LocalProvider {
     sweep: SweepConfig,
-    secrets: Secrets,
     /// The destinations sessions may be resumed on, by id: those given to
-    /// `create_session` and to [`with_destination`](Self::with_destination).
+    /// `create_session` and to `trust_destination`.
     destinations: KnownDestinations,
 }
 
-/// The resolver of mount and artifact-store credentials.
-#[derive(Clone)]
-struct Secrets(Arc<dyn SecretResolver>);
-
-impl Default for Secrets {
-    fn default() -> Self {
-        Self(Arc::new(EnvSecretResolver::new()))
-    }
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretResolver")
-    }
-}
-
 impl LocalProvider {
-    /// A provider with the default [`SweepConfig`] and secret resolver.
+    /// A provider with the default [`SweepConfig`].
     pub fn new() -> Self {
         Self::default()
     }
@@ -124,26 +109,15 @@ impl LocalProvider {
         self
     }
 
-    /// Resolves mount and artifact-store credentials with `resolver` instead
-    /// of the environment.
-    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
-        self.secrets = Secrets(resolver);
-        self
-    }
-
-    /// Lets `resume_session` accept states of `destination` (by its id), as
-    /// it does for every destination this provider created a session for. A
-    /// provider that did not create the session (a new process) must be told
-    /// the destination this way: the root, directories, mounts, read-only
-    /// entries and artifact store of a resumed session always come from the
-    /// destination, never from the state.
+    /// [`trust_destination`](RemoteRunnerProvider::trust_destination) as a
+    /// builder that checks the destination first.
     ///
     /// Errors: `InvalidRequest` for a destination of another provider or a
     /// bad config, naming the field.
     pub fn with_destination(self, destination: &RunnerDestination) -> RunnerResult<Self> {
         self.check_provider("with_destination", destination)?;
         LocalConfig::from_destination(destination)?;
-        self.destinations.remember(destination);
+        self.trust_destination(destination);
         Ok(self)
     }
 
@@ -167,9 +141,11 @@ impl LocalProvider {
     }
 }
 
-/// The `provider_native` mounts of a destination.
+/// The `provider_native` mounts of a destination (the only kind a bare
+/// session supports; the manifest check refused any other).
 fn native_mounts(destination: &RunnerDestination) -> RunnerResult<Vec<MountSpec>> {
-    runner_mounts::native_manifest(&destination.default_manifest)
+    destination
+        .default_manifest
         .mounts
         .iter()
         .map(MountSpec::from_mount)
@@ -259,8 +235,7 @@ impl RemoteRunnerProvider for LocalProvider {
         self.check_provider("validate_destination", destination)?;
         LocalConfig::from_destination(destination)?;
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        runner_mounts::validate_stores(destination)?;
-        let manifest = runner_mounts::native_manifest(&destination.default_manifest);
+        let manifest = destination.default_manifest.clone();
         tokio::task::spawn_blocking(move || manifest::check_sources(&manifest))
             .await
             .map_err(|e| join_error("validate_destination", e))?
@@ -273,25 +248,22 @@ impl RemoteRunnerProvider for LocalProvider {
         self.check_provider("create_session", &destination)?;
         let config = LocalConfig::from_destination(&destination)?;
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        runner_mounts::validate_stores(&destination)?;
         let mounts = native_mounts(&destination)?;
         self.destinations.remember(&destination);
         let root = match &config.root {
             Some(root) => RootSource::Configured(root.clone()),
             None => RootSource::Fresh,
         };
-        let session = self
-            .open(SessionSetup {
-                session_id: new_session_id(),
-                destination_id: destination.id.clone(),
-                config,
-                root,
-                mounts,
-                entries: destination.default_manifest.entries.clone(),
-                read_only: Vec::new(),
-            })
-            .await?;
-        MountedSession::attach(session, &destination, self.secrets.0.clone()).await
+        self.open(SessionSetup {
+            session_id: new_session_id(),
+            destination_id: destination.id.clone(),
+            config,
+            root,
+            mounts,
+            entries: destination.default_manifest.entries.clone(),
+            read_only: Vec::new(),
+        })
+        .await
     }
 
     /// With `state.snapshot`: a new session in a fresh owned directory filled
@@ -315,9 +287,9 @@ impl RemoteRunnerProvider for LocalProvider {
                 state.provider_id
             )));
         }
-        let destination =
-            self.destinations
-                .of_state(OP, &state, "LocalProvider::with_destination")?;
+        let destination = self
+            .destinations
+            .of_state(OP, &state, "trust_destination")?;
         let meta: SessionMeta = if state.metadata.is_null() {
             SessionMeta::default()
         } else {
@@ -346,24 +318,16 @@ impl RemoteRunnerProvider for LocalProvider {
             rel: ro.path,
             reason: ro.reason,
         }));
-        // Object-store mounts are not materialized again (their files stay as
-        // plain files of the workspace); the artifact store is the destination's.
-        let attached = RunnerDestination {
-            default_manifest: RunnerManifest::default(),
-            ..destination
-        };
-        let session = self
-            .open(SessionSetup {
-                session_id: new_session_id(),
-                destination_id: state.destination_id,
-                config,
-                root,
-                mounts,
-                entries: Vec::new(),
-                read_only,
-            })
-            .await?;
-        MountedSession::attach(session, &attached, self.secrets.0.clone()).await
+        self.open(SessionSetup {
+            session_id: new_session_id(),
+            destination_id: state.destination_id,
+            config,
+            root,
+            mounts,
+            entries: Vec::new(),
+            read_only,
+        })
+        .await
     }
 
     /// Removes, under the directories of its [`SweepConfig`], owned workspaces
@@ -375,5 +339,17 @@ impl RemoteRunnerProvider for LocalProvider {
         tokio::task::spawn_blocking(move || ownership::sweep(&sweep))
             .await
             .map_err(|e| join_error("sweep_orphans", e))?
+    }
+
+    /// Lets `resume_session` accept states of `destination` (by its id), as
+    /// it does for every destination this provider created a session for. A
+    /// provider that did not create the session (a new process) must be told
+    /// the destination this way: the root, directories, mounts and read-only
+    /// entries of a resumed session always come from the destination, never
+    /// from the state. A destination of another provider is ignored.
+    fn trust_destination(&self, destination: &RunnerDestination) {
+        if destination.provider_id == PROVIDER_ID {
+            self.destinations.remember(destination);
+        }
     }
 }

@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_api::{
-    RemoteRunnerSession, RunnerCapabilities, RunnerCommandId, RunnerCommandOutput,
-    RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
-    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
+    RemoteRunnerSession, RunnerByteStream, RunnerCapabilities, RunnerCommandId,
+    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
+    RunnerFileReadRequest, RunnerFileStat, RunnerFileStream, RunnerFileWriteRequest,
     RunnerListeningPort, RunnerManifestEntry, RunnerPortRequest, RunnerPortResult,
-    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef, prepend,
 };
+use runner_kit::archive::sanitize_upload_stream;
+use runner_kit::bridge::{chunk_stream, with_body_reader};
 use runner_kit::{ProcessTable, ProcessTableConfig};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -42,8 +44,8 @@ pub(crate) struct ReadOnlyMeta {
 
 /// `RunnerSessionState.metadata` of a local session: which workspace it
 /// used. Holds no config: `resume_session` takes every setting (root,
-/// directories, mounts, artifacts) from the destination and checks the
-/// workspace named here against it.
+/// directories, mounts) from the destination and checks the workspace named
+/// here against it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct SessionMeta {
     /// Absolute workspace root.
@@ -95,10 +97,13 @@ pub(crate) struct SessionSetup {
 /// process group) in the workspace directory, and the file API is confined to
 /// that directory.
 ///
-/// Created by [`LocalProvider`](crate::LocalProvider). After
-/// [`close`](RemoteRunnerSession::close) every method returns `SessionClosed`.
-/// Dropping a session without closing it KILLs its processes but leaves its
-/// workspace in place (it can be resumed, or removed by `sweep_orphans`).
+/// Created by [`LocalProvider`](crate::LocalProvider), as the bare session:
+/// the layer stack (`runner-stack`) adds the closed-session and capability
+/// checks, confinement to a binding's roots, object-store mounts and artifact
+/// export. [`close`](RemoteRunnerSession::close) runs once (a second call is
+/// `Ok`). Dropping a session without closing it KILLs its processes but
+/// leaves its workspace in place (it can be resumed, or removed by
+/// `sweep_orphans`).
 pub struct LocalSession {
     session_id: String,
     destination_id: String,
@@ -225,20 +230,12 @@ impl LocalSession {
         &self.session_id
     }
 
-    fn ensure_open(&self, operation: &str) -> RunnerResult<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(RunnerError::session_closed(operation, &self.session_id));
-        }
-        Ok(())
-    }
-
     /// Runs blocking file work on the blocking pool.
     async fn blocking<T, F>(&self, operation: &'static str, work: F) -> RunnerResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Workspace) -> RunnerResult<T> + Send + 'static,
     {
-        self.ensure_open(operation)?;
         let ws = self.workspace.clone();
         tokio::task::spawn_blocking(move || work(&ws))
             .await
@@ -356,7 +353,6 @@ impl RemoteRunnerSession for LocalSession {
     }
 
     async fn pause(&self) -> RunnerResult<RunnerSessionState> {
-        self.ensure_open("pause")?;
         self.table.pause().await?;
         self.signal_groups("pause", RunnerSignal::Stop).await?;
         tracing::info!(session_id = %self.session_id, "session paused");
@@ -364,16 +360,10 @@ impl RemoteRunnerSession for LocalSession {
     }
 
     async fn resume(&self) -> RunnerResult<RunnerSessionState> {
-        self.ensure_open("resume")?;
         self.signal_groups("resume", RunnerSignal::Continue).await?;
         self.table.resume().await?;
         tracing::info!(session_id = %self.session_id, "session resumed");
         Ok(self.state())
-    }
-
-    async fn detach(&self) -> RunnerResult<RunnerSessionState> {
-        self.ensure_open("detach")?;
-        Err(RunnerError::unsupported("detach", PROVIDER_ID))
     }
 
     async fn close(&self) -> RunnerResult<()> {
@@ -390,7 +380,6 @@ impl RemoteRunnerSession for LocalSession {
         &self,
         mut request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerCommandResult> {
-        self.ensure_open("run_command")?;
         let (ctx, workspace) = (self.spawn.clone(), self.workspace.clone());
         let stdin = request.stdin.take();
         let launch = request.clone();
@@ -402,7 +391,6 @@ impl RemoteRunnerSession for LocalSession {
     }
 
     async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
-        self.ensure_open("cancel_command")?;
         self.table.cancel(command_id).await
     }
 
@@ -410,7 +398,6 @@ impl RemoteRunnerSession for LocalSession {
         &self,
         mut request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerProcessInfo> {
-        self.ensure_open("start_command")?;
         let (ctx, workspace) = (self.spawn.clone(), self.workspace.clone());
         let stdin = request.stdin.take();
         let launch = request.clone();
@@ -422,7 +409,6 @@ impl RemoteRunnerSession for LocalSession {
     }
 
     async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
-        self.ensure_open("list_commands")?;
         Ok(self.table.list())
     }
 
@@ -430,7 +416,6 @@ impl RemoteRunnerSession for LocalSession {
         &self,
         command_id: &RunnerCommandId,
     ) -> RunnerResult<RunnerProcessInfo> {
-        self.ensure_open("command_status")?;
         self.table.status(command_id)
     }
 
@@ -439,7 +424,6 @@ impl RemoteRunnerSession for LocalSession {
         command_id: &RunnerCommandId,
         after_seq: u64,
     ) -> RunnerResult<RunnerCommandOutput> {
-        self.ensure_open("command_output")?;
         self.table.output(command_id, after_seq)
     }
 
@@ -448,7 +432,6 @@ impl RemoteRunnerSession for LocalSession {
         command_id: &RunnerCommandId,
         after_seq: u64,
     ) -> RunnerResult<RunnerEventStream> {
-        self.ensure_open("stream_command")?;
         self.table.stream(command_id, after_seq)
     }
 
@@ -458,7 +441,6 @@ impl RemoteRunnerSession for LocalSession {
         bytes: Vec<u8>,
         close: bool,
     ) -> RunnerResult<()> {
-        self.ensure_open("write_stdin")?;
         self.table.write_stdin(command_id, bytes, close).await
     }
 
@@ -467,21 +449,36 @@ impl RemoteRunnerSession for LocalSession {
         command_id: &RunnerCommandId,
         signal: RunnerSignal,
     ) -> RunnerResult<()> {
-        self.ensure_open("signal_command")?;
         self.table.signal(command_id, signal).await
     }
 
-    async fn read_file(
+    async fn read_file_stream(
         &self,
         request: RunnerFileReadRequest,
-    ) -> RunnerResult<RunnerFileReadResult> {
-        self.blocking("read_file", move |ws| ws.read_file(&request))
-            .await
+    ) -> RunnerResult<RunnerFileStream> {
+        let path = request.path.clone();
+        let opened = self
+            .blocking("read_file", move |ws| ws.open_read(&request))
+            .await?;
+        let size = opened.size;
+        let (ws, shown) = (self.workspace.clone(), path.clone());
+        let bytes = chunk_stream("read_file", move |out| {
+            opened.send(out).map_err(|e| ws.io("read_file", &shown, e))
+        });
+        Ok(RunnerFileStream { path, size, bytes })
     }
 
-    async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
-        self.blocking("write_file", move |ws| ws.write_file(&request))
-            .await
+    async fn write_file_stream(
+        &self,
+        mut request: RunnerFileWriteRequest,
+        body: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        let body = prepend(std::mem::take(&mut request.contents), body);
+        let ws = self.workspace.clone();
+        with_body_reader("write_file", body, move |mut body| {
+            ws.write_file(&request, &mut body)
+        })
+        .await
     }
 
     async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
@@ -519,27 +516,42 @@ impl RemoteRunnerSession for LocalSession {
             .await
     }
 
-    async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
+    /// Checks the target, then checks and spools the whole archive
+    /// ([`sanitize_upload_stream`]) before unpacking a single entry, so a
+    /// refused archive writes nothing; memory stays bounded (the spool is an
+    /// anonymous temporary file).
+    async fn upload_archive_stream(
+        &self,
+        target: &Path,
+        archive: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        const OP: &str = "upload_archive";
+        // Lexical, no I/O: a refused target never reads the body.
+        self.workspace.upload_target(target).map(drop)?;
+        let policy = self.workspace.upload_policy;
+        let upload = sanitize_upload_stream(OP, target, archive, &policy).await?;
         let target = target.to_path_buf();
-        self.blocking("upload_archive", move |ws| {
-            ws.upload_archive(&target, &archive)
-        })
-        .await
-    }
-
-    async fn download_archive(&self, path: &Path) -> RunnerResult<Vec<u8>> {
-        let path = path.to_path_buf();
-        self.blocking("download_archive", move |ws| ws.download_archive(&path))
+        self.blocking(OP, move |ws| ws.unpack_upload(&target, upload))
             .await
     }
 
+    async fn download_archive_stream(&self, path: &Path) -> RunnerResult<RunnerByteStream> {
+        const OP: &str = "download_archive";
+        let opened = path.to_path_buf();
+        let download = self
+            .blocking(OP, move |ws| ws.open_download(&opened))
+            .await?;
+        let (ws, shown) = (self.workspace.clone(), path.to_path_buf());
+        Ok(chunk_stream(OP, move |out| {
+            download.pack(out).map_err(|e| ws.io(OP, &shown, e))
+        }))
+    }
+
     async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
-        self.ensure_open("expose_port")?;
         ports::expose(&request)
     }
 
     async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {
-        self.ensure_open("list_listening_ports")?;
         let pids = self.session_pids().await?;
         tokio::task::spawn_blocking(move || ports::listening(&pids))
             .await
@@ -562,27 +574,12 @@ impl RemoteRunnerSession for LocalSession {
         .await
     }
 
-    async fn sync_mounts(&self) -> RunnerResult<()> {
-        self.ensure_open("sync_mounts")?;
-        Err(RunnerError::unsupported("sync_mounts", PROVIDER_ID))
-    }
-
-    async fn export_artifact(
-        &self,
-        request: runner_api::RunnerArtifactExportRequest,
-    ) -> RunnerResult<runner_api::RunnerArtifactExportResult> {
-        let _ = request;
-        self.ensure_open("export_artifact")?;
-        Err(RunnerError::unsupported("export_artifact", PROVIDER_ID))
-    }
-
     /// The shared lease file of [`runner_kit::acquire_shell_lease`], under the
     /// user's state directory on this machine, outside the workspace.
     async fn acquire_workspace_execution_lease(
         &self,
         request: runner_api::RunnerLeaseRequest,
     ) -> RunnerResult<runner_api::RunnerExecutionLease> {
-        self.ensure_open("acquire_workspace_execution_lease")?;
         runner_kit::acquire_shell_lease(self, request).await
     }
 
@@ -591,7 +588,6 @@ impl RemoteRunnerSession for LocalSession {
         lease: &runner_api::RunnerExecutionLease,
         ttl_ms: u64,
     ) -> RunnerResult<runner_api::RunnerExecutionLease> {
-        self.ensure_open("renew_workspace_execution_lease")?;
         runner_kit::renew_shell_lease(self, lease, ttl_ms).await
     }
 
@@ -599,7 +595,6 @@ impl RemoteRunnerSession for LocalSession {
         &self,
         lease: &runner_api::RunnerExecutionLease,
     ) -> RunnerResult<()> {
-        self.ensure_open("release_workspace_execution_lease")?;
         runner_kit::release_shell_lease(self, lease).await
     }
 }

@@ -73,8 +73,12 @@ impl Azurite {
         ]))
     }
 
-    fn provider(&self) -> LocalProvider {
-        LocalProvider::new().with_secret_resolver(self.resolver())
+    /// unix-local through the layer stack, which materializes the mounts and
+    /// exports artifacts with this resolver.
+    fn provider(&self) -> Arc<dyn RemoteRunnerProvider> {
+        runner_stack::Stack::new()
+            .with_resolver(self.resolver())
+            .provider(Arc::new(LocalProvider::new()))
     }
 
     /// The mount URI of `prefix`, with the connection options in its query.
@@ -85,7 +89,7 @@ impl Azurite {
         )
     }
 
-    /// The store config of `prefix` (the shape of the `"artifacts"` key).
+    /// The store config of `prefix` (the shape of a destination's `artifacts`).
     fn store_config(&self, prefix: &str) -> serde_json::Value {
         serde_json::json!({
             "uri": format!("az://{}/{prefix}", self.container),
@@ -482,7 +486,7 @@ async fn artifact_export_lands_in_container() -> TestResult {
     let prefix = unique_prefix("artifacts");
     let dir = private_tempdir()?;
     let mut destination = destination(dir.path(), vec![]);
-    destination.config["artifacts"] = azurite.store_config(&prefix);
+    destination.artifacts = Some(azurite.store_config(&prefix));
     let session = azurite
         .provider()
         .create_session(destination)

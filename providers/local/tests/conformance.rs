@@ -20,10 +20,10 @@ fn main() -> ExitCode {
         default_manifest: Default::default(),
         artifacts: None,
     };
-    // The mounts and artifacts areas run against an in-process S3 server.
+    // The mounts and artifacts areas run against an in-process S3 server; the
+    // kit composes the layer stack around the bare provider with its resolver.
     let server = S3TestServer::start().expect("start the in-process S3 test server");
-    let provider = LocalProvider::default().with_secret_resolver(server.resolver());
-    Conformance::new(Arc::new(provider), destination)
+    Conformance::new(Arc::new(LocalProvider::default()), destination)
         .with_object_store(server.target())
         .run()
 }

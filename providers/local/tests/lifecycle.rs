@@ -94,15 +94,22 @@ async fn validate_destination_checks_manifest_sources_and_kinds() {
         .expect_err("missing host path");
     assert_eq!(err.kind(), RunnerErrorKind::NotFound);
     assert!(err.message().contains("cache"), "{err}");
-    // Azure Blob is advertised only with the `azure` feature.
+    // Azure Blob is advertised only with the `azure` feature, by the stack.
     let mut azure = mount("bucket", "b", Path::new("az://container"), false);
     azure.intent.kind = RunnerMountKind::AzureBlob;
     let manifest = RunnerManifest {
         entries: vec![],
         mounts: vec![azure],
     };
-    let result = provider
-        .validate_destination(&destination_with(area.rooted_config(), manifest))
+    let with_azure = destination_with(area.rooted_config(), manifest);
+    // Object-store kinds are the layer stack's: the bare provider refuses
+    // them; the stacked one takes Azure Blob with the `azure` feature.
+    assert_eq!(
+        kind(provider.validate_destination(&with_azure).await),
+        RunnerErrorKind::Unsupported
+    );
+    let result = runner_stack::stacked(LocalProvider::new())
+        .validate_destination(&with_azure)
         .await;
     if runner_mounts::store_mount_kinds().azure_blob {
         result.expect("azure_blob with the azure feature");

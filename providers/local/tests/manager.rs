@@ -40,8 +40,10 @@ fn config(idle_ms: Option<u64>, on_idle: IdleAction) -> ManagerConfig {
     }
 }
 
+/// A manager of unix-local sessions as users get them: through the layer
+/// stack, whose correctness layer answers `SessionClosed` after a close.
 fn manager(config: ManagerConfig) -> SessionManager {
-    SessionManager::new(Arc::new(LocalProvider::new()), config).expect("manager")
+    SessionManager::new(runner_stack::stacked(LocalProvider::new()), config).expect("manager")
 }
 
 async fn status_becomes(session: &ManagedSession, wanted: ManagedStatus) -> bool {

@@ -1,12 +1,13 @@
-//! Object-store mounts on unix-local: a failed mount leaves nothing behind.
+//! Object-store mounts on unix-local (through the layer stack, which
+//! materializes them): a failed mount leaves nothing behind.
 
 mod support;
 
 use std::sync::Arc;
 
 use runner_api::{
-    RemoteRunnerProvider, RunnerDestination, RunnerErrorKind, RunnerManifest, RunnerMount,
-    RunnerMountIntent, RunnerMountKind,
+    RunnerDestination, RunnerErrorKind, RunnerManifest, RunnerMount, RunnerMountIntent,
+    RunnerMountKind,
 };
 use runner_local::LocalProvider;
 use runner_testkit::S3TestServer;
@@ -41,8 +42,9 @@ fn data_mount(server: &S3TestServer, secret: &str) -> RunnerMount {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_mount_leaves_no_workspace_and_no_mount_directory() {
     let server = S3TestServer::start().expect("S3 test server");
-    let provider = LocalProvider::new()
-        .with_secret_resolver(server.resolver() as Arc<dyn runner_mounts::SecretResolver>);
+    let provider = runner_stack::Stack::new()
+        .with_resolver(server.resolver())
+        .provider(Arc::new(LocalProvider::new()));
     let dir = tempfile::tempdir().expect("temp dir");
     let workspaces = dir.path().join("workspaces");
 
@@ -78,7 +80,7 @@ async fn a_failed_mount_leaves_no_workspace_and_no_mount_directory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_destination_checks_store_uris_without_contacting_them() {
-    let provider = LocalProvider::new();
+    let provider = runner_stack::stacked(LocalProvider::new());
     let mut mount = RunnerMount {
         name: "data".into(),
         path: "data".into(),

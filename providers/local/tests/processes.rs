@@ -14,7 +14,8 @@ use runner_api::{
 use serde_json::json;
 use support::{
     Area, MarkerGuard, alive, eventually, group_gone, group_members, kind, marked_gone,
-    marked_processes, marked_running, session, setsid_escape_script, unique_marker,
+    marked_processes, marked_running, session, setsid_escape_script, stacked_session,
+    unique_marker,
 };
 
 fn sh(id: &str, script: &str) -> RunnerCommandRequest {
@@ -453,8 +454,10 @@ async fn background_commands_stdin_streams_and_signals() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_operation_after_close_is_session_closed() {
+    // The closed-session answers come from the layer stack's correctness
+    // layer; the bare session frees its workspace and processes.
     let area = Area::new();
-    let s = session(area.owned_config()).await;
+    let s = stacked_session(area.owned_config()).await;
     let root = s.workspace_root();
     assert!(root.starts_with(area.path("workspaces")));
     s.close().await.expect("close");
@@ -482,6 +485,22 @@ async fn every_operation_after_close_is_session_closed() {
     assert_eq!(kind(s.make_dir(Path::new("d")).await), closed);
     assert_eq!(kind(s.canonicalize(Path::new(".")).await), closed);
     assert_eq!(kind(s.download_archive(Path::new(".")).await), closed);
+    let streams = [
+        s.read_file_stream(RunnerFileReadRequest::new("a"))
+            .await
+            .map(drop),
+        s.write_file_stream(
+            runner_api::RunnerFileWriteRequest::new("a", b"x".to_vec()),
+            runner_api::empty_stream(),
+        )
+        .await,
+        s.upload_archive_stream(Path::new("t"), runner_api::empty_stream())
+            .await,
+        s.download_archive_stream(Path::new(".")).await.map(drop),
+    ];
+    for result in streams {
+        assert_eq!(kind(result), closed);
+    }
     assert_eq!(kind(s.snapshot().await), closed);
     assert_eq!(kind(s.pause().await), closed);
     assert_eq!(kind(s.resume().await), closed);

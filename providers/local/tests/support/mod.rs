@@ -72,6 +72,15 @@ pub async fn session(config: Value) -> Arc<dyn RemoteRunnerSession> {
         .expect("create_session")
 }
 
+/// A session of the stacked provider (`runner_stack::stacked`), as users get
+/// it: closed-session and capability checks, confinement, mounts.
+pub async fn stacked_session(config: Value) -> Arc<dyn RemoteRunnerSession> {
+    runner_stack::stacked(LocalProvider::new())
+        .create_session(destination(config))
+        .await
+        .expect("create_session")
+}
+
 pub fn kind<T: std::fmt::Debug>(result: RunnerResult<T>) -> RunnerErrorKind {
     match result {
         Ok(v) => panic!("expected an error, got Ok({v:?})"),
