@@ -5,6 +5,8 @@ use std::process::{Output, Stdio};
 use anyhow::{Context, bail};
 use tokio::io::AsyncWriteExt;
 
+use crate::stats::{Samples, time_ms};
+
 /// Runs `program args` to completion; fails unless it exits with 0.
 pub(crate) async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     capture(program, args).await.map(drop)
@@ -65,6 +67,20 @@ pub(crate) async fn status_output(
     let (fed, output) = tokio::join!(feed, child.wait_with_output());
     fed.with_context(|| format!("writing the standard input of {program}"))?;
     output.with_context(|| format!("running {program}"))
+}
+
+/// Runs `program args… from to` (a copy tool: `cp`, `docker cp`, `scp`)
+/// `reps` times in a row: the duration of each in milliseconds.
+pub(crate) async fn copy_times(
+    program: &str,
+    args: &[&str],
+    from: &str,
+    to: &str,
+    reps: usize,
+) -> anyhow::Result<Samples> {
+    let mut argv = args.to_vec();
+    argv.extend([from, to]);
+    time_ms(reps, |_| run(program, &argv)).await
 }
 
 /// Whether the run asked for a backend through `RUNNER_TEST_<NAME>=1`.

@@ -1,6 +1,5 @@
 //! docker against the docker CLI on the same daemon and image.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
@@ -10,7 +9,7 @@ use runner_docker::DockerProvider;
 use crate::cli;
 use crate::generic::{Target, round_trip, write_read};
 use crate::local::pattern;
-use crate::stats::{Better, Group, Samples, Spec, time_ms};
+use crate::stats::{Better, Group, Spec, time_ms};
 use crate::{Figures, Plan};
 
 const FILE_BYTES: usize = 100 << 20;
@@ -133,15 +132,11 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
         write_read(&session, "bench-100mib.bin", &contents, plan.file_reps).await?;
     let local = scratch.join("docker-100mib.bin");
     tokio::fs::write(&local, contents.as_slice()).await?;
-    let back = scratch.join("docker-100mib.bin.back");
-    let (cp_up, cp_down) = cp_both_ways(
-        &container,
-        &local,
-        "/tmp/cp-100mib.bin",
-        &back,
-        plan.file_reps,
-    )
-    .await?;
+    let (local, back) = (local.to_string_lossy(), format!("{}.back", local.display()));
+    let remote = format!("{container}:/tmp/cp-100mib.bin");
+    let reps = plan.file_reps;
+    let cp_up = cli::copy_times("docker", &["cp"], &local, &remote, reps).await?;
+    let cp_down = cli::copy_times("docker", &["cp"], &remote, &back, reps).await?;
     session.close().await?;
     group.add_transfers(
         FILE_BYTES as u64,
@@ -169,23 +164,6 @@ pub(crate) fn container_id(session: &Arc<dyn RemoteRunnerSession>) -> anyhow::Re
         .as_str()
         .map(str::to_string)
         .context("the docker session state names no container_id")
-}
-
-/// `reps` times `docker cp local CONTAINER:remote`, then `reps` times
-/// `docker cp CONTAINER:remote back`: the durations (ms) of each direction.
-pub(crate) async fn cp_both_ways(
-    container: &str,
-    local: &Path,
-    remote: &str,
-    back: &Path,
-    reps: usize,
-) -> anyhow::Result<(Samples, Samples)> {
-    let (local, back) = (local.to_string_lossy(), back.to_string_lossy());
-    let remote = format!("{container}:{remote}");
-    let (up, down) = (["cp", &local, &remote], ["cp", &remote, &back]);
-    let cp_up = time_ms(reps, |_| cli::run("docker", &up)).await?;
-    let cp_down = time_ms(reps, |_| cli::run("docker", &down)).await?;
-    Ok((cp_up, cp_down))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

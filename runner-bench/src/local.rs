@@ -1,6 +1,5 @@
 //! unix-local against tokio's own process and file APIs.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +9,6 @@ use runner_api::{RemoteRunnerSession, RunnerDestination};
 use runner_local::LocalProvider;
 use tokio::io::AsyncReadExt;
 
-use crate::cli;
 use crate::generic::{Target, request, round_trip, write_read};
 use crate::rss;
 use crate::stats::{Better, Group, Samples, Spec, throughput_mib_s, time_ms};
@@ -199,28 +197,6 @@ async fn gib_buffered_rss() -> anyhow::Result<Samples> {
     }
     drop(output);
     Ok(Samples(vec![peak]))
-}
-
-/// `reps` times `cp host copy`, then `reps` times `cp copy back`: the
-/// durations (ms) of each direction.
-pub(crate) async fn cp_both_ways(
-    host: &Path,
-    copy: &Path,
-    back: &Path,
-    reps: usize,
-) -> anyhow::Result<(Samples, Samples)> {
-    let (host, copy, back) = (
-        host.to_string_lossy(),
-        copy.to_string_lossy(),
-        back.to_string_lossy(),
-    );
-    let (to, from) = (
-        [host.as_ref(), copy.as_ref()],
-        [copy.as_ref(), back.as_ref()],
-    );
-    let cp_to = time_ms(reps, |_| cli::run("cp", &to)).await?;
-    let cp_from = time_ms(reps, |_| cli::run("cp", &from)).await?;
-    Ok((cp_to, cp_from))
 }
 
 /// `len` bytes of a repeating non-zero pattern.

@@ -1,6 +1,5 @@
 //! ssh against the OpenSSH command-line tools on the same server.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use runner_api::RunnerDestination;
@@ -9,7 +8,7 @@ use runner_ssh::SshProvider;
 use crate::cli;
 use crate::generic::{Target, round_trip, write_read};
 use crate::local::pattern;
-use crate::stats::{Better, Group, Samples, Spec, time_ms};
+use crate::stats::{Better, Group, Spec, time_ms};
 use crate::{Figures, Plan};
 
 const FILE_BYTES: usize = 100 << 20;
@@ -58,6 +57,18 @@ impl Server {
     fn login(&self) -> String {
         format!("{}@{}", self.user, self.host)
     }
+
+    /// The arguments of an `scp` call, up to its source and target.
+    pub(crate) fn scp_args(&self) -> Vec<String> {
+        let mut args = self.options();
+        args.extend(["-q".into(), "-P".into(), self.port.clone()]);
+        args
+    }
+
+    /// `path` on the server, as `scp` names it.
+    pub(crate) fn remote(&self, path: &str) -> String {
+        format!("{}:{path}", self.login())
+    }
 }
 
 /// An OpenSSH ControlMaster to the server: the fastest the `ssh` CLI gets,
@@ -96,28 +107,6 @@ impl Master {
         args.push(self.server.login());
         let _ = cli::run("ssh", &strs(&args)).await;
     }
-}
-
-/// `reps` times `scp local SERVER:remote`, then `reps` times
-/// `scp SERVER:remote back`: the durations (ms) of each direction.
-pub(crate) async fn scp_both_ways(
-    server: &Server,
-    local: &Path,
-    remote: &str,
-    back: &Path,
-    reps: usize,
-) -> anyhow::Result<(Samples, Samples)> {
-    let (local, back) = (local.to_string_lossy(), back.to_string_lossy());
-    let remote = format!("{}:{remote}", server.login());
-    let mut scp = server.options();
-    scp.extend(["-q".into(), "-P".into(), server.port.clone()]);
-    let mut up = strs(&scp);
-    up.extend([local.as_ref(), remote.as_str()]);
-    let mut down = strs(&scp);
-    down.extend([remote.as_str(), back.as_ref()]);
-    let scp_up = time_ms(reps, |_| cli::run("scp", &up)).await?;
-    let scp_down = time_ms(reps, |_| cli::run("scp", &down)).await?;
-    Ok((scp_up, scp_down))
 }
 
 /// The arguments as `&str`s, as [`cli`] takes them.
@@ -202,15 +191,12 @@ pub(crate) async fn run(plan: &Plan, target: &Target, scratch: &std::path::Path)
     session.close().await?;
     let local = scratch.join("ssh-100mib.bin");
     tokio::fs::write(&local, contents.as_slice()).await?;
-    let back = scratch.join("ssh-100mib.bin.back");
-    let (scp_up, scp_down) = scp_both_ways(
-        &server,
-        &local,
-        "/tmp/runners-bench-scp-100mib.bin",
-        &back,
-        plan.file_reps,
-    )
-    .await?;
+    let (local, back) = (local.to_string_lossy(), format!("{}.back", local.display()));
+    let remote = server.remote("/tmp/runners-bench-scp-100mib.bin");
+    let scp = server.scp_args();
+    let reps = plan.file_reps;
+    let scp_up = cli::copy_times("scp", &strs(&scp), &local, &remote, reps).await?;
+    let scp_down = cli::copy_times("scp", &strs(&scp), &remote, &back, reps).await?;
     group.add_transfers(
         FILE_BYTES as u64,
         [

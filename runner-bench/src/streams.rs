@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::generic::{Target, run_ok};
 use crate::stats::{Better, Group, Samples, Spec};
-use crate::{Figures, Plan, docker, local, rss, ssh};
+use crate::{Figures, Plan, cli, docker, local, rss, ssh};
 
 /// The size of the file.
 const GIB: u64 = 1 << 30;
@@ -145,83 +145,128 @@ struct Phases {
     read_rss: Samples,
 }
 
-/// The durations (ms) of moving the host file to the runner and back with a
-/// command-line tool.
-type Baseline = (Samples, Samples);
+/// The baseline of one target: a copy tool (`program args… FROM TO`) and
+/// where it puts the file on the runner.
+struct CopyTool {
+    program: &'static str,
+    args: Vec<String>,
+    /// The runner's copy as the tool names it (`CONTAINER:/tmp/…`).
+    remote: String,
+    /// The runner's copy as a command on the runner names it.
+    runner_path: String,
+    /// What the tool does: to the runner, back.
+    labels: [&'static str; 2],
+}
+
+/// How a target's [`CopyTool`] follows from its session (docker names the
+/// session's container).
+type ToolFor<'a> = &'a dyn Fn(&Arc<dyn RemoteRunnerSession>) -> anyhow::Result<CopyTool>;
+
+impl CopyTool {
+    /// `reps` copies of `contents` to the runner, then `reps` back, each
+    /// direction timed (ms). At most two copies of the file are on disk at a
+    /// time: the host file goes once it is uploaded; the runner's copy
+    /// (removed through `session`) and the copy back go at the end.
+    async fn round_trip(
+        &self,
+        session: &Arc<dyn RemoteRunnerSession>,
+        contents: &Contents,
+        dir: &Path,
+        reps: usize,
+    ) -> anyhow::Result<(Samples, Samples)> {
+        let (host, back) = (dir.join("host-1gib.bin"), dir.join("back-1gib.bin"));
+        contents.write_to(&host).await?;
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let (program, remote) = (self.program, self.remote.as_str());
+        let up = cli::copy_times(program, &args, &host.to_string_lossy(), remote, reps).await?;
+        tokio::fs::remove_file(&host).await?;
+        let down = cli::copy_times(program, &args, remote, &back.to_string_lossy(), reps).await?;
+        tokio::fs::remove_file(&back).await?;
+        run_ok(session, "rm", &["-f", &self.runner_path]).await?;
+        Ok((up, down))
+    }
+}
 
 /// The section: for each target, the 1 GiB write and read through the
-/// streams and their baselines. Host-side files live under `scratch` and are
-/// removed at the end.
+/// streams and their baselines. Host-side files live under `scratch`.
 pub(crate) async fn run(plan: &Plan, targets: [Option<&Target>; 3], scratch: &Path) -> Figures {
     let [local_target, docker_target, ssh_target] = targets;
     eprintln!("== streams: 1 GiB files; {RSS_METHOD}");
     let dir = scratch.join("streams");
     tokio::fs::create_dir_all(&dir).await?;
     let contents = Contents::new(GIB);
-    let host = dir.join("host-1gib.bin");
-    contents.write_to(&host).await?;
-    let back = dir.join("back-1gib.bin");
-    let reps = plan.gib_reps;
     let mut group = Group::new("streams");
-
+    let reps = plan.gib_reps;
     if let Some(target) = local_target {
         let copy = scratch.join("workspaces").join("cp-1gib.bin");
-        let labels = [
-            "cp host file → workspaces dir",
-            "cp workspaces dir → host file",
-        ];
-        let baseline = async |_: &Arc<dyn RemoteRunnerSession>| {
-            let both = local::cp_both_ways(&host, &copy, &back, reps).await;
-            tokio::fs::remove_file(&copy).await?;
-            both
+        let copy = copy.to_string_lossy().into_owned();
+        let tool = |_: &Arc<dyn RemoteRunnerSession>| {
+            Ok(CopyTool {
+                program: "cp",
+                args: Vec::new(),
+                remote: copy.clone(),
+                runner_path: copy.clone(),
+                labels: [
+                    "cp host file → workspaces dir",
+                    "cp workspaces dir → host file",
+                ],
+            })
         };
-        target_figures(&mut group, target, &contents, reps, labels, baseline).await?;
+        target_figures(&mut group, target, &contents, reps, &dir, &tool).await?;
     }
     if let Some(target) = docker_target {
-        let labels = ["docker cp host → container", "docker cp container → host"];
-        let baseline = async |session: &Arc<dyn RemoteRunnerSession>| {
+        let tool = |session: &Arc<dyn RemoteRunnerSession>| {
             let container = docker::container_id(session)?;
-            docker::cp_both_ways(&container, &host, DOCKER_CP_REMOTE, &back, reps).await
+            Ok(CopyTool {
+                program: "docker",
+                args: vec!["cp".into()],
+                remote: format!("{container}:{DOCKER_CP_REMOTE}"),
+                runner_path: DOCKER_CP_REMOTE.into(),
+                labels: ["docker cp host → container", "docker cp container → host"],
+            })
         };
-        target_figures(&mut group, target, &contents, reps, labels, baseline).await?;
+        target_figures(&mut group, target, &contents, reps, &dir, &tool).await?;
     }
     if let Some(target) = ssh_target {
-        let labels = ["scp host → server", "scp server → host"];
-        let baseline = async |session: &Arc<dyn RemoteRunnerSession>| {
-            let server = ssh::Server::from_env()?;
-            let both = ssh::scp_both_ways(&server, &host, SCP_REMOTE, &back, reps).await;
-            run_ok(session, "rm", &["-f", SCP_REMOTE]).await?;
-            both
+        let server = ssh::Server::from_env()?;
+        let tool = |_: &Arc<dyn RemoteRunnerSession>| {
+            Ok(CopyTool {
+                program: "scp",
+                args: server.scp_args(),
+                remote: server.remote(SCP_REMOTE),
+                runner_path: SCP_REMOTE.into(),
+                labels: ["scp host → server", "scp server → host"],
+            })
         };
-        target_figures(&mut group, target, &contents, reps, labels, baseline).await?;
+        target_figures(&mut group, target, &contents, reps, &dir, &tool).await?;
     }
     tokio::fs::remove_dir_all(&dir).await?;
     Ok(group.into_figures())
 }
 
 /// The four figures of one target: `reps` streamed writes then reads on a
-/// session of its own through the layer stack, then the `baseline` (run with
-/// that session, named by `labels`: to the runner, back).
+/// session of its own through the layer stack, then the baseline that
+/// `tool` names for that session, with its host files in `dir`.
 async fn target_figures(
     group: &mut Group,
     target: &Target,
     contents: &Contents,
     reps: usize,
-    labels: [&str; 2],
-    baseline: impl AsyncFnOnce(&Arc<dyn RemoteRunnerSession>) -> anyhow::Result<Baseline>,
+    dir: &Path,
+    tool: ToolFor<'_>,
 ) -> anyhow::Result<()> {
     let label = &target.label;
     eprintln!("== streams: {label}");
     let session = target.stacked().session().await?;
     let measured = async {
         let phases = measure(&session, label, contents, reps).await?;
-        let baseline = baseline(&session).await?;
-        anyhow::Ok((phases, baseline))
+        let tool = tool(&session)?;
+        let (up, down) = tool.round_trip(&session, contents, dir, reps).await?;
+        anyhow::Ok((phases, tool.labels, up, down))
     }
     .await;
     session.close().await?;
-    let (phases, (up, down)) = measured?;
-    let [up_label, down_label] = labels;
+    let (phases, [up_label, down_label], up, down) = measured?;
     group.add_transfers(
         contents.len,
         [
@@ -259,7 +304,9 @@ async fn target_figures(
 
 /// `reps` writes of `contents` through `write_file_stream`, then `reps`
 /// reads through `read_file_stream`, each timed with the peak RSS reset
-/// before it; the file is removed at the end.
+/// before it. Each write creates the file (the previous one is removed
+/// first, so the disk holds one copy, not a copy and its replacement); the
+/// file is removed at the end.
 async fn measure(
     session: &Arc<dyn RemoteRunnerSession>,
     label: &str,
@@ -267,7 +314,16 @@ async fn measure(
     reps: usize,
 ) -> anyhow::Result<Phases> {
     let mut phases = Phases::default();
+    let remove = async || {
+        session
+            .remove(Path::new(SESSION_PATH), false)
+            .await
+            .with_context(|| format!("{label}: removing {SESSION_PATH}"))
+    };
     for rep in 0..reps {
+        if rep > 0 {
+            remove().await?;
+        }
         let (ms, peak) = phase("write_file_stream", rep, async || {
             let request = RunnerFileWriteRequest::new(SESSION_PATH, Vec::new());
             session
@@ -289,10 +345,7 @@ async fn measure(
         phases.read_ms.push(ms);
         phases.read_rss.push(peak);
     }
-    session
-        .remove(Path::new(SESSION_PATH), false)
-        .await
-        .with_context(|| format!("{label}: removing {SESSION_PATH}"))?;
+    remove().await?;
     Ok(phases)
 }
 
