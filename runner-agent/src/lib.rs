@@ -1,10 +1,44 @@
 //! The runner agent: one unix-local session served over byte streams from
 //! inside a sandbox, and the client every remote provider drives it with.
 //!
-//! [`protocol`] is the wire format `docs/agent-protocol.md` specifies:
-//! length-delimited frames, MessagePack control messages, raw data frames,
-//! multiplexing by request id, credit-based flow control, cancellation.
+//! - [`AgentServer`] serves one `Arc<dyn RemoteRunnerSession>` (unix-local's
+//!   bare session) to any number of connections over any
+//!   `AsyncRead + AsyncWrite`. The session lives in the agent: a dropped
+//!   connection loses nothing, the next one sees the same commands and output.
+//! - [`AgentSession`] (over an [`AgentClient`]) implements
+//!   `RemoteRunnerSession` over connections made by a caller's
+//!   [`AgentConnector`]: a docker exec's stdio, an ssh channel, a WebSocket,
+//!   a child process ([`ChildStream`], [`command_connector`]).
+//! - [`protocol`] is the wire format `docs/agent-protocol.md` specifies:
+//!   length-delimited frames, MessagePack control messages, raw data frames,
+//!   multiplexing by request id, credit-based flow control, cancellation.
+//!
+//! ```no_run
+//! use runner_agent::{AgentSession, command_connector};
+//! use runner_api::{RemoteRunnerSession, RunnerCommandRequest};
+//!
+//! # async fn demo() -> runner_api::RunnerResult<()> {
+//! // Each connection is a `runner-agent connect` child bridging to the daemon.
+//! let session = AgentSession::connect(command_connector(|| {
+//!     let mut command = tokio::process::Command::new("runner-agent");
+//!     command.args(["connect", "--socket", "/run/agent/agent.sock"]);
+//!     command
+//! }))
+//! .await?;
+//! let result = session.run_command(RunnerCommandRequest::new("c1", "true", Vec::<String>::new())).await?;
+//! assert!(result.success());
+//! # Ok(()) }
+//! ```
 
+mod client;
+mod conn;
 pub mod protocol;
+mod server;
+mod transport;
 
+pub use client::{
+    AgentClient, AgentConnection, AgentConnector, AgentIo, AgentSession, ConnectFuture,
+};
 pub use protocol::{AgentVersion, PROTOCOL_VERSION};
+pub use server::AgentServer;
+pub use transport::{ChildStream, command_connector};

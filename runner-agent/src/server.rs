@@ -1,0 +1,633 @@
+//! The agent side: one session served to any number of connections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use runner_api::{
+    RemoteRunnerSession, RunnerByteStream, RunnerCommandOutput, RunnerError, RunnerErrorKind,
+    RunnerEventStream, RunnerProcessEvent, RunnerResult, bytes_stream, collect_stream,
+    empty_stream,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::{
+    Credit, Inbound, Lost, Mailbox, Outbound, Slot, mailbox, receive_bytes, send_bytes, send_error,
+};
+use crate::protocol::{
+    AgentVersion, CONNECTION_ID, Frame, FrameKind, Hello, HelloReply, OutputHead, PROTOCOL_VERSION,
+    ProtocolError, ReadError, Reply, Request, SessionInfo, decode, decode_credit, encode,
+    encode_output, mismatch_message,
+};
+
+/// How long a new connection may take to send its hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a closing connection may take to send what it has queued.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one session to any number of connections, each over any byte
+/// stream. The session lives here, not in a connection: a connection that
+/// drops loses nothing (commands keep running, their numbered output and
+/// open stdin stay), and the next connection sees the same session.
+#[derive(Clone)]
+pub struct AgentServer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    session: Arc<dyn RemoteRunnerSession>,
+    version: AgentVersion,
+    /// Cancelled once the session was closed: connections end, the daemon exits.
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for AgentServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentServer")
+            .field("session_id", &self.shared.session.state().session_id)
+            .field("version", &self.shared.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentServer {
+    /// A server of `session`, announcing `version` in every handshake.
+    pub fn new(session: Arc<dyn RemoteRunnerSession>, version: AgentVersion) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                session,
+                version,
+                closed: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The session served.
+    pub fn session(&self) -> &Arc<dyn RemoteRunnerSession> {
+        &self.shared.session
+    }
+
+    /// Whether the session was closed (by a client or [`close`](Self::close)).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Resolves once the session was closed.
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await
+    }
+
+    /// Closes the session (every process ends) and ends every connection.
+    pub async fn close(&self) -> RunnerResult<()> {
+        let result = self.shared.session.close().await;
+        self.shared.closed.cancel();
+        result
+    }
+
+    /// Serves one connection until the peer closes it, the session is
+    /// closed, or the peer breaks the protocol (answered with an `Error`
+    /// frame on id 0 before the connection closes). Requests still in flight
+    /// are cancelled; the session and its commands go on.
+    ///
+    /// Errors: the protocol violation or transport failure that ended the
+    /// connection.
+    pub async fn serve<S>(&self, io: S) -> RunnerResult<()>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(io);
+        let outbound = Outbound::spawn(writer);
+        let mut inbound = Inbound::new(reader);
+        let connection = Connection {
+            shared: self.shared.clone(),
+            outbound: outbound.clone(),
+            tasks: Arc::default(),
+        };
+        let result = connection.run(&mut inbound).await;
+        connection.cancel_all();
+        match &result {
+            Err(refusal) => outbound.control(error_frame(CONNECTION_ID, refusal)),
+            // The session was closed: tell the client, after the answers
+            // already queued (the reply to `close`), so it does not reconnect.
+            Ok(()) if self.is_closed() => {
+                let session_id = self.shared.session.state().session_id;
+                let closed = RunnerError::new(
+                    RunnerErrorKind::SessionClosed,
+                    format!("session {session_id} was closed"),
+                );
+                let notice = outbound.send(error_frame(CONNECTION_ID, &closed));
+                let _ = tokio::time::timeout(FLUSH_TIMEOUT, notice).await;
+            }
+            Ok(()) => {}
+        }
+        outbound.close();
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, outbound.finished()).await;
+        result
+    }
+}
+
+/// A request in flight on one connection.
+struct Task {
+    abort: Option<AbortHandle>,
+    /// Where the request's body goes until its `End`; dropping it ends the
+    /// body with a "cancelled" error.
+    body: Option<Slot>,
+    /// The credit of the request's answer stream.
+    credit: Arc<Credit>,
+}
+
+type Tasks = Arc<Mutex<HashMap<u64, Task>>>;
+
+fn lock(tasks: &Tasks) -> MutexGuard<'_, HashMap<u64, Task>> {
+    tasks.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    outbound: Outbound,
+    tasks: Tasks,
+}
+
+impl Connection {
+    async fn run<R: AsyncRead + Unpin>(&self, inbound: &mut Inbound<R>) -> RunnerResult<()> {
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.next())
+            .await
+            .map_err(|_| {
+                RunnerError::new(
+                    RunnerErrorKind::Timeout,
+                    "agent handshake: no hello within 30 s",
+                )
+            })?
+            .map_err(read_error)?;
+        let Some(first) = first else { return Ok(()) };
+        self.handshake(first).await?;
+        loop {
+            let next = tokio::select! {
+                next = inbound.next() => next,
+                () = self.shared.closed.cancelled() => return Ok(()),
+            };
+            match next.map_err(read_error)? {
+                Some(message) => self.dispatch(message)?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn handshake(&self, first: Frame) -> RunnerResult<()> {
+        if first.kind != FrameKind::Hello || first.id != CONNECTION_ID {
+            return Err(ProtocolError(format!(
+                "the first frame must be a hello on id 0, not a {:?} frame on id {}",
+                first.kind, first.id
+            ))
+            .into());
+        }
+        let hello: Hello = decode("hello", &first.payload)?;
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(RunnerError::new(
+                RunnerErrorKind::Unsupported,
+                mismatch_message(PROTOCOL_VERSION, &self.shared.version.agent_version, &hello),
+            ));
+        }
+        let session = &self.shared.session;
+        if self.shared.closed.is_cancelled() {
+            return Err(RunnerError::session_closed(
+                "agent handshake",
+                &session.state().session_id,
+            ));
+        }
+        let reply = HelloReply {
+            agent: self.shared.version.clone(),
+            session: SessionInfo {
+                capabilities: session.capabilities(),
+                state: session.state(),
+                workspace_root: session.workspace_root(),
+            },
+        };
+        let payload = encode("agent handshake", &reply)?;
+        self.outbound
+            .message(FrameKind::Hello, CONNECTION_ID, payload)
+            .await
+            .map_err(|Lost| lost("agent handshake"))
+    }
+
+    fn dispatch(&self, message: Frame) -> RunnerResult<()> {
+        let id = message.id;
+        match message.kind {
+            FrameKind::Request if id != CONNECTION_ID => {
+                let request: Request = decode("request", &message.payload)?;
+                self.start(id, request)
+            }
+            FrameKind::Data | FrameKind::End | FrameKind::Error if id != CONNECTION_ID => {
+                let mut tasks = lock(&self.tasks);
+                let Some(task) = tasks.get_mut(&id) else {
+                    return Ok(()); // cancelled or answered already
+                };
+                let last = message.kind != FrameKind::Data;
+                if let Some(body) = &task.body {
+                    body.deliver(message)?;
+                }
+                if last {
+                    task.body = None;
+                }
+                Ok(())
+            }
+            FrameKind::Credit => {
+                let bytes = decode_credit(&message.payload)?;
+                if let Some(task) = lock(&self.tasks).get(&id) {
+                    task.credit.grant(bytes);
+                }
+                Ok(())
+            }
+            FrameKind::Cancel => {
+                self.cancel(id);
+                Ok(())
+            }
+            kind => {
+                Err(ProtocolError(format!("a {kind:?} frame on id {id} from the client")).into())
+            }
+        }
+    }
+
+    fn start(&self, id: u64, request: Request) -> RunnerResult<()> {
+        let mut tasks = lock(&self.tasks);
+        if tasks.contains_key(&id) {
+            return Err(ProtocolError(format!("request id {id} is already in flight")).into());
+        }
+        let (slot, body) = if request.has_body() {
+            let (slot, body) = mailbox(self.outbound.clone(), id);
+            (Some(slot), Some(body))
+        } else {
+            (None, None)
+        };
+        let credit = Credit::new();
+        let work = answer(
+            self.shared.clone(),
+            self.outbound.clone(),
+            self.tasks.clone(),
+            id,
+            request,
+            body,
+            credit.clone(),
+        );
+        let handle = tokio::spawn(work);
+        tasks.insert(
+            id,
+            Task {
+                abort: Some(handle.abort_handle()),
+                body: slot,
+                credit,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops the work of `id`: an upload's body ends with an error (so the
+    /// operation fails and leaves its target as it was); anything else is
+    /// dropped. A dropped `run_command` does not kill its command: that is
+    /// `cancel_command`.
+    fn cancel(&self, id: u64) {
+        let Some(task) = lock(&self.tasks).remove(&id) else {
+            return;
+        };
+        task.credit.close();
+        if task.body.is_none()
+            && let Some(abort) = task.abort
+        {
+            abort.abort();
+        }
+    }
+
+    fn cancel_all(&self) {
+        let ids: Vec<u64> = lock(&self.tasks).keys().copied().collect();
+        for id in ids {
+            self.cancel(id);
+        }
+    }
+}
+
+fn read_error(error: ReadError) -> RunnerError {
+    match error {
+        ReadError::Protocol(e) => e.into(),
+        ReadError::Io(e) => RunnerError::from_io("agent connection", "read", e),
+    }
+}
+
+fn lost(operation: &str) -> RunnerError {
+    RunnerError::new(
+        RunnerErrorKind::Unavailable,
+        format!("{operation}: the connection was lost"),
+    )
+}
+
+fn error_frame(id: u64, error: &RunnerError) -> Frame {
+    let payload = encode("error", &crate::protocol::WireError::from(error)).unwrap_or_default();
+    Frame::new(FrameKind::Error, id, payload)
+}
+
+/// What a request answers with.
+enum Response {
+    /// One reply.
+    Reply(Reply),
+    /// A reply, then a byte stream.
+    Bytes(Reply, RunnerByteStream),
+    /// `stream_command`'s events.
+    Events(RunnerEventStream),
+    /// `command_output`'s head, then its chunks.
+    Output(RunnerCommandOutput),
+}
+
+/// Runs one request and sends its answer.
+async fn answer(
+    shared: Arc<Shared>,
+    outbound: Outbound,
+    tasks: Tasks,
+    id: u64,
+    request: Request,
+    body: Option<Mailbox>,
+    credit: Arc<Credit>,
+) {
+    let operation = request.operation();
+    let closes = matches!(request, Request::Close);
+    let session = shared.session.clone();
+    let result = if shared.closed.is_cancelled() {
+        Err(RunnerError::session_closed(
+            operation,
+            &session.state().session_id,
+        ))
+    } else {
+        respond(session.as_ref(), request, body).await
+    };
+    let sent = match result {
+        Ok(response) => send_response(&outbound, id, &credit, operation, response).await,
+        Err(e) => send_error(&outbound, id, &e).await,
+    };
+    if sent.is_err() {
+        tracing::debug!(id, operation, "agent: the answer's connection was lost");
+    }
+    lock(&tasks).remove(&id);
+    if closes {
+        shared.closed.cancel();
+    }
+}
+
+/// The request's body as a stream; ended early, it fails with `Cancelled`.
+fn body_stream(operation: &'static str, body: Option<Mailbox>) -> RunnerByteStream {
+    match body {
+        Some(body) => receive_bytes(body, move || {
+            RunnerError::new(
+                RunnerErrorKind::Cancelled,
+                format!(
+                    "{operation}: the client's upload ended before its end (cancelled, or its \
+                     connection was lost)"
+                ),
+            )
+        }),
+        None => empty_stream(),
+    }
+}
+
+/// The whole body in one buffer (the whole-buffer methods and stdin).
+async fn body_bytes(operation: &'static str, body: Option<Mailbox>) -> RunnerResult<Vec<u8>> {
+    collect_stream(
+        operation,
+        "request body",
+        body_stream(operation, body),
+        u64::MAX,
+    )
+    .await
+}
+
+async fn respond(
+    session: &dyn RemoteRunnerSession,
+    request: Request,
+    body: Option<Mailbox>,
+) -> RunnerResult<Response> {
+    let op = request.operation();
+    let reply = match request {
+        Request::Pause => Reply::State(session.pause().await?),
+        Request::Resume => Reply::State(session.resume().await?),
+        Request::Detach => Reply::State(session.detach().await?),
+        Request::Close => {
+            session.close().await?;
+            Reply::Unit
+        }
+        Request::RunCommand { mut request, stdin } => {
+            if stdin {
+                request.stdin = Some(body_bytes(op, body).await?);
+            }
+            Reply::CommandResult(session.run_command(request).await?)
+        }
+        Request::CancelCommand { command_id } => {
+            Reply::Bool(session.cancel_command(&command_id).await?)
+        }
+        Request::StartCommand { mut request, stdin } => {
+            if stdin {
+                request.stdin = Some(body_bytes(op, body).await?);
+            }
+            Reply::Process(session.start_command(request).await?)
+        }
+        Request::ListCommands => Reply::Processes(session.list_commands().await?),
+        Request::CommandStatus { command_id } => {
+            Reply::Process(session.command_status(&command_id).await?)
+        }
+        Request::CommandOutput {
+            command_id,
+            after_seq,
+        } => {
+            let output = session.command_output(&command_id, after_seq).await?;
+            return Ok(Response::Output(output));
+        }
+        Request::StreamCommand {
+            command_id,
+            after_seq,
+        } => {
+            let events = session.stream_command(&command_id, after_seq).await?;
+            return Ok(Response::Events(events));
+        }
+        Request::WriteStdin { command_id, close } => {
+            let bytes = body_bytes(op, body).await?;
+            session.write_stdin(&command_id, bytes, close).await?;
+            Reply::Unit
+        }
+        Request::SignalCommand { command_id, signal } => {
+            session.signal_command(&command_id, signal).await?;
+            Reply::Unit
+        }
+        Request::ReadFile {
+            request,
+            whole: true,
+        } => {
+            let read = session.read_file(request).await?;
+            let head = Reply::File {
+                path: read.path,
+                size: read.size,
+            };
+            return Ok(Response::Bytes(head, bytes_stream(read.contents)));
+        }
+        Request::ReadFile { request, .. } => {
+            let file = session.read_file_stream(request).await?;
+            let head = Reply::File {
+                path: file.path,
+                size: file.size,
+            };
+            return Ok(Response::Bytes(head, file.bytes));
+        }
+        Request::WriteFile {
+            mut request,
+            whole: true,
+        } => {
+            request.contents = body_bytes(op, body).await?;
+            session.write_file(request).await?;
+            Reply::Unit
+        }
+        Request::WriteFile { request, .. } => {
+            session
+                .write_file_stream(request, body_stream(op, body))
+                .await?;
+            Reply::Unit
+        }
+        Request::ListDir { path } => Reply::Stats(session.list_dir(&path).await?),
+        Request::Stat { path } => Reply::Stat(session.stat(&path).await?),
+        Request::Remove { path, recursive } => {
+            session.remove(&path, recursive).await?;
+            Reply::Unit
+        }
+        Request::MakeDir { path } => {
+            session.make_dir(&path).await?;
+            Reply::Unit
+        }
+        Request::Rename { from, to } => {
+            session.rename(&from, &to).await?;
+            Reply::Unit
+        }
+        Request::Canonicalize { path } => Reply::Path(session.canonicalize(&path).await?),
+        Request::UploadArchive {
+            target,
+            whole: true,
+        } => {
+            let archive = body_bytes(op, body).await?;
+            session.upload_archive(&target, archive).await?;
+            Reply::Unit
+        }
+        Request::UploadArchive { target, .. } => {
+            session
+                .upload_archive_stream(&target, body_stream(op, body))
+                .await?;
+            Reply::Unit
+        }
+        Request::DownloadArchive { path, whole: true } => {
+            let archive = session.download_archive(&path).await?;
+            return Ok(Response::Bytes(Reply::Unit, bytes_stream(archive)));
+        }
+        Request::DownloadArchive { path, .. } => {
+            let archive = session.download_archive_stream(&path).await?;
+            return Ok(Response::Bytes(Reply::Unit, archive));
+        }
+        Request::ExposePort { request } => Reply::Port(session.expose_port(request).await?),
+        Request::ListListeningPorts => Reply::Ports(session.list_listening_ports().await?),
+        Request::Snapshot => Reply::Snapshot(session.snapshot().await?),
+        Request::SyncMounts => {
+            session.sync_mounts().await?;
+            Reply::Unit
+        }
+        Request::ExportArtifact { request } => {
+            Reply::Artifact(session.export_artifact(request).await?)
+        }
+        Request::AcquireLease { request } => {
+            Reply::Lease(session.acquire_workspace_execution_lease(request).await?)
+        }
+        Request::RenewLease { lease, ttl_ms } => Reply::Lease(
+            session
+                .renew_workspace_execution_lease(&lease, ttl_ms)
+                .await?,
+        ),
+        Request::ReleaseLease { lease } => {
+            session.release_workspace_execution_lease(&lease).await?;
+            Reply::Unit
+        }
+    };
+    Ok(Response::Reply(reply))
+}
+
+async fn send_reply(
+    outbound: &Outbound,
+    id: u64,
+    operation: &str,
+    reply: &Reply,
+) -> Result<(), Lost> {
+    match encode(operation, reply) {
+        Ok(payload) => outbound.message(FrameKind::Reply, id, payload).await,
+        Err(e) => send_error(outbound, id, &e).await,
+    }
+}
+
+async fn send_response(
+    outbound: &Outbound,
+    id: u64,
+    credit: &Credit,
+    operation: &str,
+    response: Response,
+) -> Result<(), Lost> {
+    match response {
+        Response::Reply(reply) => send_reply(outbound, id, operation, &reply).await,
+        Response::Bytes(head, bytes) => {
+            send_reply(outbound, id, operation, &head).await?;
+            send_bytes(outbound, id, credit, bytes).await
+        }
+        Response::Events(mut events) => {
+            send_reply(outbound, id, operation, &Reply::Unit).await?;
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => send_event(outbound, id, credit, operation, event).await?,
+                    Err(e) => return send_error(outbound, id, &e).await,
+                }
+            }
+            outbound
+                .send(Frame::new(FrameKind::End, id, Bytes::new()))
+                .await
+        }
+        Response::Output(output) => {
+            let (head, chunks) = OutputHead::split(output);
+            send_reply(outbound, id, operation, &Reply::Output(head)).await?;
+            for chunk in chunks {
+                let payload = encode_output(chunk.seq, chunk.stream, &chunk.bytes);
+                credit.spend(payload.len()).await?;
+                outbound.message(FrameKind::Output, id, payload).await?;
+            }
+            outbound
+                .send(Frame::new(FrameKind::End, id, Bytes::new()))
+                .await
+        }
+    }
+}
+
+/// One event of `stream_command`: output as an `Output` frame, anything else
+/// as an `Event` message.
+async fn send_event(
+    outbound: &Outbound,
+    id: u64,
+    credit: &Credit,
+    operation: &str,
+    event: RunnerProcessEvent,
+) -> Result<(), Lost> {
+    use runner_api::RunnerOutputStream as S;
+    let (kind, payload) = match &event {
+        RunnerProcessEvent::Stdout { seq, bytes } => {
+            (FrameKind::Output, encode_output(*seq, S::Stdout, bytes))
+        }
+        RunnerProcessEvent::Stderr { seq, bytes } => {
+            (FrameKind::Output, encode_output(*seq, S::Stderr, bytes))
+        }
+        other => match encode(operation, other) {
+            Ok(payload) => (FrameKind::Event, payload),
+            Err(e) => return send_error(outbound, id, &e).await,
+        },
+    };
+    credit.spend(payload.len()).await?;
+    outbound.message(kind, id, payload).await
+}
