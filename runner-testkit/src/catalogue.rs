@@ -25,7 +25,7 @@ pub enum Area {
     Processes,
     /// The file API: `read_file`, `write_file`, `list_dir`, archives.
     Files,
-    /// The workspace path rule, enforced by `RemoteWorkspace` over the session.
+    /// The workspace path rule, enforced by the stack's workspace layer over every session.
     Paths,
     /// `expose_port` and `list_listening_ports`.
     Ports,

@@ -163,14 +163,18 @@ impl Cx {
 
     /// A fresh session from `create_session(destination)`, closed after the check.
     pub(crate) async fn session(&self) -> CheckResult<Session> {
+        self.session_of(self.destination.clone()).await
+    }
+
+    /// A fresh session of another `destination` (a variant of the run's),
+    /// closed after the check.
+    pub(crate) async fn session_of(&self, destination: RunnerDestination) -> CheckResult<Session> {
+        let id = destination.id.clone();
         let session = self
             .provider
-            .create_session(self.destination.clone())
+            .create_session(destination)
             .await
-            .or_fail(format!(
-                "create_session for destination {:?}",
-                self.destination.id
-            ))?;
+            .or_fail(format!("create_session for destination {id:?}"))?;
         self.adopt(session.clone());
         Ok(session)
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use runner_api::{RemoteRunnerProvider, RunnerDestination};
+use runner_stack::Stack;
 
 use crate::catalogue::{Area, Check, checks};
 use crate::context::{Cleanup, Cx, NO_STORE};
@@ -14,6 +15,16 @@ use crate::outcome::CheckResult;
 use crate::store::ObjectStoreTarget;
 
 /// The conformance suite for one provider and destination.
+///
+/// The kit checks a provider as users get it: it takes the bare provider and
+/// runs every check against [`runner_stack::Stack`] wrapped around it, so
+/// every session comes composed (the correctness layer's closed-session and
+/// capability checks, tracing, confinement to the workspace root, object-store
+/// mounts and artifact export) exactly as `RunnerRegistry` and
+/// `runner_stack::stacked` compose it. The stack resolves credentials from the
+/// environment, or with the object-store target's resolver when
+/// [`with_object_store`](Self::with_object_store) gives one. Do not stack the
+/// provider yourself (it would be composed twice).
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -26,6 +37,7 @@ use crate::store::ObjectStoreTarget;
 ///         provider_id: "memory".into(),
 ///         config: serde_json::Value::Null,
 ///         default_manifest: Default::default(),
+///         artifacts: None,
 ///     };
 ///     Conformance::new(Arc::new(MemoryProvider::default()), destination).run()
 /// }
@@ -116,8 +128,9 @@ impl ConformanceSummary {
 }
 
 impl Conformance {
-    /// The suite for `provider`. Every check gets fresh sessions from
-    /// `provider.create_session(destination.clone())` and closes them.
+    /// The suite for the bare `provider`. Every check gets fresh sessions from
+    /// `create_session(destination.clone())` of the stacked provider and
+    /// closes them.
     pub fn new(provider: Arc<dyn RemoteRunnerProvider>, destination: RunnerDestination) -> Self {
         Self {
             provider,
@@ -145,22 +158,22 @@ impl Conformance {
     }
 
     /// Runs the `mounts` and `artifacts` checks against `target` (without it
-    /// they are ignored with a reason), and names an artifact store under a
-    /// fresh prefix of it in the destination config's `"artifacts"` key. The
-    /// provider must resolve the target's secrets like `target.resolver`.
+    /// they are ignored with a reason), names an artifact store under a fresh
+    /// prefix of it in the destination's `artifacts`, and gives the stack
+    /// `target.resolver` for mount and artifact-store credentials.
     pub fn with_object_store(mut self, target: ObjectStoreTarget) -> Self {
-        let prefix = format!("conformance-artifacts-{}", crate::commands::unique_suffix());
-        let config = target.artifacts_config(&prefix);
-        match &mut self.destination.config {
-            serde_json::Value::Object(map) => {
-                map.insert(runner_mounts::ARTIFACTS_CONFIG_KEY.into(), config);
-            }
-            other => {
-                *other = serde_json::json!({ runner_mounts::ARTIFACTS_CONFIG_KEY: config });
-            }
-        }
+        self.destination.artifacts = Some(target.artifacts_config(&artifacts_prefix()));
         self.object_store = Some(Arc::new(target));
         self
+    }
+
+    /// The provider as the checks see it: the bare one under the stack.
+    fn stacked(&self) -> Arc<dyn RemoteRunnerProvider> {
+        let stack = match &self.object_store {
+            Some(target) => Stack::new().with_resolver(target.resolver.clone()),
+            None => Stack::new(),
+        };
+        stack.provider(self.provider.clone())
     }
 
     /// Runs every check with the process's libtest arguments, prints the summary
@@ -199,7 +212,8 @@ impl Conformance {
             }
         };
         let reports: Arc<Mutex<Vec<CheckReport>>> = Arc::default();
-        let capabilities = self.provider.capabilities();
+        let provider = self.stacked();
+        let capabilities = provider.capabilities();
         let trials: Vec<Trial> = checks()
             .into_iter()
             .map(|check| {
@@ -213,7 +227,8 @@ impl Conformance {
                         NO_STORE.into(),
                     )
                 } else if missing.is_empty() {
-                    self.trial(check, runtime.handle().clone(), reports.clone())
+                    let handle = runtime.handle().clone();
+                    self.trial(check, provider.clone(), handle, reports.clone())
                 } else {
                     let names: Vec<&str> = missing.iter().map(|c| c.name()).collect();
                     let reason = format!("unsupported: {}", names.join(", "));
@@ -253,10 +268,10 @@ impl Conformance {
     fn trial(
         &self,
         check: Check,
+        provider: Arc<dyn RemoteRunnerProvider>,
         handle: tokio::runtime::Handle,
         reports: Arc<Mutex<Vec<CheckReport>>>,
     ) -> Trial {
-        let provider = self.provider.clone();
         let destination = self.destination.clone();
         let timeout = self.check_timeout;
         let store = self.object_store.clone();
@@ -303,6 +318,11 @@ fn skipped(
         });
     }
     trial
+}
+
+/// A fresh prefix of the object store for one run's artifact store.
+pub(crate) fn artifacts_prefix() -> String {
+    format!("conformance-artifacts-{}", crate::commands::unique_suffix())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

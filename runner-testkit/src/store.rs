@@ -9,9 +9,10 @@ use runner_mounts::StoreSpec;
 /// An S3-compatible server the mounts and artifacts checks use: the kit seeds
 /// objects there, mounts its prefixes, and reads exported artifacts back.
 ///
-/// The provider under test must resolve `secret` and `wrong_secret` with the
-/// same values as `resolver` (give it that resolver). `wrong_secret` holds the
-/// right access key id with a wrong secret key.
+/// [`Conformance::with_object_store`](crate::Conformance::with_object_store)
+/// gives `resolver` to the stack it runs the provider under, so the mounts
+/// and artifact layers resolve `secret` and `wrong_secret` with it.
+/// `wrong_secret` holds the right access key id with a wrong secret key.
 #[derive(Clone)]
 pub struct ObjectStoreTarget {
     /// `http://127.0.0.1:<port>`.
@@ -61,7 +62,7 @@ impl ObjectStoreTarget {
         }
     }
 
-    /// The destination config value of an artifact store under `prefix`.
+    /// The `RunnerDestination.artifacts` value of an artifact store under `prefix`.
     pub fn artifacts_config(&self, prefix: &str) -> serde_json::Value {
         serde_json::json!({
             "uri": format!("s3://{}/{prefix}", self.bucket),

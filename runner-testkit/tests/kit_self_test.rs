@@ -2,18 +2,18 @@
 //! around `MemoryProvider`) fail the checks they should, with messages naming
 //! what was expected and what came back; the harness counts, filters and times out.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use libtest_mimic::Arguments;
 use runner_api::{
-    RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
-    RunnerDestination, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
-    RunnerFileWriteRequest, RunnerResult, RunnerSessionState, RunnerSnapshotRef,
+    LayeredSession, RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession,
+    RunnerByteStream, RunnerCapabilities, RunnerDestination, RunnerFileStat,
+    RunnerFileWriteRequest, RunnerResult, RunnerSessionState, next_chunk,
 };
-use runner_testkit::{Conformance, ConformanceSummary, MemoryProvider, checks};
+use runner_testkit::{Conformance, ConformanceSummary, MemoryProvider, S3TestServer, checks};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -26,13 +26,19 @@ enum Fault {
     ForkStartsEmpty,
     NoParents,
     ModeIgnored,
+    PartialOnBodyError,
+    ClaimsArtifactExport,
 }
 
+/// A faulty provider: the bare `MemoryProvider` with one fault. The kit
+/// composes the stack around it, as around every provider.
 struct Mutant {
     inner: MemoryProvider,
     fault: Fault,
 }
 
+/// A memory session with the fault: it overrides what the fault changes
+/// and forwards the rest.
 struct MutantSession {
     inner: Arc<dyn RemoteRunnerSession>,
     fault: Fault,
@@ -40,9 +46,7 @@ struct MutantSession {
 
 fn caps(fault: Fault) -> RunnerCapabilities {
     let mut caps = MemoryProvider::memory_capabilities();
-    if fault == Fault::ClaimsPausable {
-        caps.pausable = true;
-    }
+    caps.pausable |= fault == Fault::ClaimsPausable;
     caps
 }
 
@@ -85,22 +89,20 @@ impl RemoteRunnerProvider for Mutant {
 }
 
 #[async_trait]
-impl RemoteRunnerSession for MutantSession {
-    fn state(&self) -> RunnerSessionState {
-        self.inner.state()
+impl LayeredSession for MutantSession {
+    fn inner(&self) -> &Arc<dyn RemoteRunnerSession> {
+        &self.inner
     }
 
     fn capabilities(&self) -> RunnerCapabilities {
-        caps(self.fault)
-    }
-
-    fn workspace_root(&self) -> PathBuf {
-        self.inner.workspace_root()
+        let mut caps = caps(self.fault);
+        caps.artifact_export |= self.fault == Fault::ClaimsArtifactExport;
+        caps
     }
 
     async fn pause(&self) -> RunnerResult<RunnerSessionState> {
         if self.fault == Fault::PauseOkWithoutFlag {
-            return Ok(self.state());
+            return Ok(self.inner.state());
         }
         self.inner.pause().await
     }
@@ -112,13 +114,6 @@ impl RemoteRunnerSession for MutantSession {
         self.inner.close().await
     }
 
-    async fn read_file(
-        &self,
-        request: RunnerFileReadRequest,
-    ) -> RunnerResult<RunnerFileReadResult> {
-        self.inner.read_file(request).await
-    }
-
     async fn write_file(&self, mut request: RunnerFileWriteRequest) -> RunnerResult<()> {
         if self.fault == Fault::NoParents
             && let Some(parent) = request.path.parent()
@@ -128,6 +123,27 @@ impl RemoteRunnerSession for MutantSession {
         }
         if self.fault == Fault::ModeIgnored {
             request.mode = None;
+        }
+        self.inner.write_file(request).await
+    }
+
+    /// With `PartialOnBodyError`: writes what arrived before the body failed.
+    async fn write_file_stream(
+        &self,
+        mut request: RunnerFileWriteRequest,
+        mut body: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        if self.fault != Fault::PartialOnBodyError {
+            return self.inner.write_file_stream(request, body).await;
+        }
+        while let Some(chunk) = next_chunk(&mut body).await {
+            match chunk {
+                Ok(chunk) => request.contents.extend_from_slice(&chunk),
+                Err(e) => {
+                    self.inner.write_file(request).await?;
+                    return Err(e);
+                }
+            }
         }
         self.inner.write_file(request).await
     }
@@ -145,26 +161,6 @@ impl RemoteRunnerSession for MutantSession {
             std::future::pending::<()>().await;
         }
         self.inner.stat(path).await
-    }
-
-    async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
-        self.inner.remove(path, recursive).await
-    }
-
-    async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
-        self.inner.make_dir(path).await
-    }
-
-    async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
-        self.inner.rename(from, to).await
-    }
-
-    async fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
-        self.inner.canonicalize(path).await
-    }
-
-    async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
-        self.inner.snapshot().await
     }
 }
 
@@ -195,13 +191,19 @@ fn only(check: &str) -> Arguments {
     }
 }
 
+/// Runs the checks `args` select against the provider with `fault`; a check
+/// fails as hung after 3 s.
 fn run(fault: Fault, args: Arguments) -> ConformanceSummary {
+    run_within(fault, args, Duration::from_secs(3))
+}
+
+fn run_within(fault: Fault, args: Arguments, timeout: Duration) -> ConformanceSummary {
     let provider = Arc::new(Mutant {
         inner: MemoryProvider::default(),
         fault,
     });
     Conformance::new(provider, destination())
-        .with_check_timeout(Duration::from_secs(3))
+        .with_check_timeout(timeout)
         .run_with(args)
 }
 
@@ -219,7 +221,8 @@ fn failure(fault: Fault, check: &str) -> String {
 
 #[test]
 fn memory_passes_every_check_it_claims() {
-    let summary = run(Fault::None, quiet());
+    // The 64 MiB stream check takes seconds in a debug build.
+    let summary = run_within(Fault::None, quiet(), Duration::from_secs(180));
     assert_eq!(summary.failed, 0, "{:#?}", summary.failures);
     assert_eq!(summary.passed + summary.skipped, checks().len() as u64);
     assert!(summary.passed >= 40, "{summary:?}");
@@ -262,13 +265,22 @@ fn a_claimed_capability_must_work() {
     );
 }
 
+/// The kit checks a provider through the stack: what the correctness layer
+/// refuses never reaches the provider, so a provider that would wrongly
+/// succeed is checked as users get it.
 #[test]
-fn an_unclaimed_capability_must_be_unsupported() {
-    let message = failure(Fault::PauseOkWithoutFlag, "capabilities_pausable");
-    assert!(
-        message.contains("pause with pausable = false: expected Err(unsupported), got Ok"),
-        "{message}"
-    );
+fn checks_run_through_the_stack() {
+    for (fault, check) in [
+        (Fault::PauseOkWithoutFlag, "capabilities_pausable"),
+        (Fault::IgnoresClose, "lifecycle_closed_session_refuses"),
+    ] {
+        let summary = run(fault, only(check));
+        assert_eq!(
+            (summary.passed, summary.failed),
+            (1, 0),
+            "{check} with {fault:?} through the stack: {summary:?}"
+        );
+    }
 }
 
 #[test]
@@ -278,9 +290,37 @@ fn list_dir_must_be_sorted() {
 }
 
 #[test]
-fn a_closed_session_must_refuse() {
-    let message = failure(Fault::IgnoresClose, "lifecycle_closed_session_refuses");
-    assert!(message.contains("write_file: Ok"), "{message}");
+fn a_failed_write_body_must_leave_no_partial_file() {
+    let message = failure(
+        Fault::PartialOnBodyError,
+        "files_stream_body_error_keeps_old",
+    );
+    assert!(
+        message.contains("the existing file after a write whose body failed"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_session_without_an_artifact_store_must_not_claim_artifact_export() {
+    let message = failure(Fault::ClaimsArtifactExport, "capabilities_artifact_export");
+    assert!(
+        message.contains(
+            "artifact_export claimed by a session without an artifact store: expected false, \
+             got true"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_session_with_an_artifact_store_must_export() {
+    let server = S3TestServer::start().expect("start the in-process S3 test server");
+    let provider = Arc::new(MemoryProvider::default());
+    let summary = Conformance::new(provider, destination())
+        .with_object_store(server.target())
+        .run_with(only("capabilities_artifact_export"));
+    assert_eq!((summary.passed, summary.failed), (1, 0), "{summary:?}");
 }
 
 #[test]

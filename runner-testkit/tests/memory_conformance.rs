@@ -15,8 +15,7 @@ fn main() -> std::process::ExitCode {
         default_manifest: Default::default(),
         artifacts: None,
     };
-    let provider = MemoryProvider::default().with_secret_resolver(server.resolver());
-    Conformance::new(Arc::new(provider), destination)
+    Conformance::new(Arc::new(MemoryProvider::default()), destination)
         .with_object_store(server.target())
         .run()
 }

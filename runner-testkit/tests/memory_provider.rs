@@ -209,3 +209,135 @@ async fn resume_without_snapshot_shares_an_open_session() {
             .is_empty()
     );
 }
+
+/// A tar of `(name, type, data or link target)` entries.
+fn tar_of(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_mode(0o644);
+        if *kind == tar::EntryType::Symlink {
+            header.set_size(0);
+            let target = std::str::from_utf8(data).expect("utf-8 link");
+            builder
+                .append_link(&mut header, name, target)
+                .expect("append link");
+        } else {
+            header.set_size(data.len() as u64);
+            builder
+                .append_data(&mut header, name, *data)
+                .expect("append");
+        }
+    }
+    builder.into_inner().expect("finish tar")
+}
+
+#[tokio::test]
+async fn archives_make_symlinks_that_paths_follow() {
+    let provider = MemoryProvider::new();
+    let s = provider
+        .create_session(destination(RunnerManifest::default()))
+        .await
+        .expect("session");
+    let archive = tar_of(&[
+        (
+            "real/file.txt",
+            tar::EntryType::Regular,
+            b"through the link",
+        ),
+        ("link", tar::EntryType::Symlink, b"real"),
+        ("out", tar::EntryType::Symlink, b"/etc"),
+    ]);
+    s.upload_archive(Path::new("t"), archive)
+        .await
+        .expect("upload");
+    assert_eq!(
+        read(s.as_ref(), "t/link/file.txt").await,
+        b"through the link"
+    );
+    let stat = s.stat(Path::new("t/link")).await.expect("stat");
+    assert_eq!(stat.kind, runner_api::RunnerFileKind::Symlink);
+    assert_eq!(stat.symlink_target, Some(PathBuf::from("real")));
+    assert_eq!(
+        s.canonicalize(Path::new("t/link/file.txt"))
+            .await
+            .expect("canonicalize"),
+        PathBuf::from("/workspace/t/real/file.txt")
+    );
+    // An entry below a link already in the tree that leads out of the target
+    // is refused, and nothing of that upload lands.
+    let escaping = tar_of(&[
+        ("fine.txt", tar::EntryType::Regular, b"x"),
+        ("out/passwd", tar::EntryType::Regular, b"x"),
+    ]);
+    let err = s
+        .upload_archive(Path::new("t"), escaping)
+        .await
+        .expect_err("through a link out of the target");
+    assert_eq!(err.kind(), RunnerErrorKind::PermissionDenied, "{err}");
+    let err = s
+        .stat(Path::new("t/fine.txt"))
+        .await
+        .expect_err("nothing of a refused upload lands");
+    assert_eq!(err.kind(), RunnerErrorKind::NotFound);
+    // Removing the link leaves its target.
+    s.remove(Path::new("t/link"), true).await.expect("remove");
+    assert_eq!(
+        read(s.as_ref(), "t/real/file.txt").await,
+        b"through the link"
+    );
+    s.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_failing_body_keeps_the_old_file() {
+    let provider = MemoryProvider::new();
+    let s = provider
+        .create_session(destination(RunnerManifest::default()))
+        .await
+        .expect("session");
+    s.write_file(RunnerFileWriteRequest::new("f.txt", b"old".to_vec()))
+        .await
+        .expect("write");
+    let body: runner_api::RunnerByteStream = Box::pin(futures_util::stream::iter([
+        Ok(bytes::Bytes::from_static(b"new ")),
+        Err(runner_api::RunnerError::new(
+            RunnerErrorKind::Cancelled,
+            "body failed",
+        )),
+    ]));
+    let err = s
+        .write_file_stream(RunnerFileWriteRequest::new("f.txt", b"x".to_vec()), body)
+        .await
+        .expect_err("the body failed");
+    assert_eq!(err.kind(), RunnerErrorKind::Cancelled);
+    assert_eq!(read(s.as_ref(), "f.txt").await, b"old");
+    s.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn resumes_trust_only_known_destinations() {
+    let provider = MemoryProvider::new();
+    let s = provider
+        .create_session(destination(RunnerManifest::default()))
+        .await
+        .expect("session");
+    let mut state = s.state();
+    state.snapshot = Some(s.snapshot().await.expect("snapshot"));
+    state.destination_id = "elsewhere".into();
+    let err = provider
+        .resume_session(state.clone())
+        .await
+        .err()
+        .expect("an unknown destination");
+    assert_eq!(err.kind(), RunnerErrorKind::NotFound);
+    assert!(err.message().contains("\"elsewhere\""), "{err}");
+    let mut elsewhere = destination(RunnerManifest::default());
+    elsewhere.id = "elsewhere".into();
+    provider.trust_destination(&elsewhere);
+    let forked = provider.resume_session(state).await.expect("trusted");
+    assert_eq!(forked.state().destination_id, "elsewhere");
+    forked.close().await.expect("close");
+    s.close().await.expect("close");
+}

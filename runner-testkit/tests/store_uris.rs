@@ -1,30 +1,36 @@
 //! Mounts and artifact stores through every URI form that needs no cloud
-//! account: `memory://`, `file://`, and `r2://` against the in-process S3 server.
+//! account: `memory://`, `file://`, and `r2://` against the in-process S3
+//! server, with `MemoryProvider` under the stack (which owns mounts and
+//! artifacts).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use runner_api::{
-    RemoteRunnerProvider, RunnerArtifactExportRequest, RunnerDestination, RunnerErrorKind,
-    RunnerFileReadRequest, RunnerFileWriteRequest, RunnerManifest, RunnerMount, RunnerMountIntent,
-    RunnerMountKind, RunnerSecretRef,
+    RunnerArtifactExportRequest, RunnerDestination, RunnerErrorKind, RunnerFileReadRequest,
+    RunnerFileWriteRequest, RunnerManifest, RunnerMount, RunnerMountIntent, RunnerMountKind,
+    RunnerSecretRef,
 };
 use runner_mounts::SecretResolver;
 use runner_mounts::StoreSpec;
 use runner_mounts::object_store::path::Path as StorePath;
 use runner_mounts::object_store::{ObjectStoreExt, PutPayload};
+use runner_stack::Stack;
 use runner_testkit::{MemoryProvider, S3_TEST_SECRET_ID, S3TestServer};
 
-fn destination(config: serde_json::Value, mounts: Vec<RunnerMount>) -> RunnerDestination {
+fn destination(
+    artifacts: Option<serde_json::Value>,
+    mounts: Vec<RunnerMount>,
+) -> RunnerDestination {
     RunnerDestination {
         id: "uris".into(),
         provider_id: "memory".into(),
-        config,
+        config: serde_json::Value::Null,
         default_manifest: RunnerManifest {
             entries: vec![],
             mounts,
         },
-        artifacts: None,
+        artifacts,
     }
 }
 
@@ -65,10 +71,10 @@ async fn memory_uris_share_a_named_store_in_the_process() {
         )
         .await
         .expect("seed");
-    let provider = MemoryProvider::new();
+    let provider = runner_stack::stacked(MemoryProvider::new());
     let session = provider
         .create_session(destination(
-            serde_json::Value::Null,
+            None,
             vec![mount(
                 RunnerMountKind::S3,
                 format!("memory://{name}/seed"),
@@ -96,12 +102,10 @@ async fn memory_uris_share_a_named_store_in_the_process() {
 #[tokio::test]
 async fn file_uris_serve_as_artifact_stores() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = serde_json::json!({
-        "artifacts": { "uri": format!("file://{}", dir.path().display()) }
-    });
-    let provider = MemoryProvider::new();
+    let store = serde_json::json!({ "uri": format!("file://{}", dir.path().display()) });
+    let provider = runner_stack::stacked(MemoryProvider::new());
     let session = provider
-        .create_session(destination(config, vec![]))
+        .create_session(destination(Some(store), vec![]))
         .await
         .expect("create_session");
     session
@@ -124,11 +128,11 @@ async fn file_uris_serve_as_artifact_stores() {
     session.close().await.expect("close");
 
     // A missing directory is NotFound, naming the operation.
-    let config = serde_json::json!({
-        "artifacts": { "uri": format!("file://{}", dir.path().join("missing").display()) }
+    let store = serde_json::json!({
+        "uri": format!("file://{}", dir.path().join("missing").display())
     });
     let session = provider
-        .create_session(destination(config, vec![]))
+        .create_session(destination(Some(store), vec![]))
         .await
         .expect("create_session");
     let err = session
@@ -169,10 +173,12 @@ async fn r2_uris_with_an_endpoint_reach_an_s3_compatible_server() {
         )
         .await
         .expect("seed");
-    let provider = MemoryProvider::new().with_secret_resolver(resolver);
+    let provider = Stack::new()
+        .with_resolver(resolver)
+        .provider(Arc::new(MemoryProvider::new()));
     let session = provider
         .create_session(destination(
-            serde_json::Value::Null,
+            None,
             vec![mount(RunnerMountKind::R2, uri, Some(S3_TEST_SECRET_ID))],
         ))
         .await

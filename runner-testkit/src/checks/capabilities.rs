@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use runner_api::{
-    RunnerArtifactExportRequest, RunnerCommandRequest, RunnerErrorKind, RunnerFileKind,
-    RunnerFileReadRequest, RunnerFileWriteRequest, RunnerPortRequest, RunnerProcessEvent,
-    RunnerResult, RunnerSignal, RunnerSnapshotRef,
+    RunnerArtifactExportRequest, RunnerCapabilities, RunnerCommandRequest, RunnerDestination,
+    RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileWriteRequest,
+    RunnerPortRequest, RunnerProcessEvent, RunnerResult, RunnerSignal, RunnerSnapshotRef,
 };
 
 use crate::catalogue::{Area, Capability, Check};
@@ -27,7 +27,7 @@ pub(crate) fn checks() -> Vec<Check> {
             "capabilities_session_matches_provider",
             a,
             &[],
-            "RemoteRunnerSession::capabilities: \"What this session can do (normally the provider's capabilities)\".",
+            "RemoteRunnerSession::capabilities: \"What this session can do (normally the provider's capabilities)\"; artifact_export may be less (it needs a store).",
             |cx| Box::pin(session_matches_provider(cx)),
         ),
         Check::new(
@@ -76,7 +76,7 @@ pub(crate) fn checks() -> Vec<Check> {
             "capabilities_artifact_export",
             a,
             &[],
-            "artifact_export: \"export_artifact uploads to the artifact store\"; false → Unsupported.",
+            "artifact_export, per session: without RunnerDestination.artifacts a session does not claim it and export_artifact is Unsupported; with a store it claims it (when the provider does) and exports.",
             |cx| Box::pin(artifact_export(cx)),
         ),
         Check::new(
@@ -195,13 +195,23 @@ async fn known_file(cx: &Cx, s: &Session) -> CheckResult<Option<PathBuf>> {
     Ok(Some(path))
 }
 
-/// The session declares the provider's capabilities.
+/// The session declares the provider's capabilities, except that it may
+/// claim `artifact_export` when the provider does not.
 async fn session_matches_provider(cx: Cx) -> CheckResult {
     let s = cx.session().await?;
+    let claimed = s.capabilities();
+    ensure!(
+        !claimed.artifact_export || cx.caps.artifact_export,
+        "the session claims artifact_export, which the provider does not"
+    );
+    let provider = RunnerCapabilities {
+        artifact_export: claimed.artifact_export,
+        ..cx.caps.clone()
+    };
     ensure_eq!(
-        s.capabilities(),
-        cx.caps,
-        "session capabilities against provider capabilities"
+        claimed,
+        provider,
+        "session capabilities against provider capabilities (artifact_export aside)"
     );
     s.close().await.or_fail("close")
 }
@@ -321,11 +331,47 @@ async fn cancellation(cx: Cx) -> CheckResult {
     s.close().await.or_fail("close")
 }
 
+/// `artifact_export` both ways, per session: a destination without an
+/// artifact store gives a session that does not claim it, and one with a
+/// store (the run's destination's, or the kit's object store) a session that
+/// claims it exactly when the provider does.
 async fn artifact_export(cx: Cx) -> CheckResult {
-    let flag = Capability::ArtifactExport;
-    let s = cx.session().await?;
-    if cx.caps.artifact_export {
-        let request = match known_file(&cx, &s).await? {
+    let mut without = cx.destination.clone();
+    without.artifacts = None;
+    artifact_claim(&cx, without, false, "without an artifact store").await?;
+    let with = match (&cx.destination.artifacts, cx.store()) {
+        (Some(_), _) => Some(cx.destination.clone()),
+        (None, Ok(target)) => Some(RunnerDestination {
+            artifacts: Some(target.artifacts_config(&crate::harness::artifacts_prefix())),
+            ..cx.destination.clone()
+        }),
+        (None, Err(_)) => None,
+    };
+    match with {
+        Some(with) => {
+            let claim = cx.caps.artifact_export;
+            artifact_claim(&cx, with, claim, "with an artifact store").await
+        }
+        None => Ok(()),
+    }
+}
+
+/// A session of `destination` claims `artifact_export` exactly when `claim`,
+/// and exports (or returns `Unsupported`) accordingly.
+async fn artifact_claim(
+    cx: &Cx,
+    destination: RunnerDestination,
+    claim: bool,
+    what: &str,
+) -> CheckResult {
+    let s = cx.session_of(destination).await?;
+    ensure_eq!(
+        s.capabilities().artifact_export,
+        claim,
+        "artifact_export claimed by a session {what}"
+    );
+    if claim {
+        let request = match known_file(cx, &s).await? {
             Some(path) => RunnerArtifactExportRequest {
                 path,
                 recursive: false,
@@ -338,17 +384,20 @@ async fn artifact_export(cx: Cx) -> CheckResult {
         let exported = s
             .export_artifact(request.clone())
             .await
-            .or_fail(format!("export_artifact {}", request.path.display()))?;
+            .or_fail(format!("export_artifact {} {what}", request.path.display()))?;
         ensure!(
             !exported.artifact_id.is_empty(),
-            "export_artifact returned an empty artifact_id"
+            "export_artifact {what} returned an empty artifact_id"
         );
     } else {
         let request = RunnerArtifactExportRequest {
             path: PathBuf::from("x.txt"),
             recursive: false,
         };
-        unsupported(s.export_artifact(request).await, "export_artifact", flag)?;
+        s.export_artifact(request).await.fails_with(
+            RunnerErrorKind::Unsupported,
+            format!("export_artifact of a session {what} that does not claim artifact_export"),
+        )?;
     }
     s.close().await.or_fail("close")
 }

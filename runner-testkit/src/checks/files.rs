@@ -4,12 +4,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use runner_api::{RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest, RunnerFileWriteRequest};
+use runner_api::{
+    MAX_READ_BYTES, RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileReadRequest,
+    RunnerFileWriteRequest,
+};
 
 use crate::catalogue::{Area, Capability::*, Check};
 use crate::commands::{quote, sh, sh_ok};
 use crate::context::{Cx, Session};
 use crate::fixtures::bytes::{all_byte_values, pseudo_random, seed};
+use crate::fixtures::streams::{Generated, MIB, chunked, collect, drain};
 use crate::fixtures::tree::{self, Node, Tree};
 use crate::outcome::{CheckResult, Expect, ensure, ensure_eq, same_bytes};
 
@@ -145,11 +149,39 @@ pub(crate) fn checks() -> Vec<Check> {
             |cx| Box::pin(canonicalize(cx)),
         ),
         Check::new(
+            "files_stream_large_roundtrip",
+            a,
+            RW,
+            "write_file_stream then read_file_stream: 64 MiB sent in 1 MiB chunks come back byte for byte (sha256) in chunks of at most 16 MiB; read_file of a window gives the same bytes.",
+            |cx| Box::pin(stream_large_roundtrip(cx)),
+        ),
+        Check::new(
+            "files_stream_read_window",
+            a,
+            RW,
+            "read_file_stream: the window [offset, offset+limit) or to the end, with no maximum (a limit above MAX_READ_BYTES included); size is the whole file's.",
+            |cx| Box::pin(stream_read_window(cx)),
+        ),
+        Check::new(
+            "files_stream_body_error_keeps_old",
+            a,
+            RW,
+            "write_file_stream: \"A body that ends with an Err item fails the write with that error and leaves the target as it was\" (the old file, or no file; nothing partial).",
+            |cx| Box::pin(stream_body_error_keeps_old(cx)),
+        ),
+        Check::new(
             "files_archive_roundtrip",
             a,
             &[ArchiveTransfer],
             "upload_archive then download_archive: entries, contents, modes and relative symlinks survive.",
             |cx| Box::pin(archive_roundtrip(cx)),
+        ),
+        Check::new(
+            "files_archive_stream_roundtrip",
+            a,
+            &[ArchiveTransfer],
+            "upload_archive_stream then download_archive_stream, in 1 MiB chunks: a tree with a 16 MiB file comes back the same.",
+            |cx| Box::pin(archive_stream_roundtrip(cx)),
         ),
         Check::new(
             "files_archive_download_missing_not_found",
@@ -419,6 +451,145 @@ async fn read_range(cx: Cx) -> CheckResult {
             got.size,
             20,
             "size reported by read_file offset {offset:?} limit {limit:?}"
+        );
+    }
+    s.close().await.or_fail("close")
+}
+
+/// The largest chunk a read stream may yield: a stream holds a few chunks,
+/// never the whole file.
+const LARGEST_CHUNK: usize = 16 * MIB;
+
+/// 64 MiB streamed in and out arrive whole; a window read whole matches.
+async fn stream_large_roundtrip(cx: Cx) -> CheckResult {
+    let s = cx.session().await?;
+    let path = cx.scratch(&s).join("large.bin");
+    let data = Generated::new(seed(), 64);
+    s.write_file_stream(RunnerFileWriteRequest::new(&path, Vec::new()), data.body())
+        .await
+        .or_fail(format!("write_file_stream of 64 MiB to {}", path.display()))?;
+    let what = format!("read_file_stream {}", path.display());
+    let file = s
+        .read_file_stream(RunnerFileReadRequest::new(&path))
+        .await
+        .or_fail(&what)?;
+    ensure_eq!(file.size, data.len(), "size reported by {what}");
+    let drained = drain(file.bytes, &what).await?;
+    ensure_eq!(drained.len, data.len(), "bytes yielded by {what}");
+    ensure_eq!(
+        drained.sha256,
+        data.sha256(),
+        "sha256 of the bytes read back against the bytes sent"
+    );
+    ensure!(
+        drained.largest <= LARGEST_CHUNK,
+        "{what} yielded a chunk of {} bytes: a stream holds a few chunks of at most \
+         {LARGEST_CHUNK} bytes, never the whole file",
+        drained.largest
+    );
+    let (offset, limit) = (30 * MIB as u64 + 12_345, 3 * MIB as u64 + 7);
+    let mut request = RunnerFileReadRequest::new(&path);
+    request.offset = Some(offset);
+    request.limit = Some(limit);
+    let window = format!("read_file offset {offset} limit {limit}");
+    let got = s.read_file(request).await.or_fail(&window)?;
+    ensure_eq!(got.size, data.len(), "size reported by {window}");
+    same_bytes(&got.contents, &data.range(offset, limit), &window)?;
+    s.close().await.or_fail("close")
+}
+
+/// A streamed read yields exactly its window and names the whole size.
+async fn stream_read_window(cx: Cx) -> CheckResult {
+    let s = cx.session().await?;
+    let path = cx.scratch(&s).join("window.bin");
+    let data = Generated::new(seed(), 3);
+    let len = data.len();
+    write(&s, &path, &data.range(0, len)).await?;
+    let mib = MIB as u64;
+    let cases: [(Option<u64>, Option<u64>); 8] = [
+        (None, None),
+        (Some(mib + 5), Some(mib)),
+        (Some(len - 10), None),
+        (Some(len - 10), Some(100)),
+        (None, Some(4 * MAX_READ_BYTES)),
+        (Some(7), Some(0)),
+        (Some(len), Some(5)),
+        (Some(len + 100), None),
+    ];
+    for (offset, limit) in cases {
+        let what = format!("read_file_stream offset {offset:?} limit {limit:?}");
+        let mut request = RunnerFileReadRequest::new(&path);
+        request.offset = offset;
+        request.limit = limit;
+        let file = s.read_file_stream(request).await.or_fail(&what)?;
+        ensure_eq!(file.size, len, "size reported by {what}");
+        let got = collect(file.bytes, &what).await?;
+        let want = data.range(offset.unwrap_or(0), limit.unwrap_or(u64::MAX));
+        same_bytes(&got, &want, &what)?;
+    }
+    s.close().await.or_fail("close")
+}
+
+/// A body that fails part way fails the write and leaves the old file (or
+/// none), with no partial or temporary file.
+async fn stream_body_error_keeps_old(cx: Cx) -> CheckResult {
+    let s = cx.session().await?;
+    let dir = cx.scratch(&s);
+    let kept = dir.join("kept.txt");
+    let old = b"the old contents\n";
+    write(&s, &kept, old).await?;
+    let fresh = dir.join("fresh.bin");
+    for (path, what) in [(&kept, "over an existing file"), (&fresh, "to a new file")] {
+        let failure = RunnerError::new(
+            RunnerErrorKind::Cancelled,
+            "conformance: the body failed after 3 MiB",
+        );
+        let body = Generated::new(seed(), 3).failing_body(failure);
+        s.write_file_stream(RunnerFileWriteRequest::new(path, b"head".to_vec()), body)
+            .await
+            .fails_with(
+                RunnerErrorKind::Cancelled,
+                format!(
+                    "write_file_stream {what} {} whose body fails after 3 MiB (the body's error)",
+                    path.display()
+                ),
+            )?;
+    }
+    same_bytes(
+        &read(&s, &kept).await?,
+        old,
+        "the existing file after a write whose body failed",
+    )?;
+    s.read_file(RunnerFileReadRequest::new(&fresh))
+        .await
+        .fails_with(
+            RunnerErrorKind::NotFound,
+            format!("read_file {} after its only write failed", fresh.display()),
+        )?;
+    if cx.has(FileManagement) {
+        let names: Vec<String> = s
+            .list_dir(&dir)
+            .await
+            .or_fail(format!("list_dir {}", dir.display()))?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        ensure_eq!(
+            names,
+            vec!["kept.txt".to_string()],
+            "entries after two failed writes (no partial or temporary file left)"
+        );
+    }
+    if cx.has(CommandExec) {
+        let listing = sh_ok(
+            s.as_ref(),
+            &format!("ls -A {}", quote(&dir.display().to_string())),
+        )
+        .await?;
+        ensure_eq!(
+            listing,
+            "kept.txt\n",
+            "`ls -A` after two failed writes (no partial or temporary file left)"
         );
     }
     s.close().await.or_fail("close")
@@ -840,6 +1011,34 @@ async fn archive_roundtrip(cx: Cx) -> CheckResult {
     s.close().await.or_fail("close")
 }
 
+/// A tree with a 16 MiB file streamed up and down comes back the same.
+async fn archive_stream_roundtrip(cx: Cx) -> CheckResult {
+    let s = cx.session().await?;
+    let target = cx.scratch(&s).join("unpacked");
+    let mut sample = tree::sample_tree(seed(), true);
+    let big = Generated::new(seed(), 16);
+    sample.insert(
+        "big/sixteen-mib.bin".into(),
+        Node::File {
+            contents: big.range(0, big.len()),
+            mode: Some(0o644),
+        },
+    );
+    let sample = tree::with_parents(sample);
+    s.upload_archive_stream(&target, chunked(tree::to_tar(&sample)?))
+        .await
+        .or_fail(format!("upload_archive_stream to {}", target.display()))?;
+    let what = format!("download_archive_stream {}", target.display());
+    let stream = s.download_archive_stream(&target).await.or_fail(&what)?;
+    let back = collect(stream, &what).await?;
+    tree::compare(
+        &tree::from_tar(&back)?,
+        &sample,
+        "the tree downloaded as a stream against the one uploaded as a stream",
+    )?;
+    s.close().await.or_fail("close")
+}
+
 /// Downloading a missing path is `NotFound`.
 async fn archive_download_missing_not_found(cx: Cx) -> CheckResult {
     let s = cx.session().await?;
@@ -854,13 +1053,15 @@ async fn archive_download_missing_not_found(cx: Cx) -> CheckResult {
     s.close().await.or_fail("close")
 }
 
-/// Lists what `dir` holds (relative paths), through the archive API.
+/// Lists what `dir` holds (relative paths), through the archive API; an
+/// empty tree when `dir` does not exist (a refused upload may create nothing).
 async fn archive_listing(s: &Session, dir: &Path) -> CheckResult<Tree> {
-    let bytes = s
-        .download_archive(dir)
-        .await
-        .or_fail(format!("download_archive {}", dir.display()))?;
-    tree::from_tar(&bytes)
+    match s.download_archive(dir).await {
+        Err(e) if e.kind() == RunnerErrorKind::NotFound => Ok(Tree::new()),
+        downloaded => {
+            tree::from_tar(&downloaded.or_fail(format!("download_archive {}", dir.display()))?)
+        }
+    }
 }
 
 /// Tar entries with `..` or an absolute path are refused; nothing lands outside.

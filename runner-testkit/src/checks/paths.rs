@@ -1,17 +1,17 @@
-//! paths: the workspace rule, enforced by `RemoteWorkspace` wrapping the session.
+//! paths: the workspace rule, enforced by the stack's workspace layer
+//! (`RemoteWorkspace` at the session's root) over every session.
 //!
-//! Each check wraps a fresh session in `RemoteWorkspace::for_session` and tries
-//! to leave the workspace root; the outside directory
-//! (`<root>/../conformance-outside-<uuid>`) is created through the raw session
-//! and must be unchanged after every refusal.
+//! Each check takes a fresh session as the stack composes it and tries to
+//! leave the workspace root; the outside directory
+//! (`<root>/../conformance-outside-<uuid>`) is created by a command (commands
+//! may write anywhere the runner lets them) and must be unchanged after every
+//! refusal.
 
 use std::path::{Path, PathBuf};
 
 use runner_api::{
-    RemoteRunnerSession, RunnerCommandRequest, RunnerErrorKind, RunnerFileReadRequest,
-    RunnerFileWriteRequest,
+    RunnerCommandRequest, RunnerErrorKind, RunnerFileReadRequest, RunnerFileWriteRequest,
 };
-use runner_stack::RemoteWorkspace;
 
 use crate::catalogue::{Area, Capability::*, Check};
 use crate::commands::{quote, sh_ok, unique_id};
@@ -112,10 +112,9 @@ pub(crate) fn checks() -> Vec<Check> {
 
 const DENIED: RunnerErrorKind = RunnerErrorKind::PermissionDenied;
 
-/// A session, its workspace wrapper, its outside directory and a scratch dir.
+/// A session, its outside directory and a scratch dir.
 struct Setup {
     s: Session,
-    ws: RemoteWorkspace,
     outside: Outside,
     scratch: PathBuf,
 }
@@ -124,10 +123,8 @@ async fn setup(cx: &Cx) -> CheckResult<Setup> {
     let s = cx.session().await?;
     let scratch = cx.scratch(&s);
     let outside = Outside::create(&s).await?;
-    let ws = RemoteWorkspace::for_session(s.clone());
     Ok(Setup {
         s,
-        ws,
         outside,
         scratch,
     })
@@ -161,23 +158,17 @@ impl Setup {
     }
 }
 
-async fn refuse_read(ws: &RemoteWorkspace, path: &Path, kind: RunnerErrorKind) -> CheckResult {
-    ws.read_file(RunnerFileReadRequest::new(path))
+async fn refuse_read(s: &Session, path: &Path, kind: RunnerErrorKind) -> CheckResult {
+    s.read_file(RunnerFileReadRequest::new(path))
         .await
-        .fails_with(
-            kind,
-            format!("RemoteWorkspace read_file {}", path.display()),
-        )
+        .fails_with(kind, format!("read_file {}", path.display()))
         .map(|_| ())
 }
 
-async fn refuse_write(ws: &RemoteWorkspace, path: &Path, kind: RunnerErrorKind) -> CheckResult {
-    ws.write_file(RunnerFileWriteRequest::new(path, b"escaped".to_vec()))
+async fn refuse_write(s: &Session, path: &Path, kind: RunnerErrorKind) -> CheckResult {
+    s.write_file(RunnerFileWriteRequest::new(path, b"escaped".to_vec()))
         .await
-        .fails_with(
-            kind,
-            format!("RemoteWorkspace write_file {}", path.display()),
-        )
+        .fails_with(kind, format!("write_file {}", path.display()))
         .map(|_| ())
 }
 
@@ -185,9 +176,9 @@ async fn refuse_write(ws: &RemoteWorkspace, path: &Path, kind: RunnerErrorKind) 
 async fn dotdot_read_refused(cx: Cx) -> CheckResult {
     let t = setup(&cx).await?;
     let secret = t.outside.rel().join("secret");
-    refuse_read(&t.ws, &secret, DENIED).await?;
+    refuse_read(&t.s, &secret, DENIED).await?;
     let deeper = t.scratch.join("a/../..").join(&secret);
-    refuse_read(&t.ws, &deeper, DENIED).await?;
+    refuse_read(&t.s, &deeper, DENIED).await?;
     t.outside
         .ensure_unchanged(&t.s, "refused `..` reads")
         .await?;
@@ -205,7 +196,7 @@ async fn dotdot_write_refused(cx: Cx) -> CheckResult {
             .join(&t.outside.name)
             .join("deeper.txt"),
     ] {
-        refuse_write(&t.ws, &path, DENIED).await?;
+        refuse_write(&t.s, &path, DENIED).await?;
         t.outside
             .ensure_unchanged(&t.s, &format!("a refused write_file {}", path.display()))
             .await?;
@@ -217,10 +208,10 @@ async fn dotdot_write_refused(cx: Cx) -> CheckResult {
 async fn absolute_outside_refused(cx: Cx) -> CheckResult {
     let t = setup(&cx).await?;
     let secret = t.outside.abs.join("secret");
-    refuse_read(&t.ws, &secret, DENIED).await?;
-    refuse_read(&t.ws, Path::new("/etc/passwd"), DENIED).await?;
-    refuse_write(&t.ws, &secret, DENIED).await?;
-    refuse_write(&t.ws, &t.outside.abs.join("new.txt"), DENIED).await?;
+    refuse_read(&t.s, &secret, DENIED).await?;
+    refuse_read(&t.s, Path::new("/etc/passwd"), DENIED).await?;
+    refuse_write(&t.s, &secret, DENIED).await?;
+    refuse_write(&t.s, &t.outside.abs.join("new.txt"), DENIED).await?;
     t.outside
         .ensure_unchanged(&t.s, "refused absolute writes")
         .await?;
@@ -230,35 +221,33 @@ async fn absolute_outside_refused(cx: Cx) -> CheckResult {
 /// A NUL byte in a path is `InvalidRequest`.
 async fn nul_byte_invalid(cx: Cx) -> CheckResult {
     let s = cx.session().await?;
-    let ws = RemoteWorkspace::for_session(s.clone());
     let path = PathBuf::from("bad\0name.txt");
-    refuse_read(&ws, &path, RunnerErrorKind::InvalidRequest).await?;
-    refuse_write(&ws, &path, RunnerErrorKind::InvalidRequest).await?;
+    refuse_read(&s, &path, RunnerErrorKind::InvalidRequest).await?;
+    refuse_write(&s, &path, RunnerErrorKind::InvalidRequest).await?;
     s.close().await.or_fail("close")
 }
 
 /// An absolute path inside the workspace works like a relative one.
 async fn absolute_inside_allowed(cx: Cx) -> CheckResult {
     let s = cx.session().await?;
-    let ws = RemoteWorkspace::for_session(s.clone());
     let rel = cx.scratch(&s).join("inside.txt");
     let abs = s.workspace_root().join(&rel);
-    ws.write_file(RunnerFileWriteRequest::new(&abs, b"inside".to_vec()))
+    s.write_file(RunnerFileWriteRequest::new(&abs, b"inside".to_vec()))
         .await
-        .or_fail(format!("RemoteWorkspace write_file {}", abs.display()))?;
-    let got = ws
+        .or_fail(format!("write_file {}", abs.display()))?;
+    let got = s
         .read_file(RunnerFileReadRequest::new(&rel))
         .await
-        .or_fail(format!("RemoteWorkspace read_file {}", rel.display()))?;
+        .or_fail(format!("read_file {}", rel.display()))?;
     same_bytes(
         &got.contents,
         b"inside",
         "a file written by absolute path, read by relative path",
     )?;
-    let got = ws
+    let got = s
         .read_file(RunnerFileReadRequest::new(&abs))
         .await
-        .or_fail(format!("RemoteWorkspace read_file {}", abs.display()))?;
+        .or_fail(format!("read_file {}", abs.display()))?;
     same_bytes(
         &got.contents,
         b"inside",
@@ -274,8 +263,8 @@ async fn symlink_escape_read_refused(cx: Cx) -> CheckResult {
         .link("file-link", &format!("{}/secret", t.outside_from_scratch()))
         .await?;
     let dir_link = t.link("dir-link", &t.outside_from_scratch()).await?;
-    refuse_read(&t.ws, &file_link, DENIED).await?;
-    refuse_read(&t.ws, &dir_link.join("secret"), DENIED).await?;
+    refuse_read(&t.s, &file_link, DENIED).await?;
+    refuse_read(&t.s, &dir_link.join("secret"), DENIED).await?;
     t.outside
         .ensure_unchanged(&t.s, "refused reads through symlinks")
         .await?;
@@ -289,12 +278,12 @@ async fn symlink_escape_write_refused(cx: Cx) -> CheckResult {
         .link("file-link", &format!("{}/secret", t.outside_from_scratch()))
         .await?;
     let dir_link = t.link("dir-link", &t.outside_from_scratch()).await?;
-    refuse_write(&t.ws, &file_link, DENIED).await?;
+    refuse_write(&t.s, &file_link, DENIED).await?;
     t.outside
         .ensure_unchanged(&t.s, "a refused write_file to a symlink")
         .await?;
-    refuse_write(&t.ws, &dir_link.join("secret"), DENIED).await?;
-    refuse_write(&t.ws, &dir_link.join("new.txt"), DENIED).await?;
+    refuse_write(&t.s, &dir_link.join("secret"), DENIED).await?;
+    refuse_write(&t.s, &dir_link.join("new.txt"), DENIED).await?;
     t.outside
         .ensure_unchanged(&t.s, "refused writes through a symlinked directory")
         .await?;
@@ -314,10 +303,9 @@ async fn symlink_escape_write_refused(cx: Cx) -> CheckResult {
 async fn symlink_escape_list_dir_refused(cx: Cx) -> CheckResult {
     let t = setup(&cx).await?;
     let dir_link = t.link("dir-link", &t.outside_from_scratch()).await?;
-    t.ws.list_dir(&dir_link).await.fails_with(
-        DENIED,
-        format!("RemoteWorkspace list_dir {}", dir_link.display()),
-    )?;
+    t.s.list_dir(&dir_link)
+        .await
+        .fails_with(DENIED, format!("list_dir {}", dir_link.display()))?;
     t.finish().await
 }
 
@@ -326,10 +314,9 @@ async fn symlink_escape_make_dir_refused(cx: Cx) -> CheckResult {
     let t = setup(&cx).await?;
     let dir_link = t.link("dir-link", &t.outside_from_scratch()).await?;
     let sub = dir_link.join("made-outside/deeper");
-    t.ws.make_dir(&sub).await.fails_with(
-        DENIED,
-        format!("RemoteWorkspace make_dir {}", sub.display()),
-    )?;
+    t.s.make_dir(&sub)
+        .await
+        .fails_with(DENIED, format!("make_dir {}", sub.display()))?;
     t.outside
         .ensure_unchanged(&t.s, "a refused make_dir through a symlink")
         .await?;
@@ -341,7 +328,7 @@ async fn dangling_symlink_write_refused(cx: Cx) -> CheckResult {
     let t = setup(&cx).await?;
     let target = format!("{}/created-through-dangling-link", t.outside_from_scratch());
     let link = t.link("dangling", &target).await?;
-    refuse_write(&t.ws, &link, DENIED).await?;
+    refuse_write(&t.s, &link, DENIED).await?;
     t.outside
         .ensure_unchanged(&t.s, "a refused write_file to a dangling symlink")
         .await?;
@@ -361,10 +348,9 @@ async fn cwd_outside_refused(cx: Cx) -> CheckResult {
             RunnerCommandRequest::shell(unique_id("cwd-outside"), "printf ran > ran-here.txt")
                 .with_cwd(&cwd)
                 .with_timeout_ms(30_000);
-        t.ws.run_command(request).await.fails_with(
-            DENIED,
-            format!("RemoteWorkspace run_command with cwd {}", cwd.display()),
-        )?;
+        t.s.run_command(request)
+            .await
+            .fails_with(DENIED, format!("run_command with cwd {}", cwd.display()))?;
         t.outside
             .ensure_unchanged(
                 &t.s,
@@ -390,10 +376,10 @@ async fn symlink_inside_allowed(cx: Cx) -> CheckResult {
     .await?;
     let link = t.link("inner-link", "real/file.txt").await?;
     let got =
-        t.ws.read_file(RunnerFileReadRequest::new(&link))
+        t.s.read_file(RunnerFileReadRequest::new(&link))
             .await
             .or_fail(format!(
-                "RemoteWorkspace read_file {} (a link inside the workspace)",
+                "read_file {} (a link inside the workspace)",
                 link.display()
             ))?;
     same_bytes(
@@ -402,8 +388,8 @@ async fn symlink_inside_allowed(cx: Cx) -> CheckResult {
         "contents read through an inside symlink",
     )?;
     let dir_link = t.link("inner-dir-link", "real").await?;
-    let entries = t.ws.list_dir(&dir_link).await.or_fail(format!(
-        "RemoteWorkspace list_dir {} (a link inside the workspace)",
+    let entries = t.s.list_dir(&dir_link).await.or_fail(format!(
+        "list_dir {} (a link inside the workspace)",
         dir_link.display()
     ))?;
     let names: Vec<String> = entries.into_iter().map(|e| e.name).collect();

@@ -1,28 +1,31 @@
 //! `MemoryProvider`: an in-memory provider for framework unit tests.
 //!
-//! Sessions hold a filesystem in memory with the workspace at `/workspace`.
-//! Files can be read, written and managed, and snapshots fork a session; there
-//! are no commands, ports, pausing or detaching, and those operations honestly
-//! return `Unsupported`. Relative paths resolve under `/workspace`; absolute paths
-//! may point anywhere in the session's own tree (wrap the session in a
-//! [`RemoteWorkspace`](runner_stack::RemoteWorkspace) to confine it).
+//! Sessions hold a filesystem in memory with the workspace at `/workspace`:
+//! files (streamed in and out), directories, symlinks (made by archives),
+//! archives and snapshots that fork a session; there are no commands, ports,
+//! pausing or detaching. The provider is bare, as every provider is: wrap it
+//! with [`runner_stack::stacked`] to get what users get (closed-session and
+//! capability checks, workspace confinement, object-store mounts and
+//! artifacts). Relative paths resolve under `/workspace`; absolute paths may
+//! point anywhere in the session's own tree until the stack confines them.
 
+mod archive;
 mod tree;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use runner_api::{
-    RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities, RunnerDestination,
-    RunnerError, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
+    RemoteRunnerProviderId, RemoteRunnerSession, RunnerByteStream, RunnerCapabilities,
+    RunnerDestination, RunnerError, RunnerFileReadRequest, RunnerFileStat, RunnerFileStream,
     RunnerFileWriteRequest, RunnerManifest, RunnerResult, RunnerSessionState, RunnerSnapshotRef,
-    RunnerSweepReport,
+    RunnerSweepReport, next_chunk, prepend,
 };
-use runner_mounts::MountedSession;
-use runner_mounts::SecretResolver;
+use runner_kit::KnownDestinations;
+use runner_kit::archive::MODE_MASK;
 
 use self::tree::{Node, Parts, Tree, split};
 
@@ -32,40 +35,38 @@ pub const MEMORY_PROVIDER_ID: &str = "memory";
 /// The workspace root of every memory session.
 pub const MEMORY_WORKSPACE_ROOT: &str = "/workspace";
 
-/// An in-memory provider: file operations and snapshots, no commands.
+/// Bytes one chunk of a `read_file_stream` holds at most.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// An in-memory provider: files, archives and snapshots, no commands.
 ///
-/// Capabilities: `file_read`, `file_write`, `file_management`, `snapshots` and
-/// `snapshot_restore`; everything else returns `Unsupported`. Snapshots live in
-/// the provider (shared by its clones), so `resume_session` with a snapshot
-/// forks a new session from it. Destinations name provider `"memory"`; `config`
-/// must be `null` or an object (it has no settings). Manifest entries are copied
-/// from the caller's filesystem at `create_session`; read-only entries refuse
-/// writes with `PermissionDenied`.
+/// Capabilities ([`memory_capabilities`](Self::memory_capabilities)):
+/// `file_read`, `file_write`, `file_management`, `archive_transfer`,
+/// `snapshots` and `snapshot_restore`; everything else is `Unsupported`.
+/// Snapshots live in the provider (shared by its clones), so `resume_session`
+/// with a snapshot forks a new session from it; without one it opens another
+/// handle on a session that is still open. Either takes a state only for a
+/// destination the provider created a session on or was given with
+/// [`trust_destination`](runner_api::RemoteRunnerProvider::trust_destination),
+/// as real providers do. Destinations name provider `"memory"`; `config`
+/// must be `null` or an object (it has no settings). Manifest entries are
+/// copied from the caller's filesystem at `create_session`; read-only entries
+/// refuse writes with `PermissionDenied`.
 ///
-/// Object-store mounts (`s3`/`r2` with runner-api's `s3` feature, `gcs`,
-/// `azure_blob` with theirs) and artifact export come from
-/// [`MountedSession`](runner_mounts::MountedSession): credentials are
-/// resolved with the provider's [`SecretResolver`] (default
-/// [`EnvSecretResolver`](runner_mounts::EnvSecretResolver); see
-/// [`with_secret_resolver`](Self::with_secret_resolver)).
-#[derive(Clone)]
+/// Object-store mounts and artifact export come from the stack
+/// ([`runner_stack::stacked`], or [`runner_stack::Stack`] with a secret
+/// resolver), which also adds them to the capabilities.
+#[derive(Clone, Default)]
 pub struct MemoryProvider {
     store: Arc<Store>,
-    resolver: Arc<dyn SecretResolver>,
-}
-
-impl Default for MemoryProvider {
-    fn default() -> Self {
-        Self {
-            store: Arc::default(),
-            resolver: Arc::new(runner_mounts::EnvSecretResolver::new()),
-        }
-    }
+    destinations: KnownDestinations,
 }
 
 impl std::fmt::Debug for MemoryProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryProvider").finish_non_exhaustive()
+        f.debug_struct("MemoryProvider")
+            .field("destinations", &self.destinations)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,17 +77,16 @@ struct Store {
     live: Mutex<HashMap<String, Arc<Shared>>>,
 }
 
-/// One session's state, shared by every handle on it.
+/// One session's filesystem, shared by every handle on it; `None` once a
+/// handle closed the session (the tree is freed).
 struct Shared {
-    tree: Mutex<Tree>,
-    closed: AtomicBool,
+    tree: Mutex<Option<Tree>>,
 }
 
 impl Shared {
     fn new(tree: Tree) -> Arc<Self> {
         Arc::new(Self {
-            tree: Mutex::new(tree),
-            closed: AtomicBool::new(false),
+            tree: Mutex::new(Some(tree)),
         })
     }
 }
@@ -107,19 +107,14 @@ impl MemoryProvider {
         Self::default()
     }
 
-    /// Resolves mount and artifact-store credentials with `resolver`.
-    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
-        self.resolver = resolver;
-        self
-    }
-
-    /// The capabilities of the in-memory tree itself: without the object-store
-    /// mount kinds and `artifact_export`, which [`MemoryProvider`] adds.
+    /// What memory sessions can do (the stack adds the object-store mount
+    /// kinds and `artifact_export`).
     pub fn memory_capabilities() -> RunnerCapabilities {
         RunnerCapabilities {
             file_read: true,
             file_write: true,
             file_management: true,
+            archive_transfer: true,
             snapshots: true,
             snapshot_restore: true,
             ..RunnerCapabilities::default()
@@ -140,20 +135,7 @@ impl MemoryProvider {
                 destination.id
             )));
         }
-        runner_api::validate_manifest(
-            &destination.default_manifest,
-            &Self::provider_capabilities(),
-        )?;
-        runner_mounts::validate_stores(destination)
-    }
-
-    /// [`memory_capabilities`](Self::memory_capabilities) plus artifact export
-    /// and the compiled-in object-store mount kinds.
-    fn provider_capabilities() -> RunnerCapabilities {
-        let mut caps = Self::memory_capabilities();
-        caps.artifact_export = true;
-        caps.mounts = runner_mounts::store_mount_kinds();
-        caps
+        runner_api::validate_manifest(&destination.default_manifest, &Self::memory_capabilities())
     }
 
     fn open(
@@ -174,26 +156,6 @@ impl MemoryProvider {
             shared,
             store: self.store.clone(),
         })
-    }
-}
-
-impl MemoryProvider {
-    /// Wraps a resumed session like a new one, without mounts or an artifact
-    /// store (the state does not carry the destination), so its capabilities
-    /// match the provider's.
-    async fn rewrap(
-        &self,
-        session: Arc<dyn RemoteRunnerSession>,
-        state: &RunnerSessionState,
-    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        let destination = RunnerDestination {
-            id: state.destination_id.clone(),
-            provider_id: MEMORY_PROVIDER_ID.into(),
-            config: serde_json::Value::Null,
-            default_manifest: RunnerManifest::default(),
-            artifacts: None,
-        };
-        MountedSession::attach(session, &destination, self.resolver.clone()).await
     }
 }
 
@@ -253,7 +215,7 @@ impl runner_api::RemoteRunnerProvider for MemoryProvider {
     }
 
     fn capabilities(&self) -> RunnerCapabilities {
-        Self::provider_capabilities()
+        Self::memory_capabilities()
     }
 
     fn default_workspace(&self) -> Option<String> {
@@ -280,9 +242,9 @@ impl runner_api::RemoteRunnerProvider for MemoryProvider {
                 RunnerError::provider(format!("create_session: loading the manifest: {e}"))
             })??;
         }
+        self.destinations.remember(&destination);
         let session_id = format!("memory-{}", uuid::Uuid::new_v4().simple());
-        let session = self.open(session_id, destination.id.clone(), Shared::new(tree));
-        MountedSession::attach(session, &destination, self.resolver.clone()).await
+        Ok(self.open(session_id, destination.id, Shared::new(tree)))
     }
 
     /// With a snapshot: a new session restored from it (a fork). Without: another
@@ -291,17 +253,22 @@ impl runner_api::RemoteRunnerProvider for MemoryProvider {
         &self,
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        const OP: &str = "resume_session";
         if state.provider_id != MEMORY_PROVIDER_ID {
             return Err(RunnerError::invalid_request(format!(
-                "resume_session: the state belongs to provider {:?}, not {MEMORY_PROVIDER_ID:?}",
+                "{OP}: the state belongs to provider {:?}, not {MEMORY_PROVIDER_ID:?}",
                 state.provider_id
             )));
         }
-        match &state.snapshot {
+        // Nothing is taken from the destination (it has no settings), but a
+        // state is only trusted for a known one, as with every provider.
+        self.destinations
+            .of_state(OP, &state, "RemoteRunnerProvider::trust_destination")?;
+        let (session_id, shared) = match &state.snapshot {
             Some(snapshot) => {
                 if snapshot.provider_id != MEMORY_PROVIDER_ID {
                     return Err(RunnerError::invalid_request(format!(
-                        "resume_session: snapshot {:?} belongs to provider {:?}",
+                        "{OP}: snapshot {:?} belongs to provider {:?}",
                         snapshot.snapshot_id, snapshot.provider_id
                     )));
                 }
@@ -310,35 +277,36 @@ impl runner_api::RemoteRunnerProvider for MemoryProvider {
                     .cloned()
                     .ok_or_else(|| {
                         RunnerError::not_found(format!(
-                            "resume_session: no snapshot {:?}",
+                            "{OP}: no snapshot {:?}",
                             snapshot.snapshot_id
                         ))
                     })?;
                 let session_id = format!("memory-{}", uuid::Uuid::new_v4().simple());
-                let session =
-                    self.open(session_id, state.destination_id.clone(), Shared::new(tree));
-                self.rewrap(session, &state).await
+                (session_id, Shared::new(tree))
             }
             None => {
-                let shared = lock(&self.store.live).get(&state.session_id).cloned().ok_or_else(|| {
-                    RunnerError::not_found(format!(
-                        "resume_session: session {:?} is closed (resume from a snapshot instead)",
-                        state.session_id
-                    ))
-                })?;
-                let session = self.open(
-                    state.session_id.clone(),
-                    state.destination_id.clone(),
-                    shared,
-                );
-                self.rewrap(session, &state).await
+                let shared = lock(&self.store.live)
+                    .get(&state.session_id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        RunnerError::not_found(format!(
+                            "{OP}: session {:?} is closed (resume from a snapshot instead)",
+                            state.session_id
+                        ))
+                    })?;
+                (state.session_id.clone(), shared)
             }
-        }
+        };
+        Ok(self.open(session_id, state.destination_id, shared))
     }
 
     async fn sweep_orphans(&self) -> RunnerResult<RunnerSweepReport> {
         // Nothing outlives the process: there is nothing to sweep.
         Ok(RunnerSweepReport::default())
+    }
+
+    fn trust_destination(&self, destination: &RunnerDestination) {
+        self.destinations.remember(destination);
     }
 }
 
@@ -350,24 +318,34 @@ struct MemorySession {
 }
 
 impl MemorySession {
-    fn open(&self, op: &str) -> RunnerResult<MutexGuard<'_, Tree>> {
-        if self.shared.closed.load(Ordering::SeqCst) {
-            return Err(RunnerError::session_closed(op, &self.state.session_id));
+    /// Runs `f` on the session's tree, with `path` (as the caller gave it)
+    /// split into lexical parts and shown absolute in messages.
+    ///
+    /// Errors: `SessionClosed` when a handle closed the session (its tree is
+    /// gone), `InvalidRequest` for a NUL byte or a path that is not UTF-8,
+    /// and those of `f`.
+    fn with_tree<T>(
+        &self,
+        op: &str,
+        path: &Path,
+        f: impl FnOnce(&mut Tree, &Path, &Parts) -> RunnerResult<T>,
+    ) -> RunnerResult<T> {
+        let parts = split(op, Path::new(MEMORY_WORKSPACE_ROOT), path)?;
+        let shown = Path::new(MEMORY_WORKSPACE_ROOT).join(path);
+        match lock(&self.shared.tree).as_mut() {
+            Some(tree) => f(tree, &shown, &parts),
+            None => Err(RunnerError::session_closed(op, &self.state.session_id)),
         }
-        Ok(lock(&self.shared.tree))
     }
+}
 
-    fn parts(&self, op: &str, path: &Path) -> RunnerResult<Parts> {
-        split(op, Path::new(MEMORY_WORKSPACE_ROOT), path)
-    }
-
-    fn shown(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            Path::new(MEMORY_WORKSPACE_ROOT).join(path)
-        }
-    }
+/// `bytes` as a stream of chunks of at most [`READ_CHUNK`] bytes.
+fn chunked(bytes: Bytes) -> RunnerByteStream {
+    let len = bytes.len();
+    let chunks = (0..len)
+        .step_by(READ_CHUNK)
+        .map(move |at| Ok(bytes.slice(at..(at + READ_CHUNK).min(len))));
+    Box::pin(futures_util::stream::iter(chunks))
 }
 
 #[async_trait]
@@ -384,8 +362,9 @@ impl RemoteRunnerSession for MemorySession {
         PathBuf::from(MEMORY_WORKSPACE_ROOT)
     }
 
+    /// Frees the tree; other handles on the session see `SessionClosed`.
     async fn close(&self) -> RunnerResult<()> {
-        if !self.shared.closed.swap(true, Ordering::SeqCst) {
+        if lock(&self.shared.tree).take().is_some() {
             let mut live = lock(&self.store.live);
             if live
                 .get(&self.state.session_id)
@@ -397,48 +376,59 @@ impl RemoteRunnerSession for MemorySession {
         Ok(())
     }
 
-    async fn read_file(
+    async fn read_file_stream(
         &self,
         request: RunnerFileReadRequest,
-    ) -> RunnerResult<RunnerFileReadResult> {
+    ) -> RunnerResult<RunnerFileStream> {
         let op = "read_file";
-        let tree = self.open(op)?;
-        let parts = self.parts(op, &request.path)?;
-        let (contents, size) = tree.read(
-            op,
-            &self.shown(&request.path),
-            &parts,
-            request.offset,
-            request.limit,
-        )?;
-        Ok(RunnerFileReadResult {
+        let contents = self.with_tree(op, &request.path, |tree, shown, parts| {
+            let parts = tree.resolve(op, shown, parts, true)?;
+            tree.contents(op, shown, &parts)
+        })?;
+        let size = contents.len();
+        let clamp = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(size);
+        let start = clamp(request.offset.unwrap_or(0));
+        let end = request
+            .limit
+            .map_or(size, |limit| start.saturating_add(clamp(limit)).min(size));
+        Ok(RunnerFileStream {
             path: request.path,
-            contents,
-            size,
+            size: size as u64,
+            bytes: chunked(contents.slice(start..end)),
         })
     }
 
-    async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
+    /// Refuses the write before reading the body, collects the body chunk
+    /// by chunk, and replaces the file only when the body ended well.
+    async fn write_file_stream(
+        &self,
+        request: RunnerFileWriteRequest,
+        body: RunnerByteStream,
+    ) -> RunnerResult<()> {
         let op = "write_file";
-        let mut tree = self.open(op)?;
-        let parts = self.parts(op, &request.path)?;
-        tree.write(
-            op,
-            &self.shown(&request.path),
-            &parts,
-            request.contents,
-            request
-                .mode
-                .map(|mode| mode & runner_kit::archive::MODE_MASK),
-            request.offset,
-        )
+        let (path, offset) = (request.path, request.offset);
+        let mode = request.mode.map(|mode| mode & MODE_MASK);
+        self.with_tree(op, &path, |tree, shown, parts| {
+            let parts = tree.resolve(op, shown, parts, true)?;
+            tree.check_write(op, shown, &parts, offset)
+        })?;
+        let mut body = prepend(request.contents, body);
+        let mut contents = BytesMut::new();
+        while let Some(chunk) = next_chunk(&mut body).await {
+            contents.extend_from_slice(&chunk?);
+        }
+        self.with_tree(op, &path, |tree, shown, parts| {
+            let parts = tree.resolve(op, shown, parts, true)?;
+            tree.write(op, shown, &parts, contents.freeze(), mode, offset)
+        })
     }
 
     async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {
         let op = "list_dir";
-        let tree = self.open(op)?;
-        let parts = self.parts(op, path)?;
-        let mut entries = tree.list(op, &self.shown(path), &parts)?;
+        let mut entries = self.with_tree(op, path, |tree, shown, parts| {
+            let parts = tree.resolve(op, shown, parts, true)?;
+            tree.list(op, shown, &parts)
+        })?;
         for entry in &mut entries {
             entry.path = path.join(&entry.name);
         }
@@ -447,58 +437,100 @@ impl RemoteRunnerSession for MemorySession {
 
     async fn stat(&self, path: &Path) -> RunnerResult<RunnerFileStat> {
         let op = "stat";
-        let tree = self.open(op)?;
-        let parts = self.parts(op, path)?;
-        let mut stat = tree.stat(op, &self.shown(path), &parts)?;
+        let mut stat = self.with_tree(op, path, |tree, shown, parts| {
+            let parts = tree.resolve(op, shown, parts, false)?;
+            tree.stat(op, shown, &parts)
+        })?;
         stat.path = path.to_path_buf();
         Ok(stat)
     }
 
     async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
         let op = "remove";
-        let mut tree = self.open(op)?;
-        let parts = self.parts(op, path)?;
-        tree.remove(op, &self.shown(path), &parts, recursive, &workspace_parts())
+        self.with_tree(op, path, |tree, shown, parts| {
+            let parts = tree.resolve(op, shown, parts, false)?;
+            tree.remove(op, shown, &parts, recursive, &workspace_parts())
+        })
     }
 
     async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
         let op = "make_dir";
-        let mut tree = self.open(op)?;
-        let parts = self.parts(op, path)?;
-        tree.make_dir(op, &self.shown(path), &parts)
+        self.with_tree(op, path, |tree, shown, parts| {
+            let parts = tree.resolve(op, shown, parts, true)?;
+            tree.make_dir(op, shown, &parts)
+        })
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
         let op = "rename";
-        let mut tree = self.open(op)?;
-        let from_parts = self.parts(op, from)?;
-        let to_parts = self.parts(op, to)?;
-        tree.rename(
-            op,
-            (&self.shown(from), &from_parts),
-            (&self.shown(to), &to_parts),
-            &workspace_parts(),
-        )
+        let to_parts = split(op, Path::new(MEMORY_WORKSPACE_ROOT), to)?;
+        let to_shown = Path::new(MEMORY_WORKSPACE_ROOT).join(to);
+        self.with_tree(op, from, |tree, shown, parts| {
+            let from_parts = tree.resolve(op, shown, parts, false)?;
+            let to_parts = tree.resolve(op, &to_shown, &to_parts, false)?;
+            tree.rename(
+                op,
+                (shown, &from_parts),
+                (&to_shown, &to_parts),
+                &workspace_parts(),
+            )
+        })
     }
 
     async fn canonicalize(&self, path: &Path) -> RunnerResult<PathBuf> {
         let op = "canonicalize";
-        let tree = self.open(op)?;
-        let parts = self.parts(op, path)?;
-        if !tree.exists(&parts) {
-            return Err(RunnerError::not_found(format!(
-                "{op} {}: no such file or directory",
-                self.shown(path).display()
-            )));
-        }
-        let mut canonical = PathBuf::from("/");
-        canonical.extend(&parts);
-        Ok(canonical)
+        self.with_tree(op, path, |tree, shown, parts| {
+            let parts = tree.resolve(op, shown, parts, true)?;
+            if !tree.exists(&parts) {
+                return Err(RunnerError::not_found(format!(
+                    "{op} {}: no such file or directory",
+                    shown.display()
+                )));
+            }
+            let mut canonical = PathBuf::from("/");
+            canonical.extend(&parts);
+            Ok(canonical)
+        })
+    }
+
+    /// Checks the archive with runner-kit's rules, then places its entries on
+    /// a copy of the tree that replaces it only when every entry landed.
+    async fn upload_archive_stream(
+        &self,
+        target: &Path,
+        archive: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        let op = "upload_archive";
+        // A closed session or a bad path fails before the archive is read.
+        self.with_tree(op, target, |_, _, _| Ok(()))?;
+        let entries = archive::read_upload(op, target, archive).await?;
+        self.with_tree(op, target, |tree, shown, parts| {
+            let mut staged = tree.clone();
+            archive::unpack(&mut staged, op, shown, parts, entries)?;
+            *tree = staged;
+            Ok(())
+        })
+    }
+
+    async fn download_archive_stream(&self, path: &Path) -> RunnerResult<RunnerByteStream> {
+        let op = "download_archive";
+        let (shown, name, node) = self.with_tree(op, path, |tree, shown, parts| {
+            let parts = tree.resolve(op, shown, parts, true)?;
+            let node = tree.node(&parts).ok_or_else(|| {
+                RunnerError::not_found(format!(
+                    "{op} {}: no such file or directory",
+                    shown.display()
+                ))
+            })?;
+            let name = parts.last().cloned().unwrap_or_default();
+            Ok((shown.to_path_buf(), name, node))
+        })?;
+        Ok(archive::pack(op, shown, name, node))
     }
 
     async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
         let op = "snapshot";
-        let tree = self.open(op)?.clone();
+        let tree = self.with_tree(op, Path::new("."), |tree, _, _| Ok(tree.clone()))?;
         let snapshot_id = format!("memory-snapshot-{}", uuid::Uuid::new_v4().simple());
         lock(&self.store.snapshots).insert(snapshot_id.clone(), tree);
         Ok(RunnerSnapshotRef {

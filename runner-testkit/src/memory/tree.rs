@@ -1,12 +1,22 @@
-//! The in-memory filesystem: directories and files with modes and mtimes.
+//! The in-memory filesystem: directories, files and symlinks with modes and
+//! mtimes. File contents are [`Bytes`], so snapshots and reads share them.
+//!
+//! Symlinks are resolved as POSIX does (see [`Tree::resolve`]): every
+//! component but the last is always followed, the last one when the operation
+//! follows links (`read_file`, `write_file`, `list_dir`, `canonicalize`) and
+//! not when it acts on the link itself (`stat`, `remove`, `rename`).
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use runner_api::{
     RunnerError, RunnerErrorKind, RunnerFileKind, RunnerFileStat, RunnerResult, normalize_lexically,
 };
+
+/// Symlinks one resolution follows at most (Linux's `MAXSYMLINKS`).
+const MAX_LINK_HOPS: usize = 40;
 
 /// Milliseconds since the Unix epoch.
 pub(super) fn now_ms() -> u64 {
@@ -18,11 +28,12 @@ pub(super) fn now_ms() -> u64 {
 /// A path split into components below `/`.
 pub(super) type Parts = Vec<String>;
 
-/// A directory or a file.
+/// A directory, a file or a symlink.
 #[derive(Debug, Clone)]
 pub(super) enum Node {
     Dir(Dir),
     File(File),
+    Symlink(Link),
 }
 
 /// A directory: entries by name.
@@ -36,8 +47,15 @@ pub(super) struct Dir {
 /// A regular file.
 #[derive(Debug, Clone)]
 pub(super) struct File {
-    contents: Vec<u8>,
-    mode: u32,
+    pub(super) contents: Bytes,
+    pub(super) mode: u32,
+    modified_ms: u64,
+}
+
+/// A symbolic link: its stored target, as given.
+#[derive(Debug, Clone)]
+pub(super) struct Link {
+    pub(super) target: PathBuf,
     modified_ms: u64,
 }
 
@@ -60,14 +78,31 @@ impl Node {
         match self {
             Node::Dir(_) => RunnerFileKind::Directory,
             Node::File(_) => RunnerFileKind::File,
+            Node::Symlink(_) => RunnerFileKind::Symlink,
         }
+    }
+
+    /// Seconds since the epoch of the last change, for archives.
+    pub(super) fn mtime_secs(&self) -> u64 {
+        let ms = match self {
+            Node::Dir(d) => d.modified_ms,
+            Node::File(f) => f.modified_ms,
+            Node::Symlink(l) => l.modified_ms,
+        };
+        ms / 1000
     }
 
     /// Metadata of this node as `path` with final component `name`.
     pub(super) fn stat(&self, path: &Path, name: &str) -> RunnerFileStat {
-        let (size, mode, modified_ms) = match self {
-            Node::Dir(d) => (0, d.mode, d.modified_ms),
-            Node::File(f) => (f.contents.len() as u64, f.mode, f.modified_ms),
+        let (size, mode, modified_ms, symlink_target) = match self {
+            Node::Dir(d) => (0, d.mode, d.modified_ms, None),
+            Node::File(f) => (f.contents.len() as u64, f.mode, f.modified_ms, None),
+            Node::Symlink(l) => (
+                l.target.as_os_str().len() as u64,
+                0o777,
+                l.modified_ms,
+                Some(l.target.clone()),
+            ),
         };
         RunnerFileStat {
             path: path.to_path_buf(),
@@ -76,14 +111,14 @@ impl Node {
             size,
             mode,
             modified_ms: Some(modified_ms),
-            symlink_target: None,
+            symlink_target,
         }
     }
 
     /// A file node with `contents` and `mode`.
-    pub(super) fn file(contents: Vec<u8>, mode: u32) -> Self {
+    pub(super) fn file(contents: impl Into<Bytes>, mode: u32) -> Self {
         Node::File(File {
-            contents,
+            contents: contents.into(),
             mode,
             modified_ms: now_ms(),
         })
@@ -94,10 +129,36 @@ impl Node {
         Node::Dir(Dir::new(mode))
     }
 
+    /// A symlink node to `target`.
+    pub(super) fn symlink(target: PathBuf) -> Self {
+        Node::Symlink(Link {
+            target,
+            modified_ms: now_ms(),
+        })
+    }
+
     /// Adds `child` under `name` when this is a directory (manifest loading).
     pub(super) fn insert_child(&mut self, name: String, child: Node) {
         if let Node::Dir(d) = self {
             d.entries.insert(name, child);
+        }
+    }
+
+    /// The entries of a directory by name (none for a file or a link).
+    pub(super) fn children(&self) -> impl Iterator<Item = (&String, &Node)> {
+        let entries = match self {
+            Node::Dir(d) => Some(&d.entries),
+            _ => None,
+        };
+        entries.into_iter().flatten()
+    }
+
+    /// The permission bits of a directory or file (0o777 for a link).
+    pub(super) fn mode(&self) -> u32 {
+        match self {
+            Node::Dir(d) => d.mode,
+            Node::File(f) => f.mode,
+            Node::Symlink(_) => 0o777,
         }
     }
 }
@@ -122,7 +183,7 @@ fn walk_mut<'a>(
         }
         current = match current.entries.get_mut(part) {
             Some(Node::Dir(d)) => d,
-            Some(Node::File(_)) => return Err(Walk::NotDir),
+            Some(Node::File(_) | Node::Symlink(_)) => return Err(Walk::NotDir),
             None => return Err(Walk::Missing),
         };
     }
@@ -171,6 +232,62 @@ impl Tree {
             root,
             read_only: Vec::new(),
         }
+    }
+
+    /// `parts` with every symlink on the way replaced by where it leads, the
+    /// last component included when `follow_last`. Components past a missing
+    /// one are kept as they are, so the result names where a new entry would
+    /// be made.
+    ///
+    /// Errors: `InvalidRequest` naming `op` and `path` after more than 40 links.
+    pub(super) fn resolve(
+        &self,
+        op: &str,
+        path: &Path,
+        parts: &[String],
+        follow_last: bool,
+    ) -> RunnerResult<Parts> {
+        let mut pending: VecDeque<String> = parts.iter().cloned().collect();
+        let mut done: Parts = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = pending.pop_front() {
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => done.push(part),
+            }
+            if pending.is_empty() && !follow_last {
+                break;
+            }
+            let Some(Node::Symlink(link)) = self.get(&done) else {
+                continue;
+            };
+            hops += 1;
+            if hops > MAX_LINK_HOPS {
+                return Err(err(
+                    RunnerErrorKind::InvalidRequest,
+                    op,
+                    path,
+                    "too many levels of symbolic links",
+                ));
+            }
+            done.pop();
+            if link.target.is_absolute() {
+                done.clear();
+            }
+            for component in link.target.components().rev() {
+                let name = match component {
+                    Component::Normal(name) => name.to_string_lossy().into_owned(),
+                    Component::ParentDir => "..".to_string(),
+                    Component::CurDir | Component::RootDir | Component::Prefix(_) => continue,
+                };
+                pending.push_front(name);
+            }
+        }
+        Ok(done)
     }
 
     /// Marks `parts` (and everything below) read-only for the file API.
@@ -237,25 +354,13 @@ impl Tree {
         )
     }
 
-    /// Reads `limit` bytes from `offset`; returns the bytes and the whole size.
-    pub(super) fn read(
-        &self,
-        op: &str,
-        path: &Path,
-        parts: &[String],
-        offset: Option<u64>,
-        limit: Option<u64>,
-    ) -> RunnerResult<(Vec<u8>, u64)> {
+    /// The contents of the file at `parts` (resolved).
+    ///
+    /// Errors: `InvalidRequest` for a directory or a path through a file,
+    /// `NotFound` for a missing path (a dangling link included).
+    pub(super) fn contents(&self, op: &str, path: &Path, parts: &[String]) -> RunnerResult<Bytes> {
         match self.get(parts) {
-            Some(Node::File(f)) => {
-                let size = f.contents.len() as u64;
-                let start = offset.unwrap_or(0).min(size) as usize;
-                let end = match limit {
-                    Some(limit) => (start as u64).saturating_add(limit).min(size) as usize,
-                    None => size as usize,
-                };
-                Ok((f.contents[start..end].to_vec(), size))
-            }
+            Some(Node::File(f)) => Ok(f.contents.clone()),
             Some(Node::Dir(_)) => Err(err(
                 RunnerErrorKind::InvalidRequest,
                 op,
@@ -268,7 +373,63 @@ impl Tree {
                 path,
                 "is a directory",
             )),
-            None => Err(self.missing_or_not_dir(op, path, parts)),
+            Some(Node::Symlink(_)) | None => Err(self.missing_or_not_dir(op, path, parts)),
+        }
+    }
+
+    /// Refuses a write of the file at `parts` (resolved) before its body is
+    /// read: a read-only entry, a directory, a file in the way of a parent,
+    /// an offset past the end.
+    pub(super) fn check_write(
+        &self,
+        op: &str,
+        path: &Path,
+        parts: &[String],
+        offset: Option<u64>,
+    ) -> RunnerResult<()> {
+        self.refuse_read_only(op, path, parts, false)?;
+        let Some((_, dirs)) = parts.split_last() else {
+            return Err(err(
+                RunnerErrorKind::InvalidRequest,
+                op,
+                path,
+                "is a directory",
+            ));
+        };
+        for n in 1..=dirs.len() {
+            match self.get(&dirs[..n]) {
+                Some(Node::Dir(_)) => {}
+                None => break,
+                Some(_) => {
+                    return Err(err(
+                        RunnerErrorKind::InvalidRequest,
+                        op,
+                        path,
+                        "a component of the path is not a directory",
+                    ));
+                }
+            }
+        }
+        let size = match self.get(parts) {
+            Some(Node::Dir(_)) => {
+                return Err(err(
+                    RunnerErrorKind::InvalidRequest,
+                    op,
+                    path,
+                    "is a directory",
+                ));
+            }
+            Some(Node::File(f)) => f.contents.len() as u64,
+            _ => 0,
+        };
+        match offset {
+            Some(offset) if offset > size => Err(err(
+                RunnerErrorKind::InvalidRequest,
+                op,
+                path,
+                &format!("offset {offset} lies past the end ({size} bytes)"),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -278,11 +439,11 @@ impl Tree {
         op: &str,
         path: &Path,
         parts: &[String],
-        contents: Vec<u8>,
+        contents: Bytes,
         mode: Option<u32>,
         offset: Option<u64>,
     ) -> RunnerResult<()> {
-        self.refuse_read_only(op, path, parts, false)?;
+        self.check_write(op, path, parts, offset)?;
         let Some((name, dirs)) = parts.split_last() else {
             return Err(err(
                 RunnerErrorKind::InvalidRequest,
@@ -299,42 +460,26 @@ impl Tree {
                 "a component of the path is not a directory",
             )
         })?;
+        // check_write refused a directory here.
         let mode = match parent.entries.get(name) {
-            Some(Node::Dir(_)) => {
-                return Err(err(
-                    RunnerErrorKind::InvalidRequest,
-                    op,
-                    path,
-                    "is a directory",
-                ));
-            }
             Some(Node::File(f)) => mode.unwrap_or(f.mode),
-            None => mode.unwrap_or(0o644),
+            _ => mode.unwrap_or(0o644),
         };
         let contents = match offset {
             None => contents,
             Some(offset) => {
                 let mut old = match parent.entries.get(name) {
-                    Some(Node::File(f)) => f.contents.clone(),
+                    Some(Node::File(f)) => f.contents.to_vec(),
                     _ => Vec::new(),
                 };
-                let at = usize::try_from(offset)
-                    .ok()
-                    .filter(|at| *at <= old.len())
-                    .ok_or_else(|| {
-                        err(
-                            RunnerErrorKind::InvalidRequest,
-                            op,
-                            path,
-                            &format!("offset {offset} lies past the end ({} bytes)", old.len()),
-                        )
-                    })?;
+                // check_write refused an offset past the end.
+                let at = usize::try_from(offset).unwrap_or(old.len()).min(old.len());
                 let end = at + contents.len();
                 if end > old.len() {
                     old.resize(end, 0);
                 }
                 old[at..end].copy_from_slice(&contents);
-                old
+                Bytes::from(old)
             }
         };
         parent
@@ -364,7 +509,9 @@ impl Tree {
                         "not a directory",
                     ));
                 }
-                None => return Err(self.missing_or_not_dir(op, path, parts)),
+                Some(Node::Symlink(_)) | None => {
+                    return Err(self.missing_or_not_dir(op, path, parts));
+                }
             }
         };
         Ok(dir
@@ -516,7 +663,7 @@ impl Tree {
                     "directory not empty",
                 ));
             }
-            (true, Some(Node::File(_))) => {
+            (true, Some(Node::File(_) | Node::Symlink(_))) => {
                 return Err(err(
                     RunnerErrorKind::InvalidRequest,
                     op,
@@ -572,6 +719,52 @@ impl Tree {
         }
     }
 
+    /// Places an unpacked archive entry at `parts` (resolved), creating
+    /// parents: a directory is made (or kept) with `node`'s mode, a file or
+    /// a link replaces what is there unless that is a directory.
+    ///
+    /// Errors: `PermissionDenied` under a read-only entry, `InvalidRequest`
+    /// for a directory in the way of a file or a file in the way of a parent.
+    pub(super) fn place(
+        &mut self,
+        op: &str,
+        path: &Path,
+        parts: &[String],
+        node: Node,
+    ) -> RunnerResult<()> {
+        self.refuse_read_only(op, path, parts, false)?;
+        let Some((name, dirs)) = parts.split_last() else {
+            return Err(err(
+                RunnerErrorKind::InvalidRequest,
+                op,
+                path,
+                "is the filesystem root",
+            ));
+        };
+        let parent = walk_mut(&mut self.root, dirs, true).map_err(|_| {
+            err(
+                RunnerErrorKind::InvalidRequest,
+                op,
+                path,
+                "a component of the path is not a directory",
+            )
+        })?;
+        match (parent.entries.get_mut(name), node) {
+            (Some(Node::Dir(existing)), Node::Dir(new)) => existing.mode = new.mode,
+            (Some(Node::Dir(_)), _) => {
+                return Err(err(
+                    RunnerErrorKind::InvalidRequest,
+                    op,
+                    path,
+                    "a directory is in the way",
+                ));
+            }
+            (_, node) => drop(parent.entries.insert(name.clone(), node)),
+        }
+        parent.touch();
+        Ok(())
+    }
+
     /// Inserts `node` at `parts`, creating parents (manifest loading).
     pub(super) fn insert(&mut self, parts: &[String], node: Node) -> Result<(), String> {
         let Some((name, dirs)) = parts.split_last() else {
@@ -581,6 +774,14 @@ impl Tree {
             .map_err(|_| "a file is in the way of the target".to_string())?;
         parent.entries.insert(name.clone(), node);
         Ok(())
+    }
+
+    /// A copy of the node at `parts` (the root directory for no parts).
+    pub(super) fn node(&self, parts: &[String]) -> Option<Node> {
+        if parts.is_empty() {
+            return Some(Node::Dir(self.root.clone()));
+        }
+        self.get(parts).cloned()
     }
 
     /// Whether something is at `parts`.
