@@ -8,25 +8,25 @@ use serde::Deserialize;
 /// Settings of an agent destination, from `RunnerDestination.config`.
 ///
 /// ```json
-/// { "agent": "/usr/local/bin/runner-agent", "workspaces_dir": "/tmp/runner-agent" }
+/// { "agent": "/usr/local/bin/example-agent", "workspaces_dir": "/tmp/example-agent" }
 /// ```
 ///
 /// Both keys are optional; unknown keys are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// The agent program (default `runner-agent`, looked up in `PATH`).
+    /// The agent program (default `example-agent`, looked up in `PATH`).
     pub agent: PathBuf,
     /// Each session's workspace is `<workspaces_dir>/<session id>`, created by
-    /// the agent and removed on close (default `<temp dir>/runner-agent`).
+    /// the agent and removed on close (default `<temp dir>/example-agent`).
     pub workspaces_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            agent: PathBuf::from("runner-agent"),
-            workspaces_dir: std::env::temp_dir().join("runner-agent"),
+            agent: PathBuf::from("example-agent"),
+            workspaces_dir: std::env::temp_dir().join("example-agent"),
         }
     }
 }

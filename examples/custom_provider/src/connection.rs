@@ -135,11 +135,16 @@ impl Connection {
     }
 
     /// Sends `shutdown` and waits for the agent to exit; kills it when it does
-    /// not exit within `limit`.
+    /// not exit within `limit`. An agent that is gone already is done.
     pub(crate) async fn shutdown(&self, limit: Duration) -> Reply {
-        let reply = tokio::time::timeout(limit, self.call(Op::Shutdown))
-            .await
-            .unwrap_or_else(|_| Err(Failure::Transport("shutdown was not answered".into())));
+        let gone = lock(&self.routes).gone;
+        let reply = if gone {
+            Ok(Answer::Done)
+        } else {
+            tokio::time::timeout(limit, self.call(Op::Shutdown))
+                .await
+                .unwrap_or_else(|_| Err(Failure::Transport("shutdown was not answered".into())))
+        };
         let mut child = self.child.lock().await;
         if tokio::time::timeout(limit, child.wait()).await.is_err() {
             let _ = child.kill().await;

@@ -78,7 +78,7 @@ mod tests {
         assert_eq!(gone.kind(), RunnerErrorKind::Unavailable);
         let missing = Failure::Start(std::io::Error::from(std::io::ErrorKind::NotFound));
         assert_eq!(
-            map_failure("create_session", "runner-agent", missing).kind(),
+            map_failure("create_session", "example-agent", missing).kind(),
             RunnerErrorKind::NotFound
         );
     }

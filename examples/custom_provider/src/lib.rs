@@ -41,7 +41,7 @@ pub fn capabilities() -> RunnerCapabilities {
     }
 }
 
-/// Runs each session in its own `runner-agent` process, spoken to over
+/// Runs each session in its own `example-agent` process, spoken to over
 /// line-delimited JSON on the child's stdin and stdout (see [`protocol`]).
 ///
 /// Settings come from `RunnerDestination.config` (see [`AgentConfig`]).

@@ -1,5 +1,5 @@
 //! The wire protocol between [`AgentProvider`](crate::AgentProvider) and the
-//! `runner-agent` binary: one JSON object per line in each direction.
+//! `example-agent` binary: one JSON object per line in each direction.
 //!
 //! The provider writes [`Request`]s to the agent's stdin. The agent answers each
 //! with a [`Message::Reply`] carrying the same `id`, in any order, and reports a

@@ -1,22 +1,27 @@
-//! `AgentSession`: the trait methods, each one request to the agent.
+//! `AgentSession`: the trait methods, each one request to the agent (a
+//! streamed file, one request per chunk).
 //!
-//! Commands go through runner-api's [`ProcessTable`], which owns ids,
+//! Commands go through runner-kit's [`ProcessTable`], which owns ids,
 //! timeouts, cancellation, the head/tail view, the numbered output log and
 //! live streams; this file only says how to start a command on the agent and
 //! how to signal it.
+//!
+//! The session checks nothing the stack checks for every provider (a closed
+//! session, an operation without its capability flag, a command with stdin):
+//! `runner_stack::Stack` composes its correctness layer over this session.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use runner_api::{
-    RemoteRunnerSession, RunnerCapabilities, RunnerCommandId, RunnerCommandOutput,
-    RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
-    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
-    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, check_read_request,
-    reject_nul_path,
+    RemoteRunnerSession, RunnerByteStream, RunnerCapabilities, RunnerCommandId,
+    RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
+    RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileStream,
+    RunnerFileWriteRequest, RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal,
+    check_read_request, next_chunk, prepend, reject_nul_path,
 };
 use runner_kit::{OutputSink, ProcessControl, ProcessTable, ProcessTableConfig, SpawnedProcess};
 
@@ -27,13 +32,15 @@ use crate::protocol::{Answer, Op};
 /// Time the agent gets to answer `shutdown` and exit before it is killed.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
+/// Bytes one request of a streamed read or write carries at most.
+const CHUNK: u64 = 1024 * 1024;
+
 /// A session: one agent process and the commands it runs.
 pub struct AgentSession {
     state: RunnerSessionState,
     root: PathBuf,
     connection: Arc<Connection>,
     table: ProcessTable,
-    closed: AtomicBool,
 }
 
 /// Signals one command's process group through the agent.
@@ -101,39 +108,131 @@ impl AgentSession {
             root,
             connection: Arc::new(connection),
             table,
-            closed: AtomicBool::new(false),
         }
-    }
-
-    /// `SessionClosed` once closed.
-    fn live(&self, operation: &str) -> RunnerResult<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(RunnerError::session_closed(
-                operation,
-                &self.state.session_id,
-            ));
-        }
-        Ok(())
-    }
-
-    /// Commands get no stdin: this provider does not declare `stdin`.
-    fn check_command(&self, operation: &str, request: &RunnerCommandRequest) -> RunnerResult<()> {
-        self.live(operation)?;
-        if request.stdin.is_some() || request.keep_stdin_open {
-            return Err(self.unsupported(&format!("{operation} with stdin")));
-        }
-        Ok(())
     }
 
     /// Sends a file operation on `path` and returns the answer.
     async fn file_op(&self, operation: &str, path: &Path, op: Op) -> RunnerResult<Answer> {
-        self.live(operation)?;
-        reject_nul_path(operation, path)?;
-        self.connection
-            .call(op)
-            .await
-            .map_err(|failure| map_failure(operation, &path.display().to_string(), failure))
+        file_op(&self.connection, operation, path, op).await
     }
+
+    /// Writes `contents` to `path` at `offset`: the whole file (atomic in
+    /// the agent) without one, in place with one.
+    async fn write_op(
+        &self,
+        path: &Path,
+        contents: Vec<u8>,
+        mode: Option<u32>,
+        offset: Option<u64>,
+    ) -> RunnerResult<()> {
+        let op = Op::WriteFile {
+            path: path.to_path_buf(),
+            contents,
+            mode,
+            offset,
+        };
+        match self.file_op("write_file", path, op).await? {
+            Answer::Done => Ok(()),
+            other => Err(unexpected("write_file", path, other)),
+        }
+    }
+
+    /// The mode a replaced file gets: the one asked for, or the old file's,
+    /// or 0o644. A directory at `path` is refused before any byte moves.
+    async fn replacement_mode(&self, path: &Path, mode: Option<u32>) -> RunnerResult<u32> {
+        match self.stat(path).await {
+            Ok(stat) if stat.kind == RunnerFileKind::Directory => {
+                Err(RunnerError::invalid_request(format!(
+                    "write_file {}: is a directory",
+                    path.display()
+                )))
+            }
+            Ok(stat) if stat.kind == RunnerFileKind::File => Ok(mode.unwrap_or(stat.mode)),
+            Ok(_) => Ok(mode.unwrap_or(0o644)),
+            Err(e) if e.kind() == runner_api::RunnerErrorKind::NotFound => {
+                Ok(mode.unwrap_or(0o644))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `first`, `second` and the rest of `body` to `path` at `offset`
+    /// and on, one request per chunk.
+    async fn write_chunks(
+        &self,
+        path: &Path,
+        mode: Option<u32>,
+        mut offset: u64,
+        chunks: [Vec<u8>; 2],
+        body: &mut RunnerByteStream,
+    ) -> RunnerResult<()> {
+        let [first, second] = chunks;
+        let (first_len, second_len) = (first.len() as u64, second.len() as u64);
+        self.write_op(path, first, mode, Some(offset)).await?;
+        offset += first_len;
+        self.write_op(path, second, None, Some(offset)).await?;
+        offset += second_len;
+        while let Some(chunk) = next_chunk(body).await {
+            let chunk = chunk?;
+            let len = chunk.len() as u64;
+            self.write_op(path, chunk.to_vec(), None, Some(offset))
+                .await?;
+            offset += len;
+        }
+        Ok(())
+    }
+}
+
+/// Sends a file operation on `path` over `connection` and returns the answer.
+async fn file_op(
+    connection: &Connection,
+    operation: &str,
+    path: &Path,
+    op: Op,
+) -> RunnerResult<Answer> {
+    reject_nul_path(operation, path)?;
+    connection
+        .call(op)
+        .await
+        .map_err(|failure| map_failure(operation, &path.display().to_string(), failure))
+}
+
+/// Reads `limit` bytes of `path` from `offset`: the bytes and the whole size.
+async fn read_part(
+    connection: &Connection,
+    path: &Path,
+    offset: u64,
+    limit: u64,
+) -> RunnerResult<(Vec<u8>, u64)> {
+    let op = Op::ReadFile {
+        path: path.to_path_buf(),
+        offset: Some(offset),
+        limit: Some(limit),
+    };
+    match file_op(connection, "read_file", path, op).await? {
+        Answer::File { contents, size } => Ok((contents, size)),
+        other => Err(unexpected("read_file", path, other)),
+    }
+}
+
+/// The rest of a streamed read: `[next, end)` of `path`, one request per
+/// chunk. A file that shrank meanwhile ends the stream early.
+fn read_rest(connection: Arc<Connection>, path: PathBuf, next: u64, end: u64) -> RunnerByteStream {
+    Box::pin(futures_util::stream::try_unfold(
+        (connection, path, next),
+        move |(connection, path, next)| async move {
+            if next >= end {
+                return Ok(None);
+            }
+            let (contents, _) =
+                read_part(&connection, &path, next, (end - next).min(CHUNK)).await?;
+            if contents.is_empty() {
+                return Ok(None);
+            }
+            let after = next + contents.len() as u64;
+            Ok(Some((Bytes::from(contents), (connection, path, after))))
+        },
+    ))
 }
 
 /// An answer of the wrong kind for `operation`.
@@ -156,10 +255,9 @@ impl RemoteRunnerSession for AgentSession {
         self.root.clone()
     }
 
+    /// Kills every command and shuts the agent down; an agent that is gone
+    /// already makes this `Ok` too.
     async fn close(&self) -> RunnerResult<()> {
-        if self.closed.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
         self.table.kill_all().await;
         match self.connection.shutdown(SHUTDOWN_LIMIT).await {
             Ok(_) => Ok(()),
@@ -171,7 +269,6 @@ impl RemoteRunnerSession for AgentSession {
         &self,
         request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerCommandResult> {
-        self.check_command("run_command", &request)?;
         let connection = self.connection.clone();
         let spawn_request = request.clone();
         self.table
@@ -182,7 +279,6 @@ impl RemoteRunnerSession for AgentSession {
     }
 
     async fn cancel_command(&self, command_id: &RunnerCommandId) -> RunnerResult<bool> {
-        self.live("cancel_command")?;
         self.table.cancel(command_id).await
     }
 
@@ -190,7 +286,6 @@ impl RemoteRunnerSession for AgentSession {
         &self,
         request: RunnerCommandRequest,
     ) -> RunnerResult<RunnerProcessInfo> {
-        self.check_command("start_command", &request)?;
         let connection = self.connection.clone();
         let spawn_request = request.clone();
         self.table
@@ -201,7 +296,6 @@ impl RemoteRunnerSession for AgentSession {
     }
 
     async fn list_commands(&self) -> RunnerResult<Vec<RunnerProcessInfo>> {
-        self.live("list_commands")?;
         Ok(self.table.list())
     }
 
@@ -209,7 +303,6 @@ impl RemoteRunnerSession for AgentSession {
         &self,
         command_id: &RunnerCommandId,
     ) -> RunnerResult<RunnerProcessInfo> {
-        self.live("command_status")?;
         self.table.status(command_id)
     }
 
@@ -218,7 +311,6 @@ impl RemoteRunnerSession for AgentSession {
         command_id: &RunnerCommandId,
         after_seq: u64,
     ) -> RunnerResult<RunnerCommandOutput> {
-        self.live("command_output")?;
         self.table.output(command_id, after_seq)
     }
 
@@ -227,7 +319,6 @@ impl RemoteRunnerSession for AgentSession {
         command_id: &RunnerCommandId,
         after_seq: u64,
     ) -> RunnerResult<RunnerEventStream> {
-        self.live("stream_command")?;
         self.table.stream(command_id, after_seq)
     }
 
@@ -236,10 +327,11 @@ impl RemoteRunnerSession for AgentSession {
         command_id: &RunnerCommandId,
         signal: RunnerSignal,
     ) -> RunnerResult<()> {
-        self.live("signal_command")?;
         self.table.signal(command_id, signal).await
     }
 
+    /// The whole window in one request, from one open of the file, so a
+    /// concurrent replace is never mixed into it (a stream asks per chunk).
     async fn read_file(
         &self,
         request: RunnerFileReadRequest,
@@ -262,18 +354,76 @@ impl RemoteRunnerSession for AgentSession {
         }
     }
 
-    async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
-        let path = request.path.clone();
-        let op = Op::WriteFile {
+    /// The window one chunk of at most 1 MiB per request; the first answer
+    /// names the size.
+    async fn read_file_stream(
+        &self,
+        request: RunnerFileReadRequest,
+    ) -> RunnerResult<RunnerFileStream> {
+        let offset = request.offset.unwrap_or(0);
+        let first_limit = request.limit.map_or(CHUNK, |limit| limit.min(CHUNK));
+        let (first, size) = read_part(&self.connection, &request.path, offset, first_limit).await?;
+        let end = request
+            .limit
+            .map_or(size, |limit| offset.saturating_add(limit).min(size));
+        let next = offset.min(size) + first.len() as u64;
+        let rest = read_rest(self.connection.clone(), request.path.clone(), next, end);
+        Ok(RunnerFileStream {
             path: request.path,
-            contents: request.contents,
-            mode: request.mode,
-            offset: request.offset,
+            size,
+            bytes: prepend(first, rest),
+        })
+    }
+
+    /// One chunk (a whole-buffer `write_file`) is one request, atomic in the
+    /// agent. More are written to a temporary file next to the target, one
+    /// request each, and renamed over it; a failing body removes the
+    /// temporary file and leaves the target as it was. With an offset the
+    /// chunks are written in place, one after the other: a body failing
+    /// part way leaves the chunks written before it.
+    async fn write_file_stream(
+        &self,
+        request: RunnerFileWriteRequest,
+        body: RunnerByteStream,
+    ) -> RunnerResult<()> {
+        let path = request.path;
+        let mut body = prepend(request.contents, body);
+        let first = next_chunk(&mut body).await.transpose()?.unwrap_or_default();
+        let Some(second) = next_chunk(&mut body).await.transpose()? else {
+            return self
+                .write_op(&path, first.to_vec(), request.mode, request.offset)
+                .await;
         };
-        match self.file_op("write_file", &path, op).await? {
-            Answer::Done => Ok(()),
-            other => Err(unexpected("write_file", &path, other)),
+        let chunks = [first.to_vec(), second.to_vec()];
+        if let Some(offset) = request.offset {
+            return self
+                .write_chunks(&path, request.mode, offset, chunks, &mut body)
+                .await;
         }
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(RunnerError::invalid_request(format!(
+                "write_file {}: not a file path",
+                path.display()
+            )));
+        };
+        let mode = self.replacement_mode(&path, request.mode).await?;
+        self.make_dir(parent).await?;
+        let temp = parent.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let written = async {
+            self.write_chunks(&temp, Some(mode), 0, chunks, &mut body)
+                .await?;
+            self.rename(&temp, &path).await
+        }
+        .await;
+        if written.is_err() {
+            // Best effort: the error of the write is the one to report.
+            let _ = self.remove(&temp, false).await;
+        }
+        written
     }
 
     async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {

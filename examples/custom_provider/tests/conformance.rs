@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
         id: "conformance".into(),
         provider_id: "agent".into(),
         config: serde_json::json!({
-            "agent": env!("CARGO_BIN_EXE_runner-agent"),
+            "agent": env!("CARGO_BIN_EXE_example-agent"),
             "workspaces_dir": dir.path(),
         }),
         default_manifest: Default::default(),

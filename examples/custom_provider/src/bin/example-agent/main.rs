@@ -1,4 +1,4 @@
-//! `runner-agent --workspace DIR`: the runner side of the example provider.
+//! `example-agent --workspace DIR`: the runner side of the example provider.
 //!
 //! Reads [`Request`]s line by line from stdin, runs them in `DIR` (created if
 //! missing), and writes [`Message`]s line by line to stdout. Each request runs
@@ -139,7 +139,7 @@ fn workspace_arg() -> Result<PathBuf, String> {
     let mut args = std::env::args_os().skip(1);
     match (args.next(), args.next(), args.next()) {
         (Some(flag), Some(dir), None) if flag == "--workspace" => Ok(PathBuf::from(dir)),
-        _ => Err("usage: runner-agent --workspace DIR".into()),
+        _ => Err("usage: example-agent --workspace DIR".into()),
     }
 }
 
@@ -155,7 +155,7 @@ async fn main() -> ExitCode {
     let root = match started {
         Ok(root) => root,
         Err(message) => {
-            eprintln!("runner-agent: {message}");
+            eprintln!("example-agent: {message}");
             return ExitCode::from(2);
         }
     };
@@ -187,7 +187,7 @@ async fn main() -> ExitCode {
             })
         }
         Err(e) => {
-            eprintln!("runner-agent: listening for SIGCHLD: {e}");
+            eprintln!("example-agent: listening for SIGCHLD: {e}");
             return ExitCode::from(2);
         }
     };
@@ -196,7 +196,7 @@ async fn main() -> ExitCode {
         let request: Request = match serde_json::from_str(&line) {
             Ok(request) => request,
             Err(e) => {
-                eprintln!("runner-agent: ignoring a malformed request: {e}");
+                eprintln!("example-agent: ignoring a malformed request: {e}");
                 continue;
             }
         };
