@@ -391,7 +391,9 @@ pub(crate) async fn write_body(
             at += piece.len() as u64;
             pending.push(async move {
                 seek(&mut file, piece_at)?;
-                link.sftp_call(operation, what, file.write_all(&piece))
+                // Sent as it is, not copied into the request buffer.
+                let mut piece = [piece];
+                link.sftp_call(operation, what, file.write_all_zero_copy(&mut piece))
                     .await
             });
         }
