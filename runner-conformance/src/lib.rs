@@ -41,8 +41,10 @@ pub struct Cli {
     pub harness: Vec<String>,
 }
 
-/// The providers the `runner-conformance` binary is built with:
+/// The providers the `runner-conformance` binary is built with, bare:
 /// `unix-local`, `docker`, `ssh`, `memory` and the example `agent` provider.
+/// The one a destination names is checked as users get it, through the
+/// layer stack (see [`run`]).
 ///
 /// Adding a provider is one line here and one dependency in `Cargo.toml`
 /// (`Arc::new(<Provider>::default())`).
@@ -56,7 +58,11 @@ pub fn builtin_providers() -> Vec<Arc<dyn RemoteRunnerProvider>> {
     ]
 }
 
-/// Reads the destination, runs the kit against the provider it names, prints
+/// Reads the destination, runs the kit against the provider it names (bare
+/// in `providers`; the destination is validated, and the kit runs every
+/// check, through [`runner_stack::Stack::new`] wrapped around it, whose
+/// mounts and artifact stores take credentials from `RUNNER_SECRET_*`
+/// environment variables), prints
 /// the per-check lines and the summary line (to standard output, from the
 /// harness), then writes to `out` the failed checks and, when asked, the
 /// capability report; writes the JSON report when asked.
@@ -82,13 +88,14 @@ pub fn run(
                 known.join(", ")
             )
         })?;
-    validate(provider.as_ref(), &destination)?;
+    let stacked = runner_stack::Stack::new().provider(provider.clone());
+    validate(stacked.as_ref(), &destination)?;
     let mut argv = vec!["runner-conformance".to_string()];
     argv.extend(cli.harness.iter().cloned());
     let args = <Arguments as Parser>::try_parse_from(argv)
         .map_err(|e| format!("harness arguments: {e}"))?;
     let listing = args.list;
-    let declared = provider.capabilities();
+    let declared = stacked.capabilities();
     let summary = Conformance::new(provider, destination.clone())
         .with_check_timeout(std::time::Duration::from_secs(cli.check_timeout))
         .run_with(args);

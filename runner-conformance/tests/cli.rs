@@ -39,8 +39,8 @@ fn binary_passes_against_unix_local() {
             "config": {
                 "workspaces_dir": dir.path().join("workspaces"),
                 "snapshot_dir": dir.path().join("snapshots"),
-                "artifacts": { "uri": format!("file://{}/artifacts", dir.path().display()) },
             },
+            "artifacts": { "uri": format!("file://{}/artifacts", dir.path().display()) },
         }),
     );
     let output = Command::new(BINARY)
@@ -92,6 +92,75 @@ fn binary_passes_against_unix_local() {
     assert_eq!(
         detachable.observed,
         "declared false, the operation answered Unsupported"
+    );
+}
+
+/// The destination a new user writes first: a root and nothing else. Its
+/// sessions name no artifact store, so they do not claim `artifact_export`,
+/// and the run has no failure.
+///
+/// Every check of this run shares the one root. `files_read_limit_bounded`
+/// leaves its 64 GiB sparse file there, and each later snapshot check would
+/// tar it whole (filling the disk), so it is skipped here until the check
+/// removes its file; it runs in the owned-workspace run above.
+#[test]
+fn binary_passes_against_a_plain_unix_local_root() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).expect("root directory");
+    let destination = dir.path().join("d.json");
+    write_json(
+        &destination,
+        &serde_json::json!({ "id": "d", "provider_id": "unix-local", "config": { "root": root } }),
+    );
+    let report = dir.path().join("report.json");
+    let output = Command::new(BINARY)
+        .arg("--destination")
+        .arg(&destination)
+        .arg("--report")
+        .arg(&report)
+        .args(["--", "--skip", "files_read_limit_bounded"])
+        .output()
+        .expect("run runner-conformance");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = read_report(&report);
+    assert_eq!(report.failed, 0, "{:#?}\n{stderr}", report.failed_checks());
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        report.summary_line.contains(" 0 failed"),
+        "{}",
+        report.summary_line
+    );
+    let export = report
+        .checks
+        .iter()
+        .find(|c| c.name == "capabilities_artifact_export")
+        .expect("the artifact export check ran");
+    assert_eq!(export.status, "passed", "{export:?}");
+}
+
+#[test]
+fn binary_refuses_the_artifact_store_in_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let destination = dir.path().join("old.json");
+    write_json(
+        &destination,
+        &serde_json::json!({
+            "id": "old", "provider_id": "unix-local",
+            "config": { "root": dir.path(), "artifacts": { "uri": "file:///tmp" } },
+        }),
+    );
+    let output = Command::new(BINARY)
+        .arg("--destination")
+        .arg(&destination)
+        .output()
+        .expect("run runner-conformance");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("config.artifacts") && stderr.contains("`artifacts` field"),
+        "{stderr}"
     );
 }
 
@@ -213,7 +282,7 @@ fn entry_point_flags_a_lying_provider() {
         &serde_json::json!({
             "id": "cli-liar",
             "provider_id": "memory",
-            "config": { "artifacts": { "uri": format!("file://{}", dir.path().display()) } },
+            "config": {},
         }),
     );
     let cli = Cli {
