@@ -12,6 +12,9 @@
 //! - [`protocol`] is the wire format `docs/agent-protocol.md` specifies:
 //!   length-delimited frames, MessagePack control messages, raw data frames,
 //!   multiplexing by request id, credit-based flow control, cancellation.
+//! - The binary `runner-agent` ([`cli`]): `serve --socket PATH --config JSON`
+//!   (the daemon), `serve --stdio`, `connect --socket PATH` (the bridge a
+//!   transport runs) and `version`.
 //!
 //! ```no_run
 //! use runner_agent::{AgentSession, command_connector};
@@ -30,8 +33,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 mod client;
 mod conn;
+pub mod daemon;
 pub mod protocol;
 mod server;
 mod transport;

@@ -1,0 +1,230 @@
+//! The `runner-agent` command line: `serve`, `connect` and `version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use runner_api::{RunnerError, RunnerResult};
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::{self, SessionSpec};
+use crate::protocol::AgentVersion;
+use crate::server::AgentServer;
+
+/// The runner agent: serves one unix-local session over byte streams from
+/// inside a sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "runner-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The agent's modes.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open the session and serve it: on a unix socket until the session is
+    /// closed (a daemon), or on stdin/stdout for one connection (`--stdio`).
+    Serve(ServeArgs),
+    /// Bridge stdin/stdout to an agent's socket: what a docker exec or an
+    /// ssh channel runs for each connection.
+    Connect(ConnectArgs),
+    /// Print the protocol version, agent version, binary sha256, OS and
+    /// architecture as JSON.
+    Version,
+}
+
+/// `runner-agent serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The unix socket to listen on; its directory is created 0700 (an
+    /// existing one must be private) and the socket is made 0600.
+    #[arg(long, required_unless_present = "stdio", conflicts_with = "stdio")]
+    pub socket: Option<PathBuf>,
+    /// Serve one connection on stdin/stdout instead; the session closes when it ends.
+    #[arg(long)]
+    pub stdio: bool,
+    /// The unix-local config as JSON: `{"root": DIR}` and the other unix-local keys.
+    #[arg(long)]
+    pub config: String,
+    /// The destination id the session's state names.
+    #[arg(long, default_value = "agent")]
+    pub destination_id: String,
+    /// A manifest (entries, `provider_native` mounts) as JSON, with paths as
+    /// the agent sees them.
+    #[arg(long)]
+    pub manifest: Option<String>,
+    /// A session state as JSON to resume (a snapshot fork, or the same
+    /// workspace) instead of creating a session.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Close the session and exit when stdin reaches its end: a launcher
+    /// that keeps the pipe open ties the agent to its own life (tests).
+    #[arg(long, conflicts_with = "stdio")]
+    pub exit_on_stdin_eof: bool,
+}
+
+/// `runner-agent connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// The agent's unix socket.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// How long to wait for the socket to appear (an agent still starting), in ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub wait_ms: u64,
+}
+
+/// The one line `serve` prints on stdout: ready (listening, or serving
+/// stdio), or why the session could not be opened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ServeStatus {
+    /// The agent serves its session.
+    Ready {
+        /// The agent's versions.
+        agent: AgentVersion,
+        /// The session's id.
+        session_id: String,
+        /// The agent's process id.
+        pid: u32,
+        /// The socket it listens on (`None` with `--stdio`).
+        socket: Option<PathBuf>,
+    },
+    /// The session could not be opened; the agent exits with status 1.
+    Failed {
+        /// The error's kind ([`RunnerErrorKind::as_str`](runner_api::RunnerErrorKind::as_str)).
+        kind: String,
+        /// The error's message.
+        message: String,
+    },
+}
+
+/// Runs the command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Version => {
+            println!("{}", json(&daemon::agent_version()));
+            ExitCode::SUCCESS
+        }
+        Command::Connect(args) => {
+            match daemon::bridge(&args.socket, Duration::from_millis(args.wait_ms)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("runner-agent connect {}: {e}", args.socket.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(flag: &str, text: &str) -> RunnerResult<T> {
+    serde_json::from_str(text)
+        .map_err(|e| RunnerError::invalid_request(format!("serve: --{flag} is not valid: {e}")))
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("runner-agent")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("runner-agent serve: building the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let version = daemon::agent_version();
+        match start(&args, version.clone()).await {
+            Ok((server, listener)) => {
+                let status = ServeStatus::Ready {
+                    agent: version,
+                    session_id: server.session().state().session_id,
+                    pid: std::process::id(),
+                    socket: args.socket.clone(),
+                };
+                announce(&status, args.stdio);
+                match (listener, &args.socket) {
+                    (Some(listener), Some(socket)) => {
+                        if args.exit_on_stdin_eof {
+                            tokio::spawn(daemon::close_on_stdin_eof(server.clone()));
+                        }
+                        daemon::serve_socket(server, listener, socket).await;
+                    }
+                    _ => {
+                        if let Err(e) = daemon::serve_stdio(server).await {
+                            eprintln!("runner-agent serve --stdio: {e}");
+                        }
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                announce(
+                    &ServeStatus::Failed {
+                        kind: e.kind().as_str().to_string(),
+                        message: e.message().to_string(),
+                    },
+                    args.stdio,
+                );
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // A read of stdin may still block a thread of the runtime: do not wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+/// Prints the status line: on stdout, or on stderr with `--stdio` (stdout
+/// carries the protocol then).
+fn announce(status: &ServeStatus, stdio: bool) {
+    if stdio {
+        eprintln!("{}", json(status));
+    } else {
+        println!("{}", json(status));
+    }
+}
+
+async fn start(
+    args: &ServeArgs,
+    version: AgentVersion,
+) -> RunnerResult<(AgentServer, Option<tokio::net::UnixListener>)> {
+    let spec = SessionSpec {
+        destination_id: args.destination_id.clone(),
+        config: parse("config", &args.config)?,
+        manifest: args
+            .manifest
+            .as_deref()
+            .map(|m| parse("manifest", m))
+            .transpose()?
+            .unwrap_or_default(),
+        resume: args
+            .resume
+            .as_deref()
+            .map(|r| parse("resume", r))
+            .transpose()?,
+    };
+    // Listen first, so a socket already served fails before a session exists.
+    let listener = args.socket.as_deref().map(daemon::listen).transpose()?;
+    let session = match daemon::open_session(spec).await {
+        Ok(session) => session,
+        Err(e) => {
+            if let Some(socket) = &args.socket {
+                let _ = std::fs::remove_file(socket);
+            }
+            return Err(e);
+        }
+    };
+    Ok((AgentServer::new(session, version), listener))
+}

@@ -1,0 +1,276 @@
+//! The agent as a process: the session it opens, the unix socket it serves,
+//! the stdio it serves for tests, and the bridge `runner-agent connect` runs.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runner_api::{
+    RemoteRunnerProvider, RemoteRunnerSession, RunnerDestination, RunnerError, RunnerErrorKind,
+    RunnerManifest, RunnerResult, RunnerSessionState,
+};
+use runner_local::LocalProvider;
+use sha2::{Digest, Sha256};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
+
+use crate::protocol::{AgentVersion, CRATE_VERSION, PROTOCOL_VERSION};
+use crate::server::AgentServer;
+
+/// How long a stopping daemon waits for its connections to send their last frames.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Buffer of the `connect` bridge, each direction.
+const BRIDGE_BUFFER: usize = 256 * 1024;
+
+/// This binary's versions and hash: what `runner-agent version` prints and
+/// every handshake reply starts with. The hash is of `/proc/self/exe`
+/// (empty when it cannot be read).
+pub fn agent_version() -> AgentVersion {
+    AgentVersion {
+        protocol: PROTOCOL_VERSION,
+        agent_version: CRATE_VERSION.to_string(),
+        binary_sha256: own_sha256().unwrap_or_default(),
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+    }
+}
+
+fn own_sha256() -> std::io::Result<String> {
+    let mut file = std::fs::File::open("/proc/self/exe")?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// What the agent's session is made from.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    /// The destination's id (the session state names it).
+    pub destination_id: String,
+    /// The unix-local config (`{"root": DIR}` and the other unix-local keys).
+    pub config: serde_json::Value,
+    /// Entries and `provider_native` mounts to apply, with paths as the
+    /// agent sees them (store mounts are the caller's layer stack's).
+    pub manifest: RunnerManifest,
+    /// Resume this state (a snapshot or a workspace) instead of creating a session.
+    pub resume: Option<RunnerSessionState>,
+}
+
+/// Opens unix-local's bare session for `spec`: `create_session`, or
+/// `resume_session` of `spec.resume` on the same destination.
+///
+/// Errors: the provider's (`InvalidRequest` for a bad config key, `NotFound`
+/// for a missing snapshot, …).
+pub async fn open_session(spec: SessionSpec) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+    let provider = LocalProvider::default();
+    let destination = RunnerDestination {
+        id: spec.destination_id,
+        provider_id: provider.id(),
+        config: spec.config,
+        default_manifest: spec.manifest,
+        artifacts: None,
+    };
+    match spec.resume {
+        Some(state) => {
+            provider.trust_destination(&destination);
+            provider.resume_session(state).await
+        }
+        None => provider.create_session(destination).await,
+    }
+}
+
+/// Makes the socket's directory (0700 when created; an existing one must be
+/// owned by this user and closed to others) and clears a stale socket.
+///
+/// Errors: `PermissionDenied` for a directory others can enter,
+/// `AlreadyExists` when another agent serves the socket or a non-socket
+/// file is there.
+pub fn prepare_socket(socket: &Path) -> RunnerResult<()> {
+    const OP: &str = "serve";
+    let dir = match socket.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| RunnerError::from_io(OP, dir.display(), e))?;
+    }
+    let meta = std::fs::metadata(&dir).map_err(|e| RunnerError::from_io(OP, dir.display(), e))?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(RunnerError::permission_denied(format!(
+            "{OP}: the socket directory {} must be a directory of uid {uid} that others cannot \
+             enter (mode 0700); it is mode {:o} owned by uid {}",
+            dir.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        )));
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if StdUnixStream::connect(socket).is_ok() {
+                return Err(RunnerError::new(
+                    RunnerErrorKind::AlreadyExists,
+                    format!("{OP}: another agent serves {}", socket.display()),
+                ));
+            }
+            std::fs::remove_file(socket).map_err(|e| RunnerError::from_io(OP, socket.display(), e))
+        }
+        Ok(_) => Err(RunnerError::new(
+            RunnerErrorKind::AlreadyExists,
+            format!("{OP}: {} exists and is not a socket", socket.display()),
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Listens on `socket` (after [`prepare_socket`]), the socket made 0600.
+pub fn listen(socket: &Path) -> RunnerResult<UnixListener> {
+    prepare_socket(socket)?;
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| RunnerError::from_io("serve", socket.display(), e))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| RunnerError::from_io("serve", socket.display(), e))?;
+    Ok(listener)
+}
+
+/// Serves every connection `listener` accepts until the session is closed
+/// (by a client, or by SIGTERM/SIGINT, which close it here), then removes
+/// the socket and lets the connections send their last frames.
+pub async fn serve_socket(server: AgentServer, listener: UnixListener, socket: &Path) {
+    let mut connections = JoinSet::new();
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        _ => {
+            tracing::warn!("agent: cannot watch SIGTERM/SIGINT");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let server = server.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = server.serve(stream).await {
+                            tracing::info!(error = %e, "agent: a connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "agent: accept failed"),
+            },
+            () = server.closed() => break,
+            _ = term.recv() => { close_on_signal(&server).await; break }
+            _ = int.recv() => { close_on_signal(&server).await; break }
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(socket);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
+}
+
+async fn close_on_signal(server: &AgentServer) {
+    if let Err(e) = server.close().await {
+        tracing::warn!(error = %e, "agent: closing the session on a signal failed");
+    }
+}
+
+/// Closes the session once stdin reaches its end (`serve --exit-on-stdin-eof`).
+pub async fn close_on_stdin_eof(server: AgentServer) {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    if let Err(e) = server.close().await {
+        tracing::warn!(error = %e, "agent: closing the session at the end of stdin failed");
+    }
+}
+
+/// Serves one connection on stdin/stdout; when it ends the session is
+/// closed (nobody can connect again).
+pub async fn serve_stdio(server: AgentServer) -> RunnerResult<()> {
+    let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    let served = server.serve(io).await;
+    if !server.is_closed() {
+        server.close().await?;
+    }
+    served
+}
+
+/// Connects to `socket`, retrying for up to `wait` while it does not exist
+/// yet or refuses (an agent still starting).
+fn connect_socket(socket: &Path, wait: Duration) -> std::io::Result<StdUnixStream> {
+    let start = Instant::now();
+    loop {
+        match StdUnixStream::connect(socket) {
+            Ok(stream) => return Ok(stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && start.elapsed() < wait =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `runner-agent connect`: bridges stdin/stdout to the agent's socket with
+/// two plain threads (no runtime, no extra copies), until the agent closes
+/// its side. Closing stdin half-closes the socket.
+///
+/// Errors: the socket cannot be reached within `wait`, or the bridge failed.
+pub fn bridge(socket: &Path, wait: Duration) -> std::io::Result<()> {
+    let stream = connect_socket(socket, wait)?;
+    let mut to_agent = stream.try_clone()?;
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; BRIDGE_BUFFER];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_agent.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_agent.shutdown(std::net::Shutdown::Write);
+    });
+    let mut from_agent = stream;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = vec![0u8; BRIDGE_BUFFER];
+    loop {
+        let n = match from_agent.read(&mut buf) {
+            // The agent ended the connection (a reset: it exited with bytes unread).
+            Ok(0) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            read => read?,
+        };
+        stdout.write_all(&buf[..n])?;
+        stdout.flush()?;
+    }
+}
