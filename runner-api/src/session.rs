@@ -315,7 +315,10 @@ pub trait RemoteRunnerSession: Send + Sync + 'static {
     /// same rules as [`write_file`](Self::write_file) (atomic unless
     /// `request.offset` is set, mode, parents). Memory stays bounded whatever
     /// the size. A body that ends with an `Err` item fails the write with
-    /// that error and leaves the target as it was. Requires `file_write`.
+    /// that error: an atomic write leaves the target as it was; a write at an
+    /// offset removes a file it created, while bytes it already wrote into an
+    /// existing file may stay (offset writes are not atomic). Requires
+    /// `file_write`.
     async fn write_file_stream(
         &self,
         request: RunnerFileWriteRequest,
