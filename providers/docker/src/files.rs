@@ -784,17 +784,6 @@ impl ExecContext {
             owner: Some(self.file_owner()),
             max_unpacked_bytes: self.max_upload_bytes,
         };
-        let spooled = match sanitize_upload_stream(OP, target, archive, &policy).await {
-            Ok(spooled) => spooled,
-            Err(refused) => {
-                // The target is created even when the archive is refused.
-                self.script(OP, CONFINED_PARENTS_SCRIPT, &[&target_arg])
-                    .await?;
-                return Err(refused);
-            }
-        };
-        let check = spooled.check.clone();
-        let runs = check.confined_parents_runs(OP, target, |p| p.len() + 1)?;
         let inspection = Inspection {
             target: abs.clone(),
             read_only: read_only.clone(),
@@ -804,8 +793,21 @@ impl ExecContext {
                 self.umask()
             },
         };
-        let (file, cut) = inspection.run(spooled.into_file()).await?;
-        let mut file = Some(file);
+        // A refused archive still has its target prepared (and a target in
+        // the way reported first), as when it passes.
+        let (check, mut file, cut, refused) =
+            match sanitize_upload_stream(OP, target, archive, &policy).await {
+                Ok(spooled) => {
+                    let check = spooled.check.clone();
+                    let (file, cut) = inspection.run(spooled.into_file()).await?;
+                    (Some(check), Some(file), cut, None)
+                }
+                Err(refused) => (None, None, Vec::new(), Some(refused)),
+            };
+        let runs = match &check {
+            Some(check) => check.confined_parents_runs(OP, target, |p| p.len() + 1)?,
+            None => vec![Vec::new()],
+        };
         let last = runs.len() - 1;
         for (i, run) in runs.into_iter().enumerate() {
             let args: Vec<&str> = std::iter::once(target_arg.as_str()).chain(run).collect();
@@ -849,6 +851,9 @@ impl ExecContext {
                     ),
                 ));
             }
+        }
+        if let Some(refused) = refused {
+            return Err(refused);
         }
         self.restore_modes(target, &target_arg, cut).await
     }
