@@ -49,7 +49,7 @@ const RSS_METHOD: &str = "peak RSS is VmHWM of /proc/self/status, reset before e
 /// [`CHUNK`], each a buffer of its own (so a provider that kept the chunks
 /// would show in the RSS), chunk `i` starting with `i` as 8 little-endian
 /// bytes (so chunks in the wrong order change the digest), then the pattern.
-pub(crate) struct Contents {
+struct Contents {
     template: Arc<Vec<u8>>,
     len: u64,
     /// SHA-256 of every byte.
