@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner_api::{
-    RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerDestination,
-    RunnerFileReadRequest, RunnerFileWriteRequest, RunnerProcessState, RunnerResult,
+    RemoteRunnerProvider, RunnerCommandRequest, RunnerDestination, RunnerFileReadRequest,
+    RunnerFileWriteRequest, RunnerProcessState, RunnerResult, ThreadRunnerBinding,
 };
 use runner_local::LocalProvider;
-use runner_stack::{RemoteWorkspace, RunnerRegistry};
+use runner_stack::RunnerRegistry;
 
 #[tokio::main]
 async fn main() -> RunnerResult<()> {
@@ -23,7 +23,8 @@ async fn main() -> RunnerResult<()> {
         tempfile::tempdir().map_err(|e| runner_api::RunnerError::from_io("tempdir", "", e))?;
     let root = dir.path().join("workspace");
 
-    // A registry knows every provider; it validates a destination before creating a session.
+    // A registry knows every provider and wraps each in the layer stack; it validates a
+    // destination before creating a session.
     let mut registry = RunnerRegistry::new();
     let provider: Arc<dyn RemoteRunnerProvider> = Arc::new(LocalProvider::default());
     registry.register(provider)?;
@@ -34,15 +35,21 @@ async fn main() -> RunnerResult<()> {
         default_manifest: Default::default(),
         artifacts: None,
     };
-    let session = registry.create_session(destination).await?;
+    // The thread's binding: where its tools run and the workspace they are confined to. The
+    // session comes back composed once: closed-session and capability checks, tracing,
+    // confinement to `workspace`, mounts and artifacts, then unix-local's own session.
+    let workspace = registry
+        .open(ThreadRunnerBinding {
+            destination,
+            workspace: root.clone(),
+            read_roots: Vec::new(),
+        })
+        .await?;
     println!(
         "session {} in {}",
-        session.state().session_id,
-        session.workspace_root().display()
+        workspace.state().session_id,
+        workspace.workspace_root().display()
     );
-
-    // Confine every path to the workspace root, as an agent framework would.
-    let workspace = RemoteWorkspace::for_session(session.clone());
 
     // 1. A foreground command: stdout and stderr stay apart; a non-zero exit is a result.
     let result = workspace
