@@ -44,11 +44,6 @@ use runner_api::{
     RunnerFileWriteRequest, RunnerManifest, RunnerResult, RunnerSnapshotRef,
 };
 
-/// The key of `RunnerDestination.config` that named the artifact store
-/// before the setting moved to [`RunnerDestination::artifacts`]; a
-/// destination that still has it is refused.
-pub const ARTIFACTS_CONFIG_KEY: &str = "artifacts";
-
 /// The artifact store of a destination: its
 /// [`artifacts`](RunnerDestination::artifacts) field, or `None` when absent.
 ///

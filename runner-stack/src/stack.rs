@@ -107,9 +107,13 @@ fn native(destination: &RunnerDestination) -> RunnerDestination {
     }
 }
 
+/// The key of `RunnerDestination.config` that named the artifact store
+/// before the setting moved to [`RunnerDestination::artifacts`].
+const MOVED_ARTIFACTS_KEY: &str = "artifacts";
+
 /// Refuses the artifact store setting where it used to be.
 fn refuse_moved_artifacts(destination: &RunnerDestination) -> RunnerResult<()> {
-    let key = runner_mounts::ARTIFACTS_CONFIG_KEY;
+    let key = MOVED_ARTIFACTS_KEY;
     if destination.config.get(key).is_some() {
         return Err(RunnerError::invalid_request(format!(
             "destination {:?}: config.{key} is no longer read: the artifact store moved to the \
