@@ -15,7 +15,8 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -29,7 +30,7 @@ use runner_api::{
 };
 use runner_kit::{OutputSink, ProcessControl, RawExit, SpawnedProcess, StdinPipe};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, RwLockWriteGuard};
 
 use crate::error::Daemon;
 
@@ -156,64 +157,87 @@ const STDERR_KEPT: usize = 16 * 1024;
 /// Most bytes a helper may print before the newline of its first line.
 const HEAD_LINE_MAX: usize = 32;
 
-/// Keeps the container running while a file operation's helper runs: a
-/// shared hold on a running container, or the exclusive hold on a paused one
-/// that was thawed for the operation and is frozen again on
-/// [`release`](Self::release) (or, when dropped first, by a task).
-pub(crate) struct Running {
-    hold: Hold,
+/// Decides when file operations may run in a session's container: shared
+/// while it runs, exclusive for `pause` and `resume`; and while it is paused,
+/// the thaw its file operations share (so an operation started while a
+/// stream holds the container thawed joins that thaw instead of waiting for
+/// the stream to end).
+#[derive(Default)]
+pub(crate) struct Freezer {
+    lock: Arc<RwLock<()>>,
+    thaw: Mutex<Weak<Thaw>>,
 }
 
-enum Hold {
-    /// Held only to be dropped with the operation.
-    Shared {
-        _guard: OwnedRwLockReadGuard<()>,
-    },
-    Thawed {
-        frozen: OwnedRwLockWriteGuard<()>,
-        ctx: Arc<ExecContext>,
-    },
-    Released,
-}
-
-impl Running {
-    /// A hold on a running container.
-    pub(crate) fn shared(guard: OwnedRwLockReadGuard<()>) -> Self {
-        Self {
-            hold: Hold::Shared { _guard: guard },
-        }
+impl Freezer {
+    /// The exclusive hold `pause` and `resume` take.
+    pub(crate) async fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.lock.write().await
     }
 
-    /// The hold on the paused container of `ctx`, thawed for an operation.
-    pub(crate) fn thawed(frozen: OwnedRwLockWriteGuard<()>, ctx: Arc<ExecContext>) -> Self {
-        Self {
-            hold: Hold::Thawed { frozen, ctx },
-        }
-    }
-
-    /// Ends the hold; a thawed container is paused again first.
+    /// Holds the container of `ctx` running for a file operation: a paused
+    /// one (`paused`) is thawed for it, or joins the thaw of operations
+    /// already running in it, and is frozen again when the last of them
+    /// ends.
     ///
     /// Errors: the daemon's, naming `operation` and the container.
-    pub(crate) async fn release(mut self, operation: &str) -> RunnerResult<()> {
-        match std::mem::replace(&mut self.hold, Hold::Released) {
-            Hold::Thawed { frozen, ctx } => {
-                let paused = ctx.freeze(operation).await;
-                drop(frozen);
-                paused
-            }
-            Hold::Shared { .. } | Hold::Released => Ok(()),
+    pub(crate) async fn running(
+        &self,
+        operation: &str,
+        paused: &AtomicBool,
+        ctx: &Arc<ExecContext>,
+    ) -> RunnerResult<Running> {
+        if let Some(thaw) = self.current_thaw() {
+            return Ok(Running(Hold::Thawed(thaw)));
         }
+        let shared = self.lock.clone().read_owned().await;
+        if !paused.load(Ordering::SeqCst) {
+            return Ok(Running(Hold::Shared { _guard: shared }));
+        }
+        drop(shared);
+        let frozen = self.lock.clone().write_owned().await;
+        if !paused.load(Ordering::SeqCst) {
+            return Ok(Running(Hold::Shared {
+                _guard: frozen.downgrade(),
+            }));
+        }
+        let container = &ctx.container;
+        ctx.daemon
+            .docker
+            .unpause_container(container)
+            .await
+            .map_err(|e| ctx.daemon.error(operation, container, e))?;
+        let thaw = Arc::new(Thaw {
+            ctx: ctx.clone(),
+            frozen: Some(frozen),
+        });
+        *self.thaw.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&thaw);
+        Ok(Running(Hold::Thawed(thaw)))
+    }
+
+    fn current_thaw(&self) -> Option<Arc<Thaw>> {
+        self.thaw
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade()
     }
 }
 
-impl Drop for Running {
+/// A paused container thawed for file operations; holding the freezer
+/// exclusively, so nothing else changes its state meanwhile.
+struct Thaw {
+    ctx: Arc<ExecContext>,
+    frozen: Option<OwnedRwLockWriteGuard<()>>,
+}
+
+impl Drop for Thaw {
     fn drop(&mut self) {
-        let Hold::Thawed { frozen, ctx } = std::mem::replace(&mut self.hold, Hold::Released) else {
+        let Some(frozen) = self.frozen.take() else {
             return;
         };
-        // A stream or call dropped half way: pause again before the next
-        // operation may see the container running.
+        // The last operation was dropped half way: pause again before the
+        // next one may see the container running.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let ctx = self.ctx.clone();
             runtime.spawn(async move {
                 if let Err(e) = ctx.freeze("file operation").await {
                     tracing::warn!(error = %e, "pausing the container again failed");
@@ -221,6 +245,38 @@ impl Drop for Running {
                 drop(frozen);
             });
         }
+    }
+}
+
+/// Keeps the container running while a file operation's helpers run (see
+/// [`Freezer::running`]); [`release`](Self::release) ends it.
+pub(crate) struct Running(Hold);
+
+enum Hold {
+    /// Held only to be dropped with the operation.
+    Shared {
+        _guard: OwnedRwLockReadGuard<()>,
+    },
+    Thawed(Arc<Thaw>),
+}
+
+impl Running {
+    /// Ends the hold; the last operation in a thawed container pauses it
+    /// again first.
+    ///
+    /// Errors: the daemon's, naming `operation` and the container.
+    pub(crate) async fn release(self, operation: &str) -> RunnerResult<()> {
+        let Hold::Thawed(thaw) = self.0 else {
+            return Ok(());
+        };
+        let Ok(mut thaw) = Arc::try_unwrap(thaw) else {
+            // Another operation still runs in the thaw; the last one pauses.
+            return Ok(());
+        };
+        let frozen = thaw.frozen.take();
+        let paused = thaw.ctx.freeze(operation).await;
+        drop(frozen);
+        paused
     }
 }
 

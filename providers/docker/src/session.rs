@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::DockerConfig;
 use crate::error::{Daemon, join_error};
-use crate::exec::{self, ExecContext, Identity, Running, absolute, short};
+use crate::exec::{self, ExecContext, Freezer, Identity, Running, absolute, short};
 use crate::files::directories_tar;
 use crate::orphans::{now_ms, session_container, this_owner};
 use crate::ports::Forwarders;
@@ -94,9 +94,9 @@ pub struct DockerSession {
     closed: AtomicBool,
     paused: AtomicBool,
     /// Held shared by file operations on a running container and exclusively
-    /// by `pause`, `resume` and file operations on a paused one (which thaw
-    /// the container for their helper).
-    freezer: Arc<tokio::sync::RwLock<()>>,
+    /// by `pause`, `resume` and the thaw of a paused one, which the file
+    /// operations on it share.
+    freezer: Freezer,
 }
 
 impl std::fmt::Debug for DockerSession {
@@ -462,7 +462,7 @@ impl DockerSession {
             forwarders: Forwarders::default(),
             closed: AtomicBool::new(false),
             paused: AtomicBool::new(paused),
-            freezer: Arc::default(),
+            freezer: Freezer::default(),
         }
     }
 
@@ -584,23 +584,9 @@ impl DockerSession {
     /// file operations keep working while paused and still act as the
     /// session user.
     async fn running(&self, operation: &str) -> RunnerResult<Running> {
-        let shared = self.freezer.clone().read_owned().await;
-        if !self.paused.load(Ordering::SeqCst) {
-            return Ok(Running::shared(shared));
-        }
-        drop(shared);
-        let frozen = self.freezer.clone().write_owned().await;
-        if !self.paused.load(Ordering::SeqCst) {
-            return Ok(Running::shared(frozen.downgrade()));
-        }
-        let container = &self.ctx.container;
-        self.ctx
-            .daemon
-            .docker
-            .unpause_container(container)
+        self.freezer
+            .running(operation, &self.paused, &self.ctx)
             .await
-            .map_err(|e| self.ctx.daemon.error(operation, container, e))?;
-        Ok(Running::thawed(frozen, self.ctx.clone()))
     }
 
     /// Runs the file operation `op` while [`running`](Self::running) holds
@@ -719,7 +705,7 @@ impl RemoteRunnerSession for DockerSession {
     /// helper (a stream keeps it thawed until it ends) and freeze it again;
     /// new commands return `InvalidRequest`.
     async fn pause(&self) -> RunnerResult<RunnerSessionState> {
-        let _frozen = self.freezer.write().await;
+        let _frozen = self.freezer.exclusive().await;
         if !self.paused.load(Ordering::SeqCst) {
             self.table.pause().await?;
             self.ctx
@@ -735,7 +721,7 @@ impl RemoteRunnerSession for DockerSession {
     }
 
     async fn resume(&self) -> RunnerResult<RunnerSessionState> {
-        let _frozen = self.freezer.write().await;
+        let _frozen = self.freezer.exclusive().await;
         if self.paused.load(Ordering::SeqCst) {
             self.ctx
                 .daemon

@@ -1146,6 +1146,74 @@ async fn failing_bodies_leave_no_file() -> TestResult {
     outcome
 }
 
+/// While paused, a file operation started while a read stream holds the
+/// container thawed runs at once (it shares the thaw, it does not wait for
+/// the stream), the stream then reads to its end, and the container is
+/// paused again once both ended; `resume` continues it.
+async fn paused_operations_share_the_thaw() -> TestResult {
+    let provider = DockerProvider::new();
+    let (session, container) = session_and_container(
+        &provider,
+        serde_json::json!({ "image": image(), "network": "none" }),
+    )
+    .await?;
+    let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+    let outcome = async {
+        let s = session.as_ref();
+        sh(s, "head -c 3000000 /dev/zero > big").await?;
+        s.pause().await.map_err(fail("pause"))?;
+        let mut file = s
+            .read_file_stream(RunnerFileReadRequest {
+                path: "big".into(),
+                offset: None,
+                limit: None,
+            })
+            .await
+            .map_err(fail("read_file_stream while paused"))?;
+        let first = runner_api::next_chunk(&mut file.bytes).await;
+        if !matches!(first, Some(Ok(_))) {
+            return Err(format!("the first chunk while paused: {first:?}"));
+        }
+        tokio::time::timeout(Duration::from_secs(60), async {
+            s.write_file(RunnerFileWriteRequest::new("beside", b"x".to_vec()))
+                .await
+                .map_err(fail("write_file while a stream is open"))?;
+            s.stat(Path::new("beside")).await.map_err(fail("stat"))
+        })
+        .await
+        .map_err(|_| "a file operation waited for the open stream for 60 s".to_string())??;
+        let mut read = first.and_then(|c| c.ok()).map_or(0, |c| c.len());
+        while let Some(chunk) = runner_api::next_chunk(&mut file.bytes).await {
+            read += chunk.map_err(fail("read the stream"))?.len();
+        }
+        drop(file);
+        if read != 3_000_000 {
+            return Err(format!("the stream gave {read} of 3000000 bytes"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = docker
+                .inspect_container(&container, None)
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .unwrap_or_default();
+            if state.paused == Some(true) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the container is not paused again 30 s after the operations".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s.resume().await.map_err(fail("resume"))?;
+        sh(s, "cat beside").await.map(|_| ())
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome
+}
+
 /// The id and name of a container that is not a session's.
 async fn foreign_container(docker: &Docker) -> Result<String, String> {
     Ok(docker
@@ -1618,6 +1686,10 @@ fn main() -> ExitCode {
         ),
         async_trial("writes_obey_permissions", writes_obey_permissions),
         async_trial("failing_bodies_leave_no_file", failing_bodies_leave_no_file),
+        async_trial(
+            "paused_operations_share_the_thaw",
+            paused_operations_share_the_thaw,
+        ),
         async_trial("rejoin_checks_the_container", rejoin_checks_the_container),
         async_trial(
             "resume_takes_settings_from_the_destination",
