@@ -1384,6 +1384,15 @@ async fn resume_takes_settings_from_the_destination() -> TestResult {
             .await
             .map_err(fail("rejoin_session once the destination is given"))?;
         forks.push(rejoined);
+        // The trait's form, through the stack: trust_destination reaches
+        // the provider (and the stack's own record).
+        let stacked = runner_stack::stacked(DockerProvider::new());
+        stacked.trust_destination(&dest);
+        let rejoined = stacked
+            .rejoin_session(session.state())
+            .await
+            .map_err(fail("rejoin_session once the stack trusts the destination"))?;
+        forks.push(rejoined);
         Ok(())
     }
     .await;
