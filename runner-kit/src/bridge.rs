@@ -12,7 +12,9 @@
 //! - [`chunk_stream`]: a [`RunnerByteStream`] fed by a blocking task through a
 //!   [`ChunkWriter`] (a file read, a packed archive). The channel holds
 //!   [`CHANNEL_CHUNKS`] chunks of at most [`CHUNK_BYTES`]; a dropped stream
-//!   makes the writer fail, which stops the task.
+//!   makes the writer fail, which stops the task. [`opened_chunk_stream`]
+//!   opens the source on the same task first, so the call reports what is
+//!   wrong with the path before any chunk.
 
 use std::future::Future;
 use std::io::{self, BufRead, Read, Write};
@@ -107,20 +109,30 @@ impl BufRead for BodyReader {
 
 impl BodyReader {
     /// Writes every remaining byte of the body to `writer`, chunk by chunk as
-    /// the stream delivers them (no copy through a small buffer), and returns
-    /// how many.
+    /// the stream delivers them (see [`copy_buffered`]), and returns how many.
     pub fn copy_to(&mut self, writer: &mut impl Write) -> io::Result<u64> {
-        let mut copied = 0u64;
-        loop {
-            let chunk = self.fill_buf()?;
-            if chunk.is_empty() {
-                return Ok(copied);
-            }
-            writer.write_all(chunk)?;
-            let len = chunk.len();
-            self.consume(len);
-            copied += len as u64;
+        copy_buffered(self, writer)
+    }
+}
+
+/// Writes every remaining byte of `reader` to `writer` one buffer of the
+/// reader at a time (a whole stream chunk for a [`BodyReader`], the whole
+/// slice for a `&[u8]`), with no copy through a small intermediate buffer,
+/// and returns how many.
+pub fn copy_buffered(
+    reader: &mut (impl BufRead + ?Sized),
+    writer: &mut (impl Write + ?Sized),
+) -> io::Result<u64> {
+    let mut copied = 0u64;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(copied);
         }
+        writer.write_all(chunk)?;
+        let len = chunk.len();
+        reader.consume(len);
+        copied += len as u64;
     }
 }
 
@@ -172,22 +184,46 @@ fn join_error(operation: &str, error: tokio::task::JoinError) -> RunnerError {
     RunnerError::provider(format!("{operation}: the worker task failed: {error}"))
 }
 
-/// The writing end of a [`chunk_stream`]: buffers writes into chunks of
-/// [`CHUNK_BYTES`] and sends each full one, blocking while the channel is
-/// full. A write fails with `BrokenPipe` once the stream was dropped.
+/// The writing end of a [`chunk_stream`]: buffers writes into chunks and
+/// sends each full one, blocking while the channel is full. The first chunk
+/// holds [`FIRST_CHUNK_BYTES`] and each next one twice the last, up to
+/// [`CHUNK_BYTES`], so a small transfer allocates little and a large one
+/// moves full chunks after a few. A write fails with `BrokenPipe` once the
+/// stream was dropped.
 #[derive(Debug)]
 pub struct ChunkWriter {
     tx: mpsc::Sender<RunnerResult<Bytes>>,
+    /// The chunk being filled (its whole length is the chunk's size).
     buf: Vec<u8>,
     filled: usize,
 }
 
+/// Bytes of the first chunk a [`ChunkWriter`] fills: 16 KiB.
+pub const FIRST_CHUNK_BYTES: usize = 16 * 1024;
+
 impl ChunkWriter {
+    fn new(tx: mpsc::Sender<RunnerResult<Bytes>>) -> Self {
+        Self {
+            tx,
+            buf: vec![0; FIRST_CHUNK_BYTES],
+            filled: 0,
+        }
+    }
+
+    /// Sends a full chunk, when there is one.
+    fn send_full(&mut self) -> io::Result<()> {
+        if self.filled == self.buf.len() {
+            self.send()?;
+        }
+        Ok(())
+    }
+
     fn send(&mut self) -> io::Result<()> {
         if self.filled == 0 {
             return Ok(());
         }
-        let mut chunk = std::mem::replace(&mut self.buf, vec![0; CHUNK_BYTES]);
+        let next = (self.buf.len() * 2).min(CHUNK_BYTES);
+        let mut chunk = std::mem::replace(&mut self.buf, vec![0; next]);
         chunk.truncate(self.filled);
         self.filled = 0;
         self.tx
@@ -208,21 +244,17 @@ impl ChunkWriter {
             };
             self.filled += n;
             copied += n as u64;
-            if self.filled == CHUNK_BYTES {
-                self.send()?;
-            }
+            self.send_full()?;
         }
     }
 }
 
 impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK_BYTES - self.filled);
+        let n = data.len().min(self.buf.len() - self.filled);
         self.buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
         self.filled += n;
-        if self.filled == CHUNK_BYTES {
-            self.send()?;
-        }
+        self.send_full()?;
         Ok(n)
     }
 
@@ -245,31 +277,73 @@ where
     F: FnOnce(&mut ChunkWriter) -> RunnerResult<()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    let mut writer = ChunkWriter {
-        tx: tx.clone(),
-        buf: vec![0; CHUNK_BYTES],
-        filled: 0,
-    };
-    let task = tokio::task::spawn_blocking(move || {
-        let result = work(&mut writer).and_then(|()| {
-            writer
-                .flush()
-                .map_err(|e| RunnerError::provider(format!("sending the last chunk failed: {e}")))
-        });
+    let mut writer = ChunkWriter::new(tx);
+    let operation = operation.to_owned();
+    // Detached: the stream, not a handle, is how the caller sees the end.
+    drop(tokio::task::spawn_blocking(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut writer)))
+            .unwrap_or_else(|_| {
+                Err(RunnerError::provider(format!(
+                    "{operation}: the worker task panicked"
+                )))
+            })
+            .and_then(|()| {
+                writer.flush().map_err(|e| {
+                    RunnerError::provider(format!(
+                        "{operation}: sending the last chunk failed: {e}"
+                    ))
+                })
+            });
         if let Err(error) = result {
             // The reader may be gone: then nobody waits for the error.
             let _ = writer.tx.blocking_send(Err(error));
         }
-    });
-    let operation = operation.to_owned();
-    tokio::spawn(async move {
-        if let Err(e) = task.await {
-            let _ = tx.send(Err(join_error(&operation, e))).await;
-        }
-    });
+    }));
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
+}
+
+/// A [`chunk_stream`] whose one blocking task first opens what it streams:
+/// `open` runs on the task; its error is this call's (before any chunk), and
+/// the first part of its success comes back with the stream while `feed`
+/// writes the chunks from the second. One task for both halves, so a small
+/// transfer costs one hand-off to the blocking pool.
+///
+/// Errors: `open`'s; `Provider` naming `operation` when the task ended
+/// before `open` did (a panic).
+pub async fn opened_chunk_stream<I, S, O, F>(
+    operation: &str,
+    open: O,
+    feed: F,
+) -> RunnerResult<(I, RunnerByteStream)>
+where
+    I: Send + 'static,
+    S: 'static,
+    O: FnOnce() -> RunnerResult<(I, S)> + Send + 'static,
+    F: FnOnce(S, &mut ChunkWriter) -> RunnerResult<()> + Send + 'static,
+{
+    let (opened_tx, opened) = oneshot::channel();
+    let stream = chunk_stream(operation, move |out| {
+        let source = match open() {
+            Ok((info, source)) => {
+                if opened_tx.send(Ok(info)).is_err() {
+                    return Ok(());
+                }
+                source
+            }
+            Err(error) => {
+                // The call returns it; the stream is dropped unread.
+                let _ = opened_tx.send(Err(error));
+                return Ok(());
+            }
+        };
+        feed(source, out)
+    });
+    let info = opened.await.map_err(|_| {
+        RunnerError::provider(format!("{operation}: the worker task ended before opening"))
+    })??;
+    Ok((info, stream))
 }
 
 #[cfg(test)]
@@ -371,6 +445,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn chunk_stream_chunks_grow_to_the_maximum() {
+        let stream = chunk_stream("read_file", |out| {
+            out.copy_from(&mut io::repeat(1).take(3 * CHUNK_BYTES as u64))
+                .map(drop)
+                .map_err(|e| RunnerError::provider(e.to_string()))
+        });
+        let mut stream = stream;
+        let mut sizes = Vec::new();
+        while let Some(chunk) = next_chunk(&mut stream).await {
+            sizes.push(chunk.expect("chunk").len());
+        }
+        let mut expected = Vec::new();
+        let (mut size, mut left) = (FIRST_CHUNK_BYTES, 3 * CHUNK_BYTES);
+        while left > 0 {
+            expected.push(size.min(left));
+            left -= size.min(left);
+            size = (size * 2).min(CHUNK_BYTES);
+        }
+        assert_eq!(sizes, expected);
+        assert!(sizes.iter().all(|&n| n <= CHUNK_BYTES));
+    }
+
+    #[tokio::test]
+    async fn chunk_stream_ends_with_an_error_when_the_work_panics() {
+        let mut stream = chunk_stream("download_archive", |_| panic!("the packer broke"));
+        let err = next_chunk(&mut stream)
+            .await
+            .expect("an item")
+            .expect_err("the panic is an error");
+        assert_eq!(err.kind(), RunnerErrorKind::Provider);
+        assert!(err.message().starts_with("download_archive: "), "{err}");
+        assert!(next_chunk(&mut stream).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn opened_chunk_stream_returns_the_open_error_or_the_info() {
+        let err = opened_chunk_stream(
+            "read_file",
+            || Err::<((), ()), _>(RunnerError::not_found("read_file x: missing")),
+            |(), _| panic!("nothing to feed"),
+        )
+        .await
+        .map(drop)
+        .expect_err("the open failed");
+        assert_eq!(err.kind(), RunnerErrorKind::NotFound);
+        let (size, stream) = opened_chunk_stream(
+            "read_file",
+            || Ok((3u64, b"abc".as_slice())),
+            |mut data, out| {
+                out.copy_from(&mut data)
+                    .map(drop)
+                    .map_err(|e| RunnerError::provider(e.to_string()))
+            },
+        )
+        .await
+        .expect("opened");
+        assert_eq!(size, 3);
+        let all = collect_stream("read", "x", stream, 10)
+            .await
+            .expect("bytes");
+        assert_eq!(all, b"abc");
+        let err = opened_chunk_stream(
+            "read_file",
+            || -> RunnerResult<((), ())> { panic!("the open broke") },
+            |(), _| Ok(()),
+        )
+        .await
+        .map(drop)
+        .expect_err("a panic");
+        assert_eq!(err.kind(), RunnerErrorKind::Provider);
+    }
+
+    #[tokio::test]
     async fn chunk_stream_stops_its_task_when_dropped() {
         let (done_tx, done_rx) = oneshot::channel();
         let mut stream = chunk_stream("read_file", move |out| {
@@ -380,7 +527,7 @@ mod tests {
             Ok(())
         });
         let first = next_chunk(&mut stream).await.expect("a chunk").expect("ok");
-        assert_eq!(first.len(), CHUNK_BYTES);
+        assert_eq!(first.len(), FIRST_CHUNK_BYTES);
         drop(stream);
         let result = done_rx.await.expect("the task ended");
         assert_eq!(result, Err(io::ErrorKind::BrokenPipe));

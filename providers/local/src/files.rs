@@ -14,7 +14,7 @@
 //! Every method here blocks; the session calls them on `spawn_blocking`.
 
 use cap_std::fs::MetadataExt as _;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -25,7 +25,7 @@ use runner_api::{
     RunnerFileStat, RunnerFileWriteRequest, RunnerResult, normalize_lexically, reject_nul_path,
 };
 use runner_kit::archive::{MODE_MASK, SpooledUpload, UploadPolicy};
-use runner_kit::bridge::{BodyReader, ChunkWriter};
+use runner_kit::bridge::{ChunkWriter, copy_buffered};
 
 use crate::archive::{self, Protect, SymlinkPolicy};
 use crate::error::{io_error, is_escape};
@@ -503,7 +503,7 @@ impl Workspace {
     pub(crate) fn write_file(
         &self,
         request: &RunnerFileWriteRequest,
-        body: &mut BodyReader,
+        body: &mut impl BufRead,
     ) -> RunnerResult<()> {
         let op = "write_file";
         let path = &request.path;
@@ -547,7 +547,7 @@ impl Workspace {
             .filter(|_| nix::unistd::geteuid().is_root())
             .map(|meta| (meta.uid(), meta.gid()));
         replace_atomically(&parent_dir, name, mode, owner, |file| {
-            body.copy_to(file).map(drop)
+            copy_buffered(body, file).map(drop)
         })
         .map_err(io)
     }
@@ -572,7 +572,7 @@ impl Workspace {
         name: &Path,
         offset: u64,
         request: &RunnerFileWriteRequest,
-        body: &mut BodyReader,
+        body: &mut impl BufRead,
     ) -> RunnerResult<()> {
         let op = "write_file";
         let path = &request.path;
@@ -603,7 +603,7 @@ impl Workspace {
                 return Err(past_end(op, path, offset, Some(meta.len())));
             }
             let mut spool = tempfile::tempfile().map_err(io)?;
-            body.copy_to(&mut spool).map_err(io)?;
+            copy_buffered(body, &mut spool).map_err(io)?;
             spool.rewind().map_err(io)?;
             let mode = if created {
                 Some(explicit.unwrap_or(0o644))

@@ -16,7 +16,7 @@ use runner_api::{
     RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef, prepend,
 };
 use runner_kit::archive::sanitize_upload_stream;
-use runner_kit::bridge::{chunk_stream, with_body_reader};
+use runner_kit::bridge::{opened_chunk_stream, with_body_reader};
 use runner_kit::{ProcessTable, ProcessTableConfig};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -452,19 +452,23 @@ impl RemoteRunnerSession for LocalSession {
         self.table.signal(command_id, signal).await
     }
 
+    /// One blocking task opens the file and then feeds the stream, so an
+    /// error about the path comes back from this call, before any chunk.
     async fn read_file_stream(
         &self,
         request: RunnerFileReadRequest,
     ) -> RunnerResult<RunnerFileStream> {
         let path = request.path.clone();
-        let opened = self
-            .blocking("read_file", move |ws| ws.open_read(&request))
-            .await?;
-        let size = opened.size;
-        let (ws, shown) = (self.workspace.clone(), path.clone());
-        let bytes = chunk_stream("read_file", move |out| {
-            opened.send(out).map_err(|e| ws.io("read_file", &shown, e))
-        });
+        let (ws, fed) = (self.workspace.clone(), self.workspace.clone());
+        let (size, bytes) = opened_chunk_stream(
+            "read_file",
+            move || {
+                let file = ws.open_read(&request)?;
+                Ok((file.size, (file, request.path)))
+            },
+            move |(file, shown), out| file.send(out).map_err(|e| fed.io("read_file", &shown, e)),
+        )
+        .await?;
         Ok(RunnerFileStream { path, size, bytes })
     }
 
@@ -535,16 +539,19 @@ impl RemoteRunnerSession for LocalSession {
             .await
     }
 
+    /// Opens the path and packs it on one blocking task (a missing path is
+    /// this call's error, before any chunk).
     async fn download_archive_stream(&self, path: &Path) -> RunnerResult<RunnerByteStream> {
         const OP: &str = "download_archive";
-        let opened = path.to_path_buf();
-        let download = self
-            .blocking(OP, move |ws| ws.open_download(&opened))
-            .await?;
-        let (ws, shown) = (self.workspace.clone(), path.to_path_buf());
-        Ok(chunk_stream(OP, move |out| {
-            download.pack(out).map_err(|e| ws.io(OP, &shown, e))
-        }))
+        let (ws, fed) = (self.workspace.clone(), self.workspace.clone());
+        let (opened, shown) = (path.to_path_buf(), path.to_path_buf());
+        let ((), archive) = opened_chunk_stream(
+            OP,
+            move || Ok(((), ws.open_download(&opened)?)),
+            move |download, out| download.pack(out).map_err(|e| fed.io(OP, &shown, e)),
+        )
+        .await?;
+        Ok(archive)
     }
 
     async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
