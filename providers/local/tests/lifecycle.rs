@@ -446,11 +446,28 @@ async fn resume_takes_root_and_mounts_from_the_destination_never_from_the_state(
     let declared = LocalProvider::new()
         .with_destination(&rooted)
         .expect("a unix-local destination")
-        .resume_session(state)
+        .resume_session(state.clone())
         .await
         .expect("resume on a declared destination");
     assert_eq!(declared.workspace_root(), s.workspace_root());
     declared.close().await.expect("close");
+    // The trait form: a destination of another provider under the same id is
+    // ignored, the unix-local one is trusted.
+    let trusting = LocalProvider::new();
+    let mut foreign = rooted.clone();
+    foreign.provider_id = "docker".into();
+    trusting.trust_destination(&foreign);
+    assert_eq!(
+        kind(trusting.resume_session(state.clone()).await.map(|_| ())),
+        RunnerErrorKind::NotFound
+    );
+    trusting.trust_destination(&rooted);
+    let trusted = trusting
+        .resume_session(state)
+        .await
+        .expect("resume on a trusted destination");
+    assert_eq!(trusted.workspace_root(), s.workspace_root());
+    trusted.close().await.expect("close");
 
     // Owned workspaces: only one this destination created in its workspaces_dir.
     let owned = provider
