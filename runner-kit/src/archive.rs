@@ -7,8 +7,8 @@
 //! modes, the session user as owner, nothing but directories, files and
 //! links), never the caller's bytes. [`sanitize_upload_stream`] does the same
 //! for an archive arriving as a [`RunnerByteStream`], spooling the clean copy
-//! to an anonymous temporary file instead of memory. A provider that unpacks entry by entry
-//! itself uses [`entry_name`] (or [`entry_path`]) for the name rule and the
+//! to an anonymous temporary file instead of memory. A provider that unpacks
+//! entry by entry itself uses [`entry_name`] (or [`entry_path`]) for the name rule and the
 //! same [`MODE_MASK`].
 //!
 //! # Rules
@@ -409,9 +409,10 @@ pub fn sanitize_upload(
 const SPOOL_CHUNK: usize = crate::bridge::CHUNK_BYTES;
 
 /// An upload checked and rewritten as [`sanitize_upload`] does, spooled to an
-/// anonymous temporary file on the caller's side (bounded memory, whatever
-/// the archive's size). The file has no name, so nothing is left behind when
-/// the upload is dropped.
+/// anonymous temporary file on the caller's side, in
+/// [`std::env::temp_dir`] (bounded memory, whatever the archive's size; the
+/// disk there must hold the rewritten archive). The file has no name, so
+/// nothing is left behind when the upload is dropped.
 #[derive(Debug)]
 pub struct SpooledUpload {
     file: std::fs::File,
