@@ -99,10 +99,10 @@ fn binary_passes_against_unix_local() {
 /// sessions name no artifact store, so they do not claim `artifact_export`,
 /// and the run has no failure.
 ///
-/// Every check of this run shares the one root. `files_read_limit_bounded`
-/// leaves its 64 GiB sparse file there, and each later snapshot check would
-/// tar it whole (filling the disk), so it is skipped here until the check
-/// removes its file; it runs in the owned-workspace run above.
+/// Every check of this run shares the one root. While `files_read_limit_bounded`
+/// runs, its 64 GiB sparse file sits in that root, and a snapshot check running
+/// at the same time would tar it whole (filling the disk), so it is skipped
+/// here; it runs in the owned-workspace run above.
 #[test]
 fn binary_passes_against_a_plain_unix_local_root() {
     let dir = tempfile::tempdir().expect("temp dir");
