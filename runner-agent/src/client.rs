@@ -30,7 +30,7 @@ use crate::protocol::{
     decode_output, encode, mismatch_message,
 };
 
-/// How long an agent may take to answer the handshake.
+/// How long a connector may take to connect, and the agent to answer the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A byte stream to an agent: a docker exec's stdio, an ssh channel, a
@@ -84,6 +84,16 @@ struct ClientInner {
     hello: Mutex<HelloReply>,
     /// Set by `close`, or when the agent says its session was closed.
     closed: Arc<AtomicBool>,
+}
+
+impl Drop for ClientInner {
+    /// The last handle is gone: its connection closes (the agent and its
+    /// session go on, as after [`AgentClient::disconnect`]).
+    fn drop(&mut self) {
+        if let Some(connection) = self.current.get_mut().take() {
+            connection.outbound.close();
+        }
+    }
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -262,9 +272,14 @@ async fn dial(
     operation: &str,
     session_closed: Arc<AtomicBool>,
 ) -> RunnerResult<(Arc<Connection>, HelloReply)> {
-    let io = connector
-        .connect()
+    let io = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect())
         .await
+        .map_err(|_| {
+            RunnerError::new(
+                RunnerErrorKind::Timeout,
+                format!("{operation}: connecting to the agent did not finish within 30 s"),
+            )
+        })?
         .map_err(|e| unavailable(format!("{operation}: connecting to the agent: {e}")))?;
     let (reader, writer) = tokio::io::split(io);
     let outbound = Outbound::spawn(writer);

@@ -1023,6 +1023,28 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_exchange_has_these_sizes() {
+        // docs/agent-protocol.md, "An exchange".
+        let hello = Hello {
+            protocol: 1,
+            client_version: "0.1.0".into(),
+        };
+        let frame = Frame::new(FrameKind::Hello, 0, encode("hello", &hello).unwrap());
+        assert_eq!(frame.encode().len(), 41);
+        let stat = Request::Stat {
+            path: "a.txt".into(),
+        };
+        let frame = Frame::new(FrameKind::Request, 1, encode("stat", &stat).unwrap());
+        assert_eq!(frame.encode().len(), 27);
+        let run = Request::RunCommand {
+            request: RunnerCommandRequest::new("c1", "true", Vec::<String>::new()),
+            stdin: false,
+        };
+        let len = encode("run_command", &run).unwrap().len();
+        assert!((150..=250).contains(&len), "{len} bytes");
+    }
+
+    #[test]
     fn output_frames_carry_raw_bytes() {
         let payload = encode_output(42, RunnerOutputStream::Stderr, b"\0\xff");
         assert_eq!(payload.len(), 11);

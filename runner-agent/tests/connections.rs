@@ -285,3 +285,28 @@ async fn a_second_connection_sees_the_same_session_and_many_requests_share_one()
     let err = first.list_commands().await.unwrap_err();
     assert_eq!(err.kind(), RunnerErrorKind::SessionClosed, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_session_closes_its_connection_not_the_agent() {
+    let root = tempfile::tempdir().unwrap();
+    let launcher = Launcher::new();
+    let agent = launcher
+        .launch(&destination(root.path()), None)
+        .await
+        .unwrap();
+    let pids = ConnectPids::default();
+    let session = support::connect(&agent, pids.clone()).await.unwrap();
+    session
+        .start_command(RunnerCommandRequest::new("sleeper", "sleep", ["600"]))
+        .await
+        .unwrap();
+    let connect_pid = *pids.lock().unwrap().last().unwrap();
+    drop(session);
+    assert!(wait_gone(connect_pid).await, "the connection's child ends");
+    assert!(is_running(agent.pid), "the agent goes on");
+    let again = support::connect(&agent, pids).await.unwrap();
+    let listed = again.list_commands().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, RunnerProcessState::Running);
+    again.close().await.unwrap();
+}
