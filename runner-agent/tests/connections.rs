@@ -213,7 +213,15 @@ async fn a_dropped_run_command_future_leaves_the_command_running() {
         assert!(Instant::now() < deadline, "the command was killed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = session.command_status(&"slow".into()).await.unwrap();
+    // The marker is written just before the shell exits: wait for the exit.
+    let status = loop {
+        let status = session.command_status(&"slow".into()).await.unwrap();
+        if status.state != RunnerProcessState::Running {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the command did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(status.status.and_then(|s| s.exit_code), Some(0));
     session.close().await.unwrap();
 }
