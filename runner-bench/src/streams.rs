@@ -187,21 +187,24 @@ impl CopyTool {
     }
 }
 
-/// The section: for each target, the 1 GiB write and read through the
+/// The section: for each of `targets`, the 1 GiB write and read through the
 /// streams and their baselines. Host-side files live under `scratch`.
-pub(crate) async fn run(plan: &Plan, targets: [Option<&Target>; 3], scratch: &Path) -> Figures {
-    let [local_target, docker_target, ssh_target] = targets;
+pub(crate) async fn run(plan: &Plan, targets: &[Target], scratch: &Path) -> Figures {
     eprintln!("== streams: 1 GiB files; {RSS_METHOD}");
     let dir = scratch.join("streams");
     tokio::fs::create_dir_all(&dir).await?;
     let contents = Contents::new(GIB);
     let mut group = Group::new("streams");
-    let reps = plan.gib_reps;
-    if let Some(target) = local_target {
-        let copy = scratch.join("workspaces").join("cp-1gib.bin");
-        let copy = copy.to_string_lossy().into_owned();
-        let tool = |_: &Arc<dyn RemoteRunnerSession>| {
-            Ok(CopyTool {
+    let copy = scratch.join("workspaces").join("cp-1gib.bin");
+    let copy = copy.to_string_lossy().into_owned();
+    for target in targets {
+        let provider = target.destination.provider_id.as_str();
+        let server = match provider {
+            "ssh" => Some(ssh::Server::from_env()?),
+            _ => None,
+        };
+        let tool = |session: &Arc<dyn RemoteRunnerSession>| match (provider, &server) {
+            ("unix-local", _) => Ok(CopyTool {
                 program: "cp",
                 args: Vec::new(),
                 remote: copy.clone(),
@@ -210,35 +213,24 @@ pub(crate) async fn run(plan: &Plan, targets: [Option<&Target>; 3], scratch: &Pa
                     "cp host file → workspaces dir",
                     "cp workspaces dir → host file",
                 ],
-            })
-        };
-        target_figures(&mut group, target, &contents, reps, &dir, &tool).await?;
-    }
-    if let Some(target) = docker_target {
-        let tool = |session: &Arc<dyn RemoteRunnerSession>| {
-            let container = docker::container_id(session)?;
-            Ok(CopyTool {
+            }),
+            ("docker", _) => Ok(CopyTool {
                 program: "docker",
                 args: vec!["cp".into()],
-                remote: format!("{container}:{DOCKER_CP_REMOTE}"),
+                remote: format!("{}:{DOCKER_CP_REMOTE}", docker::container_id(session)?),
                 runner_path: DOCKER_CP_REMOTE.into(),
                 labels: ["docker cp host → container", "docker cp container → host"],
-            })
-        };
-        target_figures(&mut group, target, &contents, reps, &dir, &tool).await?;
-    }
-    if let Some(target) = ssh_target {
-        let server = ssh::Server::from_env()?;
-        let tool = |_: &Arc<dyn RemoteRunnerSession>| {
-            Ok(CopyTool {
+            }),
+            ("ssh", Some(server)) => Ok(CopyTool {
                 program: "scp",
                 args: server.scp_args(),
                 remote: server.remote(SCP_REMOTE),
                 runner_path: SCP_REMOTE.into(),
                 labels: ["scp host → server", "scp server → host"],
-            })
+            }),
+            _ => anyhow::bail!("no copy baseline for the {provider} provider"),
         };
-        target_figures(&mut group, target, &contents, reps, &dir, &tool).await?;
+        target_figures(&mut group, target, &contents, plan.gib_reps, &dir, &tool).await?;
     }
     tokio::fs::remove_dir_all(&dir).await?;
     Ok(group.into_figures())
