@@ -234,11 +234,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("wrote {}", args.output.display());
     let errors: u64 = figures.iter().map(|f| f.errors).sum();
     anyhow::ensure!(errors == 0, "{errors} operations failed while measuring");
-    let over: Vec<&str> = figures
-        .iter()
-        .filter(|f| f.within_bound == Some(false))
-        .map(|f| f.name.as_str())
-        .collect();
+    let over = stats::over_bound(&figures);
     anyhow::ensure!(over.is_empty(), "over their bound: {}", over.join("; "));
     Ok(())
 }

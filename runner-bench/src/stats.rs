@@ -176,6 +176,15 @@ impl Group {
     }
 }
 
+/// The names of the figures over their bound (a run with any fails).
+pub(crate) fn over_bound(figures: &[Figure]) -> Vec<&str> {
+    figures
+        .iter()
+        .filter(|f| f.within_bound == Some(false))
+        .map(|f| f.name.as_str())
+        .collect()
+}
+
 /// Runs `op` `n` times one after another and returns the wall time of each
 /// run in milliseconds. The first error stops the measurement.
 pub(crate) async fn time_ms<F, Fut>(n: usize, mut op: F) -> anyhow::Result<Samples>
@@ -206,7 +215,7 @@ pub(crate) fn throughput_mib_s(durations_ms: &Samples, bytes: u64) -> Samples {
 
 #[cfg(test)]
 mod tests {
-    use super::{Better, Group, Samples, Spec};
+    use super::{Better, Group, Samples, Spec, over_bound};
 
     #[test]
     fn quantiles_use_the_nearest_rank() {
@@ -240,6 +249,7 @@ mod tests {
         assert_eq!(figures[1].verdict(), "OVER (> 64)");
         assert_eq!(figures[0].baseline_median, 64.0);
         assert_eq!(figures[0].ratio, 10.0 / 64.0);
+        assert_eq!(over_bound(&figures), ["one over", "no samples"]);
     }
 
     #[test]
