@@ -34,6 +34,19 @@ pub enum Command {
     /// Print the protocol version, agent version, binary sha256, OS and
     /// architecture as JSON.
     Version,
+    /// Run as a container's PID 1: start this binary with `ARGS` (for
+    /// example `serve --socket …`) as the one child, reap every orphan
+    /// that is reparented here, pass SIGTERM and SIGINT on, and exit with
+    /// the child's status.
+    Init(InitArgs),
+}
+
+/// `runner-agent init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The arguments of the child (this binary again), after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// `runner-agent serve`.
@@ -64,6 +77,16 @@ pub struct ServeArgs {
     /// that keeps the pipe open ties the agent to its own life (tests).
     #[arg(long, conflicts_with = "stdio")]
     pub exit_on_stdin_eof: bool,
+    /// Start the daemon in the background, in its own process group, with
+    /// stdin and stdout closed: print its status line, then exit (0 when it
+    /// is ready, 1 when it failed). What a transport whose channel must end
+    /// (an ssh exec) starts the agent with.
+    #[arg(long, conflicts_with_all = ["stdio", "exit_on_stdin_eof"])]
+    pub detach: bool,
+    /// Append the daemon's log (stderr) to this file, created 0600; with
+    /// `--detach` stderr is discarded otherwise.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
 }
 
 /// `runner-agent connect`.
@@ -119,6 +142,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Serve(args) => serve(args),
+        Command::Init(args) => crate::init::run(args.args),
     }
 }
 
@@ -132,6 +156,15 @@ fn parse<T: serde::de::DeserializeOwned>(flag: &str, text: &str) -> RunnerResult
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    if args.detach {
+        return daemon::detach();
+    }
+    if let Some(log) = &args.log
+        && let Err(e) = daemon::redirect_stderr(log)
+    {
+        eprintln!("runner-agent serve: --log {}: {e}", log.display());
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("runner-agent")

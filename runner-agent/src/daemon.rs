@@ -274,3 +274,66 @@ pub fn bridge(socket: &Path, wait: Duration) -> std::io::Result<()> {
         stdout.flush()?;
     }
 }
+
+/// `serve --detach`: starts this binary again with the same arguments but
+/// `--detach`, in its own process group, stdin from `/dev/null` and stderr
+/// discarded (the child appends it to `--log` itself), prints the status
+/// line the child prints, and returns without waiting for it: 0 when the
+/// agent is ready, 1 otherwise.
+pub fn detach() -> std::process::ExitCode {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::{ExitCode, Stdio};
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("runner-agent serve --detach: finding this binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = std::env::args_os().skip(1).filter(|arg| arg != "--detach");
+    let spawned = std::process::Command::new(&exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("runner-agent serve --detach: starting {}: {e}", exe.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    }
+    print!("{line}");
+    let ready = serde_json::from_str::<crate::cli::ServeStatus>(line.trim_end())
+        .is_ok_and(|status| matches!(status, crate::cli::ServeStatus::Ready { .. }));
+    if ready {
+        ExitCode::SUCCESS
+    } else {
+        // A failed agent exits by itself; reap it.
+        let _ = child.wait();
+        if line.is_empty() {
+            eprintln!("runner-agent serve --detach: the agent exited without a status line");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// Points this process's stderr at `log` (appended, created 0600).
+///
+/// Errors: the file cannot be opened, or the descriptor not duplicated.
+pub fn redirect_stderr(log: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log)?;
+    nix::unistd::dup2_stderr(&file).map_err(std::io::Error::from)
+}

@@ -14,7 +14,9 @@
 //!   multiplexing by request id, credit-based flow control, cancellation.
 //! - The binary `runner-agent` ([`cli`]): `serve --socket PATH --config JSON`
 //!   (the daemon), `serve --stdio`, `connect --socket PATH` (the bridge a
-//!   transport runs) and `version`.
+//!   transport runs), `init -- serve …` (a container's PID 1) and `version`.
+//! - [`delivery`]: which binary a sandbox's platform gets, checked by its
+//!   ELF header and named by its sha256.
 //!
 //! ```no_run
 //! use runner_agent::{AgentSession, command_connector};
@@ -37,6 +39,8 @@ pub mod cli;
 mod client;
 mod conn;
 pub mod daemon;
+pub mod delivery;
+mod init;
 pub mod protocol;
 mod server;
 mod transport;
