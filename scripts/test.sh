@@ -57,6 +57,16 @@ fi
 command -v busybox >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 \
   || die "neither busybox nor python3 is available for the ports checks"
 
+step "provision: the static runner agent the docker and ssh sessions run"
+# A static-pie binary (runs in an image without a C library); an explicit
+# --target keeps build scripts dynamic and this build out of target/debug.
+# runner-testprog is the one program of the image that holds nothing else.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet \
+  --target x86_64-unknown-linux-gnu -p runner-agent -p runner-testprog
+RUNNER_AGENT_BINARY="$PWD/target/x86_64-unknown-linux-gnu/release/runner-agent"
+RUNNER_TEST_PROGRAM="$PWD/target/x86_64-unknown-linux-gnu/release/runner-testprog"
+export RUNNER_AGENT_BINARY RUNNER_TEST_PROGRAM
+
 # Each backend's script provisions it (installing packages, starting the
 # daemon) and exports the RUNNER_TEST_<BACKEND>=1 switch plus its settings.
 # docker-debian builds the Debian image on the daemon docker started.
