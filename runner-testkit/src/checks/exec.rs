@@ -91,6 +91,13 @@ pub(crate) fn checks() -> Vec<Check> {
             |cx| Box::pin(signal_reported(cx)),
         ),
         Check::new(
+            "exec_exit_status_exact",
+            a,
+            &[CommandExec],
+            "RunnerCommandResult: a program's own exit status comes back as it is (126, 127, 130, 137, 143, 255 are exit codes, not signals); SIGKILL and SIGTERM come back as the signal with no exit code.",
+            |cx| Box::pin(exit_status_exact(cx)),
+        ),
+        Check::new(
             "exec_duration_plausible",
             a,
             &[CommandExec],
@@ -459,6 +466,51 @@ async fn signal_reported(cx: Cx) -> CheckResult {
         ensure!(
             !result.timed_out && !result.cancelled && !result.success(),
             "a shell killed by SIG{name}: expected not timed out, not cancelled, not success; got {}",
+            describe_result(&result)
+        );
+    }
+    s.close().await.or_fail("close")
+}
+
+/// Exit statuses are reported as the program ended, never decoded or guessed:
+/// the exit codes a shell uses for "cannot execute", "not found" and
+/// "killed by signal N" (128 + N) stay exit codes when a program exits with
+/// them itself, and a real signal is never turned into 128 + N.
+async fn exit_status_exact(cx: Cx) -> CheckResult {
+    let s = cx.session().await?;
+    let run = |script: String| {
+        let request =
+            RunnerCommandRequest::new(unique_id("status"), "sh", ["-c".to_string(), script])
+                .with_cwd(s.workspace_root())
+                .with_timeout_ms(30_000);
+        s.run_command(request)
+    };
+    for code in [0, 1, 126, 127, 130, 137, 143, 255] {
+        let script = format!("exit {code}");
+        let result = run(script.clone())
+            .await
+            .or_fail(format!("run_command sh -c {script:?}"))?;
+        ensure!(
+            result.exit_code == Some(code)
+                && result.signal.is_none()
+                && !result.timed_out
+                && !result.cancelled,
+            "sh -c {script:?}: expected exit_code Some({code}) and no signal, got {}",
+            describe_result(&result)
+        );
+    }
+    for (name, number) in [("KILL", 9), ("TERM", 15)] {
+        let script = format!("kill -{name} $$");
+        let result = run(script.clone())
+            .await
+            .or_fail(format!("run_command sh -c {script:?}"))?;
+        ensure!(
+            result.signal == Some(number)
+                && result.exit_code.is_none()
+                && !result.timed_out
+                && !result.cancelled
+                && !result.success(),
+            "sh -c {script:?}: expected signal Some({number}) and exit_code None, got {}",
             describe_result(&result)
         );
     }

@@ -208,7 +208,7 @@ pub(crate) fn checks() -> Vec<Check> {
             "files_archive_existing_symlink_refused",
             a,
             &[CommandExec, ArchiveTransfer, FileRead],
-            "upload_archive: an entry written \"through a symlink\" a command made, leading out of target, is refused with PermissionDenied and nothing lands there; one leading inside works.",
+            "upload_archive: an entry written \"through a symlink\" a command made (in target or a directory below), leading out of target, is refused with PermissionDenied and nothing lands there; a file entry over a symlink to a file outside leaves that file as it was; one leading inside works.",
             |cx| Box::pin(archive_existing_symlink_refused(cx)),
         ),
     ]
@@ -1197,8 +1197,11 @@ async fn existing_symlink_refused(s: &Session, dir: &Path, outside: &str) -> Che
     sh_ok(
         s.as_ref(),
         &format!(
-            "mkdir -p {scratch}/real && ln -s {} {scratch}/up && ln -s real {scratch}/in",
-            quote(outside)
+            "mkdir -p {scratch}/real && ln -s {o} {scratch}/up && ln -s real {scratch}/in && \
+             ln -s {o} {scratch}/real/deep && printf original > {o}/victim && \
+             ln -s {victim} {scratch}/victim-link",
+            o = quote(outside),
+            victim = quote(&format!("{outside}/victim")),
         ),
     )
     .await?;
@@ -1231,6 +1234,47 @@ async fn existing_symlink_refused(s: &Session, dir: &Path, outside: &str) -> Che
     ensure!(
         probe.exit_code == Some(0),
         "after the refused upload, {outside}/x exists on the runner"
+    );
+    // The same through a symlink one directory down.
+    s.upload_archive(dir, tree::to_tar(&file("real/deep/z"))?)
+        .await
+        .fails_with(
+            RunnerErrorKind::PermissionDenied,
+            format!(
+                "upload_archive of real/deep/z into {} where real/deep -> {outside}",
+                dir.display()
+            ),
+        )?;
+    // A file entry named like a symlink to a file outside: the link may be
+    // replaced or the entry refused, but the file outside stays as it was.
+    match s
+        .upload_archive(dir, tree::to_tar(&file("victim-link"))?)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {}
+        Err(e) => {
+            return Err(format!(
+                "upload_archive of victim-link into {} where victim-link -> {outside}/victim: \
+                 expected Ok (the link replaced) or PermissionDenied, got {}",
+                dir.display(),
+                crate::outcome::describe(&e)
+            ));
+        }
+    }
+    let probe = sh(
+        s.as_ref(),
+        &format!(
+            "test ! -e {} && test \"$(cat {})\" = original",
+            quote(&format!("{outside}/z")),
+            quote(&format!("{outside}/victim"))
+        ),
+    )
+    .await?;
+    ensure!(
+        probe.exit_code == Some(0),
+        "after the uploads through real/deep and victim-link, {outside}/z exists or \
+         {outside}/victim was changed"
     );
     s.upload_archive(dir, tree::to_tar(&file("in/y"))?)
         .await

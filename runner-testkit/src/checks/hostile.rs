@@ -35,7 +35,7 @@ pub(crate) fn checks() -> Vec<Check> {
             "files_upload_owner_is_session_user",
             Area::Files,
             &[ArchiveTransfer, CommandExec],
-            "upload_archive: entries are owned by the uid and gid commands of the session run as, whatever the archive says.",
+            "upload_archive: entries (files and directories) are owned by the session's user, as a file the session wrote itself, whatever uid and gid (0 included) the archive says.",
             |cx| Box::pin(upload_owner_is_session_user(cx)),
         ),
         Check::new(
@@ -60,6 +60,13 @@ pub(crate) fn checks() -> Vec<Check> {
             |cx| Box::pin(upload_pax_global_refused(cx)),
         ),
         Check::new(
+            "files_upload_pax_global_no_redirect",
+            Area::Files,
+            &[ArchiveTransfer, FileManagement],
+            "upload_archive: a PAX global header whose `path` leads out of target (`../…`) redirects no entry: refused (InvalidRequest, nothing written) or unpacked at the entries' own names; nothing lands outside target.",
+            |cx| Box::pin(upload_pax_global_no_redirect(cx)),
+        ),
+        Check::new(
             "files_read_limit_bounded",
             Area::Files,
             &[FileRead, FileWrite, CommandExec],
@@ -70,7 +77,7 @@ pub(crate) fn checks() -> Vec<Check> {
             "files_read_fifo_fails_fast",
             Area::Files,
             &[FileRead, FileWrite, CommandExec],
-            "read_file: a FIFO is InvalidRequest without waiting for a writer, and the session's file operations keep working.",
+            "read_file: a FIFO (made with mkfifo) is InvalidRequest within 5 s, without waiting for a writer, and the session's file operations (write, read, list_dir, stat) keep working.",
             |cx| Box::pin(read_fifo_fails_fast(cx)),
         ),
         Check::new(
@@ -260,25 +267,62 @@ async fn upload_setid_masked(cx: Cx) -> CheckResult {
     s.close().await.or_fail("close")
 }
 
-/// Uploaded entries belong to the session's user.
+/// Uploaded entries belong to the session's user: the owner of a file a
+/// command of the session made itself (and of one `write_file` made), not
+/// uid 0 / gid 0 or another id the archive names.
 async fn upload_owner_is_session_user(cx: Cx) -> CheckResult {
     let s = cx.session().await?;
     let target = cx.scratch(&s);
     let archive = raw_tar(&[
+        Raw {
+            name: "root-dir",
+            kind: tar::EntryType::Directory,
+            mode: 0o755,
+            uid: 0,
+            data: b"",
+        },
+        Raw::file("root-dir/nested", 0o644, 0),
         Raw::file("root-owned", 0o644, 0),
         Raw::file("other", 0o644, 4242),
     ])?;
     s.upload_archive(&target, archive)
         .await
         .or_fail("upload_archive of entries owned by uid 0 and 4242")?;
-    let me = sh_ok(s.as_ref(), "echo \"$(id -u) $(id -g)\"").await?;
     let t = quote(&target.display().to_string());
-    for name in ["root-owned", "other"] {
-        let owner = sh_ok(s.as_ref(), &format!("stat -c '%u %g' {t}/{name}")).await?;
+    let stat = |name: &str| format!("stat -c '%u %g' {t}/{name}");
+    // The session's own files, as references: one a command wrote, and one
+    // written through the file API when the session has it.
+    let own = sh_ok(
+        s.as_ref(),
+        &format!(": > {t}/by-command && {}", stat("by-command")),
+    )
+    .await?;
+    let own = own.trim().to_string();
+    let me = sh_ok(s.as_ref(), "echo \"$(id -u) $(id -g)\"").await?;
+    ensure!(
+        own == me.trim(),
+        "owner (uid gid) of a file a command wrote: {own:?}, but the command runs as {:?}",
+        me.trim()
+    );
+    if cx.has(FileWrite) {
+        let path = target.join("by-write-file");
+        s.write_file(RunnerFileWriteRequest::new(&path, b"mine".to_vec()))
+            .await
+            .or_fail(format!("write_file {}", path.display()))?;
+        let written = sh_ok(s.as_ref(), &stat("by-write-file")).await?;
         ensure!(
-            owner.trim() == me.trim(),
-            "owner (uid gid) of uploaded {name}: expected the session user's {:?}, got {:?}",
-            me.trim(),
+            written.trim() == own,
+            "owner (uid gid) of a file write_file wrote: expected the session user's {own:?}, \
+             got {:?}",
+            written.trim()
+        );
+    }
+    for name in ["root-dir", "root-dir/nested", "root-owned", "other"] {
+        let owner = sh_ok(s.as_ref(), &stat(name)).await?;
+        ensure!(
+            owner.trim() == own,
+            "owner (uid gid) of uploaded {name}: expected the session user's {own:?} (the owner \
+             of a file the session wrote), got {:?}",
             owner.trim()
         );
     }
@@ -360,6 +404,122 @@ async fn upload_pax_global_refused(cx: Cx) -> CheckResult {
     s.close().await.or_fail("close")
 }
 
+/// One PAX record, `"<length> <key>=<value>\n"`, its length counting itself.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut length = body.len() + 1;
+    while format!("{length}{body}").len() != length {
+        length += 1;
+    }
+    format!("{length}{body}").into_bytes()
+}
+
+/// A PAX global header naming another path does not move later entries.
+async fn upload_pax_global_no_redirect(cx: Cx) -> CheckResult {
+    let s = cx.session().await?;
+    let target = cx.scratch(&s);
+    // A sibling of target under the workspace root: where a global `path`
+    // of `../<escape>` would put every later entry.
+    let escape = cx.scratch(&s);
+    let record = pax_record("path", &format!("../{}", escape.display()));
+    let err = |e: std::io::Error| format!("building the PAX tar: {e}");
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut global = tar::Header::new_ustar();
+    global.set_entry_type(tar::EntryType::XGlobalHeader);
+    global.set_mode(0o644);
+    global.set_size(record.len() as u64);
+    builder
+        .append_data(&mut global, "pax_global_header", &record[..])
+        .map_err(err)?;
+    let entries: [(&str, &[u8]); 2] = [("first.txt", b"first"), ("sub/second.txt", b"second")];
+    for (name, data) in entries {
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        header.set_size(data.len() as u64);
+        builder.append_data(&mut header, name, data).map_err(err)?;
+    }
+    let archive = builder.into_inner().map_err(err)?;
+    let what = format!(
+        "an archive whose PAX global header sets path=../{}",
+        escape.display()
+    );
+    match s.upload_archive(&target, archive).await {
+        Err(e) if e.kind() == RunnerErrorKind::InvalidRequest => match s.list_dir(&target).await {
+            Err(e) if e.kind() == RunnerErrorKind::NotFound => {}
+            Ok(listed) => ensure!(
+                listed.is_empty(),
+                "after the refused upload of {what}, {} holds {:?}",
+                target.display(),
+                listed.iter().map(|e| &e.name).collect::<Vec<_>>()
+            ),
+            Err(e) => {
+                return Err(format!(
+                    "list_dir {} after the refused upload of {what}: {}",
+                    target.display(),
+                    crate::outcome::describe(&e)
+                ));
+            }
+        },
+        Err(e) => {
+            return Err(format!(
+                "upload_archive of {what}: expected Ok or InvalidRequest, got {}",
+                crate::outcome::describe(&e)
+            ));
+        }
+        Ok(()) => {
+            for (name, data) in entries {
+                let path = target.join(name);
+                let back = s
+                    .read_file(RunnerFileReadRequest::new(&path))
+                    .await
+                    .or_fail(format!(
+                        "read_file {} (an entry of the accepted upload of {what})",
+                        path.display()
+                    ))?;
+                ensure_eq!(
+                    back.contents,
+                    data.to_vec(),
+                    "contents of {} after the upload of {what}",
+                    path.display()
+                );
+            }
+            let mut listed: Vec<String> = s
+                .list_dir(&target)
+                .await
+                .or_fail(format!("list_dir {}", target.display()))?
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            listed.sort();
+            ensure_eq!(
+                listed,
+                vec!["first.txt".to_string(), "sub".to_string()],
+                "names in {} after the upload of {what}",
+                target.display()
+            );
+        }
+    }
+    match s.stat(&escape).await {
+        Err(e) if e.kind() == RunnerErrorKind::NotFound => {}
+        Ok(_) => {
+            return Err(format!(
+                "after the upload of {what}, {} exists outside the target {}",
+                escape.display(),
+                target.display()
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "stat {} after the upload of {what}: expected NotFound, got {}",
+                escape.display(),
+                crate::outcome::describe(&e)
+            ));
+        }
+    }
+    s.close().await.or_fail("close")
+}
+
 /// Read sizes are bounded by the library, not by the request.
 async fn read_limit_bounded(cx: Cx) -> CheckResult {
     let s = cx.session().await?;
@@ -411,18 +571,26 @@ async fn read_limit_bounded(cx: Cx) -> CheckResult {
     s.close().await.or_fail("close")
 }
 
-/// A FIFO read does not wait for a writer.
+/// How long a read of a FIFO may take to fail: a provider that checks the
+/// file type refuses at once; a watchdog that ends a blocked open must be
+/// this quick, too.
+const FIFO_REFUSAL_WITHIN: Duration = Duration::from_secs(5);
+
+/// A FIFO read does not wait for a writer: it fails within a few seconds
+/// with `InvalidRequest`, and the session's file operations go on.
 async fn read_fifo_fails_fast(cx: Cx) -> CheckResult {
     let s = cx.session().await?;
     let dir = cx.scratch(&s);
     let fifo = dir.join("pipe");
     let d = quote(&dir.display().to_string());
     sh_ok(s.as_ref(), &format!("mkdir -p {d} && mkfifo {d}/pipe")).await?;
+    let started = std::time::Instant::now();
     let read = tokio::time::timeout(
         Duration::from_secs(30),
         s.read_file(RunnerFileReadRequest::new(&fifo)),
     )
     .await;
+    let elapsed = started.elapsed();
     let Ok(read) = read else {
         // Release whatever is blocked on the FIFO before failing.
         let _ = sh(s.as_ref(), &format!("timeout 5 sh -c ': > {d}/pipe'")).await;
@@ -431,6 +599,12 @@ async fn read_fifo_fails_fast(cx: Cx) -> CheckResult {
         );
     };
     read.fails_with(RunnerErrorKind::InvalidRequest, "read_file of a FIFO")?;
+    ensure!(
+        elapsed <= FIFO_REFUSAL_WITHIN,
+        "read_file of a FIFO failed as it should, but only after {} ms (expected within {} s)",
+        elapsed.as_millis(),
+        FIFO_REFUSAL_WITHIN.as_secs()
+    );
     let after = dir.join("after.txt");
     let work = async {
         s.write_file(RunnerFileWriteRequest::new(&after, b"still works".to_vec()))
@@ -445,6 +619,27 @@ async fn read_fifo_fails_fast(cx: Cx) -> CheckResult {
             b"still works".to_vec(),
             "a file read after the FIFO read"
         );
+        if cx.has(FileManagement) {
+            let mut names: Vec<String> = s
+                .list_dir(&dir)
+                .await
+                .or_fail(format!("list_dir {} after the FIFO read", dir.display()))?
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            names.sort();
+            ensure_eq!(
+                names,
+                vec!["after.txt".to_string(), "pipe".to_string()],
+                "list_dir {} after the FIFO read",
+                dir.display()
+            );
+            let stat = s
+                .stat(&after)
+                .await
+                .or_fail(format!("stat {} after the FIFO read", after.display()))?;
+            ensure_eq!(stat.size, 11, "size stat gives for {}", after.display());
+        }
         Ok::<(), String>(())
     };
     tokio::time::timeout(Duration::from_secs(60), work)
