@@ -29,6 +29,7 @@ use crate::protocol::{
     PROTOCOL_VERSION, ProtocolError, ReadError, Reply, Request, decode, decode_credit,
     decode_output, encode, mismatch_message,
 };
+use crate::tunnel::{self, Side};
 
 /// How long a connector may take to connect, and the agent to answer the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,12 +85,26 @@ struct ClientInner {
     hello: Mutex<HelloReply>,
     /// Set by `close`, or when the agent says its session was closed.
     closed: Arc<AtomicBool>,
+    /// The caller-side listeners of exposed ports.
+    forwards: Forwards,
+}
+
+/// The ports exposed through this client: one caller-side listener per
+/// sandbox port, each relaying its connections through tunnels.
+#[derive(Default)]
+struct Forwards {
+    /// Sandbox port → the caller-side URL that reaches it.
+    urls: Mutex<HashMap<u16, String>>,
+    /// Cancelled when the session is closed or the last handle dropped:
+    /// every listener and relay stops.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Drop for ClientInner {
-    /// The last handle is gone: its connection closes (the agent and its
-    /// session go on, as after [`AgentClient::disconnect`]).
+    /// The last handle is gone: its listeners stop and its connection closes
+    /// (the agent and its session go on, as after [`AgentClient::disconnect`]).
     fn drop(&mut self) {
+        self.forwards.stop.cancel();
         if let Some(connection) = self.current.get_mut().take() {
             connection.outbound.close();
         }
@@ -131,6 +146,7 @@ impl AgentClient {
                 current: tokio::sync::Mutex::new(Some(connection)),
                 hello: Mutex::new(hello),
                 closed,
+                forwards: Forwards::default(),
             }),
         })
     }
@@ -263,6 +279,95 @@ impl AgentClient {
         let mut exchange = self.open(&request).await?;
         let reply = exchange.reply().await?;
         Ok((reply, exchange))
+    }
+}
+
+impl AgentClient {
+    /// The caller-side URL of sandbox `port`: a listener on `127.0.0.1` bound
+    /// the first time (later calls return the same URL) whose accepted
+    /// connections are relayed one tunnel each over the current connection.
+    ///
+    /// Errors: `Provider` naming the port when no local port can be bound.
+    fn forward(&self, port: u16) -> RunnerResult<String> {
+        let mut urls = lock(&self.inner.forwards.urls);
+        if let Some(url) = urls.get(&port) {
+            return Ok(url.clone());
+        }
+        let bind = |e| RunnerError::from_io("expose_port: listen on the caller's side", port, e);
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(bind)?;
+        let local = listener.local_addr().map_err(bind)?;
+        let url = format!("http://{local}");
+        tokio::spawn(accept_tunnels(
+            Arc::downgrade(&self.inner),
+            listener,
+            port,
+            self.inner.forwards.stop.clone(),
+        ));
+        urls.insert(port, url.clone());
+        Ok(url)
+    }
+
+    /// Opens a tunnel to sandbox `port`: the exchange once the agent connected.
+    async fn open_tunnel(&self, port: u16) -> RunnerResult<Exchange> {
+        let mut exchange = self.open(&Request::OpenTunnel { port }).await?;
+        match exchange.reply().await? {
+            Reply::Unit => Ok(exchange),
+            other => Err(unexpected("open_tunnel", &other)),
+        }
+    }
+}
+
+/// Accepts connections for sandbox `port` until `stop`, relaying each
+/// through its own tunnel. Holds the client weakly: its last handle going
+/// stops the listener.
+async fn accept_tunnels(
+    client: Weak<ClientInner>,
+    listener: tokio::net::TcpListener,
+    port: u16,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before accept.
+                tracing::debug!(port, error = %e, "expose_port: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let client = AgentClient { inner };
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let opened = client.open_tunnel(port).await;
+            drop(client);
+            match opened {
+                Ok(exchange) => {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = exchange.relay(stream) => {}
+                    }
+                }
+                // The caller's connection closes: nothing reached the port.
+                Err(e) => {
+                    tracing::debug!(port, error = %e, "expose_port: no tunnel");
+                    if e.kind() == RunnerErrorKind::SessionClosed {
+                        stop.cancel();
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -530,6 +635,26 @@ impl Exchange {
         }
     }
 
+    /// Relays `stream` through the exchange's tunnel until both directions
+    /// ended (or either side broke it).
+    async fn relay(mut self, stream: tokio::net::TcpStream) {
+        let outbound = self.connection.outbound.clone();
+        let credit = self.credit.clone().unwrap_or_else(Credit::new);
+        let id = self.mailbox.id();
+        if tunnel::relay(
+            Side::Client,
+            &outbound,
+            id,
+            &credit,
+            stream,
+            &mut self.mailbox,
+        )
+        .await
+        {
+            self.mailbox.finish();
+        }
+    }
+
     /// The rest of the exchange as a byte stream.
     fn into_bytes(self) -> RunnerByteStream {
         let (connection, operation) = (self.connection, self.operation);
@@ -737,6 +862,7 @@ impl RemoteRunnerSession for AgentSession {
             _ => {}
         }
         self.client.inner.closed.store(true, Ordering::SeqCst);
+        self.client.inner.forwards.stop.cancel();
         self.client.disconnect().await;
         Ok(())
     }
@@ -958,9 +1084,18 @@ impl RemoteRunnerSession for AgentSession {
         self.download(path, false).await
     }
 
+    /// Asks the agent (which checks the port), then returns a URL on the
+    /// caller's side: `http://127.0.0.1:<local>`, a listener relaying each
+    /// connection through a tunnel to the port inside the sandbox. The same
+    /// port exposed again gets the same URL; the listener stops when the
+    /// session is closed or its last handle dropped.
     async fn expose_port(&self, request: RunnerPortRequest) -> RunnerResult<RunnerPortResult> {
+        let port = request.port;
         let request = Request::ExposePort { request };
-        expect!(self.client.call(request).await?, "expose_port", Reply::Port(p) => p)
+        let reply = self.client.call(request).await?;
+        let mut exposed = expect!(reply, "expose_port", Reply::Port(p) => p)?;
+        exposed.url = Some(self.client.forward(port)?);
+        Ok(exposed)
     }
 
     async fn list_listening_ports(&self) -> RunnerResult<Vec<RunnerListeningPort>> {

@@ -302,7 +302,10 @@ pub fn detach() -> std::process::ExitCode {
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("runner-agent serve --detach: starting {}: {e}", exe.display());
+            eprintln!(
+                "runner-agent serve --detach: starting {}: {e}",
+                exe.display()
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -8,7 +8,9 @@
 //! - [`AgentSession`] (over an [`AgentClient`]) implements
 //!   `RemoteRunnerSession` over connections made by a caller's
 //!   [`AgentConnector`]: a docker exec's stdio, an ssh channel, a WebSocket,
-//!   a child process ([`ChildStream`], [`command_connector`]).
+//!   a child process ([`ChildStream`], [`command_connector`]). Its
+//!   `expose_port` answers a URL on the caller's side whose connections are
+//!   relayed through the agent connection to the port inside the sandbox.
 //! - [`protocol`] is the wire format `docs/agent-protocol.md` specifies:
 //!   length-delimited frames, MessagePack control messages, raw data frames,
 //!   multiplexing by request id, credit-based flow control, cancellation.
@@ -44,6 +46,7 @@ mod init;
 pub mod protocol;
 mod server;
 mod transport;
+mod tunnel;
 
 pub use client::{
     AgentClient, AgentConnection, AgentConnector, AgentIo, AgentSession, ConnectFuture,

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 /// The protocol version both sides must speak; the handshake refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added [`Request::OpenTunnel`].
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// This crate's version, sent as the client or agent version in the handshake.
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -687,6 +688,17 @@ pub enum Request {
         /// The export.
         request: RunnerArtifactExportRequest,
     },
+    /// Not a session method: a TCP connection from the agent to `port` on
+    /// the sandbox's loopback (`127.0.0.1`, then `[::1]` when refused),
+    /// relayed over the request's id → [`Reply::Unit`] once connected. Then
+    /// both sides send the connection's bytes as `Data` frames, each
+    /// direction under its own credit, and `End` when their side stopped
+    /// writing (a half-close). `Error` from either side, `Cancel` or a lost
+    /// connection end the tunnel.
+    OpenTunnel {
+        /// The port inside the sandbox.
+        port: u16,
+    },
     /// `acquire_workspace_execution_lease` → [`Reply::Lease`].
     AcquireLease {
         /// The lease wanted.
@@ -739,6 +751,7 @@ impl Request {
             Self::DownloadArchive { .. } => "download_archive_stream",
             Self::ExposePort { .. } => "expose_port",
             Self::ListListeningPorts => "list_listening_ports",
+            Self::OpenTunnel { .. } => "open_tunnel",
             Self::Snapshot => "snapshot",
             Self::SyncMounts => "sync_mounts",
             Self::ExportArtifact { .. } => "export_artifact",
@@ -752,7 +765,10 @@ impl Request {
     pub fn has_body(&self) -> bool {
         match self {
             Self::RunCommand { stdin, .. } | Self::StartCommand { stdin, .. } => *stdin,
-            Self::WriteStdin { .. } | Self::WriteFile { .. } | Self::UploadArchive { .. } => true,
+            Self::WriteStdin { .. }
+            | Self::WriteFile { .. }
+            | Self::UploadArchive { .. }
+            | Self::OpenTunnel { .. } => true,
             _ => false,
         }
     }
@@ -1026,7 +1042,7 @@ mod tests {
     fn the_documented_exchange_has_these_sizes() {
         // docs/agent-protocol.md, "An exchange".
         let hello = Hello {
-            protocol: 1,
+            protocol: PROTOCOL_VERSION,
             client_version: "0.1.0".into(),
         };
         let frame = Frame::new(FrameKind::Hello, 0, encode("hello", &hello).unwrap());
@@ -1074,6 +1090,6 @@ mod tests {
         assert_eq!(head.agent.protocol, 9);
         assert_eq!(head.agent.agent_version, "9.0.0");
         let message = mismatch_message(9, "9.0.0", &Hello::current());
-        assert!(message.contains("protocol 9") && message.contains("protocol 1"));
+        assert!(message.contains("protocol 9") && message.contains("protocol 2"));
     }
 }

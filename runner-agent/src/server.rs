@@ -23,6 +23,7 @@ use crate::protocol::{
     ProtocolError, ReadError, Reply, Request, SessionInfo, decode, decode_credit, encode,
     encode_output, mismatch_message,
 };
+use crate::tunnel::{self, Side};
 
 /// How long a new connection may take to send its hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -339,6 +340,8 @@ enum Response {
     Events(RunnerEventStream),
     /// `command_output`'s head, then its chunks.
     Output(RunnerCommandOutput),
+    /// `open_tunnel`'s connection and the client's side of it.
+    Tunnel(tokio::net::TcpStream, Mailbox),
 }
 
 /// Runs one request and sends its answer.
@@ -530,6 +533,15 @@ async fn respond(
         }
         Request::ExposePort { request } => Reply::Port(session.expose_port(request).await?),
         Request::ListListeningPorts => Reply::Ports(session.list_listening_ports().await?),
+        Request::OpenTunnel { port } => {
+            let stream = tunnel::connect(port).await?;
+            let Some(body) = body else {
+                return Err(RunnerError::invalid_request(format!(
+                    "{op} {port}: the tunnel has no client side"
+                )));
+            };
+            return Ok(Response::Tunnel(stream, body));
+        }
         Request::Snapshot => Reply::Snapshot(session.snapshot().await?),
         Request::SyncMounts => {
             session.sync_mounts().await?;
@@ -590,6 +602,11 @@ async fn send_response(
             outbound
                 .send(Frame::new(FrameKind::End, id, Bytes::new()))
                 .await
+        }
+        Response::Tunnel(stream, mut body) => {
+            send_reply(outbound, id, operation, &Reply::Unit).await?;
+            crate::tunnel::relay(Side::Agent, outbound, id, credit, stream, &mut body).await;
+            Ok(())
         }
         Response::Output(output) => {
             let (head, chunks) = OutputHead::split(output);
