@@ -41,7 +41,9 @@ impl DockerNetwork {
 /// `pids_limit`, `network` (`"bridge"` or `"none"`), `labels` (object of
 /// strings), `init` (default `true`), `keep_on_close` (default `false`),
 /// `docker_host` (default: the local socket), `max_upload_bytes` (default
-/// [`DEFAULT_MAX_UNPACKED_BYTES`]). A `null` value is the key's default. Any
+/// [`DEFAULT_MAX_UNPACKED_BYTES`]), `agent_binaries` (architecture → path of
+/// a runner-agent binary on the caller's machine; default empty, then
+/// `RUNNER_AGENT_BINARY`). A `null` value is the key's default. Any
 /// other key is an error (the artifact store is the destination's
 /// `artifacts`, not a config key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,7 +83,9 @@ pub struct DockerConfig {
     /// Extra container labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Run an init process as PID 1 that reaps orphaned processes.
+    /// Start the agent as PID 1 through `runner-agent init`, which reaps
+    /// orphaned processes and passes SIGTERM on (`false`: the agent itself is
+    /// PID 1 and orphans stay zombies).
     #[serde(default = "yes")]
     pub init: bool,
     /// Keep (stop, not remove) the container on `close`.
@@ -94,6 +98,12 @@ pub struct DockerConfig {
     /// Most bytes the entries of one `upload_archive` may hold together.
     #[serde(default = "default_max_upload_bytes")]
     pub max_upload_bytes: u64,
+    /// The runner-agent binary to deliver per architecture, in Rust's names
+    /// (`x86_64`, `aarch64`) → a path on the caller's machine. An
+    /// architecture not named here takes the binary `RUNNER_AGENT_BINARY`
+    /// names, when it is built for it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent_binaries: BTreeMap<String, PathBuf>,
 }
 
 fn default_workspace() -> PathBuf {
@@ -153,6 +163,7 @@ fn expected(key: &str) -> Option<&'static str> {
         "network" => "\"bridge\" or \"none\"",
         "init" | "keep_on_close" => "true or false",
         "max_upload_bytes" => "a whole number of bytes",
+        "agent_binaries" => "an object of architecture to path",
         _ => return None,
     })
 }
@@ -302,6 +313,14 @@ impl DockerConfig {
                 "0 is not a number of bytes above 0",
             ));
         }
+        for (arch, path) in &self.agent_binaries {
+            if arch.is_empty() || !path.is_absolute() {
+                return Err(bad(
+                    "agent_binaries",
+                    format!("entry {arch:?} must name an absolute path"),
+                ));
+            }
+        }
         if let Some(reserved) = self.labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
             return Err(bad(
                 "labels",
@@ -348,7 +367,8 @@ mod tests {
             "image": "img", "workspace_dir": "/work/./x", "env": { "A": "1" }, "user": "1000:1000",
             "ports": [8080], "memory": "512m", "cpus": 1.5, "pids_limit": 100,
             "network": "bridge", "labels": { "team": "x" }, "init": false,
-            "keep_on_close": true, "docker_host": "unix:///tmp/d.sock", "max_upload_bytes": 1024
+            "keep_on_close": true, "docker_host": "unix:///tmp/d.sock", "max_upload_bytes": 1024,
+            "agent_binaries": { "aarch64": "/opt/agents/runner-agent-aarch64" }
         }))
         .expect("config");
         assert_eq!(config.workspace_dir, PathBuf::from("/work/x"));
@@ -447,6 +467,14 @@ mod tests {
                 "`workspace_dir`",
             ),
             (json!({ "image": "i", "memory": 1024 }), "`memory`"),
+            (
+                json!({ "image": "i", "agent_binaries": { "x86_64": "rel/agent" } }),
+                "`agent_binaries`",
+            ),
+            (
+                json!({ "image": "i", "agent_binaries": ["/a"] }),
+                "`agent_binaries`",
+            ),
         ];
         for (value, named) in cases {
             let err = DockerConfig::from_value(&value).expect_err("bad config");

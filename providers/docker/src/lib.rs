@@ -1,14 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod delivery;
 mod error;
-mod exec;
-mod files;
 mod orphans;
-mod ports;
+mod pause;
 mod session;
 mod snapshot;
-mod users;
+mod transport;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -295,10 +294,21 @@ impl RemoteRunnerProvider for DockerProvider {
         Some(DEFAULT_WORKSPACE.to_string())
     }
 
-    /// Parses the config and checks the manifest against the capabilities.
+    /// Parses the config and checks the manifest against the capabilities;
+    /// when the daemon has the image, checks that an agent binary is there
+    /// for its platform (`Unsupported` naming the platform and the build
+    /// command otherwise). An absent image or an unreachable daemon is left
+    /// to `create_session`.
     async fn validate_destination(&self, destination: &RunnerDestination) -> RunnerResult<()> {
-        self.checked_config("validate_destination", destination)
-            .map(|_| ())
+        const OP: &str = "validate_destination";
+        let config = self.checked_config(OP, destination)?;
+        let Ok(daemon) = self.daemon(config.docker_host.as_deref()).await else {
+            return Ok(());
+        };
+        match delivery::image_platform(&daemon, OP, &config.image).await {
+            Ok((platform, _)) => delivery::agent_binary(&config, OP, &platform).map(|_| ()),
+            Err(_) => Ok(()),
+        }
     }
 
     async fn create_session(
@@ -353,7 +363,8 @@ impl RemoteRunnerProvider for DockerProvider {
     /// of a known destination, with that destination's settings. The
     /// container must be this library's container of that session
     /// (`NotFound` naming it otherwise, and it is left alone). Commands
-    /// started by the earlier handle are not tracked by the new one.
+    /// started by the earlier handle go on in the agent and are seen by the
+    /// new one (`list_commands`, `command_output` from any sequence number).
     async fn rejoin_session(
         &self,
         state: RunnerSessionState,
@@ -361,11 +372,9 @@ impl RemoteRunnerProvider for DockerProvider {
         const OP: &str = "rejoin_session";
         self.check_provider(OP, &state.provider_id)?;
         let meta = Self::meta(OP, &state)?;
-        let (destination, config) = self.destination_of(OP, &state)?;
+        let (_, config) = self.destination_of(OP, &state)?;
         let daemon = self.daemon(config.docker_host.as_deref()).await?;
-        let session =
-            DockerSession::rejoin(daemon, config, &destination.default_manifest, state, meta)
-                .await?;
+        let session = DockerSession::rejoin(daemon, config, state, meta).await?;
         Ok(Arc::new(session))
     }
 

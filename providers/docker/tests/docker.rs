@@ -941,7 +941,7 @@ async fn write_at(
 /// Writes at an offset as a non-root user: a FIFO is InvalidRequest (and
 /// does not block), a 0444 file and a new file in a 0555 directory are
 /// PermissionDenied and unchanged, a new file gets its mode masked (644 by
-/// default), and an offset past any possible size is InvalidRequest naming
+/// default), and an offset past any possible size (of a writable file) is InvalidRequest naming
 /// it. A root session's whole-file replace keeps the file's owner and mode.
 async fn writes_obey_permissions() -> TestResult {
     let provider = DockerProvider::new();
@@ -953,7 +953,8 @@ async fn writes_obey_permissions() -> TestResult {
     let outcome = async {
         sh(
             session.as_ref(),
-            "mkfifo pipe && echo data > ro && chmod 444 ro && mkdir sealed && chmod 555 sealed",
+            "mkfifo pipe && echo data > ro && chmod 444 ro && mkdir sealed && chmod 555 sealed \
+             && echo data > rw",
         )
         .await?;
         let refusals = [
@@ -961,7 +962,7 @@ async fn writes_obey_permissions() -> TestResult {
             ("ro", 0, RunnerErrorKind::PermissionDenied, "ro"),
             ("sealed/new", 0, RunnerErrorKind::PermissionDenied, "sealed"),
             (
-                "ro",
+                "rw",
                 u64::MAX,
                 RunnerErrorKind::InvalidRequest,
                 "18446744073709551615",
@@ -992,10 +993,10 @@ async fn writes_obey_permissions() -> TestResult {
             .map_err(fail("write_file new/setid at offset 0"))?;
         let after = sh(
             session.as_ref(),
-            "cat ro; ls -A sealed; stat -c '%a %s %n' new/plain new/setid",
+            "cat ro rw; ls -A sealed; stat -c '%a %s %n' new/plain new/setid",
         )
         .await?;
-        if after != "data\n644 3 new/plain\n755 3 new/setid\n" {
+        if after != "data\ndata\n644 3 new/plain\n755 3 new/setid\n" {
             return Err(format!("after the writes at offsets: {after:?}"));
         }
         Ok(())
