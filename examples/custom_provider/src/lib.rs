@@ -1,63 +1,63 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
-mod connection;
-mod error;
-pub mod protocol;
+mod daemon;
 mod session;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use runner_agent::AgentSession;
+use runner_agent::delivery::{AgentBinaries, Platform};
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
     RunnerDestination, RunnerError, RunnerResult, RunnerSessionState, validate_manifest,
 };
+use runner_kit::KnownDestinations;
 
 pub use config::AgentConfig;
-pub use session::AgentSession;
 
-use crate::connection::Connection;
-use crate::error::{Failure, map_failure};
-use crate::protocol::{Answer, Op};
+use crate::daemon::Daemon;
+use crate::session::ChildSession;
 
 /// The provider id destinations name: `"agent"`.
 pub const PROVIDER_ID: &str = "agent";
 
-/// What agent sessions can do, and nothing more: commands (foreground and
-/// background, streamed, cancellable, without stdin) and the file API. No
-/// ports, snapshots, mounts, archives, pause or detach: those return
-/// `Unsupported`.
+/// What sessions of this provider can do: exactly what the agent's session
+/// does, since every operation is the agent's (it serves unix-local's
+/// implementation). `detachable` stays false: a daemon tied to this process
+/// by its stdin cannot outlive it (a provider whose sandbox outlives the
+/// caller starts `serve --detach` and implements `rejoin_session`).
 pub fn capabilities() -> RunnerCapabilities {
-    RunnerCapabilities {
-        command_exec: true,
-        cancellation: true,
-        background_processes: true,
-        streaming: true,
-        file_read: true,
-        file_write: true,
-        file_management: true,
-        ..RunnerCapabilities::default()
+    runner_local::capabilities()
+}
+
+/// Runs each session in its own `runner-agent serve --socket` daemon, a
+/// child process of this one, and drives it with the shared agent client
+/// over `runner-agent connect` children (see the crate docs).
+///
+/// Settings come from `RunnerDestination.config` (see [`AgentConfig`]).
+#[derive(Clone, Default)]
+pub struct AgentProvider {
+    /// The destinations `resume_session` may take settings from.
+    destinations: KnownDestinations,
+}
+
+impl std::fmt::Debug for AgentProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentProvider").finish_non_exhaustive()
     }
 }
 
-/// Runs each session in its own `example-agent` process, spoken to over
-/// line-delimited JSON on the child's stdin and stdout (see [`protocol`]).
-///
-/// Settings come from `RunnerDestination.config` (see [`AgentConfig`]).
-#[derive(Debug, Clone, Default)]
-pub struct AgentProvider {
-    _private: (),
-}
-
 impl AgentProvider {
-    /// A provider; it holds no state of its own.
+    /// A provider that knows no destination yet.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Parses and checks a destination: the provider id, the config, and a
-    /// manifest this provider can honour (no entries, no mounts).
+    /// Parses and checks a destination: the provider id, the config and the
+    /// manifest (entries and `provider_native` mounts are applied by the agent).
     fn check(&self, operation: &str, destination: &RunnerDestination) -> RunnerResult<AgentConfig> {
         if destination.provider_id != PROVIDER_ID {
             return Err(RunnerError::invalid_request(format!(
@@ -67,13 +67,35 @@ impl AgentProvider {
         }
         let config = AgentConfig::from_destination(destination)?;
         validate_manifest(&destination.default_manifest, &capabilities())?;
-        if !destination.default_manifest.entries.is_empty() {
-            return Err(RunnerError::unsupported(
-                &format!("{operation}: manifest entries"),
-                PROVIDER_ID,
-            ));
-        }
         Ok(config)
+    }
+
+    /// The agent binary for this machine: delivery's rules (the config's
+    /// `agent_binaries`, then `RUNNER_AGENT_BINARY`), checked by its ELF
+    /// header.
+    fn binary(operation: &str, config: &AgentConfig) -> RunnerResult<PathBuf> {
+        let binaries = AgentBinaries::new(config.agent_binaries.clone());
+        Ok(binaries.resolve(operation, &Platform::host())?.path)
+    }
+
+    /// Lifecycle + transport: start the daemon, connect the shared client
+    /// through it, wrap the result where this provider adds lifecycle.
+    async fn open(
+        &self,
+        operation: &str,
+        destination: &RunnerDestination,
+        resume: Option<&RunnerSessionState>,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        let config = self.check(operation, destination)?;
+        let binary = Self::binary(operation, &config)?;
+        let mut daemon = Daemon::start(operation, &binary, &config, destination, resume).await?;
+        match AgentSession::connect(daemon.connector()).await {
+            Ok(agent) => Ok(Arc::new(ChildSession::new(Arc::new(agent), daemon))),
+            Err(e) => {
+                daemon.stop().await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -87,40 +109,56 @@ impl RemoteRunnerProvider for AgentProvider {
         capabilities()
     }
 
+    /// The build command when no agent binary is found for this machine.
+    fn setup_hint(&self) -> Option<String> {
+        Self::binary("agent provider", &AgentConfig::default())
+            .err()
+            .map(|e| e.message().to_string())
+    }
+
     async fn validate_destination(&self, destination: &RunnerDestination) -> RunnerResult<()> {
         self.check("validate_destination", destination).map(|_| ())
     }
 
-    /// Starts an agent for a fresh workspace `<workspaces_dir>/<session id>`
-    /// and asks it for the workspace's canonical path, which proves it runs.
+    /// Starts an agent daemon for the destination and connects to it.
     ///
-    /// Errors: `InvalidRequest` (config), `NotFound` (no agent program),
-    /// `Unavailable` (the agent did not answer), `Unsupported` (manifest).
+    /// Errors: `InvalidRequest` (config, the agent's session config),
+    /// `Unsupported` (no agent binary for this machine, or a manifest mount
+    /// kind), `NotFound` (a configured binary or manifest source missing),
+    /// `Timeout` / `Unavailable` (the agent did not start).
     async fn create_session(
         &self,
         destination: RunnerDestination,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        let config = self.check("create_session", &destination)?;
-        let session_id = uuid::Uuid::new_v4().to_string();
-        let workspace = config.workspaces_dir.join(&session_id);
-        let agent = config.agent.display().to_string();
-        let connection = Connection::start(&config.agent, &workspace)
-            .map_err(|e| map_failure("create_session", &agent, Failure::Start(e)))?;
-        let root = match connection.call(Op::Canonicalize { path: ".".into() }).await {
-            Ok(Answer::Path { path }) => path,
-            Ok(other) => {
-                let failure = Failure::Protocol(format!("{other:?}"));
-                return Err(map_failure("create_session", &session_id, failure));
-            }
-            Err(failure) => return Err(map_failure("create_session", &session_id, failure)),
-        };
-        let state = RunnerSessionState {
-            provider_id: PROVIDER_ID.into(),
-            session_id,
-            destination_id: destination.id,
-            snapshot: None,
-            metadata: serde_json::json!({ "workspace": root }),
-        };
-        Ok(Arc::new(AgentSession::new(state, root, connection)))
+        self.destinations.remember(&destination);
+        self.open("create_session", &destination, None).await
+    }
+
+    /// A new daemon resuming `state` (with a snapshot: a fork restored from
+    /// it), with the settings of the destination it names as this provider
+    /// was given it.
+    ///
+    /// Errors: `InvalidRequest` (a state of another provider), `NotFound` (an
+    /// unknown destination or snapshot), and those of `create_session`.
+    async fn resume_session(
+        &self,
+        state: RunnerSessionState,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        const OP: &str = "resume_session";
+        if state.provider_id != PROVIDER_ID {
+            return Err(RunnerError::invalid_request(format!(
+                "{OP}: state of provider {:?}, not {PROVIDER_ID}",
+                state.provider_id
+            )));
+        }
+        let destination = self
+            .destinations
+            .of_state(OP, &state, "trust_destination")?;
+        let state = session::agents(state);
+        self.open(OP, &destination, Some(&state)).await
+    }
+
+    fn trust_destination(&self, destination: &RunnerDestination) {
+        self.destinations.remember(destination);
     }
 }
