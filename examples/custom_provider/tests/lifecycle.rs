@@ -200,4 +200,20 @@ async fn the_provider_refuses_what_it_cannot_use() {
         .map(|_| ())
         .expect_err("a configured binary that does not exist");
     assert_eq!(err.kind(), RunnerErrorKind::NotFound, "{err}");
+    // An ELF binary that is no agent: it exits without a status line.
+    let broken = destination(
+        dir.path(),
+        serde_json::json!({ "agent_binaries": { std::env::consts::ARCH: "/bin/false" } }),
+    );
+    let err = provider
+        .create_session(broken)
+        .await
+        .map(|_| ())
+        .expect_err("a binary that exits at once");
+    assert_eq!(err.kind(), RunnerErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("create_session"), "{err}");
+    assert!(
+        entries(&dir.path().join("run")).is_empty(),
+        "a failed start leaves no socket directory"
+    );
 }
