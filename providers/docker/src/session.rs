@@ -297,6 +297,7 @@ impl DockerSession {
             agent: endpoint.agent,
             socket: endpoint.socket,
         };
+        let freezer = Freezer::new(daemon.clone(), container, false);
         Ok(Self::assemble(
             agent,
             session_id,
@@ -304,7 +305,7 @@ impl DockerSession {
             config,
             daemon,
             meta,
-            false,
+            freezer,
         ))
     }
 
@@ -315,9 +316,8 @@ impl DockerSession {
         config: DockerConfig,
         daemon: Daemon,
         meta: SessionMeta,
-        paused: bool,
+        freezer: Freezer,
     ) -> Self {
-        let freezer = Freezer::new(daemon.clone(), meta.container_id.clone(), paused);
         Self {
             inner: Arc::new(agent.clone()),
             agent,
@@ -426,17 +426,15 @@ impl DockerSession {
             agent: endpoint.agent,
             socket: endpoint.socket,
         };
-        let mut session = Self::assemble(
+        Ok(Self::assemble(
             agent,
             state.session_id,
             state.destination_id,
             config,
             daemon,
             meta,
-            paused,
-        );
-        session.freezer = freezer;
-        Ok(session)
+            freezer,
+        ))
     }
 
     /// The session id.
