@@ -26,6 +26,7 @@ use runner_api::{
 };
 use runner_docker::{DockerProvider, LABEL_OWNER};
 use runner_testkit::{BackendGate, async_trial, http_fetch};
+use sha2::Digest;
 
 /// Set in the child process of the orphan test.
 const ORPHAN_CHILD: &str = "RUNNER_DOCKER_TEST_ORPHAN_CHILD";
@@ -1886,6 +1887,149 @@ async fn rejoin_sees_the_running_command() -> TestResult {
     outcome
 }
 
+/// The containers (running or not) of destination `id`.
+async fn containers_of(docker: &Docker, id: &str) -> Result<usize, String> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("io.runners.destination={id}")],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(options))
+        .await
+        .map(|list| list.len())
+        .map_err(|e| e.to_string())
+}
+
+/// An image of an architecture no agent binary is for is refused up front,
+/// by `validate_destination` and by `create_session`, with `Unsupported`
+/// naming the platform and the command that builds a binary for it; no
+/// container is created.
+async fn another_platform_is_unsupported() -> TestResult {
+    let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+    let image = format!("runners-test-arm64:{}", uuid::Uuid::new_v4().simple());
+    // `docker import --platform` keeps the daemon's architecture: load an
+    // image archive whose config says arm64 instead.
+    let load = |builder: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        builder.append_data(&mut header, name, data)
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    layer
+        .append_data(&mut dir, "bin", std::io::empty())
+        .map_err(|e| e.to_string())?;
+    let layer = layer.into_inner().map_err(|e| e.to_string())?;
+    let sha = |data: &[u8]| hex::encode(sha2::Sha256::digest(data));
+    let layer_sha = sha(&layer);
+    let config = serde_json::json!({
+        "architecture": "arm64", "os": "linux", "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_sha}")] },
+    })
+    .to_string();
+    let config_name = format!("{}.json", sha(config.as_bytes()));
+    let manifest = serde_json::json!([{
+        "Config": config_name, "RepoTags": [image], "Layers": [format!("{layer_sha}/layer.tar")],
+    }])
+    .to_string();
+    let mut archive = tar::Builder::new(Vec::new());
+    load(&mut archive, &format!("{layer_sha}/layer.tar"), &layer).map_err(|e| e.to_string())?;
+    load(&mut archive, &config_name, config.as_bytes()).map_err(|e| e.to_string())?;
+    load(&mut archive, "manifest.json", manifest.as_bytes()).map_err(|e| e.to_string())?;
+    let archive = archive.into_inner().map_err(|e| e.to_string())?;
+    let mut loading = docker.import_image(
+        bollard::query_parameters::ImportImageOptionsBuilder::new().build(),
+        bollard::body_full(archive.into()),
+        None,
+    );
+    while let Some(step) = loading.next().await {
+        step.map_err(|e| format!("loading {image}: {e}"))?;
+    }
+    let outcome = async {
+        let mut dest = destination(serde_json::json!({ "image": image, "network": "none" }));
+        dest.id = format!("docker-arm64-{}", uuid::Uuid::new_v4().simple());
+        let provider = DockerProvider::new();
+        let check = |what: &str, result: Result<(), runner_api::RunnerError>| match result {
+            Err(e)
+                if e.kind() == RunnerErrorKind::Unsupported
+                    && e.message().contains("linux/aarch64")
+                    && e.message().contains("--target aarch64-unknown-linux-gnu") =>
+            {
+                Ok(())
+            }
+            other => Err(format!(
+                "{what} of an arm64 image: expected Unsupported naming linux/aarch64 and the \
+                 build command, got {other:?}"
+            )),
+        };
+        check(
+            "validate_destination",
+            provider.validate_destination(&dest).await,
+        )?;
+        let created = provider.create_session(dest.clone()).await;
+        if let Ok(session) = &created {
+            let _ = session.close().await;
+        }
+        check("create_session", created.map(|_| ()))?;
+        match containers_of(&docker, &dest.id).await? {
+            0 => Ok(()),
+            n => Err(format!("{n} containers were created for the arm64 image")),
+        }
+    }
+    .await;
+    let remove = bollard::query_parameters::RemoveImageOptionsBuilder::new()
+        .force(true)
+        .build();
+    let _ = docker.remove_image(&image, Some(remove), None).await;
+    outcome
+}
+
+/// When the agent cannot open its session (here: a `provider_native` mount
+/// whose host path is a file, which the agent refuses as not a directory),
+/// `create_session` returns the agent's error with its kind, and the
+/// container is removed.
+async fn agent_failure_removes_the_container() -> TestResult {
+    let host = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let file = host.path().join("not-a-dir");
+    std::fs::write(&file, b"x").map_err(|e| e.to_string())?;
+    let mut dest = destination(serde_json::json!({ "image": image(), "network": "none" }));
+    dest.id = format!("docker-agent-failure-{}", uuid::Uuid::new_v4().simple());
+    dest.default_manifest.mounts = vec![RunnerMount {
+        name: "file".into(),
+        path: PathBuf::from("file"),
+        read_only: false,
+        intent: RunnerMountIntent {
+            kind: RunnerMountKind::ProviderNative,
+            uri: file.display().to_string(),
+            credentials: None,
+        },
+    }];
+    let provider = DockerProvider::new();
+    match provider.create_session(dest.clone()).await {
+        Err(e)
+            if e.kind() == RunnerErrorKind::InvalidRequest
+                && e.message().contains("not a directory") => {}
+        Err(e) => return Err(format!("expected the agent's InvalidRequest, got {e}")),
+        Ok(session) => {
+            let _ = session.close().await;
+            return Err("create_session with a file as a mount succeeded".into());
+        }
+    }
+    let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+    match containers_of(&docker, &dest.id).await? {
+        0 => Ok(()),
+        n => Err(format!("{n} containers are left after the agent failed")),
+    }
+}
+
 fn main() -> ExitCode {
     if std::env::var_os(ORPHAN_CHILD).is_some() {
         return orphan_child();
@@ -1943,6 +2087,14 @@ fn main() -> ExitCode {
         async_trial(
             "rejoin_sees_the_running_command",
             rejoin_sees_the_running_command,
+        ),
+        async_trial(
+            "another_platform_is_unsupported",
+            another_platform_is_unsupported,
+        ),
+        async_trial(
+            "agent_failure_removes_the_container",
+            agent_failure_removes_the_container,
         ),
     ])
 }
