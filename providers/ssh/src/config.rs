@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use runner_api::{RunnerDestination, RunnerError, RunnerResult};
-use runner_kit::archive::{DEFAULT_MAX_UNPACKED_BYTES, UploadPolicy};
+use runner_kit::archive::DEFAULT_MAX_UNPACKED_BYTES;
 use serde::{Deserialize, Serialize};
 
 /// How the server's host key is checked against the known_hosts file.
@@ -60,8 +60,9 @@ pub struct SshConfig {
     /// `<workspace_root>/<session id>`; relative to the remote user's home.
     #[serde(default = "default_workspace_root")]
     pub workspace_root: String,
-    /// Remote directory of the per-session state (command output, process
-    /// groups, owner markers); relative to the remote user's home.
+    /// Remote directory of the session directories (the agent's socket,
+    /// log and status, the owner record) and of the delivered agent
+    /// binaries (`bin/`); relative to the remote user's home.
     #[serde(default = "default_state_dir")]
     pub state_dir: String,
     /// Remote directory of snapshot archives; relative to the remote user's home.
@@ -104,6 +105,13 @@ pub struct SshConfig {
     /// sizes (default [`DEFAULT_MAX_UNPACKED_BYTES`], 4 GiB).
     #[serde(default = "default_max_upload_bytes")]
     pub max_upload_bytes: u64,
+    /// Runner agent binaries by architecture, in Rust's names (`x86_64`,
+    /// `aarch64`) → path on this machine (default none). The host's
+    /// architecture (`uname -m`) picks one; without one, the binary
+    /// `RUNNER_AGENT_BINARY` names is used when it is built for it, else
+    /// sessions fail with `Unsupported` naming the build command.
+    #[serde(default)]
+    pub agent_binaries: BTreeMap<String, PathBuf>,
     /// Age after which `sweep_orphans` may remove a finished snapshot archive
     /// whose session is gone (closed, swept, or its owner process no longer
     /// runs); default 86 400 s. `null` keeps snapshot archives forever.
@@ -135,6 +143,7 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
         "snapshot_grace_s",
         "a non-negative integer (seconds) or null",
     ),
+    ("agent_binaries", "an object of architecture to path"),
 ];
 
 fn default_port() -> u16 {
@@ -194,6 +203,7 @@ impl SshConfig {
             sftp_timeout_ms: default_sftp_timeout_ms(),
             max_upload_bytes: default_max_upload_bytes(),
             snapshot_grace_s: default_snapshot_grace_s(),
+            agent_binaries: BTreeMap::new(),
         }
     }
 
@@ -314,14 +324,28 @@ impl SshConfig {
         Duration::from_millis(self.sftp_timeout_ms)
     }
 
-    /// How uploads are rewritten before the remote `tar` unpacks them: modes
-    /// masked, at most `max_upload_bytes`. Owners are left to `tar`
-    /// (`--no-same-owner`: the login user owns what it unpacks).
-    pub(crate) fn upload_policy(&self) -> UploadPolicy {
-        UploadPolicy {
-            owner: None,
-            max_unpacked_bytes: self.max_upload_bytes,
+    /// The unix-local config the agent serves its session with: the
+    /// workspace `root` (absent for a snapshot fork, which unix-local
+    /// unpacks into a fresh directory under `workspaces_dir`), the host's
+    /// directories as absolute paths, and this destination's `env`,
+    /// `kill_grace_ms` and `max_upload_bytes`.
+    pub(crate) fn agent_config(
+        &self,
+        root: Option<&Path>,
+        workspaces_dir: &Path,
+        snapshot_dir: &Path,
+    ) -> serde_json::Value {
+        let mut config = serde_json::json!({
+            "workspaces_dir": workspaces_dir,
+            "snapshot_dir": snapshot_dir,
+            "kill_grace_ms": self.kill_grace_ms,
+            "env": self.env,
+            "max_upload_bytes": self.max_upload_bytes,
+        });
+        if let (Some(root), Some(object)) = (root, config.as_object_mut()) {
+            object.insert("root".into(), serde_json::json!(root));
         }
+        config
     }
 
     /// The kill grace as a duration.
@@ -393,17 +417,24 @@ mod tests {
     }
 
     #[test]
-    fn upload_bound_and_sftp_timeout_have_documented_defaults() {
+    fn upload_bound_and_sftp_timeout_reach_the_agent_config() {
         let config = SshConfig::new("h");
         assert_eq!(config.sftp_timeout(), Duration::from_secs(30));
+        let config = SshConfig::from_value(&serde_json::json!({
+            "host": "h", "max_upload_bytes": 16, "env": { "A": "1" },
+            "agent_binaries": { "x86_64": "/opt/runner-agent" }
+        }))
+        .expect("parse");
+        let agent = config.agent_config(Some(Path::new("/w/s")), Path::new("/w"), Path::new("/s"));
+        assert_eq!(agent["max_upload_bytes"], 16);
+        assert_eq!(agent["root"], "/w/s");
+        assert_eq!(agent["env"]["A"], "1");
         assert_eq!(
-            config.upload_policy().max_unpacked_bytes,
-            DEFAULT_MAX_UNPACKED_BYTES
+            config.agent_binaries["x86_64"],
+            PathBuf::from("/opt/runner-agent")
         );
-        let config =
-            SshConfig::from_value(&serde_json::json!({ "host": "h", "max_upload_bytes": 16 }))
-                .expect("parse");
-        assert_eq!(config.upload_policy().max_unpacked_bytes, 16);
+        let fork = config.agent_config(None, Path::new("/w"), Path::new("/s"));
+        assert!(fork.get("root").is_none());
     }
 
     #[test]

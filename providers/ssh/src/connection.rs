@@ -1,6 +1,6 @@
-//! One multiplexed OpenSSH master per destination, shared by its sessions, with
-//! an sftp channel on top; replaced once when the master dies, with its port
-//! forwards re-created on the new master.
+//! One multiplexed OpenSSH master per destination, shared by its sessions,
+//! with an sftp channel on top (for the provider's own files on the host:
+//! see [`crate::host`]); replaced once when the master dies.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,16 +12,16 @@ use std::time::Duration;
 
 use openssh::{ControlPersist, KnownHosts, SessionBuilder};
 use openssh_sftp_client::{Sftp, SftpOptions};
+use runner_agent::delivery::Platform;
 use runner_api::{RunnerError, RunnerErrorKind, RunnerResult};
 
 use crate::config::{HostKeyPolicy, SshConfig};
 use crate::error::{connect_error, sftp_error, which_ssh};
-use crate::ports::{self, Forward};
-use crate::script::run_script;
 
 /// A live master connection and its sftp channel.
 pub(crate) struct Link {
-    /// The mux master; commands and port forwards go through it.
+    /// The mux master; the bootstrap commands and the agent channels go
+    /// through it.
     pub(crate) session: Arc<openssh::Session>,
     /// The sftp channel, opened over the same master. Requests go through
     /// [`Link::sftp_call`], which bounds how long each may take.
@@ -30,30 +30,13 @@ pub(crate) struct Link {
     pub(crate) home: PathBuf,
     /// Longest one sftp request may take.
     sftp_timeout: Duration,
-    /// The host's pid of the `sftp-server` behind [`Link::sftp`], when it
-    /// could be told apart (see [`SFTP_SERVER_PID`]).
-    sftp_server: Option<u32>,
-    /// Set when an sftp request timed out: the server is stuck in it and
-    /// answers nothing else, so the connection replaces the channel.
+    /// Set when an sftp request timed out: the connection replaces the
+    /// channel before the next operation.
     wedged: AtomicBool,
 }
 
-/// Prints the pid of the newest `sftp-server` process that the connection
-/// running this script serves: a child or grandchild (under the login
-/// shell that runs the subsystem) of the script's own parent, the sshd
-/// process of the connection. Only this provider opens sftp channels on its
-/// master, one at a time, so right after it opened one the newest is that
-/// channel's. Prints nothing for `internal-sftp` (no such process).
-const SFTP_SERVER_PID: &str = "s=$PPID; best=; bt=-1; for d in /proc/[0-9]*; do \
-     read -r c < \"$d/comm\" 2>/dev/null || continue; [ \"$c\" = sftp-server ] || continue; \
-     read -r l < \"$d/stat\" 2>/dev/null || continue; set -- ${l##*) }; pp=$2; t=${20}; \
-     if [ \"$pp\" != \"$s\" ]; then read -r l < \"/proc/$pp/stat\" 2>/dev/null || continue; \
-     set -- ${l##*) }; [ \"$2\" = \"$s\" ] || continue; fi; \
-     [ \"$t\" -gt \"$bt\" ] && { bt=$t; best=${d#/proc/}; }; done; echo $best";
-
 impl Link {
-    /// A link over `session` with a new sftp channel; finds the channel's
-    /// server process (a failure to is only logged).
+    /// A link over `session` with a new sftp channel.
     async fn open(
         session: Arc<openssh::Session>,
         home: PathBuf,
@@ -63,29 +46,19 @@ impl Link {
         let sftp = Sftp::from_clonable_session(session.clone(), SftpOptions::default())
             .await
             .map_err(|e| sftp_error("open sftp channel to", label, e))?;
-        let mut link = Self {
+        Ok(Self {
             session,
             sftp,
             home,
             sftp_timeout,
-            sftp_server: None,
             wedged: AtomicBool::new(false),
-        };
-        match run_script(&link, "open sftp channel", SFTP_SERVER_PID, None).await {
-            Ok(out) => link.sftp_server = String::from_utf8_lossy(&out.stdout).trim().parse().ok(),
-            Err(e) => {
-                tracing::debug!(destination = %label, error = %e, "finding the sftp server process failed")
-            }
-        }
-        Ok(link)
+        })
     }
 
     /// Runs one sftp request, mapping its error with [`sftp_error`]. A request
     /// unanswered within the destination's `sftp_timeout_ms` is `Timeout`: the
     /// channel is marked stuck (the connection opens a new one before the
-    /// next operation) and its server process is killed on the host, since it
-    /// would never answer again (an `open` of a FIFO waits for a writer that
-    /// may never come).
+    /// next operation).
     pub(crate) async fn sftp_call<T>(
         &self,
         operation: &str,
@@ -96,9 +69,7 @@ impl Link {
             Ok(result) => result.map_err(|e| sftp_error(operation, path, e)),
             Err(_) => {
                 tracing::warn!(%path, operation, "sftp request timed out; the sftp channel is replaced");
-                if !self.wedged.swap(true, Ordering::SeqCst) {
-                    self.end_server().await;
-                }
+                self.wedged.store(true, Ordering::SeqCst);
                 Err(RunnerError::new(
                     RunnerErrorKind::Timeout,
                     format!(
@@ -109,26 +80,6 @@ impl Link {
                 ))
             }
         }
-    }
-
-    /// KILLs the stuck server of this link's channel, when it is known and
-    /// still an `sftp-server`; failures are only logged.
-    async fn end_server(&self) {
-        let Some(pid) = self.sftp_server else {
-            tracing::warn!("the stuck sftp server process is not known; it stays until it answers");
-            return;
-        };
-        let script = format!(
-            "[ \"$(cat /proc/{pid}/comm 2>/dev/null)\" = sftp-server ] && kill -s KILL {pid}; exit 0"
-        );
-        if let Err(e) = run_script(self, "end stuck sftp server", &script, None).await {
-            tracing::warn!(pid, error = %e, "killing the stuck sftp server failed");
-        }
-    }
-
-    /// Longest one sftp request of this link may take (`sftp_timeout_ms`).
-    pub(crate) fn sftp_timeout(&self) -> Duration {
-        self.sftp_timeout
     }
 
     /// Whether an sftp request of this link timed out.
@@ -162,8 +113,6 @@ impl std::fmt::Debug for Link {
 pub(crate) struct Connection {
     config: SshConfig,
     current: tokio::sync::Mutex<Option<Arc<Link>>>,
-    /// The local forwards open on the master, re-created after a reconnect.
-    forwards: Mutex<Vec<Forward>>,
 }
 
 impl Connection {
@@ -171,68 +120,12 @@ impl Connection {
         Self {
             config,
             current: tokio::sync::Mutex::new(None),
-            forwards: Mutex::new(Vec::new()),
         }
     }
 
-    fn forward_list(&self) -> std::sync::MutexGuard<'_, Vec<Forward>> {
-        self.forwards
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Records `forward`, just opened on the master of `used`, so a reconnect
-    /// re-creates it. Reconnects hold the same lock while they restore the
-    /// recorded forwards: when one replaced `used` before this call, the
-    /// forward is requested on the new master here; otherwise the next
-    /// reconnect restores it.
-    ///
-    /// Errors: the new master refused the forward (it is then not recorded).
-    pub(crate) async fn track_forward(
-        &self,
-        used: &Arc<Link>,
-        forward: Forward,
-    ) -> Result<(), openssh::Error> {
-        let current = self.current.lock().await;
-        if let Some(link) = current.as_ref()
-            && !Arc::ptr_eq(link, used)
-        {
-            ports::request(link, &forward).await?;
-        }
-        self.forward_list().push(forward);
-        Ok(())
-    }
-
-    /// Forgets a forward; false when it was not open (closed already, or
-    /// dropped because a reconnect could not re-create it).
-    pub(crate) fn untrack_forward(&self, forward: &Forward) -> bool {
-        let mut list = self.forward_list();
-        let before = list.len();
-        list.retain(|open| open != forward);
-        list.len() != before
-    }
-
-    /// Whether `forward` is open on the master (false once closed, or once a
-    /// reconnect could not re-create it).
-    pub(crate) fn forward_is_open(&self, forward: &Forward) -> bool {
-        self.forward_list().contains(forward)
-    }
-
-    /// Re-requests every recorded forward on the new master `link`, at the
-    /// same local port; forgets those it cannot re-create.
-    async fn restore_forwards(&self, link: &Link) {
-        let wanted: Vec<Forward> = self.forward_list().clone();
-        if wanted.is_empty() {
-            return;
-        }
-        let lost = ports::restore(link, &wanted).await;
-        self.forward_list().retain(|open| !lost.contains(open));
-        tracing::info!(
-            destination = %self.label(),
-            restored = wanted.len() - lost.len(),
-            lost = lost.len(),
-            "port forwards re-created on the new ssh master"
-        );
+    /// The destination's config.
+    pub(crate) fn config(&self) -> &SshConfig {
+        &self.config
     }
 
     /// The destination, for messages.
@@ -263,7 +156,7 @@ impl Connection {
 
     /// Replaces `stale` (the current link, under its lock): with a new sftp
     /// channel on the same master when `master_alive`, else (or when that
-    /// fails) with a new master, whose port forwards are then re-created.
+    /// fails) with a new master.
     async fn replace(
         &self,
         current: &mut Option<Arc<Link>>,
@@ -290,9 +183,7 @@ impl Connection {
             None => {
                 tracing::info!(destination = %label, "ssh master connection lost; reconnecting");
                 *current = None;
-                let fresh = self.connect().await?;
-                self.restore_forwards(&fresh).await;
-                fresh
+                self.connect().await?
             }
         };
         let fresh = Arc::new(fresh);
@@ -436,6 +327,8 @@ impl Connection {
 pub(crate) struct Pool {
     connections: Mutex<HashMap<String, Weak<Connection>>>,
     configs: Mutex<HashMap<String, SshConfig>>,
+    /// The platform of each host (`user@host:port`), learnt once.
+    platforms: Mutex<HashMap<String, Platform>>,
 }
 
 impl Pool {
@@ -457,6 +350,23 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(key, config.clone());
         connection
+    }
+
+    /// The platform learnt for `config`'s host, if any.
+    pub(crate) fn platform(&self, config: &SshConfig) -> Option<Platform> {
+        self.platforms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&config.destination_label())
+            .cloned()
+    }
+
+    /// Remembers the platform of `config`'s host.
+    pub(crate) fn remember_platform(&self, config: &SshConfig, platform: Platform) {
+        self.platforms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(config.destination_label(), platform);
     }
 
     /// Every destination config this pool has connected to.

@@ -1,13 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+mod agent;
 mod config;
 mod connection;
 mod error;
-mod exec;
-mod files;
+mod host;
 mod ownership;
-mod ports;
-mod script;
 mod session;
 mod snapshot;
 
@@ -15,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use runner_agent::AgentSession;
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerByteStream,
     RunnerCapabilities, RunnerDestination, RunnerError, RunnerManifestEntry,
@@ -25,17 +24,19 @@ use runner_kit::{KnownDestinations, ReadOnlyPaths};
 
 pub use config::{HostKeyPolicy, SshConfig};
 
-use crate::connection::Pool;
+use crate::agent::Start;
+use crate::connection::{Connection, Pool};
 use crate::session::{SessionMeta, SessionSetup, SshSession, remote_dir};
 
 /// The provider id destinations name: `"ssh"`.
 pub const PROVIDER_ID: &str = "ssh";
 
-/// What a bare ssh session can do: everything but mounts and artifact
-/// export, which the layer stack adds on top of the file API
-/// (`runner_stack::Stack`: object-store mounts, and artifact export where the
-/// destination names a store). `run_as_user` accepts the login user only (by
-/// name or uid): the provider offers no escalation such as `sudo`.
+/// What a bare ssh session can do: what the runner agent's session does
+/// (unix-local's), plus detaching, without mounts and artifact export,
+/// which the layer stack adds on top of the file API (`runner_stack::Stack`:
+/// object-store mounts, and artifact export where the destination names a
+/// store). `run_as_user` accepts the login user only (by name or uid): the
+/// agent runs as that user, another one is `PermissionDenied` (no `sudo`).
 pub fn capabilities() -> RunnerCapabilities {
     RunnerCapabilities {
         command_exec: true,
@@ -64,7 +65,10 @@ pub fn capabilities() -> RunnerCapabilities {
 ///
 /// Settings come from `RunnerDestination.config` (see [`SshConfig`]). Sessions
 /// of one destination share one OpenSSH master connection (the system `ssh`
-/// binary in multiplexing mode); files go over sftp on that master.
+/// binary in multiplexing mode). Each session is a runner agent daemon on
+/// the host (`runner-agent serve --detach`, delivered once per host by
+/// content hash), reached through `runner-agent connect` channels on the
+/// master: every command and file operation is the agent's.
 ///
 /// Its sessions are bare: paths are not confined to the workspace, and
 /// closed-session, capability, mount and artifact handling is not theirs.
@@ -86,8 +90,12 @@ impl std::fmt::Debug for SshProvider {
     }
 }
 
+/// A new session id: 16 hex digits (64 random bits), short enough that the
+/// agent's socket path in `<state_dir>/<id>` fits a unix socket address.
 fn new_session_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    id.truncate(16);
+    id
 }
 
 impl SshProvider {
@@ -185,27 +193,98 @@ impl SshProvider {
         validate_manifest(&destination.default_manifest, &capabilities())
     }
 
-    /// A handle on session `session_id` of `config`'s destination: its
-    /// workspace is `<workspace_root>/<id>`, its session directory
-    /// `<state_dir>/<id>` (nothing is created).
-    async fn open(
+    /// Connects to `config`'s host and resolves, delivers and checks the
+    /// agent binary for its platform. Returns the connection and the copy.
+    ///
+    /// Errors: `Unsupported` (no agent binary for the host's platform),
+    /// `Unavailable` and `PermissionDenied` of the connection.
+    async fn prepare(
         &self,
-        session_id: String,
-        destination_id: String,
-        config: SshConfig,
-        read_only: ReadOnlyPaths,
-    ) -> RunnerResult<Arc<SshSession>> {
-        let conn = self.pool.get(&config);
+        operation: &str,
+        config: &SshConfig,
+    ) -> RunnerResult<(Arc<Connection>, PathBuf)> {
+        let conn = self.pool.get(config);
         let link = conn.link().await?;
-        Ok(Arc::new(SshSession::new(SessionSetup {
-            workspace: remote_dir(&link, &config.workspace_root).join(&session_id),
-            session_dir: remote_dir(&link, &config.state_dir).join(&session_id),
-            session_id,
-            destination_id,
-            config,
+        let binary = agent::binary_for(operation, &self.pool, &link, config).await?;
+        let copy = agent::deliver(&link, config, &binary).await?;
+        Ok((conn, copy))
+    }
+
+    /// Starts a new agent for a new session `session_id` and connects to
+    /// it: a fresh workspace `<workspace_root>/<id>`, or with `fork` the
+    /// snapshot of that id unpacked by the agent into a fresh directory
+    /// under `workspace_root`. The session directory `<state_dir>/<id>`
+    /// (0700) holds the socket, the agent's log and the owner marker.
+    async fn launch(
+        &self,
+        operation: &str,
+        destination_id: &str,
+        config: SshConfig,
+        fork: Option<&str>,
+    ) -> RunnerResult<Arc<SshSession>> {
+        let (conn, copy) = self.prepare(operation, &config).await?;
+        let link = conn.link().await?;
+        let session_id = new_session_id();
+        let workspace_root = remote_dir(&link, &config.workspace_root);
+        let snapshot_dir = remote_dir(&link, &config.snapshot_dir);
+        let session_dir = remote_dir(&link, &config.state_dir).join(&session_id);
+        for dir in [&workspace_root, &snapshot_dir, &session_dir] {
+            host::make_private_dirs(&link, dir).await?;
+        }
+        let root = fork.is_none().then(|| workspace_root.join(&session_id));
+        let marker = ownership::OwnerMarker::for_session(
+            &session_id,
+            root.as_deref().unwrap_or(&workspace_root),
+        );
+        let started = async {
+            ownership::write_marker(&link, &session_dir.join(ownership::MARKER), &marker).await?;
+            let resume = fork
+                .map(|id| serde_json::to_value(snapshot::agent_resume(destination_id, id)))
+                .transpose()
+                .map_err(|e| {
+                    RunnerError::provider(format!("{operation}: encoding the resume state: {e}"))
+                })?;
+            agent::start(
+                &link,
+                Start {
+                    copy: &copy,
+                    session_dir: &session_dir,
+                    config: config.agent_config(root.as_deref(), &workspace_root, &snapshot_dir),
+                    destination_id,
+                    resume,
+                },
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = started {
+            for dir in root.iter().chain(std::iter::once(&session_dir)) {
+                let _ = host::remove_tree(&link, dir).await;
+            }
+            return Err(e);
+        }
+        let socket = agent::socket_of(&link, &session_dir);
+        let agent = AgentSession::connect(agent::connector(conn.clone(), copy, socket.clone()))
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "{operation}: connecting to the agent in {}",
+                    session_dir.display()
+                ))
+            })?;
+        let session = Arc::new(SshSession::new(SessionSetup {
+            agent,
             conn,
-            read_only,
-        })))
+            config,
+            session_id,
+            destination_id: destination_id.to_string(),
+            session_dir,
+            socket,
+            snapshot_dir,
+            read_only: ReadOnlyPaths::default(),
+        }));
+        session.write_marker(false).await?;
+        Ok(session)
     }
 }
 
@@ -251,8 +330,8 @@ fn manifest_tar(entry: &RunnerManifestEntry) -> RunnerResult<(RunnerByteStream, 
 }
 
 /// Copies the manifest entries into the bare `session`'s workspace, in
-/// order. Each entry's target must resolve inside the workspace (an earlier
-/// entry's symlink must not lead it out, see [`SshSession::check_inside`]).
+/// order, as archives the agent unpacks (it refuses a target that an earlier
+/// entry's symlink leads out of the workspace).
 async fn apply_manifest(session: &SshSession, entries: &[RunnerManifestEntry]) -> RunnerResult<()> {
     for entry in entries {
         let (archive, is_dir) = manifest_tar(entry)?;
@@ -272,10 +351,6 @@ async fn apply_manifest(session: &SshSession, entries: &[RunnerManifestEntry]) -
         };
         let context =
             |e: RunnerError| e.context(format!("manifest entry {}", entry.target.display()));
-        session
-            .check_inside("create_session", &target)
-            .await
-            .map_err(context)?;
         session
             .upload_archive_stream(&target, archive)
             .await
@@ -317,54 +392,58 @@ impl RemoteRunnerProvider for SshProvider {
             .map(|e| e.message().to_string())
     }
 
+    /// Checks the config, the local key and known_hosts files and the
+    /// manifest, then connects and checks that an agent binary is there for
+    /// the host's platform (`uname -s -m`, once per host).
+    ///
+    /// Errors: `InvalidRequest` (config, manifest), `Unsupported` (no agent
+    /// binary for the host's platform, naming it and the build command), and
+    /// the connection's `Unavailable` and `PermissionDenied`.
     async fn validate_destination(&self, destination: &RunnerDestination) -> RunnerResult<()> {
-        Self::check_provider(
-            "validate_destination",
-            &destination.provider_id,
-            "the destination",
-        )?;
+        const OP: &str = "validate_destination";
+        Self::check_provider(OP, &destination.provider_id, "the destination")?;
         let config = SshConfig::from_destination(destination)?;
         config.check_local_files()?;
-        Self::check_manifest(destination)
+        Self::check_manifest(destination)?;
+        let link = self.pool.get(&config).link().await?;
+        agent::binary_for(OP, &self.pool, &link, &config).await?;
+        Ok(())
     }
 
+    /// Starts a runner agent for the session on the host (delivering the
+    /// binary first when the host has no checked copy) and copies the
+    /// manifest entries into its workspace.
+    ///
+    /// Errors: `Unsupported` up front when no agent binary is for the host's
+    /// platform; the agent's own error when it cannot open the session.
     async fn create_session(
         &self,
         destination: RunnerDestination,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        Self::check_provider(
-            "create_session",
-            &destination.provider_id,
-            "the destination",
-        )?;
+        const OP: &str = "create_session";
+        Self::check_provider(OP, &destination.provider_id, "the destination")?;
         let config = SshConfig::from_destination(&destination)?;
         Self::check_manifest(&destination)?;
         self.trust_destination(&destination);
-        let session = self
-            .open(
-                new_session_id(),
-                destination.id.clone(),
-                config,
-                ReadOnlyPaths::default(),
-            )
-            .await?;
-        session.create_dirs().await?;
+        let session = self.launch(OP, &destination.id, config, None).await?;
         let entries = &destination.default_manifest.entries;
-        let read_only = ReadOnlyPaths::from_manifest(&session.workspace_root(), entries);
+        let workspace = RemoteRunnerSession::workspace_root(session.as_ref());
+        let read_only = ReadOnlyPaths::from_manifest(&workspace, entries);
         let applied = async {
             apply_manifest(&session, entries).await?;
             session.protect(read_only).await
         }
         .await;
         if let Err(e) = applied {
-            let _ = session.close().await;
+            let _ = RemoteRunnerSession::close(session.as_ref()).await;
             return Err(e);
         }
         Ok(session)
     }
 
-    /// With `state.snapshot`: a new session in a fresh workspace filled from
-    /// the snapshot (a fork). Without: the same as `rejoin_session`.
+    /// With `state.snapshot`: a new session whose agent unpacks the
+    /// snapshot into a fresh workspace (a fork). Without: the same as
+    /// `rejoin_session`.
     ///
     /// Everything that decides where the session lives comes from the
     /// destination `state.destination_id` names (see
@@ -395,48 +474,40 @@ impl RemoteRunnerProvider for SshProvider {
         }
         // The snapshot is found before anything is created for the copy.
         let link = self.pool.get(&config).link().await?;
-        let archive = snapshot::archive_of(&link, &config, &snapshot_ref)?;
+        let snapshot_dir = remote_dir(&link, &config.snapshot_dir);
+        snapshot::archive_of(&link, &snapshot_dir, &snapshot_ref).await?;
         let session = self
-            .open(
-                new_session_id(),
-                state.destination_id.clone(),
+            .launch(
+                OP,
+                &state.destination_id,
                 config,
-                ReadOnlyPaths::default(),
+                Some(&snapshot_ref.snapshot_id),
             )
             .await?;
-        let restored = async {
-            session.create_dirs().await?;
-            snapshot::restore(&link, &archive, &session.workspace_root()).await?;
-            match &source {
-                Some(source) => {
-                    session
-                        .protect(rebase(source, &session.workspace_root()))
-                        .await
-                }
-                None => Ok(()),
+        if let Some(source) = &source {
+            let workspace = RemoteRunnerSession::workspace_root(session.as_ref());
+            if let Err(e) = session.protect(rebase(source, &workspace)).await {
+                let _ = RemoteRunnerSession::close(session.as_ref()).await;
+                return Err(e);
             }
-        }
-        .await;
-        if let Err(e) = restored {
-            let _ = session.close().await;
-            return Err(e);
         }
         Ok(session)
     }
 
-    /// Reattaches to a detached session: same workspace, same session
-    /// directory, background commands taken over with their numbered output.
+    /// Reattaches to a detached session: a new connection to the agent that
+    /// still serves it (same workspace, every command still running with
+    /// its numbered output).
     ///
     /// The session is looked for on the destination `state.destination_id`
-    /// names, at `<workspace_root>/<session id>` and
-    /// `<state_dir>/<session id>` of that destination; the state's paths must
-    /// be those, and must resolve on the host to those names under the
-    /// destination's directories.
+    /// names, in `<state_dir>/<session id>` of that destination; the state's
+    /// session directory and socket must be those, and its workspace the
+    /// one the agent serves.
     ///
     /// Errors: `InvalidRequest` (another provider's state, an unknown
     /// destination, a bad session id), `PermissionDenied` naming what the
-    /// state gave (another host, a workspace or session directory outside
-    /// the destination's), `NotFound` (the workspace is gone).
+    /// state gave (another host, a session directory outside the
+    /// destination's, a symlink, another workspace), `NotFound` (the
+    /// session directory or its agent is gone).
     async fn rejoin_session(
         &self,
         state: RunnerSessionState,
@@ -445,32 +516,90 @@ impl RemoteRunnerProvider for SshProvider {
         Self::check_provider(OP, &state.provider_id, "the state")?;
         let config = self.config_of(OP, &state)?;
         let meta = session_meta(OP, &state)?;
-        meta.check_destination(OP, &state.session_id, &config)?;
-        let session = self
-            .open(
-                state.session_id.clone(),
-                state.destination_id.clone(),
-                config.clone(),
-                meta.read_only.clone(),
-            )
-            .await?;
-        let link = self.pool.get(&config).link().await?;
-        session.check_state_paths(&link, &meta).await?;
-        session.adopt_commands().await?;
+        let id = &state.session_id;
+        meta.check_destination(OP, id, &config)?;
+        let (conn, copy) = self.prepare(OP, &config).await?;
+        let link = conn.link().await?;
+        let session_dir = remote_dir(&link, &config.state_dir).join(id);
+        let socket = agent::socket_of(&link, &session_dir);
+        for (what, given, own) in [
+            ("session directory", &meta.session_dir, &session_dir),
+            ("agent socket", &meta.socket, &socket),
+        ] {
+            if runner_api::normalize_lexically(given) != runner_api::normalize_lexically(own) {
+                return Err(RunnerError::permission_denied(format!(
+                    "{OP} {id}: the state's {what} {} is not {}, the session's under the \
+                     destination's state_dir",
+                    given.display(),
+                    own.display()
+                )));
+            }
+        }
+        match host::lstat(&link, &session_dir).await? {
+            None => {
+                return Err(RunnerError::not_found(format!(
+                    "{OP} {id}: the session directory {} no longer exists",
+                    session_dir.display()
+                )));
+            }
+            Some(found) if host::is_dir(&found) => {}
+            Some(_) => {
+                return Err(RunnerError::permission_denied(format!(
+                    "{OP} {id}: the session directory {} is not a directory (a symlink leads \
+                     elsewhere); refusing to rejoin",
+                    session_dir.display()
+                )));
+            }
+        }
+        if host::lstat(&link, &socket).await?.is_none() {
+            return Err(RunnerError::not_found(format!(
+                "{OP} {id}: no agent serves the session any more ({} is gone)",
+                socket.display()
+            )));
+        }
+        let agent = AgentSession::connect(agent::connector(conn.clone(), copy, socket.clone()))
+            .await
+            .map_err(|e| e.context(format!("{OP} {id}")))?;
+        let workspace = RemoteRunnerSession::workspace_root(&agent);
+        if runner_api::normalize_lexically(&meta.workspace) != workspace {
+            return Err(RunnerError::permission_denied(format!(
+                "{OP} {id}: the state's workspace {} is not {}, the one the session's agent serves",
+                meta.workspace.display(),
+                workspace.display()
+            )));
+        }
+        match host::lstat(&link, &workspace).await? {
+            None => {
+                return Err(RunnerError::not_found(format!(
+                    "{OP} {id}: the workspace {} no longer exists",
+                    workspace.display()
+                )));
+            }
+            Some(found) if host::is_dir(&found) => {}
+            Some(_) => {
+                return Err(RunnerError::permission_denied(format!(
+                    "{OP} {id}: the workspace {} is not a directory (a symlink leads \
+                     elsewhere); refusing to rejoin",
+                    workspace.display()
+                )));
+            }
+        }
+        let snapshot_dir = remote_dir(&link, &config.snapshot_dir);
+        let session = Arc::new(SshSession::new(SessionSetup {
+            agent,
+            conn,
+            config,
+            session_id: id.clone(),
+            destination_id: state.destination_id.clone(),
+            session_dir,
+            socket,
+            snapshot_dir,
+            read_only: meta.read_only.clone(),
+        }));
+        session.write_marker(false).await?;
         Ok(session)
     }
 
-    /// Sweeps every destination given with
-    /// [`with_sweep_destination`](SshProvider::with_sweep_destination) and
-    /// every destination this provider has connected to: session directories
-    /// and workspaces whose owner process is gone (or that were detached) are
-    /// removed after the destination's `orphan_grace_s`, once the process
-    /// groups recorded in them are killed; finished snapshots of gone
-    /// sessions after `snapshot_grace_s`. See the ownership rule in
-    /// `docs/providers/ssh.md`.
-    ///
-    /// Errors: the first destination that cannot be reached (`Unavailable`,
-    /// `PermissionDenied`) or swept ends the sweep with its error, naming it.
     /// Remembers `destination` by its id for `resume_session` and
     /// `rejoin_session` (see [`SshProvider::with_destination`], which also
     /// checks it).
@@ -478,6 +607,17 @@ impl RemoteRunnerProvider for SshProvider {
         self.destinations.remember(destination);
     }
 
+    /// Sweeps every destination given with
+    /// [`with_sweep_destination`](SshProvider::with_sweep_destination) and
+    /// every destination this provider has connected to: session directories
+    /// and workspaces whose owner process is gone (or that were detached) are
+    /// removed after the destination's `orphan_grace_s`, once their agent is
+    /// closed (every process of the session ends); finished snapshots of gone
+    /// sessions after `snapshot_grace_s`. See the ownership rule in
+    /// `docs/providers/ssh.md`.
+    ///
+    /// Errors: the first destination that cannot be reached (`Unavailable`,
+    /// `PermissionDenied`) or swept ends the sweep with its error, naming it.
     async fn sweep_orphans(&self) -> RunnerResult<RunnerSweepReport> {
         let mut report = RunnerSweepReport::default();
         let mut targets = self.sweep_targets.clone();
@@ -489,7 +629,7 @@ impl RemoteRunnerProvider for SshProvider {
         for config in targets {
             let conn = self.pool.get(&config);
             let link = conn.link().await?;
-            ownership::sweep(&link, &config, &mut report)
+            ownership::sweep(&self.pool, &conn, &link, &config, &mut report)
                 .await
                 .map_err(|e| e.context(format!("sweep_orphans {}", config.destination_label())))?;
         }

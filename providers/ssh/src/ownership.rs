@@ -6,21 +6,23 @@
 //! removes only marked items whose owner is gone: a process on this host that
 //! no longer runs (or a detached session, whose marker has no owner process),
 //! and only once the marker is older than `orphan_grace_s`. Before a session
-//! directory goes, the process groups recorded in it are killed. A finished
-//! snapshot archive goes once its session is gone and it is older than
+//! directory goes, its agent is closed (a connection and a `close`: every
+//! process of the session ends, and the agent exits). A finished snapshot
+//! archive goes once its session is gone and it is older than
 //! `snapshot_grace_s`.
 
 use std::path::{Path, PathBuf};
 
-use runner_api::{RunnerFileKind, RunnerResult, RunnerSignal, RunnerSweepReport};
+use std::sync::Arc;
+
+use runner_agent::AgentSession;
+use runner_api::{RemoteRunnerSession, RunnerResult, RunnerSweepReport};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SshConfig;
-use crate::connection::Link;
-use crate::exec::{SESSION_MARK, now_ms, read_small, signal_marked};
-use crate::files;
-use crate::script::{quote_path, run_checked, run_script};
+use crate::connection::{Connection, Link, Pool};
 use crate::session::remote_dir;
+use crate::{agent, host};
 
 /// File name of a session directory's marker.
 pub(crate) const MARKER: &str = "owner.json";
@@ -52,6 +54,13 @@ fn local_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Start time of a local process (field 22 of `/proc/<pid>/stat`).
@@ -105,7 +114,7 @@ impl OwnerMarker {
     }
 }
 
-/// Writes a marker file.
+/// Writes a marker file (mode 0600).
 pub(crate) async fn write_marker(
     link: &Link,
     path: &Path,
@@ -113,49 +122,13 @@ pub(crate) async fn write_marker(
 ) -> RunnerResult<()> {
     let json = serde_json::to_vec_pretty(marker)
         .map_err(|e| runner_api::RunnerError::provider(format!("encoding owner marker: {e}")))?;
-    files::write_small_file(link, path, &json, Some(0o600)).await
+    host::write_file(link, path, &json, 0o600).await
 }
 
 async fn read_marker(link: &Link, path: &Path) -> RunnerResult<Option<OwnerMarker>> {
-    Ok(read_small(link, path)
+    Ok(host::read_small(link, path)
         .await?
         .and_then(|text| serde_json::from_str(&text).ok()))
-}
-
-/// The script that kills every process group recorded in `session_dir` (its
-/// commands and their stdin holders) and every process carrying the session's
-/// mark (those that left their group), then removes `session_dir` and
-/// `workspace`.
-pub(crate) fn teardown_script(
-    operation: &str,
-    session_id: &str,
-    session_dir: &Path,
-    workspace: Option<&Path>,
-) -> RunnerResult<String> {
-    let dir = quote_path(operation, session_dir)?;
-    let workspace = match workspace {
-        Some(path) => quote_path(operation, path)?,
-        None => String::new(),
-    };
-    Ok(format!(
-        "for f in {dir}/cmd/*/pgid {dir}/run/*; do \
-         [ -f \"$f\" ] && read p < \"$f\" && case \"$p\" in ''|*[!0-9]*) ;; \
-         *) kill -s KILL -- -\"$p\" 2>/dev/null;; esac; done; \
-         for f in {dir}/cmd/*/stdin.holder; do \
-         [ -s \"$f\" ] && kill \"$(cat \"$f\")\" 2>/dev/null; done; \
-         {marked}rm -rf -- {workspace} {dir}",
-        marked = signal_marked(SESSION_MARK, session_id, RunnerSignal::Kill),
-    ))
-}
-
-async fn remove_all(link: &Link, paths: &[&Path]) -> RunnerResult<()> {
-    let mut script = String::from("rm -rf --");
-    for path in paths {
-        script.push(' ');
-        script.push_str(&quote_path("sweep_orphans", path)?);
-    }
-    run_script(link, "sweep_orphans", &script, None).await?;
-    Ok(())
 }
 
 /// Whether `name` can be a session or snapshot id the provider made (a
@@ -167,35 +140,65 @@ pub(crate) fn is_plain_id(name: &str) -> bool {
 }
 
 /// The canonical path of the workspace the orphan `marker` owns, when it is
-/// one this library made: the marker names `<workspace_root>/<session id>`,
-/// that path is a directory itself (not a symlink), and it resolves to the
-/// same name under the canonical workspace root `base`. `None` otherwise:
-/// a marker naming anything else (a `..` path, a directory elsewhere, a
-/// symlink leading out) never gets it removed.
+/// one this library made: the marker names `<workspace_root>/<name>` with a
+/// plain id as name (the session's own id, or the fresh directory of a
+/// snapshot fork), that path is a directory itself (not a symlink), and it
+/// resolves to the same name under the canonical workspace root `base`.
+/// `None` otherwise: a marker naming anything else (a `..` path, a
+/// directory elsewhere, a symlink leading out) never gets it removed.
 async fn owned_workspace(
     link: &Link,
     workspace_root: &Path,
     base: Option<&Path>,
     marker: &OwnerMarker,
 ) -> RunnerResult<Option<PathBuf>> {
-    let expected = workspace_root.join(&marker.session_id);
     let Some(base) = base else {
         return Ok(None);
     };
-    if runner_api::normalize_lexically(&marker.workspace) != expected {
+    let named = runner_api::normalize_lexically(&marker.workspace);
+    let name = named
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| is_plain_id(n));
+    let Some(name) = name.filter(|_| named.parent() == Some(workspace_root)) else {
         tracing::warn!(workspace = %marker.workspace.display(), session = %marker.session_id, "sweep_orphans: a marker names a workspace this library did not make; leaving it");
         return Ok(None);
-    }
-    let is_dir = files::lstat(link, &expected)
+    };
+    let expected = workspace_root.join(&name);
+    let is_dir = host::lstat(link, &expected)
         .await?
-        .and_then(|meta| meta.file_type())
-        .is_some_and(|kind| kind.is_dir());
+        .is_some_and(|meta| host::is_dir(&meta));
     if !is_dir {
         return Ok(None);
     }
-    let canonical = base.join(&marker.session_id);
-    let resolved = files::canonicalize(link, &expected).await.ok();
+    let canonical = base.join(&name);
+    let resolved = host::canonicalize(link, &expected).await.ok();
     Ok((resolved.as_ref() == Some(&canonical)).then_some(canonical))
+}
+
+/// Closes the agent serving `session_dir`'s socket, when one answers: every
+/// process of its session ends and the agent exits. An agent that is gone
+/// (no socket, or nobody listening) is fine.
+async fn close_agent(
+    pool: &Pool,
+    conn: &Arc<Connection>,
+    link: &Link,
+    session_dir: &Path,
+) -> RunnerResult<()> {
+    let socket = agent::socket_of(link, session_dir);
+    if host::lstat(link, &socket).await?.is_none() {
+        return Ok(());
+    }
+    let config = conn.config();
+    let binary = agent::binary_for("sweep_orphans", pool, link, config).await?;
+    let copy = agent::deliver(link, config, &binary).await?;
+    match AgentSession::connect(agent::connector(conn.clone(), copy, socket)).await {
+        Ok(session) => session.close().await,
+        Err(e) => {
+            tracing::info!(dir = %session_dir.display(), error = %e, "sweep_orphans: no agent answers; removing the directory");
+            Ok(())
+        }
+    }
 }
 
 /// Removes orphaned session directories (with their workspaces) and orphaned
@@ -207,6 +210,8 @@ async fn owned_workspace(
 /// only as [`owned_workspace`] allows. Both are removed by their canonical
 /// paths.
 pub(crate) async fn sweep(
+    pool: &Pool,
+    conn: &Arc<Connection>,
     link: &Link,
     config: &SshConfig,
     report: &mut RunnerSweepReport,
@@ -214,14 +219,15 @@ pub(crate) async fn sweep(
     let label = config.destination_label();
     let state_dir = remote_dir(link, &config.state_dir);
     let workspace_root = remote_dir(link, &config.workspace_root);
-    if let Ok(entries) = files::list_dir(link, &state_dir).await {
-        let state_base = files::canonicalize(link, &state_dir).await?;
-        let workspace_base = files::canonicalize(link, &workspace_root).await.ok();
+    if let Ok(entries) = host::list(link, &state_dir).await {
+        let state_base = host::canonicalize(link, &state_dir).await?;
+        let workspace_base = host::canonicalize(link, &workspace_root).await.ok();
         for entry in entries {
-            if entry.kind != RunnerFileKind::Directory || !is_plain_id(&entry.name) {
+            if !entry.is_dir || !is_plain_id(&entry.name) {
                 continue;
             }
-            let Some(marker) = read_marker(link, &entry.path.join(MARKER)).await? else {
+            let Some(marker) = read_marker(link, &state_dir.join(&entry.name).join(MARKER)).await?
+            else {
                 continue;
             };
             if marker.session_id != entry.name || !marker.is_orphan(config.orphan_grace_s) {
@@ -230,30 +236,28 @@ pub(crate) async fn sweep(
             let session_dir = state_base.join(&entry.name);
             let workspace =
                 owned_workspace(link, &workspace_root, workspace_base.as_deref(), &marker).await?;
-            let script = teardown_script(
-                "sweep_orphans",
-                &marker.session_id,
-                &session_dir,
-                workspace.as_deref(),
-            )?;
-            run_checked(link, "sweep_orphans", &script, None).await?;
+            close_agent(pool, conn, link, &session_dir).await?;
+            for path in workspace.iter().chain(std::iter::once(&session_dir)) {
+                host::remove_tree(link, path).await?;
+            }
             for path in std::iter::once(&session_dir).chain(&workspace) {
                 report.removed.push(format!("{label}:{}", path.display()));
             }
         }
     }
     let snapshot_dir = remote_dir(link, &config.snapshot_dir);
-    if let Ok(entries) = files::list_dir(link, &snapshot_dir).await {
-        for entry in entries.iter().filter(|e| e.kind == RunnerFileKind::File) {
+    if let Ok(entries) = host::list(link, &snapshot_dir).await {
+        for entry in entries.iter().filter(|e| e.is_file) {
             let Some(stem) = entry.name.strip_suffix(".owner").filter(|s| is_plain_id(s)) else {
                 continue;
             };
-            let Some(marker) = read_marker(link, &entry.path).await? else {
+            let marker_path = snapshot_dir.join(&entry.name);
+            let Some(marker) = read_marker(link, &marker_path).await? else {
                 continue;
             };
-            let archive = snapshot_dir.join(format!("{stem}.tar"));
-            let partial = snapshot_dir.join(format!("{stem}.tar.tmp"));
-            let complete = entries.iter().any(|e| e.path == archive);
+            let archive_name = format!("{stem}.tar");
+            let archive = snapshot_dir.join(&archive_name);
+            let complete = entries.iter().any(|e| e.name == archive_name);
             if complete {
                 // Finished archives serve resume_session: kept while their
                 // session lives, and for snapshot_grace_s after it is gone.
@@ -267,26 +271,27 @@ pub(crate) async fn sweep(
                     continue;
                 }
                 let session_gone = marker.owner_gone()
-                    || files::lstat(link, &state_dir.join(&marker.session_id))
+                    || host::lstat(link, &state_dir.join(&marker.session_id))
                         .await?
                         .is_none();
                 if session_gone {
-                    remove_all(link, &[&archive, &entry.path]).await?;
+                    host::remove_tree(link, &archive).await?;
+                    host::remove_tree(link, &marker_path).await?;
                     report
                         .removed
                         .push(format!("{label}:{}", archive.display()));
                 }
                 continue;
             }
-            // A snapshot that never completed: its leftovers go once its
-            // owner is gone.
+            // A marker without its archive (the snapshot failed): it goes
+            // once its owner is gone.
             if !marker.is_orphan(config.orphan_grace_s) {
                 continue;
             }
-            remove_all(link, &[&partial, &entry.path]).await?;
+            host::remove_tree(link, &marker_path).await?;
             report
                 .removed
-                .push(format!("{label}:{}", partial.display()));
+                .push(format!("{label}:{}", marker_path.display()));
         }
     }
     Ok(())

@@ -1,17 +1,20 @@
-//! Snapshots: a tar of the workspace in the remote snapshot directory, and
-//! restoring one into a fresh workspace.
+//! Snapshots: the agent's unix-local snapshot archive in the destination's
+//! `snapshot_dir` on the host, with an owner marker next to it; a resume is
+//! a new agent started with `--resume` of that snapshot.
 
 use std::path::{Path, PathBuf};
 
-use runner_api::{RunnerError, RunnerResult, RunnerSnapshotRef};
+use runner_api::{RunnerError, RunnerResult, RunnerSessionState, RunnerSnapshotRef};
 use serde::{Deserialize, Serialize};
 
 use crate::PROVIDER_ID;
 use crate::config::SshConfig;
 use crate::connection::Link;
+use crate::host;
 use crate::ownership::{self, OwnerMarker};
-use crate::script::{quote_path, run_checked, run_script};
-use crate::session::remote_dir;
+
+/// The provider id of the sessions the agent serves.
+const AGENT_PROVIDER_ID: &str = "unix-local";
 
 /// What a snapshot reference's metadata carries: no config (a resume takes
 /// every setting from the destination, and finds the archive by id in its
@@ -41,29 +44,29 @@ impl SnapshotMeta {
     }
 }
 
-/// Tars the workspace into `<snapshot_dir>/<id>.tar` (written to a temporary
-/// name and renamed), with an owner marker next to it.
-pub(crate) async fn take(
+/// The ssh reference of the agent's snapshot `taken` (an archive in
+/// `snapshot_dir`), after writing its owner marker `<id>.owner` next to it.
+///
+/// Errors: `Provider` when the agent's reference is not a unix-local
+/// snapshot with a plain id.
+pub(crate) async fn adopt(
     link: &Link,
     config: &SshConfig,
-    session_id: &str,
-    workspace: &Path,
+    snapshot_dir: &Path,
+    marker: &OwnerMarker,
+    taken: RunnerSnapshotRef,
 ) -> RunnerResult<RunnerSnapshotRef> {
-    let dir = remote_dir(link, &config.snapshot_dir);
-    crate::files::make_dirs(link, &dir).await?;
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let archive = dir.join(format!("{id}.tar"));
-    let marker = OwnerMarker::for_session(session_id, workspace);
-    ownership::write_marker(link, &dir.join(format!("{id}.owner")), &marker).await?;
-    let script = format!(
-        "a={archive}; tar -c -f \"$a.tmp\" -C {ws} . && mv \"$a.tmp\" \"$a\" || {{ rm -f \"$a.tmp\"; exit 1; }}",
-        archive = quote_path("snapshot", &archive)?,
-        ws = quote_path("snapshot", workspace)?,
-    );
-    run_checked(link, "snapshot", &script, None).await?;
+    let id = taken.snapshot_id;
+    if taken.provider_id != AGENT_PROVIDER_ID || !ownership::is_plain_id(&id) {
+        return Err(RunnerError::provider(format!(
+            "snapshot: the agent returned snapshot {id:?} of provider {:?}",
+            taken.provider_id
+        )));
+    }
+    ownership::write_marker(link, &snapshot_dir.join(format!("{id}.owner")), marker).await?;
     let meta = SnapshotMeta {
         destination: config.destination_label(),
-        archive,
+        archive: snapshot_dir.join(format!("{id}.tar")),
     };
     Ok(RunnerSnapshotRef {
         provider_id: PROVIDER_ID.to_string(),
@@ -72,10 +75,13 @@ pub(crate) async fn take(
     })
 }
 
-/// The archive a snapshot reference names. Errors: `InvalidRequest`.
-pub(crate) fn archive_of(
+/// The archive an ssh snapshot reference names in `snapshot_dir`.
+///
+/// Errors: `InvalidRequest` for another provider's reference or an id this
+/// provider does not make; `NotFound` when the archive does not exist.
+pub(crate) async fn archive_of(
     link: &Link,
-    config: &SshConfig,
+    snapshot_dir: &Path,
     snapshot: &RunnerSnapshotRef,
 ) -> RunnerResult<PathBuf> {
     if snapshot.provider_id != PROVIDER_ID || !ownership::is_plain_id(&snapshot.snapshot_id) {
@@ -84,28 +90,28 @@ pub(crate) fn archive_of(
             snapshot.snapshot_id, snapshot.provider_id
         )));
     }
-    Ok(remote_dir(link, &config.snapshot_dir).join(format!("{}.tar", snapshot.snapshot_id)))
-}
-
-/// Unpacks the archive into `workspace` (which must exist).
-/// Errors: `NotFound` when the archive is gone.
-pub(crate) async fn restore(link: &Link, archive: &Path, workspace: &Path) -> RunnerResult<()> {
-    let script = format!(
-        "[ -f {a} ] || exit 44; tar -x -f {a} -C {ws} --no-same-owner",
-        a = quote_path("resume_session", archive)?,
-        ws = quote_path("resume_session", workspace)?,
-    );
-    let out = run_script(link, "resume_session", &script, None).await?;
-    match out.code {
-        Some(0) => Ok(()),
-        Some(44) => Err(RunnerError::not_found(format!(
+    let archive = snapshot_dir.join(format!("{}.tar", snapshot.snapshot_id));
+    match host::lstat(link, &archive).await? {
+        Some(meta) if meta.file_type().is_some_and(|t| t.is_file()) => Ok(archive),
+        _ => Err(RunnerError::not_found(format!(
             "resume_session: snapshot archive {} does not exist",
             archive.display()
         ))),
-        _ => Err(RunnerError::provider(format!(
-            "resume_session: restoring {} failed: {}",
-            archive.display(),
-            out.stderr_text()
-        ))),
+    }
+}
+
+/// The unix-local state the agent resumes to fork `snapshot_id`: the agent
+/// finds the archive by id in the `snapshot_dir` of its config.
+pub(crate) fn agent_resume(destination_id: &str, snapshot_id: &str) -> RunnerSessionState {
+    RunnerSessionState {
+        provider_id: AGENT_PROVIDER_ID.to_string(),
+        session_id: String::new(),
+        destination_id: destination_id.to_string(),
+        snapshot: Some(RunnerSnapshotRef {
+            provider_id: AGENT_PROVIDER_ID.to_string(),
+            snapshot_id: snapshot_id.to_string(),
+            metadata: serde_json::Value::Null,
+        }),
+        metadata: serde_json::Value::Null,
     }
 }

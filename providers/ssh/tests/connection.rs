@@ -1,8 +1,10 @@
 //! Connection behaviour against a real sshd on 127.0.0.1: the master dying
-//! mid-session (commands, files and port forwards recover), host key
-//! mismatch, an unreachable host, background output that survives a dropped
-//! connection and a rejoin from a new provider, and read-only manifest
-//! entries refused by the file API before and after a rejoin.
+//! mid-session (commands, files and port forwards recover), the channel to
+//! the agent dying mid-command (the next call reconnects, nothing is lost),
+//! host key mismatch, an unreachable host, background output that survives
+//! a dropped connection and a rejoin from a new provider (also with the
+//! command still running), and read-only manifest entries refused by the
+//! file API before and after a rejoin.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -194,67 +196,6 @@ async fn port_forward_survives_reconnect() -> TestResult {
         return Err(format!("exposing {port} again gave {again:?}, not {url}"));
     }
     session.close().await.map_err(|e| format!("close: {e}"))
-}
-
-/// When the old local port is taken by the time the master is replaced, the
-/// forward is dropped (not re-created elsewhere): exposing the port again
-/// gives a new, working URL instead of the dead one. The server runs in a session of
-/// another provider, so nothing of the forwarding session touches the
-/// connection between the kill and the command that reconnects.
-async fn port_forward_lost_when_local_port_taken() -> TestResult {
-    let config = config(serde_json::json!({}))?;
-    let server_provider = SshProvider::new();
-    let server = server_provider
-        .create_session(destination(config.clone()))
-        .await
-        .map_err(|e| format!("create_session (server): {e}"))?;
-    let body = "second forward\n".to_string();
-    server
-        .write_file(RunnerFileWriteRequest::new(
-            "www/index.txt",
-            body.clone().into_bytes(),
-        ))
-        .await
-        .map_err(|e| format!("write_file: {e}"))?;
-    let port = start_httpd(server.as_ref(), "www").await?;
-    let provider = SshProvider::new();
-    let session = provider
-        .create_session(destination(config.clone()))
-        .await
-        .map_err(|e| format!("create_session: {e}"))?;
-    let expose = || session.expose_port(RunnerPortRequest { port, label: None });
-    let url = expose()
-        .await
-        .map_err(|e| format!("expose_port {port}: {e}"))?
-        .url
-        .ok_or("expose_port gave no URL")?;
-    let local: u16 = url
-        .trim_start_matches("http://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|e| format!("local port of {url}: {e}"))?;
-    kill_master(&provider, &config).await?;
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", local))
-        .map_err(|e| format!("binding the freed local port {local}: {e}"))?;
-    echo(session.as_ref(), "reconnect", "again").await?;
-    let again = expose()
-        .await
-        .map_err(|e| format!("expose_port {port} again: {e}"))?
-        .url
-        .ok_or("expose_port gave no URL")?;
-    if again == url {
-        return Err(format!("{url} was given out again while its port is taken"));
-    }
-    let served = http_fetch(&again, "index.txt", Duration::from_secs(60)).await?;
-    if served != body {
-        return Err(format!("{again} served {served:?}"));
-    }
-    drop(squatter);
-    session.close().await.map_err(|e| format!("close: {e}"))?;
-    server
-        .close()
-        .await
-        .map_err(|e| format!("close (server): {e}"))
 }
 
 fn expect_read_only<T: std::fmt::Debug>(
@@ -598,6 +539,146 @@ async fn background_output_survives() -> TestResult {
     rejoined.close().await.map_err(|e| format!("close: {e}"))
 }
 
+/// The host's `runner-agent connect` processes whose arguments name
+/// `socket` (they run as the test user on 127.0.0.1).
+fn connect_processes(socket: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let named = args.contains(&b"connect".as_slice()) && args.contains(&socket.as_bytes());
+            named.then_some(pid)
+        })
+        .collect()
+}
+
+/// The bytes of every chunk of `output`, in order.
+fn joined(output: &runner_api::RunnerCommandOutput) -> Vec<u8> {
+    output.chunks.iter().flat_map(|c| c.bytes.clone()).collect()
+}
+
+/// Killing the channel a session's connection runs over (its `runner-agent
+/// connect` process on the host) mid-command loses nothing: the next call
+/// reconnects on its own, and `command_output` after the last sequence
+/// number seen returns the rest of the output.
+async fn dropped_agent_channel_reconnects() -> TestResult {
+    let config = config(serde_json::json!({}))?;
+    let provider = SshProvider::new();
+    let session = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let socket = session.state().metadata["socket"]
+        .as_str()
+        .ok_or("the state names no agent socket")?
+        .to_string();
+    let id = "ticker".to_string();
+    session
+        .start_command(RunnerCommandRequest::shell(
+            &id,
+            "for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.3; done",
+        ))
+        .await
+        .map_err(|e| format!("start_command: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = session
+        .command_output(&id, 0)
+        .await
+        .map_err(|e| format!("command_output: {e}"))?;
+    let last = before.chunks.last().map_or(0, |c| c.seq);
+    let pids = connect_processes(&socket);
+    if pids.is_empty() {
+        return Err(format!("no runner-agent connect process names {socket}"));
+    }
+    for pid in &pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "KILL", &pid.to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids
+        .iter()
+        .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_exited(session.as_ref(), &id).await?;
+    let rest = session
+        .command_output(&id, last)
+        .await
+        .map_err(|e| format!("command_output after seq {last}: {e}"))?;
+    let mut all = joined(&before);
+    all.extend(joined(&rest));
+    let expected: String = (1..=8).map(|i| format!("line-{i}\n")).collect();
+    if all != expected.as_bytes() {
+        return Err(format!(
+            "output across the dropped channel: {:?}",
+            String::from_utf8_lossy(&all)
+        ));
+    }
+    if connect_processes(&socket)
+        .iter()
+        .any(|pid| pids.contains(pid))
+    {
+        return Err("the killed connect process still runs".into());
+    }
+    session.close().await.map_err(|e| format!("close: {e}"))
+}
+
+/// A session detached while a command runs keeps running in its agent; a
+/// new provider rejoining it sees the command still running, then its
+/// whole output and exit status.
+async fn detach_rejoin_with_a_running_command() -> TestResult {
+    let config = config(serde_json::json!({}))?;
+    let provider = SshProvider::new();
+    let session = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let id = "outlives".to_string();
+    session
+        .start_command(RunnerCommandRequest::shell(
+            &id,
+            "echo before; sleep 2; echo after; exit 3",
+        ))
+        .await
+        .map_err(|e| format!("start_command: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = session.detach().await.map_err(|e| format!("detach: {e}"))?;
+    drop(session);
+    drop(provider);
+    let fresh = SshProvider::new()
+        .with_destination(&destination(config.clone()))
+        .map_err(|e| format!("with_destination: {e}"))?;
+    let rejoined = fresh
+        .rejoin_session(state)
+        .await
+        .map_err(|e| format!("rejoin_session: {e}"))?;
+    let info = rejoined
+        .command_status(&id)
+        .await
+        .map_err(|e| format!("command_status after rejoin: {e}"))?;
+    if info.state != RunnerProcessState::Running {
+        return Err(format!("the command did not outlive the detach: {info:?}"));
+    }
+    wait_exited(rejoined.as_ref(), &id).await?;
+    let output = rejoined
+        .command_output(&id, 0)
+        .await
+        .map_err(|e| format!("command_output: {e}"))?;
+    let code = output.status.and_then(|s| s.exit_code);
+    if joined(&output) != b"before\nafter\n" || code != Some(3) {
+        return Err(format!("after rejoin: {output:?}"));
+    }
+    rejoined.close().await.map_err(|e| format!("close: {e}"))
+}
+
 /// Sessions of one destination share one master; a command round trip over
 /// it is reported (no assertion on time: speed belongs in benchmarks).
 async fn sessions_share_one_master() -> TestResult {
@@ -686,10 +767,6 @@ fn main() -> ExitCode {
             port_forward_survives_reconnect,
         ),
         async_trial(
-            "port_forward_lost_when_local_port_taken",
-            port_forward_lost_when_local_port_taken,
-        ),
-        async_trial(
             "read_only_entry_refuses_file_writes",
             read_only_entry_refuses_file_writes,
         ),
@@ -698,6 +775,14 @@ fn main() -> ExitCode {
         async_trial("unknown_host_policy", unknown_host_policy),
         async_trial("background_output_survives", background_output_survives),
         async_trial("sessions_share_one_master", sessions_share_one_master),
+        async_trial(
+            "dropped_agent_channel_reconnects",
+            dropped_agent_channel_reconnects,
+        ),
+        async_trial(
+            "detach_rejoin_with_a_running_command",
+            detach_rejoin_with_a_running_command,
+        ),
         async_trial("sweep_removes_only_orphans", sweep_removes_only_orphans),
     ])
 }

@@ -311,7 +311,7 @@ async fn write_at_offset_in_place() -> TestResult {
         refused(
             session.write_file(write_at("missing.bin", 3, b"x")).await,
             RunnerErrorKind::InvalidRequest,
-            &["missing.bin", "3", "size 0"],
+            &["missing.bin", "3", "0 bytes"],
             "a missing file at offset 3",
         )?;
         refused(
@@ -558,11 +558,12 @@ async fn writes_obey_posix_permissions() -> TestResult {
 
 // ----- exit statuses -----
 
-/// `sh -c 'exit N'` reports exit code N, and a missing program run through
-/// `sh -c` 127, in the foreground and the background, never as a signal.
+/// `sh -c 'exit N'` reports exit code N (127, 130 and 255 exactly), and a
+/// missing program run through `sh -c` 127, in the foreground and the
+/// background, never as a signal.
 async fn exit_statuses_are_the_programs_own() -> TestResult {
     in_session(|session| async move {
-        let cases: Vec<(String, i32)> = [0, 1, 126, 127, 255]
+        let cases: Vec<(String, i32)> = [0, 1, 126, 127, 130, 255]
             .into_iter()
             .map(|code| (format!("exit {code}"), code))
             .chain([("runner-no-such-program-8d2b".to_string(), 127)])
@@ -600,6 +601,45 @@ async fn exit_statuses_are_the_programs_own() -> TestResult {
     .await
 }
 
+/// A command killed by SIGKILL or SIGTERM (its own shell signalling itself)
+/// reports that signal and no exit code, in the foreground and the
+/// background.
+async fn signal_deaths_report_the_signal() -> TestResult {
+    in_session(|session| async move {
+        for (name, number) in [("KILL", 9), ("TERM", 15)] {
+            let script = format!("kill -s {name} $$");
+            let fore = session
+                .run_command(RunnerCommandRequest::shell(
+                    format!("s-{}", unique()),
+                    &script,
+                ))
+                .await
+                .map_err(|e| format!("run_command {script:?}: {e}"))?;
+            ensure(
+                fore.signal == Some(number) && fore.exit_code.is_none(),
+                || {
+                    format!(
+                        "foreground {script:?}: exit_code {:?}, signal {:?}, expected signal {number}",
+                        fore.exit_code, fore.signal
+                    )
+                },
+            )?;
+            let id = format!("bs-{}", unique());
+            session
+                .start_command(RunnerCommandRequest::shell(&id, &script))
+                .await
+                .map_err(|e| format!("start_command {script:?}: {e}"))?;
+            let status = background_status(&session, &id).await?;
+            ensure(
+                status.signal == Some(number) && status.exit_code.is_none(),
+                || format!("background {script:?}: {status:?}, expected signal {number}"),
+            )?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 fn main() -> ExitCode {
     BackendGate::new(
         "RUNNER_TEST_SSH",
@@ -630,6 +670,10 @@ fn main() -> ExitCode {
         async_trial(
             "exit_statuses_are_the_programs_own",
             exit_statuses_are_the_programs_own,
+        ),
+        async_trial(
+            "signal_deaths_report_the_signal",
+            signal_deaths_report_the_signal,
         ),
     ])
 }

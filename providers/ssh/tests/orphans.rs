@@ -418,8 +418,10 @@ async fn crash_and_sweep(
     Ok(())
 }
 
-/// Removes the test's remote directory; returns what was in it besides
-/// empty directories and the removing session's own.
+/// Removes the test's remote directory; returns the files that were in it
+/// besides the removing session's own, the delivered agent binaries
+/// (`<state_dir>/bin`, kept for the next session by design) and the
+/// agent's snapshot bookkeeping.
 async fn remove_area(
     provider: &SshProvider,
     area: &str,
@@ -437,7 +439,7 @@ async fn remove_area(
         .run_command(RunnerCommandRequest::shell(
             command_id("leftovers"),
             format!(
-                "cd \"$HOME/{area}\" && find . -mindepth 2 -maxdepth 2 | sort; rm -rf \"$HOME/{area}\""
+                "cd \"$HOME/{area}\" && find . -mindepth 2 ! -type d ! -path './sessions/bin/*' | sort; rm -rf \"$HOME/{area}\""
             ),
         ))
         .await
@@ -449,9 +451,12 @@ async fn remove_area(
         .filter(|line| {
             !own.iter().any(|p| {
                 p.file_name()
-                    .is_some_and(|n| line.ends_with(&*n.to_string_lossy()))
+                    .is_some_and(|n| line.contains(&*n.to_string_lossy()))
             })
         })
+        // The agent's unix-local bookkeeping of snapshots (owner records,
+        // session locks) is unix-local's to sweep.
+        .filter(|line| !line.starts_with("./snapshots/."))
         .map(str::to_string)
         .collect())
 }
