@@ -95,10 +95,10 @@ pub struct SshConfig {
     /// owner is gone (default 3600 s).
     #[serde(default = "default_orphan_grace_s")]
     pub orphan_grace_s: u64,
-    /// Longest one sftp request may go unanswered (default 30 000 ms). A
-    /// request that takes longer fails with `Timeout`, and the destination's
-    /// sftp channel is replaced by a new one before the next file operation
-    /// (a server stuck in one request answers no other).
+    /// Longest one of the provider's own sftp requests (delivery, session
+    /// directories, markers, removal) may go unanswered (default 30 000 ms).
+    /// A request that takes longer fails with `Timeout`, and the
+    /// destination's sftp channel is replaced before the next one.
     #[serde(default = "default_sftp_timeout_ms")]
     pub sftp_timeout_ms: u64,
     /// Most bytes one `upload_archive` may unpack, the sum of its entries'
