@@ -245,16 +245,19 @@ pub(crate) struct Placement {
 
 /// Splits `manifest`: every `provider_native` mount with a host path is
 /// bind-mounted at `/.runner/mounts/<n>` (read-only ones `:ro`) and given to
-/// the agent with that path, which it links into the workspace; entries
-/// (with `entries`, a fresh session; a fork holds them already) are staged
-/// at `/.runner/manifest/<n>/<name>` for the agent to copy in.
+/// the agent with that path, which it links into the workspace. For a
+/// `fresh` session the entries are staged at `/.runner/manifest/<n>/<name>`
+/// for the agent to copy in; a fork (of a snapshot, which holds the staged
+/// copies and the workspace already) gets only the read-only entries again,
+/// copied from those staged copies, so the agent refuses writes to them as
+/// the first session did, and writable entries stay as the session left them.
 ///
 /// Errors: `Unsupported` for a mount of another kind, `InvalidRequest` for
 /// a relative host path, `NotFound` for a host path or entry source that is
 /// missing (`local_daemon`: the daemon sees this machine's files).
 pub(crate) fn place(
     manifest: &RunnerManifest,
-    entries: bool,
+    fresh: bool,
     local_daemon: bool,
 ) -> RunnerResult<Placement> {
     let mut placement = Placement::default();
@@ -303,17 +306,20 @@ pub(crate) fn place(
             ..mount.clone()
         });
     }
-    if entries {
-        for (n, entry) in manifest.entries.iter().enumerate() {
-            let name = entry
-                .source
-                .file_name()
-                .map_or_else(|| "entry".into(), |n| n.to_string_lossy().into_owned());
-            let staged = format!("{}/{n}/{name}", MANIFEST_DIR.trim_start_matches('/'));
-            placement.agent.entries.push(RunnerManifestEntry {
-                source: PathBuf::from(format!("/{staged}")),
-                ..entry.clone()
-            });
+    for (n, entry) in manifest.entries.iter().enumerate() {
+        if !fresh && entry.writable {
+            continue;
+        }
+        let name = entry
+            .source
+            .file_name()
+            .map_or_else(|| "entry".into(), |n| n.to_string_lossy().into_owned());
+        let staged = format!("{}/{n}/{name}", MANIFEST_DIR.trim_start_matches('/'));
+        placement.agent.entries.push(RunnerManifestEntry {
+            source: PathBuf::from(format!("/{staged}")),
+            ..entry.clone()
+        });
+        if fresh {
             placement.staged.push((entry.source.clone(), staged));
         }
     }
@@ -593,5 +599,15 @@ mod tests {
                 .entries
                 .is_empty()
         );
+        let read_only = RunnerManifest {
+            entries: vec![RunnerManifestEntry {
+                writable: false,
+                ..manifest.entries[0].clone()
+            }],
+            mounts: Vec::new(),
+        };
+        let fork = place(&read_only, false, false).unwrap();
+        assert_eq!(fork.agent.entries.len(), 1);
+        assert!(fork.staged.is_empty());
     }
 }

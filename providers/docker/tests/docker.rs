@@ -2030,6 +2030,84 @@ async fn agent_failure_removes_the_container() -> TestResult {
     }
 }
 
+/// A fork of a root session keeps what the session did to its writable
+/// entries, and its read-only entries stay refused by the file API (root
+/// would pass any mode check).
+async fn fork_keeps_entries() -> TestResult {
+    let host = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::write(host.path().join("notes.txt"), b"notes").map_err(|e| e.to_string())?;
+    std::fs::write(host.path().join("data.txt"), b"data").map_err(|e| e.to_string())?;
+    let mut dest = destination(serde_json::json!({ "image": image(), "network": "none" }));
+    dest.default_manifest.entries = vec![
+        RunnerManifestEntry {
+            source: host.path().join("notes.txt"),
+            target: PathBuf::from("notes.txt"),
+            writable: false,
+        },
+        RunnerManifestEntry {
+            source: host.path().join("data.txt"),
+            target: PathBuf::from("data.txt"),
+            writable: true,
+        },
+    ];
+    let provider = DockerProvider::new();
+    let session = provider
+        .create_session(dest)
+        .await
+        .map_err(fail("create_session"))?;
+    let mut fork = None;
+    let mut image = None;
+    let outcome = async {
+        session
+            .write_file(RunnerFileWriteRequest::new("data.txt", b"changed".to_vec()))
+            .await
+            .map_err(fail("write_file data.txt"))?;
+        let snapshot = session.snapshot().await.map_err(fail("snapshot"))?;
+        image = Some(snapshot.snapshot_id.clone());
+        let mut state = session.state();
+        state.snapshot = Some(snapshot);
+        let forked = provider
+            .resume_session(state)
+            .await
+            .map_err(fail("resume_session from the snapshot"))?;
+        fork = Some(forked.clone());
+        let data = forked
+            .read_file(RunnerFileReadRequest::new("data.txt"))
+            .await
+            .map_err(fail("read_file data.txt in the fork"))?;
+        if data.contents != b"changed" {
+            return Err(format!("data.txt in the fork: {:?}", data.contents));
+        }
+        match forked
+            .write_file(RunnerFileWriteRequest::new("notes.txt", b"x".to_vec()))
+            .await
+        {
+            Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {}
+            other => return Err(format!("the fork wrote the read-only entry: {other:?}")),
+        }
+        let notes = forked
+            .read_file(RunnerFileReadRequest::new("notes.txt"))
+            .await
+            .map_err(fail("read_file notes.txt in the fork"))?;
+        if notes.contents != b"notes" {
+            return Err(format!("notes.txt in the fork: {:?}", notes.contents));
+        }
+        Ok(())
+    }
+    .await;
+    if let Some(fork) = fork {
+        fork.close().await.map_err(fail("close the fork"))?;
+    }
+    session.close().await.map_err(fail("close"))?;
+    if let (Some(image), Ok(docker)) = (image, Docker::connect_with_local_defaults()) {
+        let remove = bollard::query_parameters::RemoveImageOptionsBuilder::new()
+            .force(true)
+            .build();
+        let _ = docker.remove_image(&image, Some(remove), None).await;
+    }
+    outcome
+}
+
 fn main() -> ExitCode {
     if std::env::var_os(ORPHAN_CHILD).is_some() {
         return orphan_child();
@@ -2096,5 +2174,6 @@ fn main() -> ExitCode {
             "agent_failure_removes_the_container",
             agent_failure_removes_the_container,
         ),
+        async_trial("fork_keeps_entries", fork_keeps_entries),
     ])
 }
