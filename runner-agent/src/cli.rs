@@ -1,4 +1,5 @@
-//! The `runner-agent` command line: `serve`, `connect` and `version`.
+//! The `runner-agent` command line: `serve`, `connect`, `version`, `init`
+//! and the hidden `run-as`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,25 @@ pub enum Command {
     /// that is reparented here, pass SIGTERM and SIGINT on, and exit with
     /// the child's status.
     Init(InitArgs),
+    /// unix-local's user switcher: as root, already in the command's
+    /// working directory, clear the supplementary groups, set the gid and
+    /// uid, and exec `PROGRAM ARGS…` (126/127 when it cannot be run).
+    #[command(hide = true)]
+    RunAs(RunAsArgs),
+}
+
+/// `runner-agent run-as`.
+#[derive(Debug, Args)]
+pub struct RunAsArgs {
+    /// The user id to switch to.
+    #[arg(long)]
+    pub uid: u32,
+    /// The group id to switch to.
+    #[arg(long)]
+    pub gid: u32,
+    /// The program and its arguments, after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// `runner-agent init`.
@@ -143,6 +163,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Serve(args) => serve(args),
         Command::Init(args) => crate::init::run(args.args),
+        Command::RunAs(args) => crate::run_as::run(args.uid, args.gid, &args.command),
     }
 }
 

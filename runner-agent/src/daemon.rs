@@ -69,12 +69,22 @@ pub struct SessionSpec {
 }
 
 /// Opens unix-local's bare session for `spec`: `create_session`, or
-/// `resume_session` of `spec.resume` on the same destination.
+/// `resume_session` of `spec.resume` on the same destination. The agent is
+/// the session's user switcher (`runner-agent run-as`): commands of another
+/// user need no `setpriv` in the sandbox.
+///
+/// (When this binary's path cannot be found, `setpriv` stays the switcher.)
 ///
 /// Errors: the provider's (`InvalidRequest` for a bad config key, `NotFound`
 /// for a missing snapshot, …).
 pub async fn open_session(spec: SessionSpec) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-    let provider = LocalProvider::default();
+    let provider = match std::env::current_exe() {
+        Ok(exe) => LocalProvider::default().with_user_switcher(exe),
+        Err(e) => {
+            tracing::warn!(error = %e, "agent: this binary's path is unknown; setpriv switches users");
+            LocalProvider::default()
+        }
+    };
     let destination = RunnerDestination {
         id: spec.destination_id,
         provider_id: provider.id(),

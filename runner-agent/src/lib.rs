@@ -44,6 +44,7 @@ pub mod daemon;
 pub mod delivery;
 mod init;
 pub mod protocol;
+mod run_as;
 mod server;
 mod transport;
 mod tunnel;

@@ -39,11 +39,16 @@ pub(crate) struct SpawnContext {
     session_id: String,
     /// The session's processes.
     groups: Arc<Groups>,
+    /// The program commands of another user are started through (`run-as`),
+    /// instead of `setpriv`.
+    user_switcher: Option<PathBuf>,
 }
 
 impl SpawnContext {
     /// The context of session `session_id` with the destination's `env`; the
-    /// host environment is read now, once.
+    /// host environment is read now, once, and the user switcher is that of
+    /// the provider opening the session on this thread
+    /// ([`users::opening_with_switcher`]).
     pub(crate) fn new(
         session_id: &str,
         config_env: &BTreeMap<String, String>,
@@ -56,6 +61,7 @@ impl SpawnContext {
             env,
             session_id: session_id.to_string(),
             groups,
+            user_switcher: users::opening_switcher(),
         }
     }
 }
@@ -139,7 +145,7 @@ async fn pump(mut reader: impl AsyncRead + Unpin, sink: OutputSink, stream: Runn
 /// Errors: `NotFound` (cwd, user or program missing), `PermissionDenied` (cwd
 /// outside the workspace, a user this process may not switch to, program not
 /// executable), `InvalidRequest` (a malformed user), `Unsupported` (a switch
-/// on a host without `setpriv`), `Provider` otherwise.
+/// without a user switcher on a host without `setpriv`), `Provider` otherwise.
 pub(crate) async fn launch(
     ctx: Arc<SpawnContext>,
     workspace: Arc<Workspace>,
@@ -149,11 +155,12 @@ pub(crate) async fn launch(
     sink: OutputSink,
 ) -> RunnerResult<SpawnedProcess> {
     let base_env = ctx.env.clone();
+    let switcher = ctx.user_switcher.clone();
     let launch = tokio::task::spawn_blocking(move || {
         let what = format!("{operation} {}", request.command_id);
         let cwd = workspace.command_cwd(&what, request.cwd.as_deref())?;
         let run_as = match &request.user {
-            Some(user) => Some(RunAs::resolve(&what, user)?),
+            Some(user) => Some(RunAs::resolve(&what, user, switcher.as_deref())?),
             None => None,
         };
         let env = command_env(base_env, run_as.as_ref(), &request);

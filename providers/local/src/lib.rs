@@ -94,6 +94,8 @@ pub struct LocalProvider {
     /// The destinations sessions may be resumed on, by id: those given to
     /// `create_session` and to `trust_destination`.
     destinations: KnownDestinations,
+    /// What commands of another user start through instead of `setpriv`.
+    user_switcher: Option<PathBuf>,
 }
 
 impl LocalProvider {
@@ -106,6 +108,18 @@ impl LocalProvider {
     /// instead of the defaults.
     pub fn with_sweep(mut self, sweep: SweepConfig) -> Self {
         self.sweep = sweep;
+        self
+    }
+
+    /// Makes commands that run as another user (`RunnerCommandRequest::user`,
+    /// when this process is root) start through `switcher run-as --uid U
+    /// --gid G -- PROGRAM ARGS…` instead of util-linux `setpriv`, which is
+    /// the default. The runner agent passes its own binary (`runner-agent
+    /// run-as`): a sandbox image has no `setpriv`. `switcher` runs as root
+    /// in the command's working directory with the command's environment;
+    /// it must switch the groups, gid and uid and then exec `PROGRAM`.
+    pub fn with_user_switcher(mut self, switcher: impl Into<PathBuf>) -> Self {
+        self.user_switcher = Some(switcher.into());
         self
     }
 
@@ -133,10 +147,13 @@ impl LocalProvider {
 
     async fn open(&self, setup: SessionSetup) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
         let span = tracing::info_span!("unix-local session", session_id = %setup.session_id);
-        let session = tokio::task::spawn_blocking(move || LocalSession::open_blocking(setup))
-            .instrument(span)
-            .await
-            .map_err(|e| join_error("create_session", e))??;
+        let switcher = self.user_switcher.clone();
+        let session = tokio::task::spawn_blocking(move || {
+            users::opening_with_switcher(switcher, || LocalSession::open_blocking(setup))
+        })
+        .instrument(span)
+        .await
+        .map_err(|e| join_error("create_session", e))??;
         Ok(Arc::new(session))
     }
 }

@@ -1,19 +1,26 @@
 //! `RunnerCommandRequest::user`: which host user a command runs as, and how
 //! the switch is made.
 //!
-//! The user is looked up on this host by name, then (for a number) by uid. The
-//! process's own user (its effective uid) is always accepted and needs no
-//! switch; any other user only when the process runs as root. A switched
-//! command is started, as root, through util-linux's `setpriv` with
-//! `--reuid`, `--regid` (the user's primary gid) and `--clear-groups`, so the
-//! working directory is entered while still root, as `docker exec -u` (runc)
-//! does: the command starts even in a workspace the user could not enter
-//! (unix-local's own workspaces are private to the embedding user), and what
-//! it may read or write there is up to POSIX permissions. Rust's
+//! The user is looked up on this host by name, then (for a number) by uid,
+//! through NSS (`getpwnam_r`; a static glibc build reads `/etc/passwd` with
+//! its built-in `files` module, so this also works in an image without
+//! shared libraries). The process's own user (its effective uid) is always
+//! accepted and needs no switch; any other user only when the process runs
+//! as root. A switched command is started, as root, through a *switcher*
+//! that changes user after the working directory was entered, as `docker
+//! exec -u` (runc) does: the command starts even in a workspace the user
+//! could not enter (unix-local's own workspaces are private to the embedding
+//! user), and what it may read or write there is up to POSIX permissions.
+//! The switcher is util-linux's `setpriv` with `--reuid`, `--regid` (the
+//! user's primary gid) and `--clear-groups` by default, or a program given
+//! with [`LocalProvider::with_user_switcher`](crate::LocalProvider::with_user_switcher)
+//! that takes `run-as --uid U --gid G -- PROGRAM ARGS…` (the runner agent is
+//! its own switcher: a sandbox image has no `setpriv`). Rust's
 //! `CommandExt::uid` cannot do this: it switches user before it changes
 //! directory, and code run between fork and exec (`pre_exec`) is `unsafe`,
 //! which this workspace forbids.
 
+use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -27,24 +34,55 @@ const SETPRIV: [&str; 2] = ["/usr/bin/setpriv", "/bin/setpriv"];
 /// The search path `execvp` uses when the environment has no `PATH`.
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
+thread_local! {
+    /// The switcher of the provider whose session is being opened on this
+    /// thread (see [`opening_with_switcher`]).
+    static OPENING_SWITCHER: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+}
+
+/// Runs `open` (a session's blocking open) with `switcher` as the user
+/// switcher of the session it opens: the session's spawn context takes it
+/// from here ([`opening_switcher`]) while it is built on this thread.
+pub(crate) fn opening_with_switcher<T>(switcher: Option<PathBuf>, open: impl FnOnce() -> T) -> T {
+    let previous = OPENING_SWITCHER.with(|cell| cell.replace(switcher));
+    let opened = open();
+    OPENING_SWITCHER.with(|cell| *cell.borrow_mut() = previous);
+    opened
+}
+
+/// The user switcher of the session being opened on this thread, if its
+/// provider has one.
+pub(crate) fn opening_switcher() -> Option<PathBuf> {
+    OPENING_SWITCHER.with(|cell| cell.borrow().clone())
+}
+
+/// How a command is started as another user.
+enum Switch {
+    /// util-linux `setpriv --reuid=U --regid=G --clear-groups -- PROGRAM`.
+    Setpriv(PathBuf),
+    /// `SWITCHER run-as --uid U --gid G -- PROGRAM` (the runner agent).
+    RunAs(PathBuf),
+}
+
 /// The host user a command runs as.
 pub(crate) struct RunAs {
     /// Its passwd entry.
     user: User,
-    /// `setpriv`, when it is another user than the process's own.
-    setpriv: Option<PathBuf>,
+    /// The switcher, when it is another user than the process's own.
+    switch: Option<Switch>,
 }
 
 impl RunAs {
     /// Resolves `spec` (a name, or a numeric uid) for command `what`
-    /// (`"run_command <id>"`). Blocking: the lookup may ask NSS.
+    /// (`"run_command <id>"`); a switch goes through `switcher` when given,
+    /// else `setpriv`. Blocking: the lookup may ask NSS.
     ///
     /// Errors: `InvalidRequest` (empty, or a NUL byte), `NotFound` naming the
     /// user when the host has none such, `PermissionDenied` naming it when it
     /// is another user and this process is not root, `Unsupported` naming it
-    /// when a switch is needed and this host has no `setpriv`, `Provider`
-    /// when the lookup itself fails.
-    pub(crate) fn resolve(what: &str, spec: &str) -> RunnerResult<Self> {
+    /// when a switch is needed, no switcher is given and this host has no
+    /// `setpriv`, `Provider` when the lookup itself fails.
+    pub(crate) fn resolve(what: &str, spec: &str, switcher: Option<&Path>) -> RunnerResult<Self> {
         if spec.is_empty() || spec.contains('\0') {
             return Err(RunnerError::invalid_request(format!(
                 "{what}: user {spec:?} is not a user name or uid"
@@ -64,10 +102,7 @@ impl RunAs {
         })?;
         let me = nix::unistd::geteuid();
         if user.uid == me {
-            return Ok(Self {
-                user,
-                setpriv: None,
-            });
+            return Ok(Self { user, switch: None });
         }
         if !me.is_root() {
             return Err(RunnerError::permission_denied(format!(
@@ -75,6 +110,12 @@ impl RunAs {
                  not root, and runs commands only as itself",
                 user.uid
             )));
+        }
+        if let Some(switcher) = switcher {
+            return Ok(Self {
+                user,
+                switch: Some(Switch::RunAs(switcher.to_path_buf())),
+            });
         }
         let setpriv = SETPRIV
             .iter()
@@ -92,13 +133,13 @@ impl RunAs {
             })?;
         Ok(Self {
             user,
-            setpriv: Some(setpriv.to_path_buf()),
+            switch: Some(Switch::Setpriv(setpriv.to_path_buf())),
         })
     }
 
     /// Whether the command runs as another user than the process's own.
     pub(crate) fn is_switch(&self) -> bool {
-        self.setpriv.is_some()
+        self.switch.is_some()
     }
 
     /// `HOME`, `USER` and `LOGNAME` of the user.
@@ -111,18 +152,33 @@ impl RunAs {
     }
 
     /// The command that runs `program` as the user: `program` itself, or
-    /// `setpriv --reuid=<uid> --regid=<gid> --clear-groups -- <program>` for
-    /// a switch (the caller adds the program's arguments).
+    /// for a switch `setpriv --reuid=<uid> --regid=<gid> --clear-groups --
+    /// <program>` or `<switcher> run-as --uid <uid> --gid <gid> -- <program>`
+    /// (the caller adds the program's arguments).
     pub(crate) fn command(&self, program: &str) -> tokio::process::Command {
-        let Some(setpriv) = &self.setpriv else {
-            return tokio::process::Command::new(program);
-        };
-        let mut command = tokio::process::Command::new(setpriv);
-        command
-            .arg(format!("--reuid={}", self.user.uid))
-            .arg(format!("--regid={}", self.user.gid))
-            .args(["--clear-groups", "--", program]);
-        command
+        let (uid, gid) = (self.user.uid, self.user.gid);
+        match &self.switch {
+            None => tokio::process::Command::new(program),
+            Some(Switch::Setpriv(setpriv)) => {
+                let mut command = tokio::process::Command::new(setpriv);
+                command
+                    .arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--clear-groups", "--", program]);
+                command
+            }
+            Some(Switch::RunAs(switcher)) => {
+                let mut command = tokio::process::Command::new(switcher);
+                command
+                    .arg("run-as")
+                    .arg("--uid")
+                    .arg(uid.to_string())
+                    .arg("--gid")
+                    .arg(gid.to_string())
+                    .args(["--", program]);
+                command
+            }
+        }
     }
 }
 
@@ -130,7 +186,7 @@ impl RunAs {
 /// and working directory `cwd`: `Ok` when it finds a regular file with an
 /// execute bit, else the error it would fail with (`PermissionDenied` when a
 /// candidate exists but is not executable, `NotFound` otherwise). A switched
-/// command is exec'ed by `setpriv`, whose failure would only be an exit
+/// command is exec'ed by its switcher, whose failure would only be an exit
 /// status, so its program is looked up here first.
 pub(crate) fn find_program(program: &str, path_env: Option<&str>, cwd: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
