@@ -3,8 +3,9 @@
 //! the agent dying mid-command (the next call reconnects, nothing is lost),
 //! host key mismatch, an unreachable host, background output that survives
 //! a dropped connection and a rejoin from a new provider (also with the
-//! command still running), and read-only manifest entries refused by the
-//! file API before and after a rejoin.
+//! command still running), read-only manifest entries refused by the file
+//! API before and after a rejoin, and a host without an agent binary for
+//! its platform refused up front.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -755,7 +756,96 @@ async fn sweep_removes_only_orphans() -> TestResult {
     live.close().await.map_err(|e| format!("close: {e}"))
 }
 
+/// Set (to a remote directory, relative to the home) only for the child
+/// of `no_agent_binary_is_unsupported_up_front`, which runs without
+/// `RUNNER_AGENT_BINARY`.
+const NO_AGENT_AREA_ENV: &str = "RUNNER_SSH_NO_AGENT_AREA";
+
+/// The child's side: with no agent binary for the host's platform,
+/// `validate_destination` and `create_session` are `Unsupported` naming the
+/// platform and the build command.
+async fn no_agent_child(area: String) -> TestResult {
+    let destination = destination(config(serde_json::json!({
+        "workspace_root": format!("{area}/workspaces"),
+        "state_dir": format!("{area}/sessions"),
+        "snapshot_dir": format!("{area}/snapshots"),
+    }))?);
+    let provider = SshProvider::new();
+    let check = |what: &str, result: Result<(), runner_api::RunnerError>| match result {
+        Err(e)
+            if e.kind() == runner_api::RunnerErrorKind::Unsupported
+                && e.message().contains("linux/")
+                && e.message().contains("cargo build") =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "{what}: expected Unsupported with the build command, got {other:?}"
+        )),
+    };
+    check(
+        "validate_destination",
+        provider.validate_destination(&destination).await,
+    )?;
+    check(
+        "create_session",
+        provider.create_session(destination).await.map(|_| ()),
+    )
+}
+
+/// Without an agent binary for the host's platform (no `agent_binaries`,
+/// no `RUNNER_AGENT_BINARY`), validation and session creation fail up front
+/// with `Unsupported`, and nothing is created on the host. Runs this test
+/// binary again as a child without the variable.
+async fn no_agent_binary_is_unsupported_up_front() -> TestResult {
+    let area = format!(".runners/no-agent-{}", uuid::Uuid::new_v4().simple());
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let output = tokio::process::Command::new(exe)
+        .env(NO_AGENT_AREA_ENV, &area)
+        .env_remove("RUNNER_AGENT_BINARY")
+        .output()
+        .await
+        .map_err(|e| format!("running the child: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "the child without an agent binary: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let provider = SshProvider::new();
+    let session = provider
+        .create_session(destination(config(serde_json::json!({}))?))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let found = session
+        .run_command(RunnerCommandRequest::shell(
+            "look",
+            format!("test -e \"$HOME/{area}\" && echo created || echo nothing"),
+        ))
+        .await
+        .map_err(|e| format!("run_command: {e}"))?;
+    session.close().await.map_err(|e| format!("close: {e}"))?;
+    if found.stdout != "nothing\n" {
+        return Err(format!("the refused session left $HOME/{area} on the host"));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    if let Some(area) = std::env::var_os(NO_AGENT_AREA_ENV) {
+        let area = area.to_string_lossy().into_owned();
+        let outcome = tokio::runtime::Runtime::new()
+            .map_err(|e| format!("runtime: {e}"))
+            .and_then(|runtime| runtime.block_on(no_agent_child(area)));
+        return match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     BackendGate::new(
         "RUNNER_TEST_SSH",
         "scripts/test.sh starts sshd on 127.0.0.1",
@@ -782,6 +872,10 @@ fn main() -> ExitCode {
         async_trial(
             "detach_rejoin_with_a_running_command",
             detach_rejoin_with_a_running_command,
+        ),
+        async_trial(
+            "no_agent_binary_is_unsupported_up_front",
+            no_agent_binary_is_unsupported_up_front,
         ),
         async_trial("sweep_removes_only_orphans", sweep_removes_only_orphans),
     ])
