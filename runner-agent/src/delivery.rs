@@ -100,7 +100,8 @@ impl AgentBinary {
     /// `Provider` for a read failure.
     pub fn inspect(path: &Path) -> RunnerResult<Self> {
         const OP: &str = "agent binary";
-        let meta = std::fs::metadata(path).map_err(|e| RunnerError::from_io(OP, path.display(), e))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| RunnerError::from_io(OP, path.display(), e))?;
         if !meta.is_file() {
             return Err(RunnerError::invalid_request(format!(
                 "{OP}: {} is not a regular file",
@@ -193,7 +194,11 @@ fn read_elf_header(file: &mut std::fs::File) -> Result<(Platform, bool), String>
         62 => "x86_64",
         183 => "aarch64",
         243 => "riscv64",
-        other => return Err(format!("ELF machine {other} is not a supported architecture")),
+        other => {
+            return Err(format!(
+                "ELF machine {other} is not a supported architecture"
+            ));
+        }
     };
     let phoff = u64::from_le_bytes(head[32..40].try_into().map_err(|_| "short header")?);
     let phentsize = usize::from(u16_at(54));
@@ -276,7 +281,10 @@ impl AgentBinaries {
                  --target {} -p runner-agent` and name it in the destination's config \
                  agent_binaries.{} (or in {AGENT_BINARY_ENV})",
                 match &from_env {
-                    Some(path) => format!(" ({AGENT_BINARY_ENV} names {}, for another architecture)", path.display()),
+                    Some(path) => format!(
+                        " ({AGENT_BINARY_ENV} names {}, for another architecture)",
+                        path.display()
+                    ),
                     None => String::new(),
                 },
                 target_triple(&platform.arch),
@@ -299,7 +307,10 @@ mod tests {
     fn oci_names_map_to_rust_names() {
         assert_eq!(Platform::from_oci("linux", "amd64").arch, "x86_64");
         assert_eq!(Platform::from_oci("linux", "arm64").arch, "aarch64");
-        assert_eq!(Platform::from_uname("Linux\n", "x86_64\n"), Platform::host());
+        assert_eq!(
+            Platform::from_uname("Linux\n", "x86_64\n"),
+            Platform::host()
+        );
     }
 
     #[test]
@@ -329,7 +340,8 @@ mod tests {
         assert_eq!(err.kind(), RunnerErrorKind::Unsupported);
         assert!(err.message().contains("linux/riscv64"), "{err}");
         assert!(
-            err.message().contains("--target riscv64-unknown-linux-gnu -p runner-agent"),
+            err.message()
+                .contains("--target riscv64-unknown-linux-gnu -p runner-agent"),
             "{err}"
         );
     }
