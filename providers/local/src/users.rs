@@ -91,12 +91,22 @@ impl RunAs {
         let lookup_error = |e: nix::errno::Errno| {
             RunnerError::provider(format!("{what}: looking up user {spec:?}: {e}"))
         };
-        let mut user = User::from_name(spec).map_err(lookup_error)?;
-        if user.is_none()
-            && let Ok(uid) = spec.parse::<u32>()
-        {
-            user = User::from_uid(Uid::from_raw(uid)).map_err(lookup_error)?;
-        }
+        let user = if switcher.is_some() {
+            // The runner agent is a static binary: glibc cannot load NSS
+            // modules into it (a lookup through them crashes), so it reads
+            // the passwd file only.
+            passwd_file_user(spec).map_err(|e| {
+                RunnerError::provider(format!("{what}: reading /etc/passwd for {spec:?}: {e}"))
+            })?
+        } else {
+            let mut user = User::from_name(spec).map_err(lookup_error)?;
+            if user.is_none()
+                && let Ok(uid) = spec.parse::<u32>()
+            {
+                user = User::from_uid(Uid::from_raw(uid)).map_err(lookup_error)?;
+            }
+            user
+        };
         let user = user.ok_or_else(|| {
             RunnerError::not_found(format!("{what}: user {spec:?} not found on this host"))
         })?;
@@ -211,5 +221,39 @@ pub(crate) fn find_program(program: &str, path_env: Option<&str>, cwd: &Path) ->
         io::Error::from(io::ErrorKind::PermissionDenied)
     } else {
         io::Error::from(io::ErrorKind::NotFound)
+    })
+}
+
+/// `spec` (a name, then a numeric uid) in `/etc/passwd`; a missing file has
+/// no users.
+fn passwd_file_user(spec: &str) -> io::Result<Option<User>> {
+    let text = match std::fs::read_to_string("/etc/passwd") {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let entries: Vec<User> = text.lines().filter_map(parse_passwd_line).collect();
+    let by_name = entries.iter().position(|user| user.name == spec);
+    let by_uid = || {
+        let uid = spec.parse::<u32>().ok()?;
+        entries.iter().position(|user| user.uid.as_raw() == uid)
+    };
+    Ok(by_name.or_else(by_uid).map(|at| entries[at].clone()))
+}
+
+/// One `name:password:uid:gid:gecos:home:shell` line.
+fn parse_passwd_line(line: &str) -> Option<User> {
+    let fields: Vec<&str> = line.split(':').collect();
+    let [name, passwd, uid, gid, gecos, dir, shell] = fields.as_slice() else {
+        return None;
+    };
+    Some(User {
+        name: (*name).to_string(),
+        passwd: std::ffi::CString::new(*passwd).ok()?,
+        uid: Uid::from_raw(uid.parse().ok()?),
+        gid: nix::unistd::Gid::from_raw(gid.parse().ok()?),
+        gecos: std::ffi::CString::new(*gecos).ok()?,
+        dir: PathBuf::from(dir),
+        shell: PathBuf::from(shell),
     })
 }
