@@ -244,7 +244,7 @@ async fn run_as_other_or_unknown_user_refused() -> TestResult {
             .err()
             .map(|e| e.message().to_string())
             .unwrap_or_default();
-        ensure(message.contains("sudo"), || {
+        ensure(message.contains("runs commands only as itself"), || {
             format!("the refusal does not say no escalation is offered: {message}")
         })
     })
