@@ -14,6 +14,7 @@ mod docker;
 mod episode;
 mod generic;
 mod local;
+mod remote;
 mod rss;
 mod ssh;
 mod stats;
@@ -64,6 +65,8 @@ enum Section {
     Docker,
     /// ssh against the OpenSSH tools.
     Ssh,
+    /// docker and ssh through the runner agent against unix-local in-process.
+    Agent,
     /// Concurrent commands and sessions on every provider.
     Concurrency,
     /// Peak memory while sessions print a lot.
@@ -190,6 +193,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     {
         eprintln!("== ssh");
         figures.extend(ssh::run(&plan, target, scratch.path()).await?);
+    }
+    if args.runs(Section::Agent) {
+        let remotes: Vec<Target> = [docker.clone(), ssh.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        figures.extend(remote::run(&plan, &local, &remotes).await?);
     }
     let targets: Vec<Target> = [Some(local), docker, ssh].into_iter().flatten().collect();
 

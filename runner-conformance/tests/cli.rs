@@ -169,13 +169,17 @@ fn binary_fails_and_names_checks_when_the_agent_is_broken() {
     let dir = tempfile::tempdir().expect("temp dir");
     let destination = dir.path().join("agent.json");
     let report = dir.path().join("report.json");
-    // `false` exits at once: every session's agent is gone before it answers.
+    // `/bin/false` is an ELF binary for this architecture that exits at
+    // once: every session's agent is gone before it prints its status.
     write_json(
         &destination,
         &serde_json::json!({
             "id": "cli-broken-agent",
             "provider_id": "agent",
-            "config": { "agent": "false", "workspaces_dir": dir.path() },
+            "config": {
+                "agent_binaries": { std::env::consts::ARCH: "/bin/false" },
+                "run_dir": dir.path(),
+            },
         }),
     );
     let output = Command::new(BINARY)
