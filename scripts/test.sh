@@ -63,8 +63,9 @@ step "provision: the static runner agent the docker and ssh sessions run"
 # runner-testprog is the one program of the image that holds nothing else.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet \
   --target x86_64-unknown-linux-gnu -p runner-agent -p runner-testprog
-RUNNER_AGENT_BINARY="$PWD/target/x86_64-unknown-linux-gnu/release/runner-agent"
-RUNNER_TEST_PROGRAM="$PWD/target/x86_64-unknown-linux-gnu/release/runner-testprog"
+static_dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")/x86_64-unknown-linux-gnu/release"
+RUNNER_AGENT_BINARY="$static_dir/runner-agent"
+RUNNER_TEST_PROGRAM="$static_dir/runner-testprog"
 export RUNNER_AGENT_BINARY RUNNER_TEST_PROGRAM
 
 # Each backend's script provisions it (installing packages, starting the
