@@ -373,6 +373,9 @@ async fn lease_replace_conflict() -> R {
 }
 
 fn main() -> ExitCode {
+    // The workspace compiles rustls with both ring and aws-lc-rs (through
+    // other crates), so kube's client cannot pick one: this test picks ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let gate = BackendGate::new(
         "RUNNER_TEST_DOCKER",
         "scripts/test.sh starts dockerd and builds the test image",
