@@ -11,20 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use runner_api::{
-    RemoteRunnerSession, RunnerCommandRequest, RunnerDestination, RunnerErrorKind,
-    RunnerOutputStream, RunnerProcessEvent, RunnerProcessState,
+    RemoteRunnerSession, RunnerCommandRequest, RunnerErrorKind, RunnerOutputStream,
+    RunnerProcessEvent, RunnerProcessState,
 };
 use support::{ConnectPids, Launcher};
-
-fn destination(root: &std::path::Path) -> RunnerDestination {
-    RunnerDestination {
-        id: "agent-tests".into(),
-        provider_id: "unix-local".into(),
-        config: serde_json::json!({ "root": root }),
-        default_manifest: Default::default(),
-        artifacts: None,
-    }
-}
 
 /// Whether `pid` runs (a zombie does not).
 fn is_running(pid: u32) -> bool {
@@ -77,7 +67,7 @@ async fn a_killed_connection_resumes_output_by_sequence_number_without_loss() {
     let root = tempfile::tempdir().unwrap();
     let launcher = Launcher::new();
     let agent = launcher
-        .launch(&destination(root.path()), None)
+        .launch(&support::root_destination("agent-tests", root.path()), None)
         .await
         .unwrap();
     let pids = ConnectPids::default();
@@ -156,7 +146,7 @@ async fn stdin_stays_open_across_a_lost_connection() {
     let root = tempfile::tempdir().unwrap();
     let launcher = Launcher::new();
     let agent = launcher
-        .launch(&destination(root.path()), None)
+        .launch(&support::root_destination("agent-tests", root.path()), None)
         .await
         .unwrap();
     let pids = ConnectPids::default();
@@ -196,7 +186,7 @@ async fn a_dropped_run_command_future_leaves_the_command_running() {
     let root = tempfile::tempdir().unwrap();
     let launcher = Launcher::new();
     let agent = launcher
-        .launch(&destination(root.path()), None)
+        .launch(&support::root_destination("agent-tests", root.path()), None)
         .await
         .unwrap();
     let session = support::connect(&agent, ConnectPids::default())
@@ -231,7 +221,7 @@ async fn close_ends_every_process_and_the_agent() {
     let root = tempfile::tempdir().unwrap();
     let launcher = Launcher::new();
     let agent = launcher
-        .launch(&destination(root.path()), None)
+        .launch(&support::root_destination("agent-tests", root.path()), None)
         .await
         .unwrap();
     let session = support::connect(&agent, ConnectPids::default())
@@ -257,7 +247,7 @@ async fn a_second_connection_sees_the_same_session_and_many_requests_share_one()
     let root = tempfile::tempdir().unwrap();
     let launcher = Launcher::new();
     let agent = launcher
-        .launch(&destination(root.path()), None)
+        .launch(&support::root_destination("agent-tests", root.path()), None)
         .await
         .unwrap();
     let first = support::connect(&agent, ConnectPids::default())
@@ -307,7 +297,7 @@ async fn dropping_a_session_closes_its_connection_not_the_agent() {
     let root = tempfile::tempdir().unwrap();
     let launcher = Launcher::new();
     let agent = launcher
-        .launch(&destination(root.path()), None)
+        .launch(&support::root_destination("agent-tests", root.path()), None)
         .await
         .unwrap();
     let pids = ConnectPids::default();

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use runner_api::{
-    RemoteRunnerSession, RunnerByteStream, RunnerCommandRequest, RunnerDestination,
-    RunnerFileReadRequest, RunnerFileWriteRequest, RunnerProcessEvent, next_chunk,
+    RemoteRunnerSession, RunnerByteStream, RunnerCommandRequest, RunnerFileReadRequest,
+    RunnerFileWriteRequest, RunnerProcessEvent, next_chunk,
 };
 use support::{ConnectPids, Launcher};
 
@@ -46,13 +46,7 @@ fn gibibyte_body() -> RunnerByteStream {
 async fn slow_readers_and_big_writes_keep_both_sides_bounded() {
     let root = tempfile::tempdir().unwrap();
     let launcher = Launcher::new();
-    let destination = RunnerDestination {
-        id: "flow".into(),
-        provider_id: "unix-local".into(),
-        config: serde_json::json!({ "root": root.path() }),
-        default_manifest: Default::default(),
-        artifacts: None,
-    };
+    let destination = support::root_destination("flow", root.path());
     let agent = launcher.launch(&destination, None).await.unwrap();
     let session = support::connect(&agent, ConnectPids::default())
         .await

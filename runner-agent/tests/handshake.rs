@@ -12,22 +12,14 @@ use runner_agent::protocol::{
     PROTOCOL_VERSION, SessionInfo, WireError, decode, encode,
 };
 use runner_agent::{AgentConnection, AgentSession};
-use runner_api::{
-    RemoteRunnerSession, RunnerCommandRequest, RunnerDestination, RunnerError, RunnerErrorKind,
-};
+use runner_api::{RemoteRunnerSession, RunnerCommandRequest, RunnerError, RunnerErrorKind};
 use support::{Agent, ConnectPids, Launcher};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
 async fn agent(launcher: &Launcher, root: &std::path::Path) -> Agent {
-    let destination = RunnerDestination {
-        id: "handshake".into(),
-        provider_id: "unix-local".into(),
-        config: serde_json::json!({ "root": root }),
-        default_manifest: Default::default(),
-        artifacts: None,
-    };
+    let destination = support::root_destination("handshake", root);
     launcher.launch(&destination, None).await.unwrap()
 }
 

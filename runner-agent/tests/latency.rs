@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runner_agent::{AgentSession, command_connector};
-use runner_api::{
-    RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerDestination,
-};
+use runner_api::{RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest};
 use support::{ConnectPids, Launcher};
 
 const WARMUP: usize = 20;
@@ -38,13 +36,7 @@ async fn p50(session: &dyn RemoteRunnerSession, label: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_command_true_p50_through_the_agent_and_direct() {
     let root = tempfile::tempdir().unwrap();
-    let destination = RunnerDestination {
-        id: "latency".into(),
-        provider_id: "unix-local".into(),
-        config: serde_json::json!({ "root": root.path() }),
-        default_manifest: Default::default(),
-        artifacts: None,
-    };
+    let destination = support::root_destination("latency", root.path());
     let direct = runner_local::LocalProvider::default()
         .create_session(destination.clone())
         .await

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use runner_agent::AgentSession;
-use runner_api::{RemoteRunnerSession, RunnerDestination, RunnerPortRequest};
+use runner_api::{RemoteRunnerSession, RunnerPortRequest};
 use sha2::{Digest, Sha256};
 use support::{ConnectPids, Launcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,13 +29,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let root = tempfile::tempdir().unwrap();
     let launcher = Launcher::new();
-    let destination = RunnerDestination {
-        id: "tunnels".into(),
-        provider_id: "unix-local".into(),
-        config: serde_json::json!({ "root": root.path() }),
-        default_manifest: Default::default(),
-        artifacts: None,
-    };
+    let destination = support::root_destination("tunnels", root.path());
     let agent = launcher.launch(&destination, None).await.unwrap();
     let session = support::connect(&agent, ConnectPids::default())
         .await

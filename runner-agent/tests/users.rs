@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use runner_api::{RemoteRunnerSession, RunnerCommandRequest, RunnerDestination};
+use runner_api::{RemoteRunnerSession, RunnerCommandRequest};
 use support::{ConnectPids, Launcher, agent_bin};
 
 /// nobody's uid and gid.
@@ -37,13 +37,7 @@ async fn the_agent_switches_users_itself_after_entering_the_cwd() {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("sub")).unwrap();
     let launcher = Launcher::new();
-    let destination = RunnerDestination {
-        id: "users".into(),
-        provider_id: "unix-local".into(),
-        config: serde_json::json!({ "root": root.path() }),
-        default_manifest: Default::default(),
-        artifacts: None,
-    };
+    let destination = support::root_destination("users", root.path());
     let agent = launcher.launch(&destination, None).await.unwrap();
     let session = support::connect(&agent, ConnectPids::default())
         .await

@@ -26,6 +26,17 @@ pub fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_runner-agent"))
 }
 
+/// A unix-local destination `id` whose workspace is the directory `root`.
+pub fn root_destination(id: &str, root: &Path) -> RunnerDestination {
+    RunnerDestination {
+        id: id.into(),
+        provider_id: "unix-local".into(),
+        config: serde_json::json!({ "root": root }),
+        default_manifest: Default::default(),
+        artifacts: None,
+    }
+}
+
 /// A running agent daemon.
 #[derive(Debug, Clone)]
 pub struct Agent {
