@@ -310,19 +310,23 @@ async fn lifecycle(shared: Arc<Shared>, namespace: String, name: String) {
         }
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // The container could not be made: it waits for ever with `reason`.
+    let never_created = |reason: &str, message: &str| {
+        update(&|object| {
+            let state = json!({"waiting": {"reason": reason, "message": message}});
+            object["status"]["containerStatuses"] = json!([container_status(
+                object,
+                state,
+                false,
+                None,
+                image_id.as_deref()
+            )]);
+        });
+    };
     let body = match container_body(&shared, &pod, &container, &uid).await {
         Ok(body) => body,
         Err(message) => {
-            update(&|object| {
-                let state = json!({"waiting": {"reason": "CreateContainerConfigError", "message": message}});
-                object["status"]["containerStatuses"] = json!([container_status(
-                    object,
-                    state,
-                    false,
-                    None,
-                    image_id.as_deref()
-                )]);
-            });
+            never_created("CreateContainerConfigError", &message);
             return;
         }
     };
@@ -339,16 +343,7 @@ async fn lifecycle(shared: Arc<Shared>, namespace: String, name: String) {
     let created = match shared.docker.create_container(Some(options), body).await {
         Ok(created) => created.id,
         Err(e) => {
-            update(&|object| {
-                let state = json!({"waiting": {"reason": "CreateContainerError", "message": e.to_string()}});
-                object["status"]["containerStatuses"] = json!([container_status(
-                    object,
-                    state,
-                    false,
-                    None,
-                    image_id.as_deref()
-                )]);
-            });
+            never_created("CreateContainerError", &e.to_string());
             return;
         }
     };
