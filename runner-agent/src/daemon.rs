@@ -13,7 +13,6 @@ use runner_api::{
     RunnerManifest, RunnerResult, RunnerSessionState,
 };
 use runner_local::LocalProvider;
-use sha2::{Digest, Sha256};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
@@ -34,24 +33,11 @@ pub fn agent_version() -> AgentVersion {
     AgentVersion {
         protocol: PROTOCOL_VERSION,
         agent_version: CRATE_VERSION.to_string(),
-        binary_sha256: own_sha256().unwrap_or_default(),
+        binary_sha256: crate::delivery::sha256_file(Path::new("/proc/self/exe"))
+            .unwrap_or_default(),
         os: std::env::consts::OS.to_string(),
         arch: std::env::consts::ARCH.to_string(),
     }
-}
-
-fn own_sha256() -> std::io::Result<String> {
-    let mut file = std::fs::File::open("/proc/self/exe")?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// What the agent's session is made from.

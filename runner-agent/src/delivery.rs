@@ -160,7 +160,8 @@ impl AgentBinary {
 
 type CacheKey = (PathBuf, u64, Option<SystemTime>);
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+/// Hex sha256 of the file at `path`, read in 64 KiB pieces.
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
