@@ -45,14 +45,13 @@ pub(crate) struct SpawnContext {
 }
 
 impl SpawnContext {
-    /// The context of session `session_id` with the destination's `env`; the
-    /// host environment is read now, once, and the user switcher is that of
-    /// the provider opening the session on this thread
-    /// ([`users::opening_with_switcher`]).
+    /// The context of session `session_id` with the destination's `env` and
+    /// the provider's `user_switcher`; the host environment is read now, once.
     pub(crate) fn new(
         session_id: &str,
         config_env: &BTreeMap<String, String>,
         groups: Arc<Groups>,
+        user_switcher: Option<PathBuf>,
     ) -> Self {
         let mut env: BTreeMap<String, String> =
             runner_api::inherited_host_env().into_iter().collect();
@@ -61,7 +60,7 @@ impl SpawnContext {
             env,
             session_id: session_id.to_string(),
             groups,
-            user_switcher: users::opening_switcher(),
+            user_switcher,
         }
     }
 }

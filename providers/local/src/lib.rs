@@ -147,13 +147,10 @@ impl LocalProvider {
 
     async fn open(&self, setup: SessionSetup) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
         let span = tracing::info_span!("unix-local session", session_id = %setup.session_id);
-        let switcher = self.user_switcher.clone();
-        let session = tokio::task::spawn_blocking(move || {
-            users::opening_with_switcher(switcher, || LocalSession::open_blocking(setup))
-        })
-        .instrument(span)
-        .await
-        .map_err(|e| join_error("create_session", e))??;
+        let session = tokio::task::spawn_blocking(move || LocalSession::open_blocking(setup))
+            .instrument(span)
+            .await
+            .map_err(|e| join_error("create_session", e))??;
         Ok(Arc::new(session))
     }
 }
@@ -279,6 +276,7 @@ impl RemoteRunnerProvider for LocalProvider {
             mounts,
             entries: destination.default_manifest.entries.clone(),
             read_only: Vec::new(),
+            user_switcher: self.user_switcher.clone(),
         })
         .await
     }
@@ -343,6 +341,7 @@ impl RemoteRunnerProvider for LocalProvider {
             mounts,
             entries: Vec::new(),
             read_only,
+            user_switcher: self.user_switcher.clone(),
         })
         .await
     }

@@ -91,6 +91,9 @@ pub(crate) struct SessionSetup {
     pub(crate) entries: Vec<RunnerManifestEntry>,
     /// Read-only paths besides those of `mounts` and `entries`.
     pub(crate) read_only: Vec<ReadOnlyPath>,
+    /// The program commands of another user start through (`run-as`), when
+    /// not setpriv.
+    pub(crate) user_switcher: Option<PathBuf>,
 }
 
 /// A unix-local session: commands run as local processes (each in its own
@@ -140,6 +143,7 @@ impl LocalSession {
             mounts,
             entries,
             read_only,
+            user_switcher,
         } = setup;
         let mut owned = None;
         let mut snapshot_file = None;
@@ -204,7 +208,12 @@ impl LocalSession {
         table_config.kill_grace = config.kill_grace;
         table_config.run_as_user = crate::capabilities().run_as_user;
         let session = Self {
-            spawn: Arc::new(SpawnContext::new(&session_id, &config.env, groups.clone())),
+            spawn: Arc::new(SpawnContext::new(
+                &session_id,
+                &config.env,
+                groups.clone(),
+                user_switcher,
+            )),
             groups,
             table: ProcessTable::new(table_config),
             session_id,

@@ -20,7 +20,6 @@
 //! directory, and code run between fork and exec (`pre_exec`) is `unsafe`,
 //! which this workspace forbids.
 
-use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -33,28 +32,6 @@ const SETPRIV: [&str; 2] = ["/usr/bin/setpriv", "/bin/setpriv"];
 
 /// The search path `execvp` uses when the environment has no `PATH`.
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
-
-thread_local! {
-    /// The switcher of the provider whose session is being opened on this
-    /// thread (see [`opening_with_switcher`]).
-    static OPENING_SWITCHER: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
-}
-
-/// Runs `open` (a session's blocking open) with `switcher` as the user
-/// switcher of the session it opens: the session's spawn context takes it
-/// from here ([`opening_switcher`]) while it is built on this thread.
-pub(crate) fn opening_with_switcher<T>(switcher: Option<PathBuf>, open: impl FnOnce() -> T) -> T {
-    let previous = OPENING_SWITCHER.with(|cell| cell.replace(switcher));
-    let opened = open();
-    OPENING_SWITCHER.with(|cell| *cell.borrow_mut() = previous);
-    opened
-}
-
-/// The user switcher of the session being opened on this thread, if its
-/// provider has one.
-pub(crate) fn opening_switcher() -> Option<PathBuf> {
-    OPENING_SWITCHER.with(|cell| cell.borrow().clone())
-}
 
 /// How a command is started as another user.
 enum Switch {
