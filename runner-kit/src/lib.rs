@@ -7,6 +7,7 @@
 //! unix-local and the runner agent are built from these parts; a provider that
 //! only forwards to a remote API needs none of them.
 
+pub mod accounts;
 pub mod archive;
 pub mod bridge;
 mod known;

@@ -27,6 +27,7 @@ use runner_api::{
     RunnerError, RunnerErrorKind, RunnerManifest, RunnerManifestEntry, RunnerMount,
     RunnerMountIntent, RunnerMountKind, RunnerResult,
 };
+use runner_kit::accounts::{group_entries, passwd_entries};
 
 use crate::config::DockerConfig;
 use crate::error::{Daemon, join_error};
@@ -122,19 +123,6 @@ impl Owner {
     const ROOT: Self = Self { uid: 0, gid: 0 };
 }
 
-/// One `name:x:id:…` line's name and ids (`/etc/passwd`: uid and gid;
-/// `/etc/group`: gid).
-fn entries(text: &str) -> impl Iterator<Item = (&str, u64, Option<u64>)> {
-    text.lines().filter_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let _password = fields.next()?;
-        let id = fields.next()?.parse().ok()?;
-        let second = fields.next().and_then(|g| g.parse().ok());
-        Some((name, id, second))
-    })
-}
-
 /// Who `user` (Docker's `name`, `uid`, `name:group`, `uid:gid`) is, by the
 /// container's `/etc/passwd` and `/etc/group` (`passwd`, `group`); as Docker
 /// does, a uid that no entry names has gid 0.
@@ -154,12 +142,12 @@ pub(crate) fn resolve_owner(
         None => (user, None),
     };
     let entry = match name.parse::<u64>() {
-        Ok(uid) => entries(passwd).find(|(_, id, _)| *id == uid),
-        Err(_) => entries(passwd).find(|(n, _, _)| *n == name),
+        Ok(uid) => passwd_entries(passwd).find(|entry| u64::from(entry.uid) == uid),
+        Err(_) => passwd_entries(passwd).find(|entry| entry.name == name),
     };
     let uid = match (name.parse::<u64>(), &entry) {
         (Ok(uid), _) => uid,
-        (Err(_), Some((_, uid, _))) => *uid,
+        (Err(_), Some(entry)) => u64::from(entry.uid),
         (Err(_), None) => {
             return Err(RunnerError::not_found(format!(
                 "{operation}: unable to find user {name}: no matching entry in the image's \
@@ -168,12 +156,12 @@ pub(crate) fn resolve_owner(
         }
     };
     let gid = match group_name {
-        None => entry.and_then(|(_, _, gid)| gid).unwrap_or(0),
+        None => entry.and_then(|entry| entry.gid).map_or(0, u64::from),
         Some(group_name) => match group_name.parse::<u64>() {
             Ok(gid) => gid,
-            Err(_) => entries(group)
-                .find(|(n, _, _)| *n == group_name)
-                .map(|(_, gid, _)| gid)
+            Err(_) => group_entries(group)
+                .find(|(name, _)| *name == group_name)
+                .map(|(_, gid)| u64::from(gid))
                 .ok_or_else(|| {
                     RunnerError::not_found(format!(
                         "{operation}: unable to find group {group_name}: no matching entry in \

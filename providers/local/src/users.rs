@@ -202,35 +202,27 @@ pub(crate) fn find_program(program: &str, path_env: Option<&str>, cwd: &Path) ->
 }
 
 /// `spec` (a name, then a numeric uid) in `/etc/passwd`; a missing file has
-/// no users.
+/// no users, and an entry without a gid is no user.
 fn passwd_file_user(spec: &str) -> io::Result<Option<User>> {
     let text = match std::fs::read_to_string("/etc/passwd") {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let entries: Vec<User> = text.lines().filter_map(parse_passwd_line).collect();
-    let by_name = entries.iter().position(|user| user.name == spec);
-    let by_uid = || {
+    let entries = || runner_kit::accounts::passwd_entries(&text);
+    let entry = entries().find(|entry| entry.name == spec).or_else(|| {
         let uid = spec.parse::<u32>().ok()?;
-        entries.iter().position(|user| user.uid.as_raw() == uid)
-    };
-    Ok(by_name.or_else(by_uid).map(|at| entries[at].clone()))
-}
-
-/// One `name:password:uid:gid:gecos:home:shell` line.
-fn parse_passwd_line(line: &str) -> Option<User> {
-    let fields: Vec<&str> = line.split(':').collect();
-    let [name, passwd, uid, gid, gecos, dir, shell] = fields.as_slice() else {
-        return None;
-    };
-    Some(User {
-        name: (*name).to_string(),
-        passwd: std::ffi::CString::new(*passwd).ok()?,
-        uid: Uid::from_raw(uid.parse().ok()?),
-        gid: nix::unistd::Gid::from_raw(gid.parse().ok()?),
-        gecos: std::ffi::CString::new(*gecos).ok()?,
-        dir: PathBuf::from(dir),
-        shell: PathBuf::from(shell),
-    })
+        entries().find(|entry| entry.uid == uid)
+    });
+    Ok(entry.and_then(|entry| {
+        Some(User {
+            name: entry.name.to_string(),
+            passwd: std::ffi::CString::new(entry.password).ok()?,
+            uid: Uid::from_raw(entry.uid),
+            gid: nix::unistd::Gid::from_raw(entry.gid?),
+            gecos: std::ffi::CString::new(entry.gecos).ok()?,
+            dir: PathBuf::from(entry.home),
+            shell: PathBuf::from(entry.shell),
+        })
+    }))
 }
