@@ -16,18 +16,22 @@ use runner_api::{
 };
 use support::{ConnectPids, Launcher};
 
-/// Whether `pid` runs (a zombie does not).
+/// Whether any thread of process `pid` runs. The group leader shows as a
+/// zombie while its other threads are still exiting, and they hold the
+/// process's descriptors (the connection's pipes) until they are gone, so
+/// every task counts, not only the leader.
 fn is_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(") ")
-                .next()
-                .and_then(|rest| rest.chars().next());
-            !matches!(state, Some('Z' | 'X') | None)
-        }
-        Err(_) => false,
-    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(") ")
+            .next()
+            .and_then(|rest| rest.chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    })
 }
 
 /// Waits (bounded) until `pid` no longer runs.
