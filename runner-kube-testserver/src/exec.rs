@@ -129,6 +129,15 @@ fn frame(channel: u8, bytes: &[u8]) -> Message {
     Message::Binary(data.into())
 }
 
+/// One exec stream, from the upgrade to the status frame.
+///
+/// Two directions run side by side so neither waits for the other (a `cat`
+/// whose stdout the client has not read yet must still take stdin):
+/// client frames go to the exec's stdin, the exec's output goes to the
+/// client. The stream ends when the output ends (the command exited; then
+/// the status follows on channel 3), when the client goes away, or when the
+/// server cuts it; the command is never killed, as a kubelet leaves a
+/// command running when its stream drops.
 async fn session(
     shared: Arc<Shared>,
     exec_id: String,
@@ -137,6 +146,8 @@ async fn session(
     v5: bool,
     socket: WebSocket,
 ) {
+    let _open = shared.exec_opened();
+    let cut = shared.exec_cut();
     let cancel = shared.generation();
     let started = shared
         .docker
@@ -149,73 +160,109 @@ async fn session(
             }),
         )
         .await;
-    let (mut sink, mut client) = socket.split();
-    let Ok(StartExecResults::Attached { mut output, input }) = started else {
+    let (mut sink, client) = socket.split();
+    let Ok(StartExecResults::Attached { output, input }) = started else {
         let _ = sink
             .send(frame(3, exit_status(&command, None).to_string().as_bytes()))
             .await;
         return;
     };
-    let mut input = Some(input);
-    let mut client_open = true;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            chunk = output.next() => match chunk {
-                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                    if sink.send(frame(1, &message)).await.is_err() { return; }
-                }
-                Some(Ok(LogOutput::StdErr { message })) => {
-                    if sink.send(frame(2, &message)).await.is_err() { return; }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
-            },
-            message = client.next(), if client_open => match message {
-                Some(Ok(Message::Binary(data))) => match data.first() {
-                    Some(0) => {
-                        if let Some(writer) = input.as_mut() {
-                            let _ = writer.write_all(&data[1..]).await;
-                        }
-                    }
-                    Some(255) if v5 && data.get(1) == Some(&0) => {
-                        if let Some(mut writer) = input.take() {
-                            let _ = writer.shutdown().await;
-                        }
-                    }
-                    Some(4) => {
-                        let size: Value = serde_json::from_slice(&data[1..]).unwrap_or_default();
-                        let resize = ResizeExecOptions {
-                            height: size["Height"].as_u64().unwrap_or(24) as u16,
-                            width: size["Width"].as_u64().unwrap_or(80) as u16,
-                        };
-                        let _ = shared.docker.resize_exec(&exec_id, resize).await;
-                    }
-                    _ => {}
-                },
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                    client_open = false;
-                    if let Some(mut writer) = input.take() {
-                        let _ = writer.shutdown().await;
-                    }
-                }
-                Some(Ok(_)) => {}
-            },
-        }
+    let downstream = forward_output(output, &mut sink);
+    let upstream = forward_input(&shared, &exec_id, v5, client, input);
+    let ended = tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = cut.cancelled() => false,
+        _ = upstream => false,
+        ended = downstream => ended,
+    };
+    if !ended {
+        return;
     }
-    let mut code = None;
-    for _ in 0..50 {
-        match shared.docker.inspect_exec(&exec_id).await {
-            Ok(inspect) if inspect.running == Some(false) => {
-                code = inspect.exit_code;
-                break;
-            }
-            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            Err(_) => break,
-        }
-    }
+    let code = exit_code(&shared, &exec_id).await;
     let _ = sink
         .send(frame(3, exit_status(&command, code).to_string().as_bytes()))
         .await;
     let _ = sink.send(Message::Close(None)).await;
+}
+
+/// Sends the exec's output to the client, each chunk as it comes. `true`
+/// when the output ended (the command exited), `false` when the client
+/// cannot be written to.
+async fn forward_output(
+    mut output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+    >,
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+) -> bool {
+    while let Some(chunk) = output.next().await {
+        let message = match chunk {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                frame(1, &message)
+            }
+            Ok(LogOutput::StdErr { message }) => frame(2, &message),
+            Ok(LogOutput::StdIn { .. }) => continue,
+            Err(_) => break,
+        };
+        if sink.send(message).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Takes the client's frames: stdin data (channel 0), the end of stdin (v5
+/// close frame `255 0`), terminal sizes (channel 4). Returns when the client
+/// closes or goes away.
+async fn forward_input(
+    shared: &Shared,
+    exec_id: &str,
+    v5: bool,
+    mut client: futures_util::stream::SplitStream<WebSocket>,
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+) {
+    let mut input = Some(input);
+    while let Some(Ok(message)) = client.next().await {
+        let data = match message {
+            Message::Binary(data) => data,
+            Message::Close(_) => return,
+            _ => continue,
+        };
+        match data.first() {
+            Some(0) => {
+                if let Some(writer) = input.as_mut()
+                    && (writer.write_all(&data[1..]).await.is_err()
+                        || writer.flush().await.is_err())
+                {
+                    input = None;
+                }
+            }
+            Some(255) if v5 && data.get(1) == Some(&0) => {
+                if let Some(mut writer) = input.take() {
+                    let _ = writer.shutdown().await;
+                }
+            }
+            Some(4) => {
+                let size: Value = serde_json::from_slice(&data[1..]).unwrap_or_default();
+                let resize = ResizeExecOptions {
+                    height: size["Height"].as_u64().unwrap_or(24) as u16,
+                    width: size["Width"].as_u64().unwrap_or(80) as u16,
+                };
+                let _ = shared.docker.resize_exec(exec_id, resize).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The exit code of a finished exec; Docker may report it a moment after
+/// the output ends.
+async fn exit_code(shared: &Shared, exec_id: &str) -> Option<i64> {
+    for _ in 0..250 {
+        match shared.docker.inspect_exec(exec_id).await {
+            Ok(inspect) if inspect.running == Some(false) => return inspect.exit_code,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(_) => return None,
+        }
+    }
+    None
 }

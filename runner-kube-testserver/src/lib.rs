@@ -135,6 +135,8 @@ impl KubeTestServer {
             forbidden: Mutex::new(HashSet::new()),
             lifecycles: Mutex::new(HashMap::new()),
             generation: Mutex::new(CancellationToken::new()),
+            exec_cut: Mutex::new(CancellationToken::new()),
+            open_execs: std::sync::atomic::AtomicUsize::new(0),
         });
         let serving = serve(&shared, listener);
         Ok(Self {
@@ -182,6 +184,21 @@ impl KubeTestServer {
     /// 410 Expired, as after an etcd compaction.
     pub fn expire_history(&self) {
         lock(&self.shared.store).compact();
+    }
+
+    /// Cuts every open exec WebSocket without a close frame, as when the
+    /// connection to an API server drops. The commands keep running in their
+    /// containers and the server keeps serving; new execs work.
+    pub fn drop_exec_streams(&self) {
+        self.shared.cut_execs();
+    }
+
+    /// How many exec streams are open: each one from its upgrade until its
+    /// status is sent, its client goes away or it is cut.
+    pub fn open_exec_streams(&self) -> usize {
+        self.shared
+            .open_execs
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops listening; watches and exec streams are cut. Objects and

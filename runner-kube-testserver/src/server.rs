@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bollard::Docker;
@@ -32,6 +33,19 @@ pub(crate) struct Shared {
     pub(crate) lifecycles: Mutex<HashMap<(String, String), AbortHandle>>,
     /// Cancelled when the listener stops: ends watches and exec streams.
     pub(crate) generation: Mutex<CancellationToken>,
+    /// Cancelled (and replaced) to cut every open exec stream.
+    pub(crate) exec_cut: Mutex<CancellationToken>,
+    /// How many exec streams are open.
+    pub(crate) open_execs: AtomicUsize,
+}
+
+/// Counts one open exec stream while it lives.
+pub(crate) struct OpenExec<'a>(&'a AtomicUsize);
+
+impl Drop for OpenExec<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Locks `mutex`, recovering the data of a poisoned lock.
@@ -59,6 +73,22 @@ impl Shared {
         } else {
             Some(object)
         }
+    }
+
+    /// Counts an exec stream as open until the guard drops.
+    pub(crate) fn exec_opened(&self) -> OpenExec<'_> {
+        self.open_execs.fetch_add(1, Ordering::SeqCst);
+        OpenExec(&self.open_execs)
+    }
+
+    /// The token that cuts the exec streams open now.
+    pub(crate) fn exec_cut(&self) -> CancellationToken {
+        lock(&self.exec_cut).clone()
+    }
+
+    /// Cuts every open exec stream; later ones are not affected.
+    pub(crate) fn cut_execs(&self) {
+        std::mem::take(&mut *lock(&self.exec_cut)).cancel();
     }
 
     /// The token of the current listener generation.

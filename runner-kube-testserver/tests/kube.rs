@@ -257,7 +257,9 @@ async fn exec_output_status_and_stdin() -> R {
         .write_all(b"through stdin")
         .await
         .map_err(|e| e.to_string())?;
-    drop(stdin);
+    // The end of stdin (the v5 close frame) is sent on shutdown; dropping
+    // the writer alone does not end the pipe.
+    stdin.shutdown().await.map_err(|e| e.to_string())?;
     let mut out = String::new();
     cat.stdout()
         .unwrap()
@@ -266,6 +268,159 @@ async fn exec_output_status_and_stdin() -> R {
         .map_err(|e| e.to_string())?;
     if out != "through stdin" {
         return Err(format!("cat gave {out:?}"));
+    }
+    let status = cat
+        .take_status()
+        .unwrap()
+        .await
+        .ok_or("no status for cat")?;
+    if status.status.as_deref() != Some("Success") {
+        return Err(format!("cat gave {status:?}"));
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn read_exactly(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    len: usize,
+) -> Result<Vec<u8>, String> {
+    let mut bytes = vec![0; len];
+    tokio::time::timeout(Duration::from_secs(10), reader.read_exact(&mut bytes))
+        .await
+        .map_err(|_| format!("{len} bytes did not come back in time"))?
+        .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+async fn exec_cat_streams_both_ways() -> R {
+    let (server, pods) = setup().await?;
+    running(&pods, "cat").await?;
+    let params = AttachParams::default()
+        .stdin(true)
+        .stderr(false)
+        .max_stdin_buf_size(64 << 10)
+        .max_stdout_buf_size(64 << 10);
+    let mut cat = pods
+        .exec("cat", ["cat"], &params)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stdin = cat.stdin().unwrap();
+    let mut stdout = cat.stdout().unwrap();
+    // Each line comes back while stdin stays open.
+    for line in [&b"one\n"[..], b"two\n"] {
+        stdin.write_all(line).await.map_err(|e| e.to_string())?;
+        stdin.flush().await.map_err(|e| e.to_string())?;
+        if read_exactly(&mut stdout, line.len()).await? != line {
+            return Err("a line came back changed".into());
+        }
+    }
+    let every_byte: Vec<u8> = (0..=255).collect();
+    stdin
+        .write_all(&every_byte)
+        .await
+        .map_err(|e| e.to_string())?;
+    if read_exactly(&mut stdout, 256).await? != every_byte {
+        return Err("the 256 byte values came back changed".into());
+    }
+    // 8 MiB each way, written and read at the same time.
+    let big: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let sent = big.clone();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&sent).await?;
+        stdin.shutdown().await
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), stdout.read_to_end(&mut back))
+        .await
+        .map_err(|_| "8 MiB through cat timed out")?
+        .map_err(|e| e.to_string())?;
+    writer
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if back.len() != big.len() || back != big {
+        return Err(format!(
+            "8 MiB through cat came back as {} different bytes",
+            back.len()
+        ));
+    }
+    let status = cat.take_status().unwrap().await.ok_or("no status")?;
+    if status.status.as_deref() != Some("Success") {
+        return Err(format!("cat gave {status:?}"));
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn open_streams_reach(server: &KubeTestServer, count: usize) -> R {
+    for _ in 0..200 {
+        if server.open_exec_streams() == count {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!(
+        "{} exec streams open, not {count}",
+        server.open_exec_streams()
+    ))
+}
+
+async fn exec_client_gone_ends_stream() -> R {
+    let (server, pods) = setup().await?;
+    running(&pods, "gone").await?;
+    let long = pods
+        .exec("gone", ["sleep", "600"], &AttachParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    open_streams_reach(&server, 1).await?;
+    drop(long);
+    open_streams_reach(&server, 0).await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn exec_streams_dropped_commands_keep_running() -> R {
+    let (server, pods) = setup().await?;
+    running(&pods, "cut").await?;
+    let mut sleeper = pods
+        .exec("cut", ["sleep", "30"], &AttachParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    open_streams_reach(&server, 1).await?;
+    server.drop_exec_streams();
+    let status = tokio::time::timeout(Duration::from_secs(10), sleeper.take_status().unwrap())
+        .await
+        .map_err(|_| "the cut exec stream stayed open")?;
+    if let Some(status) = status {
+        return Err(format!("the cut exec stream gave a status: {status:?}"));
+    }
+    open_streams_reach(&server, 0).await?;
+    if phase(&pods.get("cut").await.map_err(|e| e.to_string())?) != "Running" {
+        return Err("the pod stopped running".into());
+    }
+    let mut ps = pods
+        .exec(
+            "cut",
+            ["ps", "-o", "args"],
+            &AttachParams::default().stderr(false),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    ps.stdout()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.lines().any(|l| l.trim() == "sleep 30") {
+        return Err(format!("sleep 30 is no longer running: {out:?}"));
+    }
+    let status = ps.take_status().unwrap().await.ok_or("no status for ps")?;
+    if status.status.as_deref() != Some("Success") {
+        return Err(format!("ps gave {status:?}"));
     }
     server.shutdown().await;
     Ok(())
@@ -386,9 +541,13 @@ fn main() -> ExitCode {
             lifecycle_create_list_watch_delete,
         ),
         async_trial("pods_refused_422_409_403", refusals_422_409_403),
-        // Hangs today (the exec stream never ends): listed as ignored until fixed.
-        async_trial("exec_output_status_and_stdin", exec_output_status_and_stdin)
-            .with_ignored_flag(true),
+        async_trial("exec_output_status_and_stdin", exec_output_status_and_stdin),
+        async_trial("exec_cat_streams_both_ways", exec_cat_streams_both_ways),
+        async_trial("exec_client_gone_ends_stream", exec_client_gone_ends_stream),
+        async_trial(
+            "exec_streams_dropped_commands_keep_running",
+            exec_streams_dropped_commands_keep_running,
+        ),
         async_trial(
             "faults_image_schedule_restart",
             faults_image_schedule_restart,
