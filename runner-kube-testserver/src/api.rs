@@ -10,14 +10,14 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::{Value, json};
 
 use crate::resource::Kind;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::server::{Shared, lock, now};
 use crate::status::{ApiError, Cause, json_response};
-use crate::{exec, patch, pods, watch};
+use crate::{claims, exec, patch, pods, watch};
 
 /// The query of one request; keys may repeat (`command=a&command=b`).
 pub(crate) struct Query(Vec<(String, String)>);
@@ -249,6 +249,9 @@ fn typed_check(kind: Kind, object: &Value) -> Result<(), ApiError> {
     let decoded = match kind {
         Kind::Pod => serde_json::from_value::<Pod>(object.clone()).map(drop),
         Kind::Lease => serde_json::from_value::<Lease>(object.clone()).map(drop),
+        Kind::PersistentVolumeClaim => {
+            serde_json::from_value::<PersistentVolumeClaim>(object.clone()).map(drop)
+        }
     };
     decoded.map_err(|e| {
         ApiError::bad_request(format!(
@@ -347,8 +350,10 @@ fn create(
     if !valid_name(&name) {
         causes.push(Cause::invalid("metadata.name", &name, NAME_RULE));
     }
-    if kind == Kind::Pod {
-        pods::validate(&mut object, &mut causes);
+    match kind {
+        Kind::Pod => pods::validate(&mut object, &mut causes),
+        Kind::PersistentVolumeClaim => claims::validate(&object, &mut causes),
+        Kind::Lease => {}
     }
     if !causes.is_empty() {
         return Err(ApiError::invalid(kind, &name, &causes));
@@ -368,9 +373,16 @@ fn create(
         pods::defaults(&mut object);
         object["status"] = json!({"phase": "Pending", "qosClass": pods::qos_class(&object)});
     }
+    if kind == Kind::PersistentVolumeClaim {
+        claims::bind(shared, &mut object)?;
+    }
     let stored = {
         let mut store = lock(&shared.store);
         if store.get(kind, namespace, &name).is_some() {
+            if kind == Kind::PersistentVolumeClaim {
+                let uid = object["metadata"]["uid"].as_str().unwrap_or("");
+                let _ = std::fs::remove_dir_all(claims::dir(shared, uid));
+            }
             return Err(ApiError::already_exists(kind, &name));
         }
         store.put(kind, namespace, &name, object)
@@ -383,7 +395,7 @@ fn create(
 
 /// Replaces `name` with `object` (from PUT or a patch): a set
 /// `metadata.resourceVersion` must be the stored one; server-owned metadata
-/// and a pod's status stay; a pod's spec may not change.
+/// and the status of a pod or claim stay; a pod's spec may not change.
 fn update(
     shared: &Shared,
     kind: Kind,
@@ -435,6 +447,9 @@ fn update(
     }
     object["apiVersion"] = json!(kind.api_version());
     object["kind"] = json!(kind.kind());
+    if kind == Kind::PersistentVolumeClaim {
+        object["status"] = existing["status"].clone();
+    }
     if kind == Kind::Pod {
         pods::defaults(&mut object);
         object["status"] = existing["status"].clone();
@@ -537,6 +552,10 @@ async fn delete(
     match kind {
         Kind::Pod => {
             let object = pods::delete(shared, namespace, name, grace).await?;
+            Ok(json_response(StatusCode::OK, &object))
+        }
+        Kind::PersistentVolumeClaim => {
+            let object = claims::delete(shared, namespace, name)?;
             Ok(json_response(StatusCode::OK, &object))
         }
         Kind::Lease => {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod api;
+mod claims;
 mod exec;
 mod patch;
 mod pods;

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 
+use crate::claims;
 use crate::resource::Kind;
 use crate::server::{Shared, lock, now};
 use crate::status::{ApiError, Cause};
@@ -62,11 +63,17 @@ pub(crate) fn validate(object: &mut Value, causes: &mut Vec<Cause>) {
         if name.is_empty() {
             causes.push(Cause::required(format!("spec.volumes[{i}].name")));
         }
-        if volume.get("emptyDir").is_none() {
+        let claim = volume.get("persistentVolumeClaim");
+        if volume.get("emptyDir").is_none() && claim.is_none() {
             causes.push(Cause::forbidden(
                 format!("spec.volumes[{i}]"),
-                "the test API server supports emptyDir volumes only",
+                "the test API server supports emptyDir and persistentVolumeClaim volumes only",
             ));
+        }
+        if claim.is_some_and(|c| c["claimName"].as_str().unwrap_or("").is_empty()) {
+            causes.push(Cause::required(format!(
+                "spec.volumes[{i}].persistentVolumeClaim.claimName"
+            )));
         }
         volume_names.push(name.to_string());
     }
@@ -261,6 +268,35 @@ async fn lifecycle(shared: Arc<Shared>, namespace: String, name: String) {
             );
         });
         return;
+    }
+    // The volume binding: every claim the pod names must exist; the
+    // scheduler retries until they do.
+    let mut reported = String::new();
+    loop {
+        let missing = {
+            let store = lock(&shared.store);
+            store
+                .get(Kind::Pod, &namespace, &name)
+                .map(|object| claims::unschedulable(&store, &namespace, object))
+        };
+        let Some(missing) = missing else { return };
+        let Some(missing) = missing else { break };
+        if missing != reported {
+            let message = format!(
+                "0/1 nodes are available: {missing}. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+            );
+            update(&|object| {
+                set_condition(
+                    object,
+                    "PodScheduled",
+                    "False",
+                    Some("Unschedulable"),
+                    Some(&message),
+                );
+            });
+            reported = missing;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     update(&|object| {
         object["spec"]["nodeName"] = json!(NODE_NAME);
@@ -458,10 +494,11 @@ async fn record_exit(
         )]);
         true
     });
+    claims::release(shared, namespace);
 }
 
 /// Parses a Kubernetes quantity (`512Mi`, `1G`, `500m`, `2`) into units.
-fn quantity(text: &str) -> Option<f64> {
+pub(crate) fn quantity(text: &str) -> Option<f64> {
     let suffixes: [(&str, f64); 12] = [
         ("Ki", 1024.0),
         ("Mi", 1024f64.powi(2)),
@@ -549,8 +586,32 @@ async fn container_body(
     let mut tmpfs = HashMap::new();
     for mount in container.volume_mounts.clone().unwrap_or_default() {
         let volume = spec.volumes.iter().flatten().find(|v| v.name == mount.name);
+        if let Some(source) = volume.and_then(|v| v.persistent_volume_claim.clone()) {
+            let claim_uid = lock(&shared.store)
+                .get(
+                    Kind::PersistentVolumeClaim,
+                    pod.metadata.namespace.as_deref().unwrap_or(""),
+                    &source.claim_name,
+                )
+                .and_then(|claim| claim["metadata"]["uid"].as_str().map(str::to_string))
+                .ok_or_else(|| {
+                    format!("persistentvolumeclaim {:?} not found", source.claim_name)
+                })?;
+            let read_only = if source.read_only.unwrap_or(false) || mount.read_only.unwrap_or(false)
+            {
+                ":ro"
+            } else {
+                ""
+            };
+            let dir = claims::dir(shared, &claim_uid);
+            binds.push(format!("{}:{}{read_only}", dir.display(), mount.mount_path));
+            continue;
+        }
         let Some(empty_dir) = volume.and_then(|v| v.empty_dir.clone()) else {
-            return Err(format!("volume {:?} is not an emptyDir", mount.name));
+            return Err(format!(
+                "volume {:?} is neither an emptyDir nor a persistentVolumeClaim",
+                mount.name
+            ));
         };
         if empty_dir.medium.as_deref() == Some("Memory") {
             tmpfs.insert(mount.mount_path.clone(), "mode=1777".to_string());
@@ -713,6 +774,7 @@ pub(crate) async fn delete(
     }
     let _ = std::fs::remove_dir_all(shared.dir.join("pods").join(&uid));
     lock(&shared.store).remove(Kind::Pod, namespace, name);
+    claims::release(shared, namespace);
     Ok(marked)
 }
 

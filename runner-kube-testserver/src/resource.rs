@@ -7,6 +7,8 @@ pub(crate) enum Kind {
     Pod,
     /// coordination.k8s.io/v1 leases.
     Lease,
+    /// Core v1 persistent volume claims.
+    PersistentVolumeClaim,
 }
 
 impl Kind {
@@ -15,13 +17,14 @@ impl Kind {
         match self {
             Self::Pod => "pods",
             Self::Lease => "leases",
+            Self::PersistentVolumeClaim => "persistentvolumeclaims",
         }
     }
 
     /// The API group (`""` for core).
     pub(crate) fn group(self) -> &'static str {
         match self {
-            Self::Pod => "",
+            Self::Pod | Self::PersistentVolumeClaim => "",
             Self::Lease => "coordination.k8s.io",
         }
     }
@@ -31,13 +34,14 @@ impl Kind {
         match self {
             Self::Pod => "Pod",
             Self::Lease => "Lease",
+            Self::PersistentVolumeClaim => "PersistentVolumeClaim",
         }
     }
 
     /// The object's `apiVersion`.
     pub(crate) fn api_version(self) -> &'static str {
         match self {
-            Self::Pod => "v1",
+            Self::Pod | Self::PersistentVolumeClaim => "v1",
             Self::Lease => "coordination.k8s.io/v1",
         }
     }
@@ -52,7 +56,7 @@ impl Kind {
 
     /// The resource of `plural` in `group`.
     pub(crate) fn from_path(group: &str, plural: &str) -> Option<Self> {
-        [Self::Pod, Self::Lease]
+        [Self::Pod, Self::Lease, Self::PersistentVolumeClaim]
             .into_iter()
             .find(|kind| kind.group() == group && kind.plural() == plural)
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{AttachParams, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client, Config};
 use runner_kube_testserver::{KubeTestServer, KubeTestServerOptions};
@@ -527,6 +527,231 @@ async fn lease_replace_conflict() -> R {
     Ok(())
 }
 
+fn claim(name: &str, spec: serde_json::Value) -> PersistentVolumeClaim {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": "c"}}, "spec": spec
+    }))
+    .unwrap()
+}
+
+fn claim_spec() -> serde_json::Value {
+    serde_json::json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}})
+}
+
+/// A pod that mounts claim `claim_name` at /data.
+fn pod_with_claim(name: &str, claim_name: &str) -> Pod {
+    pod(
+        name,
+        &image(),
+        serde_json::json!({
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim_name}}],
+            "containers": [{"name": "main", "image": image(), "command": ["sleep", "600"],
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]
+        }),
+    )
+}
+
+async fn exec_output(pods: &Api<Pod>, name: &str, command: &[&str]) -> Result<String, String> {
+    let mut process = pods
+        .exec(
+            name,
+            command.to_vec(),
+            &AttachParams::default().stderr(false),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    process
+        .stdout()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = process.take_status().unwrap().await.ok_or("no status")?;
+    if status.status.as_deref() != Some("Success") {
+        return Err(format!("{command:?} gave {status:?}"));
+    }
+    Ok(out)
+}
+
+async fn claims_refused_422_409() -> R {
+    let (server, pods) = setup().await?;
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(pods.into_client(), server.namespace());
+    let unnamed: PersistentVolumeClaim =
+        serde_json::from_value(serde_json::json!({"metadata": {}, "spec": claim_spec()})).unwrap();
+    let no_storage = claim("c1", serde_json::json!({"accessModes": ["ReadWriteOnce"]}));
+    let no_modes = claim(
+        "c1",
+        serde_json::json!({"resources": {"requests": {"storage": "1Gi"}}}),
+    );
+    for (refused, field) in [
+        (unnamed, "metadata.name"),
+        (no_storage, "spec.resources[storage]"),
+        (no_modes, "spec.accessModes"),
+    ] {
+        match claims.create(&PostParams::default(), &refused).await {
+            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(field) => {}
+            other => return Err(format!("expected 422 naming {field}, got {other:?}")),
+        }
+    }
+    claims
+        .create(&PostParams::default(), &claim("c1", claim_spec()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let again = claims
+        .create(&PostParams::default(), &claim("c1", claim_spec()))
+        .await;
+    if again.map_err(api_code).err() != Some(409) {
+        return Err("a second claim create was not 409".into());
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn claims_bound_mounted_kept_until_unused() -> R {
+    let (server, pods) = setup().await?;
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(pods.clone().into_client(), server.namespace());
+    let rv = claims
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut events = claims
+        .watch(&WatchParams::default().labels("app=c"), &rv)
+        .await
+        .map_err(|e| e.to_string())?
+        .boxed();
+    let created = claims
+        .create(&PostParams::default(), &claim("data", claim_spec()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let bound = |c: &PersistentVolumeClaim| {
+        c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+    };
+    if !bound(&created) || !bound(&claims.get("data").await.map_err(|e| e.to_string())?) {
+        return Err(format!("the claim is not Bound: {:?}", created.status));
+    }
+    match tokio::time::timeout(Duration::from_secs(10), events.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Added(c)))) if c.metadata.name.as_deref() == Some("data") => {}
+        other => return Err(format!("expected the claim's ADDED event, got {other:?}")),
+    }
+    for (selector, count) in [("app=c", 1), ("app!=c", 0)] {
+        let listed = claims
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        if listed.items.len() != count {
+            return Err(format!("{selector} listed {} claims", listed.items.len()));
+        }
+    }
+    // Data written through the claim outlives the pod that wrote it.
+    pods.create(&PostParams::default(), &pod_with_claim("writer", "data"))
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(&pods, "writer", |p| phase(p) == "Running").await?;
+    exec_output(&pods, "writer", &["sh", "-c", "echo kept > /data/file"]).await?;
+    let quick = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    pods.delete("writer", &quick)
+        .await
+        .map_err(|e| e.to_string())?;
+    pods.create(&PostParams::default(), &pod_with_claim("reader", "data"))
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(&pods, "reader", |p| phase(p) == "Running").await?;
+    let read = exec_output(&pods, "reader", &["cat", "/data/file"]).await?;
+    if read != "kept\n" {
+        return Err(format!("the new pod read {read:?} from the claim"));
+    }
+    // A claim in use is kept (pvc-protection) until its pod is gone.
+    claims
+        .delete("data", &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let kept = claims.get("data").await.map_err(|e| e.to_string())?;
+    let protected = kept
+        .metadata
+        .finalizers
+        .unwrap_or_default()
+        .contains(&"kubernetes.io/pvc-protection".to_string());
+    if kept.metadata.deletion_timestamp.is_none() || !protected {
+        return Err("the claim in use was not kept under pvc-protection".into());
+    }
+    let uid = created.metadata.uid.clone().unwrap_or_default();
+    let host_dir = server
+        .kubeconfig_path()
+        .parent()
+        .unwrap()
+        .join("claims")
+        .join(&uid);
+    if !host_dir.join("file").exists() {
+        return Err(format!("{} holds no file", host_dir.display()));
+    }
+    pods.delete("reader", &quick)
+        .await
+        .map_err(|e| e.to_string())?;
+    if claims.get("data").await.map_err(api_code).err() != Some(404) {
+        return Err("the claim is still there after its pod went".into());
+    }
+    if host_dir.exists() {
+        return Err(format!("{} is still there", host_dir.display()));
+    }
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.try_next()).await {
+            Ok(Ok(Some(WatchEvent::Deleted(c)))) if c.metadata.name.as_deref() == Some("data") => {
+                break;
+            }
+            Ok(Ok(Some(_))) => {}
+            other => return Err(format!("expected the claim's DELETED event, got {other:?}")),
+        }
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn claims_missing_leaves_pod_unschedulable() -> R {
+    let (server, pods) = setup().await?;
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(pods.clone().into_client(), server.namespace());
+    pods.create(&PostParams::default(), &pod_with_claim("waiting", "ghost"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = wait_for(&pods, "waiting", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                        && c.message
+                            .as_deref()
+                            .unwrap_or("")
+                            .contains("persistentvolumeclaim \"ghost\" not found")
+                })
+            })
+    })
+    .await?;
+    if phase(&pending) != "Pending" {
+        return Err(format!("the pod is {} without its claim", phase(&pending)));
+    }
+    // The scheduler retries: once the claim exists the pod runs.
+    claims
+        .create(&PostParams::default(), &claim("ghost", claim_spec()))
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(&pods, "waiting", |p| phase(p) == "Running").await?;
+    server.shutdown().await;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // The workspace compiles rustls with both ring and aws-lc-rs (through
     // other crates), so kube's client cannot pick one: this test picks ring.
@@ -553,5 +778,14 @@ fn main() -> ExitCode {
             faults_image_schedule_restart,
         ),
         async_trial("leases_replace_conflict", lease_replace_conflict),
+        async_trial("claims_refused_422_409", claims_refused_422_409),
+        async_trial(
+            "claims_bound_mounted_kept_until_unused",
+            claims_bound_mounted_kept_until_unused,
+        ),
+        async_trial(
+            "claims_missing_leaves_pod_unschedulable",
+            claims_missing_leaves_pod_unschedulable,
+        ),
     ])
 }
