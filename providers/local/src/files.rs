@@ -505,6 +505,47 @@ impl Workspace {
         request: &RunnerFileWriteRequest,
         body: &mut impl BufRead,
     ) -> RunnerResult<()> {
+        self.write_contents(request, Contents::Body(body))
+    }
+
+    /// `write_file` whose bytes are the regular file `source` of this host
+    /// (a path the caller vouches for, not resolved in the workspace), which
+    /// the call consumes: with every check of [`write_file`](Self::write_file)
+    /// passed, the file itself is moved into place when it is on the
+    /// target's filesystem (no copy), and copied otherwise; the moved file
+    /// gets the mode (and owner) a written one would.
+    ///
+    /// Errors: `write_file`'s; `InvalidRequest` when `source` is not a
+    /// regular file (no symlink is followed).
+    pub(crate) fn install_file(
+        &self,
+        request: &RunnerFileWriteRequest,
+        source: &Path,
+    ) -> RunnerResult<()> {
+        let op = "write_file";
+        let io = |e| self.io(op, &request.path, e);
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            &mut options,
+            (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits(),
+        );
+        let file = options.open(source).map_err(io)?;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(RunnerError::invalid_request(format!(
+                "{op} {}: the staged source {} is not a regular file",
+                request.path.display(),
+                source.display()
+            )));
+        }
+        self.write_contents::<io::Empty>(request, Contents::Staged { path: source, file })
+    }
+
+    fn write_contents<B: BufRead>(
+        &self,
+        request: &RunnerFileWriteRequest,
+        contents: Contents<'_, B>,
+    ) -> RunnerResult<()> {
         let op = "write_file";
         let path = &request.path;
         let resolved = self.resolve(op, path)?;
@@ -532,7 +573,13 @@ impl Workspace {
             if target.existing.as_ref().is_some_and(|meta| !meta.is_file()) {
                 return Err(not_regular(op, path));
             }
-            return self.write_at(&parent_dir, name, offset, request, body);
+            return match contents {
+                Contents::Body(body) => self.write_at(&parent_dir, name, offset, request, body),
+                Contents::Staged { file, .. } => {
+                    let mut body = std::io::BufReader::with_capacity(STAGED_COPY_BYTES, file);
+                    self.write_at(&parent_dir, name, offset, request, &mut body)
+                }
+            };
         }
         if target.existing.is_some() {
             check_may_write(&parent_dir, name).map_err(io)?;
@@ -546,9 +593,14 @@ impl Workspace {
             .as_ref()
             .filter(|_| nix::unistd::geteuid().is_root())
             .map(|meta| (meta.uid(), meta.gid()));
-        replace_atomically(&parent_dir, name, mode, owner, |file| {
-            copy_buffered(body, file).map(drop)
-        })
+        match contents {
+            Contents::Body(body) => replace_atomically(&parent_dir, name, mode, owner, |file| {
+                copy_buffered(body, file).map(drop)
+            }),
+            Contents::Staged { path, file } => {
+                replace_by_moving(&parent_dir, name, mode, owner, path, file)
+            }
+        }
         .map_err(io)
     }
 
@@ -1063,6 +1115,66 @@ pub(crate) fn create_dir_all(dir: &Dir, rel: &Path) -> io::Result<()> {
 /// Writes a new file next to `name` in `dir` with `write`, gives it `owner`
 /// (uid, gid; root only) and `mode`, and renames it over `name`. On any
 /// failure the temp file is removed and `name` is untouched.
+/// Where the bytes of a write come from.
+enum Contents<'a, B> {
+    /// A caller's body.
+    Body(&'a mut B),
+    /// A regular file of this host, opened, that the write consumes.
+    Staged { path: &'a Path, file: std::fs::File },
+}
+
+/// Buffer of a staged file copied rather than moved: 1 MiB.
+const STAGED_COPY_BYTES: usize = 1024 * 1024;
+
+/// [`replace_atomically`] with the staged file `source` (opened as `file`)
+/// as the new contents: moved to a temp name in `dir` (no copy), given
+/// `mode` and `owner` through the open file, then renamed over `name`. On
+/// another filesystem it is copied instead.
+fn replace_by_moving(
+    dir: &Dir,
+    name: &Path,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    source: &Path,
+    file: std::fs::File,
+) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    let temp = temp_name();
+    match nix::fcntl::renameat(nix::fcntl::AT_FDCWD, source, dir.as_fd(), &temp) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EXDEV) => {
+            let mut body = std::io::BufReader::with_capacity(STAGED_COPY_BYTES, file);
+            return replace_atomically(dir, name, mode, owner, |out| {
+                copy_buffered(&mut body, out).map(drop)
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // `file` is the moved inode: owner and mode go through it, not the name.
+    let result = match owner {
+        Some((uid, gid)) => std::os::unix::fs::fchown(&file, Some(uid), Some(gid)),
+        None => Ok(()),
+    }
+    .and_then(|()| {
+        file.set_permissions(
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode),
+        )
+    })
+    .and_then(|()| dir.rename(&temp, dir, name));
+    if result.is_err() {
+        let _ = dir.remove_file(&temp);
+    }
+    result
+}
+
+/// A fresh temp file name for an atomic replace.
+fn temp_name() -> PathBuf {
+    PathBuf::from(format!(
+        ".runner-write-{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
 pub(crate) fn replace_atomically(
     dir: &Dir,
     name: &Path,
@@ -1070,10 +1182,7 @@ pub(crate) fn replace_atomically(
     owner: Option<(u32, u32)>,
     write: impl FnOnce(&mut cap_std::fs::File) -> io::Result<()>,
 ) -> io::Result<()> {
-    let temp = PathBuf::from(format!(
-        ".runner-write-{}.tmp",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let temp = temp_name();
     let mut options = OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
     let mut file = dir.open_with(&temp, &options)?;

@@ -135,6 +135,93 @@ impl LocalProvider {
         Ok(self)
     }
 
+    /// `create_session`, returning the session's own type (for a host of
+    /// the session that needs more than the contract, as the runner agent's
+    /// staged writes need [`LocalSession::install_file`]).
+    ///
+    /// Errors: as `create_session`.
+    pub async fn create_local(
+        &self,
+        destination: RunnerDestination,
+    ) -> RunnerResult<Arc<LocalSession>> {
+        self.check_provider("create_session", &destination)?;
+        let config = LocalConfig::from_destination(&destination)?;
+        validate_manifest(&destination.default_manifest, &capabilities())?;
+        let mounts = native_mounts(&destination)?;
+        self.destinations.remember(&destination);
+        let root = match &config.root {
+            Some(root) => RootSource::Configured(root.clone()),
+            None => RootSource::Fresh,
+        };
+        self.open(SessionSetup {
+            session_id: new_session_id(),
+            destination_id: destination.id.clone(),
+            config,
+            root,
+            mounts,
+            entries: destination.default_manifest.entries.clone(),
+            read_only: Vec::new(),
+            user_switcher: self.user_switcher.clone(),
+        })
+        .await
+    }
+
+    /// `resume_session`, returning the session's own type (see
+    /// [`create_local`](Self::create_local)).
+    ///
+    /// Errors: as `resume_session`.
+    pub async fn resume_local(&self, state: RunnerSessionState) -> RunnerResult<Arc<LocalSession>> {
+        const OP: &str = "resume_session";
+        if state.provider_id != PROVIDER_ID {
+            return Err(RunnerError::invalid_request(format!(
+                "{OP}: state of provider {:?}, not {PROVIDER_ID}",
+                state.provider_id
+            )));
+        }
+        let destination = self
+            .destinations
+            .of_state(OP, &state, "trust_destination")?;
+        let meta: SessionMeta = if state.metadata.is_null() {
+            SessionMeta::default()
+        } else {
+            serde_json::from_value(state.metadata.clone()).map_err(|e| {
+                RunnerError::invalid_request(format!("{OP}: bad state metadata: {e}"))
+            })?
+        };
+        let config = LocalConfig::from_destination(&destination)?;
+        let mounts = native_mounts(&destination)?;
+        let root = match &state.snapshot {
+            Some(snapshot) => RootSource::Snapshot {
+                id: snapshot.snapshot_id.clone(),
+                path: snapshot::locate(snapshot, &config.snapshot_dir)?,
+            },
+            None => {
+                let config = config.clone();
+                tokio::task::spawn_blocking(move || resumed_root(&config, meta.root.as_deref()))
+                    .await
+                    .map_err(|e| join_error(OP, e))??
+            }
+        };
+        // Read-only paths: the destination's entries, plus what the state adds
+        // (more restrictions, never fewer).
+        let mut read_only = manifest::read_only_entries(&destination.default_manifest.entries);
+        read_only.extend(meta.read_only.into_iter().map(|ro| ReadOnlyPath {
+            rel: ro.path,
+            reason: ro.reason,
+        }));
+        self.open(SessionSetup {
+            session_id: new_session_id(),
+            destination_id: state.destination_id,
+            config,
+            root,
+            mounts,
+            entries: Vec::new(),
+            read_only,
+            user_switcher: self.user_switcher.clone(),
+        })
+        .await
+    }
+
     fn check_provider(&self, operation: &str, destination: &RunnerDestination) -> RunnerResult<()> {
         if destination.provider_id != PROVIDER_ID {
             return Err(RunnerError::invalid_request(format!(
@@ -145,7 +232,7 @@ impl LocalProvider {
         Ok(())
     }
 
-    async fn open(&self, setup: SessionSetup) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+    async fn open(&self, setup: SessionSetup) -> RunnerResult<Arc<LocalSession>> {
         let span = tracing::info_span!("unix-local session", session_id = %setup.session_id);
         let session = tokio::task::spawn_blocking(move || LocalSession::open_blocking(setup))
             .instrument(span)
@@ -259,26 +346,7 @@ impl RemoteRunnerProvider for LocalProvider {
         &self,
         destination: RunnerDestination,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        self.check_provider("create_session", &destination)?;
-        let config = LocalConfig::from_destination(&destination)?;
-        validate_manifest(&destination.default_manifest, &capabilities())?;
-        let mounts = native_mounts(&destination)?;
-        self.destinations.remember(&destination);
-        let root = match &config.root {
-            Some(root) => RootSource::Configured(root.clone()),
-            None => RootSource::Fresh,
-        };
-        self.open(SessionSetup {
-            session_id: new_session_id(),
-            destination_id: destination.id.clone(),
-            config,
-            root,
-            mounts,
-            entries: destination.default_manifest.entries.clone(),
-            read_only: Vec::new(),
-            user_switcher: self.user_switcher.clone(),
-        })
-        .await
+        Ok(self.create_local(destination).await?)
     }
 
     /// With `state.snapshot`: a new session in a fresh owned directory filled
@@ -295,55 +363,7 @@ impl RemoteRunnerProvider for LocalProvider {
         &self,
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        const OP: &str = "resume_session";
-        if state.provider_id != PROVIDER_ID {
-            return Err(RunnerError::invalid_request(format!(
-                "{OP}: state of provider {:?}, not {PROVIDER_ID}",
-                state.provider_id
-            )));
-        }
-        let destination = self
-            .destinations
-            .of_state(OP, &state, "trust_destination")?;
-        let meta: SessionMeta = if state.metadata.is_null() {
-            SessionMeta::default()
-        } else {
-            serde_json::from_value(state.metadata.clone()).map_err(|e| {
-                RunnerError::invalid_request(format!("{OP}: bad state metadata: {e}"))
-            })?
-        };
-        let config = LocalConfig::from_destination(&destination)?;
-        let mounts = native_mounts(&destination)?;
-        let root = match &state.snapshot {
-            Some(snapshot) => RootSource::Snapshot {
-                id: snapshot.snapshot_id.clone(),
-                path: snapshot::locate(snapshot, &config.snapshot_dir)?,
-            },
-            None => {
-                let config = config.clone();
-                tokio::task::spawn_blocking(move || resumed_root(&config, meta.root.as_deref()))
-                    .await
-                    .map_err(|e| join_error(OP, e))??
-            }
-        };
-        // Read-only paths: the destination's entries, plus what the state adds
-        // (more restrictions, never fewer).
-        let mut read_only = manifest::read_only_entries(&destination.default_manifest.entries);
-        read_only.extend(meta.read_only.into_iter().map(|ro| ReadOnlyPath {
-            rel: ro.path,
-            reason: ro.reason,
-        }));
-        self.open(SessionSetup {
-            session_id: new_session_id(),
-            destination_id: state.destination_id,
-            config,
-            root,
-            mounts,
-            entries: Vec::new(),
-            read_only,
-            user_switcher: self.user_switcher.clone(),
-        })
-        .await
+        Ok(self.resume_local(state).await?)
     }
 
     /// Removes, under the directories of its [`SweepConfig`], owned workspaces

@@ -239,6 +239,24 @@ impl LocalSession {
         &self.session_id
     }
 
+    /// `write_file(request)` whose contents are the regular file `source` of
+    /// this host (`request.contents` is ignored): every check of
+    /// `write_file` applies, then the file is moved into place when it is
+    /// on the target's filesystem (no copy) or copied otherwise. `source` is
+    /// a path the caller vouches for (the runner agent's private staging
+    /// directory), not resolved in the workspace; the call consumes it.
+    ///
+    /// Errors: `write_file`'s; `InvalidRequest` when `source` is not a
+    /// regular file.
+    pub async fn install_file(
+        &self,
+        request: RunnerFileWriteRequest,
+        source: PathBuf,
+    ) -> RunnerResult<()> {
+        self.blocking("write_file", move |ws| ws.install_file(&request, &source))
+            .await
+    }
+
     /// Runs blocking file work on the blocking pool.
     async fn blocking<T, F>(&self, operation: &'static str, work: F) -> RunnerResult<T>
     where
