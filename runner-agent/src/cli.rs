@@ -103,6 +103,15 @@ pub struct ServeArgs {
     /// (an ssh exec) starts the agent with.
     #[arg(long, conflicts_with_all = ["stdio", "exit_on_stdin_eof"])]
     pub detach: bool,
+    /// Stage bulk file transfers in this directory (made 0700, emptied at
+    /// start): a provider with its own copy API (docker's archive API) moves
+    /// large files through it, the agent checking and writing them. Only an
+    /// agent running as root stages (the copy API writes as root, and
+    /// another user's staging root would be open to the session's own
+    /// commands); as any other user the flag is ignored and every byte
+    /// takes the stream.
+    #[arg(long)]
+    pub stage_dir: Option<PathBuf>,
     /// Append the daemon's log (stderr) to this file, created 0600; with
     /// `--detach` stderr is discarded otherwise.
     #[arg(long)]
@@ -280,5 +289,22 @@ async fn start(
             return Err(e);
         }
     };
-    Ok((AgentServer::new(session, version), listener))
+    let stage_dir = args
+        .stage_dir
+        .as_ref()
+        .filter(|_| nix::unistd::geteuid().is_root());
+    let server = match stage_dir {
+        Some(root) => match AgentServer::with_stage(session.clone(), version, root) {
+            Ok(server) => server,
+            Err(e) => {
+                let _ = runner_api::RemoteRunnerSession::close(session.as_ref()).await;
+                if let Some(socket) = &args.socket {
+                    let _ = std::fs::remove_file(socket);
+                }
+                return Err(e);
+            }
+        },
+        None => AgentServer::new(session, version),
+    };
+    Ok((server, listener))
 }

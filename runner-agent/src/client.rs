@@ -721,6 +721,26 @@ macro_rules! expect {
     };
 }
 
+/// What [`AgentSession::stage_download`] answers.
+#[derive(Debug)]
+pub enum Download {
+    /// The read was small: its bytes.
+    Inline(RunnerFileReadResult),
+    /// The bytes wait in a staged file.
+    Staged(Staged),
+}
+
+/// A staged transfer of the agent (see [`AgentSession::stage_upload`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// The staged directory's id.
+    pub stage: String,
+    /// The staged file's path inside the sandbox.
+    pub path: PathBuf,
+    /// Its size in bytes (0 for an upload not yet put).
+    pub size: u64,
+}
+
 /// A [`RemoteRunnerSession`] served by an agent: every method is one request
 /// over the [`AgentClient`]'s connection. State, capabilities and workspace
 /// root come from the handshake (state kept current by `pause`/`resume`).
@@ -738,6 +758,90 @@ impl AgentSession {
     /// The client the session runs over.
     pub fn client(&self) -> &AgentClient {
         &self.client
+    }
+
+    /// Whether the agent stages bulk transfers (`serve --stage-dir`): the
+    /// `stage_*` methods work.
+    pub fn stages(&self) -> bool {
+        self.client.hello().session.stages
+    }
+
+    /// A bulk upload's first step: a fresh staged directory; the caller puts
+    /// the file's bytes at [`Staged::path`] through the sandbox's own copy
+    /// API, then calls [`commit_upload`](Self::commit_upload).
+    ///
+    /// Errors: `Unsupported` when the agent stages nothing, the I/O error
+    /// making the directory.
+    pub async fn stage_upload(&self) -> RunnerResult<Staged> {
+        self.staged(Request::StageUpload).await
+    }
+
+    /// A bulk upload's second step: `write_file(request)` with the staged
+    /// file's bytes as the contents (`request.contents` is ignored), checked
+    /// and written by the agent as the session's user; the staged directory
+    /// is removed whatever the outcome.
+    ///
+    /// Errors: `write_file`'s, `NotFound` for an unknown stage or a missing
+    /// staged file.
+    pub async fn commit_upload(
+        &self,
+        mut request: RunnerFileWriteRequest,
+        stage: &str,
+    ) -> RunnerResult<()> {
+        request.contents = Vec::new();
+        self.unit(Request::CommitUpload {
+            request,
+            stage: stage.to_string(),
+        })
+        .await
+    }
+
+    /// A bulk download: the agent reads `request` (every check and bound of
+    /// `read_file`) into a staged file the caller fetches through the
+    /// sandbox's copy API and then drops with [`drop_stage`](Self::drop_stage);
+    /// a read of fewer than `min_bytes` comes back inline instead.
+    ///
+    /// Errors: `read_file`'s, `Unsupported` when the agent stages nothing.
+    pub async fn stage_download(
+        &self,
+        request: RunnerFileReadRequest,
+        min_bytes: u64,
+    ) -> RunnerResult<Download> {
+        let what = request.path.display().to_string();
+        let wire = Request::StageDownload { request, min_bytes };
+        let operation = wire.operation();
+        let (reply, mut exchange) = self.client.call_stream(wire).await?;
+        match reply {
+            Reply::Staged { stage, path, size } => {
+                exchange.mailbox.finish();
+                Ok(Download::Staged(Staged { stage, path, size }))
+            }
+            reply => {
+                let (path, size) =
+                    expect!(reply, operation, Reply::File { path, size } => (path, size))?;
+                let contents =
+                    collect_stream(operation, &what, exchange.into_bytes(), u64::MAX).await?;
+                Ok(Download::Inline(RunnerFileReadResult {
+                    path,
+                    contents,
+                    size,
+                }))
+            }
+        }
+    }
+
+    /// Removes a staged directory (an unknown one too).
+    pub async fn drop_stage(&self, stage: &str) -> RunnerResult<()> {
+        self.unit(Request::DropStage {
+            stage: stage.to_string(),
+        })
+        .await
+    }
+
+    async fn staged(&self, request: Request) -> RunnerResult<Staged> {
+        let operation = request.operation();
+        expect!(self.client.call(request).await?, operation,
+            Reply::Staged { stage, path, size } => Staged { stage, path, size })
     }
 
     async fn unit(&self, request: Request) -> RunnerResult<()> {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runner_api::{
-    RemoteRunnerProvider, RemoteRunnerSession, RunnerDestination, RunnerError, RunnerErrorKind,
-    RunnerManifest, RunnerResult, RunnerSessionState,
+    RemoteRunnerProvider, RunnerDestination, RunnerError, RunnerErrorKind, RunnerManifest,
+    RunnerResult, RunnerSessionState,
 };
-use runner_local::LocalProvider;
+use runner_local::{LocalProvider, LocalSession};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
@@ -63,7 +63,7 @@ pub struct SessionSpec {
 ///
 /// Errors: the provider's (`InvalidRequest` for a bad config key, `NotFound`
 /// for a missing snapshot, …).
-pub async fn open_session(spec: SessionSpec) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+pub async fn open_session(spec: SessionSpec) -> RunnerResult<Arc<LocalSession>> {
     let provider = match std::env::current_exe() {
         Ok(exe) => LocalProvider::default().with_user_switcher(exe),
         Err(e) => {
@@ -81,9 +81,9 @@ pub async fn open_session(spec: SessionSpec) -> RunnerResult<Arc<dyn RemoteRunne
     match spec.resume {
         Some(state) => {
             provider.trust_destination(&destination);
-            provider.resume_session(state).await
+            provider.resume_local(state).await
         }
-        None => provider.create_session(destination).await,
+        None => provider.create_local(destination).await,
     }
 }
 

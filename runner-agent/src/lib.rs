@@ -46,12 +46,15 @@ mod init;
 pub mod protocol;
 mod run_as;
 mod server;
+mod stage;
 mod transport;
 mod tunnel;
 
 pub use client::{
-    AgentClient, AgentConnection, AgentConnector, AgentIo, AgentSession, ConnectFuture,
+    AgentClient, AgentConnection, AgentConnector, AgentIo, AgentSession, ConnectFuture, Download,
+    Staged,
 };
 pub use protocol::{AgentVersion, PROTOCOL_VERSION};
 pub use server::AgentServer;
+pub use stage::STAGED_FILE;
 pub use transport::{ChildStream, command_connector};

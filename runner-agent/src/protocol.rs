@@ -25,7 +25,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 /// The protocol version both sides must speak; the handshake refuses any other.
 /// Version 2 added [`Request::OpenTunnel`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// This crate's version, sent as the client or agent version in the handshake.
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -53,7 +53,7 @@ pub const MAX_PENDING_BYTES: usize = MAX_MESSAGE_BYTES;
 pub const DATA_CHUNK_BYTES: usize = 256 * 1024;
 
 /// The credit each stream direction starts with, in payload bytes: 1 MiB.
-pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+pub const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 
 /// A receiver returns credit once it has consumed this many bytes: 256 KiB.
 pub const CREDIT_RETURN_BYTES: u32 = STREAM_WINDOW_BYTES / 4;
@@ -469,6 +469,8 @@ pub struct SessionInfo {
     pub state: RunnerSessionState,
     /// Its workspace root inside the sandbox.
     pub workspace_root: PathBuf,
+    /// Whether the agent stages bulk transfers ([`Request::StageUpload`]).
+    pub stages: bool,
 }
 
 /// The agent's handshake reply.
@@ -622,6 +624,36 @@ pub enum Request {
         /// The caller used the whole-buffer method.
         whole: bool,
     },
+    /// A bulk upload's first step → [`Reply::Staged`] (`size` 0): a new
+    /// directory of the agent's staging root where the provider puts the
+    /// file [`STAGED_FILE`](crate::stage::STAGED_FILE) through the sandbox's
+    /// own copy API. `Unsupported` when the agent stages nothing.
+    StageUpload,
+    /// A bulk upload's second step → [`Reply::Unit`]: `write_file` of the
+    /// staged file's bytes (every check of `write_file`, as the session's
+    /// user); the staged directory is removed whatever the outcome.
+    CommitUpload {
+        /// The write, `contents` empty.
+        request: RunnerFileWriteRequest,
+        /// The staged directory's id.
+        stage: String,
+    },
+    /// A bulk download → [`Reply::Staged`]: the bytes `read_file` gives for
+    /// `request` (its checks and bounds), written to a staged file the
+    /// provider fetches through the sandbox's copy API, then drops with
+    /// [`Request::DropStage`]. A read of fewer than `min_bytes` is answered
+    /// as `read_file` is: [`Reply::File`], *stream*.
+    StageDownload {
+        /// The read.
+        request: RunnerFileReadRequest,
+        /// Reads smaller than this come back inline.
+        min_bytes: u64,
+    },
+    /// Removes a staged directory → [`Reply::Unit`] (an unknown id too).
+    DropStage {
+        /// The staged directory's id.
+        stage: String,
+    },
     /// `list_dir` → [`Reply::Stats`].
     ListDir {
         /// The directory.
@@ -739,6 +771,9 @@ impl Request {
             Self::ReadFile { .. } => "read_file_stream",
             Self::WriteFile { whole: true, .. } => "write_file",
             Self::WriteFile { .. } => "write_file_stream",
+            Self::StageUpload | Self::CommitUpload { .. } => "write_file",
+            Self::StageDownload { .. } => "read_file",
+            Self::DropStage { .. } => "drop_stage",
             Self::ListDir { .. } => "list_dir",
             Self::Stat { .. } => "stat",
             Self::Remove { .. } => "remove",
@@ -803,6 +838,16 @@ pub enum Reply {
         /// The path as requested.
         path: PathBuf,
         /// The file's whole size.
+        size: u64,
+    },
+    /// A staged transfer: its directory's id, the staged file's path inside
+    /// the sandbox, and its size.
+    Staged {
+        /// The directory's id.
+        stage: String,
+        /// The staged file (for an upload: where to put it).
+        path: PathBuf,
+        /// Its bytes (0 for an upload's directory).
         size: u64,
     },
     /// An exposed port.
@@ -1090,6 +1135,6 @@ mod tests {
         assert_eq!(head.agent.protocol, 9);
         assert_eq!(head.agent.agent_version, "9.0.0");
         let message = mismatch_message(9, "9.0.0", &Hello::current());
-        assert!(message.contains("protocol 9") && message.contains("protocol 2"));
+        assert!(message.contains("protocol 9") && message.contains(&format!("protocol {PROTOCOL_VERSION}")));
     }
 }

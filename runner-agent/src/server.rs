@@ -23,7 +23,9 @@ use crate::protocol::{
     ProtocolError, ReadError, Reply, Request, SessionInfo, decode, decode_credit, encode,
     encode_output, mismatch_message,
 };
+use crate::stage::{STAGED_FILE, Stage, no_stage};
 use crate::tunnel::{self, Side};
+use runner_local::LocalSession;
 
 /// How long a new connection may take to send its hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,6 +44,9 @@ pub struct AgentServer {
 
 struct Shared {
     session: Arc<dyn RemoteRunnerSession>,
+    /// Where bulk transfers are staged (`serve --stage-dir`), if anywhere,
+    /// and the session (unix-local's own type) that installs them.
+    stage: Option<(Stage, Arc<LocalSession>)>,
     version: AgentVersion,
     /// Cancelled once the session was closed: connections end, the daemon exits.
     closed: CancellationToken,
@@ -63,9 +68,33 @@ impl AgentServer {
             shared: Arc::new(Shared {
                 session,
                 version,
+                stage: None,
                 closed: CancellationToken::new(),
             }),
         }
+    }
+
+    /// A server of unix-local's `session` that stages bulk transfers in
+    /// `root` (made 0700 and emptied; see [`Request::StageUpload`]): a
+    /// staged upload is moved into the workspace by
+    /// [`LocalSession::install_file`], not copied.
+    ///
+    /// Errors: `PermissionDenied` for a root others may enter, the I/O
+    /// error making it otherwise.
+    pub fn with_stage(
+        session: Arc<LocalSession>,
+        version: AgentVersion,
+        root: &std::path::Path,
+    ) -> RunnerResult<Self> {
+        let stage = Stage::open(root)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                session: session.clone(),
+                version,
+                stage: Some((stage, session)),
+                closed: CancellationToken::new(),
+            }),
+        })
     }
 
     /// The session served.
@@ -207,6 +236,7 @@ impl Connection {
                 capabilities: session.capabilities(),
                 state: session.state(),
                 workspace_root: session.workspace_root(),
+                stages: self.shared.stage.is_some(),
             },
         };
         let payload = encode("agent handshake", &reply)?;
@@ -363,7 +393,7 @@ async fn answer(
             &session.state().session_id,
         ))
     } else {
-        respond(session.as_ref(), request, body).await
+        respond(session.as_ref(), shared.stage.as_ref(), request, body).await
     };
     let sent = match result {
         Ok(response) => send_response(&outbound, id, &credit, operation, response).await,
@@ -407,6 +437,7 @@ async fn body_bytes(operation: &'static str, body: Option<Mailbox>) -> RunnerRes
 
 async fn respond(
     session: &dyn RemoteRunnerSession,
+    stage: Option<&(Stage, Arc<LocalSession>)>,
     request: Request,
     body: Option<Mailbox>,
 ) -> RunnerResult<Response> {
@@ -492,6 +523,53 @@ async fn respond(
             session
                 .write_file_stream(request, body_stream(op, body))
                 .await?;
+            Reply::Unit
+        }
+        Request::StageUpload => {
+            let (stage, _) = stage.ok_or_else(|| no_stage(op))?;
+            let (stage_id, dir) = stage.create(op)?;
+            Reply::Staged {
+                stage: stage_id,
+                path: dir.join(STAGED_FILE),
+                size: 0,
+            }
+        }
+        Request::CommitUpload {
+            request,
+            stage: stage_id,
+        } => {
+            let (stage, local) = stage.ok_or_else(|| no_stage(op))?;
+            let written = match stage.file(op, &stage_id) {
+                Ok(file) => local.install_file(request, file).await,
+                Err(e) => Err(e),
+            };
+            stage.remove(&stage_id);
+            written?;
+            Reply::Unit
+        }
+        Request::StageDownload { request, min_bytes } => {
+            let (stage, _) = stage.ok_or_else(|| no_stage(op))?;
+            let file = session.read_file_stream(request.clone()).await?;
+            // The bounds of a whole-buffer read, checked before a byte moves.
+            let window = runner_api::read_window(op, &request, file.size)?;
+            if window.len < min_bytes {
+                let head = Reply::File {
+                    path: file.path,
+                    size: file.size,
+                };
+                return Ok(Response::Bytes(head, file.bytes));
+            }
+            let (stage_id, path, size) = stage.fill(op, file.bytes).await?;
+            Reply::Staged {
+                stage: stage_id,
+                path,
+                size,
+            }
+        }
+        Request::DropStage { stage: stage_id } => {
+            if let Some((stage, _)) = stage {
+                stage.remove(&stage_id);
+            }
             Reply::Unit
         }
         Request::ListDir { path } => Reply::Stats(session.list_dir(&path).await?),

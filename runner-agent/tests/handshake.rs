@@ -123,6 +123,7 @@ async fn the_client_refuses_an_agent_of_another_protocol_version_naming_both() {
                     metadata: serde_json::Value::Null,
                 },
                 workspace_root: "/w".into(),
+                stages: false,
             },
         };
         let payload = encode("hello", &reply).unwrap();

@@ -454,6 +454,9 @@ pub(crate) fn entrypoint(spec: &ServeSpec<'_>) -> Vec<String> {
         spec.destination_id.to_string(),
         "--manifest".to_string(),
         serde_json::to_string(spec.manifest).unwrap_or_default(),
+        // Large files take the archive API (crate::bulk) when the agent is root.
+        "--stage-dir".to_string(),
+        format!("{RUN_DIR}/{}/stage", spec.session_id),
     ]);
     args
 }

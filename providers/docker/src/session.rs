@@ -26,6 +26,7 @@ use runner_api::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::bulk;
 use crate::config::DockerConfig;
 use crate::delivery::{self, Owner, ServeSpec};
 use crate::error::Daemon;
@@ -569,8 +570,6 @@ layered! {
         fn command_output(&self, command_id: &RunnerCommandId, after_seq: u64) -> RunnerCommandOutput;
         fn write_stdin(&self, command_id: &RunnerCommandId, bytes: Vec<u8>, close: bool) -> ();
         fn signal_command(&self, command_id: &RunnerCommandId, signal: RunnerSignal) -> ();
-        fn read_file(&self, request: RunnerFileReadRequest) -> RunnerFileReadResult;
-        fn write_file(&self, request: RunnerFileWriteRequest) -> ();
         fn write_file_stream(&self, request: RunnerFileWriteRequest, body: RunnerByteStream) -> ();
         fn list_dir(&self, path: &Path) -> Vec<RunnerFileStat>;
         fn stat(&self, path: &Path) -> RunnerFileStat;
@@ -696,6 +695,34 @@ layered! {
             let hold = self.freezer.hold("stream_command").await?;
             let events = self.inner.stream_command(command_id, after_seq).await?;
             Ok(Box::pin(holding(events, hold)))
+        }
+
+        /// Large reads take the archive API ([`crate::bulk`]).
+        async fn read_file(&self, request: RunnerFileReadRequest) -> RunnerResult<RunnerFileReadResult> {
+            let _hold = self.freezer.hold("read_file").await?;
+            let read = if self.agent.stages() {
+                bulk::read(&self.daemon, &self.meta.container_id, &self.agent, request).await
+            } else {
+                self.inner.read_file(request).await
+            };
+            match read {
+                Err(e) => Err(self.explain(e).await),
+                done => done,
+            }
+        }
+
+        /// Large writes take the archive API ([`crate::bulk`]).
+        async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
+            let _hold = self.freezer.hold("write_file").await?;
+            let written = if self.agent.stages() && request.contents.len() >= bulk::BULK_BYTES {
+                bulk::write(&self.daemon, &self.meta.container_id, &self.agent, request).await
+            } else {
+                self.inner.write_file(request).await
+            };
+            match written {
+                Err(e) => Err(self.explain(e).await),
+                done => done,
+            }
         }
 
         async fn read_file_stream(

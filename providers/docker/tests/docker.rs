@@ -677,6 +677,108 @@ async fn uploads_belong_to_the_session_user() -> TestResult {
     outcome
 }
 
+/// Bytes that differ at every position of a 16 MiB file.
+fn bulk_bytes(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 11)) as u8)
+        .collect()
+}
+
+/// Files of 8 MiB and more take the archive API, staged by the agent: they
+/// round-trip byte for byte, whole and as a window; the requested mode holds
+/// and a replaced file keeps its own; a write through a symlink out of the
+/// workspace is refused with nothing written outside; a read over the
+/// maximum is refused before a byte moves; nothing stays staged.
+async fn large_files_take_the_staged_archive_path() -> TestResult {
+    let provider = DockerProvider::new();
+    let (session, _) = session_and_container(
+        &provider,
+        serde_json::json!({ "image": image(), "network": "none" }),
+    )
+    .await?;
+    let outcome = async {
+        let bytes = bulk_bytes(16 * 1024 * 1024 + 3);
+        let mut request = RunnerFileWriteRequest::new("big/one.bin", bytes.clone());
+        request.mode = Some(0o640);
+        session.write_file(request).await.map_err(fail("write_file 16 MiB"))?;
+        let read = session
+            .read_file(RunnerFileReadRequest::new("big/one.bin"))
+            .await
+            .map_err(fail("read_file 16 MiB"))?;
+        if read.contents != bytes || read.size != bytes.len() as u64 {
+            return Err(format!(
+                "16 MiB round trip: {} bytes back (size {}), equal: {}",
+                read.contents.len(),
+                read.size,
+                read.contents == bytes
+            ));
+        }
+        let mode = sh(session.as_ref(), "stat -c '%u:%g %a' big/one.bin").await?;
+        if mode.trim() != "0:0 640" {
+            return Err(format!("the staged write's owner and mode: {mode:?}"));
+        }
+        let mut window = RunnerFileReadRequest::new("big/one.bin");
+        window.offset = Some(1024 * 1024);
+        window.limit = Some(9 * 1024 * 1024);
+        let part = session.read_file(window).await.map_err(fail("read_file window"))?;
+        if part.contents != bytes[1024 * 1024..10 * 1024 * 1024] || part.size != bytes.len() as u64 {
+            return Err(format!(
+                "a 9 MiB window: {} bytes, size {}",
+                part.contents.len(),
+                part.size
+            ));
+        }
+        sh(session.as_ref(), "printf x > big/kept && chmod 600 big/kept").await?;
+        session
+            .write_file(RunnerFileWriteRequest::new("big/kept", bytes.clone()))
+            .await
+            .map_err(fail("replacing a 0600 file"))?;
+        let kept = sh(session.as_ref(), "stat -c '%a %s' big/kept").await?;
+        if kept.trim() != format!("600 {}", bytes.len()) {
+            return Err(format!("a replaced 0600 file: {kept:?}"));
+        }
+        sh(session.as_ref(), "ln -s /etc out").await?;
+        match session
+            .write_file(RunnerFileWriteRequest::new("out/bulk", bytes.clone()))
+            .await
+        {
+            Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {}
+            other => {
+                return Err(format!(
+                    "a 16 MiB write through a symlink to /etc: expected PermissionDenied, got {other:?}"
+                ));
+            }
+        }
+        let outside = sh(session.as_ref(), "ls /etc/bulk 2>/dev/null || echo absent").await?;
+        if outside.trim() != "absent" {
+            return Err(format!("the refused write left /etc/bulk: {outside:?}"));
+        }
+        sh(session.as_ref(), "dd if=/dev/zero of=sparse bs=1 count=0 seek=300M 2>/dev/null").await?;
+        match session.read_file(RunnerFileReadRequest::new("sparse")).await {
+            Err(e) if e.kind() == RunnerErrorKind::InvalidRequest => {}
+            other => {
+                return Err(format!(
+                    "a 300 MiB read without limit: expected InvalidRequest, got {:?}",
+                    other.map(|r| r.contents.len())
+                ));
+            }
+        }
+        let session_id = session.state().session_id;
+        let left = sh(
+            session.as_ref(),
+            &format!("ls -A /.runner/run/{session_id}/stage"),
+        )
+        .await?;
+        if !left.trim().is_empty() {
+            return Err(format!("staged transfers left behind: {left:?}"));
+        }
+        Ok(())
+    }
+    .await;
+    session.close().await.map_err(fail("close"))?;
+    outcome
+}
+
 /// How many processes in `session`'s container run `sleep <seconds>`.
 async fn sleepers(session: &dyn RemoteRunnerSession, seconds: u64) -> Result<usize, String> {
     let out = sh(
@@ -2181,5 +2283,9 @@ fn main() -> ExitCode {
             agent_failure_removes_the_container,
         ),
         async_trial("fork_keeps_entries", fork_keeps_entries),
+        async_trial(
+            "large_files_take_the_staged_archive_path",
+            large_files_take_the_staged_archive_path,
+        ),
     ])
 }

@@ -55,6 +55,8 @@ pub struct Launcher {
     dir: tempfile::TempDir,
     next: AtomicU64,
     lifelines: Mutex<Vec<ChildStdin>>,
+    /// Whether each agent gets `--stage-dir` (beside its socket).
+    staging: bool,
 }
 
 impl Launcher {
@@ -64,7 +66,22 @@ impl Launcher {
             dir: tempfile::tempdir().expect("a temporary directory for agent sockets"),
             next: AtomicU64::new(1),
             lifelines: Mutex::default(),
+            staging: false,
         }
+    }
+
+    /// A launcher whose agents stage bulk transfers in `stage/` beside
+    /// their sockets.
+    pub fn staging() -> Self {
+        Self {
+            staging: true,
+            ..Self::new()
+        }
+    }
+
+    /// The staging root of the agent whose socket is `socket`.
+    pub fn stage_dir(socket: &Path) -> PathBuf {
+        socket.with_file_name("stage")
     }
 
     /// Starts `runner-agent serve` for `destination` (resuming `resume` when
@@ -96,6 +113,9 @@ impl Launcher {
             .arg("--exit-on-stdin-eof")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
+        if self.staging {
+            command.arg("--stage-dir").arg(Self::stage_dir(&socket));
+        }
         if let Some(state) = resume {
             command
                 .arg("--resume")
