@@ -201,6 +201,28 @@ where
     Ok(samples)
 }
 
+/// Like [`time_ms`], with an untimed `prepare` before each run whose value
+/// `op` takes (the request a caller already holds, such as a write's bytes).
+pub(crate) async fn time_ms_prepared<T, P, F, Fut>(
+    n: usize,
+    mut prepare: P,
+    mut op: F,
+) -> anyhow::Result<Samples>
+where
+    P: FnMut() -> T,
+    F: FnMut(T) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut samples = Samples::default();
+    for _ in 0..n {
+        let input = prepare();
+        let start = Instant::now();
+        op(input).await?;
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(samples)
+}
+
 /// Converts durations in milliseconds of transfers of `bytes` into MiB/s.
 pub(crate) fn throughput_mib_s(durations_ms: &Samples, bytes: u64) -> Samples {
     let mib = bytes as f64 / (1024.0 * 1024.0);
