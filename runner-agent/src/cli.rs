@@ -293,18 +293,16 @@ async fn start(
         .stage_dir
         .as_ref()
         .filter(|_| nix::unistd::geteuid().is_root());
-    let server = match stage_dir {
-        Some(root) => match AgentServer::with_stage(session.clone(), version, root) {
-            Ok(server) => server,
-            Err(e) => {
-                let _ = runner_api::RemoteRunnerSession::close(session.as_ref()).await;
-                if let Some(socket) = &args.socket {
-                    let _ = std::fs::remove_file(socket);
-                }
-                return Err(e);
+    let server = match AgentServer::local(session.clone(), version, stage_dir.map(PathBuf::as_path))
+    {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = runner_api::RemoteRunnerSession::close(session.as_ref()).await;
+            if let Some(socket) = &args.socket {
+                let _ = std::fs::remove_file(socket);
             }
-        },
-        None => AgentServer::new(session, version),
+            return Err(e);
+        }
     };
     Ok((server, listener))
 }

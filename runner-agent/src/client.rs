@@ -15,9 +15,10 @@ use runner_api::{
     RunnerCapabilities, RunnerCommandId, RunnerCommandOutput, RunnerCommandRequest,
     RunnerCommandResult, RunnerError, RunnerErrorKind, RunnerEventStream, RunnerExecutionLease,
     RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileStream,
-    RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerOutputStream,
-    RunnerPortRequest, RunnerPortResult, RunnerProcessEvent, RunnerProcessInfo, RunnerResult,
-    RunnerSessionState, RunnerSignal, RunnerSnapshotRef, bytes_stream, collect_stream, prepend,
+    RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerManifestEntry,
+    RunnerOutputStream, RunnerPortRequest, RunnerPortResult, RunnerProcessEvent, RunnerProcessInfo,
+    RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef, bytes_stream,
+    collect_stream, prepend,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -836,6 +837,17 @@ impl AgentSession {
             stage: stage.to_string(),
         })
         .await
+    }
+
+    /// Makes the `writable: false` entries among `entries`, already placed
+    /// in the workspace through the file API, read-only in the agent, as
+    /// entries the agent copied itself are: refused by every later write of
+    /// the file API, checked where the agent resolves the path.
+    ///
+    /// Errors: `NotFound` for a target that is not there, `Unsupported` when
+    /// the agent does not serve unix-local.
+    pub async fn protect_entries(&self, entries: Vec<RunnerManifestEntry>) -> RunnerResult<()> {
+        self.unit(Request::ProtectEntries { entries }).await
     }
 
     async fn staged(&self, request: Request) -> RunnerResult<Staged> {

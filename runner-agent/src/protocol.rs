@@ -654,6 +654,17 @@ pub enum Request {
         /// The staged directory's id.
         stage: String,
     },
+    /// Makes the `writable: false` manifest entries among `entries`,
+    /// already placed in the workspace through the file API, read-only as
+    /// unix-local's own entries are ([`LocalSession::protect_entries`]) →
+    /// [`Reply::Unit`]. `Unsupported` when the agent's session is not
+    /// unix-local's.
+    ///
+    /// [`LocalSession::protect_entries`]: runner_local::LocalSession::protect_entries
+    ProtectEntries {
+        /// The manifest's entries (sources are not read).
+        entries: Vec<runner_api::RunnerManifestEntry>,
+    },
     /// `list_dir` → [`Reply::Stats`].
     ListDir {
         /// The directory.
@@ -774,6 +785,7 @@ impl Request {
             Self::StageUpload | Self::CommitUpload { .. } => "write_file",
             Self::StageDownload { .. } => "read_file",
             Self::DropStage { .. } => "drop_stage",
+            Self::ProtectEntries { .. } => "protect_entries",
             Self::ListDir { .. } => "list_dir",
             Self::Stat { .. } => "stat",
             Self::Remove { .. } => "remove",
@@ -1135,6 +1147,9 @@ mod tests {
         assert_eq!(head.agent.protocol, 9);
         assert_eq!(head.agent.agent_version, "9.0.0");
         let message = mismatch_message(9, "9.0.0", &Hello::current());
-        assert!(message.contains("protocol 9") && message.contains(&format!("protocol {PROTOCOL_VERSION}")));
+        assert!(
+            message.contains("protocol 9")
+                && message.contains(&format!("protocol {PROTOCOL_VERSION}"))
+        );
     }
 }

@@ -44,9 +44,10 @@ pub struct AgentServer {
 
 struct Shared {
     session: Arc<dyn RemoteRunnerSession>,
-    /// Where bulk transfers are staged (`serve --stage-dir`), if anywhere,
-    /// and the session (unix-local's own type) that installs them.
-    stage: Option<(Stage, Arc<LocalSession>)>,
+    /// The session as unix-local's own type, when it is one.
+    local: Option<Arc<LocalSession>>,
+    /// Where bulk transfers are staged (`serve --stage-dir`), if anywhere.
+    stage: Option<Stage>,
     version: AgentVersion,
     /// Cancelled once the session was closed: connections end, the daemon exits.
     closed: CancellationToken,
@@ -68,30 +69,33 @@ impl AgentServer {
             shared: Arc::new(Shared {
                 session,
                 version,
+                local: None,
                 stage: None,
                 closed: CancellationToken::new(),
             }),
         }
     }
 
-    /// A server of unix-local's `session` that stages bulk transfers in
-    /// `root` (made 0700 and emptied; see [`Request::StageUpload`]): a
-    /// staged upload is moved into the workspace by
-    /// [`LocalSession::install_file`], not copied.
+    /// A server of unix-local's own `session`, which also answers what only
+    /// unix-local does ([`Request::ProtectEntries`]) and, with `stage_root`,
+    /// stages bulk transfers there (made 0700 and emptied; see
+    /// [`Request::StageUpload`]): a staged upload is moved into the
+    /// workspace by [`LocalSession::install_file`], not copied.
     ///
-    /// Errors: `PermissionDenied` for a root others may enter, the I/O
-    /// error making it otherwise.
-    pub fn with_stage(
+    /// Errors: `PermissionDenied` for a staging root others may enter, the
+    /// I/O error making it otherwise.
+    pub fn local(
         session: Arc<LocalSession>,
         version: AgentVersion,
-        root: &std::path::Path,
+        stage_root: Option<&std::path::Path>,
     ) -> RunnerResult<Self> {
-        let stage = Stage::open(root)?;
+        let stage = stage_root.map(Stage::open).transpose()?;
         Ok(Self {
             shared: Arc::new(Shared {
                 session: session.clone(),
                 version,
-                stage: Some((stage, session)),
+                local: Some(session),
+                stage,
                 closed: CancellationToken::new(),
             }),
         })
@@ -236,7 +240,7 @@ impl Connection {
                 capabilities: session.capabilities(),
                 state: session.state(),
                 workspace_root: session.workspace_root(),
-                stages: self.shared.stage.is_some(),
+                stages: self.shared.stage.is_some() && self.shared.local.is_some(),
             },
         };
         let payload = encode("agent handshake", &reply)?;
@@ -393,7 +397,7 @@ async fn answer(
             &session.state().session_id,
         ))
     } else {
-        respond(session.as_ref(), shared.stage.as_ref(), request, body).await
+        respond(&shared, request, body).await
     };
     let sent = match result {
         Ok(response) => send_response(&outbound, id, &credit, operation, response).await,
@@ -436,12 +440,24 @@ async fn body_bytes(operation: &'static str, body: Option<Mailbox>) -> RunnerRes
 }
 
 async fn respond(
-    session: &dyn RemoteRunnerSession,
-    stage: Option<&(Stage, Arc<LocalSession>)>,
+    shared: &Shared,
     request: Request,
     body: Option<Mailbox>,
 ) -> RunnerResult<Response> {
     let op = request.operation();
+    let session = shared.session.as_ref();
+    let local = || {
+        shared.local.as_ref().ok_or_else(|| {
+            RunnerError::new(
+                RunnerErrorKind::Unsupported,
+                format!("{op}: this agent's session is not unix-local's"),
+            )
+        })
+    };
+    let stage = || match (&shared.stage, &shared.local) {
+        (Some(stage), Some(local)) => Ok((stage, local)),
+        _ => Err(no_stage(op)),
+    };
     let reply = match request {
         Request::Pause => Reply::State(session.pause().await?),
         Request::Resume => Reply::State(session.resume().await?),
@@ -526,7 +542,7 @@ async fn respond(
             Reply::Unit
         }
         Request::StageUpload => {
-            let (stage, _) = stage.ok_or_else(|| no_stage(op))?;
+            let (stage, _) = stage()?;
             let (stage_id, dir) = stage.create(op)?;
             Reply::Staged {
                 stage: stage_id,
@@ -538,7 +554,7 @@ async fn respond(
             request,
             stage: stage_id,
         } => {
-            let (stage, local) = stage.ok_or_else(|| no_stage(op))?;
+            let (stage, local) = stage()?;
             let written = match stage.file(op, &stage_id) {
                 Ok(file) => local.install_file(request, file).await,
                 Err(e) => Err(e),
@@ -548,7 +564,7 @@ async fn respond(
             Reply::Unit
         }
         Request::StageDownload { request, min_bytes } => {
-            let (stage, _) = stage.ok_or_else(|| no_stage(op))?;
+            let (stage, _) = stage()?;
             let file = session.read_file_stream(request.clone()).await?;
             // The bounds of a whole-buffer read, checked before a byte moves.
             let window = runner_api::read_window(op, &request, file.size)?;
@@ -567,9 +583,13 @@ async fn respond(
             }
         }
         Request::DropStage { stage: stage_id } => {
-            if let Some((stage, _)) = stage {
+            if let Some(stage) = &shared.stage {
                 stage.remove(&stage_id);
             }
+            Reply::Unit
+        }
+        Request::ProtectEntries { entries } => {
+            local()?.protect_entries(entries).await?;
             Reply::Unit
         }
         Request::ListDir { path } => Reply::Stats(session.list_dir(&path).await?),

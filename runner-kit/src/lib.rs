@@ -15,7 +15,6 @@ mod lease;
 pub mod output;
 mod ports;
 pub mod process;
-mod read_only;
 mod stdin;
 
 pub use known::KnownDestinations;
@@ -26,5 +25,4 @@ pub use process::{
     OutputSink, ProcessControl, ProcessTable, ProcessTableConfig, RawExit, SpawnedProcess,
     validate_command_request,
 };
-pub use read_only::ReadOnlyPaths;
 pub use stdin::StdinPipe;

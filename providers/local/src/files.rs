@@ -67,8 +67,9 @@ pub(crate) struct Workspace {
     pub(crate) dir: Dir,
     /// Mounts, longest path first.
     pub(crate) mounts: Vec<Mount>,
-    /// Read-only paths.
-    pub(crate) read_only: Vec<ReadOnlyPath>,
+    /// Read-only paths (more may be added while the session runs, never
+    /// removed: see [`manifest::protect_entries`](crate::manifest::protect_entries)).
+    pub(crate) read_only: std::sync::RwLock<Vec<ReadOnlyPath>>,
     /// How uploads are rewritten before they are unpacked (the size bound).
     pub(crate) upload_policy: UploadPolicy,
 }
@@ -259,7 +260,7 @@ impl Workspace {
             root_alias: normalize_lexically(&std::path::absolute(root_alias)?),
             dir,
             mounts: Vec::new(),
-            read_only: Vec::new(),
+            read_only: std::sync::RwLock::default(),
             upload_policy: UploadPolicy::default(),
         })
     }
@@ -316,8 +317,28 @@ impl Workspace {
         })
     }
 
-    fn read_only_reason(&self, ws_rel: &Path) -> Option<String> {
+    /// The read-only paths, readable whatever a panicking writer left.
+    pub(crate) fn read_only(&self) -> std::sync::RwLockReadGuard<'_, Vec<ReadOnlyPath>> {
         self.read_only
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds `paths` to the read-only paths (each once).
+    pub(crate) fn add_read_only(&self, paths: impl IntoIterator<Item = ReadOnlyPath>) {
+        let mut known = self
+            .read_only
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for path in paths {
+            if !known.iter().any(|ro| ro.rel == path.rel) {
+                known.push(path);
+            }
+        }
+    }
+
+    fn read_only_reason(&self, ws_rel: &Path) -> Option<String> {
+        self.read_only()
             .iter()
             .find(|ro| ws_rel.starts_with(&ro.rel))
             .map(|ro| ro.reason.clone())
@@ -379,7 +400,11 @@ impl Workspace {
                 mount.name
             )));
         }
-        if let Some(ro) = self.read_only.iter().find(|ro| ro.rel.starts_with(ws_rel)) {
+        if let Some(ro) = self
+            .read_only()
+            .iter()
+            .find(|ro| ro.rel.starts_with(ws_rel))
+        {
             return Err(RunnerError::permission_denied(format!(
                 "{operation} {}: contains {}, which is read-only",
                 path.display(),

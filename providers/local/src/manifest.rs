@@ -128,10 +128,10 @@ pub(crate) fn apply_mounts(ws: &mut Workspace, specs: &[MountSpec]) -> RunnerRes
         let Some(host) = spec.checked_host()? else {
             create_dir_all(&ws.dir, &rel).map_err(io)?;
             if spec.read_only {
-                ws.read_only.push(ReadOnlyPath {
+                ws.add_read_only([ReadOnlyPath {
                     rel,
                     reason: what.clone(),
-                });
+                }]);
             }
             continue;
         };
@@ -183,11 +183,7 @@ pub(crate) fn apply_mounts(ws: &mut Workspace, specs: &[MountSpec]) -> RunnerRes
 /// `writable: false` are made read-only on disk and refused by the file API.
 ///
 /// Errors: `NotFound` (a source is missing), I/O errors by kind.
-pub(crate) fn copy_entries(
-    ws: &mut Workspace,
-    entries: &[RunnerManifestEntry],
-) -> RunnerResult<()> {
-    let mut read_only = Vec::new();
+pub(crate) fn copy_entries(ws: &Workspace, entries: &[RunnerManifestEntry]) -> RunnerResult<()> {
     for entry in entries {
         let what = format!("manifest entry {}", entry.source.display());
         validate_relative_path(&what, &entry.target)?;
@@ -201,12 +197,30 @@ pub(crate) fn copy_entries(
             create_dir_all(dir, parent).map_err(io)?;
         }
         copy_host(&entry.source, &meta, dir, &resolved.rel).map_err(io)?;
-        if !entry.writable {
-            make_read_only(dir, &resolved.rel).map_err(io)?;
-            read_only.push(read_only_entry(entry, resolved.ws_rel.clone()));
-        }
     }
-    ws.read_only.extend(read_only);
+    protect_entries(ws, entries)
+}
+
+/// Makes the entries with `writable: false`, already in the workspace,
+/// read-only: on disk (write bits cleared) and in the file API, which from
+/// now on refuses writes at, under and above them, resolved at the point of
+/// use (a symlink made later does not lead around them). Entries placed by
+/// someone else (a provider that copied them through the file API) get the
+/// same protection as copied ones.
+///
+/// Errors: `InvalidRequest` for a target outside the workspace, `NotFound`
+/// for a target that is missing, I/O errors by kind.
+pub(crate) fn protect_entries(ws: &Workspace, entries: &[RunnerManifestEntry]) -> RunnerResult<()> {
+    let mut read_only = Vec::new();
+    for entry in entries.iter().filter(|entry| !entry.writable) {
+        let what = format!("manifest entry {}", entry.target.display());
+        validate_relative_path(&what, &entry.target)?;
+        let resolved = ws.resolve(&what, &entry.target)?;
+        let dir = resolved.dir(ws);
+        make_read_only(dir, &resolved.rel).map_err(|e| ws.io(&what, &entry.target, e))?;
+        read_only.push(read_only_entry(entry, resolved.ws_rel.clone()));
+    }
+    ws.add_read_only(read_only);
     Ok(())
 }
 

@@ -184,12 +184,8 @@ impl LocalSession {
                 snapshot::restore(id, path, &ws.dir)?;
             }
             manifest::apply_mounts(&mut ws, &mounts)?;
-            manifest::copy_entries(&mut ws, &entries)?;
-            for ro in read_only {
-                if !ws.read_only.iter().any(|known| known.rel == ro.rel) {
-                    ws.read_only.push(ro);
-                }
-            }
+            manifest::copy_entries(&ws, &entries)?;
+            ws.add_read_only(read_only);
             Ok::<_, RunnerError>(ws)
         })();
         let workspace = match result {
@@ -239,6 +235,23 @@ impl LocalSession {
         &self.session_id
     }
 
+    /// Makes the manifest entries with `writable: false` of `entries`,
+    /// already in the workspace (placed through the file API by a provider
+    /// whose entry sources are not on this host), read-only as entries this
+    /// session copied itself are: write bits cleared, and every later file
+    /// API write at, under or above them refused, checked where the path is
+    /// resolved. The session's state carries them (a resume or a fork keeps
+    /// them).
+    ///
+    /// Errors: `NotFound` for a target that is not there, `InvalidRequest`
+    /// for one outside the workspace.
+    pub async fn protect_entries(&self, entries: Vec<RunnerManifestEntry>) -> RunnerResult<()> {
+        self.blocking("protect_entries", move |ws| {
+            crate::manifest::protect_entries(ws, &entries)
+        })
+        .await
+    }
+
     /// `write_file(request)` whose contents are the regular file `source` of
     /// this host (`request.contents` is ignored): every check of
     /// `write_file` applies, then the file is moved into place when it is
@@ -275,7 +288,7 @@ impl LocalSession {
             owned: self.is_owned,
             read_only: self
                 .workspace
-                .read_only
+                .read_only()
                 .iter()
                 .map(|ro| ReadOnlyMeta {
                     path: ro.rel.clone(),

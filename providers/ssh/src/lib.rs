@@ -20,7 +20,7 @@ use runner_api::{
     RunnerMountCapabilities, RunnerResult, RunnerSessionState, RunnerSweepReport,
     validate_manifest,
 };
-use runner_kit::{KnownDestinations, ReadOnlyPaths};
+use runner_kit::KnownDestinations;
 
 pub use config::{HostKeyPolicy, SshConfig};
 
@@ -281,25 +281,11 @@ impl SshProvider {
             session_dir,
             socket,
             snapshot_dir,
-            read_only: ReadOnlyPaths::default(),
+            read_only: Vec::new(),
         }));
         session.write_marker(false).await?;
         Ok(session)
     }
-}
-
-/// The read-only paths of the session `source` describes, moved to the same
-/// places under `workspace` (a fork restored from its snapshot). Paths outside
-/// the source's workspace are dropped.
-fn rebase(source: &SessionMeta, workspace: &Path) -> ReadOnlyPaths {
-    let old = runner_api::normalize_lexically(&source.workspace);
-    source
-        .read_only
-        .paths()
-        .iter()
-        .filter_map(|path| path.strip_prefix(&old).ok())
-        .map(|relative| workspace.join(relative))
-        .collect()
 }
 
 /// A tar of a local manifest source (a file, or a directory's contents),
@@ -427,11 +413,9 @@ impl RemoteRunnerProvider for SshProvider {
         self.trust_destination(&destination);
         let session = self.launch(OP, &destination.id, config, None).await?;
         let entries = &destination.default_manifest.entries;
-        let workspace = RemoteRunnerSession::workspace_root(session.as_ref());
-        let read_only = ReadOnlyPaths::from_manifest(&workspace, entries);
         let applied = async {
             apply_manifest(&session, entries).await?;
-            session.protect(read_only).await
+            session.protect(entries.clone()).await
         }
         .await;
         if let Err(e) = applied {
@@ -485,8 +469,17 @@ impl RemoteRunnerProvider for SshProvider {
             )
             .await?;
         if let Some(source) = &source {
-            let workspace = RemoteRunnerSession::workspace_root(session.as_ref());
-            if let Err(e) = session.protect(rebase(source, &workspace)).await {
+            // The snapshot holds the entries; the new agent protects them again.
+            let entries = source
+                .read_only
+                .iter()
+                .map(|target| RunnerManifestEntry {
+                    source: PathBuf::new(),
+                    target: target.clone(),
+                    writable: false,
+                })
+                .collect();
+            if let Err(e) = session.protect(entries).await {
                 let _ = RemoteRunnerSession::close(session.as_ref()).await;
                 return Err(e);
             }

@@ -1,6 +1,7 @@
 //! `SshSession`: the runner agent's session on the host, seen through what
 //! ssh owns (its state, its session directory, detach and close, snapshots
-//! in the destination's `snapshot_dir`, read-only manifest entries).
+//! in the destination's `snapshot_dir`, which manifest entries are
+//! read-only, for a fork to protect them again).
 //! Everything else forwards to the [`AgentSession`].
 
 use std::path::{Path, PathBuf};
@@ -10,11 +11,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use runner_agent::AgentSession;
 use runner_api::{
-    LayeredSession, RemoteRunnerSession, RunnerByteStream, RunnerCapabilities, RunnerError,
-    RunnerFileWriteRequest, RunnerMountCapabilities, RunnerResult, RunnerSessionState,
-    RunnerSnapshotRef,
+    LayeredSession, RemoteRunnerSession, RunnerCapabilities, RunnerError, RunnerManifestEntry,
+    RunnerMountCapabilities, RunnerResult, RunnerSessionState, RunnerSnapshotRef,
 };
-use runner_kit::ReadOnlyPaths;
 use serde::{Deserialize, Serialize};
 
 use crate::config::SshConfig;
@@ -36,10 +35,10 @@ pub(crate) struct SessionMeta {
     /// The agent's socket in the session directory.
     #[serde(default)]
     pub(crate) socket: PathBuf,
-    /// Absolute remote paths the file API refuses to change (read-only
-    /// manifest entries), a JSON array of paths.
+    /// The read-only manifest entries' targets, relative to the workspace
+    /// (the agent refuses writes to them; a fork protects them again).
     #[serde(default)]
-    pub(crate) read_only: ReadOnlyPaths,
+    pub(crate) read_only: Vec<PathBuf>,
 }
 
 impl SessionMeta {
@@ -100,7 +99,7 @@ pub(crate) struct SessionSetup {
     pub(crate) session_dir: PathBuf,
     pub(crate) socket: PathBuf,
     pub(crate) snapshot_dir: PathBuf,
-    pub(crate) read_only: ReadOnlyPaths,
+    pub(crate) read_only: Vec<PathBuf>,
 }
 
 /// A session on an ssh host: the agent's session, with ssh's lifecycle.
@@ -114,7 +113,7 @@ pub(crate) struct SshSession {
     session_dir: PathBuf,
     socket: PathBuf,
     snapshot_dir: PathBuf,
-    read_only: Mutex<ReadOnlyPaths>,
+    read_only: Mutex<Vec<PathBuf>>,
     closed: AtomicBool,
 }
 
@@ -136,27 +135,27 @@ impl SshSession {
         }
     }
 
-    fn read_only_paths(&self) -> std::sync::MutexGuard<'_, ReadOnlyPaths> {
+    fn read_only_targets(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
         self.read_only
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// From now on, refuses file-API writes at, under (and for removal and
-    /// rename, above) `paths`. Each path is kept as given and, when its
-    /// parent resolves to another path on the host (a symlink in the
-    /// workspace path), as resolved too, so resolved paths match.
-    pub(crate) async fn protect(&self, paths: ReadOnlyPaths) -> RunnerResult<()> {
-        let mut guarded = Vec::new();
-        for path in paths {
-            if let (Some(parent), Some(name)) = (path.parent(), path.file_name())
-                && let Ok(parent) = self.inner.canonicalize(parent).await
-            {
-                guarded.push(parent.join(name));
-            }
-            guarded.push(path);
+    /// Makes the read-only entries among `entries` (already in the
+    /// workspace) read-only in the agent, which from then on refuses file
+    /// API writes to them where it resolves each path, and records their
+    /// targets for the state.
+    pub(crate) async fn protect(&self, entries: Vec<RunnerManifestEntry>) -> RunnerResult<()> {
+        let targets: Vec<PathBuf> = entries
+            .iter()
+            .filter(|entry| !entry.writable)
+            .map(|entry| entry.target.clone())
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
         }
-        self.read_only_paths().extend(guarded);
+        self.agent.protect_entries(entries).await?;
+        self.read_only_targets().extend(targets);
         Ok(())
     }
 
@@ -187,13 +186,8 @@ impl SshSession {
             workspace: self.inner.workspace_root(),
             session_dir: self.session_dir.clone(),
             socket: self.socket.clone(),
-            read_only: self.read_only_paths().clone(),
+            read_only: self.read_only_targets().clone(),
         }
-    }
-
-    /// `path` as the agent resolves it (relative to the workspace).
-    fn absolute(&self, path: &Path) -> PathBuf {
-        self.inner.workspace_root().join(path)
     }
 
     /// Removes the workspace and the session directory from the host.
@@ -257,68 +251,6 @@ impl LayeredSession for SshSession {
         }
         self.inner.close().await?;
         self.remove_dirs().await
-    }
-
-    async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
-        self.read_only_paths()
-            .check("write_file", &self.absolute(&request.path))?;
-        self.inner.write_file(request).await
-    }
-
-    async fn write_file_stream(
-        &self,
-        request: RunnerFileWriteRequest,
-        body: RunnerByteStream,
-    ) -> RunnerResult<()> {
-        self.read_only_paths()
-            .check("write_file", &self.absolute(&request.path))?;
-        self.inner.write_file_stream(request, body).await
-    }
-
-    async fn remove(&self, path: &Path, recursive: bool) -> RunnerResult<()> {
-        self.read_only_paths()
-            .check_removal("remove", &self.absolute(path))?;
-        self.inner.remove(path, recursive).await
-    }
-
-    async fn make_dir(&self, path: &Path) -> RunnerResult<()> {
-        self.read_only_paths()
-            .check("make_dir", &self.absolute(path))?;
-        self.inner.make_dir(path).await
-    }
-
-    async fn rename(&self, from: &Path, to: &Path) -> RunnerResult<()> {
-        self.read_only_paths()
-            .check_rename(&self.absolute(from), &self.absolute(to))?;
-        self.inner.rename(from, to).await
-    }
-
-    async fn upload_archive(&self, target: &Path, archive: Vec<u8>) -> RunnerResult<()> {
-        self.read_only_paths()
-            .check_archive("upload_archive", &self.absolute(target), &archive)?;
-        self.inner.upload_archive(target, archive).await
-    }
-
-    /// Streams through unless a read-only path lies under `target`: then the
-    /// archive is read whole first (at most `max_upload_bytes`) to check
-    /// where its entries land.
-    async fn upload_archive_stream(
-        &self,
-        target: &Path,
-        archive: RunnerByteStream,
-    ) -> RunnerResult<()> {
-        const OP: &str = "upload_archive";
-        let absolute = runner_api::normalize_lexically(&self.absolute(target));
-        let read_only = self.read_only_paths().clone();
-        read_only.check(OP, &absolute)?;
-        if !read_only.paths().iter().any(|ro| ro.starts_with(&absolute)) {
-            return self.inner.upload_archive_stream(target, archive).await;
-        }
-        let what = absolute.display().to_string();
-        let bytes =
-            runner_api::collect_stream(OP, &what, archive, self.config.max_upload_bytes).await?;
-        read_only.check_archive(OP, &absolute, &bytes)?;
-        self.inner.upload_archive(target, bytes).await
     }
 
     /// The agent's unix-local snapshot (an archive in the destination's

@@ -263,6 +263,31 @@ async fn assert_read_only(session: &dyn RemoteRunnerSession, when: &str) -> Test
         session.upload_archive(Path::new("ref"), archive).await,
         "ref",
     )?;
+    // A symlink made afterwards does not lead around the entry: the agent
+    // checks where it resolves the path.
+    let alias = format!("alias-{}", when.replace(' ', "-"));
+    session
+        .run_command(RunnerCommandRequest::shell(
+            "mk-alias",
+            format!("ln -sfn ref {alias}"),
+        ))
+        .await
+        .map_err(|e| format!("ln -s {when}: {e}"))?;
+    match session
+        .write_file(RunnerFileWriteRequest::new(
+            format!("{alias}/data.txt"),
+            b"around".to_vec(),
+        ))
+        .await
+    {
+        Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {}
+        other => {
+            return Err(format!(
+                "write_file through a symlink to the entry {when}: expected PermissionDenied, \
+                 got {other:?}"
+            ));
+        }
+    }
     let read = session
         .read_file(RunnerFileReadRequest::new(file))
         .await
@@ -285,7 +310,8 @@ async fn assert_read_only(session: &dyn RemoteRunnerSession, when: &str) -> Test
 
 /// Read-only manifest entries: copied in, refused by the file API (in the
 /// session, in a fork restored from its snapshot, after a rejoin from a new
-/// provider), still writable by commands.
+/// provider), also through a symlink made later, and left without write bits
+/// on disk.
 async fn read_only_entry_refuses_file_writes() -> TestResult {
     let local = tempfile::tempdir().map_err(|e| e.to_string())?;
     let ref_dir = local.path().join("ref");
@@ -348,15 +374,16 @@ async fn read_only_entry_refuses_file_writes() -> TestResult {
         .await
         .map_err(|e| format!("rejoin_session: {e}"))?;
     assert_read_only(rejoined.as_ref(), "after rejoin").await?;
-    // The file API is what refuses; commands may still write there.
+    // On disk too the entry lost its write bits: a command of the login
+    // user cannot write there either.
     let result = rejoined
         .run_command(RunnerCommandRequest::shell(
             "cmd-write",
-            "printf cmd > ref/data.txt && cat ref/data.txt",
+            "printf cmd > ref/data.txt; cat ref/data.txt",
         ))
         .await
         .map_err(|e| format!("run_command: {e}"))?;
-    if result.stdout != "cmd" {
+    if result.stdout != "original" {
         return Err(format!("a command writing under ref/: {result:?}"));
     }
     rejoined.close().await.map_err(|e| format!("close: {e}"))
