@@ -1,0 +1,290 @@
+#![doc = include_str!("../README.md")]
+
+mod cluster;
+mod config;
+mod delivery;
+mod error;
+mod exec;
+mod orphans;
+mod pod;
+mod session;
+mod transport;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use runner_api::{
+    RemoteRunnerProvider, RemoteRunnerProviderId, RemoteRunnerSession, RunnerCapabilities,
+    RunnerDestination, RunnerError, RunnerErrorKind, RunnerMountCapabilities, RunnerResult,
+    RunnerSessionState, RunnerSweepReport, validate_manifest,
+};
+use runner_kit::KnownDestinations;
+
+pub use config::{
+    DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_WORKSPACE, ImagePullPolicy, KubernetesConfig,
+    ResourceAmounts, Resources,
+};
+pub use session::KubernetesSession;
+
+use crate::cluster::Clusters;
+use crate::session::SessionMeta;
+
+/// The provider id destinations name: `"kubernetes"`.
+pub const PROVIDER_ID: &str = "kubernetes";
+
+/// Prefix of every label and annotation this library sets; user labels and
+/// annotations may not use it.
+pub const LABEL_PREFIX: &str = "runners.io/";
+/// Marker label on every pod and lease this library creates;
+/// `sweep_orphans` only ever touches objects carrying it.
+pub const LABEL_MARKER: &str = "runners.io/managed-by";
+/// The marker label's value.
+pub const MARKER_VALUE: &str = "runner-kubernetes";
+/// Label naming the session a pod belongs to.
+pub const LABEL_SESSION: &str = "runners.io/session";
+/// Label naming the owner (a provider instance) of a pod; its lease is
+/// [`LEASE_PREFIX`]`<owner>`.
+pub const LABEL_OWNER: &str = "runners.io/owner";
+/// Label `"true"` on the pod of a detached session (never swept).
+pub const LABEL_DETACHED: &str = "runners.io/detached";
+/// Annotation naming the destination a pod was created for.
+pub const ANNOTATION_DESTINATION: &str = "runners.io/destination";
+/// Name prefix of session pods: `runner-<session id>`.
+pub const POD_PREFIX: &str = "runner-";
+/// Name prefix of owner leases: `runners-owner-<owner id>`.
+pub const LEASE_PREFIX: &str = "runners-owner-";
+/// The name of the pod's one container.
+pub const CONTAINER_NAME: &str = "runner";
+/// Where the agent and its socket live in the pod (an emptyDir volume).
+pub const RUNNER_DIR: &str = "/.runner";
+
+/// What kubernetes sessions can do themselves: commands, processes, files,
+/// archives, ports (relayed through the agent) and leases, all through the
+/// runner agent; detach and rejoin by pod name. No pause (a pod cannot be
+/// frozen honestly), no snapshots, no user switching (every capability is
+/// dropped), no mounts of its own. The layer stack
+/// (`runner_stack::stacked`) adds the object-store mount kinds and artifact
+/// export, through the session's file API.
+pub fn capabilities() -> RunnerCapabilities {
+    RunnerCapabilities {
+        command_exec: true,
+        file_read: true,
+        file_write: true,
+        port_preview: true,
+        snapshots: false,
+        cancellation: true,
+        artifact_export: false,
+        mounts: RunnerMountCapabilities::default(),
+        pausable: false,
+        detachable: true,
+        streaming: true,
+        background_processes: true,
+        stdin: true,
+        file_management: true,
+        archive_transfer: true,
+        snapshot_restore: false,
+        port_listing: true,
+        execution_lease: true,
+        run_as_user: false,
+    }
+}
+
+/// Runs each session in its own pod, through the Kubernetes API (kube-rs),
+/// with the runner agent delivered into it by pod exec.
+///
+/// Settings come from `RunnerDestination.config` (see
+/// [`KubernetesConfig`]). Each provider value (and its clones) is one
+/// *owner*: it creates a `coordination.k8s.io/v1` Lease named
+/// [`LEASE_PREFIX`]`<owner id>` in every namespace it creates pods in and
+/// renews it in the background while it lives; `sweep_orphans` of any
+/// provider deletes the marked pods whose owner's lease is missing or
+/// expired.
+///
+/// A session it creates is the bare pod session: closed-session and
+/// capability checks, workspace confinement, object-store mounts and
+/// artifact export are layers of `runner_stack::Stack`
+/// (`runner_stack::stacked(KubernetesProvider::new())`).
+///
+/// `rejoin_session` takes every setting from the destination the state
+/// names by id, never from the state: destinations passed to
+/// `create_session`, or given with [`with_destination`](Self::with_destination)
+/// or [`trust_destination`](RemoteRunnerProvider::trust_destination).
+#[derive(Clone, Default)]
+pub struct KubernetesProvider {
+    clusters: Clusters,
+    destinations: KnownDestinations,
+}
+
+impl std::fmt::Debug for KubernetesProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesProvider")
+            .field("owner", &self.owner())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubernetesProvider {
+    /// A provider with a new owner id.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This provider's owner id (the [`LABEL_OWNER`] of its pods).
+    pub fn owner(&self) -> &str {
+        self.clusters.owner()
+    }
+
+    /// Makes `destination` known for `rejoin_session` of states naming its
+    /// id, and its namespace one that `sweep_orphans` sweeps.
+    ///
+    /// Errors: `InvalidRequest` or `Unsupported` when the destination does
+    /// not validate.
+    pub fn with_destination(self, destination: &RunnerDestination) -> RunnerResult<Self> {
+        self.checked_config("with_destination", destination)?;
+        self.trust_destination(destination);
+        Ok(self)
+    }
+
+    fn check_provider(operation: &str, provider_id: &str) -> RunnerResult<()> {
+        if provider_id != PROVIDER_ID {
+            return Err(RunnerError::invalid_request(format!(
+                "{operation}: provider {provider_id:?} is not {PROVIDER_ID}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that `destination` is for this provider, parses its config
+    /// and checks its manifest: object-store mounts are the stack's (it
+    /// hands the provider the manifest without them); manifest entries and
+    /// `provider_native` mounts are refused.
+    ///
+    /// Errors: `InvalidRequest`, `Unsupported`.
+    fn checked_config(
+        &self,
+        operation: &str,
+        destination: &RunnerDestination,
+    ) -> RunnerResult<KubernetesConfig> {
+        Self::check_provider(operation, &destination.provider_id)?;
+        let config = KubernetesConfig::from_destination(destination)?;
+        validate_manifest(&destination.default_manifest, &capabilities())?;
+        if let Some(entry) = destination.default_manifest.entries.first() {
+            return Err(RunnerError::new(
+                RunnerErrorKind::Unsupported,
+                format!(
+                    "{operation}: manifest entry {}: the kubernetes provider does not copy \
+                     files of this machine into pods; upload them with upload_archive",
+                    entry.source.display()
+                ),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The known destination `state` names and its parsed config.
+    fn destination_of(
+        &self,
+        operation: &str,
+        state: &RunnerSessionState,
+    ) -> RunnerResult<(RunnerDestination, KubernetesConfig)> {
+        let destination =
+            self.destinations
+                .of_state(operation, state, "KubernetesProvider::with_destination")?;
+        let config = self.checked_config(operation, &destination)?;
+        Ok((destination, config))
+    }
+}
+
+#[async_trait]
+impl RemoteRunnerProvider for KubernetesProvider {
+    fn id(&self) -> RemoteRunnerProviderId {
+        PROVIDER_ID.to_string()
+    }
+
+    fn capabilities(&self) -> RunnerCapabilities {
+        capabilities()
+    }
+
+    fn default_workspace(&self) -> Option<String> {
+        Some(DEFAULT_WORKSPACE.to_string())
+    }
+
+    /// Parses the config and checks the manifest; the cluster is not
+    /// contacted (an unreachable one is `create_session`'s to report).
+    async fn validate_destination(&self, destination: &RunnerDestination) -> RunnerResult<()> {
+        self.checked_config("validate_destination", destination)
+            .map(|_| ())
+    }
+
+    async fn create_session(
+        &self,
+        destination: RunnerDestination,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        const OP: &str = "create_session";
+        let config = self.checked_config(OP, &destination)?;
+        self.trust_destination(&destination);
+        let target = self.clusters.target(OP, &config).await?;
+        self.clusters.hold_lease(OP, &target).await?;
+        let session =
+            KubernetesSession::create(target, config, destination.id.clone(), self.owner()).await?;
+        Ok(Arc::new(session))
+    }
+
+    /// Without a snapshot: the same as [`rejoin_session`](Self::rejoin_session).
+    /// With one: `Unsupported` (the provider takes no snapshots).
+    async fn resume_session(
+        &self,
+        state: RunnerSessionState,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        Self::check_provider("resume_session", &state.provider_id)?;
+        if state.snapshot.is_some() {
+            return Err(RunnerError::unsupported(
+                "resume_session with a snapshot",
+                PROVIDER_ID,
+            ));
+        }
+        self.rejoin_session(state).await
+    }
+
+    /// Reconnects to the pod of a detached (or still running) session of a
+    /// known destination, by the pod name in the state. The pod must be
+    /// this library's pod of that session and destination (`NotFound`
+    /// naming it otherwise, and it is left alone). Commands started by the
+    /// earlier handle go on in the agent and are seen by the new one. The
+    /// pod becomes this provider's (its owner label is set to this owner)
+    /// and is no longer marked detached.
+    async fn rejoin_session(
+        &self,
+        state: RunnerSessionState,
+    ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
+        const OP: &str = "rejoin_session";
+        Self::check_provider(OP, &state.provider_id)?;
+        let meta: SessionMeta = serde_json::from_value(state.metadata.clone()).map_err(|e| {
+            RunnerError::invalid_request(format!(
+                "{OP}: state metadata is not a kubernetes session's: {e}"
+            ))
+        })?;
+        let (_, config) = self.destination_of(OP, &state)?;
+        let target = self.clusters.target(OP, &config).await?;
+        self.clusters.hold_lease(OP, &target).await?;
+        let session = KubernetesSession::rejoin(target, config, state, meta, self.owner()).await?;
+        Ok(Arc::new(session))
+    }
+
+    /// Deletes, in every namespace of a destination this provider knows,
+    /// the pods carrying the marker whose owner's lease is missing or
+    /// expired (not those of detached sessions), and the expired leases of
+    /// owners that have no pods left.
+    async fn sweep_orphans(&self) -> RunnerResult<RunnerSweepReport> {
+        orphans::sweep(&self.clusters).await
+    }
+
+    /// Remembers `destination` for states naming its id, and its namespace
+    /// for `sweep_orphans`.
+    fn trust_destination(&self, destination: &RunnerDestination) {
+        self.destinations.remember(destination);
+        if let Ok(config) = KubernetesConfig::from_destination(destination) {
+            self.clusters.remember(&config);
+        }
+    }
+}
