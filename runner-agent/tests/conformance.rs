@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use runner_api::RunnerDestination;
-use runner_testkit::{Conformance, S3TestServer};
+use runner_testkit::{Conformance, S3TestServer, socket_breaker};
 
 fn main() -> ExitCode {
     let dir = tempfile::tempdir().expect("create a temporary directory");
@@ -23,8 +23,19 @@ fn main() -> ExitCode {
         artifacts: None,
     };
     let server = S3TestServer::start().expect("start the in-process S3 test server");
-    Conformance::new(Arc::new(support::AgentProvider::new()), destination)
+    let provider = support::AgentProvider::new();
+    let sockets = provider.sockets.clone();
+    let breaker = socket_breaker(move |state| {
+        sockets
+            .lock()
+            .unwrap()
+            .get(&state.session_id)
+            .map(|socket| socket.display().to_string())
+            .ok_or_else(|| format!("no agent of session {}", state.session_id))
+    });
+    Conformance::new(Arc::new(provider), destination)
         .with_object_store(server.target())
+        .with_connection_breaker(breaker)
         .with_label("unix-local-agent")
         .run()
 }

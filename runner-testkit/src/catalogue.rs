@@ -220,6 +220,10 @@ pub struct Check {
     pub requires: &'static [Capability],
     /// One line: which sentence of the trait docs it enforces.
     pub doc: &'static str,
+    /// Whether it needs the run's connection breaker
+    /// ([`Conformance::with_connection_breaker`](crate::Conformance::with_connection_breaker));
+    /// without one it is skipped.
+    pub needs_breaker: bool,
     pub(crate) run: CheckFn,
 }
 
@@ -236,8 +240,15 @@ impl Check {
             area,
             requires,
             doc,
+            needs_breaker: false,
             run,
         }
+    }
+
+    /// The check needs the run's connection breaker.
+    pub(crate) const fn breaking(mut self) -> Self {
+        self.needs_breaker = true;
+        self
     }
 
     /// The required capabilities `capabilities` does not declare (empty: the check runs).

@@ -1,12 +1,14 @@
 //! What a check gets: the provider, the destination, fresh sessions, and cleanup.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerCapabilities, RunnerCommandRequest,
-    RunnerDestination,
+    RunnerDestination, RunnerSessionState,
 };
 
 use crate::catalogue::Capability;
@@ -18,6 +20,19 @@ use crate::store::ObjectStoreTarget;
 /// Why the mounts and artifacts checks did not run.
 pub(crate) const NO_STORE: &str = "needs an object store: call Conformance::with_object_store \
      (runner_testkit::S3TestServer::start().target() with the kit's `s3-server` feature)";
+
+/// Why the lost-connection checks did not run.
+pub(crate) const NO_BREAKER: &str = "needs a connection breaker: call \
+     Conformance::with_connection_breaker (a provider whose sessions hold a connection)";
+
+/// Cuts every connection to the sandbox of the session whose state it gets,
+/// leaving the sandbox, its agent and its commands running (see
+/// [`Conformance::with_connection_breaker`](crate::Conformance::with_connection_breaker)).
+pub type ConnectionBreaker = Arc<
+    dyn Fn(RunnerSessionState) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A session the check created, shared for cleanup.
 pub(crate) type Session = Arc<dyn RemoteRunnerSession>;
@@ -125,6 +140,8 @@ pub(crate) struct Cx {
     cleanup: Arc<Cleanup>,
     /// The object store of the mounts and artifacts checks, when configured.
     store: Option<Arc<ObjectStoreTarget>>,
+    /// The run's connection breaker, when given.
+    breaker: Option<ConnectionBreaker>,
 }
 
 impl Cx {
@@ -142,7 +159,22 @@ impl Cx {
             name,
             cleanup,
             store: None,
+            breaker: None,
         }
+    }
+
+    /// Gives the check the run's connection breaker.
+    pub(crate) fn with_breaker(mut self, breaker: Option<ConnectionBreaker>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Cuts the connections of the session whose state is `state`.
+    pub(crate) async fn break_connections(&self, state: RunnerSessionState) -> CheckResult {
+        let breaker = self.breaker.clone().ok_or_else(|| NO_BREAKER.to_string())?;
+        breaker(state)
+            .await
+            .map_err(|e| format!("cutting the session's connections: {e}"))
     }
 
     /// Gives the check the object store of the mounts and artifacts checks.

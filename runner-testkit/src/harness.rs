@@ -11,6 +11,7 @@ use runner_stack::Stack;
 
 use crate::catalogue::{Area, Check, checks};
 use crate::context::{Cleanup, Cx, NO_STORE};
+use crate::context::{ConnectionBreaker, NO_BREAKER};
 use crate::outcome::CheckResult;
 use crate::store::ObjectStoreTarget;
 
@@ -47,6 +48,7 @@ pub struct Conformance {
     destination: RunnerDestination,
     check_timeout: Duration,
     object_store: Option<Arc<ObjectStoreTarget>>,
+    breaker: Option<ConnectionBreaker>,
     label: Option<String>,
 }
 
@@ -137,8 +139,20 @@ impl Conformance {
             destination,
             check_timeout: Duration::from_secs(180),
             object_store: None,
+            breaker: None,
             label: None,
         }
+    }
+
+    /// Runs the checks of a lost connection (`processes_connection_lost_resumes_output`)
+    /// with `breaker`, which cuts every connection between this process and
+    /// the sandbox of the session whose state it is given (the transport: a
+    /// docker exec, an ssh channel, a `connect` child), leaving the agent and
+    /// its commands running. Without one those checks are ignored with a
+    /// reason (a provider without a connection has nothing to cut).
+    pub fn with_connection_breaker(mut self, breaker: ConnectionBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// Names the run `label` in its summary line instead of the provider's id
@@ -226,6 +240,14 @@ impl Conformance {
                         "needs an object store".into(),
                         NO_STORE.into(),
                     )
+                } else if self.breaker.is_none() && check.needs_breaker {
+                    skipped(
+                        &reports,
+                        &args,
+                        &check,
+                        "needs a connection breaker".into(),
+                        NO_BREAKER.into(),
+                    )
                 } else if missing.is_empty() {
                     let handle = runtime.handle().clone();
                     self.trial(check, provider.clone(), handle, reports.clone())
@@ -275,9 +297,17 @@ impl Conformance {
         let destination = self.destination.clone();
         let timeout = self.check_timeout;
         let store = self.object_store.clone();
+        let breaker = self.breaker.clone();
         Trial::test(check.name, move || {
             let started = Instant::now();
-            let outcome = handle.block_on(execute(&check, provider, destination, timeout, store));
+            let outcome = handle.block_on(execute(
+                &check,
+                provider,
+                destination,
+                timeout,
+                store,
+                breaker,
+            ));
             lock(&reports).push(CheckReport {
                 name: check.name.to_string(),
                 area: check.area,
@@ -341,9 +371,12 @@ async fn execute(
     destination: RunnerDestination,
     timeout: Duration,
     store: Option<Arc<ObjectStoreTarget>>,
+    breaker: Option<ConnectionBreaker>,
 ) -> CheckResult {
     let cleanup = Arc::new(Cleanup::default());
-    let cx = Cx::new(provider, destination, check.name, cleanup.clone()).with_store(store);
+    let cx = Cx::new(provider, destination, check.name, cleanup.clone())
+        .with_store(store)
+        .with_breaker(breaker);
     let task = tokio::spawn((check.run)(cx));
     let abort = task.abort_handle();
     let outcome = match tokio::time::timeout(timeout, task).await {

@@ -15,6 +15,8 @@ mod store;
 
 pub use backend::{BackendGate, async_trial};
 pub use catalogue::{Area, Capability, Check, checks};
+pub use context::ConnectionBreaker;
+pub use fixtures::connections::{kill_agent_connections, socket_breaker, state_socket};
 pub use fixtures::http::http_fetch;
 pub use harness::{CheckReport, CheckStatus, Conformance, ConformanceSummary};
 /// The libtest-mimic crate the harness and [`async_trial`] build on.

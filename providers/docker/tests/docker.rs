@@ -1774,28 +1774,6 @@ async fn daemon_stopped_mid_session() -> TestResult {
     daemon.stop().await
 }
 
-/// The host pid of every running `runner-agent connect` exec of `container`.
-async fn connect_pids(docker: &Docker, container: &str) -> Result<Vec<i64>, String> {
-    let inspect = docker
-        .inspect_container(container, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut pids = Vec::new();
-    for exec in inspect.exec_ids.unwrap_or_default() {
-        let Ok(exec) = docker.inspect_exec(&exec).await else {
-            continue;
-        };
-        let connect = exec
-            .process_config
-            .and_then(|p| p.arguments)
-            .is_some_and(|args| args.first().map(String::as_str) == Some("connect"));
-        if connect && exec.running == Some(true) {
-            pids.extend(exec.pid.filter(|pid| *pid > 0));
-        }
-    }
-    Ok(pids)
-}
-
 /// The stdout of `chunks`, in order.
 fn stdout_of(chunks: &[runner_api::RunnerOutputChunk]) -> String {
     chunks
@@ -1803,96 +1781,6 @@ fn stdout_of(chunks: &[runner_api::RunnerOutputChunk]) -> String {
         .filter(|c| c.stream == runner_api::RunnerOutputStream::Stdout)
         .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
         .collect()
-}
-
-/// A `connect` exec killed from the host in the middle of a command: the
-/// next call connects again, the command went on in the agent, and
-/// `command_output` after the last sequence number seen gives the rest, so
-/// together nothing is lost.
-async fn dropped_connection_loses_nothing() -> TestResult {
-    let provider = DockerProvider::new();
-    let (session, container) = session_and_container(
-        &provider,
-        serde_json::json!({ "image": image(), "network": "none" }),
-    )
-    .await?;
-    let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
-    let outcome = async {
-        let s = session.as_ref();
-        let id = "ticker".to_string();
-        let script = "i=0; while [ $i -lt 30 ]; do echo line-$i; i=$((i+1)); sleep 0.1; done";
-        s.start_command(RunnerCommandRequest::shell(&id, script))
-            .await
-            .map_err(fail("start_command"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let before = loop {
-            let output = s
-                .command_output(&id, 0)
-                .await
-                .map_err(fail("command_output"))?;
-            if stdout_of(&output.chunks).contains("line-3\n") {
-                break output;
-            }
-            if Instant::now() > deadline {
-                return Err("the ticker printed no line-3 within 20 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let pids = connect_pids(&docker, &container).await?;
-        if pids.is_empty() {
-            return Err("no running connect exec in the container".into());
-        }
-        for pid in &pids {
-            let killed = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !killed.success() {
-                return Err(format!("kill -KILL {pid} failed"));
-            }
-        }
-        // Let the client see its stream end.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let status = s
-            .command_status(&id)
-            .await
-            .map_err(fail("command_status after the connection was killed"))?;
-        if status.state != runner_api::RunnerProcessState::Running {
-            return Err(format!(
-                "the ticker is not running after the drop: {status:?}"
-            ));
-        }
-        let now = connect_pids(&docker, &container).await?;
-        if now.iter().any(|pid| pids.contains(pid)) || now.is_empty() {
-            return Err(format!("connect execs before {pids:?}, after {now:?}"));
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while s
-            .command_status(&id)
-            .await
-            .map_err(fail("command_status"))?
-            .state
-            == runner_api::RunnerProcessState::Running
-        {
-            if Instant::now() > deadline {
-                return Err("the ticker did not end within 30 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let rest = s
-            .command_output(&id, before.next_after_seq)
-            .await
-            .map_err(fail("command_output after the last sequence number seen"))?;
-        let all = stdout_of(&before.chunks) + &stdout_of(&rest.chunks);
-        let expected: String = (0..30).map(|i| format!("line-{i}\n")).collect();
-        if all != expected {
-            return Err(format!("the output around the drop: {all:?}"));
-        }
-        Ok(())
-    }
-    .await;
-    session.close().await.map_err(fail("close"))?;
-    outcome
 }
 
 /// Exit codes 130 and 255 are exit codes, not signals; a death by SIGTERM or
@@ -2265,10 +2153,6 @@ fn main() -> ExitCode {
             resume_takes_settings_from_the_destination,
         ),
         async_trial("daemon_stopped_mid_session", daemon_stopped_mid_session),
-        async_trial(
-            "dropped_connection_loses_nothing",
-            dropped_connection_loses_nothing,
-        ),
         async_trial("exit_codes_and_signals", exit_codes_and_signals),
         async_trial(
             "rejoin_sees_the_running_command",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use runner_api::{RemoteRunnerProvider, RunnerCommandRequest, RunnerDestination};
 use runner_ssh::SshProvider;
-use runner_testkit::{BackendGate, Conformance, S3TestServer};
+use runner_testkit::{BackendGate, Conformance, S3TestServer, socket_breaker, state_socket};
 
 mod support;
 
@@ -56,6 +56,7 @@ fn main() -> ExitCode {
     let code = gate.conformance("ssh", || {
         Conformance::new(Arc::new(SshProvider::new()), destination(&snapshot_dir))
             .with_object_store(server.target())
+            .with_connection_breaker(socket_breaker(state_socket))
     });
     if gate.requested() {
         remove_snapshots(&snapshot_dir);

@@ -181,6 +181,8 @@ pub struct AgentProvider {
     destinations: KnownDestinations,
     /// Every `connect` child spawned, newest last.
     pub connects: ConnectPids,
+    /// The socket of each session's agent, by session id.
+    pub sockets: Arc<Mutex<std::collections::HashMap<String, PathBuf>>>,
 }
 
 impl AgentProvider {
@@ -191,6 +193,7 @@ impl AgentProvider {
             launcher: Launcher::new(),
             destinations: KnownDestinations::default(),
             connects: ConnectPids::default(),
+            sockets: Arc::default(),
         }
     }
 
@@ -200,6 +203,10 @@ impl AgentProvider {
         resume: Option<&RunnerSessionState>,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
         let agent = self.launcher.launch(destination, resume).await?;
+        self.sockets
+            .lock()
+            .unwrap()
+            .insert(agent.session_id.clone(), agent.socket.clone());
         Ok(Arc::new(connect(&agent, self.connects.clone()).await?))
     }
 }

@@ -53,6 +53,14 @@ pub(crate) fn checks() -> Vec<Check> {
             |cx| Box::pin(output_resume_after_seq(cx)),
         ),
         Check::new(
+            "processes_connection_lost_resumes_output",
+            a,
+            BG,
+            "A connection to the sandbox cut mid-command loses nothing: the command runs on, and command_output after the last sequence number seen gives every later chunk once, in order.",
+            |cx| Box::pin(connection_lost_resumes_output(cx)),
+        )
+        .breaking(),
+        Check::new(
             "processes_stream_until_exited",
             a,
             &[CommandExec, BackgroundProcesses, Streaming],
@@ -354,6 +362,85 @@ async fn output_counters(cx: Cx) -> CheckResult {
 }
 
 /// Resuming after a seq gives exactly the later chunks.
+/// Every chunk of `id` after `after`, until it exits: calls that meet the
+/// cut connection (`Unavailable`) are retried, a bounded number of times.
+async fn output_until_exited(
+    s: &Session,
+    id: &runner_api::RunnerCommandId,
+    mut after: u64,
+    chunks: &mut Vec<RunnerOutputChunk>,
+) -> CheckResult<Option<RunnerExitStatus>> {
+    let deadline = Instant::now() + WAIT;
+    let mut lost = 0;
+    loop {
+        let output = match s.command_output(id, after).await {
+            Ok(output) => output,
+            Err(e) if e.kind() == RunnerErrorKind::Unavailable && lost < 5 => {
+                lost += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(format!("command_output after {after}: {e}")),
+        };
+        ensure!(
+            output.first_retained_seq <= after + 1,
+            "output after seq {after} was dropped: the oldest retained is {}",
+            output.first_retained_seq
+        );
+        after = output.next_after_seq;
+        chunks.extend(output.chunks);
+        if output.state == RunnerProcessState::Exited {
+            return Ok(output.status);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{id} did not exit within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connection_lost_resumes_output(cx: Cx) -> CheckResult {
+    let s = cx.session().await?;
+    let n = 150;
+    let script = format!("i=1; while [ $i -le {n} ]; do echo line$i; i=$((i+1)); sleep 0.01; done");
+    let id = start(&s, "cut", &script).await?;
+    // Some output first, so the cut falls in the middle of the command.
+    let mut chunks = Vec::new();
+    let mut after = 0;
+    let deadline = Instant::now() + WAIT;
+    while concat(&chunks, RunnerOutputStream::Stdout).len() < 40 {
+        let output = s
+            .command_output(&id, after)
+            .await
+            .or_fail("command_output before the cut")?;
+        after = output.next_after_seq;
+        chunks.extend(output.chunks);
+        ensure!(Instant::now() < deadline, "no output before the cut");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cx.break_connections(s.state()).await?;
+    let exit = output_until_exited(&s, &id, after, &mut chunks).await?;
+    ensure!(
+        exit.as_ref().is_some_and(|e| e.exit_code == Some(0)),
+        "the command ran on to exit 0 after the cut: {exit:?}"
+    );
+    let seqs: Vec<u64> = chunks.iter().map(|c| c.seq).collect();
+    ensure!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequence numbers increase strictly across the cut (none twice): {seqs:?}"
+    );
+    let expected: String = (1..=n).map(|i| format!("line{i}\n")).collect();
+    ensure_eq!(
+        String::from_utf8_lossy(&concat(&chunks, RunnerOutputStream::Stdout)),
+        expected,
+        "stdout across the cut, every line once"
+    );
+    // The session goes on working over a new connection.
+    sh_ok(s.as_ref(), "true").await?;
+    Ok(())
+}
+
 async fn output_resume_after_seq(cx: Cx) -> CheckResult {
     let s = cx.session().await?;
     let n = 20;

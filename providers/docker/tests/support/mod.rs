@@ -16,7 +16,9 @@ use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuil
 use runner_api::{RemoteRunnerProvider, RunnerDestination};
 use runner_docker::{DockerProvider, LABEL_MARKER, LABEL_OWNER, MARKER_VALUE};
 use runner_testkit::libtest_mimic::Arguments;
-use runner_testkit::{BackendGate, Conformance, S3TestServer, checks};
+use runner_testkit::{
+    BackendGate, Conformance, S3TestServer, checks, socket_breaker, state_socket,
+};
 
 /// The variable requesting the docker runs.
 pub(crate) const DOCKER_GATE: (&str, &str) = (
@@ -85,6 +87,7 @@ pub(crate) fn run(run: Run) -> ExitCode {
     let args = arguments(select);
     let summary = Conformance::new(Arc::new(provider), destination)
         .with_object_store(server.target())
+        .with_connection_breaker(socket_breaker(state_socket))
         .with_label(run.label)
         .run_with(args);
     drop(server);
