@@ -42,7 +42,8 @@ pub struct Cli {
 }
 
 /// The providers the `runner-conformance` binary is built with, bare:
-/// `unix-local`, `docker`, `ssh`, `memory` and the example `agent` provider.
+/// `unix-local`, `docker`, `ssh`, `memory`, the example `agent` provider and
+/// `kubernetes`.
 /// The one a destination names is checked as users get it, through the
 /// layer stack (see [`run`]).
 ///
@@ -55,6 +56,7 @@ pub fn builtin_providers() -> Vec<Arc<dyn RemoteRunnerProvider>> {
         Arc::new(runner_ssh::SshProvider::default()),
         Arc::new(runner_testkit::MemoryProvider::default()),
         Arc::new(runner_example_custom_provider::AgentProvider::default()),
+        Arc::new(runner_kubernetes::KubernetesProvider::default()),
     ]
 }
 

@@ -12,7 +12,7 @@ use runner_stack::{RunnerRegistry, Stack};
 /// compiled in here) resolve credentials from `RUNNER_SECRET_<ID>_<KEY>`
 /// environment variables ([`EnvSecretResolver`]).
 ///
-/// Built in: unix-local, docker and ssh. This is the one place providers are
+/// Built in: unix-local, docker, ssh and kubernetes. This is the one place providers are
 /// added: another provider crate becomes available with one dependency in
 /// `runner-mcp/Cargo.toml` and one
 /// `registry.register(Arc::new(<Provider>::new()))?;` line here.
@@ -24,5 +24,6 @@ pub fn default_registry() -> RunnerResult<RunnerRegistry> {
     registry.register(Arc::new(runner_local::LocalProvider::new()))?;
     registry.register(Arc::new(runner_docker::DockerProvider::new()))?;
     registry.register(Arc::new(runner_ssh::SshProvider::new()))?;
+    registry.register(Arc::new(runner_kubernetes::KubernetesProvider::new()))?;
     Ok(registry)
 }
