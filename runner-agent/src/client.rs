@@ -221,6 +221,12 @@ impl AgentClient {
         let payload = encode(operation, request)?;
         let mut last = None;
         for _ in 0..2 {
+            // The agent said its session was closed: no new connection finds it.
+            if self.inner.closed.load(Ordering::SeqCst) {
+                return Err(last.unwrap_or_else(|| {
+                    RunnerError::session_closed(operation, &self.hello().session.state.session_id)
+                }));
+            }
             let connection = match self.connection(operation).await {
                 Ok(connection) => connection,
                 Err(e) if e.kind() == RunnerErrorKind::Unavailable => {
@@ -234,7 +240,13 @@ impl AgentClient {
                 .await
             {
                 Ok(exchange) => return Ok(exchange),
-                Err(Lost) => last = Some(connection.lost(operation)),
+                Err(Lost) => {
+                    let lost = connection.lost(operation);
+                    if lost.kind() == RunnerErrorKind::SessionClosed {
+                        return Err(lost);
+                    }
+                    last = Some(lost);
+                }
             }
         }
         Err(last

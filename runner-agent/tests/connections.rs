@@ -283,9 +283,9 @@ async fn a_second_connection_sees_the_same_session_and_many_requests_share_one()
         "the other connection sees the same commands"
     );
     second.close().await.unwrap();
-    // The agent tells every connection that its session was closed; a
-    // connection that sees the agent exit before that notice reports the
-    // agent unreachable. Either way the call fails and runs nothing.
+    // The agent tells every connection that its session was closed before
+    // it exits; a call that meets the agent already gone without that
+    // notice reports it unreachable. Either way the call runs nothing.
     let err = first.list_commands().await.unwrap_err();
     assert!(
         matches!(
