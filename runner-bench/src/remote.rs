@@ -7,7 +7,9 @@
 //! figure), `stat` and a 4 KiB `read_file` (goal: p50 at most 2 ms). On
 //! docker also 200 HTTP requests through an `expose_port` URL to busybox
 //! httpd in the container, against the same requests sent straight to the
-//! container's address (goal: at most 2x).
+//! container's address (goal: at most 2x). And the peak RSS of the caller
+//! and of the agent (its VmHWM) while a command prints 1 GiB (bound: 32 MiB
+//! each).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::generic::{Target, concurrent_commands, request, round_trip};
 use crate::stats::{Better, Group, Samples, Spec, time_ms};
-use crate::{Figures, Plan, cli, docker};
+use crate::{Figures, Plan, cli, docker, rss};
 
 /// Commands started at once on one session.
 const CONCURRENT: usize = 64;
@@ -31,6 +33,10 @@ const SMALL_FILE: usize = 4096;
 const HTTP_PORT: u16 = 8080;
 /// HTTP requests per measurement.
 const HTTP_REQUESTS: usize = 200;
+/// The bound on the caller's and the agent's peak RSS while a command prints 1 GiB.
+const PRINT_RSS_BOUND_MIB: f64 = 32.0;
+/// Bytes the printing command writes: 1 GiB.
+const GIB: u64 = 1 << 30;
 
 /// The figures of one session: round trip, 64 concurrent, stat, 4 KiB read.
 struct SessionFigures {
@@ -136,6 +142,22 @@ pub(crate) async fn run(plan: &Plan, local: &Target, remotes: &[Target]) -> Figu
                 errors,
             );
         }
+        let (caller, agent) = print_peaks(plan, target).await?;
+        for (whose, peaks) in [
+            ("caller's peak RSS above its RSS before", &caller),
+            ("agent's peak RSS", &agent),
+        ] {
+            group.add_bounded(
+                Spec {
+                    name: &format!("{label}: {whose}, a command printing 1 GiB"),
+                    unit: "MiB",
+                    better: Better::Lower,
+                    baseline: "the bound (VmHWM, reset per run)",
+                },
+                peaks,
+                PRINT_RSS_BOUND_MIB,
+            );
+        }
         if target.label == "docker" {
             let (relayed, direct) = port_relay(target).await?;
             group.add(
@@ -152,6 +174,62 @@ pub(crate) async fn run(plan: &Plan, local: &Target, remotes: &[Target]) -> Figu
         }
     }
     Ok(group.into_figures())
+}
+
+/// The pid of the agent serving `socket` on this host: the `serve` process
+/// (not docker's `init` above it) whose arguments name the socket.
+fn agent_pid(socket: &str) -> anyhow::Result<String> {
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        if args.get(1) == Some(&&b"serve"[..]) && args.contains(&socket.as_bytes()) {
+            return Ok(pid);
+        }
+    }
+    bail!("no agent process serves {socket} on this host")
+}
+
+/// `reps` commands printing 1 GiB through `run_command`, each with both
+/// peaks reset first: how far the caller's RSS rose above what it held
+/// before the command (the benchmark process keeps the memory of earlier
+/// sections), and the agent's peak RSS (MiB).
+async fn print_peaks(plan: &Plan, target: &Target) -> anyhow::Result<(Samples, Samples)> {
+    let session = target.session().await?;
+    let measured = async {
+        let state = session.state();
+        let socket = state.metadata["socket"]
+            .as_str()
+            .context("the session state names no agent socket")?;
+        let pid = agent_pid(socket)?;
+        let (mut caller, mut agent) = (Samples::default(), Samples::default());
+        let count = GIB.to_string();
+        for _ in 0..plan.gib_reps {
+            rss::reset_peak()?;
+            rss::reset_peak_of(&pid)?;
+            let before = rss::current_mib()?;
+            let result = session
+                .run_command(request("head", &["-c", &count, "/dev/zero"]))
+                .await?;
+            caller.push(rss::peak_mib()? - before);
+            agent.push(rss::peak_mib_of(&pid)?);
+            if result.stdout_truncation.bytes_seen != GIB {
+                bail!(
+                    "the session saw {} bytes of output, expected {GIB}",
+                    result.stdout_truncation.bytes_seen
+                );
+            }
+        }
+        Ok((caller, agent))
+    }
+    .await;
+    session.close().await?;
+    measured
 }
 
 /// 200 requests through the exposed URL and 200 straight to the container.
