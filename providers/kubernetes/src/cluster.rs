@@ -185,6 +185,12 @@ impl Clusters {
             Some(found) => found.clone(),
             None => {
                 let config = client_config(operation, &access.cluster).await?;
+                // kube's rustls client needs a process-wide crypto provider
+                // when several are compiled in; ring is the one its features
+                // name. One the program installed stays.
+                if rustls::crypto::CryptoProvider::get_default().is_none() {
+                    let _ = rustls::crypto::ring::default_provider().install_default();
+                }
                 let namespace = config.default_namespace.clone();
                 let client = Client::try_from(config).map_err(|e| {
                     RunnerError::provider(format!("{operation}: making a Kubernetes client: {e}"))

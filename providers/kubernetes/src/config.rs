@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Toleration;
 use runner_api::{RunnerDestination, RunnerError, RunnerResult};
+use runner_mounts::StoreSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -99,7 +100,9 @@ pub struct Resources {
 /// `runAsNonRoot`), `active_deadline_s`, `startup_timeout_s` (default
 /// [`DEFAULT_STARTUP_TIMEOUT_S`]), `agent_binaries` (architecture → path of
 /// a static runner-agent on the caller's machine; default empty, then
-/// `RUNNER_AGENT_BINARY`). A `null` value is the key's default; any other
+/// `RUNNER_AGENT_BINARY`), `snapshot_store` (the object store snapshots are
+/// kept in, `{"uri": "s3://bucket/prefix", "credentials": {"id": …},
+/// "options": {…}}`; without it the sessions take no snapshots). A `null` value is the key's default; any other
 /// key is an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +168,11 @@ pub struct KubernetesConfig {
     /// `RUNNER_AGENT_BINARY`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub agent_binaries: BTreeMap<String, PathBuf>,
+    /// The object store snapshots are kept in (credentials by secret
+    /// reference, resolved by the provider's secret resolver); `None`: no
+    /// snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_store: Option<StoreSpec>,
 }
 
 fn default_workspace() -> PathBuf {
@@ -192,6 +200,9 @@ fn expected(key: &str) -> Option<&'static str> {
         "run_as_user" | "run_as_group" => "a whole number id",
         "active_deadline_s" | "startup_timeout_s" => "a whole number of seconds",
         "agent_binaries" => "an object of architecture to path",
+        "snapshot_store" => {
+            "an object store setting {\"uri\": …, \"credentials\": {\"id\": …}, \"options\": {…}}"
+        }
         _ => return None,
     })
 }
@@ -227,7 +238,7 @@ fn parse_error(
     let Some(expected) = map.contains_key(key).then(|| expected(key)).flatten() else {
         return RunnerError::invalid_request(format!("kubernetes config: {}", error.inner()));
     };
-    if key == "resources" || key == "tolerations" {
+    if matches!(key.as_str(), "resources" | "tolerations" | "snapshot_store") {
         return bad(
             key,
             format!("must be {expected}; at `{path}`: {}", error.inner()),
@@ -534,6 +545,7 @@ mod tests {
             "workspace_dir": "/work/", "env": {"A": "1"}, "run_as_user": 1000,
             "run_as_group": 1000, "active_deadline_s": 3600, "startup_timeout_s": 30,
             "agent_binaries": {"x86_64": "/bin/agent"}, "context": null,
+            "snapshot_store": {"uri": "s3://bucket/snapshots", "credentials": {"id": "snap"}},
         }))
         .unwrap();
         assert_eq!(config.workspace_dir, PathBuf::from("/work"));
@@ -541,6 +553,7 @@ mod tests {
         assert_eq!(config.resources.limits.entries().count(), 3);
         assert_eq!(config.tolerations[0].key.as_deref(), Some("gpu"));
         assert!(config.non_root());
+        assert_eq!(config.snapshot_store.unwrap().uri, "s3://bucket/snapshots");
     }
 
     #[test]
@@ -604,6 +617,10 @@ mod tests {
         refused(
             serde_json::json!({"image": "b", "agent_binaries": {"x86_64": "rel"}}),
             &["`agent_binaries`"],
+        );
+        refused(
+            serde_json::json!({"image": "b", "snapshot_store": {"url": "s3://b"}}),
+            &["`snapshot_store`", "url"],
         );
     }
 

@@ -7,7 +7,7 @@
 //! /.runner/                     emptyDir (the pod's volume)
 //! /.runner/bin/runner-agent     0755 the static agent binary
 //! /.runner/status               the agent's status line (its stdout)
-//! /.runner/run/agent.sock       the agent's socket (run/ made 0700 by the agent)
+//! /.runner/run/<session>/agent.sock  the agent's socket (made 0700 by the agent)
 //! /.runner/state/               the agent's state (workspaces, snapshots)
 //! ```
 
@@ -29,10 +29,15 @@ use crate::exec::Attached;
 
 /// The delivered agent binary in the pod.
 pub(crate) const AGENT_PATH: &str = "/.runner/bin/runner-agent";
-/// The agent's socket.
-pub(crate) const SOCKET_PATH: &str = "/.runner/run/agent.sock";
+/// Where the agent makes its socket's directory (0700).
+const RUN_DIR: &str = "/.runner/run";
 /// The agent's state directory.
 pub(crate) const STATE_DIR: &str = "/.runner/state";
+
+/// The socket of the agent of session `session_id`.
+pub(crate) fn socket_path(session_id: &str) -> String {
+    format!("{RUN_DIR}/{session_id}/agent.sock")
+}
 
 /// Writes stdin to a temporary name, makes it executable, moves it into
 /// place (the bootstrap starts it then), prints its `version`, waits for

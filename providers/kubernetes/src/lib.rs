@@ -8,6 +8,7 @@ mod exec;
 mod orphans;
 mod pod;
 mod session;
+mod snapshot;
 mod transport;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use runner_api::{
     RunnerSessionState, RunnerSweepReport, validate_manifest,
 };
 use runner_kit::KnownDestinations;
+use runner_mounts::{EnvSecretResolver, SecretResolver};
 
 pub use config::{
     DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_WORKSPACE, ImagePullPolicy, KubernetesConfig,
@@ -28,6 +30,7 @@ pub use session::KubernetesSession;
 
 use crate::cluster::Clusters;
 use crate::session::SessionMeta;
+use crate::snapshot::SnapshotStore;
 
 /// The provider id destinations name: `"kubernetes"`.
 pub const PROVIDER_ID: &str = "kubernetes";
@@ -60,9 +63,11 @@ pub const RUNNER_DIR: &str = "/.runner";
 
 /// What kubernetes sessions can do themselves: commands, processes, files,
 /// archives, ports (relayed through the agent) and leases, all through the
-/// runner agent; detach and rejoin by pod name. No pause (a pod cannot be
-/// frozen honestly), no snapshots, no user switching (every capability is
-/// dropped), no mounts of its own. The layer stack
+/// runner agent; detach and rejoin by pod name; snapshots of the workspace
+/// kept in the destination's `snapshot_store`, restored into a new pod (a
+/// session claims them only when its destination names that store). No
+/// pause (a pod cannot be frozen honestly), no user switching (every
+/// capability is dropped), no mounts of its own. The layer stack
 /// (`runner_stack::stacked`) adds the object-store mount kinds and artifact
 /// export, through the session's file API.
 pub fn capabilities() -> RunnerCapabilities {
@@ -71,7 +76,7 @@ pub fn capabilities() -> RunnerCapabilities {
         file_read: true,
         file_write: true,
         port_preview: true,
-        snapshots: false,
+        snapshots: true,
         cancellation: true,
         artifact_export: false,
         mounts: RunnerMountCapabilities::default(),
@@ -82,7 +87,7 @@ pub fn capabilities() -> RunnerCapabilities {
         stdin: true,
         file_management: true,
         archive_transfer: true,
-        snapshot_restore: false,
+        snapshot_restore: true,
         port_listing: true,
         execution_lease: true,
         run_as_user: false,
@@ -109,10 +114,26 @@ pub fn capabilities() -> RunnerCapabilities {
 /// names by id, never from the state: destinations passed to
 /// `create_session`, or given with [`with_destination`](Self::with_destination)
 /// or [`trust_destination`](RemoteRunnerProvider::trust_destination).
-#[derive(Clone, Default)]
+///
+/// Snapshots are tars of the workspace in the destination's
+/// `snapshot_store` object store, opened with credentials from the
+/// provider's secret resolver ([`with_secret_resolver`](Self::with_secret_resolver);
+/// by default `RUNNER_SECRET_<ID>_<KEY>` environment variables).
+#[derive(Clone)]
 pub struct KubernetesProvider {
     clusters: Clusters,
     destinations: KnownDestinations,
+    resolver: Arc<dyn SecretResolver>,
+}
+
+impl Default for KubernetesProvider {
+    fn default() -> Self {
+        Self {
+            clusters: Clusters::default(),
+            destinations: KnownDestinations::default(),
+            resolver: Arc::new(EnvSecretResolver::new()),
+        }
+    }
 }
 
 impl std::fmt::Debug for KubernetesProvider {
@@ -127,6 +148,12 @@ impl KubernetesProvider {
     /// A provider with a new owner id.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Resolves the credentials of the stores snapshots are kept in with `resolver` instead of environment variables.
+    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     /// This provider's owner id (the [`LABEL_OWNER`] of its pods).
@@ -181,6 +208,19 @@ impl KubernetesProvider {
         Ok(config)
     }
 
+    /// Where the sessions of `destination` keep their snapshots.
+    fn snapshot_store(
+        &self,
+        destination: &RunnerDestination,
+        config: &KubernetesConfig,
+    ) -> SnapshotStore {
+        SnapshotStore::new(
+            config.snapshot_store.clone(),
+            &destination.id,
+            self.resolver.clone(),
+        )
+    }
+
     /// The known destination `state` names and its parsed config.
     fn destination_of(
         &self,
@@ -222,28 +262,49 @@ impl RemoteRunnerProvider for KubernetesProvider {
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
         const OP: &str = "create_session";
         let config = self.checked_config(OP, &destination)?;
+        let snapshots = self.snapshot_store(&destination, &config);
         self.trust_destination(&destination);
         let target = self.clusters.target(OP, &config).await?;
         self.clusters.hold_lease(OP, &target).await?;
-        let session =
-            KubernetesSession::create(target, config, destination.id.clone(), self.owner()).await?;
+        let session = KubernetesSession::create(
+            target,
+            config,
+            destination.id.clone(),
+            self.owner(),
+            snapshots,
+        )
+        .await?;
         Ok(Arc::new(session))
     }
 
-    /// Without a snapshot: the same as [`rejoin_session`](Self::rejoin_session).
-    /// With one: `Unsupported` (the provider takes no snapshots).
+    /// With `state.snapshot`: a new pod of the state's (known) destination
+    /// whose workspace is the snapshot's tar, read from that destination's
+    /// `snapshot_store` (a fork: the original goes on). Without: the same as
+    /// [`rejoin_session`](Self::rejoin_session).
+    ///
+    /// Errors: `InvalidRequest` for the state or snapshot of another
+    /// provider, `NotFound` for a snapshot the store does not hold, those
+    /// of `create_session`.
     async fn resume_session(
         &self,
         state: RunnerSessionState,
     ) -> RunnerResult<Arc<dyn RemoteRunnerSession>> {
-        Self::check_provider("resume_session", &state.provider_id)?;
-        if state.snapshot.is_some() {
-            return Err(RunnerError::unsupported(
-                "resume_session with a snapshot",
-                PROVIDER_ID,
-            ));
-        }
-        self.rejoin_session(state).await
+        const OP: &str = "resume_session";
+        Self::check_provider(OP, &state.provider_id)?;
+        let Some(snapshot) = &state.snapshot else {
+            return self.rejoin_session(state).await;
+        };
+        Self::check_provider(OP, &snapshot.provider_id)?;
+        let (destination, config) = self.destination_of(OP, &state)?;
+        let snapshots = self.snapshot_store(&destination, &config);
+        let tar = snapshots.get(snapshot).await?;
+        let target = self.clusters.target(OP, &config).await?;
+        self.clusters.hold_lease(OP, &target).await?;
+        let session =
+            KubernetesSession::create(target, config, destination.id, self.owner(), snapshots)
+                .await?;
+        session.restore(tar).await?;
+        Ok(Arc::new(session))
     }
 
     /// Reconnects to the pod of a detached (or still running) session of a
@@ -264,10 +325,12 @@ impl RemoteRunnerProvider for KubernetesProvider {
                 "{OP}: state metadata is not a kubernetes session's: {e}"
             ))
         })?;
-        let (_, config) = self.destination_of(OP, &state)?;
+        let (destination, config) = self.destination_of(OP, &state)?;
+        let snapshots = self.snapshot_store(&destination, &config);
         let target = self.clusters.target(OP, &config).await?;
         self.clusters.hold_lease(OP, &target).await?;
-        let session = KubernetesSession::rejoin(target, config, state, meta, self.owner()).await?;
+        let session =
+            KubernetesSession::rejoin(target, config, state, meta, self.owner(), snapshots).await?;
         Ok(Arc::new(session))
     }
 

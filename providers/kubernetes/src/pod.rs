@@ -20,7 +20,7 @@ use kube::api::ObjectMeta;
 use runner_api::{RunnerError, RunnerErrorKind, RunnerResult};
 
 use crate::config::{KubernetesConfig, ResourceAmounts};
-use crate::delivery::{SOCKET_PATH, STATE_DIR};
+use crate::delivery::{STATE_DIR, socket_path};
 use crate::error::Call;
 use crate::{
     ANNOTATION_DESTINATION, CONTAINER_NAME, LABEL_DETACHED, LABEL_MARKER, LABEL_OWNER,
@@ -50,8 +50,8 @@ pub(crate) fn pod_name(session_id: &str) -> String {
 }
 
 /// The agent's `serve` arguments: unix-local over the workspace, listening
-/// on [`SOCKET_PATH`].
-fn serve_args(config: &KubernetesConfig, destination_id: &str) -> Vec<String> {
+/// on the session's socket.
+fn serve_args(config: &KubernetesConfig, session_id: &str, destination_id: &str) -> Vec<String> {
     let local = serde_json::json!({
         "root": config.workspace_dir,
         "env": config.env,
@@ -60,7 +60,7 @@ fn serve_args(config: &KubernetesConfig, destination_id: &str) -> Vec<String> {
     });
     vec![
         "--socket".into(),
-        SOCKET_PATH.into(),
+        socket_path(session_id),
         "--config".into(),
         local.to_string(),
         "--destination-id".into(),
@@ -97,7 +97,7 @@ pub(crate) fn spec(
     );
     let mut command = vec!["sh".to_string(), "-c".into(), BOOTSTRAP.into()];
     command.push("runner-bootstrap".into());
-    command.extend(serve_args(config, destination_id));
+    command.extend(serve_args(config, session_id, destination_id));
     let non_root = config.non_root().then_some(true);
     let container = Container {
         name: CONTAINER_NAME.into(),
@@ -335,7 +335,7 @@ mod tests {
         assert_eq!(security.run_as_non_root, Some(true));
         let command = container.command.clone().unwrap();
         assert_eq!(&command[..3], ["sh", "-c", BOOTSTRAP]);
-        assert!(command.contains(&SOCKET_PATH.to_string()));
+        assert!(command.contains(&socket_path("s1")));
         assert!(BOOTSTRAP.contains(AGENT_PATH) && BOOTSTRAP.contains("/.runner/status"));
         let limits = container.resources.clone().unwrap().limits.unwrap();
         assert_eq!(limits["memory"], Quantity("64Mi".into()));

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::Target;
 use crate::config::KubernetesConfig;
 use crate::error::Call;
+use crate::snapshot::SnapshotStore;
 use crate::transport::Endpoint;
 use crate::{
     ANNOTATION_DESTINATION, LABEL_DETACHED, LABEL_MARKER, LABEL_OWNER, LABEL_SESSION, MARKER_VALUE,
@@ -28,7 +29,8 @@ use crate::{
 
 /// `RunnerSessionState.metadata` of a kubernetes session. `rejoin_session`
 /// uses only `pod` and `namespace`, checked against the destination and the
-/// pod's own labels; the image is for people.
+/// pod's own labels (the socket follows from the session id); the image and
+/// the socket are for people.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SessionMeta {
     /// The pod's name.
@@ -38,6 +40,9 @@ pub(crate) struct SessionMeta {
     /// The image the pod runs.
     #[serde(default)]
     pub(crate) image: String,
+    /// The agent's socket in the pod.
+    #[serde(default)]
+    pub(crate) socket: String,
 }
 
 /// A kubernetes session: a pod whose PID 1 is the runner agent serving
@@ -45,9 +50,9 @@ pub(crate) struct SessionMeta {
 /// connect` per connection (a lost one is made again).
 ///
 /// Every call but the lifecycle goes to the agent: commands, files,
-/// archives, ports, leases. Kubernetes' own part is the pod: `detach`
-/// marks it detached and `rejoin_session` reconnects to it, `close`
-/// deletes it.
+/// archives, ports, leases, and the workspace tar of a snapshot.
+/// Kubernetes' own part is the pod: `detach` marks it detached and
+/// `rejoin_session` reconnects to it, `close` deletes it.
 ///
 /// Created by [`KubernetesProvider`](crate::KubernetesProvider) bare:
 /// refusing calls after `close` or `detach`, and calls of capabilities it
@@ -62,6 +67,7 @@ pub struct KubernetesSession {
     config: KubernetesConfig,
     pods: Api<Pod>,
     meta: SessionMeta,
+    snapshots: SnapshotStore,
     closed: AtomicBool,
 }
 
@@ -117,6 +123,7 @@ impl KubernetesSession {
         config: KubernetesConfig,
         destination_id: String,
         owner: &str,
+        snapshots: SnapshotStore,
     ) -> RunnerResult<Self> {
         const OP: &str = "create_session";
         let start = Instant::now();
@@ -136,6 +143,7 @@ impl KubernetesSession {
             let endpoint = Endpoint {
                 pods: pods.clone(),
                 pod: name.clone(),
+                socket: delivery::socket_path(&session_id),
             };
             AgentSession::connect(endpoint.connector()).await
         }
@@ -154,6 +162,7 @@ impl KubernetesSession {
             pod: name,
             namespace: target.namespace.clone(),
             image: config.image.clone(),
+            socket: delivery::socket_path(&session_id),
         };
         Ok(Self::assemble(
             agent,
@@ -162,6 +171,7 @@ impl KubernetesSession {
             config,
             pods,
             meta,
+            snapshots,
         ))
     }
 
@@ -172,6 +182,7 @@ impl KubernetesSession {
         config: KubernetesConfig,
         pods: Api<Pod>,
         meta: SessionMeta,
+        snapshots: SnapshotStore,
     ) -> Self {
         Self {
             inner: Arc::new(agent.clone()),
@@ -181,6 +192,7 @@ impl KubernetesSession {
             config,
             pods,
             meta,
+            snapshots,
             closed: AtomicBool::new(false),
         }
     }
@@ -199,6 +211,7 @@ impl KubernetesSession {
         state: RunnerSessionState,
         meta: SessionMeta,
         owner: &str,
+        snapshots: SnapshotStore,
     ) -> RunnerResult<Self> {
         const OP: &str = "rejoin_session";
         let name = pod::pod_name(&state.session_id);
@@ -236,6 +249,7 @@ impl KubernetesSession {
         let endpoint = Endpoint {
             pods: pods.clone(),
             pod: name.clone(),
+            socket: delivery::socket_path(&state.session_id),
         };
         let agent = AgentSession::connect(endpoint.connector()).await?;
         tracing::info!(session_id = %state.session_id, pod = %name, "kubernetes session rejoined");
@@ -248,6 +262,7 @@ impl KubernetesSession {
             pod: name,
             namespace: target.namespace.clone(),
             image,
+            socket: delivery::socket_path(&state.session_id),
         };
         Ok(Self::assemble(
             agent,
@@ -256,7 +271,24 @@ impl KubernetesSession {
             config,
             pods,
             meta,
+            snapshots,
         ))
+    }
+
+    /// Unpacks a snapshot's `tar` into the workspace of this new session
+    /// (through the agent); the pod is deleted when that fails.
+    pub(crate) async fn restore(&self, tar: Vec<u8>) -> RunnerResult<()> {
+        let restored = self
+            .inner
+            .upload_archive(&self.config.workspace_dir, tar)
+            .await;
+        if let Err(e) = restored {
+            if let Err(closed) = RemoteRunnerSession::close(self).await {
+                tracing::debug!(session_id = %self.session_id, error = %closed, "deleting a fork that was not restored");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The session id.
@@ -296,8 +328,15 @@ impl LayeredSession for KubernetesSession {
         }
     }
 
+    /// The provider's, with snapshots only when the destination names a
+    /// `snapshot_store`.
     fn capabilities(&self) -> RunnerCapabilities {
-        crate::capabilities()
+        let snapshots = self.snapshots.configured();
+        RunnerCapabilities {
+            snapshots,
+            snapshot_restore: snapshots,
+            ..crate::capabilities()
+        }
     }
 
     fn workspace_root(&self) -> PathBuf {
@@ -314,9 +353,18 @@ impl LayeredSession for KubernetesSession {
         Err(RunnerError::unsupported("resume", PROVIDER_ID))
     }
 
-    /// `Unsupported`: the provider takes no snapshots.
+    /// The workspace as a tar (the agent's `download_archive`), stored in
+    /// the destination's `snapshot_store`; the reference names the snapshot
+    /// id, the session and the destination, never its settings.
+    ///
+    /// Errors: `InvalidRequest` when the destination names no
+    /// `snapshot_store`, the agent's and the store's.
     async fn snapshot(&self) -> RunnerResult<RunnerSnapshotRef> {
-        Err(RunnerError::unsupported("snapshot", PROVIDER_ID))
+        let tar = self
+            .inner
+            .download_archive(&self.config.workspace_dir)
+            .await?;
+        self.snapshots.put(&self.session_id, tar).await
     }
 
     /// Releases this handle: its connection to the agent closes, the agent

@@ -13,7 +13,7 @@ use runner_agent::{AgentConnection, AgentConnector};
 use tokio::io::{AsyncRead, AsyncWrite, Join, ReadBuf, ReadHalf, SimplexStream, WriteHalf};
 
 use crate::CONTAINER_NAME;
-use crate::delivery::{AGENT_PATH, SOCKET_PATH};
+use crate::delivery::AGENT_PATH;
 use crate::error::{Call, io_error};
 use crate::exec::{Attached, Pipe};
 
@@ -25,6 +25,8 @@ const BUFFER: usize = 256 << 10;
 pub(crate) struct Endpoint {
     pub(crate) pods: Api<Pod>,
     pub(crate) pod: String,
+    /// The agent's socket in the pod.
+    pub(crate) socket: String,
 }
 
 /// A pod exec's stdout and stdin as one stream; the process is kept so
@@ -76,7 +78,7 @@ impl Endpoint {
             .pods
             .exec(
                 &self.pod,
-                [AGENT_PATH, "connect", "--socket", SOCKET_PATH],
+                [AGENT_PATH, "connect", "--socket", self.socket.as_str()],
                 &params,
             )
             .await

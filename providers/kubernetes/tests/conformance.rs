@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 
 use runner_kubernetes::KubernetesProvider;
-use runner_testkit::{Conformance, S3TestServer};
+use runner_testkit::{Conformance, S3TestServer, socket_breaker, state_socket};
 
 fn main() -> std::process::ExitCode {
     // The workspace compiles rustls with both ring and aws-lc-rs, so kube's
@@ -26,23 +26,34 @@ fn main() -> std::process::ExitCode {
     let cluster = runtime
         .block_on(support::Cluster::start())
         .expect("start the cluster");
-    let store = S3TestServer::start().expect("start the in-process S3 test server");
     // A non-root user, as the restrictive security context recommends (root
     // with every capability dropped cannot override file modes as POSIX
     // root does), with the workspace in /tmp so that the `paths_` checks
     // can plant their file next to it as that user.
+    let store = S3TestServer::start().expect("start the in-process S3 test server");
+    let target = store.target();
     let destination = cluster.destination(
         "conformance",
         serde_json::json!({
             "run_as_user": 1000,
             "run_as_group": 1000,
             "workspace_dir": "/tmp/workspace",
+            "snapshot_store": target.artifacts_config("kubernetes-conformance-snapshots"),
         }),
     );
-    let summary = Conformance::new(Arc::new(KubernetesProvider::new()), destination)
-        .with_object_store(store.target())
-        .with_label("kubernetes")
-        .run_with(runner_testkit::libtest_mimic::Arguments::from_args());
+    // Snapshots go to the destination's snapshot store, opened with the
+    // same credentials the stack gets.
+    let provider = KubernetesProvider::new().with_secret_resolver(target.resolver.clone());
+    let mut conformance = Conformance::new(Arc::new(provider), destination)
+        .with_object_store(target)
+        .with_label("kubernetes");
+    if cluster.server.is_some() {
+        // The test server's pods are containers of this host: their
+        // `runner-agent connect` processes (one per connection, by the
+        // session's socket) can be killed from here, the agent left running.
+        conformance = conformance.with_connection_breaker(socket_breaker(state_socket));
+    }
+    let summary = conformance.run_with(runner_testkit::libtest_mimic::Arguments::from_args());
     drop(store);
     runtime.block_on(cluster.shutdown());
     summary.exit_code()
