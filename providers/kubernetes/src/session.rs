@@ -380,7 +380,9 @@ impl LayeredSession for KubernetesSession {
 
     /// The agent closes its session (every process of it ends) and exits;
     /// then the pod is deleted (one already gone is fine). An agent that
-    /// cannot be reached does not keep the pod.
+    /// cannot be reached does not keep the pod; when the pod cannot be
+    /// deleted (the API server is unreachable), the error is returned and a
+    /// later `close` tries again.
     async fn close(&self) -> RunnerResult<()> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -399,7 +401,11 @@ impl LayeredSession for KubernetesSession {
                 .error(e)
             {
                 e if e.kind() == RunnerErrorKind::NotFound => Ok(()),
-                e => Err(e),
+                e => {
+                    // The pod is still there: a later close tries again.
+                    self.closed.store(false, Ordering::SeqCst);
+                    Err(e)
+                }
             },
         }
     }

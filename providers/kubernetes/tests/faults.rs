@@ -1,7 +1,8 @@
 //! Faults of the kubernetes provider, through kube against the test API
 //! server: an image that does not exist, a pod that never schedules, a
-//! forbidden verb, the API server stopped and started mid-session, exec
-//! streams cut mid-command, and the sweep of pods whose owner is gone.
+//! forbidden verb, the API server stopped and started mid-session (and
+//! under a close), exec streams cut mid-command, and the sweep of pods whose
+//! owner is gone.
 
 mod support;
 
@@ -181,6 +182,41 @@ async fn api_server_restart_is_unavailable_then_recovers() -> R {
     Ok(())
 }
 
+async fn close_without_api_server_tries_again() -> R {
+    let cluster = Cluster::start().await?;
+    let provider = KubernetesProvider::new();
+    let session = provider
+        .create_session(cluster.destination("faults", serde_json::json!({})))
+        .await
+        .map_err(|e| e.to_string())?;
+    let pod = format!("runner-{}", session.state().session_id);
+    let server = cluster.server()?;
+    server.stop().await;
+    match session.close().await {
+        Err(e) if e.kind() == RunnerErrorKind::Unavailable => {}
+        other => return Err(format!("close with the API server stopped: {other:?}")),
+    }
+    server.start_again().await.map_err(|e| e.to_string())?;
+    session
+        .close()
+        .await
+        .map_err(|e| format!("close after the restart: {e}"))?;
+    let pods: Api<Pod> = kube_api(&cluster).await?;
+    for _ in 0..100 {
+        if pods
+            .get_opt(&pod)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            cluster.shutdown().await;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the pod {pod} was not deleted by the second close"))
+}
+
 async fn exec_stream_dropped_output_resumes() -> R {
     let cluster = Cluster::start().await?;
     let provider = runner_stack::stacked(KubernetesProvider::new());
@@ -300,6 +336,10 @@ fn main() -> ExitCode {
         async_trial(
             "faults_api_server_restart_is_unavailable_then_recovers",
             api_server_restart_is_unavailable_then_recovers,
+        ),
+        async_trial(
+            "faults_close_without_api_server_tries_again",
+            close_without_api_server_tries_again,
         ),
         async_trial(
             "faults_exec_stream_dropped_output_resumes",
