@@ -158,6 +158,57 @@ impl AgentBinary {
     }
 }
 
+impl AgentBinary {
+    /// The binary's bytes as a reader that holds one buffer at a time (for
+    /// a delivery that streams them), with its length. The hash is checked
+    /// as the bytes pass: the read that reaches the end fails when they
+    /// differ from what was inspected, so a binary changed since then is
+    /// never delivered whole.
+    ///
+    /// Errors: `Provider` (or `NotFound`) when it cannot be opened.
+    pub fn reader(&self) -> RunnerResult<(u64, CheckedReader)> {
+        let file = std::fs::File::open(&self.path)
+            .map_err(|e| RunnerError::from_io("agent binary", self.path.display(), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| RunnerError::from_io("agent binary", self.path.display(), e))?
+            .len();
+        let reader = CheckedReader {
+            file,
+            hasher: Sha256::new(),
+            expected: self.sha256.clone(),
+            path: self.path.clone(),
+        };
+        Ok((len, reader))
+    }
+}
+
+/// An [`AgentBinary`]'s bytes, checked against its hash at the end (see
+/// [`AgentBinary::reader`]).
+pub struct CheckedReader {
+    file: std::fs::File,
+    hasher: Sha256,
+    expected: String,
+    path: PathBuf,
+}
+
+impl Read for CheckedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let found = hex::encode(self.hasher.clone().finalize());
+            if found != self.expected {
+                return Err(std::io::Error::other(format!(
+                    "agent binary {} changed after it was checked",
+                    self.path.display()
+                )));
+            }
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 type CacheKey = (PathBuf, u64, Option<SystemTime>);
 
 /// Hex sha256 of the file at `path`, read in 64 KiB pieces.

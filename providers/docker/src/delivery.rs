@@ -15,6 +15,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bollard::query_parameters::{
     DownloadFromContainerOptionsBuilder, LogsOptionsBuilder, UploadToContainerOptionsBuilder,
@@ -30,7 +31,7 @@ use runner_api::{
 use runner_kit::accounts::{group_entries, passwd_entries};
 
 use crate::config::DockerConfig;
-use crate::error::{Daemon, join_error};
+use crate::error::Daemon;
 
 /// The directory of everything the provider delivers into a container.
 pub(crate) const RUNNER_DIR: &str = "/.runner";
@@ -219,7 +220,7 @@ pub(crate) async fn read_small_file(
 }
 
 /// A destination's manifest split between Docker and the agent.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Placement {
     /// Docker bind mounts (`host:container[:ro]`).
     pub(crate) binds: Vec<String>,
@@ -330,16 +331,17 @@ fn directory(mode: u32, owner: Owner) -> tar::Header {
 ///
 /// Errors: the binary's (`Provider` when it changed since it was checked),
 /// `NotFound` for a missing entry source.
-pub(crate) fn tree(
+pub(crate) fn tree<W: std::io::Write>(
     binary: &AgentBinary,
     workspace: &Path,
     owner: Owner,
     placement: &Placement,
-) -> RunnerResult<Vec<u8>> {
+    out: W,
+) -> RunnerResult<W> {
     const OP: &str = "create_session: delivering the agent";
-    let contents = binary.contents()?;
+    let (len, contents) = binary.reader()?;
     let io = |e| RunnerError::from_io(OP, RUNNER_DIR, e);
-    let mut builder = tar::Builder::new(Vec::with_capacity(contents.len() + 64 * 1024));
+    let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Deterministic);
     builder.follow_symlinks(false);
     let root = |dir: &str| dir.trim_start_matches('/').to_string();
@@ -355,9 +357,9 @@ pub(crate) fn tree(
     header.set_uid(0);
     header.set_gid(0);
     header.set_mtime(0);
-    header.set_size(contents.len() as u64);
+    header.set_size(len);
     builder
-        .append_data(&mut header, root(&agent_path(binary)), contents.as_slice())
+        .append_data(&mut header, root(&agent_path(binary)), contents)
         .map_err(io)?;
     builder
         .append_data(
@@ -403,20 +405,33 @@ pub(crate) async fn deliver(
     owner: Owner,
     placement: Placement,
 ) -> RunnerResult<Placement> {
-    let (tar, placement) = tokio::task::spawn_blocking(move || {
-        tree(&binary, &workspace, owner, &placement).map(|tar| (tar, placement))
-    })
-    .await
-    .map_err(|e| join_error("create_session", e))??;
+    // Packed as it is sent (the binary and the entries are never whole in
+    // memory); a failure while packing fails the upload.
+    let packed = placement.clone();
+    let tar = runner_kit::bridge::chunk_stream("create_session", move |out| {
+        tree(&binary, &workspace, owner, &packed, out).map(drop)
+    });
+    let failure: Arc<Mutex<Option<RunnerError>>> = Arc::default();
+    let seen = failure.clone();
+    let body = tar.map(move |chunk| {
+        chunk.map_err(|e| {
+            let io = std::io::Error::other(e.message().to_string());
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            io
+        })
+    });
     let options = UploadToContainerOptionsBuilder::new()
         .path("/")
         .no_overwrite_dir_non_dir("true")
         .build();
-    daemon
+    let put = daemon
         .docker
-        .upload_to_container(container, Some(options), bollard::body_full(tar.into()))
-        .await
-        .map_err(|e| daemon.error("create_session: delivering the agent to", container, e))?;
+        .upload_to_container(container, Some(options), bollard::body_try_stream(body))
+        .await;
+    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    put.map_err(|e| daemon.error("create_session: delivering the agent to", container, e))?;
     Ok(placement)
 }
 

@@ -90,11 +90,6 @@ pub(crate) fn map_docker_error(
     RunnerError::new(kind, message).with_source(error)
 }
 
-/// A failed blocking task, as a provider error naming `operation`.
-pub(crate) fn join_error(operation: &str, error: tokio::task::JoinError) -> RunnerError {
-    RunnerError::provider(format!("{operation}: background task failed: {error}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
