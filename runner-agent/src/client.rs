@@ -323,13 +323,14 @@ impl AgentClient {
         Ok(url)
     }
 
-    /// Opens a tunnel to sandbox `port`: the exchange once the agent connected.
+    /// Opens a tunnel to sandbox `port`: the exchange once the request is
+    /// out. The caller's bytes follow at once, without waiting for the
+    /// agent's reply (it holds them under the stream's credit until it is
+    /// connected), so a request costs no extra round trip; the reply comes
+    /// first on the exchange ([`tunnel::relay`] takes it), or an error that
+    /// closes the caller's connection.
     async fn open_tunnel(&self, port: u16) -> RunnerResult<Exchange> {
-        let mut exchange = self.open(&Request::OpenTunnel { port }).await?;
-        match exchange.reply().await? {
-            Reply::Unit => Ok(exchange),
-            other => Err(unexpected("open_tunnel", &other)),
-        }
+        self.open(&Request::OpenTunnel { port }).await
     }
 }
 

@@ -160,6 +160,9 @@ async fn receive(
                     return Ok(());
                 }
             }
+            // The agent connected (its answer to `open_tunnel`, which the
+            // client does not wait for before sending).
+            Some(frame) if frame.kind == FrameKind::Reply && side == Side::Client => {}
             Some(frame) if frame.kind == FrameKind::Error => {
                 tracing::debug!(error = %wire_error(&frame.payload), "tunnel: the peer ended it");
                 return Err(Broken::Quietly);
