@@ -83,6 +83,118 @@ pub struct Resources {
     pub limits: ResourceAmounts,
 }
 
+/// The access modes a workspace claim may ask for.
+pub const ACCESS_MODES: [&str; 4] = [
+    "ReadWriteOnce",
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOncePod",
+];
+
+fn default_access_modes() -> Vec<String> {
+    vec!["ReadWriteOnce".to_string()]
+}
+
+/// The volume mounted at `workspace_dir`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WorkspaceVolume {
+    /// An emptyDir volume: it goes with the pod.
+    EmptyDir {
+        /// `"Memory"` (a tmpfs) or `""` (the node's disk, the default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        medium: Option<String>,
+        /// The most the volume may hold (a quantity, `"1Gi"`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size_limit: Option<String>,
+    },
+    /// A PersistentVolumeClaim created for each session and deleted with it.
+    Pvc {
+        /// The storage the claim requests (a quantity, `"5Gi"`).
+        size: String,
+        /// The claim's storage class; `None` is the cluster's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storage_class: Option<String>,
+        /// The claim's access modes (default `["ReadWriteOnce"]`).
+        #[serde(default = "default_access_modes")]
+        access_modes: Vec<String>,
+    },
+}
+
+impl Default for WorkspaceVolume {
+    fn default() -> Self {
+        Self::EmptyDir {
+            medium: None,
+            size_limit: None,
+        }
+    }
+}
+
+impl WorkspaceVolume {
+    fn check(&self) -> RunnerResult<()> {
+        const KEY: &str = "workspace_volume";
+        match self {
+            Self::EmptyDir { medium, size_limit } => {
+                if let Some(medium) = medium
+                    && !matches!(medium.as_str(), "" | "Memory")
+                {
+                    return Err(bad(
+                        KEY,
+                        format!("empty_dir.medium {medium:?} is not \"Memory\" or \"\""),
+                    ));
+                }
+                if let Some(limit) = size_limit
+                    && !valid_quantity(limit)
+                {
+                    return Err(bad(
+                        KEY,
+                        format!(
+                            "empty_dir.size_limit {limit:?} is not a Kubernetes quantity (such \
+                             as \"1Gi\")"
+                        ),
+                    ));
+                }
+            }
+            Self::Pvc {
+                size,
+                storage_class,
+                access_modes,
+            } => {
+                let above_zero = !size.starts_with('-')
+                    && size
+                        .split(['e', 'E'])
+                        .next()
+                        .is_some_and(|m| m.chars().any(|c| ('1'..='9').contains(&c)));
+                if !valid_quantity(size) || !above_zero {
+                    return Err(bad(
+                        KEY,
+                        format!(
+                            "pvc.size {size:?} is not a Kubernetes quantity above zero (such as \
+                             \"5Gi\")"
+                        ),
+                    ));
+                }
+                if let Some(class) = storage_class {
+                    check_name("workspace_volume.pvc.storage_class", class)?;
+                }
+                if access_modes.is_empty() {
+                    return Err(bad(KEY, "pvc.access_modes must not be empty"));
+                }
+                if let Some(mode) = access_modes
+                    .iter()
+                    .find(|mode| !ACCESS_MODES.contains(&mode.as_str()))
+                {
+                    return Err(bad(
+                        KEY,
+                        format!("pvc.access_modes: {mode:?} is not one of {ACCESS_MODES:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Settings of a kubernetes destination, from `RunnerDestination.config`.
 ///
 /// Keys (JSON): `image` (required; it must hold a POSIX `sh`, `cat`,
@@ -95,7 +207,11 @@ pub struct Resources {
 /// `ephemeral-storage`), `node_selector` (object of strings),
 /// `tolerations` (Kubernetes tolerations), `service_account`,
 /// `runtime_class`, `labels` and `annotations` (objects of strings),
-/// `workspace_dir` (default `/workspace`), `env` (object of strings),
+/// `workspace_dir` (default `/workspace`), `workspace_volume` (the volume
+/// mounted there, [`WorkspaceVolume`]: `{"empty_dir": {"medium": "Memory"
+/// | "", "size_limit": "1Gi"}}`, the default a plain emptyDir, or `{"pvc":
+/// {"size": "5Gi", "storage_class": …, "access_modes": ["ReadWriteOnce"]}}`,
+/// a claim per session), `env` (object of strings),
 /// `run_as_user` and `run_as_group` (numeric ids; a non-zero user sets
 /// `runAsNonRoot`), `active_deadline_s`, `startup_timeout_s` (default
 /// [`DEFAULT_STARTUP_TIMEOUT_S`]), `agent_binaries` (architecture → path of
@@ -145,9 +261,12 @@ pub struct KubernetesConfig {
     /// Extra pod annotations.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    /// Absolute workspace directory inside the pod (an emptyDir volume).
+    /// Absolute workspace directory inside the pod (the workspace volume).
     #[serde(default = "default_workspace")]
     pub workspace_dir: PathBuf,
+    /// The volume mounted at `workspace_dir`.
+    #[serde(default)]
+    pub workspace_volume: WorkspaceVolume,
     /// Environment of every command (a command's own `env` wins).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -200,6 +319,10 @@ fn expected(key: &str) -> Option<&'static str> {
         "run_as_user" | "run_as_group" => "a whole number id",
         "active_deadline_s" | "startup_timeout_s" => "a whole number of seconds",
         "agent_binaries" => "an object of architecture to path",
+        "workspace_volume" => {
+            "{\"empty_dir\": {\"medium\": \"Memory\" or \"\", \"size_limit\": …}} or \
+             {\"pvc\": {\"size\": …, \"storage_class\": …, \"access_modes\": […]}}"
+        }
         "snapshot_store" => {
             "an object store setting {\"uri\": …, \"credentials\": {\"id\": …}, \"options\": {…}}"
         }
@@ -238,7 +361,10 @@ fn parse_error(
     let Some(expected) = map.contains_key(key).then(|| expected(key)).flatten() else {
         return RunnerError::invalid_request(format!("kubernetes config: {}", error.inner()));
     };
-    if matches!(key.as_str(), "resources" | "tolerations" | "snapshot_store") {
+    if matches!(
+        key.as_str(),
+        "resources" | "tolerations" | "snapshot_store" | "workspace_volume"
+    ) {
         return bad(
             key,
             format!("must be {expected}; at `{path}`: {}", error.inner()),
@@ -461,6 +587,7 @@ impl KubernetesConfig {
                 ),
             ));
         }
+        self.workspace_volume.check()?;
         if let Some((k, _)) = self
             .env
             .iter()
@@ -533,6 +660,31 @@ mod tests {
         assert_eq!(config.workspace_dir, PathBuf::from(DEFAULT_WORKSPACE));
         assert_eq!(config.startup_timeout_s, DEFAULT_STARTUP_TIMEOUT_S);
         assert!(!config.non_root());
+        assert_eq!(config.workspace_volume, WorkspaceVolume::default());
+        let config = parse(serde_json::json!({
+            "image": "busybox", "workspace_volume": {"pvc": {"size": "5Gi"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            config.workspace_volume,
+            WorkspaceVolume::Pvc {
+                size: "5Gi".into(),
+                storage_class: None,
+                access_modes: vec!["ReadWriteOnce".into()],
+            }
+        );
+        let config = parse(serde_json::json!({
+            "image": "busybox",
+            "workspace_volume": {"empty_dir": {"medium": "Memory", "size_limit": "1Gi"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            config.workspace_volume,
+            WorkspaceVolume::EmptyDir {
+                medium: Some("Memory".into()),
+                size_limit: Some("1Gi".into()),
+            }
+        );
         let config = parse(serde_json::json!({
             "image": "busybox", "kubeconfig": "/k", "context": "c", "namespace": "ns",
             "image_pull_policy": "Never", "image_pull_secrets": ["regcred"],
@@ -597,6 +749,34 @@ mod tests {
         refused(
             serde_json::json!({"image": "b", "workspace_dir": "/.runner/w"}),
             &["`workspace_dir`"],
+        );
+        refused(
+            serde_json::json!({"image": "b", "workspace_volume": {"empty_dir": {"medium": "Disk"}}}),
+            &["`workspace_volume`", "medium", "\"Disk\""],
+        );
+        refused(
+            serde_json::json!({"image": "b", "workspace_volume": {"empty_dir": {"size_limit": "big"}}}),
+            &["`workspace_volume`", "size_limit"],
+        );
+        refused(
+            serde_json::json!({"image": "b", "workspace_volume": {"pvc": {"size": "0Gi"}}}),
+            &["`workspace_volume`", "pvc.size", "above zero"],
+        );
+        refused(
+            serde_json::json!({"image": "b", "workspace_volume": {"pvc": {}}}),
+            &["`workspace_volume`", "size"],
+        );
+        refused(
+            serde_json::json!({"image": "b", "workspace_volume": {"pvc": {"size": "1Gi", "access_modes": ["All"]}}}),
+            &["`workspace_volume`", "\"All\""],
+        );
+        refused(
+            serde_json::json!({"image": "b", "workspace_volume": {"pvc": {"size": "1Gi", "storage_class": "Fast SSD"}}}),
+            &["storage_class"],
+        );
+        refused(
+            serde_json::json!({"image": "b", "workspace_volume": {"nfs": {}}}),
+            &["`workspace_volume`"],
         );
         refused(
             serde_json::json!({"image": "b", "run_as_user": -1}),

@@ -23,8 +23,8 @@ use runner_kit::KnownDestinations;
 use runner_mounts::{EnvSecretResolver, SecretResolver};
 
 pub use config::{
-    DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_WORKSPACE, ImagePullPolicy, KubernetesConfig,
-    ResourceAmounts, Resources,
+    ACCESS_MODES, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_WORKSPACE, ImagePullPolicy, KubernetesConfig,
+    ResourceAmounts, Resources, WorkspaceVolume,
 };
 pub use session::KubernetesSession;
 

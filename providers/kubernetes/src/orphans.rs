@@ -2,13 +2,15 @@
 //! `coordination.k8s.io/v1` Lease `runners-owner-<owner id>` in every
 //! namespace it creates pods in, renewed every [`RENEW_EVERY`]; a pod
 //! carrying the marker is an orphan when its owner's lease is missing or
-//! has not been renewed for [`LEASE_SECONDS`].
+//! has not been renewed for [`LEASE_SECONDS`]. A workspace claim carrying
+//! the marker is an orphan when its owner is gone and no pod of its session
+//! is kept.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Clusters;
 use crate::error::Call;
-use crate::{LABEL_DETACHED, LABEL_MARKER, LABEL_OWNER, LEASE_PREFIX, MARKER_VALUE};
+use crate::{LABEL_DETACHED, LABEL_MARKER, LABEL_OWNER, LABEL_SESSION, LEASE_PREFIX, MARKER_VALUE};
 
 /// How long a lease holds without a renewal.
 pub(crate) const LEASE_SECONDS: i32 = 60;
@@ -161,6 +163,7 @@ pub(crate) async fn sweep(clusters: &Clusters) -> RunnerResult<RunnerSweepReport
             .await
             .map_err(|e| Call::new(OP, "list", "pods").error(e))?;
         let mut owners_with_pods = HashSet::new();
+        let mut kept_sessions = HashSet::new();
         for pod in pod_list.items {
             let labels = pod.metadata.labels.clone().unwrap_or_default();
             let name = pod.metadata.name.clone().unwrap_or_default();
@@ -168,6 +171,7 @@ pub(crate) async fn sweep(clusters: &Clusters) -> RunnerResult<RunnerSweepReport
             let detached = labels.get(LABEL_DETACHED).is_some_and(|v| v == "true");
             if detached || alive.contains(&owner) || pod.metadata.deletion_timestamp.is_some() {
                 owners_with_pods.insert(owner);
+                kept_sessions.extend(labels.get(LABEL_SESSION).cloned());
                 continue;
             }
             match pods.delete(&name, &DeleteParams::default()).await {
@@ -175,6 +179,35 @@ pub(crate) async fn sweep(clusters: &Clusters) -> RunnerResult<RunnerSweepReport
                     .removed
                     .push(format!("pod {}/{name}", target.namespace)),
                 Err(e) => match Call::new(OP, "delete", "pods").named(&name).error(e) {
+                    e if e.kind() == RunnerErrorKind::NotFound => {}
+                    e => return Err(e),
+                },
+            }
+        }
+        let claims: Api<PersistentVolumeClaim> = target.claims();
+        let claim_list = claims
+            .list(&ListParams::default().labels(&marker))
+            .await
+            .map_err(|e| Call::new(OP, "list", "persistentvolumeclaims").error(e))?;
+        for claim in claim_list.items {
+            let labels = claim.metadata.labels.clone().unwrap_or_default();
+            let name = claim.metadata.name.clone().unwrap_or_default();
+            let owner = labels.get(LABEL_OWNER).cloned().unwrap_or_default();
+            let session_kept = labels
+                .get(LABEL_SESSION)
+                .is_some_and(|session| kept_sessions.contains(session));
+            if session_kept || alive.contains(&owner) || claim.metadata.deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            match claims.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => report
+                    .removed
+                    .push(format!("persistentvolumeclaim {}/{name}", target.namespace)),
+                Err(e) => match Call::new(OP, "delete", "persistentvolumeclaims")
+                    .named(&name)
+                    .error(e)
+                {
                     e if e.kind() == RunnerErrorKind::NotFound => {}
                     e => return Err(e),
                 },

@@ -5,21 +5,23 @@
 //! bootstrap ([`BOOTSTRAP`], run by the image's `sh`): it waits until the
 //! agent binary appears in the `/.runner` emptyDir volume, then execs
 //! `runner-agent init -- serve …` with the agent's status line going to
-//! `/.runner/status`. The workspace is a second emptyDir volume.
+//! `/.runner/status`. The workspace is a second volume: an emptyDir, or
+//! the session's PersistentVolumeClaim ([`claim`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, LocalObjectReference, Pod, PodSecurityContext,
-    PodSpec, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, LocalObjectReference, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
 use kube::api::ObjectMeta;
 use runner_api::{RunnerError, RunnerErrorKind, RunnerResult};
 
-use crate::config::{KubernetesConfig, ResourceAmounts};
+use crate::config::{KubernetesConfig, ResourceAmounts, WorkspaceVolume};
 use crate::delivery::{STATE_DIR, socket_path};
 use crate::error::Call;
 use crate::{
@@ -47,6 +49,94 @@ const IMAGE_REASONS: [&str; 5] = [
 /// The name of the pod of session `session_id`.
 pub(crate) fn pod_name(session_id: &str) -> String {
     format!("{POD_PREFIX}{session_id}")
+}
+
+/// The name of the workspace claim of session `session_id` (the pod's
+/// name).
+pub(crate) fn claim_name(session_id: &str) -> String {
+    pod_name(session_id)
+}
+
+/// The marker, session and owner labels (and the configured ones) of a
+/// session's objects.
+fn session_labels(
+    config: &KubernetesConfig,
+    session_id: &str,
+    owner: &str,
+) -> BTreeMap<String, String> {
+    let mut labels = config.labels.clone();
+    labels.extend([
+        (LABEL_MARKER.to_string(), MARKER_VALUE.to_string()),
+        (LABEL_SESSION.to_string(), session_id.to_string()),
+        (LABEL_OWNER.to_string(), owner.to_string()),
+    ]);
+    labels
+}
+
+/// The workspace claim of a new session, when its workspace volume is a
+/// PVC.
+pub(crate) fn claim(
+    config: &KubernetesConfig,
+    session_id: &str,
+    destination_id: &str,
+    owner: &str,
+) -> Option<PersistentVolumeClaim> {
+    let WorkspaceVolume::Pvc {
+        size,
+        storage_class,
+        access_modes,
+    } = &config.workspace_volume
+    else {
+        return None;
+    };
+    let mut annotations = config.annotations.clone();
+    annotations.insert(
+        ANNOTATION_DESTINATION.to_string(),
+        destination_id.to_string(),
+    );
+    Some(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(claim_name(session_id)),
+            labels: Some(session_labels(config, session_id, owner)),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(access_modes.clone()),
+            storage_class_name: storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(size.clone()),
+                )])),
+                limits: None,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The pod's workspace volume.
+fn workspace_volume(config: &KubernetesConfig, session_id: &str) -> Volume {
+    match &config.workspace_volume {
+        WorkspaceVolume::EmptyDir { medium, size_limit } => Volume {
+            name: "workspace".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: medium.clone().filter(|m| !m.is_empty()),
+                size_limit: size_limit.clone().map(Quantity),
+            }),
+            ..Default::default()
+        },
+        WorkspaceVolume::Pvc { .. } => Volume {
+            name: "workspace".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name(session_id),
+                read_only: None,
+            }),
+            ..Default::default()
+        },
+    }
 }
 
 /// The agent's `serve` arguments: unix-local over the workspace, listening
@@ -83,13 +173,8 @@ pub(crate) fn spec(
     destination_id: &str,
     owner: &str,
 ) -> Pod {
-    let mut labels = config.labels.clone();
-    labels.extend([
-        (LABEL_MARKER.to_string(), MARKER_VALUE.to_string()),
-        (LABEL_SESSION.to_string(), session_id.to_string()),
-        (LABEL_OWNER.to_string(), owner.to_string()),
-        (LABEL_DETACHED.to_string(), "false".to_string()),
-    ]);
+    let mut labels = session_labels(config, session_id, owner);
+    labels.insert(LABEL_DETACHED.to_string(), "false".to_string());
     let mut annotations = config.annotations.clone();
     annotations.insert(
         ANNOTATION_DESTINATION.to_string(),
@@ -133,8 +218,8 @@ pub(crate) fn spec(
         ]),
         ..Default::default()
     };
-    let empty_dir = |name: &str| Volume {
-        name: name.into(),
+    let runner_volume = Volume {
+        name: "runner".into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     };
@@ -148,7 +233,7 @@ pub(crate) fn spec(
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             containers: vec![container],
-            volumes: Some(vec![empty_dir("runner"), empty_dir("workspace")]),
+            volumes: Some(vec![runner_volume, workspace_volume(config, session_id)]),
             // The service account's token only when one is asked for.
             automount_service_account_token: Some(config.service_account.is_some()),
             service_account_name: config.service_account.clone(),

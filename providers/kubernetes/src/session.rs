@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use runner_agent::AgentSession;
@@ -43,6 +43,9 @@ pub(crate) struct SessionMeta {
     /// The agent's socket in the pod.
     #[serde(default)]
     pub(crate) socket: String,
+    /// The workspace's PersistentVolumeClaim, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) claim: Option<String>,
 }
 
 /// A kubernetes session: a pod whose PID 1 is the runner agent serving
@@ -52,7 +55,8 @@ pub(crate) struct SessionMeta {
 /// Every call but the lifecycle goes to the agent: commands, files,
 /// archives, ports, leases, and the workspace tar of a snapshot.
 /// Kubernetes' own part is the pod: `detach` marks it detached and
-/// `rejoin_session` reconnects to it, `close` deletes it.
+/// `rejoin_session` reconnects to it, `close` deletes it (and the
+/// workspace's claim, when the workspace volume is a PVC).
 ///
 /// Created by [`KubernetesProvider`](crate::KubernetesProvider) bare:
 /// refusing calls after `close` or `detach`, and calls of capabilities it
@@ -66,6 +70,7 @@ pub struct KubernetesSession {
     destination_id: String,
     config: KubernetesConfig,
     pods: Api<Pod>,
+    claims: Api<PersistentVolumeClaim>,
     meta: SessionMeta,
     snapshots: SnapshotStore,
     closed: AtomicBool,
@@ -86,6 +91,37 @@ fn left(start: Instant, timeout: Duration) -> Duration {
     timeout
         .saturating_sub(start.elapsed())
         .max(Duration::from_secs(1))
+}
+
+/// Deletes the claim `name` (one already gone is fine).
+async fn delete_claim(
+    operation: &str,
+    claims: &Api<PersistentVolumeClaim>,
+    name: &str,
+) -> RunnerResult<()> {
+    match claims.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) => match Call::new(operation, "delete", "persistentvolumeclaims")
+            .named(name)
+            .error(e)
+        {
+            e if e.kind() == RunnerErrorKind::NotFound => Ok(()),
+            e => Err(e),
+        },
+    }
+}
+
+/// The claim the workspace volume of `pod` names, if any.
+fn workspace_claim(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .volumes
+        .as_ref()?
+        .iter()
+        .find(|volume| volume.name == "workspace")?
+        .persistent_volume_claim
+        .as_ref()
+        .map(|claim| claim.claim_name.clone())
 }
 
 /// Sets the owner and detached labels of `pod`.
@@ -116,8 +152,8 @@ impl KubernetesSession {
     /// naming an image that cannot be pulled, `Unavailable` with the
     /// scheduler's message, `Unsupported` when no agent binary is for the
     /// node's platform, `Timeout` after `startup_timeout_s`, the agent's
-    /// error when it failed to open its session. The pod is deleted on any
-    /// of them.
+    /// error when it failed to open its session. The pod (and the
+    /// workspace's claim) is deleted on any of them.
     pub(crate) async fn create(
         target: Target,
         config: KubernetesConfig,
@@ -132,9 +168,30 @@ impl KubernetesSession {
         let spec = pod::spec(&config, &session_id, &destination_id, owner);
         let name = pod::pod_name(&session_id);
         let pods = target.pods();
-        pods.create(&PostParams::default(), &spec)
-            .await
-            .map_err(|e| Call::new(OP, "create", "pods").named(&name).error(e))?;
+        let claims = target.claims();
+        let claim = pod::claim(&config, &session_id, &destination_id, owner);
+        let claim_name = claim.as_ref().map(|_| pod::claim_name(&session_id));
+        if let (Some(claim), Some(claim_name)) = (&claim, &claim_name) {
+            claims
+                .create(&PostParams::default(), claim)
+                .await
+                .map_err(|e| {
+                    Call::new(OP, "create", "persistentvolumeclaims")
+                        .named(claim_name)
+                        .error(e)
+                })?;
+        }
+        let undo_claim = async |claims: &Api<PersistentVolumeClaim>| {
+            if let Some(claim_name) = &claim_name
+                && let Err(deleted) = delete_claim(OP, claims, claim_name).await
+            {
+                tracing::debug!(claim = %claim_name, error = %deleted, "deleting the claim of a session that did not start");
+            }
+        };
+        if let Err(e) = pods.create(&PostParams::default(), &spec).await {
+            undo_claim(&claims).await;
+            return Err(Call::new(OP, "create", "pods").named(&name).error(e));
+        }
         let started = async {
             pod::wait_running(OP, &pods, &name, &config.image, left(start, timeout)).await?;
             let platform = delivery::platform(OP, &pods, &name, left(start, timeout)).await?;
@@ -154,6 +211,7 @@ impl KubernetesSession {
                 if let Err(deleted) = pods.delete(&name, &DeleteParams::default()).await {
                     tracing::debug!(pod = %name, error = %deleted, "deleting a pod that did not start");
                 }
+                undo_claim(&claims).await;
                 return Err(e);
             }
         };
@@ -163,13 +221,14 @@ impl KubernetesSession {
             namespace: target.namespace.clone(),
             image: config.image.clone(),
             socket: delivery::socket_path(&session_id),
+            claim: claim_name,
         };
         Ok(Self::assemble(
             agent,
             session_id,
             destination_id,
             config,
-            pods,
+            (pods, claims),
             meta,
             snapshots,
         ))
@@ -180,7 +239,7 @@ impl KubernetesSession {
         session_id: String,
         destination_id: String,
         config: KubernetesConfig,
-        pods: Api<Pod>,
+        (pods, claims): (Api<Pod>, Api<PersistentVolumeClaim>),
         meta: SessionMeta,
         snapshots: SnapshotStore,
     ) -> Self {
@@ -191,6 +250,7 @@ impl KubernetesSession {
             destination_id,
             config,
             pods,
+            claims,
             meta,
             snapshots,
             closed: AtomicBool::new(false),
@@ -253,6 +313,7 @@ impl KubernetesSession {
         };
         let agent = AgentSession::connect(endpoint.connector()).await?;
         tracing::info!(session_id = %state.session_id, pod = %name, "kubernetes session rejoined");
+        let claim = workspace_claim(&found);
         let image = found
             .spec
             .and_then(|s| s.containers.into_iter().next())
@@ -263,13 +324,14 @@ impl KubernetesSession {
             namespace: target.namespace.clone(),
             image,
             socket: delivery::socket_path(&state.session_id),
+            claim,
         };
         Ok(Self::assemble(
             agent,
             state.session_id,
             state.destination_id,
             config,
-            pods,
+            (pods, target.claims()),
             meta,
             snapshots,
         ))
@@ -379,10 +441,11 @@ impl LayeredSession for KubernetesSession {
     }
 
     /// The agent closes its session (every process of it ends) and exits;
-    /// then the pod is deleted (one already gone is fine). An agent that
-    /// cannot be reached does not keep the pod; when the pod cannot be
-    /// deleted (the API server is unreachable), the error is returned and a
-    /// later `close` tries again.
+    /// then the pod is deleted (one already gone is fine), and the
+    /// workspace's claim after it. An agent that cannot be reached does not
+    /// keep the pod; when the pod or the claim cannot be deleted (the API
+    /// server is unreachable), the error is returned and a later `close`
+    /// tries again.
     async fn close(&self) -> RunnerResult<()> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -391,22 +454,30 @@ impl LayeredSession for KubernetesSession {
             tracing::debug!(session_id = %self.session_id, error = %e, "closing the agent's session");
         }
         let delete = DeleteParams::default().grace_period(0);
-        match self.pods.delete(&self.meta.pod, &delete).await {
-            Ok(_) => {
-                tracing::info!(session_id = %self.session_id, pod = %self.meta.pod, "kubernetes session closed");
-                Ok(())
-            }
+        let deleted = match self.pods.delete(&self.meta.pod, &delete).await {
+            Ok(_) => Ok(()),
             Err(e) => match Call::new("close", "delete", "pods")
                 .named(&self.meta.pod)
                 .error(e)
             {
                 e if e.kind() == RunnerErrorKind::NotFound => Ok(()),
-                e => {
-                    // The pod is still there: a later close tries again.
-                    self.closed.store(false, Ordering::SeqCst);
-                    Err(e)
-                }
+                e => Err(e),
             },
+        };
+        let deleted = match (deleted, &self.meta.claim) {
+            (Ok(()), Some(claim)) => delete_claim("close", &self.claims, claim).await,
+            (deleted, _) => deleted,
+        };
+        match deleted {
+            Ok(()) => {
+                tracing::info!(session_id = %self.session_id, pod = %self.meta.pod, "kubernetes session closed");
+                Ok(())
+            }
+            Err(e) => {
+                // The pod or the claim is still there: a later close tries again.
+                self.closed.store(false, Ordering::SeqCst);
+                Err(e)
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //! server: an image that does not exist, a pod that never schedules, a
 //! forbidden verb, the API server stopped and started mid-session (and
 //! under a close), exec streams cut mid-command, and the sweep of pods whose
-//! owner is gone.
+//! owner is gone; a PVC workspace, created, labelled and deleted with its
+//! session or by the sweep.
 
 mod support;
 
@@ -11,14 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, Config};
 use runner_api::{
     RemoteRunnerProvider, RemoteRunnerSession, RunnerCommandRequest, RunnerErrorKind,
     RunnerProcessState,
 };
-use runner_kubernetes::{KubernetesProvider, LABEL_MARKER, LEASE_PREFIX, MARKER_VALUE};
+use runner_kubernetes::{
+    KubernetesProvider, LABEL_MARKER, LABEL_OWNER, LABEL_SESSION, LEASE_PREFIX, MARKER_VALUE,
+};
 use runner_testkit::async_trial;
 use support::Cluster;
 
@@ -314,6 +317,104 @@ async fn sweep_deletes_only_pods_whose_owner_is_gone() -> R {
     Ok(())
 }
 
+/// Waits until `name` is gone from `api` (a claim goes once no pod uses it).
+async fn gone<K>(api: &Api<K>, name: &str) -> R
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for _ in 0..200 {
+        match api.get_opt(name).await.map_err(|e| e.to_string())? {
+            None => return Ok(()),
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    Err(format!("{name} was not deleted"))
+}
+
+async fn pvc_workspace_is_the_sessions_and_goes_with_it() -> R {
+    let cluster = Cluster::start().await?;
+    let provider = KubernetesProvider::new();
+    let destination = cluster.destination(
+        "faults",
+        serde_json::json!({"workspace_volume": {"pvc": {"size": "1Gi"}}}),
+    );
+    let session = provider
+        .create_session(destination.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let session_id = session.state().session_id;
+    let name = format!("runner-{session_id}");
+    if run(&session, "w", "echo kept > file && cat file")
+        .await
+        .map_err(|e| e.to_string())?
+        != "kept\n"
+    {
+        return Err("the PVC workspace did not hold the file".into());
+    }
+    let claims: Api<PersistentVolumeClaim> = kube_api(&cluster).await?;
+    let claim = claims
+        .get(&name)
+        .await
+        .map_err(|e| format!("the session's claim: {e}"))?;
+    let labels = claim.metadata.labels.clone().unwrap_or_default();
+    if labels.get(LABEL_MARKER).map(String::as_str) != Some(MARKER_VALUE)
+        || labels.get(LABEL_SESSION) != Some(&session_id)
+        || labels.get(LABEL_OWNER).map(String::as_str) != Some(provider.owner())
+    {
+        return Err(format!("the claim's labels are {labels:?}"));
+    }
+    let storage = claim
+        .spec
+        .and_then(|s| s.resources)
+        .and_then(|r| r.requests)
+        .and_then(|r| r.get("storage").cloned());
+    if storage.map(|q| q.0).as_deref() != Some("1Gi") {
+        return Err("the claim does not request 1Gi".into());
+    }
+    let mounted = run(&session, "m", "grep -c ' /workspace ' /proc/mounts")
+        .await
+        .map_err(|e| e.to_string())?;
+    if mounted.trim() == "0" {
+        return Err("the workspace is not a mount".into());
+    }
+    session.close().await.map_err(|e| e.to_string())?;
+    let pods: Api<Pod> = kube_api(&cluster).await?;
+    gone(&pods, &name).await?;
+    gone(&claims, &name).await?;
+
+    // A claim whose owner is gone goes with the sweep, with its pod.
+    let owner = KubernetesProvider::new();
+    let orphan = owner
+        .create_session(destination)
+        .await
+        .map_err(|e| e.to_string())?;
+    let orphan_name = format!("runner-{}", orphan.state().session_id);
+    let leases: Api<Lease> = kube_api(&cluster).await?;
+    leases
+        .delete(
+            &format!("{LEASE_PREFIX}{}", owner.owner()),
+            &DeleteParams::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(owner);
+    let report = provider.sweep_orphans().await.map_err(|e| e.to_string())?;
+    let claim_removed = format!(
+        "persistentvolumeclaim {}/{orphan_name}",
+        cluster.server()?.namespace()
+    );
+    if !report.removed.contains(&claim_removed) {
+        return Err(format!(
+            "the sweep removed {:?}, not the claim",
+            report.removed
+        ));
+    }
+    gone(&pods, &orphan_name).await?;
+    gone(&claims, &orphan_name).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let gate = runner_testkit::BackendGate::new(
@@ -348,6 +449,10 @@ fn main() -> ExitCode {
         async_trial(
             "faults_sweep_deletes_only_pods_whose_owner_is_gone",
             sweep_deletes_only_pods_whose_owner_is_gone,
+        ),
+        async_trial(
+            "faults_pvc_workspace_is_the_sessions_and_goes_with_it",
+            pvc_workspace_is_the_sessions_and_goes_with_it,
         ),
     ])
 }
