@@ -234,6 +234,11 @@ impl Clusters {
         Ok(targets)
     }
 
+    /// Cancelled when the last clone of the provider goes.
+    pub(crate) fn stopped(&self) -> CancellationToken {
+        self.inner.stop.clone()
+    }
+
     /// Makes sure this owner's lease exists in the target's namespace and
     /// is renewed in the background for as long as the provider lives.
     ///

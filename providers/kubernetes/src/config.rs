@@ -195,6 +195,17 @@ impl WorkspaceVolume {
     }
 }
 
+/// The largest warm pool a destination may ask for.
+pub const MAX_WARM_POOL: usize = 256;
+
+/// A pool of ready pods per destination (`warm_pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmPool {
+    /// How many ready pods the provider keeps (1 to [`MAX_WARM_POOL`]).
+    pub size: usize,
+}
+
 /// Settings of a kubernetes destination, from `RunnerDestination.config`.
 ///
 /// Keys (JSON): `image` (required; it must hold a POSIX `sh`, `cat`,
@@ -218,7 +229,9 @@ impl WorkspaceVolume {
 /// a static runner-agent on the caller's machine; default empty, then
 /// `RUNNER_AGENT_BINARY`), `snapshot_store` (the object store snapshots are
 /// kept in, `{"uri": "s3://bucket/prefix", "credentials": {"id": …},
-/// "options": {…}}`; without it the sessions take no snapshots). A `null` value is the key's default; any other
+/// "options": {…}}`; without it the sessions take no snapshots),
+/// `warm_pool` (`{"size": N}`: N ready pods kept per destination, see
+/// [`WarmPool`]; default none). A `null` value is the key's default; any other
 /// key is an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,6 +305,10 @@ pub struct KubernetesConfig {
     /// snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_store: Option<StoreSpec>,
+    /// Ready pods kept for this destination; `None`: every session starts a
+    /// pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<WarmPool>,
 }
 
 fn default_workspace() -> PathBuf {
@@ -319,6 +336,7 @@ fn expected(key: &str) -> Option<&'static str> {
         "run_as_user" | "run_as_group" => "a whole number id",
         "active_deadline_s" | "startup_timeout_s" => "a whole number of seconds",
         "agent_binaries" => "an object of architecture to path",
+        "warm_pool" => "an object {\"size\": N}",
         "workspace_volume" => {
             "{\"empty_dir\": {\"medium\": \"Memory\" or \"\", \"size_limit\": …}} or \
              {\"pvc\": {\"size\": …, \"storage_class\": …, \"access_modes\": […]}}"
@@ -363,7 +381,7 @@ fn parse_error(
     };
     if matches!(
         key.as_str(),
-        "resources" | "tolerations" | "snapshot_store" | "workspace_volume"
+        "resources" | "tolerations" | "snapshot_store" | "workspace_volume" | "warm_pool"
     ) {
         return bad(
             key,
@@ -588,6 +606,14 @@ impl KubernetesConfig {
             ));
         }
         self.workspace_volume.check()?;
+        if let Some(pool) = self.warm_pool
+            && !(1..=MAX_WARM_POOL).contains(&pool.size)
+        {
+            return Err(bad(
+                "warm_pool",
+                format!("size {} is not between 1 and {MAX_WARM_POOL}", pool.size),
+            ));
+        }
         if let Some((k, _)) = self
             .env
             .iter()
@@ -777,6 +803,14 @@ mod tests {
         refused(
             serde_json::json!({"image": "b", "workspace_volume": {"nfs": {}}}),
             &["`workspace_volume`"],
+        );
+        refused(
+            serde_json::json!({"image": "b", "warm_pool": {"size": 0}}),
+            &["`warm_pool`", "size 0"],
+        );
+        refused(
+            serde_json::json!({"image": "b", "warm_pool": {"size": 2, "max": 3}}),
+            &["`warm_pool`"],
         );
         refused(
             serde_json::json!({"image": "b", "run_as_user": -1}),

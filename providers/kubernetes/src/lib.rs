@@ -7,6 +7,7 @@ mod error;
 mod exec;
 mod orphans;
 mod pod;
+mod pool;
 mod session;
 mod snapshot;
 mod transport;
@@ -24,7 +25,7 @@ use runner_mounts::{EnvSecretResolver, SecretResolver};
 
 pub use config::{
     ACCESS_MODES, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_WORKSPACE, ImagePullPolicy, KubernetesConfig,
-    ResourceAmounts, Resources, WorkspaceVolume,
+    MAX_WARM_POOL, ResourceAmounts, Resources, WarmPool, WorkspaceVolume,
 };
 pub use session::KubernetesSession;
 
@@ -50,6 +51,12 @@ pub const LABEL_SESSION: &str = "runners.io/session";
 pub const LABEL_OWNER: &str = "runners.io/owner";
 /// Label `"true"` on the pod of a detached session (never swept).
 pub const LABEL_DETACHED: &str = "runners.io/detached";
+/// Label naming the warm pool (a hash of the destination) a pool pod was
+/// made for.
+pub const LABEL_POOL: &str = "runners.io/pool";
+/// Label of a pool pod: `"starting"` until its agent answers, then
+/// `"false"` until a `create_session` claims it (`"true"`).
+pub const LABEL_CLAIMED: &str = "runners.io/claimed";
 /// Annotation naming the destination a pod was created for.
 pub const ANNOTATION_DESTINATION: &str = "runners.io/destination";
 /// Name prefix of session pods: `runner-<session id>`.
@@ -115,6 +122,11 @@ pub fn capabilities() -> RunnerCapabilities {
 /// `create_session`, or given with [`with_destination`](Self::with_destination)
 /// or [`trust_destination`](RemoteRunnerProvider::trust_destination).
 ///
+/// A destination with `warm_pool` gets ready pods made ahead of time;
+/// `create_session` claims one (an update with the pod's resourceVersion,
+/// so two callers never get the same pod) and the pool refills in the
+/// background; [`fill_warm_pool`](Self::fill_warm_pool) fills it and waits.
+///
 /// Snapshots are tars of the workspace in the destination's
 /// `snapshot_store` object store, opened with credentials from the
 /// provider's secret resolver ([`with_secret_resolver`](Self::with_secret_resolver);
@@ -124,6 +136,7 @@ pub struct KubernetesProvider {
     clusters: Clusters,
     destinations: KnownDestinations,
     resolver: Arc<dyn SecretResolver>,
+    pools: pool::Pools,
 }
 
 impl Default for KubernetesProvider {
@@ -132,6 +145,7 @@ impl Default for KubernetesProvider {
             clusters: Clusters::default(),
             destinations: KnownDestinations::default(),
             resolver: Arc::new(EnvSecretResolver::new()),
+            pools: pool::Pools::default(),
         }
     }
 }
@@ -170,6 +184,36 @@ impl KubernetesProvider {
         self.checked_config("with_destination", destination)?;
         self.trust_destination(destination);
         Ok(self)
+    }
+
+    /// Fills the warm pool of `destination` (its `warm_pool` key) now and
+    /// waits until it is full; returns how many ready pods this provider
+    /// holds for it (fewer than the size when some did not start). A
+    /// destination without `warm_pool` has none (0).
+    ///
+    /// Errors: `InvalidRequest` for a bad destination, the cluster's and
+    /// the owner lease's errors.
+    pub async fn fill_warm_pool(&self, destination: &RunnerDestination) -> RunnerResult<usize> {
+        const OP: &str = "fill_warm_pool";
+        let config = self.checked_config(OP, destination)?;
+        let Some(warm) = config.warm_pool else {
+            return Ok(0);
+        };
+        let snapshots = self.snapshot_store(destination, &config);
+        self.trust_destination(destination);
+        let target = self.clusters.target(OP, &config).await?;
+        self.clusters.hold_lease(OP, &target).await?;
+        let pool = self.pools.of(&destination.id, &config);
+        Ok(pool
+            .fill_now(&pool::Refill {
+                target,
+                config: config.clone(),
+                destination_id: destination.id.clone(),
+                owner: self.owner().to_string(),
+                snapshots,
+                size: warm.size,
+            })
+            .await)
     }
 
     fn check_provider(operation: &str, provider_id: &str) -> RunnerResult<()> {
@@ -266,12 +310,33 @@ impl RemoteRunnerProvider for KubernetesProvider {
         self.trust_destination(&destination);
         let target = self.clusters.target(OP, &config).await?;
         self.clusters.hold_lease(OP, &target).await?;
+        if let Some(warm) = config.warm_pool {
+            let pool = self.pools.of(&destination.id, &config);
+            let claimed = pool
+                .claim(&target, &config, &destination.id, self.owner(), &snapshots)
+                .await;
+            pool.refill(
+                pool::Refill {
+                    target: target.clone(),
+                    config: config.clone(),
+                    destination_id: destination.id.clone(),
+                    owner: self.owner().to_string(),
+                    snapshots: snapshots.clone(),
+                    size: warm.size,
+                },
+                self.clusters.stopped(),
+            );
+            if let Some(session) = claimed? {
+                return Ok(Arc::new(session));
+            }
+        }
         let session = KubernetesSession::create(
             target,
             config,
             destination.id.clone(),
             self.owner(),
             snapshots,
+            None,
         )
         .await?;
         Ok(Arc::new(session))
@@ -300,9 +365,15 @@ impl RemoteRunnerProvider for KubernetesProvider {
         let tar = snapshots.get(snapshot).await?;
         let target = self.clusters.target(OP, &config).await?;
         self.clusters.hold_lease(OP, &target).await?;
-        let session =
-            KubernetesSession::create(target, config, destination.id, self.owner(), snapshots)
-                .await?;
+        let session = KubernetesSession::create(
+            target,
+            config,
+            destination.id,
+            self.owner(),
+            snapshots,
+            None,
+        )
+        .await?;
         session.restore(tar).await?;
         Ok(Arc::new(session))
     }

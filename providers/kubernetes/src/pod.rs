@@ -25,8 +25,8 @@ use crate::config::{KubernetesConfig, ResourceAmounts, WorkspaceVolume};
 use crate::delivery::{STATE_DIR, socket_path};
 use crate::error::Call;
 use crate::{
-    ANNOTATION_DESTINATION, CONTAINER_NAME, LABEL_DETACHED, LABEL_MARKER, LABEL_OWNER,
-    LABEL_SESSION, MARKER_VALUE, POD_PREFIX, RUNNER_DIR,
+    ANNOTATION_DESTINATION, CONTAINER_NAME, LABEL_CLAIMED, LABEL_DETACHED, LABEL_MARKER,
+    LABEL_OWNER, LABEL_POOL, LABEL_SESSION, MARKER_VALUE, POD_PREFIX, RUNNER_DIR,
 };
 
 /// The bootstrap the container's `sh -c` runs, with the agent's `serve`
@@ -166,15 +166,21 @@ fn quantities(amounts: &ResourceAmounts) -> Option<BTreeMap<String, Quantity>> {
     (!map.is_empty()).then_some(map)
 }
 
-/// The pod of a new session.
+/// The pod of a new session; with `pool`, a pod of that warm pool (not yet
+/// claimable: [`LABEL_CLAIMED`] `starting`).
 pub(crate) fn spec(
     config: &KubernetesConfig,
     session_id: &str,
     destination_id: &str,
     owner: &str,
+    pool: Option<&str>,
 ) -> Pod {
     let mut labels = session_labels(config, session_id, owner);
     labels.insert(LABEL_DETACHED.to_string(), "false".to_string());
+    if let Some(pool) = pool {
+        labels.insert(LABEL_POOL.to_string(), pool.to_string());
+        labels.insert(LABEL_CLAIMED.to_string(), "starting".to_string());
+    }
     let mut annotations = config.annotations.clone();
     annotations.insert(
         ANNOTATION_DESTINATION.to_string(),
@@ -402,7 +408,7 @@ mod tests {
 
     #[test]
     fn the_pod_is_marked_restricted_and_bootstrapped() {
-        let pod = spec(&config(), "s1", "d1", "o1");
+        let pod = spec(&config(), "s1", "d1", "o1", None);
         let labels = pod.metadata.labels.clone().unwrap();
         assert_eq!(labels[LABEL_MARKER], MARKER_VALUE);
         assert_eq!(labels[LABEL_SESSION], "s1");
@@ -425,7 +431,7 @@ mod tests {
         let limits = container.resources.clone().unwrap().limits.unwrap();
         assert_eq!(limits["memory"], Quantity("64Mi".into()));
         let root = KubernetesConfig::from_value(&serde_json::json!({"image": "b"})).unwrap();
-        let root = super::spec(&root, "s", "d", "o").spec.unwrap();
+        let root = super::spec(&root, "s", "d", "o", None).spec.unwrap();
         assert_eq!(root.security_context.unwrap().run_as_non_root, None);
     }
 

@@ -145,8 +145,8 @@ async fn label(
 }
 
 impl KubernetesSession {
-    /// Creates the pod of a new session, waits until it runs, delivers the
-    /// agent into it and connects.
+    /// Creates the pod of a new session (with `pool`, a pod of that warm
+    /// pool), waits until it runs, delivers the agent into it and connects.
     ///
     /// Errors: `PermissionDenied` naming the verb and resource, `NotFound`
     /// naming an image that cannot be pulled, `Unavailable` with the
@@ -160,12 +160,13 @@ impl KubernetesSession {
         destination_id: String,
         owner: &str,
         snapshots: SnapshotStore,
+        pool: Option<&str>,
     ) -> RunnerResult<Self> {
         const OP: &str = "create_session";
         let start = Instant::now();
         let timeout = Duration::from_secs(config.startup_timeout_s);
         let session_id = uuid::Uuid::new_v4().simple().to_string();
-        let spec = pod::spec(&config, &session_id, &destination_id, owner);
+        let spec = pod::spec(&config, &session_id, &destination_id, owner, pool);
         let name = pod::pod_name(&session_id);
         let pods = target.pods();
         let claims = target.claims();
@@ -229,6 +230,54 @@ impl KubernetesSession {
             destination_id,
             config,
             (pods, claims),
+            meta,
+            snapshots,
+        ))
+    }
+
+    /// A handle on `found`, a running pod of this library (a warm pool pod
+    /// just claimed) whose agent is already there: connects to it.
+    ///
+    /// Errors: `InvalidRequest` for a pod without a session label,
+    /// `Unavailable` when its agent does not answer.
+    pub(crate) async fn adopt(
+        target: &Target,
+        config: KubernetesConfig,
+        found: &Pod,
+        destination_id: String,
+        snapshots: SnapshotStore,
+    ) -> RunnerResult<Self> {
+        let name = found.metadata.name.clone().unwrap_or_default();
+        let Some(session_id) = found
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(LABEL_SESSION).cloned())
+        else {
+            return Err(RunnerError::invalid_request(format!(
+                "create_session: pool pod {name} has no {LABEL_SESSION} label"
+            )));
+        };
+        let pods = target.pods();
+        let endpoint = Endpoint {
+            pods: pods.clone(),
+            pod: name.clone(),
+            socket: delivery::socket_path(&session_id),
+        };
+        let agent = AgentSession::connect(endpoint.connector()).await?;
+        let meta = SessionMeta {
+            pod: name,
+            namespace: target.namespace.clone(),
+            image: config.image.clone(),
+            socket: delivery::socket_path(&session_id),
+            claim: workspace_claim(found),
+        };
+        Ok(Self::assemble(
+            agent,
+            session_id,
+            destination_id,
+            config,
+            (pods, target.claims()),
             meta,
             snapshots,
         ))

@@ -3,7 +3,8 @@
 //! forbidden verb, the API server stopped and started mid-session (and
 //! under a close), exec streams cut mid-command, and the sweep of pods whose
 //! owner is gone; a PVC workspace, created, labelled and deleted with its
-//! session or by the sweep.
+//! session or by the sweep; the warm pool (concurrent claims get distinct
+//! pods, another owner's sweep leaves the pool alone).
 
 mod support;
 
@@ -20,7 +21,8 @@ use runner_api::{
     RunnerProcessState,
 };
 use runner_kubernetes::{
-    KubernetesProvider, LABEL_MARKER, LABEL_OWNER, LABEL_SESSION, LEASE_PREFIX, MARKER_VALUE,
+    KubernetesProvider, LABEL_CLAIMED, LABEL_MARKER, LABEL_OWNER, LABEL_POOL, LABEL_SESSION,
+    LEASE_PREFIX, MARKER_VALUE,
 };
 use runner_testkit::async_trial;
 use support::Cluster;
@@ -415,6 +417,82 @@ async fn pvc_workspace_is_the_sessions_and_goes_with_it() -> R {
     Ok(())
 }
 
+async fn warm_pool_claims_are_distinct() -> R {
+    let cluster = Cluster::start().await?;
+    let provider = KubernetesProvider::new();
+    let destination = cluster.destination("faults", serde_json::json!({"warm_pool": {"size": 4}}));
+    let ready = provider
+        .fill_warm_pool(&destination)
+        .await
+        .map_err(|e| e.to_string())?;
+    if ready != 4 {
+        return Err(format!("the pool holds {ready} ready pods, not 4"));
+    }
+    // Another owner's sweep leaves the pool alone.
+    let other = KubernetesProvider::new()
+        .with_destination(&destination)
+        .map_err(|e| e.to_string())?;
+    let report = other.sweep_orphans().await.map_err(|e| e.to_string())?;
+    if !report.removed.is_empty() {
+        return Err(format!(
+            "another owner's sweep removed {:?}",
+            report.removed
+        ));
+    }
+    let mut creating = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let provider = provider.clone();
+        let destination = destination.clone();
+        creating.spawn(async move { provider.create_session(destination).await });
+    }
+    let mut sessions = Vec::new();
+    while let Some(created) = creating.join_next().await {
+        sessions.push(
+            created
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("a concurrent create_session: {e}"))?,
+        );
+    }
+    let ids: std::collections::HashSet<String> =
+        sessions.iter().map(|s| s.state().session_id).collect();
+    if ids.len() != 8 {
+        return Err(format!("8 creates got {} distinct sessions", ids.len()));
+    }
+    let pods: Api<Pod> = kube_api(&cluster).await?;
+    let claimed = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_POOL},{LABEL_CLAIMED}=true")))
+        .await
+        .map_err(|e| e.to_string())?;
+    let from_pool = claimed
+        .items
+        .iter()
+        .filter(|pod| {
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SESSION))
+                .is_some_and(|id| ids.contains(id))
+        })
+        .count();
+    if from_pool < 4 {
+        return Err(format!("only {from_pool} sessions came from the pool"));
+    }
+    for (i, session) in sessions.iter().enumerate() {
+        if run(session, &format!("p{i}"), "echo pooled")
+            .await
+            .map_err(|e| e.to_string())?
+            != "pooled\n"
+        {
+            return Err(format!("session {i} gave other output"));
+        }
+    }
+    for session in sessions {
+        session.close().await.map_err(|e| e.to_string())?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let gate = runner_testkit::BackendGate::new(
@@ -453,6 +531,10 @@ fn main() -> ExitCode {
         async_trial(
             "faults_pvc_workspace_is_the_sessions_and_goes_with_it",
             pvc_workspace_is_the_sessions_and_goes_with_it,
+        ),
+        async_trial(
+            "faults_warm_pool_claims_are_distinct",
+            warm_pool_claims_are_distinct,
         ),
     ])
 }
