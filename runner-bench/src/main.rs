@@ -13,6 +13,7 @@ mod cli;
 mod docker;
 mod episode;
 mod generic;
+mod kube;
 mod local;
 mod remote;
 mod rss;
@@ -76,6 +77,8 @@ enum Section {
     Streams,
     /// A scripted agent episode through runner-tools on every provider.
     Episode,
+    /// kubernetes (through the test API server) against the docker provider.
+    Kubernetes,
 }
 
 /// Repetitions of each measurement.
@@ -193,6 +196,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     {
         eprintln!("== ssh");
         figures.extend(ssh::run(&plan, target, scratch.path()).await?);
+    }
+    if let Some(target) = &docker
+        && args.runs(Section::Kubernetes)
+    {
+        eprintln!("== kubernetes");
+        figures.extend(kube::run(&plan, target).await?);
     }
     if args.runs(Section::Agent) {
         let remotes: Vec<Target> = [docker.clone(), ssh.clone()]
