@@ -57,4 +57,4 @@ pub use client::{
 pub use protocol::{AgentVersion, PROTOCOL_VERSION};
 pub use server::AgentServer;
 pub use stage::STAGED_FILE;
-pub use transport::{ChildStream, command_connector};
+pub use transport::{ChildStream, JoinedStream, command_connector};

@@ -14,36 +14,12 @@ use runner_api::{
     RemoteRunnerSession, RunnerCommandRequest, RunnerErrorKind, RunnerOutputStream,
     RunnerProcessEvent, RunnerProcessState,
 };
+use runner_testkit::is_running;
 use support::{ConnectPids, Launcher};
-
-/// Whether any thread of process `pid` runs. The group leader shows as a
-/// zombie while its other threads are still exiting, and they hold the
-/// process's descriptors (the connection's pipes) until they are gone, so
-/// every task counts, not only the leader.
-fn is_running(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().any(|task| {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(") ")
-            .next()
-            .and_then(|rest| rest.chars().next());
-        !matches!(state, Some('Z' | 'X') | None)
-    })
-}
 
 /// Waits (bounded) until `pid` no longer runs.
 async fn wait_gone(pid: u32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if !is_running(pid) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    runner_testkit::wait_gone(pid, Duration::from_secs(20)).await
 }
 
 /// Kills the newest `connect` child and waits until it is dead: the

@@ -16,7 +16,9 @@ mod store;
 pub use backend::{BackendGate, async_trial};
 pub use catalogue::{Area, Capability, Check, checks};
 pub use context::ConnectionBreaker;
-pub use fixtures::connections::{kill_agent_connections, socket_breaker, state_socket};
+pub use fixtures::connections::{
+    is_running, kill_agent_connections, socket_breaker, state_socket, wait_gone,
+};
 pub use fixtures::http::http_fetch;
 pub use harness::{CheckReport, CheckStatus, Conformance, ConformanceSummary};
 /// The libtest-mimic crate the harness and [`async_trial`] build on.

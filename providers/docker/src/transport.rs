@@ -3,14 +3,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use runner_agent::{AgentConnection, AgentConnector};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use runner_agent::{AgentConnection, AgentConnector, JoinedStream};
 use tokio_util::io::StreamReader;
 
 use crate::error::Daemon;
@@ -29,40 +27,6 @@ pub(crate) struct Endpoint {
 }
 
 type Output = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
-
-/// A docker exec's attached stdout (as a reader) and stdin.
-struct ExecStream {
-    output: StreamReader<Output, Bytes>,
-    input: Pin<Box<dyn AsyncWrite + Send>>,
-}
-
-impl AsyncRead for ExecStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.output).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ExecStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.input.as_mut().poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.input.as_mut().poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.input.as_mut().poll_shutdown(cx)
-    }
-}
 
 impl Endpoint {
     /// Starts one `connect` exec and returns its stdio as a connection; its
@@ -116,10 +80,11 @@ impl Endpoint {
                     };
                     std::future::ready(item)
                 }));
-                Ok(Box::new(ExecStream {
-                    output: StreamReader::new(output),
+                Ok(Box::new(JoinedStream::new(
+                    StreamReader::new(output),
                     input,
-                }))
+                    (),
+                )))
             }
             StartExecResults::Detached => Err(io::Error::other(format!(
                 "the connect exec in {} started detached",

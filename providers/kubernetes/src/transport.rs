@@ -3,19 +3,16 @@
 //! its stdin and stdout the byte stream (its stderr is not attached).
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::AttachParams;
-use runner_agent::{AgentConnection, AgentConnector};
-use tokio::io::{AsyncRead, AsyncWrite, Join, ReadBuf, ReadHalf, SimplexStream, WriteHalf};
+use runner_agent::{AgentConnection, AgentConnector, JoinedStream};
 
 use crate::CONTAINER_NAME;
 use crate::delivery::AGENT_PATH;
 use crate::error::{Call, io_error};
-use crate::exec::{Attached, Pipe};
+use crate::exec::Attached;
 
 /// Buffer of each direction of an exec stream.
 const BUFFER: usize = 256 << 10;
@@ -27,41 +24,6 @@ pub(crate) struct Endpoint {
     pub(crate) pod: String,
     /// The agent's socket in the pod.
     pub(crate) socket: String,
-}
-
-/// A pod exec's stdout and stdin as one stream; the process is kept so
-/// that its WebSocket lives as long as the stream (dropping it ends it).
-struct ExecStream {
-    io: Join<Pipe<ReadHalf<SimplexStream>>, Pipe<WriteHalf<SimplexStream>>>,
-    _attached: Attached,
-}
-
-impl AsyncRead for ExecStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ExecStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 impl Endpoint {
@@ -96,10 +58,9 @@ impl Endpoint {
                 self.pod
             )));
         };
-        Ok(Box::new(ExecStream {
-            io: tokio::io::join(stdout, stdin),
-            _attached: attached,
-        }))
+        // The process is kept so that its WebSocket lives as long as the
+        // stream (dropping it ends it).
+        Ok(Box::new(JoinedStream::new(stdout, stdin, attached)))
     }
 
     /// The connector an [`AgentSession`](runner_agent::AgentSession) makes

@@ -139,16 +139,21 @@ pub(crate) enum Opened {
 /// Resolves `rel` (symlinks inside followed, confined) and opens it as
 /// [`open_for_read`] does. Resolving names the file by its inode, so a
 /// concurrent atomic replace (rename over the name) can make the resolved
-/// name vanish before the open: a `NotFound` is tried again a few times, so
-/// a reader sees the old or the new file; a file that is really missing stays
-/// `NotFound`.
+/// name vanish before the open (the resolved name then ends in
+/// ` (deleted)`): a `NotFound` is tried again, yielding the thread between
+/// tries, so a reader sees the old or the new file even while a writer
+/// replaces it in a loop on a loaded machine; a file that is really missing
+/// stays `NotFound`.
 pub(crate) fn resolve_and_open(dir: &Dir, rel: &Path) -> io::Result<Opened> {
-    const ATTEMPTS: usize = 4;
+    const ATTEMPTS: usize = 8;
     let mut attempt = 1;
     loop {
         let opened = canonical_rel(dir, rel).and_then(|canonical| open_for_read(dir, &canonical));
         match opened {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < ATTEMPTS => attempt += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < ATTEMPTS => {
+                attempt += 1;
+                std::thread::yield_now();
+            }
             other => return other,
         }
     }
@@ -173,12 +178,31 @@ pub(crate) fn open_for_read(dir: &Dir, rel: &Path) -> io::Result<Opened> {
 }
 
 /// cap-std's canonical form of `rel` under `dir`, without `.` components.
+///
+/// The form is read back from the kernel for the opened file: when a
+/// concurrent atomic replace renames another file over the name in between,
+/// the kernel names the old, unlinked file `<name> (deleted)`. Such a name
+/// that does not exist is resolved again (a few dozen times, yielding in
+/// between), so a caller gets the name of the file there now.
 fn canonical_rel(dir: &Dir, rel: &Path) -> io::Result<PathBuf> {
-    let canonical = dir.canonicalize(or_dot(rel))?;
-    Ok(canonical
-        .components()
-        .filter(|c| !matches!(c, Component::CurDir))
-        .collect())
+    const ATTEMPTS: usize = 64;
+    let mut attempt = 1;
+    loop {
+        let canonical: PathBuf = dir
+            .canonicalize(or_dot(rel))?
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect();
+        let replaced = canonical
+            .file_name()
+            .is_some_and(|name| name.as_encoded_bytes().ends_with(b" (deleted)"))
+            && matches!(dir.symlink_metadata(&canonical), Err(e) if e.kind() == io::ErrorKind::NotFound);
+        if !replaced || attempt >= ATTEMPTS {
+            return Ok(canonical);
+        }
+        attempt += 1;
+        std::thread::yield_now();
+    }
 }
 
 fn split(rel: &Path) -> (PathBuf, Option<std::ffi::OsString>) {
