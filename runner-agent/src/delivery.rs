@@ -287,6 +287,30 @@ impl AgentBinaries {
         Self { configured }
     }
 
+    /// [`resolve`](Self::resolve), for a sandbox that need not hold a C
+    /// library (a container image, a pod): the binary must be statically
+    /// linked.
+    ///
+    /// Errors: `resolve`'s; `InvalidRequest` naming the binary and the
+    /// static build command when it is dynamically linked.
+    pub fn resolve_static(
+        &self,
+        operation: &str,
+        platform: &Platform,
+    ) -> RunnerResult<AgentBinary> {
+        let binary = self.resolve(operation, platform)?;
+        if !binary.is_static {
+            return Err(RunnerError::invalid_request(format!(
+                "{operation}: the runner-agent binary {} is dynamically linked; an image need \
+                 not hold a C library, so build it static: `RUSTFLAGS=\"-C \
+                 target-feature=+crt-static\" cargo build --release --target {} -p runner-agent`",
+                binary.path.display(),
+                target_triple(&platform.arch)
+            )));
+        }
+        Ok(binary)
+    }
+
     /// The binary for `platform`: the configured one for its architecture,
     /// else the one `RUNNER_AGENT_BINARY` names when it is built for that
     /// architecture. `operation` names the call in errors.

@@ -90,17 +90,7 @@ pub(crate) fn agent_binary(
     operation: &str,
     platform: &Platform,
 ) -> RunnerResult<AgentBinary> {
-    let binary = AgentBinaries::new(config.agent_binaries.clone()).resolve(operation, platform)?;
-    if !binary.is_static {
-        return Err(RunnerError::invalid_request(format!(
-            "{operation}: the runner-agent binary {} is dynamically linked; an image need not \
-             hold a C library, so build it static: `RUSTFLAGS=\"-C target-feature=+crt-static\" \
-             cargo build --release --target {} -p runner-agent`",
-            binary.path.display(),
-            runner_agent::delivery::target_triple(&platform.arch)
-        )));
-    }
-    Ok(binary)
+    AgentBinaries::new(config.agent_binaries.clone()).resolve_static(operation, platform)
 }
 
 /// The container path of the delivered binary.
