@@ -136,6 +136,15 @@ async fn fetch(
     what: &str,
 ) -> RunnerResult<Vec<u8>> {
     const OP: &str = "read_file";
+    // The size comes from inside the sandbox: it sizes the buffer below, so
+    // it is never trusted past what one read returns.
+    if staged.size > runner_api::MAX_READ_BYTES {
+        return Err(RunnerError::provider(format!(
+            "{OP} {what}: the staged file claims {} bytes, over the {} one read returns",
+            staged.size,
+            runner_api::MAX_READ_BYTES
+        )));
+    }
     let options = DownloadFromContainerOptionsBuilder::new()
         .path(&staged.path.display().to_string())
         .build();
@@ -159,7 +168,6 @@ async fn fetch(
                 entry.header().entry_type()
             )));
         }
-        // The size is the agent's, bounded by read_file's maximum.
         let mut contents = Vec::with_capacity(expected as usize);
         entry.read_to_end(&mut contents)?;
         Ok(contents)
