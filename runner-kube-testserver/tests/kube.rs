@@ -390,6 +390,15 @@ async fn exec_streams_dropped_commands_keep_running() -> R {
         .await
         .map_err(|e| e.to_string())?;
     open_streams_reach(&server, 1).await?;
+    // The stream is open once upgraded; the command starts a moment later.
+    // Cut it only once the command runs, which is what this test is about.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !running_commands(&pods, "cut").await?.contains("sleep 30") {
+        if std::time::Instant::now() > deadline {
+            return Err("sleep 30 did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.drop_exec_streams();
     let status = tokio::time::timeout(Duration::from_secs(10), sleeper.take_status().unwrap())
         .await
@@ -401,9 +410,19 @@ async fn exec_streams_dropped_commands_keep_running() -> R {
     if phase(&pods.get("cut").await.map_err(|e| e.to_string())?) != "Running" {
         return Err("the pod stopped running".into());
     }
+    let out = running_commands(&pods, "cut").await?;
+    if !out.lines().any(|l| l.trim() == "sleep 30") {
+        return Err(format!("sleep 30 is no longer running: {out:?}"));
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+/// `ps -o args` in pod `name` through a new exec, which must succeed.
+async fn running_commands(pods: &Api<Pod>, name: &str) -> Result<String, String> {
     let mut ps = pods
         .exec(
-            "cut",
+            name,
             ["ps", "-o", "args"],
             &AttachParams::default().stderr(false),
         )
@@ -415,15 +434,11 @@ async fn exec_streams_dropped_commands_keep_running() -> R {
         .read_to_string(&mut out)
         .await
         .map_err(|e| e.to_string())?;
-    if !out.lines().any(|l| l.trim() == "sleep 30") {
-        return Err(format!("sleep 30 is no longer running: {out:?}"));
-    }
     let status = ps.take_status().unwrap().await.ok_or("no status for ps")?;
     if status.status.as_deref() != Some("Success") {
         return Err(format!("ps gave {status:?}"));
     }
-    server.shutdown().await;
-    Ok(())
+    Ok(out)
 }
 
 async fn faults_image_schedule_restart() -> R {
