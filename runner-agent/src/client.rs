@@ -17,8 +17,8 @@ use runner_api::{
     RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileStream,
     RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerManifestEntry,
     RunnerOutputStream, RunnerPortRequest, RunnerPortResult, RunnerProcessEvent, RunnerProcessInfo,
-    RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef, bytes_stream,
-    collect_stream, prepend,
+    RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef, RunnerWatchRequest,
+    RunnerWatchStream, bytes_stream, collect_stream, prepend,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -718,6 +718,36 @@ impl Exchange {
             },
         ))
     }
+
+    /// The rest of `watch` as events.
+    fn into_watch_events(self) -> RunnerWatchStream {
+        Box::pin(futures_util::stream::unfold(
+            Some(self),
+            |state| async move {
+                let mut exchange = state?;
+                let message = match exchange.next().await {
+                    Ok(message) => message,
+                    Err(e) => return Some((Err(e), None)),
+                };
+                let event = match message.kind {
+                    FrameKind::Event => decode("watch event", &message.payload),
+                    FrameKind::End => {
+                        exchange.mailbox.finish();
+                        return None;
+                    }
+                    FrameKind::Error => {
+                        exchange.mailbox.finish();
+                        return Some((Err(wire_error(&message.payload)), None));
+                    }
+                    kind => Err(ProtocolError(format!("a {kind:?} frame in a watch"))),
+                };
+                match event {
+                    Ok(event) => Some((Ok(event), Some(exchange))),
+                    Err(e) => Some((Err(e.into()), None)),
+                }
+            },
+        ))
+    }
 }
 
 /// The error for a reply of the wrong variant.
@@ -1107,6 +1137,25 @@ impl RemoteRunnerSession for AgentSession {
             signal,
         })
         .await
+    }
+
+    async fn resize_terminal(
+        &self,
+        command_id: &RunnerCommandId,
+        rows: u16,
+        cols: u16,
+    ) -> RunnerResult<()> {
+        self.unit(Request::ResizeTerminal {
+            command_id: command_id.clone(),
+            rows,
+            cols,
+        })
+        .await
+    }
+
+    async fn watch(&self, request: RunnerWatchRequest) -> RunnerResult<RunnerWatchStream> {
+        let (reply, exchange) = self.client.call_stream(Request::Watch { request }).await?;
+        expect!(reply, "watch", Reply::Unit => exchange.into_watch_events())
     }
 
     /// The agent's own `read_file` (a provider may make it faster for small

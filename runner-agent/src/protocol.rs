@@ -18,14 +18,16 @@ use runner_api::{
     RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerOutputChunk,
     RunnerOutputStream, RunnerOutputTruncation, RunnerPortRequest, RunnerPortResult,
     RunnerProcessInfo, RunnerProcessState, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    RunnerWatchRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 /// The protocol version both sides must speak; the handshake refuses any other.
-/// Version 2 added [`Request::OpenTunnel`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 2 added [`Request::OpenTunnel`], version 4
+/// [`Request::ResizeTerminal`] and [`Request::Watch`].
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// This crate's version, sent as the client or agent version in the handshake.
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -608,6 +610,21 @@ pub enum Request {
         /// The signal.
         signal: RunnerSignal,
     },
+    /// `resize_terminal` → [`Reply::Unit`].
+    ResizeTerminal {
+        /// The command.
+        command_id: String,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// `watch` → [`Reply::Unit`], *stream* of `Event` frames, each a
+    /// [`RunnerWatchEvent`](runner_api::RunnerWatchEvent).
+    Watch {
+        /// The watch.
+        request: RunnerWatchRequest,
+    },
     /// `read_file` (`whole`) or `read_file_stream` → [`Reply::File`], *stream*
     /// of `Data` frames.
     ReadFile {
@@ -778,6 +795,8 @@ impl Request {
             Self::StreamCommand { .. } => "stream_command",
             Self::WriteStdin { .. } => "write_stdin",
             Self::SignalCommand { .. } => "signal_command",
+            Self::ResizeTerminal { .. } => "resize_terminal",
+            Self::Watch { .. } => "watch",
             Self::ReadFile { whole: true, .. } => "read_file",
             Self::ReadFile { .. } => "read_file_stream",
             Self::WriteFile { whole: true, .. } => "write_file",

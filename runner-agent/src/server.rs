@@ -8,8 +8,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use runner_api::{
     RemoteRunnerSession, RunnerByteStream, RunnerCommandOutput, RunnerError, RunnerErrorKind,
-    RunnerEventStream, RunnerProcessEvent, RunnerResult, bytes_stream, collect_stream,
-    empty_stream,
+    RunnerEventStream, RunnerProcessEvent, RunnerResult, RunnerWatchStream, bytes_stream,
+    collect_stream, empty_stream,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::AbortHandle;
@@ -372,6 +372,8 @@ enum Response {
     Bytes(Reply, RunnerByteStream),
     /// `stream_command`'s events.
     Events(RunnerEventStream),
+    /// `watch`'s events.
+    Watch(RunnerWatchStream),
     /// `command_output`'s head, then its chunks.
     Output(RunnerCommandOutput),
     /// `open_tunnel`'s connection and the client's side of it.
@@ -507,6 +509,17 @@ async fn respond(
         Request::SignalCommand { command_id, signal } => {
             session.signal_command(&command_id, signal).await?;
             Reply::Unit
+        }
+        Request::ResizeTerminal {
+            command_id,
+            rows,
+            cols,
+        } => {
+            session.resize_terminal(&command_id, rows, cols).await?;
+            Reply::Unit
+        }
+        Request::Watch { request } => {
+            return Ok(Response::Watch(session.watch(request).await?));
         }
         Request::ReadFile {
             request,
@@ -696,6 +709,20 @@ async fn send_response(
                     Ok(event) => send_event(outbound, id, credit, operation, event).await?,
                     Err(e) => return send_error(outbound, id, &e).await,
                 }
+            }
+            outbound
+                .send(Frame::new(FrameKind::End, id, Bytes::new()))
+                .await
+        }
+        Response::Watch(mut events) => {
+            send_reply(outbound, id, operation, &Reply::Unit).await?;
+            while let Some(event) = events.next().await {
+                let payload = match event.and_then(|event| encode(operation, &event)) {
+                    Ok(payload) => payload,
+                    Err(e) => return send_error(outbound, id, &e).await,
+                };
+                credit.spend(payload.len()).await?;
+                outbound.message(FrameKind::Event, id, payload).await?;
             }
             outbound
                 .send(Frame::new(FrameKind::End, id, Bytes::new()))

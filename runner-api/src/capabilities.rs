@@ -65,6 +65,13 @@ pub struct RunnerCapabilities {
     /// it names. Without it a request naming a user is `Unsupported`.
     #[serde(default)]
     pub run_as_user: bool,
+    /// `RunnerCommandRequest::terminal` starts a command on a pseudo-terminal
+    /// and `resize_terminal` works.
+    #[serde(default)]
+    pub pty: bool,
+    /// `watch` streams file events of the workspace.
+    #[serde(default)]
+    pub file_watch: bool,
 }
 
 /// Which mount kinds a provider materializes.

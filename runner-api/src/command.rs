@@ -85,6 +85,71 @@ pub struct RunnerCommandRequest {
     /// non-root user can only run commands as itself).
     #[serde(default)]
     pub user: Option<String>,
+    /// Start the program on a new pseudo-terminal of this size instead of
+    /// pipes. Requires the `pty` capability. The program is a session leader
+    /// with the terminal as its controlling terminal; stdout and stderr are one
+    /// stream (reported as stdout), `write_stdin` sends raw bytes (0x03
+    /// interrupts the foreground job) and `resize_terminal` changes the size.
+    #[serde(default)]
+    pub terminal: Option<RunnerTerminal>,
+}
+
+/// The terminal a command runs on (see [`RunnerCommandRequest::terminal`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunnerTerminal {
+    /// Rows, 1 to [`RunnerTerminal::MAX_SIZE`].
+    pub rows: u16,
+    /// Columns, 1 to [`RunnerTerminal::MAX_SIZE`].
+    pub cols: u16,
+    /// `TERM` for the program; `None` is [`RunnerTerminal::DEFAULT_TERM`]. A
+    /// `TERM` in the request's `env` wins over both.
+    #[serde(default)]
+    pub term: Option<String>,
+}
+
+impl RunnerTerminal {
+    /// The largest number of rows or columns a terminal may have.
+    pub const MAX_SIZE: u16 = 4096;
+
+    /// `TERM` when the request names none.
+    pub const DEFAULT_TERM: &'static str = "xterm-256color";
+
+    /// A terminal of `rows` x `cols` with the default `TERM`.
+    pub fn new(rows: u16, cols: u16) -> Self {
+        Self {
+            rows,
+            cols,
+            term: None,
+        }
+    }
+
+    /// The `TERM` value the program gets.
+    pub fn term(&self) -> &str {
+        self.term.as_deref().unwrap_or(Self::DEFAULT_TERM)
+    }
+
+    /// Refuses a size of 0 or over [`RunnerTerminal::MAX_SIZE`] with
+    /// `InvalidRequest` naming `operation` and the command.
+    pub fn check_size(
+        operation: &str,
+        command_id: &str,
+        rows: u16,
+        cols: u16,
+    ) -> crate::RunnerResult<()> {
+        let valid = |n: u16| (1..=Self::MAX_SIZE).contains(&n);
+        if valid(rows) && valid(cols) {
+            Ok(())
+        } else {
+            Err(crate::RunnerError::new(
+                crate::RunnerErrorKind::InvalidRequest,
+                format!(
+                    "{operation} {command_id}: a terminal of {rows}x{cols} is out of range \
+                     (rows and columns 1 to {})",
+                    Self::MAX_SIZE
+                ),
+            ))
+        }
+    }
 }
 
 impl RunnerCommandRequest {
@@ -106,7 +171,14 @@ impl RunnerCommandRequest {
             output_limit: RunnerOutputLimit::default(),
             non_interactive: false,
             user: None,
+            terminal: None,
         }
+    }
+
+    /// Runs the command on a pseudo-terminal of `rows` x `cols`.
+    pub fn with_terminal(mut self, rows: u16, cols: u16) -> Self {
+        self.terminal = Some(RunnerTerminal::new(rows, cols));
+        self
     }
 
     /// A request that runs `script` with `sh -c`.
@@ -139,7 +211,8 @@ impl RunnerCommandRequest {
     }
 
     /// The environment to apply, in order: the non-interactive defaults (when
-    /// asked for) and then the caller's `env`, so the caller's values win.
+    /// asked for), the terminal's `TERM` (for a terminal request) and then the
+    /// caller's `env`, so the caller's values win.
     pub fn effective_env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = if self.non_interactive {
             NON_INTERACTIVE_ENV
@@ -149,6 +222,9 @@ impl RunnerCommandRequest {
         } else {
             Vec::new()
         };
+        if let Some(terminal) = &self.terminal {
+            env.push(("TERM".to_string(), terminal.term().to_string()));
+        }
         env.extend(self.env.iter().cloned());
         env
     }

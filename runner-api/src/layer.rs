@@ -21,6 +21,7 @@ use crate::{
     RunnerFileReadResult, RunnerFileStat, RunnerFileStream, RunnerFileWriteRequest,
     RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest, RunnerPortResult,
     RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    RunnerWatchRequest, RunnerWatchStream,
 };
 
 /// Wraps one session into another: one step of a layer stack.
@@ -140,6 +141,21 @@ pub trait LayeredSession: Send + Sync + 'static {
         signal: RunnerSignal,
     ) -> RunnerResult<()> {
         self.inner().signal_command(command_id, signal).await
+    }
+
+    /// Forwards to the inner session.
+    async fn resize_terminal(
+        &self,
+        command_id: &RunnerCommandId,
+        rows: u16,
+        cols: u16,
+    ) -> RunnerResult<()> {
+        self.inner().resize_terminal(command_id, rows, cols).await
+    }
+
+    /// Forwards to the inner session.
+    async fn watch(&self, request: RunnerWatchRequest) -> RunnerResult<RunnerWatchStream> {
+        self.inner().watch(request).await
     }
 
     /// Forwards to the inner session.
@@ -374,6 +390,19 @@ impl<T: LayeredSession> RemoteRunnerSession for T {
         signal: RunnerSignal,
     ) -> RunnerResult<()> {
         LayeredSession::signal_command(self, command_id, signal).await
+    }
+
+    async fn resize_terminal(
+        &self,
+        command_id: &RunnerCommandId,
+        rows: u16,
+        cols: u16,
+    ) -> RunnerResult<()> {
+        LayeredSession::resize_terminal(self, command_id, rows, cols).await
+    }
+
+    async fn watch(&self, request: RunnerWatchRequest) -> RunnerResult<RunnerWatchStream> {
+        LayeredSession::watch(self, request).await
     }
 
     async fn read_file(

@@ -12,13 +12,14 @@ mod manifest;
 mod paths;
 mod session;
 mod stream;
+mod watch;
 
 pub use capabilities::{RunnerCapabilities, RunnerMountCapabilities};
 pub use command::{
     HOST_ENV_ALLOWLIST, NON_INTERACTIVE_ENV, RunnerCommandOutput, RunnerCommandRequest,
     RunnerCommandResult, RunnerExitStatus, RunnerOutputChunk, RunnerOutputLimit,
     RunnerOutputStream, RunnerOutputTruncation, RunnerProcessEvent, RunnerProcessInfo,
-    RunnerProcessState, RunnerSignal, host_env_allowed, inherited_host_env,
+    RunnerProcessState, RunnerSignal, RunnerTerminal, host_env_allowed, inherited_host_env,
 };
 pub use destination::{
     RemoteRunnerProviderId, RemoteRunnerSessionId, RunnerCommandId, RunnerDestination,
@@ -43,3 +44,4 @@ pub use stream::{
     RunnerByteStream, RunnerFileStream, bytes_stream, collect_stream, empty_stream, next_chunk,
     prepend,
 };
+pub use watch::{RunnerWatchEvent, RunnerWatchEventKind, RunnerWatchRequest, RunnerWatchStream};

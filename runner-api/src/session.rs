@@ -20,7 +20,7 @@ use crate::{
     RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileWriteRequest,
     RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest, RunnerPortResult,
     RunnerProcessEvent, RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal,
-    RunnerSnapshotRef,
+    RunnerSnapshotRef, RunnerWatchRequest, RunnerWatchStream,
 };
 use crate::{RunnerByteStream, RunnerFileStream};
 
@@ -264,6 +264,20 @@ pub trait RemoteRunnerSession: Send + Sync + 'static {
         Err(self.unsupported("signal_command"))
     }
 
+    /// Changes the size of a running terminal command's terminal; the program
+    /// gets SIGWINCH. Requires `pty`. Errors: `NotFound` (unknown id),
+    /// `InvalidRequest` (not a terminal command, exited, a size of 0 or over
+    /// [`RunnerTerminal::MAX_SIZE`](crate::RunnerTerminal::MAX_SIZE)).
+    async fn resize_terminal(
+        &self,
+        command_id: &RunnerCommandId,
+        rows: u16,
+        cols: u16,
+    ) -> RunnerResult<()> {
+        let _ = (command_id, rows, cols);
+        Err(self.unsupported("resize_terminal"))
+    }
+
     // ----- files -----
 
     /// Reads a file, or `limit` bytes from `offset`, into one buffer of at most
@@ -408,6 +422,18 @@ pub trait RemoteRunnerSession: Send + Sync + 'static {
     async fn download_archive_stream(&self, path: &Path) -> RunnerResult<RunnerByteStream> {
         let _ = path;
         Err(self.unsupported("download_archive_stream"))
+    }
+
+    /// Watches a path of the workspace: created, modified, removed and
+    /// renamed events with paths relative to the workspace, in the order they
+    /// happened; past [`RunnerWatchRequest::MAX_QUEUED_EVENTS`] unread events
+    /// an `Overflow` event replaces what was lost. The watch ends when the
+    /// stream is dropped or the session closes. Requires `file_watch`.
+    /// Errors: `NotFound` (no such path), `PermissionDenied` (outside the
+    /// workspace), `InvalidRequest` (NUL byte).
+    async fn watch(&self, request: RunnerWatchRequest) -> RunnerResult<RunnerWatchStream> {
+        let _ = request;
+        Err(self.unsupported("watch"))
     }
 
     // ----- ports, snapshots, mounts, artifacts -----

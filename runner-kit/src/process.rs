@@ -36,6 +36,15 @@ pub trait ProcessControl: Send + Sync + 'static {
         let _ = (bytes, close);
         Err(RunnerError::invalid_request("stdin is not open"))
     }
+
+    /// Changes the size of the command's terminal. The default refuses: the
+    /// command does not run on a terminal.
+    async fn resize(&self, rows: u16, cols: u16) -> RunnerResult<()> {
+        let _ = (rows, cols);
+        Err(RunnerError::invalid_request(
+            "the command does not run on a terminal",
+        ))
+    }
 }
 
 /// How the backend saw a process end.
@@ -596,6 +605,17 @@ impl ProcessTable {
             .write_stdin(bytes, close)
             .await
             .map_err(|e| e.context(format!("write_stdin {command_id:?}")))
+    }
+
+    /// Resizes a running terminal command's terminal. Errors: `NotFound`,
+    /// `InvalidRequest` (exited, not on a terminal).
+    pub async fn resize(&self, command_id: &str, rows: u16, cols: u16) -> RunnerResult<()> {
+        let record = self.get("resize_terminal", command_id)?;
+        let control = self.running_control(&record, "resize_terminal")?;
+        control
+            .resize(rows, cols)
+            .await
+            .map_err(|e| e.context(format!("resize_terminal {command_id:?}")))
     }
 
     /// Signals a running command's process group. Errors: `NotFound`, `InvalidRequest`.

@@ -16,7 +16,7 @@ use runner_api::{
     RunnerFileReadResult, RunnerFileStat, RunnerFileStream, RunnerFileWriteRequest,
     RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest, RunnerPortResult,
     RunnerProcessInfo, RunnerProcessState, RunnerResult, RunnerSessionState, RunnerSignal,
-    RunnerSnapshotRef,
+    RunnerSnapshotRef, RunnerWatchRequest, RunnerWatchStream,
 };
 
 /// Why a managed session was closed.
@@ -453,6 +453,21 @@ impl LayeredSession for ManagedSession {
     ) -> RunnerResult<()> {
         let _call = self.begin("signal_command").await?;
         self.inner.signal_command(command_id, signal).await
+    }
+
+    async fn resize_terminal(
+        &self,
+        command_id: &RunnerCommandId,
+        rows: u16,
+        cols: u16,
+    ) -> RunnerResult<()> {
+        let _call = self.begin("resize_terminal").await?;
+        self.inner.resize_terminal(command_id, rows, cols).await
+    }
+
+    async fn watch(&self, request: RunnerWatchRequest) -> RunnerResult<RunnerWatchStream> {
+        let _call = self.begin("watch").await?;
+        self.inner.watch(request).await
     }
 
     async fn read_file(

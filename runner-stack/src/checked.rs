@@ -14,7 +14,8 @@ use runner_api::{
     RunnerExecutionLease, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat,
     RunnerFileStream, RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort,
     RunnerPortRequest, RunnerPortResult, RunnerProcessInfo, RunnerResult, RunnerSessionState,
-    RunnerSignal, RunnerSnapshotRef, SessionLayer,
+    RunnerSignal, RunnerSnapshotRef, RunnerTerminal, RunnerWatchRequest, RunnerWatchStream,
+    SessionLayer,
 };
 
 /// A capability flag of [`RunnerCapabilities`], as a reader of it.
@@ -111,6 +112,20 @@ impl CheckedSession {
                 &format!("{operation} {} as another user", request.command_id),
                 &self.provider_id,
             ));
+        }
+        if let Some(terminal) = &request.terminal {
+            if !caps.pty {
+                return Err(RunnerError::unsupported(
+                    &format!("{operation} {} on a terminal", request.command_id),
+                    &self.provider_id,
+                ));
+            }
+            RunnerTerminal::check_size(
+                operation,
+                &request.command_id,
+                terminal.rows,
+                terminal.cols,
+            )?;
         }
         Ok(())
     }
@@ -217,6 +232,22 @@ impl LayeredSession for CheckedSession {
     ) -> RunnerResult<()> {
         self.require("signal_command", |c| c.background_processes)?;
         self.inner.signal_command(command_id, signal).await
+    }
+
+    async fn resize_terminal(
+        &self,
+        command_id: &RunnerCommandId,
+        rows: u16,
+        cols: u16,
+    ) -> RunnerResult<()> {
+        self.require("resize_terminal", |c| c.pty)?;
+        RunnerTerminal::check_size("resize_terminal", command_id, rows, cols)?;
+        self.inner.resize_terminal(command_id, rows, cols).await
+    }
+
+    async fn watch(&self, request: RunnerWatchRequest) -> RunnerResult<RunnerWatchStream> {
+        self.require("watch", |c| c.file_watch)?;
+        self.inner.watch(request).await
     }
 
     async fn read_file(

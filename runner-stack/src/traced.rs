@@ -15,7 +15,7 @@ use runner_api::{
     RunnerFileReadResult, RunnerFileStat, RunnerFileStream, RunnerFileWriteRequest,
     RunnerLeaseRequest, RunnerListeningPort, RunnerPortRequest, RunnerPortResult,
     RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
-    SessionLayer,
+    RunnerWatchRequest, RunnerWatchStream, SessionLayer,
 };
 
 /// The name of every span [`TracedSession`] opens.
@@ -247,6 +247,26 @@ impl LayeredSession for TracedSession {
             self.inner.signal_command(command_id, signal),
         )
         .await
+    }
+
+    async fn resize_terminal(
+        &self,
+        command_id: &RunnerCommandId,
+        rows: u16,
+        cols: u16,
+    ) -> RunnerResult<()> {
+        self.traced(
+            "resize_terminal",
+            Subject::Command(command_id),
+            self.inner.resize_terminal(command_id, rows, cols),
+        )
+        .await
+    }
+
+    async fn watch(&self, request: RunnerWatchRequest) -> RunnerResult<RunnerWatchStream> {
+        let path = request.path.clone();
+        self.traced("watch", Subject::Path(&path), self.inner.watch(request))
+            .await
     }
 
     async fn read_file(

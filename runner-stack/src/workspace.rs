@@ -16,7 +16,8 @@ use runner_api::{
     LayeredSession, RemoteRunnerSession, RunnerArtifactExportRequest, RunnerArtifactExportResult,
     RunnerByteStream, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerErrorKind,
     RunnerFileKind, RunnerFileReadRequest, RunnerFileReadResult, RunnerFileStat, RunnerFileStream,
-    RunnerFileWriteRequest, RunnerProcessInfo, RunnerResult, normalize_lexically, reject_nul_path,
+    RunnerFileWriteRequest, RunnerProcessInfo, RunnerResult, RunnerWatchRequest, RunnerWatchStream,
+    normalize_lexically, reject_nul_path,
 };
 
 /// Whether a path is read or written: writes may only land under the root.
@@ -306,6 +307,17 @@ impl LayeredSession for RemoteWorkspace {
             .resolve("write_file_stream", &request.path, PathAccess::Write)
             .await?;
         self.session.write_file_stream(request, body).await
+    }
+
+    async fn watch(&self, request: RunnerWatchRequest) -> RunnerResult<RunnerWatchStream> {
+        // Events name paths relative to the root, so a watch stays under the
+        // root itself (read roots are not watched).
+        let path = self
+            .resolve("watch", &request.path, PathAccess::Write)
+            .await?;
+        self.session
+            .watch(RunnerWatchRequest { path, ..request })
+            .await
     }
 
     async fn list_dir(&self, path: &Path) -> RunnerResult<Vec<RunnerFileStat>> {

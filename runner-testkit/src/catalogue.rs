@@ -35,6 +35,10 @@ pub enum Area {
     Mounts,
     /// `export_artifact` to the destination's artifact store.
     Artifacts,
+    /// Commands on a pseudo-terminal: `RunnerCommandRequest::terminal`, `resize_terminal`.
+    Terminal,
+    /// `watch`: file events of the workspace.
+    Watch,
     /// `close`, `pause`/`resume`, `detach`/`rejoin_session`, `state`.
     Lifecycle,
     /// Capability flags are honest in both directions.
@@ -43,7 +47,7 @@ pub enum Area {
 
 impl Area {
     /// Every area, in catalogue order.
-    pub const ALL: [Area; 10] = [
+    pub const ALL: [Area; 12] = [
         Area::Exec,
         Area::Processes,
         Area::Files,
@@ -52,6 +56,8 @@ impl Area {
         Area::Snapshots,
         Area::Mounts,
         Area::Artifacts,
+        Area::Terminal,
+        Area::Watch,
         Area::Lifecycle,
         Area::Capabilities,
     ];
@@ -67,6 +73,8 @@ impl Area {
             Area::Snapshots => "snapshots",
             Area::Mounts => "mounts",
             Area::Artifacts => "artifacts",
+            Area::Terminal => "terminal",
+            Area::Watch => "watch",
             Area::Lifecycle => "lifecycle",
             Area::Capabilities => "capabilities",
         }
@@ -127,11 +135,15 @@ pub enum Capability {
     ExecutionLease,
     /// `run_as_user`.
     RunAsUser,
+    /// `pty`.
+    Pty,
+    /// `file_watch`.
+    FileWatch,
 }
 
 impl Capability {
     /// Every boolean capability flag.
-    pub const ALL: [Capability; 18] = [
+    pub const ALL: [Capability; 20] = [
         Capability::CommandExec,
         Capability::FileRead,
         Capability::FileWrite,
@@ -150,6 +162,8 @@ impl Capability {
         Capability::PortListing,
         Capability::ExecutionLease,
         Capability::RunAsUser,
+        Capability::Pty,
+        Capability::FileWatch,
     ];
 
     /// The field name in [`RunnerCapabilities`] (and its JSON).
@@ -173,6 +187,8 @@ impl Capability {
             Capability::PortListing => "port_listing",
             Capability::ExecutionLease => "execution_lease",
             Capability::RunAsUser => "run_as_user",
+            Capability::Pty => "pty",
+            Capability::FileWatch => "file_watch",
         }
     }
 
@@ -198,6 +214,8 @@ impl Capability {
             Capability::PortListing => c.port_listing,
             Capability::ExecutionLease => c.execution_lease,
             Capability::RunAsUser => c.run_as_user,
+            Capability::Pty => c.pty,
+            Capability::FileWatch => c.file_watch,
         }
     }
 }
@@ -285,6 +303,7 @@ pub fn checks() -> Vec<Check> {
     all.extend(crate::checks::snapshots::checks());
     all.extend(crate::checks::mounts::checks());
     all.extend(crate::checks::artifacts::checks());
+    all.extend(crate::checks::terminal::checks());
     all.extend(crate::checks::lifecycle::checks());
     all.extend(crate::checks::lease::lifecycle_checks());
     all.extend(crate::checks::manager::checks());

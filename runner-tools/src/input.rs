@@ -146,6 +146,8 @@ impl RunCommandInput {
             output_limit: self.output_limit.unwrap_or_default(),
             non_interactive: self.non_interactive.unwrap_or(true),
             user: self.user.clone(),
+            // Terminals have tools of their own (terminal_start and the rest).
+            terminal: None,
         })
     }
 }

@@ -93,6 +93,8 @@ pub fn capabilities() -> RunnerCapabilities {
         port_listing: true,
         execution_lease: true,
         run_as_user: true,
+        pty: true,
+        file_watch: true,
     }
 }
 

@@ -98,6 +98,8 @@ pub fn capabilities() -> RunnerCapabilities {
         port_listing: true,
         execution_lease: true,
         run_as_user: false,
+        pty: true,
+        file_watch: true,
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pty_process::{OwnedReadPty, OwnedWritePty};
 use runner_api::{
     RunnerCommandId, RunnerCommandRequest, RunnerError, RunnerOutputStream, RunnerResult,
-    RunnerSignal,
+    RunnerSignal, RunnerTerminal,
 };
 use runner_kit::{OutputSink, ProcessControl, RawExit, SpawnedProcess, StdinPipe};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -82,12 +84,15 @@ struct Launch {
     env: BTreeMap<String, String>,
 }
 
-/// Signals the command's process tree and writes its kept-open stdin.
+/// Signals the command's process tree, writes its kept-open stdin and
+/// resizes its terminal.
 struct LocalControl {
     tree: CommandTree,
     /// The command, for stdin errors.
     command_id: RunnerCommandId,
     stdin: StdinPipe,
+    /// A descriptor of the terminal's master side, for a terminal command.
+    terminal: Option<OwnedFd>,
 }
 
 #[async_trait]
@@ -102,6 +107,61 @@ impl ProcessControl for LocalControl {
     async fn write_stdin(&self, bytes: Vec<u8>, close: bool) -> RunnerResult<()> {
         self.stdin.write(&self.command_id, bytes, close).await
     }
+
+    async fn resize(&self, rows: u16, cols: u16) -> RunnerResult<()> {
+        let Some(master) = &self.terminal else {
+            return Err(RunnerError::invalid_request(
+                "the command does not run on a terminal",
+            ));
+        };
+        // The kernel sends SIGWINCH to the terminal's foreground group.
+        rustix::termios::tcsetwinsize(master, winsize(rows, cols))
+            .map_err(|e| RunnerError::from_io("resize_terminal", &self.command_id, e.into()))
+    }
+}
+
+fn winsize(rows: u16, cols: u16) -> rustix::termios::Winsize {
+    rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// Where the command's standard streams go.
+enum Streams {
+    /// stdout and stderr pipes (and stdin when one was asked for).
+    Pipes,
+    /// A pseudo-terminal: the master's read and write halves and a descriptor
+    /// of it for resizing.
+    Terminal(OwnedReadPty, OwnedWritePty, OwnedFd),
+}
+
+/// A terminal error as an I/O error, for [`spawn_error`].
+fn pty_io(error: pty_process::Error) -> io::Error {
+    match error {
+        pty_process::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Spawns `command` on a new pseudo-terminal of `terminal`'s size: the child
+/// becomes a session leader with the terminal as its controlling terminal
+/// (so its process group id is its pid, as for piped commands).
+fn spawn_on_terminal(
+    command: tokio::process::Command,
+    terminal: &RunnerTerminal,
+) -> io::Result<(tokio::process::Child, Streams)> {
+    let (pty, pts) = pty_process::open().map_err(pty_io)?;
+    pty.resize(pty_process::Size::new(terminal.rows, terminal.cols))
+        .map_err(pty_io)?;
+    let master = pty.as_fd().try_clone_to_owned()?;
+    let child = pty_process::Command::from(command)
+        .spawn(pts)
+        .map_err(pty_io)?;
+    let (read, write) = pty.into_split();
+    Ok((child, Streams::Terminal(read, write, master)))
 }
 
 fn spawn_error(launch: &Launch, error: io::Error) -> RunnerError {
@@ -217,39 +277,58 @@ fn spawn(ctx: &SpawnContext, launch: Launch, sink: OutputSink) -> RunnerResult<S
         .envs(&launch.env)
         .env(SESSION_ENV, &ctx.session_id)
         .env(COMMAND_ENV, &mark)
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(if launch.stdin.is_some() || keep_open {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
         .kill_on_drop(false);
-    let mut child = command.spawn().map_err(|e| spawn_error(&launch, e))?;
+    let (mut child, streams) = match &request.terminal {
+        Some(terminal) => spawn_on_terminal(command, terminal),
+        None => {
+            command
+                .process_group(0)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .stdin(if launch.stdin.is_some() || keep_open {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                });
+            command.spawn().map(|child| (child, Streams::Pipes))
+        }
+    }
+    .map_err(|e| spawn_error(&launch, e))?;
     let pid = child
         .id()
         .ok_or_else(|| RunnerError::provider("spawned command has no pid"))?;
     let tree = ctx.groups.remember(pid as i32, mark);
     let command_id = request.command_id.clone();
-    tracing::info!(command_id = %command_id, program = %request.program, user = ?request.user, pid, "spawned local command");
+    tracing::info!(command_id = %command_id, program = %request.program, user = ?request.user, pid, terminal = request.terminal.is_some(), "spawned local command");
 
-    let stdin = StdinPipe::start(child.stdin.take(), launch.stdin, keep_open);
-
-    let stdout = child
-        .stdout
-        .take()
-        .map(|out| tokio::spawn(pump(out, sink.clone(), RunnerOutputStream::Stdout)));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|err| tokio::spawn(pump(err, sink, RunnerOutputStream::Stderr)));
-    let readers: Vec<JoinHandle<()>> = stdout.into_iter().chain(stderr).collect();
+    let (stdin, readers, terminal) = match streams {
+        Streams::Pipes => {
+            let stdin = StdinPipe::start(child.stdin.take(), launch.stdin, keep_open);
+            let stdout = child
+                .stdout
+                .take()
+                .map(|out| tokio::spawn(pump(out, sink.clone(), RunnerOutputStream::Stdout)));
+            let stderr = child
+                .stderr
+                .take()
+                .map(|err| tokio::spawn(pump(err, sink, RunnerOutputStream::Stderr)));
+            let readers: Vec<JoinHandle<()>> = stdout.into_iter().chain(stderr).collect();
+            (stdin, readers, None)
+        }
+        // A terminal's input stays open (keys are sent with write_stdin);
+        // its output is one stream, reported as stdout.
+        Streams::Terminal(read, write, master) => {
+            let stdin = StdinPipe::start(Some(write), launch.stdin, true);
+            let reader = tokio::spawn(pump(read, sink, RunnerOutputStream::Stdout));
+            (stdin, vec![reader], Some(master))
+        }
+    };
 
     let control = Arc::new(LocalControl {
         tree,
         command_id: command_id.clone(),
         stdin: stdin.clone(),
+        terminal,
     });
     let exit = Box::pin(async move {
         let status = child.wait().await;

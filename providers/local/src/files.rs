@@ -29,6 +29,7 @@ use runner_kit::bridge::{ChunkWriter, copy_buffered};
 
 use crate::archive::{self, Protect, SymlinkPolicy};
 use crate::error::{io_error, is_escape};
+use crate::watch::WatchTarget;
 
 /// How many symlinks `write_file` follows at the final component before giving up.
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -949,6 +950,27 @@ impl Workspace {
         Ok(self.base_path(resolved.base).join(canonical))
     }
 
+    /// `watch`: the path on this machine to watch, every symlink resolved
+    /// and still inside the workspace (or the mount it lies under).
+    ///
+    /// Errors: `InvalidRequest` (NUL byte), `PermissionDenied` (outside),
+    /// `NotFound`.
+    pub(crate) fn watch_target(&self, path: &Path) -> RunnerResult<WatchTarget> {
+        let op = "watch";
+        let resolved = self.resolve(op, path)?;
+        let canonical =
+            canonical_rel(resolved.dir(self), &resolved.rel).map_err(|e| self.io(op, path, e))?;
+        let (host_base, ws_base) = match resolved.base {
+            Base::Root => (self.root.clone(), PathBuf::new()),
+            Base::Mount(mount) => (mount.host.clone(), mount.rel.clone()),
+        };
+        Ok(WatchTarget {
+            host: host_base.join(canonical),
+            host_base,
+            ws_base,
+        })
+    }
+
     // ----- archives -----
 
     /// Where `upload_archive` unpacks: `target` resolved and writable.
@@ -1216,12 +1238,23 @@ fn replace_by_moving(
     result
 }
 
+/// The prefix and suffix of [`temp_name`]s.
+const TEMP_PREFIX: &str = ".runner-write-";
+const TEMP_SUFFIX: &str = ".tmp";
+
 /// A fresh temp file name for an atomic replace.
 fn temp_name() -> PathBuf {
     PathBuf::from(format!(
-        ".runner-write-{}.tmp",
+        "{TEMP_PREFIX}{}{TEMP_SUFFIX}",
         uuid::Uuid::new_v4().simple()
     ))
+}
+
+/// Whether the last component of `path` is a [`temp_name`] (a watch hides them).
+pub(crate) fn is_temp_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(TEMP_PREFIX) && n.ends_with(TEMP_SUFFIX))
 }
 
 pub(crate) fn replace_atomically(

@@ -13,6 +13,7 @@ mod private;
 mod session;
 mod snapshot;
 mod users;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub fn capabilities() -> RunnerCapabilities {
         port_listing: true,
         execution_lease: true,
         run_as_user: true,
+        pty: true,
+        file_watch: true,
     }
 }
 

@@ -13,7 +13,8 @@ use runner_api::{
     RunnerCommandOutput, RunnerCommandRequest, RunnerCommandResult, RunnerError, RunnerEventStream,
     RunnerFileReadRequest, RunnerFileStat, RunnerFileStream, RunnerFileWriteRequest,
     RunnerListeningPort, RunnerManifestEntry, RunnerPortRequest, RunnerPortResult,
-    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef, prepend,
+    RunnerProcessInfo, RunnerResult, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    RunnerTerminal, RunnerWatchRequest, RunnerWatchStream, prepend,
 };
 use runner_kit::archive::sanitize_upload_stream;
 use runner_kit::bridge::{opened_chunk_stream, with_body_reader};
@@ -28,7 +29,7 @@ use crate::files::{ReadOnlyPath, Workspace};
 use crate::groups::Groups;
 use crate::manifest::{self, MountSpec};
 use crate::ownership::{OwnedDir, SnapshotMark};
-use crate::{PROVIDER_ID, ports, snapshot};
+use crate::{PROVIDER_ID, ports, snapshot, watch};
 
 /// How long `close` keeps KILLing leftover process groups before giving up.
 const CLOSE_KILL_LIMIT: Duration = Duration::from_secs(5);
@@ -119,6 +120,8 @@ pub struct LocalSession {
     groups: Arc<Groups>,
     snapshot_mark: Arc<SnapshotMark>,
     closed: AtomicBool,
+    /// Cancelled when the session closes or is dropped: ends every watch.
+    watches: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for LocalSession {
@@ -220,6 +223,7 @@ impl LocalSession {
             is_owned,
             snapshot_mark: Arc::default(),
             closed: AtomicBool::new(false),
+            watches: tokio_util::sync::CancellationToken::new(),
         };
         tracing::info!(
             session_id = %session.session_id,
@@ -364,6 +368,7 @@ impl LocalSession {
 
 impl Drop for LocalSession {
     fn drop(&mut self) {
+        self.watches.cancel();
         // The workspace and its lock file stay (resumable, or removable by
         // `sweep_orphans` once the lock is released with the owned directory).
         if !self.closed.load(Ordering::SeqCst) {
@@ -410,6 +415,7 @@ impl RemoteRunnerSession for LocalSession {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        self.watches.cancel();
         let span = tracing::info_span!("unix-local close", session_id = %self.session_id);
         let result = self.shut_down().instrument(span).await;
         self.snapshot_mark.release();
@@ -490,6 +496,25 @@ impl RemoteRunnerSession for LocalSession {
         signal: RunnerSignal,
     ) -> RunnerResult<()> {
         self.table.signal(command_id, signal).await
+    }
+
+    async fn resize_terminal(
+        &self,
+        command_id: &RunnerCommandId,
+        rows: u16,
+        cols: u16,
+    ) -> RunnerResult<()> {
+        RunnerTerminal::check_size("resize_terminal", command_id, rows, cols)?;
+        self.table.resize(command_id, rows, cols).await
+    }
+
+    async fn watch(&self, request: RunnerWatchRequest) -> RunnerResult<RunnerWatchStream> {
+        let workspace = self.workspace.clone();
+        let path = request.path.clone();
+        let target = tokio::task::spawn_blocking(move || workspace.watch_target(&path))
+            .await
+            .map_err(|e| join_error("watch", e))??;
+        watch::start(target, request.recursive, self.watches.clone())
     }
 
     /// One blocking task opens the file and then feeds the stream, so an

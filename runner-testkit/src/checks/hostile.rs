@@ -710,7 +710,7 @@ async fn host_env_not_inherited(cx: Cx) -> CheckResult {
 
 /// A shell line starting a child that leaves the process group and sleeps
 /// with `marker` on its command line, detached from the command's pipes.
-fn escaping_child(marker: &crate::fixtures::process_tree::Marker) -> String {
+pub(crate) fn escaping_child(marker: &crate::fixtures::process_tree::Marker) -> String {
     format!(
         "setsid sh -c 'trap \"\" TERM HUP; {}; :' </dev/null >/dev/null 2>&1 &",
         marker.sleep()

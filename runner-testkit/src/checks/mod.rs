@@ -14,3 +14,4 @@ pub(crate) mod paths;
 pub(crate) mod ports;
 pub(crate) mod processes;
 pub(crate) mod snapshots;
+pub(crate) mod terminal;
