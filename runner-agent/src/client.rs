@@ -236,7 +236,12 @@ impl AgentClient {
                 Err(e) => return Err(e),
             };
             match connection
-                .start(operation, payload.clone(), request.has_body())
+                .start(
+                    operation,
+                    payload.clone(),
+                    request.has_body(),
+                    request.stream_window(),
+                )
                 .await
             {
                 Ok(exchange) => return Ok(exchange),
@@ -501,9 +506,10 @@ impl Connection {
         operation: &'static str,
         payload: Bytes,
         has_body: bool,
+        window: u32,
     ) -> Result<Exchange, Lost> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (slot, mut mailbox) = mailbox(self.outbound.clone(), id);
+        let (slot, mut mailbox) = mailbox(self.outbound.clone(), id, window);
         let credit = has_body.then(Credit::new);
         lock(&self.pending).insert(
             id,

@@ -253,11 +253,16 @@ struct CreditState {
 }
 
 impl Credit {
-    /// A full window.
+    /// A full window of [`STREAM_WINDOW_BYTES`].
     pub(crate) fn new() -> Arc<Self> {
+        Self::with_window(STREAM_WINDOW_BYTES)
+    }
+
+    /// A full window of `window` bytes.
+    pub(crate) fn with_window(window: u32) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(CreditState {
-                available: i64::from(STREAM_WINDOW_BYTES),
+                available: i64::from(window),
                 closed: false,
             }),
             changed: Notify::new(),
@@ -343,6 +348,8 @@ pub(crate) struct Mailbox {
     outbound: Outbound,
     id: u64,
     unreturned: u32,
+    /// Credit goes back once this many bytes were taken out.
+    return_at: u32,
     /// The last message of the exchange has arrived.
     finished: bool,
     /// Runs on drop with `finished`: the client forgets the id there and
@@ -350,8 +357,9 @@ pub(crate) struct Mailbox {
     on_drop: Option<Box<dyn FnOnce(bool) + Send + Sync>>,
 }
 
-/// A slot and its mailbox for request `id`.
-pub(crate) fn mailbox(outbound: Outbound, id: u64) -> (Slot, Mailbox) {
+/// A slot and its mailbox for request `id`, whose sender has a window of
+/// `window` bytes.
+pub(crate) fn mailbox(outbound: Outbound, id: u64, window: u32) -> (Slot, Mailbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let buffered = Arc::new(AtomicUsize::new(0));
     let slot = Slot {
@@ -364,6 +372,7 @@ pub(crate) fn mailbox(outbound: Outbound, id: u64) -> (Slot, Mailbox) {
         outbound,
         id,
         unreturned: 0,
+        return_at: (window / 4).clamp(1, CREDIT_RETURN_BYTES),
         finished: false,
         on_drop: None,
     };
@@ -380,7 +389,7 @@ impl Mailbox {
             self.unreturned = self
                 .unreturned
                 .saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
-            if self.unreturned >= CREDIT_RETURN_BYTES {
+            if self.unreturned >= self.return_at {
                 self.outbound
                     .control(Frame::credit(self.id, std::mem::take(&mut self.unreturned)));
             }

@@ -60,6 +60,12 @@ pub const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 /// A receiver returns credit once it has consumed this many bytes: 256 KiB.
 pub const CREDIT_RETURN_BYTES: u32 = STREAM_WINDOW_BYTES / 4;
 
+/// The window of a `watch` stream, far smaller than [`STREAM_WINDOW_BYTES`]:
+/// events a slow reader has not taken wait in the agent's bounded queue,
+/// which reports an overflow, instead of in flight. The receiver returns
+/// credit every quarter window, as for other streams.
+pub const WATCH_WINDOW_BYTES: u32 = 64 * 1024;
+
 /// The request id of connection-level frames: the handshake and fatal errors.
 pub const CONNECTION_ID: u64 = 0;
 
@@ -779,6 +785,14 @@ pub enum Request {
 }
 
 impl Request {
+    /// The credit window of the stream the agent answers with.
+    pub fn stream_window(&self) -> u32 {
+        match self {
+            Self::Watch { .. } => WATCH_WINDOW_BYTES,
+            _ => STREAM_WINDOW_BYTES,
+        }
+    }
+
     /// The session method the request calls, for messages.
     pub fn operation(&self) -> &'static str {
         match self {

@@ -20,8 +20,8 @@ use crate::conn::{
 };
 use crate::protocol::{
     AgentVersion, CONNECTION_ID, Frame, FrameKind, Hello, HelloReply, OutputHead, PROTOCOL_VERSION,
-    ProtocolError, ReadError, Reply, Request, SessionInfo, decode, decode_credit, encode,
-    encode_output, mismatch_message,
+    ProtocolError, ReadError, Reply, Request, STREAM_WINDOW_BYTES, SessionInfo, decode,
+    decode_credit, encode, encode_output, mismatch_message,
 };
 use crate::stage::{STAGED_FILE, Stage, no_stage};
 use crate::tunnel::{self, Side};
@@ -294,12 +294,12 @@ impl Connection {
             return Err(ProtocolError(format!("request id {id} is already in flight")).into());
         }
         let (slot, body) = if request.has_body() {
-            let (slot, body) = mailbox(self.outbound.clone(), id);
+            let (slot, body) = mailbox(self.outbound.clone(), id, STREAM_WINDOW_BYTES);
             (Some(slot), Some(body))
         } else {
             (None, None)
         };
-        let credit = Credit::new();
+        let credit = Credit::with_window(request.stream_window());
         let work = answer(
             self.shared.clone(),
             self.outbound.clone(),

@@ -25,6 +25,11 @@ const COLS: u16 = 100;
 /// How many file events the overflow check causes.
 const RAPID_EVENTS: usize = 100_000;
 
+/// The most events a watch may hand out after [`RAPID_EVENTS`] were made
+/// while nobody read: its queue, plus as much again for events in flight
+/// between a sandbox and the caller.
+const HELD_AT_MOST: usize = 2 * RunnerWatchRequest::MAX_QUEUED_EVENTS;
+
 pub(crate) fn checks() -> Vec<Check> {
     let t = Area::Terminal;
     let w = Area::Watch;
@@ -566,8 +571,9 @@ async fn overflow_bounded(cx: Cx) -> CheckResult {
             Err(_) => break,
         }
         ensure!(
-            held <= RAPID_EVENTS / 4,
-            "the watch handed out {held} events of {RAPID_EVENTS} made while nobody read: its queue is not bounded"
+            held <= HELD_AT_MOST,
+            "the watch handed out {held} events of {RAPID_EVENTS} made while nobody read, more \
+             than {HELD_AT_MOST}: its queue is not bounded"
         );
     }
     ensure!(
