@@ -86,12 +86,80 @@ async fn exercise<S: Service<RoleClient>>(client: &RunningService<RoleClient, S>
         "list_dir",
         "expose_port",
         "snapshot",
+        "terminal_start",
+        "terminal_send",
+        "terminal_read",
+        "terminal_resize",
+        "watch",
     ] {
         assert!(
             names.contains(&expected),
             "{expected} missing from {names:?}"
         );
     }
+    // A terminal: typed into, read back as a screen.
+    let term = ok(
+        client,
+        "terminal_start",
+        json!({ "command": "read line; echo \"got $line\"; sleep 30" }),
+    )
+    .await;
+    let term_id = term["command_id"]
+        .as_str()
+        .expect("terminal id")
+        .to_string();
+    ok(
+        client,
+        "terminal_send",
+        json!({ "command_id": term_id, "data": "mcp-keys\r" }),
+    )
+    .await;
+    let mut screen = Value::Null;
+    for _ in 0..40 {
+        screen = ok(
+            client,
+            "terminal_read",
+            json!({ "command_id": term_id, "wait_ms": 500 }),
+        )
+        .await;
+        if screen["screen"]
+            .as_str()
+            .is_some_and(|s| s.contains("got mcp-keys"))
+        {
+            break;
+        }
+    }
+    assert!(
+        screen["screen"]
+            .as_str()
+            .is_some_and(|s| s.contains("got mcp-keys")),
+        "{screen}"
+    );
+    ok(client, "cancel_command", json!({ "command_id": term_id })).await;
+    // A watch: started, then the events after its cursor.
+    let watch = ok(client, "watch", json!({})).await;
+    let mut cursor = watch["cursor"].as_str().expect("cursor").to_string();
+    ok(
+        client,
+        "write_file",
+        json!({ "path": "watched.txt", "content": "x" }),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        let got = ok(client, "watch", json!({ "cursor": cursor, "wait_ms": 500 })).await;
+        seen.extend(got["events"].as_array().expect("events").iter().cloned());
+        cursor = got["cursor"].as_str().expect("cursor").to_string();
+        if seen.iter().any(|e| e["path"] == "watched.txt") {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e["path"] == "watched.txt" && e["kind"] == "created"),
+        "{seen:?}"
+    );
+    ok(client, "watch", json!({ "cursor": cursor, "stop": true })).await;
     let run = tools
         .iter()
         .find(|t| t.name == "run_command")

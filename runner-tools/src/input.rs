@@ -224,7 +224,7 @@ pub const MAX_CHUNK_BYTES: usize = 16 * 1024 * 1024;
 ///
 /// Errors: `InvalidRequest` naming `what` (such as `write_stdin "cmd": data`),
 /// the size and the limit.
-fn check_chunk(len: usize, what: impl FnOnce() -> String) -> RunnerResult<()> {
+pub(crate) fn check_chunk(len: usize, what: impl FnOnce() -> String) -> RunnerResult<()> {
     if len > MAX_CHUNK_BYTES {
         return Err(RunnerError::invalid_request(format!(
             "{}: {len} bytes exceed the limit of {MAX_CHUNK_BYTES} bytes per call; \

@@ -8,6 +8,9 @@ use crate::input::{
     CancelCommandInput, CommandOutputInput, DestinationInput, DestinationsListInput,
     ExposePortInput, ListDirInput, ReadFileInput, RunCommandInput, WriteFileInput, WriteStdinInput,
 };
+use crate::interactive::{
+    TerminalReadInput, TerminalResizeInput, TerminalSendInput, TerminalStartInput, WatchInput,
+};
 
 /// One of the tools a [`ToolSet`](crate::ToolSet) serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +37,16 @@ pub enum Tool {
     ExposePort,
     /// `snapshot`
     Snapshot,
+    /// `terminal_start`
+    TerminalStart,
+    /// `terminal_send`
+    TerminalSend,
+    /// `terminal_read`
+    TerminalRead,
+    /// `terminal_resize`
+    TerminalResize,
+    /// `watch`
+    Watch,
 }
 
 /// A tool as a framework registers it: name, description, JSON schema of its input.
@@ -49,7 +62,7 @@ pub struct ToolSpec {
 
 impl Tool {
     /// Every tool, in the order they are listed.
-    pub const ALL: [Tool; 11] = [
+    pub const ALL: [Tool; 16] = [
         Tool::DestinationsList,
         Tool::RunCommand,
         Tool::CommandOutput,
@@ -61,6 +74,11 @@ impl Tool {
         Tool::ListDir,
         Tool::ExposePort,
         Tool::Snapshot,
+        Tool::TerminalStart,
+        Tool::TerminalSend,
+        Tool::TerminalRead,
+        Tool::TerminalResize,
+        Tool::Watch,
     ];
 
     /// The tool's name.
@@ -77,6 +95,11 @@ impl Tool {
             Tool::ListDir => "list_dir",
             Tool::ExposePort => "expose_port",
             Tool::Snapshot => "snapshot",
+            Tool::TerminalStart => "terminal_start",
+            Tool::TerminalSend => "terminal_send",
+            Tool::TerminalRead => "terminal_read",
+            Tool::TerminalResize => "terminal_resize",
+            Tool::Watch => "watch",
         }
     }
 
@@ -148,6 +171,35 @@ impl Tool {
                 "Capture the destination's workspace and return the snapshot's id \
                  (destination, provider_id, snapshot_id)."
             }
+            Tool::TerminalStart => {
+                "Start a program on a pseudo-terminal (for REPLs, editors, pagers, installers and \
+                 anything that insists on a terminal): `command` runs with sh -c, default an \
+                 interactive shell. rows and cols give its size (default 24x80). Returns the \
+                 command_id for terminal_send, terminal_read, terminal_resize and \
+                 cancel_command."
+            }
+            Tool::TerminalSend => {
+                "Send keys to a terminal as typed: end a line with \\r (Enter); \\u0003 is \
+                 Ctrl-C, \\u0004 Ctrl-D, \\u001b Escape (arrow keys: \\u001b[A up, \\u001b[B \
+                 down). encoding base64 sends any bytes."
+            }
+            Tool::TerminalRead => {
+                "Read a terminal's screen as it looks now (text, one line per row, and the \
+                 cursor position), rendered by a terminal emulator. Pass the previous \
+                 next_after_seq as after_seq: changed says whether output arrived since, and \
+                 wait_ms waits for some. state and status say whether the program exited."
+            }
+            Tool::TerminalResize => {
+                "Change a terminal's size; the program is told (SIGWINCH) and redraws."
+            }
+            Tool::Watch => {
+                "Follow file changes in the workspace without polling list_dir. Without a \
+                 cursor it starts watching `path` (default the workspace root, recursive by \
+                 default) and returns a cursor; with a cursor it returns the events since \
+                 then (created, modified, removed, renamed; paths relative to the workspace) \
+                 and the next cursor. wait_ms waits for an event. overflow true means events \
+                 were lost: list the directory again. stop ends the watch."
+            }
         }
     }
 
@@ -164,6 +216,11 @@ impl Tool {
             Tool::WriteFile => schema_of::<WriteFileInput>(),
             Tool::ListDir => schema_of::<ListDirInput>(),
             Tool::ExposePort => schema_of::<ExposePortInput>(),
+            Tool::TerminalStart => schema_of::<TerminalStartInput>(),
+            Tool::TerminalSend => schema_of::<TerminalSendInput>(),
+            Tool::TerminalRead => schema_of::<TerminalReadInput>(),
+            Tool::TerminalResize => schema_of::<TerminalResizeInput>(),
+            Tool::Watch => schema_of::<WatchInput>(),
         }
     }
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use runner_api::{
-    RemoteRunnerSession, RunnerError, RunnerErrorKind, RunnerResult, RunnerSnapshotRef,
-    ThreadRunnerBinding,
+    RemoteRunnerSession, RunnerCommandRequest, RunnerError, RunnerErrorKind, RunnerProcessState,
+    RunnerResult, RunnerSnapshotRef, RunnerTerminal, RunnerWatchRequest, ThreadRunnerBinding,
 };
 use runner_stack::RunnerRegistry;
 use serde::Serialize;
@@ -16,10 +16,16 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::config::{ToolDestination, ToolsConfig};
+use crate::input::check_chunk;
 use crate::input::{
     CancelCommandInput, CommandOutputInput, DEFAULT_READ_LIMIT, DestinationInput,
     DestinationsListInput, ExposePortInput, ListDirInput, ReadFileInput, RunCommandInput,
     WriteFileInput, WriteStdinInput,
+};
+use crate::interactive::{
+    DEFAULT_TERMINAL_COLS, DEFAULT_TERMINAL_ROWS, Interactive, TerminalReadInput,
+    TerminalResizeInput, TerminalResized, TerminalSendInput, TerminalSent, TerminalStartInput,
+    TerminalStarted, WatchEvents, WatchInput,
 };
 use crate::lines::DEFAULT_MAX_LINE_BYTES;
 use crate::output::{
@@ -86,6 +92,8 @@ pub struct ToolSet {
     registry: RunnerRegistry,
     entries: Vec<Entry>,
     closed: AtomicBool,
+    /// Terminal screens and watches.
+    interactive: Interactive,
 }
 
 impl ToolSet {
@@ -116,6 +124,7 @@ impl ToolSet {
             registry,
             entries,
             closed: AtomicBool::new(false),
+            interactive: Interactive::default(),
         })
     }
 
@@ -217,6 +226,47 @@ impl ToolSet {
                 let ws = self.workspace(op, input.destination.as_deref()).await?;
                 to_json(op, &ws.expose_port(input.request).await?)
             }
+            Tool::TerminalStart => self.terminal_start(parse(op, arguments)?).await,
+            Tool::TerminalSend => {
+                let input: TerminalSendInput = parse(op, arguments)?;
+                let what = || format!("terminal_send {:?}: data", input.command_id);
+                let bytes = input.encoding.decode(&input.data, what)?;
+                check_chunk(bytes.len(), what)?;
+                let bytes_written = bytes.len() as u64;
+                let ws = self.workspace(op, input.destination.as_deref()).await?;
+                ws.write_stdin(&input.command_id, bytes, false).await?;
+                to_json(
+                    op,
+                    &TerminalSent {
+                        command_id: input.command_id,
+                        bytes_written,
+                    },
+                )
+            }
+            Tool::TerminalRead => self.terminal_read(parse(op, arguments)?).await,
+            Tool::TerminalResize => {
+                let input: TerminalResizeInput = parse(op, arguments)?;
+                let entry = self.entry(op, input.destination.as_deref())?;
+                let ws = self.open(op, entry).await?;
+                ws.resize_terminal(&input.command_id, input.rows, input.cols)
+                    .await?;
+                let destination = &entry.config.destination.id;
+                self.interactive.resize_screen(
+                    destination,
+                    &input.command_id,
+                    input.rows,
+                    input.cols,
+                );
+                to_json(
+                    op,
+                    &TerminalResized {
+                        command_id: input.command_id,
+                        rows: input.rows,
+                        cols: input.cols,
+                    },
+                )
+            }
+            Tool::Watch => self.watch(parse(op, arguments)?).await,
             Tool::Snapshot => {
                 let input: DestinationInput = parse(op, arguments)?;
                 let entry = self.entry(op, input.destination.as_deref())?;
@@ -251,6 +301,7 @@ impl ToolSet {
     /// Returns the first error after trying every session.
     pub async fn close(&self) -> RunnerResult<()> {
         self.closed.store(true, Ordering::SeqCst);
+        self.interactive.stop_all();
         let mut first_error = None;
         for entry in &self.entries {
             if let Some(ws) = entry.session.get()
@@ -336,6 +387,103 @@ impl ToolSet {
         };
         let max_line_bytes = input.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         to_json(op, &view.cut_long_lines(max_line_bytes))
+    }
+
+    async fn terminal_start(&self, input: TerminalStartInput) -> RunnerResult<Value> {
+        let op = Tool::TerminalStart.name();
+        let command_id = input
+            .command_id
+            .clone()
+            .unwrap_or_else(|| format!("term-{}", uuid::Uuid::new_v4().simple()));
+        let rows = input.rows.unwrap_or(DEFAULT_TERMINAL_ROWS);
+        let cols = input.cols.unwrap_or(DEFAULT_TERMINAL_COLS);
+        RunnerTerminal::check_size(op, &command_id, rows, cols)?;
+        let mut request = match &input.command {
+            Some(script) => RunnerCommandRequest::shell(command_id.clone(), script.clone()),
+            None => RunnerCommandRequest::new(command_id.clone(), "sh", ["-i"]),
+        };
+        request.cwd = input.cwd.clone();
+        request.env = input.env.clone().into_iter().collect();
+        request.keep_stdin_open = true;
+        request.terminal = Some(RunnerTerminal {
+            rows,
+            cols,
+            term: input.term.clone(),
+        });
+        let entry = self.entry(op, input.destination.as_deref())?;
+        let ws = self.open(op, entry).await?;
+        let destination = &entry.config.destination.id;
+        self.interactive
+            .add_screen(destination, &command_id, rows, cols)?;
+        let process = ws.start_command(request).await?;
+        to_json(
+            op,
+            &TerminalStarted {
+                command_id: process.command_id,
+                pid: process.pid,
+                rows,
+                cols,
+                next_after_seq: 0,
+            },
+        )
+    }
+
+    async fn terminal_read(&self, input: TerminalReadInput) -> RunnerResult<Value> {
+        let op = Tool::TerminalRead.name();
+        let entry = self.entry(op, input.destination.as_deref())?;
+        let ws = self.open(op, entry).await?;
+        let destination = &entry.config.destination.id;
+        let wait = Duration::from_millis(input.wait_ms.min(MAX_WAIT_MS));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let fed = self.interactive.fed_seq(destination, &input.command_id);
+            let output = ws.command_output(&input.command_id, fed).await?;
+            let screen = self
+                .interactive
+                .render(destination, output, input.after_seq);
+            let settled = screen.changed || screen.state == RunnerProcessState::Exited;
+            if settled || tokio::time::Instant::now() >= deadline {
+                return to_json(op, &screen);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    async fn watch(&self, input: WatchInput) -> RunnerResult<Value> {
+        let op = Tool::Watch.name();
+        let entry = self.entry(op, input.destination.as_deref())?;
+        let destination = &entry.config.destination.id;
+        let Some(cursor) = &input.cursor else {
+            if input.stop {
+                return Err(RunnerError::invalid_request(
+                    "watch: stop needs the cursor of the watch to end",
+                ));
+            }
+            let ws = self.open(op, entry).await?;
+            let path = input.path.clone().unwrap_or_else(|| ".".into());
+            let stream = ws
+                .watch(RunnerWatchRequest::new(path, input.recursive))
+                .await?;
+            let id = self.interactive.add_watch(destination, stream);
+            let started = WatchEvents {
+                cursor: format!("{id}:0"),
+                events: Vec::new(),
+                overflow: false,
+                ended: false,
+            };
+            return to_json(op, &started);
+        };
+        let (id, buffer, after) = self.interactive.watch_of(destination, cursor)?;
+        if input.stop {
+            self.interactive.stop_watch(&id);
+            let mut last = buffer.read(&id, after);
+            last.events.clear();
+            last.ended = true;
+            return to_json(op, &last);
+        }
+        let wait = Duration::from_millis(input.wait_ms.min(MAX_WAIT_MS));
+        buffer.wait(after, tokio::time::Instant::now() + wait).await;
+        to_json(op, &buffer.read(&id, after))
     }
 
     fn entry(&self, op: &str, destination: Option<&str>) -> RunnerResult<&Entry> {

@@ -840,3 +840,167 @@ async fn large_files_are_written_in_chunks_and_replace_the_target_at_once() {
     assert_eq!(bad.kind(), RunnerErrorKind::InvalidRequest, "{bad}");
     tools.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn a_terminal_is_started_typed_into_read_as_a_screen_and_resized() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let started = tools
+        .call(
+            "terminal_start",
+            json!({ "command": "printf 'name? '; read name; printf '\\033[2J\\033[Hhello %s\\n' \"$name\"; trap 'stty size' WINCH; while :; do sleep 1; done", "rows": 10, "cols": 40 }),
+        )
+        .await
+        .expect("terminal_start");
+    let id = started["command_id"].as_str().expect("id").to_string();
+    assert_eq!(
+        (started["rows"].as_u64(), started["cols"].as_u64()),
+        (Some(10), Some(40))
+    );
+    let first = read_until(&tools, &id, 0, "name?").await;
+    tools
+        .call(
+            "terminal_send",
+            json!({ "command_id": id, "data": "ada\r" }),
+        )
+        .await
+        .expect("terminal_send");
+    // The program cleared the screen: only its greeting is left on it.
+    let greeted = read_until(
+        &tools,
+        &id,
+        first["next_after_seq"].as_u64().unwrap(),
+        "hello ada",
+    )
+    .await;
+    assert_eq!(
+        greeted["screen"].as_str().unwrap().trim_end(),
+        "hello ada",
+        "{greeted}"
+    );
+    assert_eq!(greeted["cursor_row"], 1, "{greeted}");
+    let resized = tools
+        .call(
+            "terminal_resize",
+            json!({ "command_id": id, "rows": 12, "cols": 50 }),
+        )
+        .await
+        .expect("terminal_resize");
+    assert_eq!(resized["rows"], 12);
+    let after = greeted["next_after_seq"].as_u64().unwrap();
+    let seen = read_until(&tools, &id, after, "12 50").await;
+    assert_eq!(
+        (seen["rows"].as_u64(), seen["cols"].as_u64()),
+        (Some(12), Some(50))
+    );
+    let bad = tools
+        .call(
+            "terminal_resize",
+            json!({ "command_id": id, "rows": 0, "cols": 50 }),
+        )
+        .await
+        .expect_err("a terminal of 0 rows");
+    assert_eq!(bad.kind(), RunnerErrorKind::InvalidRequest, "{bad}");
+    tools
+        .call("cancel_command", json!({ "command_id": id }))
+        .await
+        .expect("cancel");
+    tools.close().await.expect("close");
+}
+
+/// `terminal_read` with waits until the screen shows `needle`.
+async fn read_until(tools: &ToolSet, id: &str, mut after_seq: u64, needle: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let screen = tools
+            .call(
+                "terminal_read",
+                json!({ "command_id": id, "after_seq": after_seq, "wait_ms": 500 }),
+            )
+            .await
+            .expect("terminal_read");
+        if screen["screen"].as_str().unwrap_or("").contains(needle) {
+            return screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} on {screen}"
+        );
+        after_seq = screen["next_after_seq"].as_u64().unwrap_or(after_seq);
+    }
+}
+
+#[tokio::test]
+async fn watch_returns_the_events_after_a_cursor_and_stops() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tools = tool_set(dir.path()).await;
+    let started = tools.call("watch", json!({})).await.expect("watch");
+    let cursor = started["cursor"].as_str().expect("cursor").to_string();
+    assert_eq!(started["events"], json!([]));
+    tools
+        .call(
+            "run_command",
+            json!({ "command": "mkdir d && echo x > d/a && mv d/a d/b" }),
+        )
+        .await
+        .expect("run_command");
+    let mut events = Vec::new();
+    let mut cursor = cursor;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !events.iter().any(|e: &Value| e["kind"] == "renamed") {
+        let got = tools
+            .call("watch", json!({ "cursor": cursor, "wait_ms": 1000 }))
+            .await
+            .expect("watch after a cursor");
+        assert_eq!(got["overflow"], false, "{got}");
+        events.extend(got["events"].as_array().expect("events").iter().cloned());
+        cursor = got["cursor"].as_str().expect("cursor").to_string();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rename in {events:?}"
+        );
+    }
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds.first(), Some(&("created", "d")), "{kinds:?}");
+    assert!(kinds.contains(&("created", "d/a")), "{kinds:?}");
+    let renamed = events.iter().find(|e| e["kind"] == "renamed").unwrap();
+    assert_eq!(
+        (renamed["from"].as_str(), renamed["path"].as_str()),
+        (Some("d/a"), Some("d/b"))
+    );
+    // Nothing new: the same cursor comes back with no events.
+    let idle = tools
+        .call("watch", json!({ "cursor": cursor }))
+        .await
+        .expect("idle watch");
+    assert_eq!(idle["events"], json!([]));
+    assert_eq!(idle["cursor"], cursor);
+    let stopped = tools
+        .call("watch", json!({ "cursor": cursor, "stop": true }))
+        .await
+        .expect("stop");
+    assert_eq!(stopped["ended"], true);
+    let gone = tools
+        .call("watch", json!({ "cursor": cursor }))
+        .await
+        .expect_err("a stopped watch");
+    assert_eq!(gone.kind(), RunnerErrorKind::NotFound, "{gone}");
+    let bad = tools
+        .call("watch", json!({ "cursor": "nonsense" }))
+        .await
+        .expect_err("a malformed cursor");
+    assert_eq!(bad.kind(), RunnerErrorKind::InvalidRequest, "{bad}");
+    let outside = tools
+        .call("watch", json!({ "path": ".." }))
+        .await
+        .expect_err("a watch outside the workspace");
+    assert_eq!(
+        outside.kind(),
+        RunnerErrorKind::PermissionDenied,
+        "{outside}"
+    );
+    tools.close().await.expect("close");
+}
