@@ -20,6 +20,7 @@ mod rss;
 mod ssh;
 mod stats;
 mod streams;
+mod terminal;
 
 use std::path::PathBuf;
 
@@ -79,6 +80,9 @@ enum Section {
     Episode,
     /// kubernetes (through the test API server) against the docker provider.
     Kubernetes,
+    /// Keystroke to echo through a terminal on every provider, against
+    /// unix-local.
+    Terminal,
 }
 
 /// Repetitions of each measurement.
@@ -217,6 +221,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             eprintln!("== concurrency: {}", target.label);
             figures.extend(concurrency(&plan, target).await?);
         }
+    }
+    if args.runs(Section::Terminal) {
+        figures.extend(terminal::run(&plan, &targets).await?);
     }
     if args.runs(Section::Memory) {
         figures.extend(memory(&targets).await?);
