@@ -82,7 +82,12 @@ async fn lists_tools_and_destinations() {
             "write_file",
             "list_dir",
             "expose_port",
-            "snapshot"
+            "snapshot",
+            "terminal_start",
+            "terminal_send",
+            "terminal_read",
+            "terminal_resize",
+            "watch",
         ]
     );
     let list = tools

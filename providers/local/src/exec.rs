@@ -18,6 +18,7 @@ use runner_api::{
 };
 use runner_kit::{OutputSink, ProcessControl, RawExit, SpawnedProcess, StdinPipe};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::signal::unix::SignalKind;
 use tokio::task::JoinHandle;
 
 use crate::error::join_error;
@@ -46,6 +47,52 @@ pub(crate) struct SpawnContext {
     user_switcher: Option<PathBuf>,
 }
 
+/// The signals a command must not inherit as ignored: an embedding process
+/// started in the background of a shell (`cmd &`), or under `nohup`, ignores
+/// some of them, and an ignored signal stays ignored across `exec`, so a
+/// shell would start with Ctrl-C (SIGINT) hard-ignored and a terminal's 0x03
+/// would never interrupt its jobs.
+const DEFAULT_FOR_COMMANDS: [SignalKind; 4] = [
+    SignalKind::interrupt(),
+    SignalKind::quit(),
+    SignalKind::hangup(),
+    SignalKind::terminate(),
+];
+
+/// Gives commands the default action of [`DEFAULT_FOR_COMMANDS`] while this
+/// process keeps ignoring them: each one this process ignores gets a Tokio
+/// signal handler instead (one that nothing reads, so the process still does
+/// nothing on it), and a handled signal is reset to its default by `exec`.
+/// Signals this process does not ignore are left alone. Once per process.
+fn default_signals_for_commands() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let ignored = procfs::process::Process::myself()
+            .and_then(|me| me.status())
+            .map(|status| status.sigign)
+            .unwrap_or(0);
+        for kind in DEFAULT_FOR_COMMANDS {
+            let number = kind.as_raw_value();
+            if ignored & (1u64 << (number - 1)) == 0 {
+                continue;
+            }
+            // Tokio panics instead of failing on a runtime without its IO
+            // driver; that leaves the signal ignored, as it was.
+            let registered = tokio::runtime::Handle::try_current().is_ok()
+                && std::panic::catch_unwind(|| tokio::signal::unix::signal(kind))
+                    .ok()
+                    .and_then(Result::ok)
+                    // Kept for the life of the process: dropping the stream
+                    // would not restore SIG_IGN anyway.
+                    .map(std::mem::forget)
+                    .is_some();
+            if !registered {
+                tracing::warn!(signal = number, "cannot stop commands from inheriting an ignored signal (needs a Tokio runtime with its IO driver)");
+            }
+        }
+    });
+}
+
 impl SpawnContext {
     /// The context of session `session_id` with the destination's `env` and
     /// the provider's `user_switcher`; the host environment is read now, once.
@@ -55,6 +102,7 @@ impl SpawnContext {
         groups: Arc<Groups>,
         user_switcher: Option<PathBuf>,
     ) -> Self {
+        default_signals_for_commands();
         let mut env: BTreeMap<String, String> =
             runner_api::inherited_host_env().into_iter().collect();
         env.extend(config_env.clone());
