@@ -683,76 +683,60 @@ impl Exchange {
 
     /// The rest of `stream_command` as events.
     fn into_events(self) -> RunnerEventStream {
-        Box::pin(futures_util::stream::unfold(
-            Some(self),
-            |state| async move {
-                let mut exchange = state?;
-                let message = match exchange.next().await {
-                    Ok(message) => message,
-                    Err(e) => return Some((Err(e), None)),
-                };
-                let event = match message.kind {
-                    FrameKind::Output => {
-                        decode_output(message.payload).map(|chunk| match chunk.stream {
-                            RunnerOutputStream::Stdout => RunnerProcessEvent::Stdout {
-                                seq: chunk.seq,
-                                bytes: chunk.bytes,
-                            },
-                            RunnerOutputStream::Stderr => RunnerProcessEvent::Stderr {
-                                seq: chunk.seq,
-                                bytes: chunk.bytes,
-                            },
-                        })
-                    }
-                    FrameKind::Event => decode("event", &message.payload),
-                    FrameKind::End => {
-                        exchange.mailbox.finish();
-                        return None;
-                    }
-                    FrameKind::Error => {
-                        exchange.mailbox.finish();
-                        return Some((Err(wire_error(&message.payload)), None));
-                    }
-                    kind => Err(ProtocolError(format!(
-                        "a {kind:?} frame in an event stream"
-                    ))),
-                };
-                match event {
-                    Ok(event) => Some((Ok(event), Some(exchange))),
-                    Err(e) => Some((Err(e.into()), None)),
-                }
-            },
-        ))
+        Box::pin(self.into_items(|message| match message.kind {
+            FrameKind::Output => decode_output(message.payload).map(|chunk| match chunk.stream {
+                RunnerOutputStream::Stdout => RunnerProcessEvent::Stdout {
+                    seq: chunk.seq,
+                    bytes: chunk.bytes,
+                },
+                RunnerOutputStream::Stderr => RunnerProcessEvent::Stderr {
+                    seq: chunk.seq,
+                    bytes: chunk.bytes,
+                },
+            }),
+            FrameKind::Event => decode("event", &message.payload),
+            kind => Err(ProtocolError(format!(
+                "a {kind:?} frame in an event stream"
+            ))),
+        }))
     }
 
     /// The rest of `watch` as events.
     fn into_watch_events(self) -> RunnerWatchStream {
-        Box::pin(futures_util::stream::unfold(
-            Some(self),
-            |state| async move {
-                let mut exchange = state?;
-                let message = match exchange.next().await {
-                    Ok(message) => message,
-                    Err(e) => return Some((Err(e), None)),
-                };
-                let event = match message.kind {
-                    FrameKind::Event => decode("watch event", &message.payload),
-                    FrameKind::End => {
-                        exchange.mailbox.finish();
-                        return None;
-                    }
-                    FrameKind::Error => {
-                        exchange.mailbox.finish();
-                        return Some((Err(wire_error(&message.payload)), None));
-                    }
-                    kind => Err(ProtocolError(format!("a {kind:?} frame in a watch"))),
-                };
-                match event {
-                    Ok(event) => Some((Ok(event), Some(exchange))),
-                    Err(e) => Some((Err(e.into()), None)),
+        Box::pin(self.into_items(|message| match message.kind {
+            FrameKind::Event => decode("watch event", &message.payload),
+            kind => Err(ProtocolError(format!("a {kind:?} frame in a watch"))),
+        }))
+    }
+
+    /// The rest of the exchange as items, each frame other than `End` and
+    /// `Error` decoded by `item`; a frame it refuses ends the stream with
+    /// its error.
+    fn into_items<T: Send + 'static>(
+        self,
+        item: fn(Frame) -> Result<T, ProtocolError>,
+    ) -> impl futures_util::Stream<Item = RunnerResult<T>> + Send + 'static {
+        futures_util::stream::unfold(Some(self), move |state| async move {
+            let mut exchange = state?;
+            let message = match exchange.next().await {
+                Ok(message) => message,
+                Err(e) => return Some((Err(e), None)),
+            };
+            match message.kind {
+                FrameKind::End => {
+                    exchange.mailbox.finish();
+                    None
                 }
-            },
-        ))
+                FrameKind::Error => {
+                    exchange.mailbox.finish();
+                    Some((Err(wire_error(&message.payload)), None))
+                }
+                _ => match item(message) {
+                    Ok(value) => Some((Ok(value), Some(exchange))),
+                    Err(e) => Some((Err(e.into()), None)),
+                },
+            }
+        })
     }
 }
 

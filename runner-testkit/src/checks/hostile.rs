@@ -710,7 +710,7 @@ async fn host_env_not_inherited(cx: Cx) -> CheckResult {
 
 /// A shell line starting a child that leaves the process group and sleeps
 /// with `marker` on its command line, detached from the command's pipes.
-pub(crate) fn escaping_child(marker: &crate::fixtures::process_tree::Marker) -> String {
+fn escaping_child(marker: &crate::fixtures::process_tree::Marker) -> String {
     format!(
         "setsid sh -c 'trap \"\" TERM HUP; {}; :' </dev/null >/dev/null 2>&1 &",
         marker.sleep()
@@ -738,6 +738,12 @@ async fn timeout_kills_setsid_escape(cx: Cx) -> CheckResult {
 
 /// cancel_command ends a setsid child of a running background command.
 async fn setsid_escape_cancelled(cx: Cx) -> CheckResult {
+    setsid_child_cancelled(cx, None).await
+}
+
+/// A background command (on a terminal of `terminal`'s rows and columns,
+/// when given) whose child left with setsid: cancel_command ends both.
+pub(crate) async fn setsid_child_cancelled(cx: Cx, terminal: Option<(u16, u16)>) -> CheckResult {
     let s = cx.session().await?;
     let marker = cx.marker();
     let script = format!(
@@ -745,7 +751,10 @@ async fn setsid_escape_cancelled(cx: Cx) -> CheckResult {
         escaping_child(&marker),
         marker.sleep()
     );
-    let request = shell(s.as_ref(), "setsid-cancel", &script);
+    let mut request = shell(s.as_ref(), "setsid-cancel", &script);
+    if let Some((rows, cols)) = terminal {
+        request = request.with_terminal(rows, cols);
+    }
     let id = request.command_id.clone();
     s.start_command(request)
         .await

@@ -10,7 +10,7 @@ use runner_api::{
 };
 
 use crate::catalogue::{Area, Capability, Capability::*, Check};
-use crate::checks::hostile::escaping_child;
+use crate::checks::hostile::setsid_child_cancelled;
 use crate::commands::{describe_result, quote, sh_ok, shell, wait_exited};
 use crate::context::{Cx, Session};
 use crate::outcome::{CheckResult, Expect, ensure, ensure_eq, shorten};
@@ -69,7 +69,7 @@ pub(crate) fn checks() -> Vec<Check> {
             t,
             &[CommandExec, BackgroundProcesses, Cancellation, Pty],
             "cancel_command of a terminal command kills its whole tree, a child that left the session with setsid included.",
-            |cx| Box::pin(setsid_child_cancelled(cx)),
+            |cx| Box::pin(setsid_child_cancelled(cx, Some((ROWS, COLS)))),
         ),
         Check::new(
             "terminal_bad_resize_refused",
@@ -307,27 +307,6 @@ async fn output_resumes_after_seq(cx: Cx) -> CheckResult {
     let expected: Vec<RunnerOutputChunk> =
         all.chunks.iter().filter(|c| c.seq > mid).cloned().collect();
     ensure_eq!(later.chunks, expected, "chunks after seq {mid}");
-    s.close().await.or_fail("close")
-}
-
-async fn setsid_child_cancelled(cx: Cx) -> CheckResult {
-    let s = cx.session().await?;
-    let marker = cx.marker();
-    let script = format!(
-        "{} echo started; {}",
-        escaping_child(&marker),
-        marker.sleep()
-    );
-    let id = start(&s, terminal_shell(&s, "setsid", &script)).await?;
-    marker
-        .wait_running(s.as_ref(), 3, Duration::from_secs(30))
-        .await?;
-    let cancelled = s.cancel_command(&id).await.or_fail("cancel_command")?;
-    ensure!(
-        cancelled,
-        "cancel_command of a running terminal command: expected true"
-    );
-    marker.wait_gone(s.as_ref(), "cancel_command").await?;
     s.close().await.or_fail("close")
 }
 
