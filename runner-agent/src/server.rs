@@ -364,16 +364,40 @@ fn error_frame(id: u64, error: &RunnerError) -> Frame {
     Frame::new(FrameKind::Error, id, payload)
 }
 
+/// The frames of a streamed answer: each one's kind and payload.
+type FrameStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = RunnerResult<(FrameKind, Bytes)>> + Send>>;
+
+/// `stream_command`'s events as frames: output chunks as `Output`, the rest as `Event`.
+fn event_frames(operation: &'static str, events: RunnerEventStream) -> FrameStream {
+    use runner_api::RunnerOutputStream as S;
+    Box::pin(events.map(move |event| {
+        Ok(match event? {
+            RunnerProcessEvent::Stdout { seq, bytes } => {
+                (FrameKind::Output, encode_output(seq, S::Stdout, &bytes))
+            }
+            RunnerProcessEvent::Stderr { seq, bytes } => {
+                (FrameKind::Output, encode_output(seq, S::Stderr, &bytes))
+            }
+            other => (FrameKind::Event, encode(operation, &other)?),
+        })
+    }))
+}
+
+/// `watch`'s events as `Event` frames.
+fn watch_frames(operation: &'static str, events: RunnerWatchStream) -> FrameStream {
+    Box::pin(events.map(move |event| Ok((FrameKind::Event, encode(operation, &event?)?))))
+}
+
 /// What a request answers with.
 enum Response {
     /// One reply.
     Reply(Reply),
     /// A reply, then a byte stream.
     Bytes(Reply, RunnerByteStream),
-    /// `stream_command`'s events.
-    Events(RunnerEventStream),
-    /// `watch`'s events.
-    Watch(RunnerWatchStream),
+    /// `Unit`, then frames each spending the stream's credit
+    /// (`stream_command`'s events, `watch`'s events), then `End`.
+    Frames(FrameStream),
     /// `command_output`'s head, then its chunks.
     Output(RunnerCommandOutput),
     /// `open_tunnel`'s connection and the client's side of it.
@@ -499,7 +523,7 @@ async fn respond(
             after_seq,
         } => {
             let events = session.stream_command(&command_id, after_seq).await?;
-            return Ok(Response::Events(events));
+            return Ok(Response::Frames(event_frames(op, events)));
         }
         Request::WriteStdin { command_id, close } => {
             let bytes = body_bytes(op, body).await?;
@@ -519,7 +543,10 @@ async fn respond(
             Reply::Unit
         }
         Request::Watch { request } => {
-            return Ok(Response::Watch(session.watch(request).await?));
+            return Ok(Response::Frames(watch_frames(
+                op,
+                session.watch(request).await?,
+            )));
         }
         Request::ReadFile {
             request,
@@ -702,27 +729,16 @@ async fn send_response(
             send_reply(outbound, id, operation, &head).await?;
             send_bytes(outbound, id, credit, bytes).await
         }
-        Response::Events(mut events) => {
+        Response::Frames(mut frames) => {
             send_reply(outbound, id, operation, &Reply::Unit).await?;
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(event) => send_event(outbound, id, credit, operation, event).await?,
+            while let Some(frame) = frames.next().await {
+                match frame {
+                    Ok((kind, payload)) => {
+                        credit.spend(payload.len()).await?;
+                        outbound.message(kind, id, payload).await?;
+                    }
                     Err(e) => return send_error(outbound, id, &e).await,
                 }
-            }
-            outbound
-                .send(Frame::new(FrameKind::End, id, Bytes::new()))
-                .await
-        }
-        Response::Watch(mut events) => {
-            send_reply(outbound, id, operation, &Reply::Unit).await?;
-            while let Some(event) = events.next().await {
-                let payload = match event.and_then(|event| encode(operation, &event)) {
-                    Ok(payload) => payload,
-                    Err(e) => return send_error(outbound, id, &e).await,
-                };
-                credit.spend(payload.len()).await?;
-                outbound.message(FrameKind::Event, id, payload).await?;
             }
             outbound
                 .send(Frame::new(FrameKind::End, id, Bytes::new()))
@@ -746,30 +762,4 @@ async fn send_response(
                 .await
         }
     }
-}
-
-/// One event of `stream_command`: output as an `Output` frame, anything else
-/// as an `Event` message.
-async fn send_event(
-    outbound: &Outbound,
-    id: u64,
-    credit: &Credit,
-    operation: &str,
-    event: RunnerProcessEvent,
-) -> Result<(), Lost> {
-    use runner_api::RunnerOutputStream as S;
-    let (kind, payload) = match &event {
-        RunnerProcessEvent::Stdout { seq, bytes } => {
-            (FrameKind::Output, encode_output(*seq, S::Stdout, bytes))
-        }
-        RunnerProcessEvent::Stderr { seq, bytes } => {
-            (FrameKind::Output, encode_output(*seq, S::Stderr, bytes))
-        }
-        other => match encode(operation, other) {
-            Ok(payload) => (FrameKind::Event, payload),
-            Err(e) => return send_error(outbound, id, &e).await,
-        },
-    };
-    credit.spend(payload.len()).await?;
-    outbound.message(kind, id, payload).await
 }
