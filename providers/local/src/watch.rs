@@ -125,8 +125,7 @@ impl Shared {
                 self.rename(&mut queue, mode, event.tracker(), paths)
             }
             (EventKind::Modify(_), [path]) if !files::is_temp_name(path) => {
-                let is_dir = self.is_dir(path);
-                queue.modified(path, is_dir)
+                queue.modified(path, || self.is_dir(path))
             }
             _ => false,
         };
@@ -239,20 +238,27 @@ impl Queue {
         self.push(Item::Event(RunnerWatchEvent::new(kind, path, is_dir)))
     }
 
-    /// A modification, unless the newest queued event already says so.
-    fn modified(&mut self, path: &Path, is_dir: bool) -> bool {
+    /// A modification, unless the newest queued event already says so; the
+    /// path is looked at (`is_dir`) only for an event that is queued.
+    fn modified(&mut self, path: &Path, is_dir: impl FnOnce() -> bool) -> bool {
         let repeated = matches!(
             self.items.back(),
             Some(Item::Event(e)) if e.kind == RunnerWatchEventKind::Modified && e.path == path
         );
-        !repeated && self.event(RunnerWatchEventKind::Modified, path, is_dir)
+        !repeated && !self.full() && self.event(RunnerWatchEventKind::Modified, path, is_dir())
+    }
+
+    /// Whether the queue is full; a full queue records the overflow.
+    fn full(&mut self) -> bool {
+        let full = self.items.len() >= RunnerWatchRequest::MAX_QUEUED_EVENTS;
+        self.overflowed |= full;
+        full
     }
 
     /// Queues `item`; a full queue drops it and records the overflow, and the
     /// first item queued after an overflow is preceded by its marker.
     fn push(&mut self, item: Item) -> bool {
-        if self.items.len() >= RunnerWatchRequest::MAX_QUEUED_EVENTS {
-            self.overflowed = true;
+        if self.full() {
             return false;
         }
         if self.overflowed {
