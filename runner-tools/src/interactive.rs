@@ -229,7 +229,16 @@ struct Screen {
     complete: bool,
 }
 
-fn size(operation: &str, id: &str, rows: u16, cols: u16) -> RunnerResult<(NonZeroU16, NonZeroU16)> {
+/// Rows and columns of a terminal, checked as `RunnerTerminal::check_size` does.
+///
+/// Errors: `InvalidRequest` naming `operation` and the terminal for a size
+/// of 0 or over `RunnerTerminal::MAX_SIZE`.
+pub(crate) fn terminal_size(
+    operation: &str,
+    id: &str,
+    rows: u16,
+    cols: u16,
+) -> RunnerResult<(NonZeroU16, NonZeroU16)> {
     runner_api::RunnerTerminal::check_size(operation, id, rows, cols)?;
     match (NonZeroU16::new(rows), NonZeroU16::new(cols)) {
         (Some(rows), Some(cols)) => Ok((rows, cols)),
@@ -251,22 +260,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Interactive {
-    /// Remembers a new terminal's screen.
-    pub(crate) fn add_screen(
-        &self,
-        destination: &str,
-        id: &str,
-        rows: u16,
-        cols: u16,
-    ) -> RunnerResult<()> {
-        let (r, c) = size("terminal_start", id, rows, cols)?;
+    /// Remembers the screen of a terminal just started, of `size` (rows, columns).
+    pub(crate) fn add_screen(&self, destination: &str, id: &str, size: (NonZeroU16, NonZeroU16)) {
         let screen = Screen {
-            parser: vt100::Parser::new(r, c, 0),
+            parser: vt100::Parser::new(size.0, size.1, 0),
             fed_seq: 0,
             complete: true,
         };
         lock(&self.screens).insert((destination.to_string(), id.to_string()), screen);
-        Ok(())
     }
 
     /// Feeds `output` (read after the screen's `fed_seq`) into the screen and
@@ -347,7 +348,8 @@ impl Interactive {
 
     /// The watch a cursor names, and the sequence number in it.
     ///
-    /// Errors: `InvalidRequest` for a malformed cursor; `NotFound` for a watch
+    /// Errors: `InvalidRequest` for a malformed cursor or one ahead of the
+    /// watch's newest event; `NotFound` for a watch
     /// this tool set does not have (stopped, or of another destination).
     pub(crate) fn watch_of(
         &self,
@@ -371,6 +373,12 @@ impl Interactive {
                     "watch: no watch {id:?} on destination {destination:?} (stopped, or never started)"
                 ))
             })?;
+        let last_seq = lock(&watch.state).last_seq;
+        if seq > last_seq {
+            return Err(RunnerError::invalid_request(format!(
+                "watch: cursor {cursor:?} is ahead of watch {id:?}, which has {last_seq} events"
+            )));
+        }
         Ok((id.to_string(), watch, seq))
     }
 
@@ -404,8 +412,6 @@ struct BufferState {
     events: VecDeque<(u64, RunnerWatchEvent)>,
     /// The sequence number of the newest event.
     last_seq: u64,
-    /// Sequence numbers of `Overflow` events the session reported.
-    overflows: Vec<u64>,
     /// The watch ended (stream over, error or stop).
     ended: bool,
 }
@@ -417,9 +423,6 @@ impl WatchBuffer {
             let mut state = lock(&self.state);
             state.last_seq += 1;
             let seq = state.last_seq;
-            if event.kind == RunnerWatchEventKind::Overflow {
-                state.overflows.push(seq);
-            }
             if state.events.len() >= RunnerWatchRequest::MAX_QUEUED_EVENTS {
                 state.events.pop_front();
             }
@@ -463,7 +466,7 @@ impl WatchBuffer {
     pub(crate) fn read(&self, id: &str, after: u64) -> WatchEvents {
         let state = lock(&self.state);
         let first_kept = state.events.front().map_or(state.last_seq + 1, |(s, _)| *s);
-        let lost = first_kept > after + 1;
+        let lost = first_kept > after.saturating_add(1);
         let events: Vec<(u64, RunnerWatchEvent)> = state
             .events
             .iter()
@@ -472,10 +475,13 @@ impl WatchBuffer {
             .cloned()
             .collect();
         let next = events.last().map_or(after.max(first_kept - 1), |(s, _)| *s);
-        let reported = state.overflows.iter().any(|s| *s > after && *s <= next);
+        let events: Vec<RunnerWatchEvent> = events.into_iter().map(|(_, e)| e).collect();
+        let reported = events
+            .iter()
+            .any(|e| e.kind == RunnerWatchEventKind::Overflow);
         WatchEvents {
             cursor: format!("{id}:{next}"),
-            events: events.into_iter().map(|(_, e)| e).collect(),
+            events,
             overflow: lost || reported,
             ended: state.ended && next >= state.last_seq,
         }

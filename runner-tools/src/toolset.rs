@@ -25,7 +25,7 @@ use crate::input::{
 use crate::interactive::{
     DEFAULT_TERMINAL_COLS, DEFAULT_TERMINAL_ROWS, Interactive, TerminalReadInput,
     TerminalResizeInput, TerminalResized, TerminalSendInput, TerminalSent, TerminalStartInput,
-    TerminalStarted, WatchEvents, WatchInput,
+    TerminalStarted, WatchEvents, WatchInput, terminal_size,
 };
 use crate::lines::DEFAULT_MAX_LINE_BYTES;
 use crate::output::{
@@ -367,19 +367,12 @@ impl ToolSet {
     async fn command_output(&self, input: CommandOutputInput) -> RunnerResult<Value> {
         let op = Tool::CommandOutput.name();
         let ws = self.workspace(op, input.destination.as_deref()).await?;
-        let wait = Duration::from_millis(input.wait_ms.min(MAX_WAIT_MS));
-        let deadline = tokio::time::Instant::now() + wait;
-        let output = loop {
-            let output = ws
-                .command_output(&input.command_id, input.after_seq)
-                .await?;
-            let settled =
-                !output.chunks.is_empty() || output.state == runner_api::RunnerProcessState::Exited;
-            if settled || tokio::time::Instant::now() >= deadline {
-                break output;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        };
+        let output = poll(
+            input.wait_ms,
+            || ws.command_output(&input.command_id, input.after_seq),
+            |output| !output.chunks.is_empty() || output.state == RunnerProcessState::Exited,
+        )
+        .await?;
         let view = if input.after_seq == 0 {
             CommandOutputView::whole(output)
         } else {
@@ -397,7 +390,8 @@ impl ToolSet {
             .unwrap_or_else(|| format!("term-{}", uuid::Uuid::new_v4().simple()));
         let rows = input.rows.unwrap_or(DEFAULT_TERMINAL_ROWS);
         let cols = input.cols.unwrap_or(DEFAULT_TERMINAL_COLS);
-        RunnerTerminal::check_size(op, &command_id, rows, cols)?;
+        // Refused before a session is opened.
+        let size = terminal_size(op, &command_id, rows, cols)?;
         let mut request = match &input.command {
             Some(script) => RunnerCommandRequest::shell(command_id.clone(), script.clone()),
             None => RunnerCommandRequest::new(command_id.clone(), "sh", ["-i"]),
@@ -412,10 +406,9 @@ impl ToolSet {
         });
         let entry = self.entry(op, input.destination.as_deref())?;
         let ws = self.open(op, entry).await?;
-        let destination = &entry.config.destination.id;
-        self.interactive
-            .add_screen(destination, &command_id, rows, cols)?;
         let process = ws.start_command(request).await?;
+        self.interactive
+            .add_screen(&entry.config.destination.id, &command_id, size);
         to_json(
             op,
             &TerminalStarted {
@@ -433,20 +426,19 @@ impl ToolSet {
         let entry = self.entry(op, input.destination.as_deref())?;
         let ws = self.open(op, entry).await?;
         let destination = &entry.config.destination.id;
-        let wait = Duration::from_millis(input.wait_ms.min(MAX_WAIT_MS));
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let fed = self.interactive.fed_seq(destination, &input.command_id);
-            let output = ws.command_output(&input.command_id, fed).await?;
-            let screen = self
-                .interactive
-                .render(destination, output, input.after_seq);
-            let settled = screen.changed || screen.state == RunnerProcessState::Exited;
-            if settled || tokio::time::Instant::now() >= deadline {
-                return to_json(op, &screen);
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        let screen = poll(
+            input.wait_ms,
+            || async {
+                let fed = self.interactive.fed_seq(destination, &input.command_id);
+                let output = ws.command_output(&input.command_id, fed).await?;
+                Ok(self
+                    .interactive
+                    .render(destination, output, input.after_seq))
+            },
+            |screen| screen.changed || screen.state == RunnerProcessState::Exited,
+        )
+        .await?;
+        to_json(op, &screen)
     }
 
     async fn watch(&self, input: WatchInput) -> RunnerResult<Value> {
@@ -557,6 +549,26 @@ impl ToolSet {
                 })
             })
             .await
+    }
+}
+
+/// Calls `attempt` every [`POLL_INTERVAL`] until `settled` accepts its result
+/// or `wait_ms` (at most [`MAX_WAIT_MS`]) passed; returns the last result.
+async fn poll<T, Fut>(
+    wait_ms: u64,
+    mut attempt: impl FnMut() -> Fut,
+    settled: impl Fn(&T) -> bool,
+) -> RunnerResult<T>
+where
+    Fut: std::future::Future<Output = RunnerResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+    loop {
+        let result = attempt().await?;
+        if settled(&result) || tokio::time::Instant::now() >= deadline {
+            return Ok(result);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 

@@ -998,6 +998,24 @@ async fn watch_returns_the_events_after_a_cursor_and_stops() {
         .await
         .expect_err("a malformed cursor");
     assert_eq!(bad.kind(), RunnerErrorKind::InvalidRequest, "{bad}");
+    // A live watch, a cursor it never gave: refused, nothing overflows.
+    let live = tools.call("watch", json!({})).await.expect("another watch");
+    let id = live["cursor"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .to_string();
+    let ahead = tools
+        .call(
+            "watch",
+            json!({ "cursor": format!("{id}:{}", u64::MAX), "wait_ms": 60_000 }),
+        )
+        .await
+        .expect_err("a cursor ahead of the watch");
+    assert_eq!(ahead.kind(), RunnerErrorKind::InvalidRequest, "{ahead}");
+    assert!(ahead.to_string().contains(&id), "{ahead}");
     let outside = tools
         .call("watch", json!({ "path": ".." }))
         .await
