@@ -942,17 +942,27 @@ async fn watch_returns_the_events_after_a_cursor_and_stops() {
     let started = tools.call("watch", json!({})).await.expect("watch");
     let cursor = started["cursor"].as_str().expect("cursor").to_string();
     assert_eq!(started["events"], json!([]));
-    tools
-        .call(
-            "run_command",
-            json!({ "command": "mkdir d && echo x > d/a && mv d/a d/b" }),
-        )
-        .await
-        .expect("run_command");
     let mut events = Vec::new();
     let mut cursor = cursor;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // A new directory is watched from its Created event on (inotify adds
+    // its watch then), so its files are made once that event was seen.
+    tools
+        .call("run_command", json!({ "command": "mkdir d" }))
+        .await
+        .expect("mkdir");
+    let mut dir_seen = false;
     while !events.iter().any(|e: &Value| e["kind"] == "renamed") {
+        if !dir_seen && events.iter().any(|e: &Value| e["path"] == "d") {
+            dir_seen = true;
+            tools
+                .call(
+                    "run_command",
+                    json!({ "command": "echo x > d/a && mv d/a d/b" }),
+                )
+                .await
+                .expect("run_command");
+        }
         let got = tools
             .call("watch", json!({ "cursor": cursor, "wait_ms": 1000 }))
             .await
