@@ -61,12 +61,16 @@ step "provision: the static runner agent the docker and ssh sessions run"
 # A static-pie binary (runs in an image without a C library); an explicit
 # --target keeps build scripts dynamic and this build out of target/debug.
 # runner-testprog is the one program of the image that holds nothing else.
+# runner-agent-skewed (feature skewed-fixture) is the same agent speaking the
+# next protocol version: the kit's version-mismatch check delivers it.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet \
-  --target x86_64-unknown-linux-gnu -p runner-agent -p runner-testprog
+  --target x86_64-unknown-linux-gnu -p runner-agent -p runner-testprog \
+  --features runner-agent/skewed-fixture
 static_dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")/x86_64-unknown-linux-gnu/release"
 RUNNER_AGENT_BINARY="$static_dir/runner-agent"
+RUNNER_AGENT_SKEWED_BINARY="$static_dir/runner-agent-skewed"
 RUNNER_TEST_PROGRAM="$static_dir/runner-testprog"
-export RUNNER_AGENT_BINARY RUNNER_TEST_PROGRAM
+export RUNNER_AGENT_BINARY RUNNER_AGENT_SKEWED_BINARY RUNNER_TEST_PROGRAM
 
 # Each backend's script provisions it (installing packages, starting the
 # daemon) and exports the RUNNER_TEST_<BACKEND>=1 switch plus its settings.

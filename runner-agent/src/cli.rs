@@ -10,7 +10,7 @@ use runner_api::{RunnerError, RunnerResult};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::{self, SessionSpec};
-use crate::protocol::AgentVersion;
+use crate::protocol::{AgentVersion, PROTOCOL_VERSION};
 use crate::server::AgentServer;
 
 /// The runner agent: serves one unix-local session over byte streams from
@@ -156,9 +156,19 @@ pub enum ServeStatus {
 
 /// Runs the command line.
 pub fn run(cli: Cli) -> ExitCode {
+    run_speaking(cli, PROTOCOL_VERSION)
+}
+
+/// Runs the command line as an agent that speaks protocol `protocol`: it
+/// announces that version (in `version`, the status line and every
+/// handshake) and refuses clients of any other. [`run`] is this with
+/// [`PROTOCOL_VERSION`]; another version makes an agent of another release
+/// as a client meets it, which is what the `runner-agent-skewed` fixture
+/// (feature `skewed-fixture`) is for.
+pub fn run_speaking(cli: Cli, protocol: u32) -> ExitCode {
     match cli.command {
         Command::Version => {
-            println!("{}", json(&daemon::agent_version()));
+            println!("{}", json(&daemon::agent_version(protocol)));
             ExitCode::SUCCESS
         }
         Command::Connect(args) => {
@@ -170,7 +180,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, protocol),
         Command::Init(args) => crate::init::run(args.args),
         Command::RunAs(args) => crate::run_as::run(args.uid, args.gid, &args.command),
     }
@@ -185,7 +195,7 @@ fn parse<T: serde::de::DeserializeOwned>(flag: &str, text: &str) -> RunnerResult
         .map_err(|e| RunnerError::invalid_request(format!("serve: --{flag} is not valid: {e}")))
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs, protocol: u32) -> ExitCode {
     if args.detach {
         return daemon::detach();
     }
@@ -207,7 +217,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let version = daemon::agent_version();
+        let version = daemon::agent_version(protocol);
         match start(&args, version.clone()).await {
             Ok((server, listener)) => {
                 let status = ServeStatus::Ready {

@@ -27,8 +27,8 @@ use crate::conn::{
 };
 use crate::protocol::{
     AgentVersion, CONNECTION_ID, Frame, FrameKind, Hello, HelloReply, HelloReplyHead,
-    PROTOCOL_VERSION, ProtocolError, ReadError, Reply, Request, decode, decode_credit,
-    decode_output, encode, mismatch_message,
+    ProtocolError, ReadError, Reply, Request, check_protocol, decode, decode_credit, decode_output,
+    encode,
 };
 use crate::tunnel::{self, Side};
 
@@ -461,16 +461,7 @@ fn accept_hello(operation: &str, first: Option<Frame>) -> RunnerResult<HelloRepl
         FrameKind::Error if first.id == CONNECTION_ID => Err(wire_error(&first.payload)),
         FrameKind::Hello if first.id == CONNECTION_ID => {
             let head: HelloReplyHead = decode("hello reply", &first.payload)?;
-            if head.agent.protocol != PROTOCOL_VERSION {
-                return Err(RunnerError::new(
-                    RunnerErrorKind::Unsupported,
-                    mismatch_message(
-                        head.agent.protocol,
-                        &head.agent.agent_version,
-                        &Hello::current(),
-                    ),
-                ));
-            }
+            check_protocol(head.agent.protocol, &head.agent.agent_version)?;
             Ok(decode("hello reply", &first.payload)?)
         }
         kind => Err(ProtocolError(format!(

@@ -17,7 +17,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 
-use crate::protocol::{AgentVersion, CRATE_VERSION, PROTOCOL_VERSION};
+use crate::protocol::{AgentVersion, CRATE_VERSION};
 use crate::server::AgentServer;
 
 /// How long a stopping daemon waits for its connections to send their last frames.
@@ -26,12 +26,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Buffer of the `connect` bridge, each direction.
 const BRIDGE_BUFFER: usize = 256 * 1024;
 
-/// This binary's versions and hash: what `runner-agent version` prints and
-/// every handshake reply starts with. The hash is of `/proc/self/exe`
-/// (empty when it cannot be read).
-pub fn agent_version() -> AgentVersion {
+/// This binary's versions and hash, speaking protocol `protocol` (an agent
+/// speaks [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION)): what
+/// `runner-agent version` prints and every handshake reply starts with. The
+/// hash is of `/proc/self/exe` (empty when it cannot be read).
+pub fn agent_version(protocol: u32) -> AgentVersion {
     AgentVersion {
-        protocol: PROTOCOL_VERSION,
+        protocol,
         agent_version: CRATE_VERSION.to_string(),
         binary_sha256: crate::delivery::sha256_file(Path::new("/proc/self/exe"))
             .unwrap_or_default(),

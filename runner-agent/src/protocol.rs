@@ -17,8 +17,8 @@ use runner_api::{
     RunnerExecutionLease, RunnerExitStatus, RunnerFileReadRequest, RunnerFileStat,
     RunnerFileWriteRequest, RunnerLeaseRequest, RunnerListeningPort, RunnerOutputChunk,
     RunnerOutputStream, RunnerOutputTruncation, RunnerPortRequest, RunnerPortResult,
-    RunnerProcessInfo, RunnerProcessState, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
-    RunnerWatchRequest,
+    RunnerProcessInfo, RunnerProcessState, RunnerResult, RunnerSessionState, RunnerSignal,
+    RunnerSnapshotRef, RunnerWatchRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -505,6 +505,28 @@ pub struct AgentVersionHead {
     pub protocol: u32,
     /// The agent's crate version.
     pub agent_version: String,
+}
+
+/// Refuses an agent that speaks another protocol than this build's:
+/// `Unsupported`, with [`mismatch_message`]. `Ok` for this build's version.
+pub fn check_protocol(agent_protocol: u32, agent_version: &str) -> RunnerResult<()> {
+    if agent_protocol == PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(RunnerError::new(
+        RunnerErrorKind::Unsupported,
+        mismatch_message(agent_protocol, agent_version, &Hello::current()),
+    ))
+}
+
+impl AgentVersion {
+    /// Refuses this agent when it speaks another protocol than this build's
+    /// ([`check_protocol`]): what a provider checks as soon as it reads an
+    /// agent's version (`runner-agent version`, the status line), before it
+    /// starts or connects to it.
+    pub fn check_protocol(&self) -> RunnerResult<()> {
+        check_protocol(self.protocol, &self.agent_version)
+    }
 }
 
 /// The message naming both sides of a protocol mismatch.
@@ -1184,5 +1206,23 @@ mod tests {
             message.contains("protocol 9")
                 && message.contains(&format!("protocol {PROTOCOL_VERSION}"))
         );
+    }
+
+    #[test]
+    fn check_protocol_refuses_only_another_version() {
+        let mut version = AgentVersion {
+            protocol: PROTOCOL_VERSION,
+            agent_version: CRATE_VERSION.into(),
+            binary_sha256: String::new(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+        };
+        assert!(version.check_protocol().is_ok());
+        version.protocol = PROTOCOL_VERSION + 1;
+        version.agent_version = "9.0.0".into();
+        let error = version.check_protocol().unwrap_err();
+        assert_eq!(error.kind(), RunnerErrorKind::Unsupported);
+        assert!(error.message().contains("protocol mismatch"), "{error}");
+        assert!(error.message().contains("9.0.0"), "{error}");
     }
 }

@@ -19,9 +19,9 @@ use crate::conn::{
     Credit, Inbound, Lost, Mailbox, Outbound, Slot, mailbox, receive_bytes, send_bytes, send_error,
 };
 use crate::protocol::{
-    AgentVersion, CONNECTION_ID, Frame, FrameKind, Hello, HelloReply, OutputHead, PROTOCOL_VERSION,
-    ProtocolError, ReadError, Reply, Request, STREAM_WINDOW_BYTES, SessionInfo, decode,
-    decode_credit, encode, encode_output, mismatch_message,
+    AgentVersion, CONNECTION_ID, Frame, FrameKind, Hello, HelloReply, OutputHead, ProtocolError,
+    ReadError, Reply, Request, STREAM_WINDOW_BYTES, SessionInfo, decode, decode_credit, encode,
+    encode_output, mismatch_message,
 };
 use crate::stage::{STAGED_FILE, Stage, no_stage};
 use crate::tunnel::{self, Side};
@@ -63,7 +63,8 @@ impl std::fmt::Debug for AgentServer {
 }
 
 impl AgentServer {
-    /// A server of `session`, announcing `version` in every handshake.
+    /// A server of `session`, announcing `version` in every handshake and
+    /// refusing a client that speaks another protocol than `version.protocol`.
     pub fn new(session: Arc<dyn RemoteRunnerSession>, version: AgentVersion) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -221,10 +222,11 @@ impl Connection {
             .into());
         }
         let hello: Hello = decode("hello", &first.payload)?;
-        if hello.protocol != PROTOCOL_VERSION {
+        let version = &self.shared.version;
+        if hello.protocol != version.protocol {
             return Err(RunnerError::new(
                 RunnerErrorKind::Unsupported,
-                mismatch_message(PROTOCOL_VERSION, &self.shared.version.agent_version, &hello),
+                mismatch_message(version.protocol, &version.agent_version, &hello),
             ));
         }
         let session = &self.shared.session;

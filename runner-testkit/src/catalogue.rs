@@ -242,6 +242,10 @@ pub struct Check {
     /// ([`Conformance::with_connection_breaker`](crate::Conformance::with_connection_breaker));
     /// without one it is skipped.
     pub needs_breaker: bool,
+    /// Whether it needs a destination whose agent speaks another protocol
+    /// version ([`Conformance::with_skewed_agent`](crate::Conformance::with_skewed_agent));
+    /// without one it is skipped.
+    pub needs_skewed_agent: bool,
     pub(crate) run: CheckFn,
 }
 
@@ -259,6 +263,7 @@ impl Check {
             requires,
             doc,
             needs_breaker: false,
+            needs_skewed_agent: false,
             run,
         }
     }
@@ -266,6 +271,12 @@ impl Check {
     /// The check needs the run's connection breaker.
     pub(crate) const fn breaking(mut self) -> Self {
         self.needs_breaker = true;
+        self
+    }
+
+    /// The check needs the run's destination of a skewed agent.
+    pub(crate) const fn skewed(mut self) -> Self {
+        self.needs_skewed_agent = true;
         self
     }
 

@@ -25,6 +25,22 @@ pub(crate) const NO_STORE: &str = "needs an object store: call Conformance::with
 pub(crate) const NO_BREAKER: &str = "needs a connection breaker: call \
      Conformance::with_connection_breaker (a provider whose sessions hold a connection)";
 
+/// Why the version-mismatch check did not run.
+pub(crate) const NO_SKEWED_AGENT: &str = "needs a destination whose agent speaks another \
+     protocol version: call Conformance::with_skewed_agent (a provider that runs the runner agent)";
+
+/// What a run gives the checks beyond the provider and its destination, from
+/// the [`Conformance`](crate::Conformance) builder.
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    /// The object store of the mounts and artifacts checks.
+    pub(crate) store: Option<Arc<ObjectStoreTarget>>,
+    /// The connection breaker of the lost-connection checks.
+    pub(crate) breaker: Option<ConnectionBreaker>,
+    /// A destination whose sandbox gets an agent of another protocol version.
+    pub(crate) skewed: Option<RunnerDestination>,
+}
+
 /// Cuts every connection to the sandbox of the session whose state it gets,
 /// leaving the sandbox, its agent and its commands running (see
 /// [`Conformance::with_connection_breaker`](crate::Conformance::with_connection_breaker)).
@@ -138,10 +154,8 @@ pub(crate) struct Cx {
     /// The check's name, used in scratch paths.
     pub(crate) name: &'static str,
     cleanup: Arc<Cleanup>,
-    /// The object store of the mounts and artifacts checks, when configured.
-    store: Option<Arc<ObjectStoreTarget>>,
-    /// The run's connection breaker, when given.
-    breaker: Option<ConnectionBreaker>,
+    /// The run's object store, connection breaker and skewed destination.
+    hooks: Hooks,
 }
 
 impl Cx {
@@ -158,34 +172,40 @@ impl Cx {
             caps,
             name,
             cleanup,
-            store: None,
-            breaker: None,
+            hooks: Hooks::default(),
         }
     }
 
-    /// Gives the check the run's connection breaker.
-    pub(crate) fn with_breaker(mut self, breaker: Option<ConnectionBreaker>) -> Self {
-        self.breaker = breaker;
+    /// Gives the check what the run was given beyond the provider.
+    pub(crate) fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
         self
     }
 
     /// Cuts the connections of the session whose state is `state`.
     pub(crate) async fn break_connections(&self, state: RunnerSessionState) -> CheckResult {
-        let breaker = self.breaker.clone().ok_or_else(|| NO_BREAKER.to_string())?;
+        let breaker = self
+            .hooks
+            .breaker
+            .clone()
+            .ok_or_else(|| NO_BREAKER.to_string())?;
         breaker(state)
             .await
             .map_err(|e| format!("cutting the session's connections: {e}"))
     }
 
-    /// Gives the check the object store of the mounts and artifacts checks.
-    pub(crate) fn with_store(mut self, store: Option<Arc<ObjectStoreTarget>>) -> Self {
-        self.store = store;
-        self
-    }
-
     /// The object store, or a failure saying how to configure one.
     pub(crate) fn store(&self) -> CheckResult<Arc<ObjectStoreTarget>> {
-        self.store.clone().ok_or_else(|| NO_STORE.to_string())
+        self.hooks.store.clone().ok_or_else(|| NO_STORE.to_string())
+    }
+
+    /// The destination whose agent speaks another protocol version, or a
+    /// failure saying how to configure one.
+    pub(crate) fn skewed_destination(&self) -> CheckResult<RunnerDestination> {
+        self.hooks
+            .skewed
+            .clone()
+            .ok_or_else(|| NO_SKEWED_AGENT.to_string())
     }
 
     /// Whether the provider declares `capability`.

@@ -10,8 +10,8 @@ use runner_api::{RemoteRunnerProvider, RunnerDestination};
 use runner_stack::Stack;
 
 use crate::catalogue::{Area, Check, checks};
-use crate::context::{Cleanup, Cx, NO_STORE};
-use crate::context::{ConnectionBreaker, NO_BREAKER};
+use crate::context::{Cleanup, ConnectionBreaker, Cx, Hooks};
+use crate::context::{NO_BREAKER, NO_SKEWED_AGENT, NO_STORE};
 use crate::outcome::CheckResult;
 use crate::store::ObjectStoreTarget;
 
@@ -49,6 +49,7 @@ pub struct Conformance {
     check_timeout: Duration,
     object_store: Option<Arc<ObjectStoreTarget>>,
     breaker: Option<ConnectionBreaker>,
+    skewed: Option<RunnerDestination>,
     label: Option<String>,
 }
 
@@ -140,6 +141,7 @@ impl Conformance {
             check_timeout: Duration::from_secs(180),
             object_store: None,
             breaker: None,
+            skewed: None,
             label: None,
         }
     }
@@ -152,6 +154,17 @@ impl Conformance {
     /// reason (a provider without a connection has nothing to cut).
     pub fn with_connection_breaker(mut self, breaker: ConnectionBreaker) -> Self {
         self.breaker = Some(breaker);
+        self
+    }
+
+    /// Runs the version-mismatch check (`lifecycle_agent_version_mismatch_refused`)
+    /// on `destination`: one of this provider whose sandbox gets a runner
+    /// agent speaking another protocol version (for example `agent_binaries`
+    /// naming the `runner-agent-skewed` fixture). Without one that check is
+    /// ignored with a reason (a provider that runs no agent has no version
+    /// to mismatch).
+    pub fn with_skewed_agent(mut self, destination: RunnerDestination) -> Self {
+        self.skewed = Some(destination);
         self
     }
 
@@ -248,6 +261,14 @@ impl Conformance {
                         "needs a connection breaker".into(),
                         NO_BREAKER.into(),
                     )
+                } else if self.skewed.is_none() && check.needs_skewed_agent {
+                    skipped(
+                        &reports,
+                        &args,
+                        &check,
+                        "needs a skewed agent".into(),
+                        NO_SKEWED_AGENT.into(),
+                    )
                 } else if missing.is_empty() {
                     let handle = runtime.handle().clone();
                     self.trial(check, provider.clone(), handle, reports.clone())
@@ -296,18 +317,14 @@ impl Conformance {
     ) -> Trial {
         let destination = self.destination.clone();
         let timeout = self.check_timeout;
-        let store = self.object_store.clone();
-        let breaker = self.breaker.clone();
+        let hooks = Hooks {
+            store: self.object_store.clone(),
+            breaker: self.breaker.clone(),
+            skewed: self.skewed.clone(),
+        };
         Trial::test(check.name, move || {
             let started = Instant::now();
-            let outcome = handle.block_on(execute(
-                &check,
-                provider,
-                destination,
-                timeout,
-                store,
-                breaker,
-            ));
+            let outcome = handle.block_on(execute(&check, provider, destination, timeout, hooks));
             lock(&reports).push(CheckReport {
                 name: check.name.to_string(),
                 area: check.area,
@@ -370,13 +387,10 @@ async fn execute(
     provider: Arc<dyn RemoteRunnerProvider>,
     destination: RunnerDestination,
     timeout: Duration,
-    store: Option<Arc<ObjectStoreTarget>>,
-    breaker: Option<ConnectionBreaker>,
+    hooks: Hooks,
 ) -> CheckResult {
     let cleanup = Arc::new(Cleanup::default());
-    let cx = Cx::new(provider, destination, check.name, cleanup.clone())
-        .with_store(store)
-        .with_breaker(breaker);
+    let cx = Cx::new(provider, destination, check.name, cleanup.clone()).with_hooks(hooks);
     let task = tokio::spawn((check.run)(cx));
     let abort = task.abort_handle();
     let outcome = match tokio::time::timeout(timeout, task).await {

@@ -20,6 +20,7 @@ pub use fixtures::connections::{
     is_running, kill_agent_connections, socket_breaker, state_socket, wait_gone,
 };
 pub use fixtures::http::http_fetch;
+pub use fixtures::skewed::{SKEWED_AGENT_ENV, skewed_agent_destination};
 pub use harness::{CheckReport, CheckStatus, Conformance, ConformanceSummary};
 /// The libtest-mimic crate the harness and [`async_trial`] build on.
 pub use libtest_mimic;

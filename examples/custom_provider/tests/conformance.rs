@@ -3,7 +3,9 @@
 //!
 //! The agent binary is the one `RUNNER_AGENT_BINARY` names (scripts/test.sh
 //! builds the static one docker and ssh deliver and exports it); without it
-//! the run fails, saying how to build one.
+//! the run fails, saying how to build one. The version-mismatch check
+//! delivers the `runner-agent-skewed` fixture `RUNNER_AGENT_SKEWED_BINARY`
+//! names.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use runner_agent::delivery::AGENT_BINARY_ENV;
 use runner_api::RunnerDestination;
 use runner_example_custom_provider::AgentProvider;
-use runner_testkit::{Conformance, S3TestServer};
+use runner_testkit::{Conformance, S3TestServer, skewed_agent_destination};
 
 fn main() -> ExitCode {
     if std::env::var_os(AGENT_BINARY_ENV).is_none_or(|path| path.is_empty()) {
@@ -37,8 +39,10 @@ fn main() -> ExitCode {
         default_manifest: Default::default(),
         artifacts: None,
     };
+    let skewed = skewed_agent_destination(&destination).expect("the skewed agent fixture");
     let server = S3TestServer::start().expect("start the in-process S3 test server");
     Conformance::new(Arc::new(AgentProvider::default()), destination)
         .with_object_store(server.target())
+        .with_skewed_agent(skewed)
         .run()
 }

@@ -259,7 +259,7 @@ impl DockerSession {
                 .await
                 .map_err(|e| daemon.error(OP, &container, e))?;
             match delivery::status(&daemon, &container).await? {
-                ServeStatus::Ready { .. } => {}
+                ServeStatus::Ready { agent, .. } => agent.check_protocol()?,
                 ServeStatus::Failed { kind, message } => {
                     return Err(delivery::failed(kind, message));
                 }

@@ -230,6 +230,9 @@ pub(crate) async fn deliver(
             binary.path.display()
         )));
     }
+    version
+        .check_protocol()
+        .map_err(|e| e.context(format!("{operation}: the agent delivered into pod {pod}")))?;
     let line = lines.next().unwrap_or_default();
     match serde_json::from_str::<ServeStatus>(line) {
         Ok(ServeStatus::Ready { .. }) => Ok(()),

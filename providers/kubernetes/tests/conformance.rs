@@ -8,7 +8,9 @@ mod support;
 use std::sync::Arc;
 
 use runner_kubernetes::KubernetesProvider;
-use runner_testkit::{Conformance, S3TestServer, socket_breaker, state_socket};
+use runner_testkit::{
+    Conformance, S3TestServer, skewed_agent_destination, socket_breaker, state_socket,
+};
 
 fn main() -> std::process::ExitCode {
     // The workspace compiles rustls with both ring and aws-lc-rs, so kube's
@@ -44,8 +46,10 @@ fn main() -> std::process::ExitCode {
     // Snapshots go to the destination's snapshot store, opened with the
     // same credentials the stack gets.
     let provider = KubernetesProvider::new().with_secret_resolver(target.resolver.clone());
+    let skewed = skewed_agent_destination(&destination).expect("the skewed agent fixture");
     let mut conformance = Conformance::new(Arc::new(provider), destination)
         .with_object_store(target)
+        .with_skewed_agent(skewed)
         .with_label("kubernetes");
     if cluster.server.is_some() {
         // The test server's pods are containers of this host: their

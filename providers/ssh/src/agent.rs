@@ -141,7 +141,13 @@ pub(crate) async fn deliver(
     loop {
         let reported = version(link, &copy).await;
         match reported {
-            Ok(version) if version.binary_sha256 == binary.sha256 => break,
+            Ok(version) if version.binary_sha256 == binary.sha256 => {
+                // An agent of another protocol is refused before it starts.
+                version
+                    .check_protocol()
+                    .map_err(|e| e.context(format!("{OP} {}", copy.display())))?;
+                break;
+            }
             _ if !uploaded => {
                 tracing::info!(copy = %copy.display(), "the delivered agent is not the expected binary; uploading it again");
                 upload(link, binary, &copy).await?;

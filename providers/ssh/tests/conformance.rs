@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use runner_api::{RemoteRunnerProvider, RunnerCommandRequest, RunnerDestination};
 use runner_ssh::SshProvider;
-use runner_testkit::{BackendGate, Conformance, S3TestServer, socket_breaker, state_socket};
+use runner_testkit::{
+    BackendGate, Conformance, S3TestServer, skewed_agent_destination, socket_breaker, state_socket,
+};
 
 mod support;
 
@@ -54,8 +56,11 @@ fn main() -> ExitCode {
         }
     };
     let code = gate.conformance("ssh", || {
-        Conformance::new(Arc::new(SshProvider::new()), destination(&snapshot_dir))
+        let destination = destination(&snapshot_dir);
+        let skewed = skewed_agent_destination(&destination).expect("the skewed agent fixture");
+        Conformance::new(Arc::new(SshProvider::new()), destination)
             .with_object_store(server.target())
+            .with_skewed_agent(skewed)
             .with_connection_breaker(socket_breaker(state_socket))
     });
     if gate.requested() {

@@ -859,6 +859,58 @@ async fn no_agent_binary_is_unsupported_up_front() -> TestResult {
     Ok(())
 }
 
+/// An agent binary of another protocol version (the `runner-agent-skewed`
+/// fixture) is refused when its copy reports its version, before it
+/// starts: `Unsupported` naming both versions, and no session directory,
+/// workspace or agent process left on the host.
+async fn skewed_agent_is_refused_before_it_starts() -> TestResult {
+    let area = format!(".runners/skewed-{}", uuid::Uuid::new_v4().simple());
+    let plain = destination(config(serde_json::json!({
+        "workspace_root": format!("{area}/workspaces"),
+        "state_dir": format!("{area}/sessions"),
+        "snapshot_dir": format!("{area}/snapshots"),
+    }))?);
+    let skewed = runner_testkit::skewed_agent_destination(&plain)?;
+    let provider = SshProvider::new();
+    match provider.create_session(skewed).await {
+        Err(e)
+            if e.kind() == runner_api::RunnerErrorKind::Unsupported
+                && e.message().contains("protocol mismatch") => {}
+        Err(e) => return Err(format!("create_session: expected Unsupported, got {e}")),
+        Ok(_) => return Err("create_session with a skewed agent succeeded".into()),
+    }
+    let session = provider
+        .create_session(destination(config(serde_json::json!({}))?))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let found = session
+        .run_command(RunnerCommandRequest::shell(
+            "look",
+            format!(
+                "cd \"$HOME/{area}\" && ls sessions; ls workspaces 2>/dev/null; \
+                 ps -e -o args | grep -c '[r]unner-agent-.* serve .*{area}'"
+            ),
+        ))
+        .await
+        .map_err(|e| format!("run_command: {e}"))?;
+    let cleanup = session
+        .run_command(RunnerCommandRequest::shell(
+            "clean",
+            format!("rm -rf \"$HOME/{area}\""),
+        ))
+        .await;
+    session.close().await.map_err(|e| format!("close: {e}"))?;
+    cleanup.map_err(|e| format!("removing the area: {e}"))?;
+    if found.stdout != "bin\n0\n" {
+        return Err(format!(
+            "the refused session left something on the host (expected only the delivered \
+             binaries and no agent process): {:?}",
+            found.stdout
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if let Some(area) = std::env::var_os(NO_AGENT_AREA_ENV) {
         let area = area.to_string_lossy().into_owned();
@@ -903,6 +955,10 @@ fn main() -> ExitCode {
         async_trial(
             "no_agent_binary_is_unsupported_up_front",
             no_agent_binary_is_unsupported_up_front,
+        ),
+        async_trial(
+            "skewed_agent_is_refused_before_it_starts",
+            skewed_agent_is_refused_before_it_starts,
         ),
         async_trial("sweep_removes_only_orphans", sweep_removes_only_orphans),
     ])

@@ -58,6 +58,14 @@ pub(crate) fn checks() -> Vec<Check> {
             "detach: \"the sandbox stays alive for rejoin_session\"; the handle is closed afterwards.",
             |cx| Box::pin(detach_rejoin(cx)),
         ),
+        Check::new(
+            "lifecycle_agent_version_mismatch_refused",
+            a,
+            &[],
+            "An agent of another protocol version is refused: create_session fails with Unsupported naming both versions, and the provider goes on serving sessions.",
+            |cx| Box::pin(agent_version_mismatch_refused(cx)),
+        )
+        .skewed(),
     ]
 }
 
@@ -364,4 +372,62 @@ async fn detach_rejoin(cx: Cx) -> CheckResult {
         .close()
         .await
         .or_fail("close of the rejoined session")
+}
+
+/// A sandbox whose agent speaks another protocol version gets no session:
+/// `Unsupported`, with both versions in the message, and the provider's next
+/// session works.
+async fn agent_version_mismatch_refused(cx: Cx) -> CheckResult {
+    let skewed = cx.skewed_destination()?;
+    let id = skewed.id.clone();
+    match cx.provider.create_session(skewed).await {
+        Ok(session) => {
+            cx.adopt(session);
+            return Err(format!(
+                "create_session for destination {id:?}, whose agent speaks another protocol \
+                 version, succeeded"
+            ));
+        }
+        Err(error) => {
+            ensure_eq!(
+                error.kind(),
+                RunnerErrorKind::Unsupported,
+                "kind of the refusal ({})",
+                describe(&error)
+            );
+            let versions = protocol_versions(error.message());
+            ensure!(
+                versions.len() >= 2,
+                "the refusal names both protocol versions (\"protocol N\"): {}",
+                describe(&error)
+            );
+        }
+    }
+    let s = cx.session().await?;
+    if cx.has(CommandExec) {
+        let result = s
+            .run_command(RunnerCommandRequest::new(
+                unique_id("after-mismatch"),
+                "echo",
+                ["served"],
+            ))
+            .await
+            .or_fail("run_command in a session created after the refusal")?;
+        ensure_eq!(result.stdout, "served\n", "stdout after the refusal");
+    }
+    s.close().await.or_fail("close")
+}
+
+/// The distinct numbers `N` that `message` names as `protocol N`.
+fn protocol_versions(message: &str) -> std::collections::BTreeSet<u64> {
+    message
+        .match_indices("protocol ")
+        .filter_map(|(at, word)| {
+            let digits: String = message[at + word.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
 }

@@ -17,7 +17,8 @@ use runner_api::{RemoteRunnerProvider, RunnerDestination};
 use runner_docker::{DockerProvider, LABEL_MARKER, LABEL_OWNER, MARKER_VALUE};
 use runner_testkit::libtest_mimic::Arguments;
 use runner_testkit::{
-    BackendGate, Conformance, S3TestServer, checks, socket_breaker, state_socket,
+    BackendGate, Conformance, S3TestServer, checks, skewed_agent_destination, socket_breaker,
+    state_socket,
 };
 
 /// The variable requesting the docker runs.
@@ -85,8 +86,10 @@ pub(crate) fn run(run: Run) -> ExitCode {
     };
     let provider = DockerProvider::new();
     let args = arguments(select);
+    let skewed = skewed_agent_destination(&destination).expect("the skewed agent fixture");
     let summary = Conformance::new(Arc::new(provider), destination)
         .with_object_store(server.target())
+        .with_skewed_agent(skewed)
         .with_connection_breaker(socket_breaker(state_socket))
         .with_label(run.label)
         .run_with(args);
