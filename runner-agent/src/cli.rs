@@ -112,6 +112,13 @@ pub struct ServeArgs {
     /// takes the stream.
     #[arg(long)]
     pub stage_dir: Option<PathBuf>,
+    /// The socket's directory is a private directory of the host
+    /// bind-mounted in (docker's host socket): it must exist and be closed
+    /// to group and others; its owner may be another user, and the socket
+    /// is given to that owner so that the host's user connects to it
+    /// without an exec.
+    #[arg(long, requires = "socket")]
+    pub socket_from_host: bool,
     /// Append the daemon's log (stderr) to this file, created 0600; with
     /// `--detach` stderr is discarded otherwise.
     #[arg(long)]
@@ -289,7 +296,16 @@ async fn start(
             .transpose()?,
     };
     // Listen first, so a socket already served fails before a session exists.
-    let listener = args.socket.as_deref().map(daemon::listen).transpose()?;
+    let owner = if args.socket_from_host {
+        daemon::SocketDir::FromHost
+    } else {
+        daemon::SocketDir::Own
+    };
+    let listener = args
+        .socket
+        .as_deref()
+        .map(|socket| daemon::listen(socket, owner))
+        .transpose()?;
     let session = match daemon::open_session(spec).await {
         Ok(session) => session,
         Err(e) => {

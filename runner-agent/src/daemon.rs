@@ -88,19 +88,34 @@ pub async fn open_session(spec: SessionSpec) -> RunnerResult<Arc<LocalSession>> 
     }
 }
 
-/// Makes the socket's directory (0700 when created; an existing one must be
-/// owned by this user and closed to others) and clears a stale socket.
+/// Whose the socket's directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SocketDir {
+    /// This user's: made 0700 when missing; an existing one must be owned
+    /// by this user and closed to others.
+    #[default]
+    Own,
+    /// A private directory of the host bind-mounted in (docker's host
+    /// socket): it must exist and be closed to group and others, its owner
+    /// may be any user (the host's user, as this side sees it), and the
+    /// socket is given to that owner, so that the host's user connects.
+    FromHost,
+}
+
+/// Makes the socket's directory (see [`SocketDir`]) and clears a stale
+/// socket.
 ///
-/// Errors: `PermissionDenied` for a directory others can enter,
-/// `AlreadyExists` when another agent serves the socket or a non-socket
-/// file is there.
-pub fn prepare_socket(socket: &Path) -> RunnerResult<()> {
+/// Errors: `PermissionDenied` for a directory others can enter (or, for
+/// [`SocketDir::Own`], of another user), `NotFound` for a missing
+/// [`SocketDir::FromHost`] one, `AlreadyExists` when another agent serves
+/// the socket or a non-socket file is there.
+pub fn prepare_socket(socket: &Path, owner: SocketDir) -> RunnerResult<()> {
     const OP: &str = "serve";
     let dir = match socket.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !dir.exists() {
+    if !dir.exists() && owner == SocketDir::Own {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -108,7 +123,10 @@ pub fn prepare_socket(socket: &Path) -> RunnerResult<()> {
             .map_err(|e| RunnerError::from_io(OP, dir.display(), e))?;
     }
     let meta = std::fs::metadata(&dir).map_err(|e| RunnerError::from_io(OP, dir.display(), e))?;
-    let uid = nix::unistd::geteuid().as_raw();
+    let uid = match owner {
+        SocketDir::Own => nix::unistd::geteuid().as_raw(),
+        SocketDir::FromHost => meta.uid(),
+    };
     if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
         return Err(RunnerError::permission_denied(format!(
             "{OP}: the socket directory {} must be a directory of uid {uid} that others cannot \
@@ -136,13 +154,24 @@ pub fn prepare_socket(socket: &Path) -> RunnerResult<()> {
     }
 }
 
-/// Listens on `socket` (after [`prepare_socket`]), the socket made 0600.
-pub fn listen(socket: &Path) -> RunnerResult<UnixListener> {
-    prepare_socket(socket)?;
+/// Listens on `socket` (after [`prepare_socket`]), the socket made 0600
+/// and, for [`SocketDir::FromHost`], given to the directory's owner (a
+/// failure to is logged: the host's root still connects, another host user
+/// falls back to its other transport).
+pub fn listen(socket: &Path, owner: SocketDir) -> RunnerResult<UnixListener> {
+    prepare_socket(socket, owner)?;
     let listener = UnixListener::bind(socket)
         .map_err(|e| RunnerError::from_io("serve", socket.display(), e))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| RunnerError::from_io("serve", socket.display(), e))?;
+    if owner == SocketDir::FromHost
+        && let Some(dir) = socket.parent()
+        && let Ok(meta) = std::fs::metadata(dir)
+        && meta.uid() != nix::unistd::geteuid().as_raw()
+        && let Err(e) = std::os::unix::fs::lchown(socket, Some(meta.uid()), Some(meta.gid()))
+    {
+        tracing::warn!(socket = %socket.display(), uid = meta.uid(), error = %e, "agent: cannot give the socket to its directory's owner");
+    }
     Ok(listener)
 }
 

@@ -17,7 +17,8 @@ pub use backend::{BackendGate, async_trial};
 pub use catalogue::{Area, Capability, Check, checks};
 pub use context::ConnectionBreaker;
 pub use fixtures::connections::{
-    is_running, kill_agent_connections, socket_breaker, state_socket, wait_gone,
+    is_running, kill_agent_connections, shut_own_connections, socket_breaker, state_socket,
+    wait_gone,
 };
 pub use fixtures::http::http_fetch;
 pub use fixtures::skewed::{SKEWED_AGENT_ENV, skewed_agent_destination};

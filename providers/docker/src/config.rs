@@ -33,6 +33,37 @@ impl DockerNetwork {
     }
 }
 
+/// How the caller reaches a session's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerTransport {
+    /// `socket` when the daemon is local (a `unix://` address) and the
+    /// agent's socket shows up on this machine; `exec` otherwise (a remote
+    /// daemon, a caller in another mount namespace than the daemon's, a
+    /// socket this user cannot connect to under user-namespace remapping).
+    #[default]
+    Auto,
+    /// One docker exec of `runner-agent connect` per connection: works with
+    /// any daemon; every byte crosses dockerd and the container's shim.
+    Exec,
+    /// The agent's socket directory is a private directory of this machine
+    /// (under `socket_dir`) bind-mounted into the container, and every
+    /// connection dials the socket there: no daemon on the data path. A
+    /// session that cannot be reached so fails instead of falling back.
+    Socket,
+}
+
+impl DockerTransport {
+    /// `auto`, `exec` or `socket`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Exec => "exec",
+            Self::Socket => "socket",
+        }
+    }
+}
+
 /// Settings of a docker destination, from `RunnerDestination.config`.
 ///
 /// Keys (JSON): `image` (required), `workspace_dir` (default `/workspace`),
@@ -43,7 +74,10 @@ impl DockerNetwork {
 /// `docker_host` (default: the local socket), `max_upload_bytes` (default
 /// [`DEFAULT_MAX_UNPACKED_BYTES`]), `agent_binaries` (architecture → path of
 /// a runner-agent binary on the caller's machine; default empty, then
-/// `RUNNER_AGENT_BINARY`). A `null` value is the key's default. Any
+/// `RUNNER_AGENT_BINARY`), `transport` (`"auto"`, `"exec"` or `"socket"`;
+/// default `"auto"`, see [`DockerTransport`]), `socket_dir` (where the host
+/// side of agent sockets lives; default `$XDG_RUNTIME_DIR/runners-docker`,
+/// else `<temp>/runners-docker-<uid>`). A `null` value is the key's default. Any
 /// other key is an error (the artifact store is the destination's
 /// `artifacts`, not a config key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +138,15 @@ pub struct DockerConfig {
     /// names, when it is built for it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub agent_binaries: BTreeMap<String, PathBuf>,
+    /// How the caller reaches the agent.
+    #[serde(default)]
+    pub transport: DockerTransport,
+    /// The directory of this machine under which each session with the
+    /// `socket` transport gets its private socket directory (made 0700);
+    /// `None` is `$XDG_RUNTIME_DIR/runners-docker`, else
+    /// `<temp>/runners-docker-<uid>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_dir: Option<PathBuf>,
 }
 
 fn default_workspace() -> PathBuf {
@@ -164,6 +207,8 @@ fn expected(key: &str) -> Option<&'static str> {
         "init" | "keep_on_close" => "true or false",
         "max_upload_bytes" => "a whole number of bytes",
         "agent_binaries" => "an object of architecture to path",
+        "transport" => "\"auto\", \"exec\" or \"socket\"",
+        "socket_dir" => "an absolute path",
         _ => return None,
     })
 }
@@ -320,6 +365,14 @@ impl DockerConfig {
                     format!("entry {arch:?} must name an absolute path"),
                 ));
             }
+        }
+        if let Some(dir) = &self.socket_dir
+            && !dir.is_absolute()
+        {
+            return Err(bad(
+                "socket_dir",
+                format!("must be an absolute path, got {}", dir.display()),
+            ));
         }
         if let Some(reserved) = self.labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
             return Err(bad(

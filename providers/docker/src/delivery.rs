@@ -98,9 +98,25 @@ pub(crate) fn agent_path(binary: &AgentBinary) -> String {
     format!("{RUNNER_DIR}/{}", binary.file_name())
 }
 
+/// The agent's socket file name in its directory.
+pub(crate) const SOCKET_NAME: &str = "agent.sock";
+
+/// The directory of the socket of the agent of session `session_id`: the
+/// mount point of its host socket directory with the `socket` transport.
+pub(crate) fn socket_dir(session_id: &str) -> String {
+    format!("{RUN_DIR}/{session_id}/sock")
+}
+
 /// The socket of the agent of session `session_id`.
 pub(crate) fn socket_path(session_id: &str) -> String {
-    format!("{RUN_DIR}/{session_id}/agent.sock")
+    format!("{}/{SOCKET_NAME}", socket_dir(session_id))
+}
+
+/// Where the agent of a session of an earlier release (one socket
+/// directory for everything) listens: what a rejoin of such a container
+/// still finds.
+pub(crate) fn legacy_socket_path(session_id: &str) -> String {
+    format!("{RUN_DIR}/{session_id}/{SOCKET_NAME}")
 }
 
 /// A numeric user and group.
@@ -432,6 +448,9 @@ pub(crate) struct ServeSpec<'a> {
     pub(crate) session_id: &'a str,
     pub(crate) destination_id: &'a str,
     pub(crate) manifest: &'a RunnerManifest,
+    /// The socket directory is a host directory mounted in (`socket`
+    /// transport): the agent gives the socket to its owner.
+    pub(crate) socket_from_host: bool,
 }
 
 /// The container's entrypoint: the agent as PID 1 (`init -- serve …`, or
@@ -463,6 +482,9 @@ pub(crate) fn entrypoint(spec: &ServeSpec<'_>) -> Vec<String> {
         "--stage-dir".to_string(),
         format!("{RUN_DIR}/{}/stage", spec.session_id),
     ]);
+    if spec.socket_from_host {
+        args.push("--socket-from-host".to_string());
+    }
     args
 }
 

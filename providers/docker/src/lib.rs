@@ -8,6 +8,7 @@ mod orphans;
 mod pause;
 mod session;
 mod snapshot;
+mod socket;
 mod transport;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use runner_api::{
 };
 use runner_kit::KnownDestinations;
 
-pub use config::{DEFAULT_WORKSPACE, DockerConfig, DockerNetwork};
+pub use config::{DEFAULT_WORKSPACE, DockerConfig, DockerNetwork, DockerTransport};
 pub use session::DockerSession;
 
 use crate::error::{Daemon, unavailable_hint};

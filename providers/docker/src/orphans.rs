@@ -25,6 +25,7 @@ use bollard::query_parameters::{
 use runner_api::{RunnerErrorKind, RunnerResult, RunnerSweepReport};
 
 use crate::error::Daemon;
+use crate::socket::HostSocket;
 use crate::{
     CONTAINER_PREFIX, DETACHED_PREFIX, KIND_SESSION, KIND_SNAPSHOT, LABEL_CREATED_MS, LABEL_KEEP,
     LABEL_KIND, LABEL_MARKER, LABEL_OWNER, LABEL_SESSION, MARKER_VALUE, SNAPSHOT_REPOSITORY,
@@ -195,6 +196,13 @@ pub(crate) async fn sweep(daemon: &Daemon, grace: Duration) -> RunnerResult<Runn
         match daemon.docker.remove_container(&id, Some(remove)).await {
             Ok(()) => {
                 let session = labels.get(LABEL_SESSION).cloned().unwrap_or_default();
+                if let Some(host) = container
+                    .mounts
+                    .as_deref()
+                    .and_then(|mounts| HostSocket::of_mounts(mounts, &session))
+                {
+                    host.remove();
+                }
                 tracing::info!(container = %id, session = %session, "removed an orphaned container");
                 report
                     .removed

@@ -27,11 +27,12 @@ use runner_api::{
 use serde::{Deserialize, Serialize};
 
 use crate::bulk;
-use crate::config::DockerConfig;
+use crate::config::{DockerConfig, DockerTransport};
 use crate::delivery::{self, Owner, ServeSpec};
 use crate::error::Daemon;
 use crate::orphans::{now_ms, session_container, this_owner};
 use crate::pause::Freezer;
+use crate::socket::HostSocket;
 use crate::transport::Endpoint;
 use crate::{
     CONTAINER_PREFIX, DETACHED_PREFIX, KIND_SESSION, LABEL_CREATED_MS, LABEL_DESTINATION,
@@ -60,6 +61,9 @@ pub(crate) struct SessionMeta {
     /// The agent's socket, a container path.
     #[serde(default)]
     pub(crate) socket: String,
+    /// How this handle reaches the agent: `socket` or `exec`.
+    #[serde(default)]
+    pub(crate) transport: String,
 }
 
 /// Where a new container comes from.
@@ -99,6 +103,8 @@ pub struct DockerSession {
     config: DockerConfig,
     daemon: Daemon,
     meta: SessionMeta,
+    /// The container's host socket directory, removed with the container.
+    host_socket: Option<HostSocket>,
     freezer: Freezer,
     closed: AtomicBool,
 }
@@ -157,6 +163,102 @@ fn needs_lookup(user: Option<&str>) -> bool {
     })
 }
 
+/// The host socket directory of a new session whose agent runs as `user`,
+/// when its transport may be `socket`: always for `socket` (which needs a
+/// local daemon, and an agent user the directory can be given to), for
+/// `auto` when those hold and the directory can be made.
+///
+/// Errors (`socket` only): `InvalidRequest` for a daemon that is not
+/// local or a user the directory cannot be given to, the directory's own.
+fn host_socket(
+    config: &DockerConfig,
+    local_daemon: bool,
+    user: Option<&str>,
+    session_id: &str,
+) -> RunnerResult<Option<HostSocket>> {
+    let strict = config.transport == DockerTransport::Socket;
+    let unusable = if !local_daemon {
+        Some("needs a local daemon (a unix:// docker_host)".to_string())
+    } else if !HostSocket::can_serve(user) {
+        Some(format!(
+            "cannot give the socket directory to the session's user {:?}: only a caller running \
+             as root, or as that user, can",
+            user.unwrap_or_default()
+        ))
+    } else {
+        None
+    };
+    match (config.transport, unusable) {
+        (DockerTransport::Exec, _) => Ok(None),
+        (_, Some(why)) if strict => Err(RunnerError::invalid_request(format!(
+            "create_session: transport \"socket\" {why}; use \"exec\" or \"auto\""
+        ))),
+        (_, Some(why)) => {
+            tracing::debug!(reason = %why, "docker: the session takes the exec transport");
+            Ok(None)
+        }
+        (DockerTransport::Socket, None) => HostSocket::create(config, session_id).map(Some),
+        (DockerTransport::Auto, None) => match HostSocket::create(config, session_id) {
+            Ok(host) => Ok(Some(host)),
+            Err(e) => {
+                tracing::info!(error = %e, "docker: no host socket directory; the session takes the exec transport");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Connects to the agent `endpoint` names: through `host` when given and
+/// the agent's socket is there, else by exec. With `transport: "socket"` a
+/// host socket that is missing or refuses is an error; with `auto` the exec
+/// transport takes over. Returns the session and the endpoint it uses.
+///
+/// Errors: `Unavailable` naming the socket (`socket` transport), the
+/// agent's handshake errors.
+async fn connect(
+    operation: &str,
+    config: &DockerConfig,
+    endpoint: Endpoint,
+    host: Option<&HostSocket>,
+) -> RunnerResult<(AgentSession, Endpoint)> {
+    let strict = config.transport == DockerTransport::Socket;
+    if let Some(host) = host {
+        let direct = Endpoint {
+            host_socket: Some(host.socket()),
+            ..endpoint.clone()
+        };
+        let failure = if host.is_served() {
+            match AgentSession::connect(direct.clone().connector()).await {
+                Ok(agent) => return Ok((agent, direct)),
+                Err(e) if e.kind() == RunnerErrorKind::Unavailable => e,
+                Err(e) => return Err(e),
+            }
+        } else {
+            RunnerError::new(
+                RunnerErrorKind::Unavailable,
+                format!(
+                    "{operation}: the agent's socket did not appear at {} (the daemon does not \
+                     share this machine's filesystem)",
+                    host.socket().display()
+                ),
+            )
+        };
+        if strict {
+            return Err(failure);
+        }
+        tracing::info!(error = %failure, "docker: the host socket does not answer; the session takes the exec transport");
+    } else if strict {
+        return Err(RunnerError::new(
+            RunnerErrorKind::Unavailable,
+            format!(
+                "{operation}: the container of transport \"socket\" has no host socket directory"
+            ),
+        ));
+    }
+    let agent = AgentSession::connect(endpoint.clone().connector()).await?;
+    Ok((agent, endpoint))
+}
+
 impl DockerSession {
     /// Creates a container for a new session, delivers the agent into it,
     /// starts it and connects. Checks the image's platform against the
@@ -195,22 +297,24 @@ impl DockerSession {
                 }]),
             );
         }
-        let entrypoint = delivery::entrypoint(&ServeSpec {
-            config: &config,
-            binary: &binary,
-            session_id: &session_id,
-            destination_id: &destination_id,
-            manifest: &placement.agent,
-        });
+        let user = config.user.clone().or(image_user);
+        let mut host_socket = host_socket(&config, local_daemon, user.as_deref(), &session_id)?;
         let binds = placement.binds.clone();
-        let body = ContainerCreateBody {
+        let body = |host_socket: Option<&HostSocket>| ContainerCreateBody {
             image: Some(image.clone()),
-            entrypoint: Some(entrypoint),
+            entrypoint: Some(delivery::entrypoint(&ServeSpec {
+                config: &config,
+                binary: &binary,
+                session_id: &session_id,
+                destination_id: &destination_id,
+                manifest: &placement.agent,
+                socket_from_host: host_socket.is_some(),
+            })),
             cmd: Some(Vec::new()),
             user: config.user.clone(),
             working_dir: Some(config.workspace_dir.display().to_string()),
             labels: Some(labels(&config, &session_id, &destination_id)),
-            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            exposed_ports: (!exposed.is_empty()).then(|| exposed.clone()),
             host_config: Some(HostConfig {
                 // PID 1 is the agent's own `init`.
                 init: Some(false),
@@ -218,21 +322,42 @@ impl DockerSession {
                 nano_cpus: config.cpus.map(|c| (c * 1e9) as i64),
                 pids_limit: config.pids_limit,
                 network_mode: Some(config.network.mode().to_string()),
-                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
-                binds: (!binds.is_empty()).then_some(binds),
+                port_bindings: (!port_bindings.is_empty()).then(|| port_bindings.clone()),
+                binds: (!binds.is_empty()).then(|| binds.clone()),
+                mounts: host_socket.map(|host| vec![host.mount(&session_id)]),
                 ..Default::default()
             }),
             ..Default::default()
         };
         let name = format!("{CONTAINER_PREFIX}{session_id}");
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = daemon
+        let mut created = daemon
             .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| daemon.error(OP, &image, e))?;
+            .create_container(Some(options.clone()), body(host_socket.as_ref()))
+            .await;
+        if let (Err(e), Some(host)) = (&created, &host_socket)
+            && config.transport == DockerTransport::Auto
+            && e.to_string().contains("bind source path does not exist")
+        {
+            // The daemon does not see this machine's filesystem.
+            tracing::info!(session_id = %session_id, "docker: the daemon cannot mount the host socket directory; the session takes the exec transport");
+            host.remove();
+            host_socket = None;
+            created = daemon
+                .docker
+                .create_container(Some(options), body(None))
+                .await;
+        }
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                if let Some(host) = &host_socket {
+                    host.remove();
+                }
+                return Err(daemon.error(OP, &image, e));
+            }
+        };
         let container = created.id;
-        let user = config.user.clone().or(image_user);
         let started = async {
             let (passwd, group) = if needs_lookup(user.as_deref()) {
                 (
@@ -243,6 +368,9 @@ impl DockerSession {
                 Default::default()
             };
             let owner: Owner = delivery::resolve_owner(OP, user.as_deref(), &passwd, &group)?;
+            if let Some(host) = &host_socket {
+                host.give_to(owner)?;
+            }
             let agent = delivery::agent_path(&binary);
             delivery::deliver(
                 &daemon,
@@ -270,9 +398,9 @@ impl DockerSession {
                 user: config.user.clone(),
                 agent,
                 socket: delivery::socket_path(&session_id),
+                host_socket: None,
             };
-            let agent = AgentSession::connect(endpoint.clone().connector()).await?;
-            Ok::<_, RunnerError>((agent, endpoint))
+            connect(OP, &config, endpoint, host_socket.as_ref()).await
         }
         .await;
         let (agent, endpoint) = match started {
@@ -282,13 +410,18 @@ impl DockerSession {
                     .docker
                     .remove_container(&container, Some(remove_options()))
                     .await;
+                if let Some(host) = &host_socket {
+                    host.remove();
+                }
                 return Err(e);
             }
         };
+        let transport = endpoint.transport();
         tracing::info!(
             session_id = %session_id,
             container = %short(&container),
             image = %image,
+            transport = transport.as_str(),
             "docker session started"
         );
         let meta = SessionMeta {
@@ -297,29 +430,10 @@ impl DockerSession {
             image,
             agent: endpoint.agent,
             socket: endpoint.socket,
+            transport: transport.as_str().to_string(),
         };
         let freezer = Freezer::new(daemon.clone(), container, false);
-        Ok(Self::assemble(
-            agent,
-            session_id,
-            destination_id,
-            config,
-            daemon,
-            meta,
-            freezer,
-        ))
-    }
-
-    fn assemble(
-        agent: AgentSession,
-        session_id: String,
-        destination_id: String,
-        config: DockerConfig,
-        daemon: Daemon,
-        meta: SessionMeta,
-        freezer: Freezer,
-    ) -> Self {
-        Self {
+        Ok(Self {
             inner: Arc::new(agent.clone()),
             agent,
             session_id,
@@ -327,9 +441,10 @@ impl DockerSession {
             config,
             daemon,
             meta,
+            host_socket,
             freezer,
             closed: AtomicBool::new(false),
-        }
+        })
     }
 
     /// A new handle on the container of `state`, with the settings of the
@@ -393,10 +508,17 @@ impl DockerSession {
             .filter(|path| path.starts_with(&format!("{}/runner-agent-", delivery::RUNNER_DIR)))
             .cloned()
             .ok_or_else(not_ours)?;
-        let socket = delivery::socket_path(&state.session_id);
-        if !entrypoint.contains(&socket) {
-            return Err(not_ours());
-        }
+        let socket = [
+            delivery::socket_path(&state.session_id),
+            delivery::legacy_socket_path(&state.session_id),
+        ]
+        .into_iter()
+        .find(|socket| entrypoint.contains(socket))
+        .ok_or_else(not_ours)?;
+        let host_socket = inspect
+            .mounts
+            .as_deref()
+            .and_then(|mounts| HostSocket::of_mounts(mounts, &state.session_id));
         let container = inspect.id.clone().unwrap_or_else(|| requested.clone());
         let run_state = inspect.state.unwrap_or_default();
         let paused = run_state.paused == Some(true);
@@ -413,29 +535,38 @@ impl DockerSession {
             user: config.user.clone(),
             agent,
             socket,
+            host_socket: None,
         };
         let freezer = Freezer::new(daemon.clone(), container.clone(), paused);
-        let agent = {
+        let usable = host_socket
+            .as_ref()
+            .filter(|_| config.transport != DockerTransport::Exec);
+        let (agent, endpoint) = {
             let _hold = freezer.hold(OP).await?;
-            AgentSession::connect(endpoint.clone().connector()).await?
+            connect(OP, &config, endpoint, usable).await?
         };
-        tracing::info!(session_id = %state.session_id, container = %short(&container), "docker session rejoined");
+        let transport = endpoint.transport();
+        tracing::info!(session_id = %state.session_id, container = %short(&container), transport = transport.as_str(), "docker session rejoined");
         let meta = SessionMeta {
             container_id: container,
             container_name: name.trim_start_matches('/').to_string(),
             image: container_config.image.unwrap_or_default(),
             agent: endpoint.agent,
             socket: endpoint.socket,
+            transport: transport.as_str().to_string(),
         };
-        Ok(Self::assemble(
+        Ok(Self {
+            inner: Arc::new(agent.clone()),
             agent,
-            state.session_id,
-            state.destination_id,
+            session_id: state.session_id,
+            destination_id: state.destination_id,
             config,
             daemon,
             meta,
+            host_socket,
             freezer,
-        ))
+            closed: AtomicBool::new(false),
+        })
     }
 
     /// The session id.
@@ -451,6 +582,13 @@ impl DockerSession {
     /// The agent session every call goes through.
     pub fn agent(&self) -> &AgentSession {
         &self.agent
+    }
+
+    /// Whether large files take the archive API: over the exec transport,
+    /// whose stream is slower than docker cp, when the agent stages; the
+    /// host socket carries them faster itself.
+    fn stages_bulk(&self) -> bool {
+        self.agent.stages() && self.meta.transport == DockerTransport::Exec.as_str()
     }
 
     /// The agent's `SessionClosed` or `Unavailable` on a session this
@@ -500,7 +638,7 @@ impl DockerSession {
                 .remove_container(container, Some(remove_options()))
                 .await
         };
-        match ended {
+        let ended = match ended {
             Ok(()) => {
                 tracing::info!(session_id = %self.session_id, container = %short(container), "docker session closed");
                 Ok(())
@@ -513,7 +651,15 @@ impl DockerSession {
                 e if e.kind() == RunnerErrorKind::NotFound => Ok(()),
                 e => Err(e),
             },
+        };
+        // A kept container mounts its host socket directory again when it starts.
+        if ended.is_ok()
+            && !self.config.keep_on_close
+            && let Some(host) = &self.host_socket
+        {
+            host.remove();
         }
+        ended
     }
 }
 
@@ -697,10 +843,10 @@ layered! {
             Ok(Box::pin(holding(events, hold)))
         }
 
-        /// Large reads take the archive API ([`crate::bulk`]).
+        /// Large reads over the exec transport take the archive API ([`crate::bulk`]).
         async fn read_file(&self, request: RunnerFileReadRequest) -> RunnerResult<RunnerFileReadResult> {
             let _hold = self.freezer.hold("read_file").await?;
-            let read = if self.agent.stages() {
+            let read = if self.stages_bulk() {
                 bulk::read(&self.daemon, &self.meta.container_id, &self.agent, request).await
             } else {
                 self.inner.read_file(request).await
@@ -711,10 +857,10 @@ layered! {
             }
         }
 
-        /// Large writes take the archive API ([`crate::bulk`]).
+        /// Large writes over the exec transport take the archive API ([`crate::bulk`]).
         async fn write_file(&self, request: RunnerFileWriteRequest) -> RunnerResult<()> {
             let _hold = self.freezer.hold("write_file").await?;
-            let written = if self.agent.stages() && request.contents.len() >= bulk::BULK_BYTES {
+            let written = if self.stages_bulk() && request.contents.len() >= bulk::BULK_BYTES {
                 bulk::write(&self.daemon, &self.meta.container_id, &self.agent, request).await
             } else {
                 self.inner.write_file(request).await

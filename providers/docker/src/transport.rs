@@ -1,7 +1,10 @@
-//! The transport: each connection to the agent is one docker exec of
-//! `runner-agent connect --socket …`, its stdin and stdout the byte stream.
+//! The transports: each connection to the agent is one dial of its socket
+//! through the host socket directory (the `socket` transport,
+//! [`crate::socket`]), or one docker exec of `runner-agent connect
+//! --socket …`, its stdin and stdout the byte stream (`exec`).
 
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 
 use bollard::container::LogOutput;
@@ -11,6 +14,7 @@ use futures_util::{Stream, StreamExt};
 use runner_agent::{AgentConnection, AgentConnector, JoinedStream};
 use tokio_util::io::StreamReader;
 
+use crate::config::DockerTransport;
 use crate::error::Daemon;
 
 /// Where the agent of one container is reached.
@@ -22,16 +26,39 @@ pub(crate) struct Endpoint {
     pub(crate) user: Option<String>,
     /// The delivered binary's container path.
     pub(crate) agent: String,
-    /// The agent's socket.
+    /// The agent's socket, a container path.
     pub(crate) socket: String,
+    /// The agent's socket on this machine, with the `socket` transport
+    /// (`None`: every connection is an exec).
+    pub(crate) host_socket: Option<PathBuf>,
 }
 
 type Output = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 impl Endpoint {
+    /// One connection: a dial of the host socket, or a `connect` exec.
+    async fn open(self) -> io::Result<AgentConnection> {
+        match &self.host_socket {
+            Some(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok(Box::new(stream))
+            }
+            None => self.exec().await,
+        }
+    }
+
+    /// The name of the transport, for the session's state and logs.
+    pub(crate) fn transport(&self) -> DockerTransport {
+        if self.host_socket.is_some() {
+            DockerTransport::Socket
+        } else {
+            DockerTransport::Exec
+        }
+    }
+
     /// Starts one `connect` exec and returns its stdio as a connection; its
     /// stderr goes to the log.
-    async fn open(self) -> io::Result<AgentConnection> {
+    async fn exec(self) -> io::Result<AgentConnection> {
         let docker = &self.daemon.docker;
         let exec = docker
             .create_exec(

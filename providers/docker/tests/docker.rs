@@ -691,9 +691,10 @@ fn bulk_bytes(len: usize) -> Vec<u8> {
 /// maximum is refused before a byte moves; nothing stays staged.
 async fn large_files_take_the_staged_archive_path() -> TestResult {
     let provider = DockerProvider::new();
+    // Staging is the exec transport's (the host socket carries bulk bytes itself).
     let (session, _) = session_and_container(
         &provider,
-        serde_json::json!({ "image": image(), "network": "none" }),
+        serde_json::json!({ "image": image(), "network": "none", "transport": "exec" }),
     )
     .await?;
     let outcome = async {
@@ -2104,6 +2105,136 @@ async fn fork_keeps_entries() -> TestResult {
     outcome
 }
 
+/// The `connect` bridges of this host to the agent socket `socket`.
+fn connect_processes(socket: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| {
+                    let raw = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+                    args.contains(&b"connect".as_slice()) && args.contains(&socket.as_bytes())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The transport a session's state names, and its agent socket.
+fn transport_of(session: &dyn RemoteRunnerSession) -> (String, String) {
+    let meta = session.state().metadata;
+    (
+        meta["transport"].as_str().unwrap_or_default().to_string(),
+        meta["socket"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// With a local daemon the default transport dials the agent's socket
+/// through a private host directory (no `connect` exec while commands
+/// run), a rejoin finds it again, and `close` removes the directory;
+/// `transport: "exec"` bridges through one exec per connection; a
+/// `socket_dir` open to others is refused for `socket` and taken around by
+/// `auto`.
+async fn transports_socket_and_exec() -> TestResult {
+    let provider = DockerProvider::new();
+    let base = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let socket_dir = base.path().join("sockets");
+    let config = serde_json::json!({
+        "image": image(), "network": "none", "socket_dir": socket_dir,
+    });
+    let session = provider
+        .create_session(destination(config.clone()))
+        .await
+        .map_err(fail("create_session (auto)"))?;
+    let (transport, socket) = transport_of(session.as_ref());
+    let session_dir = socket_dir.join(session.state().session_id);
+    let outcome = async {
+        if transport != "socket" {
+            return Err(format!("auto on a local daemon took {transport:?}"));
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&session_dir)
+                .map_err(|e| format!("{}: {e}", session_dir.display()))?
+                .permissions(),
+        );
+        if mode & 0o777 != 0o700 {
+            return Err(format!("the host socket directory is mode {mode:o}"));
+        }
+        let out = sh(session.as_ref(), "echo direct").await?;
+        if out != "direct\n" || connect_processes(&socket) != 0 {
+            return Err(format!(
+                "socket transport: {out:?}, {} connect bridges",
+                connect_processes(&socket)
+            ));
+        }
+        let state = session.detach().await.map_err(fail("detach"))?;
+        let rejoined = provider
+            .rejoin_session(state)
+            .await
+            .map_err(fail("rejoin_session"))?;
+        let (again, _) = transport_of(rejoined.as_ref());
+        let out = sh(rejoined.as_ref(), "echo rejoined").await;
+        rejoined.close().await.map_err(fail("close"))?;
+        if again != "socket" || out.as_deref() != Ok("rejoined\n") {
+            return Err(format!("the rejoined session: {again:?}, {out:?}"));
+        }
+        if session_dir.exists() {
+            return Err(format!("{} is left after close", session_dir.display()));
+        }
+        Ok(())
+    }
+    .await;
+    let _ = session.close().await;
+    outcome?;
+
+    let mut exec_config = config.clone();
+    exec_config["transport"] = "exec".into();
+    let session = provider
+        .create_session(destination(exec_config))
+        .await
+        .map_err(fail("create_session (exec)"))?;
+    let (transport, socket) = transport_of(session.as_ref());
+    let out = sh(session.as_ref(), "echo bridged").await;
+    let bridges = connect_processes(&socket);
+    session.close().await.map_err(fail("close"))?;
+    if transport != "exec" || out.as_deref() != Ok("bridged\n") || bridges == 0 {
+        return Err(format!(
+            "exec transport: {transport:?}, {out:?}, {bridges} connect bridges"
+        ));
+    }
+
+    let open = base.path().join("open");
+    std::fs::create_dir(&open).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    let mut strict = config.clone();
+    strict["socket_dir"] = open.display().to_string().into();
+    strict["transport"] = "socket".into();
+    match provider.create_session(destination(strict.clone())).await {
+        Err(e) if e.kind() == RunnerErrorKind::PermissionDenied => {}
+        Err(e) => return Err(format!("socket transport, open socket_dir: {e}")),
+        Ok(session) => {
+            let _ = session.close().await;
+            return Err("socket transport accepted a socket_dir open to others".into());
+        }
+    }
+    strict["transport"] = "auto".into();
+    let session = provider
+        .create_session(destination(strict))
+        .await
+        .map_err(fail("create_session (auto, open socket_dir)"))?;
+    let (transport, _) = transport_of(session.as_ref());
+    let out = sh(session.as_ref(), "echo around").await;
+    session.close().await.map_err(fail("close"))?;
+    if transport != "exec" || out.as_deref() != Ok("around\n") {
+        return Err(format!(
+            "auto with an open socket_dir: {transport:?}, {out:?}"
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if std::env::var_os(ORPHAN_CHILD).is_some() {
         return orphan_child();
@@ -2114,6 +2245,7 @@ fn main() -> ExitCode {
     );
     gate.run(vec![
         async_trial("absent_image_not_found", absent_image_not_found),
+        async_trial("transports_socket_and_exec", transports_socket_and_exec),
         async_trial("port_served_by_busybox_httpd", port_served_by_busybox_httpd),
         async_trial(
             "manifest_entries_and_bind_mount",
