@@ -1,8 +1,8 @@
 //! The machinery a provider implementation runs on: the process table with
 //! process groups, stdin pipes, head/tail output and the numbered output log,
 //! archive checks, read-only paths, `/proc` parsing, the execution lease, the
-//! destinations a process may resume, and the bridges between byte streams and
-//! blocking file work.
+//! destinations a process may resume, the bridges between byte streams and
+//! blocking file work, and the parser of typed provider configs.
 //!
 //! unix-local and the runner agent are built from these parts; a provider that
 //! only forwards to a remote API needs none of them.
@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod archive;
 pub mod bridge;
+pub mod config;
 mod known;
 mod lease;
 pub mod output;

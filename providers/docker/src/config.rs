@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use runner_api::{RunnerDestination, RunnerError, RunnerResult};
+use runner_api::{RunnerDestination, RunnerResult};
 use runner_kit::archive::DEFAULT_MAX_UNPACKED_BYTES;
+use runner_kit::config::ConfigSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::LABEL_PREFIX;
 
@@ -213,67 +214,13 @@ fn expected(key: &str) -> Option<&'static str> {
     })
 }
 
-fn bad(key: &str, what: impl std::fmt::Display) -> RunnerError {
-    RunnerError::invalid_request(format!("docker config: `{key}` {what}"))
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The error of a config that did not deserialize: the key it failed at and
-/// what that key takes, never the value (it may be a secret put in the
-/// wrong place); serde's own message for an unknown key, which names it and
-/// the known ones.
-fn parse_error(
-    map: &Map<String, Value>,
-    error: serde_path_to_error::Error<serde_json::Error>,
-) -> RunnerError {
-    use serde_path_to_error::Segment;
-    let mut segments = error.path().iter();
-    let (key, expected) = match segments.next() {
-        Some(Segment::Map { key }) if map.contains_key(key) => match expected(key) {
-            Some(expected) => (key.as_str(), expected),
-            None => {
-                return RunnerError::invalid_request(format!("docker config: {}", error.inner()));
-            }
-        },
-        _ => return RunnerError::invalid_request(format!("docker config: {}", error.inner())),
-    };
-    let within = match segments.next() {
-        Some(Segment::Map { key: entry }) => format!("; entry {entry:?} is not"),
-        Some(Segment::Seq { index }) => format!("; item {index} is not"),
-        _ => format!(", got {}", kind(&map[key])),
-    };
-    bad(key, format!("must be {expected}{within}"))
-}
-
-/// A string setting: not blank, no NUL byte.
-fn check_text(key: &str, value: Option<&str>) -> RunnerResult<()> {
-    match value {
-        Some(text) if text.trim().is_empty() => Err(bad(key, "must not be empty")),
-        Some(text) if text.contains('\0') => Err(bad(key, "contains a NUL byte")),
-        _ => Ok(()),
-    }
-}
-
-/// An object of strings: keys not empty, no `=` in keys, no NUL byte.
-fn check_entries(key: &str, entries: &BTreeMap<String, String>) -> RunnerResult<()> {
-    match entries
-        .iter()
-        .find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
-    {
-        Some((k, _)) => Err(bad(key, format!("entry {k:?} is invalid"))),
-        None => Ok(()),
-    }
-}
+/// The docker config's keys, for parsing and for messages.
+const SCHEMA: ConfigSchema = ConfigSchema {
+    provider: "docker",
+    expected,
+    required: &[("image", "the image every session's container starts from")],
+    nested: &[],
+};
 
 impl DockerConfig {
     /// Parses the config of `destination`.
@@ -287,25 +234,7 @@ impl DockerConfig {
     ///
     /// Errors: `InvalidRequest` naming the bad key.
     pub fn from_value(value: &Value) -> RunnerResult<Self> {
-        let mut map = match value {
-            Value::Object(map) => map.clone(),
-            Value::Null => Map::new(),
-            other => {
-                return Err(RunnerError::invalid_request(format!(
-                    "docker config: must be an object, got {}",
-                    kind(other)
-                )));
-            }
-        };
-        map.retain(|_, value| !value.is_null());
-        if !map.contains_key("image") {
-            return Err(bad(
-                "image",
-                "is required (the image every session's container starts from)",
-            ));
-        }
-        let mut config: Self = serde_path_to_error::deserialize(Value::Object(map.clone()))
-            .map_err(|e| parse_error(&map, e))?;
+        let mut config: Self = SCHEMA.parse(value)?;
         config.check()?;
         config.workspace_dir = runner_api::normalize_lexically(&config.workspace_dir);
         Ok(config)
@@ -313,13 +242,13 @@ impl DockerConfig {
 
     /// The checks beyond the types, one message per key.
     fn check(&self) -> RunnerResult<()> {
-        check_text("image", Some(&self.image))?;
-        check_text("user", self.user.as_deref())?;
-        check_text("docker_host", self.docker_host.as_deref())?;
+        SCHEMA.check_text("image", Some(&self.image))?;
+        SCHEMA.check_text("user", self.user.as_deref())?;
+        SCHEMA.check_text("docker_host", self.docker_host.as_deref())?;
         let workspace = &self.workspace_dir;
-        check_text("workspace_dir", workspace.to_str())?;
+        SCHEMA.check_text("workspace_dir", workspace.to_str())?;
         if !workspace.is_absolute() || runner_api::normalize_lexically(workspace) == *"/" {
-            return Err(bad(
+            return Err(SCHEMA.bad(
                 "workspace_dir",
                 format!(
                     "must be an absolute directory other than /, got {}",
@@ -327,40 +256,37 @@ impl DockerConfig {
                 ),
             ));
         }
-        check_entries("env", &self.env)?;
-        check_entries("labels", &self.labels)?;
+        SCHEMA.check_entries("env", &self.env)?;
+        SCHEMA.check_entries("labels", &self.labels)?;
         if self.ports.contains(&0) {
-            return Err(bad("ports", "0 is not a port 1-65535"));
+            return Err(SCHEMA.bad("ports", "0 is not a port 1-65535"));
         }
         if matches!(self.memory, Some(bytes) if bytes < 6 << 20) {
             // Docker refuses limits below 6 MiB.
-            return Err(bad("memory", "must be at least 6 MiB"));
+            return Err(SCHEMA.bad("memory", "must be at least 6 MiB"));
         }
         if let Some(cpus) = self.cpus
             && !(cpus > 0.0 && cpus <= 1024.0)
         {
-            return Err(bad("cpus", format!("{cpus} is not a CPU count above 0")));
+            return Err(SCHEMA.bad("cpus", format!("{cpus} is not a CPU count above 0")));
         }
         if let Some(pids) = self.pids_limit
             && pids <= 0
         {
-            return Err(bad("pids_limit", format!("{pids} is not a count above 0")));
+            return Err(SCHEMA.bad("pids_limit", format!("{pids} is not a count above 0")));
         }
         if self.network == DockerNetwork::None && !self.ports.is_empty() {
-            return Err(bad(
+            return Err(SCHEMA.bad(
                 "ports",
                 "cannot be published with network \"none\" (expose_port works without them)",
             ));
         }
         if self.max_upload_bytes == 0 {
-            return Err(bad(
-                "max_upload_bytes",
-                "0 is not a number of bytes above 0",
-            ));
+            return Err(SCHEMA.bad("max_upload_bytes", "0 is not a number of bytes above 0"));
         }
         for (arch, path) in &self.agent_binaries {
             if arch.is_empty() || !path.is_absolute() {
-                return Err(bad(
+                return Err(SCHEMA.bad(
                     "agent_binaries",
                     format!("entry {arch:?} must name an absolute path"),
                 ));
@@ -369,13 +295,13 @@ impl DockerConfig {
         if let Some(dir) = &self.socket_dir
             && !dir.is_absolute()
         {
-            return Err(bad(
+            return Err(SCHEMA.bad(
                 "socket_dir",
                 format!("must be an absolute path, got {}", dir.display()),
             ));
         }
         if let Some(reserved) = self.labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
-            return Err(bad(
+            return Err(SCHEMA.bad(
                 "labels",
                 format!("{reserved:?} uses the reserved prefix {LABEL_PREFIX:?}"),
             ));
@@ -385,7 +311,7 @@ impl DockerConfig {
                 .iter()
                 .any(|scheme| host.starts_with(scheme))
         {
-            return Err(bad(
+            return Err(SCHEMA.bad(
                 "docker_host",
                 format!("{host:?} must start with unix://, tcp:// or http://"),
             ));
@@ -528,6 +454,8 @@ mod tests {
                 json!({ "image": "i", "agent_binaries": ["/a"] }),
                 "`agent_binaries`",
             ),
+            (json!({ "image": "i", "transport": "ssh" }), "`transport`"),
+            (json!({ "image": "i", "socket_dir": "rel/dir" }), "`socket_dir`"),
         ];
         for (value, named) in cases {
             let err = DockerConfig::from_value(&value).expect_err("bad config");

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Toleration;
-use runner_api::{RunnerDestination, RunnerError, RunnerResult};
+use runner_api::{RunnerDestination, RunnerResult};
+use runner_kit::config::ConfigSchema;
 use runner_mounts::StoreSpec;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::LABEL_PREFIX;
 
@@ -138,7 +139,7 @@ impl WorkspaceVolume {
                 if let Some(medium) = medium
                     && !matches!(medium.as_str(), "" | "Memory")
                 {
-                    return Err(bad(
+                    return Err(SCHEMA.bad(
                         KEY,
                         format!("empty_dir.medium {medium:?} is not \"Memory\" or \"\""),
                     ));
@@ -146,7 +147,7 @@ impl WorkspaceVolume {
                 if let Some(limit) = size_limit
                     && !valid_quantity(limit)
                 {
-                    return Err(bad(
+                    return Err(SCHEMA.bad(
                         KEY,
                         format!(
                             "empty_dir.size_limit {limit:?} is not a Kubernetes quantity (such \
@@ -166,7 +167,7 @@ impl WorkspaceVolume {
                         .next()
                         .is_some_and(|m| m.chars().any(|c| ('1'..='9').contains(&c)));
                 if !valid_quantity(size) || !above_zero {
-                    return Err(bad(
+                    return Err(SCHEMA.bad(
                         KEY,
                         format!(
                             "pvc.size {size:?} is not a Kubernetes quantity above zero (such as \
@@ -178,13 +179,13 @@ impl WorkspaceVolume {
                     check_name("workspace_volume.pvc.storage_class", class)?;
                 }
                 if access_modes.is_empty() {
-                    return Err(bad(KEY, "pvc.access_modes must not be empty"));
+                    return Err(SCHEMA.bad(KEY, "pvc.access_modes must not be empty"));
                 }
                 if let Some(mode) = access_modes
                     .iter()
                     .find(|mode| !ACCESS_MODES.contains(&mode.as_str()))
                 {
-                    return Err(bad(
+                    return Err(SCHEMA.bad(
                         KEY,
                         format!("pvc.access_modes: {mode:?} is not one of {ACCESS_MODES:?}"),
                     ));
@@ -348,62 +349,19 @@ fn expected(key: &str) -> Option<&'static str> {
     })
 }
 
-fn bad(key: &str, what: impl std::fmt::Display) -> RunnerError {
-    RunnerError::invalid_request(format!("kubernetes config: `{key}` {what}"))
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The error of a config that did not deserialize: the key it failed at and
-/// what that key takes, never the value; serde's own message (naming the
-/// key) for an unknown key, at the top or inside `resources`.
-fn parse_error(
-    map: &Map<String, Value>,
-    error: serde_path_to_error::Error<serde_json::Error>,
-) -> RunnerError {
-    use serde_path_to_error::Segment;
-    let path = error.path().to_string();
-    let mut segments = error.path().iter();
-    let Some(Segment::Map { key }) = segments.next() else {
-        return RunnerError::invalid_request(format!("kubernetes config: {}", error.inner()));
-    };
-    let Some(expected) = map.contains_key(key).then(|| expected(key)).flatten() else {
-        return RunnerError::invalid_request(format!("kubernetes config: {}", error.inner()));
-    };
-    if matches!(
-        key.as_str(),
-        "resources" | "tolerations" | "snapshot_store" | "workspace_volume" | "warm_pool"
-    ) {
-        return bad(
-            key,
-            format!("must be {expected}; at `{path}`: {}", error.inner()),
-        );
-    }
-    let within = match segments.next() {
-        Some(Segment::Map { key: entry }) => format!("; entry {entry:?} is not"),
-        Some(Segment::Seq { index }) => format!("; item {index} is not"),
-        _ => format!(", got {}", kind(&map[key])),
-    };
-    bad(key, format!("must be {expected}{within}"))
-}
-
-/// A string setting: not blank, no NUL byte.
-fn check_text(key: &str, value: Option<&str>) -> RunnerResult<()> {
-    match value {
-        Some(text) if text.trim().is_empty() => Err(bad(key, "must not be empty")),
-        Some(text) if text.contains('\0') => Err(bad(key, "contains a NUL byte")),
-        _ => Ok(()),
-    }
-}
+/// The kubernetes config's keys, for parsing and for messages.
+const SCHEMA: ConfigSchema = ConfigSchema {
+    provider: "kubernetes",
+    expected,
+    required: &[("image", "the image of every session's pod")],
+    nested: &[
+        "resources",
+        "tolerations",
+        "snapshot_store",
+        "workspace_volume",
+        "warm_pool",
+    ],
+};
 
 /// A DNS-1123 name (namespaces, service accounts, secrets, runtime classes):
 /// lower-case letters, digits, `-` and `.`, starting and ending with a
@@ -419,7 +377,7 @@ fn check_name(key: &str, value: &str) -> RunnerResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(bad(
+        Err(SCHEMA.bad(
             key,
             format!(
                 "{value:?} is not a Kubernetes name (lower-case letters, digits, '-' and '.', \
@@ -497,25 +455,7 @@ impl KubernetesConfig {
     ///
     /// Errors: `InvalidRequest` naming the bad key.
     pub fn from_value(value: &Value) -> RunnerResult<Self> {
-        let mut map = match value {
-            Value::Object(map) => map.clone(),
-            Value::Null => Map::new(),
-            other => {
-                return Err(RunnerError::invalid_request(format!(
-                    "kubernetes config: must be an object, got {}",
-                    kind(other)
-                )));
-            }
-        };
-        map.retain(|_, value| !value.is_null());
-        if !map.contains_key("image") {
-            return Err(bad(
-                "image",
-                "is required (the image of every session's pod)",
-            ));
-        }
-        let mut config: Self = serde_path_to_error::deserialize(Value::Object(map.clone()))
-            .map_err(|e| parse_error(&map, e))?;
+        let mut config: Self = SCHEMA.parse(value)?;
         config.check()?;
         config.workspace_dir = runner_api::normalize_lexically(&config.workspace_dir);
         Ok(config)
@@ -523,14 +463,14 @@ impl KubernetesConfig {
 
     /// The checks beyond the types, one message per key.
     fn check(&self) -> RunnerResult<()> {
-        check_text("image", Some(&self.image))?;
+        SCHEMA.check_text("image", Some(&self.image))?;
         if self.image.chars().any(char::is_whitespace) {
-            return Err(bad("image", "must not contain whitespace"));
+            return Err(SCHEMA.bad("image", "must not contain whitespace"));
         }
         if let Some(path) = &self.kubeconfig {
-            check_text("kubeconfig", path.to_str())?;
+            SCHEMA.check_text("kubeconfig", path.to_str())?;
         }
-        check_text("context", self.context.as_deref())?;
+        SCHEMA.check_text("context", self.context.as_deref())?;
         for (key, value) in [
             ("namespace", &self.namespace),
             ("service_account", &self.service_account),
@@ -549,7 +489,7 @@ impl KubernetesConfig {
         ] {
             for (name, value) in amounts.entries() {
                 if !valid_quantity(value) {
-                    return Err(bad(
+                    return Err(SCHEMA.bad(
                         "resources",
                         format!(
                             "{which}.{name} {value:?} is not a Kubernetes quantity (such as \
@@ -565,10 +505,10 @@ impl KubernetesConfig {
         ] {
             for (k, v) in entries {
                 if !valid_key(k) {
-                    return Err(bad(key, format!("key {k:?} is not a label key")));
+                    return Err(SCHEMA.bad(key, format!("key {k:?} is not a label key")));
                 }
                 if !valid_label_value(v) {
-                    return Err(bad(
+                    return Err(SCHEMA.bad(
                         key,
                         format!(
                             "entry {k:?}: the value is not a label value (at most 63 letters, \
@@ -579,24 +519,21 @@ impl KubernetesConfig {
             }
         }
         if let Some(k) = self.annotations.keys().find(|k| !valid_key(k)) {
-            return Err(bad(
-                "annotations",
-                format!("key {k:?} is not an annotation key"),
-            ));
+            return Err(SCHEMA.bad("annotations", format!("key {k:?} is not an annotation key")));
         }
         for (key, entries) in [("labels", &self.labels), ("annotations", &self.annotations)] {
             if let Some(reserved) = entries.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
-                return Err(bad(
+                return Err(SCHEMA.bad(
                     key,
                     format!("{reserved:?} uses the reserved prefix {LABEL_PREFIX:?}"),
                 ));
             }
         }
         let workspace = &self.workspace_dir;
-        check_text("workspace_dir", workspace.to_str())?;
+        SCHEMA.check_text("workspace_dir", workspace.to_str())?;
         let normal = runner_api::normalize_lexically(workspace);
         if !workspace.is_absolute() || normal == *"/" || normal.starts_with(crate::RUNNER_DIR) {
-            return Err(bad(
+            return Err(SCHEMA.bad(
                 "workspace_dir",
                 format!(
                     "must be an absolute directory other than / and outside {}, got {}",
@@ -609,7 +546,7 @@ impl KubernetesConfig {
         if let Some(pool) = self.warm_pool
             && !(1..=MAX_WARM_POOL).contains(&pool.size)
         {
-            return Err(bad(
+            return Err(SCHEMA.bad(
                 "warm_pool",
                 format!("size {} is not between 1 and {MAX_WARM_POOL}", pool.size),
             ));
@@ -619,7 +556,7 @@ impl KubernetesConfig {
             .iter()
             .find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
         {
-            return Err(bad("env", format!("entry {k:?} is invalid")));
+            return Err(SCHEMA.bad("env", format!("entry {k:?} is invalid")));
         }
         for (key, id) in [
             ("run_as_user", self.run_as_user),
@@ -628,26 +565,23 @@ impl KubernetesConfig {
             if let Some(id) = id
                 && !(0..=i64::from(u32::MAX)).contains(&id)
             {
-                return Err(bad(key, format!("{id} is not a user or group id")));
+                return Err(SCHEMA.bad(key, format!("{id} is not a user or group id")));
             }
         }
         if let Some(deadline) = self.active_deadline_s
             && deadline <= 0
         {
-            return Err(bad(
+            return Err(SCHEMA.bad(
                 "active_deadline_s",
                 format!("{deadline} is not a number of seconds above 0"),
             ));
         }
         if self.startup_timeout_s == 0 {
-            return Err(bad(
-                "startup_timeout_s",
-                "0 is not a number of seconds above 0",
-            ));
+            return Err(SCHEMA.bad("startup_timeout_s", "0 is not a number of seconds above 0"));
         }
         for (arch, path) in &self.agent_binaries {
             if arch.is_empty() || !path.is_absolute() {
-                return Err(bad(
+                return Err(SCHEMA.bad(
                     "agent_binaries",
                     format!("entry {arch:?} must name an absolute path"),
                 ));
