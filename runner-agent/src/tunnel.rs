@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use runner_api::{RunnerError, RunnerErrorKind, RunnerResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,6 +20,9 @@ use crate::protocol::{DATA_CHUNK_BYTES, Frame, FrameKind};
 
 /// How long the agent waits for a loopback connection to be accepted.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first read of a tunnel's bytes; later ones double while they fill.
+const FIRST_READ_BYTES: usize = 16 * 1024;
 
 /// The operation tunnels are named by in messages.
 const OP: &str = "open_tunnel";
@@ -185,22 +188,24 @@ async fn send(
     credit: &Credit,
     reader: &mut OwnedReadHalf,
 ) -> Result<(), Broken> {
-    let mut buf = vec![0u8; DATA_CHUNK_BYTES];
+    // Reads start small (most tunnels carry a request and an answer) and
+    // double while they fill, up to a whole data frame.
+    let mut size = FIRST_READ_BYTES;
     loop {
-        let n = reader.read(&mut buf).await.map_err(Broken::Io)?;
+        let mut buf = BytesMut::with_capacity(size);
+        let n = reader.read_buf(&mut buf).await.map_err(Broken::Io)?;
         if n == 0 {
             return outbound
                 .send(Frame::new(FrameKind::End, id, Bytes::new()))
                 .await
                 .map_err(|Lost| Broken::Quietly);
         }
+        if n == size {
+            size = (size * 2).min(DATA_CHUNK_BYTES);
+        }
         credit.spend(n).await.map_err(|Lost| Broken::Quietly)?;
         outbound
-            .send(Frame::new(
-                FrameKind::Data,
-                id,
-                Bytes::copy_from_slice(&buf[..n]),
-            ))
+            .send(Frame::new(FrameKind::Data, id, buf.freeze()))
             .await
             .map_err(|Lost| Broken::Quietly)?;
     }

@@ -284,8 +284,14 @@ async fn port_relay_session(
     let direct_addr = format!("{ip}:{HTTP_PORT}");
     wait_for_http(&direct_addr).await?;
     get(&relayed_addr).await?; // warm-up
-    let relayed = time_ms(HTTP_REQUESTS, |_| get(&relayed_addr)).await?;
-    let direct = time_ms(HTTP_REQUESTS, |_| get(&direct_addr)).await?;
+    // Interleaved, so that both see the same moments of the machine.
+    let (mut relayed, mut direct) = (Samples::default(), Samples::default());
+    for _ in 0..HTTP_REQUESTS {
+        relayed
+            .0
+            .extend(time_ms(1, |_| get(&relayed_addr)).await?.0);
+        direct.0.extend(time_ms(1, |_| get(&direct_addr)).await?.0);
+    }
     Ok((relayed, direct))
 }
 

@@ -455,7 +455,10 @@ mod tests {
                 "`agent_binaries`",
             ),
             (json!({ "image": "i", "transport": "ssh" }), "`transport`"),
-            (json!({ "image": "i", "socket_dir": "rel/dir" }), "`socket_dir`"),
+            (
+                json!({ "image": "i", "socket_dir": "rel/dir" }),
+                "`socket_dir`",
+            ),
         ];
         for (value, named) in cases {
             let err = DockerConfig::from_value(&value).expect_err("bad config");
