@@ -569,10 +569,12 @@ async fn respond(
             };
             return Ok(Response::Bytes(head, file.bytes));
         }
+        // unix-local's write_file is its write_file_stream (the trait's
+        // default): its body goes to the file as it arrives, not gathered first.
         Request::WriteFile {
             mut request,
             whole: true,
-        } => {
+        } if shared.local.is_none() => {
             request.contents = body_bytes(op, body).await?;
             session.write_file(request).await?;
             Reply::Unit

@@ -201,12 +201,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         eprintln!("== ssh");
         figures.extend(ssh::run(&plan, target, scratch.path()).await?);
     }
-    if let Some(target) = &docker
-        && args.runs(Section::Kubernetes)
-    {
-        eprintln!("== kubernetes");
-        figures.extend(kube::run(&plan, target).await?);
-    }
     if args.runs(Section::Agent) {
         let remotes: Vec<Target> = [docker.clone(), ssh.clone()]
             .into_iter()
@@ -214,16 +208,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .collect();
         figures.extend(remote::run(&plan, &local, &remotes).await?);
     }
-    let targets: Vec<Target> = [Some(local), docker, ssh].into_iter().flatten().collect();
+    let targets: Vec<Target> = [Some(local), docker.clone(), ssh]
+        .into_iter()
+        .flatten()
+        .collect();
 
     if args.runs(Section::Concurrency) {
         for target in &targets {
             eprintln!("== concurrency: {}", target.label);
             figures.extend(concurrency(&plan, target).await?);
         }
-    }
-    if args.runs(Section::Terminal) {
-        figures.extend(terminal::run(&plan, &targets).await?);
     }
     if args.runs(Section::Memory) {
         figures.extend(memory(&targets).await?);
@@ -232,6 +226,17 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     // the process as before; these start from what the others left (stricter).
     if args.runs(Section::Streams) {
         figures.extend(streams::run(&plan, &targets, scratch.path()).await?);
+    }
+    // Sections that measure no memory, after those that do: what they leave
+    // resident would otherwise count in the process-wide peaks above.
+    if let Some(target) = &docker
+        && args.runs(Section::Kubernetes)
+    {
+        eprintln!("== kubernetes");
+        figures.extend(kube::run(&plan, target).await?);
+    }
+    if args.runs(Section::Terminal) {
+        figures.extend(terminal::run(&plan, &targets).await?);
     }
     if args.runs(Section::Episode) {
         // The Debian image too, after the busybox one, when it was provisioned.
