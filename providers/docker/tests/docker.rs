@@ -2130,6 +2130,24 @@ fn transport_of(session: &dyn RemoteRunnerSession) -> (String, String) {
     )
 }
 
+/// A session of `config` that echoes `word` and closes: its transport, the
+/// command's output, and the `connect` bridges that ran meanwhile.
+async fn echo_in_a_session(
+    provider: &DockerProvider,
+    config: serde_json::Value,
+    word: &str,
+) -> Result<(String, Result<String, String>, usize), String> {
+    let session = provider
+        .create_session(destination(config))
+        .await
+        .map_err(fail("create_session"))?;
+    let (transport, socket) = transport_of(session.as_ref());
+    let out = sh(session.as_ref(), &format!("echo {word}")).await;
+    let bridges = connect_processes(&socket);
+    session.close().await.map_err(fail("close"))?;
+    Ok((transport, out, bridges))
+}
+
 /// With a local daemon the default transport dials the agent's socket
 /// through a private host directory (no `connect` exec while commands
 /// run), a rejoin finds it again, and `close` removes the directory;
@@ -2190,14 +2208,7 @@ async fn transports_socket_and_exec() -> TestResult {
 
     let mut exec_config = config.clone();
     exec_config["transport"] = "exec".into();
-    let session = provider
-        .create_session(destination(exec_config))
-        .await
-        .map_err(fail("create_session (exec)"))?;
-    let (transport, socket) = transport_of(session.as_ref());
-    let out = sh(session.as_ref(), "echo bridged").await;
-    let bridges = connect_processes(&socket);
-    session.close().await.map_err(fail("close"))?;
+    let (transport, out, bridges) = echo_in_a_session(&provider, exec_config, "bridged").await?;
     if transport != "exec" || out.as_deref() != Ok("bridged\n") || bridges == 0 {
         return Err(format!(
             "exec transport: {transport:?}, {out:?}, {bridges} connect bridges"
@@ -2220,13 +2231,7 @@ async fn transports_socket_and_exec() -> TestResult {
         }
     }
     strict["transport"] = "auto".into();
-    let session = provider
-        .create_session(destination(strict))
-        .await
-        .map_err(fail("create_session (auto, open socket_dir)"))?;
-    let (transport, _) = transport_of(session.as_ref());
-    let out = sh(session.as_ref(), "echo around").await;
-    session.close().await.map_err(fail("close"))?;
+    let (transport, out, _) = echo_in_a_session(&provider, strict, "around").await?;
     if transport != "exec" || out.as_deref() != Ok("around\n") {
         return Err(format!(
             "auto with an open socket_dir: {transport:?}, {out:?}"

@@ -137,7 +137,7 @@ impl LocalConfig {
             other => {
                 return Err(RunnerError::invalid_request(format!(
                     "unix-local config: expected a JSON object, got {}",
-                    json_type(other)
+                    runner_kit::config::json_kind(other)
                 )));
             }
         }
@@ -298,17 +298,6 @@ fn state_dir_from(
         return home.join(".local").join("state").join("runners");
     }
     temp.join(format!("runners-{uid}"))
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

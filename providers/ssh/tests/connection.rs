@@ -783,6 +783,21 @@ async fn sweep_removes_only_orphans() -> TestResult {
     live.close().await.map_err(|e| format!("close: {e}"))
 }
 
+/// The stdout of `script` run in a fresh session of the default
+/// destination (closed after).
+async fn on_the_host(script: String) -> Result<String, String> {
+    let session = SshProvider::new()
+        .create_session(destination(config(serde_json::json!({}))?))
+        .await
+        .map_err(|e| format!("create_session: {e}"))?;
+    let found = session
+        .run_command(RunnerCommandRequest::shell("look", script))
+        .await
+        .map_err(|e| format!("run_command: {e}"));
+    session.close().await.map_err(|e| format!("close: {e}"))?;
+    Ok(found?.stdout)
+}
+
 /// Set (to a remote directory, relative to the home) only for the child
 /// of `no_agent_binary_is_unsupported_up_front`, which runs without
 /// `RUNNER_AGENT_BINARY`.
@@ -840,20 +855,11 @@ async fn no_agent_binary_is_unsupported_up_front() -> TestResult {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let provider = SshProvider::new();
-    let session = provider
-        .create_session(destination(config(serde_json::json!({}))?))
-        .await
-        .map_err(|e| format!("create_session: {e}"))?;
-    let found = session
-        .run_command(RunnerCommandRequest::shell(
-            "look",
-            format!("test -e \"$HOME/{area}\" && echo created || echo nothing"),
-        ))
-        .await
-        .map_err(|e| format!("run_command: {e}"))?;
-    session.close().await.map_err(|e| format!("close: {e}"))?;
-    if found.stdout != "nothing\n" {
+    let found = on_the_host(format!(
+        "test -e \"$HOME/{area}\" && echo created || echo nothing"
+    ))
+    .await?;
+    if found != "nothing\n" {
         return Err(format!("the refused session left $HOME/{area} on the host"));
     }
     Ok(())
@@ -879,33 +885,15 @@ async fn skewed_agent_is_refused_before_it_starts() -> TestResult {
         Err(e) => return Err(format!("create_session: expected Unsupported, got {e}")),
         Ok(_) => return Err("create_session with a skewed agent succeeded".into()),
     }
-    let session = provider
-        .create_session(destination(config(serde_json::json!({}))?))
-        .await
-        .map_err(|e| format!("create_session: {e}"))?;
-    let found = session
-        .run_command(RunnerCommandRequest::shell(
-            "look",
-            format!(
-                "cd \"$HOME/{area}\" && ls sessions; ls workspaces 2>/dev/null; \
-                 ps -e -o args | grep -c '[r]unner-agent-.* serve .*{area}'"
-            ),
-        ))
-        .await
-        .map_err(|e| format!("run_command: {e}"))?;
-    let cleanup = session
-        .run_command(RunnerCommandRequest::shell(
-            "clean",
-            format!("rm -rf \"$HOME/{area}\""),
-        ))
-        .await;
-    session.close().await.map_err(|e| format!("close: {e}"))?;
-    cleanup.map_err(|e| format!("removing the area: {e}"))?;
-    if found.stdout != "bin\n0\n" {
+    let found = on_the_host(format!(
+        "cd \"$HOME/{area}\" && ls sessions; ls workspaces 2>/dev/null; \
+         ps -e -o args | grep -c '[r]unner-agent-.* serve .*{area}'; rm -rf \"$HOME/{area}\""
+    ))
+    .await?;
+    if found != "bin\n0\n" {
         return Err(format!(
             "the refused session left something on the host (expected only the delivered \
-             binaries and no agent process): {:?}",
-            found.stdout
+             binaries and no agent process): {found:?}"
         ));
     }
     Ok(())
