@@ -219,13 +219,15 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             figures.extend(concurrency(&plan, target).await?);
         }
     }
-    if args.runs(Section::Memory) {
-        figures.extend(memory(&targets).await?);
-    }
-    // After the sections that measure their own peaks, so theirs start from
-    // the process as before; these start from what the others left (stricter).
+    // The streams' peaks are of the whole process, so they start from what
+    // the sections above left resident (stricter than the transfers' own
+    // growth); before the memory section, whose sixteen 64 MiB outputs leave
+    // the allocator holding tens of MiB, by a varying amount from run to run.
     if args.runs(Section::Streams) {
         figures.extend(streams::run(&plan, &targets, scratch.path()).await?);
+    }
+    if args.runs(Section::Memory) {
+        figures.extend(memory(&targets).await?);
     }
     // Sections that measure no memory, after those that do: what they leave
     // resident would otherwise count in the process-wide peaks above.
