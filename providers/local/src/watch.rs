@@ -6,7 +6,10 @@
 //! to" half: a "moved from" waits in the queue (at most [`RENAME_WAIT`]) for
 //! its other half and becomes one `Renamed` event, or `Removed` when the path
 //! left the watch. Temp files of atomic writes never show: the rename that
-//! installs one is the `Created` of its target.
+//! installs one is the `Created` of its target. Under a recursive watch a new
+//! directory is read once notify watches it too (it adds the watch after it
+//! hands out the directory's event), so that what was made inside it before
+//! is reported as created (once: what the kernel reported already is skipped).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -62,6 +65,15 @@ enum Item {
         /// When it arrived.
         at: Instant,
     },
+    /// A directory created under a recursive watch, to be read once notify
+    /// watches it too (it adds the watch after handing out the event): what
+    /// was made inside before that is reported as created from the listing.
+    Scan {
+        /// Workspace-relative path of the directory.
+        path: PathBuf,
+        /// When its creation arrived.
+        at: Instant,
+    },
 }
 
 /// The queue between the notify thread and the stream.
@@ -78,6 +90,7 @@ struct Queue {
 /// What the notify thread and the stream share.
 struct Shared {
     target: WatchTarget,
+    recursive: bool,
     queue: Mutex<Queue>,
     wake: tokio::sync::Notify,
 }
@@ -115,7 +128,7 @@ impl Shared {
         let pushed = match (event.kind, paths.as_slice()) {
             (EventKind::Create(kind), [path]) if !files::is_temp_name(path) => {
                 let is_dir = matches!(kind, notify::event::CreateKind::Folder);
-                queue.event(RunnerWatchEventKind::Created, path, is_dir)
+                self.created(&mut queue, path, is_dir)
             }
             (EventKind::Remove(kind), [path]) if !files::is_temp_name(path) => {
                 let is_dir = matches!(kind, RemoveKind::Folder);
@@ -135,6 +148,19 @@ impl Shared {
         }
     }
 
+    /// Queues the creation of `path`; under a recursive watch a directory
+    /// is read later too ([`Item::Scan`]). Returns whether it was queued.
+    fn created(&self, queue: &mut Queue, path: &Path, is_dir: bool) -> bool {
+        let queued = queue.event(RunnerWatchEventKind::Created, path, is_dir);
+        if queued && is_dir && self.recursive {
+            queue.push(Item::Scan {
+                path: path.to_path_buf(),
+                at: Instant::now(),
+            });
+        }
+        queued
+    }
+
     /// One half (or the pairing) of a rename. Returns whether anything was queued.
     fn rename(
         &self,
@@ -152,9 +178,10 @@ impl Shared {
             }),
             // The pairing follows when the first half is still queued.
             (RenameMode::To, Some(tracker), [_]) if queue.waiting(tracker) => false,
+            // Moved in from outside the watch: new here, with what it holds.
             (RenameMode::To, _, [path]) if !files::is_temp_name(path) => {
                 let is_dir = self.is_dir(path);
-                queue.event(RunnerWatchEventKind::Created, path, is_dir)
+                self.created(queue, path, is_dir)
             }
             (RenameMode::Both, Some(tracker), [from, to]) => {
                 let is_dir = self.is_dir(to);
@@ -191,45 +218,108 @@ impl Shared {
         }
     }
 
+    /// Where workspace-relative `rel` is on this machine.
+    fn host_of(&self, rel: &Path) -> PathBuf {
+        self.target
+            .host_base
+            .join(rel.strip_prefix(&self.target.ws_base).unwrap_or(rel))
+    }
+
     /// Whether `rel` (workspace-relative) is a directory now; `false` once
     /// it is gone.
     fn is_dir(&self, rel: &Path) -> bool {
-        let host = self
-            .target
-            .host_base
-            .join(rel.strip_prefix(&self.target.ws_base).unwrap_or(rel));
-        std::fs::symlink_metadata(host).is_ok_and(|m| m.is_dir())
+        std::fs::symlink_metadata(self.host_of(rel)).is_ok_and(|m| m.is_dir())
     }
 
     /// The next event for the stream, `None` when it must wait; `Err` once
     /// when the watch failed.
     fn pop(&self) -> Option<RunnerResult<RunnerWatchEvent>> {
-        let mut queue = self.lock();
-        if let Some(error) = queue.error.take() {
-            return Some(Err(error));
-        }
-        match queue.items.front() {
-            Some(Item::MovedFrom { at, .. }) if at.elapsed() < RENAME_WAIT => None,
-            Some(_) => match queue.items.pop_front() {
-                Some(Item::Event(event)) => Some(Ok(event)),
-                Some(Item::MovedFrom { path, is_dir, .. }) => Some(Ok(RunnerWatchEvent::new(
-                    RunnerWatchEventKind::Removed,
-                    path,
-                    is_dir,
-                ))),
-                None => None,
-            },
-            None if queue.overflowed => {
-                queue.overflowed = false;
-                Some(Ok(RunnerWatchEvent::overflow()))
+        loop {
+            let mut queue = self.lock();
+            if let Some(error) = queue.error.take() {
+                return Some(Err(error));
             }
-            None => None,
+            return match queue.items.front() {
+                Some(Item::MovedFrom { at, .. } | Item::Scan { at, .. })
+                    if at.elapsed() < RENAME_WAIT =>
+                {
+                    None
+                }
+                Some(_) => {
+                    match queue.items.pop_front() {
+                        Some(Item::Event(event)) => Some(Ok(event)),
+                        Some(Item::MovedFrom { path, is_dir, .. }) => Some(Ok(
+                            RunnerWatchEvent::new(RunnerWatchEventKind::Removed, path, is_dir),
+                        )),
+                        Some(Item::Scan { path, .. }) => {
+                            drop(queue);
+                            self.scan(&path);
+                            continue;
+                        }
+                        None => None,
+                    }
+                }
+                None if queue.overflowed => {
+                    queue.overflowed = false;
+                    Some(Ok(RunnerWatchEvent::overflow()))
+                }
+                None => None,
+            };
         }
     }
 
-    /// Whether the front of the queue is a rename half still waiting.
-    fn waiting_rename(&self) -> bool {
-        matches!(self.lock().items.front(), Some(Item::MovedFrom { .. }))
+    /// Reports as created what is inside the new directory `rel` (depth
+    /// first, symlinks not followed, at most a full queue's worth), ahead of
+    /// the events queued since, skipping what they already report.
+    fn scan(&self, rel: &Path) {
+        let mut found = Vec::new();
+        let mut dirs = vec![rel.to_path_buf()];
+        'walk: while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(self.host_of(&dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = dir.join(entry.file_name());
+                if files::is_temp_name(&path) {
+                    continue;
+                }
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir {
+                    dirs.push(path.clone());
+                }
+                found.push(RunnerWatchEvent::new(
+                    RunnerWatchEventKind::Created,
+                    path,
+                    is_dir,
+                ));
+                if found.len() > RunnerWatchRequest::MAX_QUEUED_EVENTS {
+                    break 'walk;
+                }
+            }
+        }
+        let mut queue = self.lock();
+        let known = |event: &RunnerWatchEvent, queue: &Queue| {
+            queue.items.iter().any(|item| {
+                matches!(item, Item::Event(e) if e.kind == RunnerWatchEventKind::Created && e.path == event.path)
+            })
+        };
+        for event in found.into_iter().rev() {
+            if queue.items.len() >= RunnerWatchRequest::MAX_QUEUED_EVENTS {
+                queue.overflowed = true;
+                break;
+            }
+            if !known(&event, &queue) {
+                queue.items.push_front(Item::Event(event));
+            }
+        }
+    }
+
+    /// Whether the front of the queue waits (a rename half, a directory to read).
+    fn waiting(&self) -> bool {
+        matches!(
+            self.lock().items.front(),
+            Some(Item::MovedFrom { .. } | Item::Scan { .. })
+        )
     }
 }
 
@@ -296,6 +386,7 @@ pub(crate) fn start(
 ) -> RunnerResult<RunnerWatchStream> {
     let shared = Arc::new(Shared {
         target: target.clone(),
+        recursive,
         queue: Mutex::default(),
         wake: tokio::sync::Notify::new(),
     });
@@ -317,7 +408,7 @@ pub(crate) fn start(
             if let Some(item) = shared.pop() {
                 return Some((item, (shared, watcher, closed)));
             }
-            let wait = if shared.waiting_rename() {
+            let wait = if shared.waiting() {
                 RENAME_WAIT
             } else {
                 Duration::from_secs(3600)

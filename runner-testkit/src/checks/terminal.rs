@@ -100,6 +100,13 @@ pub(crate) fn checks() -> Vec<Check> {
             |cx| Box::pin(recursive_sees_new_directories(cx)),
         ),
         Check::new(
+            "watch_recursive_sees_contents_made_with_their_directory",
+            w,
+            WATCH,
+            "watch with recursive: what a new directory holds when it appears (made at once with it, or moved in with it from outside the watch) is reported as created, each once.",
+            |cx| Box::pin(recursive_sees_contents_made_with_their_directory(cx)),
+        ),
+        Check::new(
             "watch_outside_refused",
             w,
             &[FileWatch],
@@ -490,6 +497,55 @@ async fn recursive_sees_new_directories(cx: Cx) -> CheckResult {
             .any(|e| e.kind == K::Created && e.path == file)
     })
     .await?;
+    drop(stream);
+    s.close().await.or_fail("close")
+}
+
+async fn recursive_sees_contents_made_with_their_directory(cx: Cx) -> CheckResult {
+    use RunnerWatchEventKind as K;
+    let s = cx.session().await?;
+    let dir = cx.scratch(&s);
+    s.make_dir(&dir).await.or_fail("make_dir")?;
+    let watched = dir.join("watched");
+    s.make_dir(&watched).await.or_fail("make_dir")?;
+    let mut stream = watch(&s, &watched, true).await?;
+    // Made beside the watch, then moved in whole: its contents are there
+    // before any watch of it can be.
+    let outside = dir.join("made");
+    let script = format!(
+        "mkdir -p {o}/inner && echo a > {o}/a && echo b > {o}/inner/b && mv {o} {w}/",
+        o = quote(&outside.to_string_lossy()),
+        w = quote(&watched.to_string_lossy()),
+    );
+    sh_ok(s.as_ref(), &script).await?;
+    let top = watched.join("made");
+    let inner = top.join("inner");
+    let files = [top.join("a"), inner.join("b")];
+    let wanted = [&top, &inner, &files[0], &files[1]];
+    let events = events_until(&mut stream, |events| {
+        wanted.iter().all(|path| {
+            events
+                .iter()
+                .any(|e| e.kind == K::Created && e.path == **path)
+        })
+    })
+    .await?;
+    for path in wanted {
+        let created: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == K::Created && e.path == *path)
+            .collect();
+        ensure!(
+            created.len() == 1,
+            "{} is reported as created once: {events:?}",
+            path.display()
+        );
+        ensure!(
+            created[0].is_dir == (path == &top || path == &inner),
+            "the directory flag of {}: {events:?}",
+            path.display()
+        );
+    }
     drop(stream);
     s.close().await.or_fail("close")
 }
