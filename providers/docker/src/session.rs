@@ -63,7 +63,7 @@ pub(crate) struct SessionMeta {
     pub(crate) socket: String,
     /// How this handle reaches the agent: `socket` or `exec`.
     #[serde(default)]
-    pub(crate) transport: String,
+    pub(crate) transport: DockerTransport,
 }
 
 /// Where a new container comes from.
@@ -430,10 +430,31 @@ impl DockerSession {
             image,
             agent: endpoint.agent,
             socket: endpoint.socket,
-            transport: transport.as_str().to_string(),
+            transport,
         };
         let freezer = Freezer::new(daemon.clone(), container, false);
-        Ok(Self {
+        Ok(Self::assemble(
+            agent,
+            (session_id, destination_id),
+            config,
+            daemon,
+            meta,
+            host_socket,
+            freezer,
+        ))
+    }
+
+    /// The handle over `agent`, with `(session id, destination id)`.
+    fn assemble(
+        agent: AgentSession,
+        (session_id, destination_id): (String, String),
+        config: DockerConfig,
+        daemon: Daemon,
+        meta: SessionMeta,
+        host_socket: Option<HostSocket>,
+        freezer: Freezer,
+    ) -> Self {
+        Self {
             inner: Arc::new(agent.clone()),
             agent,
             session_id,
@@ -444,7 +465,7 @@ impl DockerSession {
             host_socket,
             freezer,
             closed: AtomicBool::new(false),
-        })
+        }
     }
 
     /// A new handle on the container of `state`, with the settings of the
@@ -553,20 +574,17 @@ impl DockerSession {
             image: container_config.image.unwrap_or_default(),
             agent: endpoint.agent,
             socket: endpoint.socket,
-            transport: transport.as_str().to_string(),
+            transport,
         };
-        Ok(Self {
-            inner: Arc::new(agent.clone()),
+        Ok(Self::assemble(
             agent,
-            session_id: state.session_id,
-            destination_id: state.destination_id,
+            (state.session_id, state.destination_id),
             config,
             daemon,
             meta,
             host_socket,
             freezer,
-            closed: AtomicBool::new(false),
-        })
+        ))
     }
 
     /// The session id.
@@ -588,7 +606,7 @@ impl DockerSession {
     /// whose stream is slower than docker cp, when the agent stages; the
     /// host socket carries them faster itself.
     fn stages_bulk(&self) -> bool {
-        self.agent.stages() && self.meta.transport == DockerTransport::Exec.as_str()
+        self.agent.stages() && self.meta.transport == DockerTransport::Exec
     }
 
     /// The agent's `SessionClosed` or `Unavailable` on a session this

@@ -158,11 +158,8 @@ impl HostSocket {
     /// then be empty: nothing else is ever deleted, whatever a container's
     /// mount names (best effort: a failure is logged).
     pub(crate) fn remove(&self) {
-        let socket = self.socket();
-        if std::fs::symlink_metadata(&socket)
-            .is_ok_and(|meta| std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()))
-        {
-            let _ = std::fs::remove_file(&socket);
+        if self.is_served() {
+            let _ = std::fs::remove_file(self.socket());
         }
         match std::fs::remove_dir(&self.dir) {
             Ok(()) => {}

@@ -551,13 +551,7 @@ impl KubernetesConfig {
                 format!("size {} is not between 1 and {MAX_WARM_POOL}", pool.size),
             ));
         }
-        if let Some((k, _)) = self
-            .env
-            .iter()
-            .find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
-        {
-            return Err(SCHEMA.bad("env", format!("entry {k:?} is invalid")));
-        }
+        SCHEMA.check_entries("env", &self.env)?;
         for (key, id) in [
             ("run_as_user", self.run_as_user),
             ("run_as_group", self.run_as_group),
